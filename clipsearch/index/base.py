@@ -1,0 +1,165 @@
+"""The Index interface every backend implements, and the types it speaks.
+
+One collection of one index: normalized image vectors, one point per image file,
+the file's path and facts as payload, and the identity of the model that made the
+vectors. Backends differ in where the data lives, not in what these calls mean; the
+contract tests in tests/test_index_contract.py run the same calls on each.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ClipsearchError
+from ..identity import ModelIdentity
+
+# Fixed forever: changing it would change every point id and duplicate every index.
+POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clipsearch:image-path")
+
+
+def canonical_path(path: str | os.PathLike) -> str:
+    """Absolute, symlink-free path: the one spelling of a file that ids derive from."""
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
+
+
+def point_id(path: str | os.PathLike) -> str:
+    """uuid5 of the canonical absolute path, so re-ingesting a file upserts its point
+    in place and two writers never create two points for one file."""
+    return str(uuid.uuid5(POINT_NAMESPACE, canonical_path(path)))
+
+
+def ancestor_dirs(path: str) -> list[str]:
+    """Every folder above `path`, which lets a keyword filter select a subtree
+    (`--in FOLDER`) on every backend without prefix matching."""
+    parents = []
+    current = os.path.dirname(path)
+    while True:
+        parents.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            return parents
+        current = parent
+
+
+# Payload fields that get a keyword index at collection creation.
+KEYWORD_FIELDS = ("path", "dirs")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return self.payload.get("path", "")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    payload: dict = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
+class Index(ABC):
+    """One collection in one index. Use as a context manager, or call close()."""
+
+    backend: str = ""
+
+    def __init__(self, location: str, collection: str):
+        self.location = location  # a folder, ':memory:' or a URL; never holds a key
+        self.collection = collection
+
+    # -- collection -------------------------------------------------------------
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+
+    @abstractmethod
+    def stored_identity(self) -> ModelIdentity | None:
+        """The model identity recorded in the collection, None if it has none."""
+
+    @abstractmethod
+    def _create(self, identity: ModelIdentity) -> None:
+        """Create the collection for vectors of `identity.dim`, recording identity."""
+
+    def ensure_collection(self, identity: ModelIdentity) -> None:
+        """Create the collection if missing; otherwise refuse a model whose image
+        vectors would not match the stored ones."""
+        if not self.exists():
+            self._create(identity)
+            return
+        self.check_identity(identity)
+
+    def check_identity(self, identity: ModelIdentity) -> None:
+        self.require_collection()
+        stored = self.stored_identity()
+        if stored is None:
+            raise ClipsearchError(
+                f"collection {self.collection!r} at {self.location} has no clipsearch model record; "
+                "it was not made by clipsearch"
+            )
+        identity.check_against(stored, self.collection)
+
+    def require_collection(self) -> None:
+        if not self.exists():
+            raise ClipsearchError(
+                f"collection {self.collection!r} does not exist at {self.location}; "
+                "run `clipsearch ingest DIR` first"
+            )
+
+    # -- points -----------------------------------------------------------------
+    @abstractmethod
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None: ...
+
+    @abstractmethod
+    def query(self, vector: np.ndarray, k: int, under: str | None = None,
+              exclude_ids: Sequence[str] = (), exact: bool = False) -> list[Hit]:
+        """Cosine top-k; `under` keeps only paths below that folder (a payload filter,
+        applied inside the search, not afterwards)."""
+
+    @abstractmethod
+    def count(self, under: str | None = None) -> int: ...
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None: ...
+
+    @abstractmethod
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]: ...
+
+    @abstractmethod
+    def scroll(self, batch_size: int = 1000, with_vectors: bool = False,
+               under: str | None = None) -> Iterator[Record]: ...
+
+    def optimize(self) -> bool:
+        """Build search structures after a bulk load; True if anything was done."""
+        return False
+
+    def describe(self) -> dict:
+        """Facts for `clipsearch status`; never includes a key."""
+        identity = self.stored_identity() if self.exists() else None
+        return {
+            "backend": self.backend,
+            "location": self.location,
+            "collection": self.collection,
+            "exists": self.exists(),
+            "points": self.count() if self.exists() else 0,
+            "model": identity.to_dict() if identity else None,
+        }
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

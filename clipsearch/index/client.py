@@ -1,0 +1,230 @@
+"""qdrant-client backend: a Qdrant server (a shared index) or ':memory:' (tests).
+
+Every call to a server goes through tenacity with exponential backoff for at most
+`retry_seconds`, then fails with one line naming the URL. A refused API key is not
+retried. The key is handed to the client and never appears in a message.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from ..errors import ClipsearchError
+from ..identity import ModelIdentity
+from .base import KEYWORD_FIELDS, Hit, Index, Record
+
+T = TypeVar("T")
+METADATA_KEY = "clipsearch"
+
+# ':memory:' collections live as long as the process: every Index opened on
+# ':memory:' in one process shares this client, so an ingest and a later search in
+# the same process (a notebook, click's CliRunner) see the same points.
+_memory_client = None
+_memory_lock = threading.Lock()
+
+
+def _shared_memory_client():
+    global _memory_client
+    with _memory_lock:
+        if _memory_client is None:
+            from qdrant_client import QdrantClient
+
+            _memory_client = QdrantClient(location=":memory:")
+        return _memory_client
+
+
+class _Transient(Exception):
+    """A failure worth retrying: the server is down, slow or overloaded."""
+
+
+class ClientIndex(Index):
+    def __init__(self, location: str, collection: str, api_key: str | None = None,
+                 retry_seconds: float = 30.0, timeout: int = 30):
+        super().__init__(location, collection)
+        self.retry_seconds = retry_seconds
+        if location == ":memory:":
+            self.backend = "memory"
+            self.client = _shared_memory_client()
+        else:
+            from qdrant_client import QdrantClient
+
+            self.backend = "server"
+            # A URL without a port means Qdrant's REST port, not 80/443.
+            self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout,
+                                       check_compatibility=False)
+        self._exists: bool | None = None
+
+    # -- retries ----------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        if self.backend == "memory":
+            return fn()
+        import tenacity
+
+        def attempt():
+            try:
+                return fn()
+            except Exception as exc:
+                raise self._classify(exc) from exc
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Transient),
+            stop=tenacity.stop_after_delay(self.retry_seconds),
+            wait=tenacity.wait_exponential(multiplier=0.25, max=8),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Transient as exc:
+            cause = exc.__cause__ or exc
+            detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            raise ClipsearchError(
+                f"Qdrant server {self.location} is unreachable ({what} failed after "
+                f"{self.retry_seconds:g} s of retries: {detail})"
+            ) from None
+
+    def _classify(self, exc: Exception) -> Exception:
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        if isinstance(exc, UnexpectedResponse):
+            status = exc.status_code or 0
+            if status in (401, 403):
+                return ClipsearchError(
+                    f"Qdrant server {self.location} refused the API key (HTTP {status}); check QDRANT_API_KEY"
+                )
+            if status == 429 or status >= 500:
+                return _Transient(str(exc))
+            return ClipsearchError(f"Qdrant server {self.location}: HTTP {status} {exc.reason_phrase}")
+        if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
+            return _Transient(str(exc))
+        try:
+            import httpx
+
+            if isinstance(exc, httpx.TransportError):
+                return _Transient(str(exc))
+        except ImportError:  # pragma: no cover
+            pass
+        return exc
+
+    # -- collection -------------------------------------------------------------
+    def exists(self) -> bool:
+        if self._exists is None or not self._exists:
+            self._exists = bool(self._call("collection lookup", lambda: self.client.collection_exists(self.collection)))
+        return self._exists
+
+    def stored_identity(self) -> ModelIdentity | None:
+        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
+        metadata = (info.config.metadata or {}).get(METADATA_KEY)
+        if not metadata or "model" not in metadata:
+            return None
+        return ModelIdentity.from_dict(metadata["model"])
+
+    def _create(self, identity: ModelIdentity) -> None:
+        from qdrant_client import models
+
+        def create():
+            self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=identity.dim, distance=models.Distance.COSINE),
+                metadata={METADATA_KEY: {"format": 1, "model": identity.to_dict()}},
+            )
+            for name in KEYWORD_FIELDS:
+                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+
+        try:
+            self._call("create collection", create)
+        except ClipsearchError:
+            raise
+        except Exception:
+            # Another writer created it between our check and our create: fine if its
+            # model matches, which check_identity decides.
+            self._exists = None
+            if not self.exists():
+                raise
+            self.check_identity(identity)
+        self._exists = True
+
+    # -- points -----------------------------------------------------------------
+    @staticmethod
+    def _filter(under: str | None = None, exclude_ids: Sequence[str] = ()):
+        from qdrant_client import models
+
+        must = [models.FieldCondition(key="dirs", match=models.MatchValue(value=under))] if under else None
+        must_not = [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else None
+        if not must and not must_not:
+            return None
+        return models.Filter(must=must, must_not=must_not)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+        from qdrant_client import models
+
+        vectors = np.asarray(vectors, dtype=np.float32)
+        batch = models.Batch(ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads))
+        if len(batch.ids):
+            self._call("upsert", lambda: self.client.upsert(self.collection, points=batch, wait=True))
+
+    def query(self, vector, k, under=None, exclude_ids=(), exact=False) -> list[Hit]:
+        from qdrant_client import models
+
+        self.require_collection()
+        response = self._call("query", lambda: self.client.query_points(
+            self.collection,
+            query=np.asarray(vector, dtype=np.float32).ravel().tolist(),
+            limit=k,
+            query_filter=self._filter(under, exclude_ids),
+            with_payload=True,
+            search_params=models.SearchParams(exact=True) if exact else None,
+        ))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def count(self, under: str | None = None) -> int:
+        self.require_collection()
+        result = self._call("count", lambda: self.client.count(self.collection, count_filter=self._filter(under), exact=True))
+        return int(result.count)
+
+    def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None:
+        from qdrant_client import models
+
+        if ids:
+            selector = models.PointIdsList(points=list(ids))
+            self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
+        if under:
+            selector = models.FilterSelector(filter=self._filter(under))
+            self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        if not ids:
+            return []
+        records = self._call("retrieve", lambda: self.client.retrieve(
+            self.collection, ids=list(ids), with_payload=True, with_vectors=with_vectors))
+        return [Record(str(r.id), dict(r.payload or {}),
+                       np.asarray(r.vector, dtype=np.float32) if with_vectors and r.vector is not None else None)
+                for r in records]
+
+    def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
+        self.require_collection()
+        offset = None
+        while True:
+            records, offset = self._call("scroll", lambda: self.client.scroll(
+                self.collection, scroll_filter=self._filter(under), limit=batch_size, offset=offset,
+                with_payload=True, with_vectors=with_vectors))
+            for r in records:
+                yield Record(str(r.id), dict(r.payload or {}),
+                             np.asarray(r.vector, dtype=np.float32) if with_vectors and r.vector is not None else None)
+            if offset is None or not records:
+                return
+
+    def describe(self) -> dict:
+        facts = super().describe()
+        if self.backend == "server":
+            facts["location"] = self.location
+        return facts
+
+    def close(self) -> None:
+        if self.backend == "server":
+            try:
+                self.client.close()
+            except Exception:  # closing a dead connection is not worth an error
+                pass

@@ -1,0 +1,229 @@
+"""The embedded default: Qdrant's own engine in-process (qdrant-edge-py).
+
+Layout of an index folder:
+
+    <index>/clipsearch-index.json    marks the folder as a clipsearch index
+    <index>/<collection>.lock        exclusive lock, beside (not inside) the shard
+    <index>/<collection>/model.json  identity of the model that made the vectors
+    <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes)
+
+Edge point ids come back as uuid.UUID; they leave this module as str, like
+qdrant-client's. HNSW is built only by optimize(), which blocks: ingest calls it at
+the end of a large load, never under a query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ClipsearchError
+from ..identity import ModelIdentity
+from .base import KEYWORD_FIELDS, Hit, Index, Record
+from .lockfile import ExclusiveLock
+
+MARKER = "clipsearch-index.json"
+FORMAT = 1
+# Below this many points a brute-force scan is about as fast as HNSW and building
+# the graph is wasted time.
+HNSW_MIN_POINTS = 20_000
+
+
+def _edge():
+    import qdrant_edge
+
+    return qdrant_edge
+
+
+def _vector_of(record) -> np.ndarray | None:
+    vector = record.vector
+    if vector is None:
+        return None
+    if isinstance(vector, dict):  # the default vector is named ""
+        vector = vector.get("", next(iter(vector.values()), None))
+    return None if vector is None else np.asarray(vector, dtype=np.float32)
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+class EdgeIndex(Index):
+    backend = "edge"
+
+    def __init__(self, folder: str, collection: str, create: bool = False):
+        super().__init__(folder, collection)
+        self.root = Path(folder)
+        self._shard = None
+        self._lock: ExclusiveLock | None = None
+        if not self._prepare_root(create):
+            return  # nothing there yet: exists() is False, reads say so
+        self._lock = ExclusiveLock(
+            str(self.root / f"{collection}.lock"), f"index {self.root} (collection {collection!r})"
+        ).acquire()
+        try:
+            if self._shard_dir.joinpath("edge_config.json").is_file():
+                self._shard = self._open_shard()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    @property
+    def _collection_dir(self) -> Path:
+        return self.root / self.collection
+
+    @property
+    def _shard_dir(self) -> Path:
+        return self._collection_dir / "shard"
+
+    def _prepare_root(self, create: bool) -> bool:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ClipsearchError(f"index path {root} is a file, not an index folder (--index / CLIPSEARCH_INDEX)")
+        marker = root / MARKER
+        if root.is_dir():
+            if marker.is_file():
+                return True
+            if any(root.iterdir()):
+                raise ClipsearchError(
+                    f"{root} is not a clipsearch index (no {MARKER}); give --index a new or empty folder"
+                )
+        if not create:
+            return False
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(marker, {"format": FORMAT, "backend": "qdrant-edge"})
+        except OSError as exc:
+            raise ClipsearchError(f"cannot create index folder {root}: {exc.strerror}") from None
+        return True
+
+    def _open_shard(self):
+        try:
+            return _edge().EdgeShard.load(str(self._shard_dir))
+        except Exception as exc:
+            raise ClipsearchError(
+                f"cannot open collection {self.collection!r} in {self.root}: {str(exc).splitlines()[0]}"
+            ) from None
+
+    @property
+    def shard(self):
+        if self._shard is None:
+            self.require_collection()
+        return self._shard
+
+    # -- collection -------------------------------------------------------------
+    def exists(self) -> bool:
+        return self._shard is not None
+
+    def stored_identity(self) -> ModelIdentity | None:
+        path = self._collection_dir / "model.json"
+        if not path.is_file():
+            return None
+        try:
+            return ModelIdentity.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ClipsearchError(f"cannot read {path}: {exc}") from None
+
+    def _create(self, identity: ModelIdentity) -> None:
+        if self._lock is None:  # opened read-only on a folder that did not exist
+            raise ClipsearchError(f"index {self.root} was opened read-only")
+        e = _edge()
+        self._collection_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomically(self._collection_dir / "model.json", identity.to_dict())
+        config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=identity.dim, distance=e.Distance.Cosine))
+        if self._shard_dir.exists():  # a creation that died before its first flush
+            import shutil
+
+            shutil.rmtree(self._shard_dir)
+        shard = e.EdgeShard.create(str(self._shard_dir), config)
+        for name in KEYWORD_FIELDS:
+            shard.update(e.UpdateOperation.create_field_index(name, e.PayloadSchemaType.Keyword))
+        shard.flush()
+        self._shard = shard
+
+    # -- points -----------------------------------------------------------------
+    def _filter(self, under: str | None = None, exclude_ids: Sequence[str] = ()):
+        e = _edge()
+        must = [e.FieldCondition(key="dirs", match=e.MatchValue(under))] if under else None
+        must_not = [e.HasIdCondition({uuid.UUID(i) for i in exclude_ids})] if exclude_ids else None
+        if not must and not must_not:
+            return None
+        return e.Filter(must=must, must_not=must_not)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+        e = _edge()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        points = [e.Point(uuid.UUID(i), v.tolist(), p) for i, v, p in zip(ids, vectors, payloads)]
+        if points:
+            self.shard.update(e.UpdateOperation.upsert_points(points))
+
+    def query(self, vector, k, under=None, exclude_ids=(), exact=False) -> list[Hit]:
+        e = _edge()
+        request = e.QueryRequest(
+            limit=k,
+            query=e.Query.Nearest(np.asarray(vector, dtype=np.float32).ravel().tolist()),
+            filter=self._filter(under, exclude_ids),
+            with_payload=True,
+            params=e.SearchParams(exact=True) if exact else None,
+        )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self.shard.query(request)]
+
+    def count(self, under: str | None = None) -> int:
+        return int(self.shard.count(_edge().CountRequest(exact=True, filter=self._filter(under))))
+
+    def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None:
+        e = _edge()
+        if ids:
+            self.shard.update(e.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
+        if under:
+            self.shard.update(e.UpdateOperation.delete_points_by_filter(self._filter(under)))
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        if not ids:
+            return []
+        records = self.shard.retrieve([uuid.UUID(i) for i in ids], with_payload=True, with_vector=with_vectors)
+        return [Record(str(r.id), dict(r.payload or {}), _vector_of(r) if with_vectors else None) for r in records]
+
+    def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
+        e = _edge()
+        offset = None
+        while True:
+            records, offset = self.shard.scroll(e.ScrollRequest(
+                offset=offset, limit=batch_size, filter=self._filter(under),
+                with_payload=True, with_vector=with_vectors,
+            ))
+            for r in records:
+                yield Record(str(r.id), dict(r.payload or {}), _vector_of(r) if with_vectors else None)
+            if offset is None or not records:
+                return
+
+    def optimize(self) -> bool:
+        if self._shard is None or self.count() < HNSW_MIN_POINTS:
+            return False
+        return bool(self._shard.optimize())
+
+    def describe(self) -> dict:
+        facts = super().describe()
+        if self._shard is not None:
+            info = self._shard.info()
+            facts["segments"] = info.segments_count
+            facts["hnsw_indexed_vectors"] = info.indexed_vectors_count
+        return facts
+
+    def close(self) -> None:
+        try:
+            if self._shard is not None:
+                self._shard.flush()
+                self._shard.close()
+                self._shard = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None

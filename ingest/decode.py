@@ -1,0 +1,110 @@
+"""Turn one image file into a small RGB PIL image ready for the model, or say why not.
+
+Runs in worker processes, so it imports only PIL. The work per image is kept small:
+JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the photo is far larger than
+the model input, and the result is shrunk to the model's input size here, in
+parallel, instead of in the process that runs the model.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, ImageOps
+
+DEFAULT_MAX_MEGAPIXELS = 100.0
+
+
+class SkipImage(Exception):
+    """This file cannot be used; the message is the reason, for the report."""
+
+
+@dataclass
+class Decoded:
+    path: str
+    image: Image.Image  # RGB, shortest side about `target` pixels
+    width: int  # of the original, after EXIF orientation
+    height: int
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        orientation = 1
+    w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Decoded:
+    try:
+        if os.path.getsize(path) == 0:
+            raise SkipImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own megapixel limit replaces Pillow's, checked before any decoding.
+            Image.MAX_IMAGE_PIXELS = None
+            with Image.open(path) as img:
+                w, h = img.size
+                megapixels = w * h / 1e6
+                if megapixels > max_megapixels:
+                    raise SkipImage(
+                        f"too large: {w}x{h} is {megapixels:.0f} megapixels (limit --max-megapixels {max_megapixels:g})"
+                    )
+                width, height = _oriented_size(img)
+                if img.format == "JPEG" and min(w, h) > 2 * target:
+                    scale = target / min(w, h)
+                    img.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                if img.mode != "RGB":
+                    img = _to_rgb(img)
+                if min(img.size) > target:
+                    scale = target / min(img.size)
+                    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                    img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+                return Decoded(path, img, width, height)
+    except SkipImage:
+        raise
+    except FileNotFoundError:
+        raise SkipImage("file vanished before it could be read") from None
+    except PermissionError:
+        raise SkipImage("unreadable: permission denied") from None
+    except IsADirectoryError:
+        raise SkipImage("is a folder") from None
+    except Image.DecompressionBombError as exc:
+        raise SkipImage(f"decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise SkipImage("not an image Pillow can read (corrupt, or not the format its name says)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SkipImage(f"corrupt or truncated: {message}") from None
+    except MemoryError:
+        raise SkipImage("out of memory while decoding") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Transparent images go onto white, as a viewer shows them, not onto black."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str | None]:
+    """Pool entry point: never raises, so one bad file cannot break the pool."""
+    path, target, max_megapixels = args
+    try:
+        return path, load_image(path, target, max_megapixels), None
+    except SkipImage as exc:
+        return path, None, str(exc)
+    except Exception as exc:  # a Pillow plugin bug must not end a 10-hour run
+        return path, None, f"decoder error: {type(exc).__name__}: {exc}"
+
+
+# Truncated JPEGs are errors, not half-grey pictures in the index.
+ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -1,0 +1,29 @@
+"""The skipped-files report: one JSON object per line, {"path", "reason"}."""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+
+class SkipReport:
+    def __init__(self, path: str | None):
+        self.path = path
+        self._file: TextIO | None = None
+        self.count = 0
+        self.examples: list[tuple[str, str]] = []  # the first few, for the summary
+
+    def add(self, path: str, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append((path, reason))
+        if self.path:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(json.dumps({"path": path, "reason": reason}, ensure_ascii=False) + "\n")
+            self._file.flush()  # a killed run still leaves its report behind
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,109 @@
+"""Find image files under folders, lazily, the way a person would expect.
+
+os.scandir, one folder at a time (no list of a million paths in memory); hidden
+files and folders and macOS `._*` AppleDouble files skipped; `--exclude` globs
+matched against both the name and the full path; symlinked folders followed once,
+so a link loop cannot make the walk endless.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+BASE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def image_extensions() -> set[str]:
+    """Base formats plus HEIC/AVIF where a Pillow plugin for them is installed."""
+    extensions = set(BASE_EXTENSIONS)
+    try:
+        import pillow_heif  # noqa: F401
+
+        extensions |= {".heic", ".heif"}
+    except ImportError:
+        pass
+    try:
+        from PIL import features
+
+        if features.check("avif"):
+            extensions.add(".avif")
+    except Exception:  # pragma: no cover - features API varies across Pillow versions
+        pass
+    try:
+        import pillow_avif  # noqa: F401
+
+        extensions.add(".avif")
+    except ImportError:
+        pass
+    return extensions
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # canonical absolute path
+    size: int
+    mtime: float
+
+
+def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
+
+
+def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: set[str] | None = None,
+                on_error=None) -> Iterator[FileEntry]:
+    """Yield each image file under `roots` once. `on_error(path, reason)` hears about
+    folders that cannot be listed; the walk goes on."""
+    extensions = image_extensions() if extensions is None else extensions
+    patterns = tuple(exclude)
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()  # two links to one file: one point
+    for root in roots:
+        root = os.path.realpath(os.path.abspath(root))
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = os.stat(folder)
+            except OSError as exc:
+                if on_error:
+                    on_error(folder, f"cannot read folder: {exc.strerror}")
+                continue
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue  # a symlink loop, or a folder reached twice
+            seen_dirs.add((st.st_dev, st.st_ino))
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                if on_error:
+                    on_error(folder, f"cannot read folder: {exc.strerror}")
+                continue
+            subfolders = []
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):  # hidden, and macOS ._* AppleDouble files
+                    continue
+                if patterns and _excluded(name, entry.path, patterns):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=True):
+                        subfolders.append(os.path.realpath(entry.path))
+                        continue
+                    if os.path.splitext(name)[1].lower() not in extensions:
+                        continue
+                    if not entry.is_file(follow_symlinks=True):
+                        continue
+                    st = entry.stat(follow_symlinks=True)
+                except OSError as exc:  # vanished or unreadable between listing and stat
+                    if on_error:
+                        on_error(entry.path, f"cannot stat: {exc.strerror}")
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen_files:
+                    continue
+                seen_files.add(key)
+                yield FileEntry(os.path.realpath(entry.path), st.st_size, st.st_mtime)
+            stack.extend(reversed(subfolders))  # depth-first, in name order
