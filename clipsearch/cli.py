@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 
 import click
 
@@ -51,19 +50,6 @@ def index_options(fn):
     return wrapper
 
 
-def env_default(name: str, default, cast=str):
-    """Default for an option with an env twin, read at call time (not import time)."""
-    def read():
-        raw = os.environ.get(name)
-        if raw in (None, ""):
-            return default
-        try:
-            return cast(raw)
-        except ValueError:
-            raise click.BadParameter(f"{name}={raw!r} is not a valid {cast.__name__}") from None
-    return read
-
-
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipsearch")
 def cli():
@@ -79,12 +65,13 @@ def cli():
 @cli.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
 @index_options
-@click.option("--batch-size", "-b", type=int, default=env_default("CLIPSEARCH_BATCH_SIZE", 32, int),
-              show_default="32", help="Images per model batch. Env: CLIPSEARCH_BATCH_SIZE.")
-@click.option("--workers", "-w", type=int, default=env_default("CLIPSEARCH_WORKERS", os.cpu_count() or 1, int),
-              show_default="cores", help="Decoding processes; 0 decodes in this process. Env: CLIPSEARCH_WORKERS.")
-@click.option("--max-megapixels", type=float, default=env_default("CLIPSEARCH_MAX_MEGAPIXELS", 100.0, float),
-              show_default="100", help="Skip (and report) images larger than this. Env: CLIPSEARCH_MAX_MEGAPIXELS.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True,
+              envvar="CLIPSEARCH_BATCH_SIZE", show_envvar=True, help="Images per model batch.")
+@click.option("--workers", "-w", type=click.IntRange(min=0), default=None, envvar="CLIPSEARCH_WORKERS",
+              show_envvar=True, help="Decoding processes; 0 decodes in this process.  [default: cores]")
+@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              envvar="CLIPSEARCH_MAX_MEGAPIXELS", show_envvar=True,
+              help="Skip (and report) images larger than this instead of decoding them.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching GLOB (repeatable).")
 @click.option("--prune", is_flag=True, help="Remove points whose files are gone under FOLDERS.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
@@ -98,6 +85,8 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, prun
     from .encoder import Encoder
     from .index import open_index
 
+    if workers is None:
+        workers = os.cpu_count() or 1
     options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
                             exclude=exclude, prune=prune, report=report, quiet=quiet)
     for folder in folders:

@@ -1,0 +1,118 @@
+"""Shared test fixtures: a tiny random CLIP in both folder layouts, drawn images, and
+index settings for every backend (edge, :memory:, and a server when QDRANT_URL is set).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from clipsearch.config import Settings
+from clipsearch.random_clip import build_random_clip
+
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 220, 40),
+    "purple": (140, 40, 160), "orange": (250, 140, 20), "black": (10, 10, 10), "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle")
+
+# Variables that would point tests at the user's real index or model.
+_ISOLATED_ENV = ("CLIPSEARCH_MODEL", "CLIPSEARCH_INDEX", "CLIPSEARCH_COLLECTION", "CLIPSEARCH_DEVICE",
+                 "CLIPSEARCH_BATCH_SIZE", "CLIPSEARCH_WORKERS", "CLIPSEARCH_MAX_MEGAPIXELS",
+                 "CLIPSEARCH_RETRY_SECONDS")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path):
+    """No test reads the developer's own index, model or settings. QDRANT_URL and
+    QDRANT_API_KEY stay: they select the server leg of the contract suite."""
+    for name in _ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A plain transformers CLIP folder (config.json + weights + processor files)."""
+    return build_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_st_model_dir(tmp_path_factory) -> Path:
+    """The same weights in the hub's sentence-transformers layout (modules.json + 0_CLIPModel/)."""
+    return build_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip-st", size="tiny", seed=0,
+                             layout="sentence-transformers")
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory) -> Path:
+    """A different random CLIP: its image vectors do not match the tiny one's."""
+    return build_random_clip(tmp_path_factory.mktemp("models") / "other-clip", size="tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model_dir):
+    from clipsearch.encoder import Encoder
+
+    return Encoder(str(tiny_model_dir), device="cpu")
+
+
+def draw_image(path: Path, colour: str = "red", shape: str = "circle", size=(96, 72), fmt=None) -> Path:
+    """A real image file: a coloured shape on a contrasting background."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", size, (255, 255, 255) if colour != "white" else (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    box = (w * 0.2, h * 0.2, w * 0.8, h * 0.8)
+    if shape == "circle":
+        d.ellipse(box, fill=COLOURS[colour])
+    elif shape == "square":
+        d.rectangle(box, fill=COLOURS[colour])
+    else:
+        d.polygon([(w * 0.5, h * 0.15), (w * 0.85, h * 0.85), (w * 0.15, h * 0.85)], fill=COLOURS[colour])
+    img.save(path, format=fmt)
+    return path
+
+
+def draw_collection(folder: Path, count: int = 12, ext: str = ".png") -> list[Path]:
+    """`count` distinct images, every colour x shape in turn."""
+    paths = []
+    combos = [(c, s) for s in SHAPES for c in COLOURS]
+    for i in range(count):
+        colour, shape = combos[i % len(combos)]
+        paths.append(draw_image(folder / f"{i:03d}-{colour}-{shape}{ext}", colour, shape,
+                                size=(80 + i % 5 * 8, 64 + i % 3 * 8)))
+    return paths
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    return draw_collection(tmp_path / "photos", 12)
+
+
+BACKENDS = ["edge", "memory", pytest.param("server", marks=pytest.mark.server)]
+
+
+def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
+    """Settings for a fresh collection on `backend`; skips the server leg without QDRANT_URL."""
+    collection = f"test_{uuid.uuid4().hex[:12]}"
+    if backend == "edge":
+        index = str(tmp_path / "index")
+    elif backend == "memory":
+        index = ":memory:"
+    else:
+        url = os.environ.get("QDRANT_URL")
+        if not url:
+            pytest.skip("QDRANT_URL is not set: no Qdrant server to test against")
+        index = url
+    return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_settings(request, tmp_path, tiny_model_dir) -> Settings:
+    return settings_for(request.param, tmp_path, tiny_model_dir)
