@@ -308,15 +308,17 @@ def test_under_filter_restricts_to_a_subtree_before_top_k(loaded, corpus, exact)
     a = corpus.folders["a"]
     mask = corpus.below(a)
     assert 0 < mask.sum() < len(mask)
-    # A query whose best matches are all outside a/: the filter must pick the best
-    # of a/ from inside the search, not filter a global top-k afterwards.
-    b_mask = corpus.below(corpus.folders["b"])
-    q = corpus.vectors[b_mask].mean(axis=0)
-    q /= np.linalg.norm(q)
+    # Twenty points in b/ that all beat every point of a/ for this query: the filter
+    # must pick the best of a/ from inside the search, not filter a global top-k.
+    q = unit_vectors(1, seed=21)[0]
+    near = q + 0.05 * unit_vectors(20, seed=22)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    near_paths = [os.path.join(corpus.folders["b"], f"near{i:02d}.jpg") for i in range(20)]
+    loaded.upsert([point_id(p) for p in near_paths], near, [payload_for(p) for p in near_paths])
     k = 5
-    global_top = {i for i, _ in corpus.truth(q, k)}
+    global_top = loaded.query(q, 2 * k, exact=True)
+    assert {h.payload["path"] for h in global_top} <= set(near_paths)
     expected = corpus.truth(q, k, mask)
-    assert not (global_top & {i for i, _ in expected})  # the test really needs the filter inside
     hits = loaded.query(q, k, under=a, exact=exact)
     assert len(hits) == k
     assert_hits_match(hits, expected)
