@@ -163,6 +163,21 @@ def status(settings, as_json):
     click.echo("\n".join(lines))
 
 
+def _add_stage_commands() -> None:
+    """Stages may bring their own commands (finetune/commands.py: `COMMANDS`). Those
+    modules import only click at top level, so --help stays fast."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("finetune.commands") is None:
+        return
+    for command in importlib.import_module("finetune.commands").COMMANDS:
+        cli.add_command(command)
+
+
+_add_stage_commands()
+
+
 def main() -> None:
     cli(prog_name="clipsearch")
 
