@@ -73,14 +73,18 @@ def cli():
               envvar="CLIPSEARCH_MAX_MEGAPIXELS", show_envvar=True,
               help="Skip (and report) images larger than this instead of decoding them.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching GLOB (repeatable).")
+@click.option("--shard", default=None, metavar="I/N", envvar="CLIPSEARCH_SHARD", show_envvar=True,
+              help="Take only shard I of N (by a stable hash of each path): N machines fill one server "
+                   "collection with no overlap.")
 @click.option("--prune", is_flag=True, help="Remove points whose files are gone under FOLDERS.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Append skipped files to this JSON-lines file (path, reason).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, prune, report, quiet, as_json):
+def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, prune, report, quiet, as_json):
     """Embed the images under FOLDERS into the index (incremental: unchanged files are skipped)."""
     from ingest import IngestOptions, ingest as run_ingest
+    from ingest.pipeline import parse_shard
 
     from .encoder import Encoder
     from .index import open_index
@@ -88,7 +92,8 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, prun
     if workers is None:
         workers = os.cpu_count() or 1
     options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
-                            exclude=exclude, prune=prune, report=report, quiet=quiet)
+                            exclude=exclude, prune=prune, report=report, quiet=quiet,
+                            shard=parse_shard(shard) if shard else None)
     for folder in folders:
         if not os.path.isdir(folder):
             raise ClipsearchError(f"{folder} is not a folder")

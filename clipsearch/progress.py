@@ -7,6 +7,7 @@ every `interval` seconds, so logs stay readable.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -24,7 +25,10 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if interval is not None else (0.25 if self.is_tty else 10.0)
+        if interval is None:  # CLIPSEARCH_PROGRESS_SECONDS sets how often a log gets a line
+            env = os.environ.get("CLIPSEARCH_PROGRESS_SECONDS", "")
+            interval = float(env) if env.replace(".", "", 1).isdigit() else (0.25 if self.is_tty else 10.0)
+        self.interval = interval
         self.start = time.monotonic()
         self._last = 0.0
         self._width = 0

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -38,6 +39,7 @@ class IngestOptions:
     prune: bool = False
     report: str | None = None
     quiet: bool = False
+    shard: tuple[int, int] | None = None  # (i, n): only files whose id hash falls in shard i of n
 
 
 @dataclass
@@ -60,14 +62,34 @@ def payload_for(entry: FileEntry, decoded: Decoded) -> dict:
         "path": entry.path,
         "dirs": ancestor_dirs(entry.path),
         "size": entry.size,
-        "mtime": entry.mtime,
+        "mtime": entry.mtime,  # seconds, for people and range filters
+        "mtime_ns": entry.mtime_ns,  # exact, for the unchanged-file check
         "width": decoded.width,
         "height": decoded.height,
     }
 
 
 def _is_unchanged(payload: dict, entry: FileEntry) -> bool:
-    return payload.get("size") == entry.size and payload.get("mtime") == entry.mtime
+    return payload.get("size") == entry.size and payload.get("mtime_ns") == entry.mtime_ns
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' with 0 <= I < N, as given to --shard."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ClipsearchError(f"--shard {text!r} is not of the form I/N (e.g. 0/4)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ClipsearchError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def in_shard(pid: str, shard: tuple[int, int] | None) -> bool:
+    """Stable across machines and runs: the point id is a uuid5 of the path."""
+    if shard is None:
+        return True
+    i, n = shard
+    return int(pid.replace("-", ""), 16) % n == i
 
 
 class Ingestor:
@@ -83,6 +105,7 @@ class Ingestor:
         self.summary = IngestSummary()
         self.report = SkipReport(self.options.report)
         self.walk_done = False
+        self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
         self.target = int(getattr(encoder, "image_size", 224))
 
@@ -105,7 +128,11 @@ class Ingestor:
                     yield entry
             chunk.clear()
 
+        shard = self.options.shard
         for entry in walk_images(roots, self.options.exclude, on_error=self._skip):
+            self.walked += 1
+            if shard is not None and not in_shard(point_id(entry.path), shard):
+                continue
             self.summary.found += 1
             if self.options.prune:
                 self.seen_ids.add(point_id(entry.path))
@@ -152,11 +179,24 @@ class Ingestor:
             yield entry, decoded
 
     def _commit(self, batch: list[tuple[FileEntry, Decoded]]) -> None:
+        """Encode a batch here, upsert it on the writer thread, so the next batch's
+        encoding overlaps this one's write (a server round trip, or edge's WAL)."""
         vectors = self.encoder.encode_images([d.image for _, d in batch], batch_size=self.options.batch_size)
         ids = [point_id(e.path) for e, _ in batch]
         payloads = [payload_for(e, d) for e, d in batch]
-        self.index.upsert(ids, np.asarray(vectors, dtype=np.float32), payloads)
-        self.summary.embedded += len(batch)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        while len(self._writes) >= 2:  # bound memory: at most two batches in flight
+            self._finish_write()
+        self._writes.append((self._writer.submit(self.index.upsert, ids, vectors, payloads), len(batch)))
+
+    def _finish_write(self) -> None:
+        future, size = self._writes.popleft()
+        future.result()  # re-raises a failed write here, in order
+        self.summary.embedded += size
+
+    def _drain_writes(self) -> None:
+        while self._writes:
+            self._finish_write()
 
     def _show(self, force: bool = False) -> None:
         s = self.summary
@@ -180,6 +220,18 @@ class Ingestor:
         self.summary.removed = len(stale)
 
     # -- run --------------------------------------------------------------------
+    def _load(self, roots: Sequence[str]) -> None:
+        batch: list[tuple[FileEntry, Decoded]] = []
+        for item in self._decoded(self._changed_files(roots)):
+            batch.append(item)
+            if len(batch) >= self.options.batch_size:
+                self._commit(batch)
+                batch = []
+            self._show()
+        if batch:
+            self._commit(batch)
+        self._drain_writes()
+
     def run(self, roots: Sequence[str]) -> IngestSummary:
         roots = [os.path.realpath(os.path.abspath(r)) for r in roots]
         for root in roots:
@@ -187,23 +239,22 @@ class Ingestor:
                 raise ClipsearchError(f"{root} is not a folder")
         self.index.ensure_collection(self.encoder.identity)
         started = time.monotonic()
-        batch: list[tuple[FileEntry, Decoded]] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-upsert")
+        self._writes: deque = deque()
         try:
-            for item in self._decoded(self._changed_files(roots)):
-                batch.append(item)
-                if len(batch) >= self.options.batch_size:
-                    self._commit(batch)
-                    batch = []
-                self._show()
-            if batch:
-                self._commit(batch)
+            with self.index.bulk_load():
+                self._load(roots)
             if self.options.prune:
                 self._prune(roots)
             self._show(force=True)
             self.progress.finish()
         finally:
-            self.report.close()
-        if self.summary.found == 0:
+            try:
+                # Whatever happened, batches already handed to the writer are committed.
+                self._writer.shutdown(wait=True)
+            finally:
+                self.report.close()
+        if self.walked == 0:  # a shard that happens to get no files is not an error
             raise ClipsearchError(f"no image files found under {', '.join(roots)}")
         if self.summary.embedded and self.index.backend == "edge":
             count = self.index.count()

@@ -45,7 +45,11 @@ def image_extensions() -> set[str]:
 class FileEntry:
     path: str  # canonical absolute path
     size: int
-    mtime: float
+    mtime_ns: int  # exact; a float mtime does not survive every JSON round trip bit for bit
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
 
 
 def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
@@ -105,5 +109,5 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 if key in seen_files:
                     continue
                 seen_files.add(key)
-                yield FileEntry(os.path.realpath(entry.path), st.st_size, st.st_mtime)
+                yield FileEntry(os.path.realpath(entry.path), st.st_size, st.st_mtime_ns)
             stack.extend(reversed(subfolders))  # depth-first, in name order

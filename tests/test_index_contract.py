@@ -182,6 +182,26 @@ def test_real_models_with_other_weights_are_refused(index, backend_settings, enc
     assert backend_settings.collection in str(info.value)
 
 
+def test_a_collection_without_a_model_record_is_refused(backend_settings):
+    """A collection clipsearch did not make (or whose record is gone) is never written to."""
+    with open_index(backend_settings, create=True) as idx:
+        if backend_settings.backend == "edge":
+            idx.ensure_collection(IDENTITY)
+            (Path(backend_settings.index) / backend_settings.collection / "model.json").unlink()
+        else:
+            from qdrant_client import models
+
+            idx.client.create_collection(backend_settings.collection,
+                                         vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+    with open_index(backend_settings, create=True) as idx:
+        assert idx.exists()
+        assert idx.stored_identity() is None
+        with pytest.raises(ClipsearchError, match="no clipsearch model record") as info:
+            idx.ensure_collection(IDENTITY)
+        assert backend_settings.collection in str(info.value)
+        assert idx.describe()["model"] is None
+
+
 def test_missing_collection_says_to_ingest(index, backend_settings):
     assert not index.exists()
     with pytest.raises(ClipsearchError, match="clipsearch ingest") as info:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -138,6 +139,12 @@ class Index(ABC):
     @abstractmethod
     def scroll(self, batch_size: int = 1000, with_vectors: bool = False,
                under: str | None = None) -> Iterator[Record]: ...
+
+    @contextmanager
+    def bulk_load(self):
+        """Around a large ingest: backends that index while loading may pause that and
+        restore it afterwards. Default: nothing to do."""
+        yield
 
     def optimize(self) -> bool:
         """Build search structures after a bulk load; True if anything was done."""

@@ -8,6 +8,7 @@ retried. The key is handed to the client and never appears in a message.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -115,6 +116,8 @@ class ClientIndex(Index):
         return self._exists
 
     def stored_identity(self) -> ModelIdentity | None:
+        if not self.exists():
+            return None
         info = self._call("collection info", lambda: self.client.get_collection(self.collection))
         metadata = (info.config.metadata or {}).get(METADATA_KEY)
         if not metadata or "model" not in metadata:
@@ -130,7 +133,7 @@ class ClientIndex(Index):
                 vectors_config=models.VectorParams(size=identity.dim, distance=models.Distance.COSINE),
                 metadata={METADATA_KEY: {"format": 1, "model": identity.to_dict()}},
             )
-            for name in KEYWORD_FIELDS:
+            for name in KEYWORD_FIELDS if self.backend == "server" else ():  # local mode has no payload indexes
                 self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
 
         try:
@@ -160,6 +163,8 @@ class ClientIndex(Index):
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
         from qdrant_client import models
 
+        self.require_collection()
+
         vectors = np.asarray(vectors, dtype=np.float32)
         batch = models.Batch(ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads))
         if len(batch.ids):
@@ -175,7 +180,7 @@ class ClientIndex(Index):
             limit=k,
             query_filter=self._filter(under, exclude_ids),
             with_payload=True,
-            search_params=models.SearchParams(exact=True) if exact else None,
+            search_params=models.SearchParams(exact=True) if exact and self.backend == "server" else None,
         ))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
@@ -187,6 +192,8 @@ class ClientIndex(Index):
     def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None:
         from qdrant_client import models
 
+        self.require_collection()
+
         if ids:
             selector = models.PointIdsList(points=list(ids))
             self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
@@ -195,6 +202,7 @@ class ClientIndex(Index):
             self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        self.require_collection()
         if not ids:
             return []
         records = self._call("retrieve", lambda: self.client.retrieve(
@@ -215,6 +223,27 @@ class ClientIndex(Index):
                              np.asarray(r.vector, dtype=np.float32) if with_vectors and r.vector is not None else None)
             if offset is None or not records:
                 return
+
+    @contextmanager
+    def bulk_load(self):
+        """Qdrant's advice for bulk uploads: no HNSW indexing while loading
+        (indexing_threshold=0), then the collection's own threshold back, after which
+        the server builds the index once instead of rebuilding it as segments grow."""
+        if self.backend != "server":
+            yield
+            return
+        from qdrant_client import models
+
+        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
+        previous = info.config.optimizer_config.indexing_threshold
+        self._call("pause indexing", lambda: self.client.update_collection(
+            self.collection, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0)))
+        try:
+            yield
+        finally:
+            restore = previous if previous else 10_000
+            self._call("restore indexing", lambda: self.client.update_collection(
+                self.collection, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=restore)))
 
     def describe(self) -> dict:
         facts = super().describe()
