@@ -55,7 +55,7 @@ def model_only_rate(encoder, n: int = 96) -> float:
 
 
 def decode_cost(files: list[Path], target: int) -> float:
-    from ingest.decode import load_image
+    from clipsearch.images import load_image
 
     start = cpu_seconds()
     for f in files:
@@ -64,7 +64,7 @@ def decode_cost(files: list[Path], target: int) -> float:
 
 
 def encode_cost(encoder, files: list[Path]) -> float:
-    from ingest.decode import load_image
+    from clipsearch.images import load_image
 
     images = [load_image(str(f), encoder.image_size).image for f in files]
     encoder.encode_images(images[:4])

@@ -109,38 +109,71 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
 
 
 @cli.command()
-@click.argument("query")
+@click.argument("query", required=False)
 @index_options
 @click.option("-k", "--top", "k", type=int, default=10, show_default=True, help="How many hits.")
+@click.option("--image", "-i", default=None, metavar="PATH",
+              help="Search by an example image (left out of its own results). A QUERY that is an image file does the same.")
+@click.option("--add", multiple=True, metavar="[W:]TEXT|IMAGE",
+              help="Add a term to the query, optionally weighted: --add 2:sunset (repeatable).")
+@click.option("--subtract", multiple=True, metavar="[W:]TEXT|IMAGE",
+              help="Subtract a term from the query: --subtract people (repeatable).")
+@click.option("--queries", type=click.File("r"), default=None,
+              help="Answer each line of this file (text or image path) as its own query, loading the model once.")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
-              help="Only images under this folder.")
+              help="Only images under this folder (filtered inside the index, not afterwards).")
 @click.option("--min-score", type=float, default=None, help="Drop hits scoring below this cosine similarity.")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "json"]), default="table",
-              show_default=True, help="table: rank, score, path; paths: bare paths for xargs; json: one object per line.")
-def search(query, settings, k, under, min_score, fmt):
-    """Find the images that best match QUERY."""
-    from search import Searcher
+              show_default=True,
+              help="table: rank, score, path; paths: bare paths for xargs; json: one object per hit "
+                   "(with --queries: one object keyed by query).")
+@click.option("--gallery", type=click.Path(dir_okay=False), default=None, metavar="FILE.html",
+              help="Also write an HTML page of the hits as thumbnails with scores.")
+def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery):
+    """Find the images that best match QUERY (text, or an image file)."""
+    from search import Searcher, build_terms, write_gallery
+    from search.engine import check_k
 
     from .encoder import Encoder
     from .index import open_index
 
-    if not query.strip():
-        raise ClipsearchError("the query is empty; give some words to search for")
-    if k < 1:
-        raise ClipsearchError(f"-k must be at least 1, got {k}")
+    check_k(k)
+    if queries is not None:
+        lines = [line.strip() for line in queries if line.strip()]
+        if not lines:
+            raise ClipsearchError(f"{queries.name} holds no queries")
+        if query is not None or image is not None:
+            raise ClipsearchError("give either QUERY/--image or --queries, not both")
+        batches = [(line, build_terms(line, None, add, subtract)) for line in lines]
+    else:
+        batches = [(query if query is not None else image, build_terms(query, image, add, subtract))]
     with open_index(settings) as index:
         index.require_collection()
         encoder = Encoder(settings.model, settings.device)
-        hits = Searcher(encoder, index).text(query, k=k, under=under, min_score=min_score)
-    for hit in hits:
-        if fmt == "paths":
-            click.echo(hit.path)
-        elif fmt == "json":
-            click.echo(json.dumps(hit.to_dict()))
-        else:
-            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}")
-    if not hits and fmt == "table":
-        click.echo("no hits", err=True)
+        searcher = Searcher(encoder, index)
+        results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score)) for label, terms in batches]
+    print_results(results, fmt, keyed=queries is not None)
+    if gallery:
+        write_gallery(gallery, results)
+        click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+
+
+def print_results(results, fmt: str, keyed: bool) -> None:
+    if fmt == "json" and keyed:
+        click.echo(json.dumps({label: [h.to_dict() for h in hits] for label, hits in results}))
+        return
+    for label, hits in results:
+        if keyed and fmt == "table":
+            click.echo(f"# {label}")
+        for hit in hits:
+            if fmt == "paths":
+                click.echo(hit.path)
+            elif fmt == "json":
+                click.echo(json.dumps(hit.to_dict()))
+            else:
+                click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}")
+        if not hits and fmt == "table":
+            click.echo("no hits", err=True)
 
 
 @cli.command()

@@ -22,7 +22,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index, ancestor_dirs, point_id
 from clipsearch.progress import Progress, format_duration
 
-from .decode import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
+from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
 from .report import SkipReport
 from .walk import FileEntry, walk_images
 

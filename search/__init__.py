@@ -3,8 +3,11 @@
     from search import search
     for hit in search("a dog on a beach", k=5):
         print(hit.rank, hit.score, hit.path)
+    search(image="beach.jpg", subtract=["people"])   # more like this, without people
 """
 
-from .engine import SearchHit, Searcher, search
+from .engine import SearchHit, Searcher, build_terms, search
+from .gallery import write_gallery
+from .terms import Term, parse_term
 
-__all__ = ["SearchHit", "Searcher", "search"]
+__all__ = ["SearchHit", "Searcher", "Term", "build_terms", "parse_term", "search", "write_gallery"]

@@ -1,14 +1,18 @@
-"""Answer queries against an index: text in, ranked image hits out."""
+"""Answer queries against an index: text, example images and mixtures of both in,
+ranked image hits out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from clipsearch.encoder import l2_normalize
 from clipsearch.errors import ClipsearchError
-from clipsearch.index import Hit, Index, canonical_path
+from clipsearch.index import Hit, Index, canonical_path, point_id
+
+from .terms import Term, image_term
 
 
 @dataclass(frozen=True)
@@ -30,23 +34,64 @@ class SearchHit:
                 "width": self.width, "height": self.height, "id": self.id}
 
 
+def check_k(k: int) -> None:
+    if k < 1:
+        raise ClipsearchError(f"-k must be at least 1, got {k}")
+
+
 class Searcher:
-    """A loaded model and an open index, checked to belong together."""
+    """A loaded model and an open, non-empty index, checked to belong together."""
 
     def __init__(self, encoder, index: Index):
+        index.require_collection()
         index.check_identity(encoder.identity)
+        if index.count() == 0:
+            raise ClipsearchError(
+                f"collection {index.collection!r} at {index.location} is empty; run `clipsearch ingest DIR` first"
+            )
         self.encoder = encoder
         self.index = index
 
+    # -- vectors ----------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
         if not text or not text.strip():
             raise ClipsearchError("the query is empty; give some words to search for")
         return self.encoder.encode_texts([text.strip()])[0]
 
+    def image_vector(self, path: str) -> np.ndarray:
+        """An indexed image's stored vector (exact, no decoding); else embed the file."""
+        stored = self.index.retrieve([point_id(path)], with_vectors=True)
+        if stored and stored[0].vector is not None:
+            return l2_normalize(stored[0].vector)[0]
+        from clipsearch.images import SkipImage, load_image
+
+        try:
+            decoded = load_image(path, getattr(self.encoder, "image_size", 224))
+        except SkipImage as exc:
+            raise ClipsearchError(f"cannot use {path} as a query image: {exc}") from None
+        return self.encoder.encode_images([decoded.image])[0]
+
+    def combine(self, terms: Sequence[Term]) -> np.ndarray:
+        """Weighted sum of each term's unit vector, normalized: rclip's `+`/`-`."""
+        if not terms:
+            raise ClipsearchError("nothing to search for: give a query, --image or --add")
+        texts = [t for t in terms if t.kind == "text"]
+        vectors: dict[Term, np.ndarray] = {}
+        if texts:
+            for term, vec in zip(texts, self.encoder.encode_texts([t.value for t in texts])):
+                vectors[term] = vec
+        for term in terms:
+            if term.kind == "image" and term not in vectors:
+                vectors[term] = self.image_vector(term.value)
+        total = sum(term.weight * vectors[term] for term in terms)
+        if not np.any(total):
+            raise ClipsearchError("the query terms cancel out to nothing; change their weights")
+        return l2_normalize(total)[0]
+
+    # -- queries ----------------------------------------------------------------
     def by_vector(self, vector: np.ndarray, k: int = 10, under: str | None = None,
                   min_score: float | None = None, exclude_ids: Sequence[str] = ()) -> list[SearchHit]:
-        if k < 1:
-            raise ClipsearchError(f"-k must be at least 1, got {k}")
+        check_k(k)
         if under is not None:
             under = canonical_path(under)
         hits = self.index.query(vector, k, under=under, exclude_ids=exclude_ids)
@@ -54,22 +99,56 @@ class Searcher:
             hits = [h for h in hits if h.score >= min_score]
         return [SearchHit.from_hit(rank, hit) for rank, hit in enumerate(hits, start=1)]
 
+    def terms(self, terms: Sequence[Term], k: int = 10, under: str | None = None,
+              min_score: float | None = None) -> list[SearchHit]:
+        """Example images are left out of their own results."""
+        exclude = [point_id(t.value) for t in terms if t.kind == "image" and t.weight > 0]
+        return self.by_vector(self.combine(terms), k, under, min_score, exclude_ids=exclude)
+
     def text(self, query: str, k: int = 10, under: str | None = None,
              min_score: float | None = None) -> list[SearchHit]:
         return self.by_vector(self.text_vector(query), k, under, min_score)
 
+    def image(self, path: str, k: int = 10, under: str | None = None,
+              min_score: float | None = None) -> list[SearchHit]:
+        return self.terms([image_term(path)], k, under, min_score)
 
-def search(query: str, k: int = 10, settings=None, under: str | None = None,
-           min_score: float | None = None) -> list[SearchHit]:
-    """One-call API for notebooks: load the model, open the index, search, close."""
+
+def search(query: str | None = None, k: int = 10, settings=None, under: str | None = None,
+           min_score: float | None = None, image: str | None = None,
+           add: Iterable[str] = (), subtract: Iterable[str] = ()) -> list[SearchHit]:
+    """One-call API for notebooks: load the model, open the index, search, close.
+
+        search("a dog on a beach", k=5)
+        search(image="holiday/beach.jpg", subtract=["people"])
+    """
     from clipsearch.config import Settings
     from clipsearch.encoder import Encoder
     from clipsearch.index import open_index
 
     settings = settings or Settings.resolve()
-    if k < 1:
-        raise ClipsearchError(f"-k must be at least 1, got {k}")
+    check_k(k)
+    terms = build_terms(query, image, add, subtract)
     with open_index(settings) as index:
         index.require_collection()
         encoder = Encoder(settings.model, settings.device)
-        return Searcher(encoder, index).text(query, k, under, min_score)
+        return Searcher(encoder, index).terms(terms, k, under, min_score)
+
+
+def build_terms(query: str | None, image: str | None, add: Iterable[str], subtract: Iterable[str]) -> list[Term]:
+    """The CLI's and the API's query pieces as weighted terms. A query that is an
+    existing image file searches by that image."""
+    from .terms import looks_like_image_path, parse_term
+
+    terms: list[Term] = []
+    if query is not None:
+        if not query.strip():
+            raise ClipsearchError("the query is empty; give some words to search for")
+        terms.append(image_term(query) if looks_like_image_path(query) else Term("text", query.strip()))
+    if image is not None:
+        terms.append(image_term(image))
+    terms += [parse_term(spec, 1.0, "--add") for spec in add]
+    terms += [parse_term(spec, -1.0, "--subtract") for spec in subtract]
+    if not any(t.weight > 0 for t in terms):
+        raise ClipsearchError("nothing to search for: give a query, --image or --add")
+    return terms

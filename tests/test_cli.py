@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipsearch.cli import cli
-from ingest.decode import load_image
+from clipsearch.images import load_image
 
 from conftest import draw_collection
 

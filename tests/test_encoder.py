@@ -11,7 +11,7 @@ import pytest
 
 from clipsearch.encoder import Encoder
 from clipsearch.errors import ClipsearchError
-from ingest.decode import load_image
+from clipsearch.images import load_image
 
 TEXTS = ["a red circle", "a blue square on white", "x", "purple triangle, large and centred"]
 

@@ -22,7 +22,7 @@ from PIL import Image
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import ancestor_dirs, open_index, point_id
 from ingest import IngestOptions, Ingestor, ingest
-from ingest.decode import load_image
+from clipsearch.images import load_image
 
 from conftest import draw_collection, draw_image, settings_for
 

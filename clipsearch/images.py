@@ -1,6 +1,7 @@
 """Turn one image file into a small RGB PIL image ready for the model, or say why not.
 
-Runs in worker processes, so it imports only PIL. The work per image is kept small:
+Shared by ingest (in its decoding worker processes, so this imports only PIL) and
+search (query-by-example images). The work per image is kept small:
 JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the photo is far larger than
 the model input, and the result is shrunk to the model's input size here, in
 parallel, instead of in the process that runs the model.

@@ -1,0 +1,95 @@
+"""Text -> image retrieval quality: recall@1/5/10 and MRR over a set of pairs.
+
+Each distinct caption is a query; the corpus is every distinct image of the set;
+an image is relevant to a query when some pair joins them (several images may
+share a caption, and one image may have several captions). A query's rank is the
+position of its best-ranked relevant image. Exact score ties, which only a
+degenerate model produces, count as broken at random (the expected rank), so a
+model that gives every image the same vector scores chance, not a lucky 1.0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .images import load_rgb
+from .validation import Pair
+
+KS = (1, 5, 10)
+METRICS = tuple(f"recall@{k}" for k in KS) + ("mrr",)
+
+
+def ranks_of_first_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """scores, relevant: (queries, images). Returns each query's (expected) rank, from 1."""
+    masked_relevant = np.where(relevant, scores, -np.inf)
+    best = masked_relevant.max(axis=1, keepdims=True)
+    irrelevant = ~relevant
+    above = ((scores > best) & irrelevant).sum(axis=1)
+    tied = ((scores == best) & irrelevant).sum(axis=1)
+    tied_relevant = ((scores == best) & relevant).sum(axis=1)
+    return 1.0 + above + tied / (tied_relevant + 1.0)
+
+
+def retrieval_metrics(text_vectors: np.ndarray, image_vectors: np.ndarray, relevant: np.ndarray) -> dict:
+    ranks = np.concatenate([
+        ranks_of_first_relevant(text_vectors[i:i + 1024] @ image_vectors.T, relevant[i:i + 1024])
+        for i in range(0, len(text_vectors), 1024)
+    ])
+    metrics = {f"recall@{k}": float(np.mean(ranks <= k)) for k in KS}
+    metrics["mrr"] = float(np.mean(1.0 / ranks))
+    metrics["queries"] = int(relevant.shape[0])
+    metrics["images"] = int(relevant.shape[1])
+    # What a random ranking scores at recall@1: the share of relevant images, per query.
+    metrics["chance_recall@1"] = float(np.mean(relevant.sum(axis=1) / relevant.shape[1]))
+    return metrics
+
+
+def _encode_images(st, paths: Sequence[str], image_size: int, batch_size: int,
+                   on_batch: Callable[[int], None] | None) -> np.ndarray:
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        images = [load_rgb(p, image_size) for p in paths[start:start + batch_size]]
+        chunks.append(st.encode(images, batch_size=batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False))
+        if on_batch:
+            on_batch(min(start + batch_size, len(paths)))
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
+             on_batch: Callable[[int], None] | None = None) -> dict:
+    """Metrics of the SentenceTransformer `st` on `pairs` (text -> image)."""
+    import torch
+
+    images = sorted({p.image for p in pairs})
+    texts = sorted({p.text for p in pairs})
+    image_at = {path: i for i, path in enumerate(images)}
+    text_at = {text: i for i, text in enumerate(texts)}
+    relevant = np.zeros((len(texts), len(images)), dtype=bool)
+    for p in pairs:
+        relevant[text_at[p.text], image_at[p.image]] = True
+    was_training = st.training
+    st.eval()
+    try:
+        with torch.inference_mode():
+            image_vectors = _encode_images(st, images, image_size, batch_size, on_batch)
+            text_vectors = st.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                                     normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+    finally:
+        st.train(was_training)
+    return retrieval_metrics(text_vectors, image_vectors, relevant)
+
+
+def format_table(columns: dict[str, dict]) -> str:
+    """A small fixed-width table: one row per metric, one column per model state."""
+    names = list(columns)
+    width = max(8, *(len(n) for n in names))
+    lines = [" " * 10 + "".join(f"{n:>{width + 2}}" for n in names)]
+    for metric in METRICS:
+        lines.append(f"{metric:<10}" + "".join(f"{columns[n][metric]:>{width + 2}.3f}" for n in names))
+    first = columns[names[0]]
+    lines.append(f"{first['queries']} queries over {first['images']} images; "
+                 f"chance recall@1 {first['chance_recall@1']:.3f}")
+    return "\n".join(lines)

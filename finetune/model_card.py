@@ -1,0 +1,76 @@
+"""The README.md written beside a fine-tuned model: where it came from, how it was
+trained, how well it retrieves before and after, and how to use it."""
+
+from __future__ import annotations
+
+from .evaluation import METRICS
+
+
+def _metric_rows(before: dict | None, after: dict | None) -> list[str]:
+    if not (before and after):
+        return ["No held-out evaluation was run (--eval-split 0 and no --eval-data)."]
+    rows = ["| metric | before | after |", "|---|---:|---:|"]
+    rows += [f"| {m} | {before[m]:.3f} | {after[m]:.3f} |" for m in METRICS]
+    rows.append("")
+    rows.append(f"Text -> image retrieval over the held-out split: {after['queries']} distinct captions as queries, "
+                f"{after['images']} images as the corpus (chance recall@1: {after['chance_recall@1']:.3f}).")
+    return rows
+
+
+def render(run: dict, evaluation: dict) -> str:
+    s = run["settings"]
+    data = run["data"]
+    freeze = s["freeze"]
+    compatibility = (
+        "The image tower was frozen and is bit-identical to the base model's, so an index built with the base "
+        "model stays valid: `clipsearch search --model` this folder against it, no re-ingest needed."
+        if freeze == "vision" else
+        "The image tower changed, so image vectors differ from the base model's: ingest your images again with "
+        "`--model` this folder (into a new collection); clipsearch refuses to mix the two."
+    )
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: feature-extraction",
+        "tags: [clip, sentence-transformers, text-to-image, clipsearch]",
+        f"base_model: {run['base']}",
+        "---",
+        "",
+        "# Fine-tuned CLIP",
+        "",
+        f"Fine-tuned by `clipsearch finetune` from `{run['base']}` on {data['train_pairs']} image/caption pairs "
+        f"({data['train_images']} images) from `{data['source']}` ({data['format']}).",
+        "",
+        "## Retrieval quality",
+        "",
+        *_metric_rows(evaluation.get("before"), evaluation.get("after")),
+        "",
+        "## Training",
+        "",
+        "- Trainer: sentence-transformers `SentenceTransformerTrainer`.",
+        "- Loss: CLIP's symmetric contrastive loss (text->image and image->text, in-batch negatives, averaged): "
+        "`MultipleNegativesRankingLoss(directions=('query_to_doc', 'doc_to_query'), partition_mode='per_direction')`, "
+        f"scale {run['train']['scale']:g} (temperature {1 / run['train']['scale']:.4f}).",
+        f"- Epochs {s['epochs']:g}, batch size {s['batch_size']}, learning rate {s['lr']:g} (cosine schedule, "
+        f"{s['warmup']:g} warm-up), weight decay {s['weight_decay']:g}, seed {s['seed']}.",
+        f"- Frozen tower: {freeze}.",
+        f"- Held out for evaluation: {data['eval_pairs']} pairs ({data['eval_images']} images), "
+        + (f"from `{data['eval_source']}`." if data.get("eval_source") else
+           f"{s['eval_split']:g} of the images, split by image (seed {s['seed']})."),
+        f"- Skipped bad rows: {data['skipped']}.",
+        f"- Training time: {run['train']['seconds']:.1f} s, {run['train']['steps']} steps.",
+        "",
+        "## Use",
+        "",
+        "```",
+        "clipsearch ingest ~/Pictures --model THIS_FOLDER",
+        'clipsearch search "your words" --model THIS_FOLDER',
+        "clipsearch eval PAIRS.csv --model THIS_FOLDER",
+        "```",
+        "",
+        compatibility,
+        "",
+        "With sentence-transformers directly: `SentenceTransformer(THIS_FOLDER).encode([PIL images or captions])`.",
+        "",
+    ]
+    return "\n".join(lines)

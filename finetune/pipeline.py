@@ -1,0 +1,193 @@
+"""`clipsearch finetune` from start to end: check, evaluate, train, save, evaluate.
+
+Order matters for the promise that a bad run leaves nothing behind: the output
+folder, the dataset (every row) and the base model are all checked before the
+first byte is written to --output. Then the held-out split is scored with the base
+model, the model is trained with checkpoints in OUTPUT/checkpoints/, saved as a
+sentence-transformers folder in OUTPUT, reloaded from there the way ingest and
+search will load it, and scored again. OUTPUT/finetune_run.json records what the
+run was, so that --resume can check it continues the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clipsearch.encoder import Encoder
+from clipsearch.errors import ClipsearchError
+from clipsearch.progress import Progress
+
+from . import model_card
+from .evaluation import evaluate
+from .split import check_disjoint, fingerprint, split_by_image
+from .training import TrainSettings, last_checkpoint, train
+from .validation import PairSet, load_pairs
+
+RUN_FILE = "finetune_run.json"
+EVAL_FILE = "eval.json"
+REPORT_FILE = "skipped_rows.jsonl"
+CHECKPOINTS = "checkpoints"
+# Settings that may differ between an interrupted run and its --resume.
+NOT_COMPARED_ON_RESUME = ("device", "workers")
+
+
+@dataclass
+class FinetuneOptions:
+    data: str
+    output: str
+    base: str
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    eval_split: float = 0.1
+    eval_data: str | None = None
+    skip_bad: bool = False
+    report: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    keep_checkpoints: bool = False
+    eval_batch_size: int = 64
+    quiet: bool = False
+
+
+def check_output(output: Path, overwrite: bool, resume: bool) -> None:
+    if overwrite and resume:
+        raise ClipsearchError("--overwrite and --resume contradict each other: pick one")
+    if output.exists() and not output.is_dir():
+        raise ClipsearchError(f"--output {output} is a file, not a folder")
+    used = output.is_dir() and any(output.iterdir())
+    ours = (output / RUN_FILE).is_file()
+    if resume:
+        if not ours:
+            raise ClipsearchError(f"--resume: {output} holds no interrupted fine-tune ({RUN_FILE} is missing)")
+        if json.loads((output / RUN_FILE).read_text()).get("status") == "done":
+            raise ClipsearchError(f"--resume: the fine-tune in {output} already finished; nothing to resume")
+    elif used and not overwrite:
+        hint = " or --resume to continue it" if ours else ""
+        raise ClipsearchError(f"--output {output} already exists; pass --overwrite to replace it{hint}")
+    elif used and not (ours or (output / "modules.json").is_file()):
+        raise ClipsearchError(
+            f"--output {output} is not empty and is not a model folder; refusing to delete it: choose another --output"
+        )
+
+
+def _load_data(opts: FinetuneOptions) -> tuple[PairSet, PairSet | None, list, list]:
+    data = load_pairs(opts.data, skip_bad=opts.skip_bad)
+    if opts.eval_data:
+        held_set = load_pairs(opts.eval_data, skip_bad=opts.skip_bad)
+        check_disjoint(data.pairs, held_set.pairs)
+        return data, held_set, data.pairs, held_set.pairs
+    train_pairs, held = split_by_image(data.pairs, opts.eval_split, opts.settings.seed)
+    return data, None, train_pairs, held
+
+
+def _check_same_run(previous: dict, current: dict) -> None:
+    differences = []
+    for key, value in current["settings"].items():
+        if key not in NOT_COMPARED_ON_RESUME and previous["settings"].get(key) != value:
+            differences.append(f"--{key.replace('_', '-')} {previous['settings'].get(key)} (now {value})")
+    for key, what in (("base_identity", "the base model"), ("fingerprints", "the data or its split")):
+        if previous.get(key) != current[key]:
+            differences.append(f"{what} changed")
+    if differences:
+        raise ClipsearchError("--resume continues the same run, but it differs from the interrupted one: "
+                              + "; ".join(differences))
+
+
+def _scorer(st, image_size: int, batch_size: int, progress: Progress, label: str):
+    def score(pairs):
+        total = len({p.image for p in pairs})
+        metrics = evaluate(st, pairs, image_size=image_size, batch_size=batch_size,
+                           on_batch=lambda n: progress.update(f"evaluating ({label}): {n}/{total} images"))
+        progress.finish()
+        return metrics
+    return score
+
+
+def run_finetune(opts: FinetuneOptions) -> dict:
+    """Returns the evaluation record (also written to OUTPUT/eval.json)."""
+    output = Path(opts.output).expanduser().resolve()
+    check_output(output, opts.overwrite, opts.resume)
+    progress = Progress(quiet=opts.quiet)
+    data, held_set, train_pairs, held = _load_data(opts)
+    encoder = Encoder(opts.base, opts.settings.device)
+    base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
+    settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
+    settings.update(eval_split=opts.eval_split if not opts.eval_data else None)
+    run = {
+        "status": "training",
+        "base": encoder.location,
+        "base_identity": base_identity,
+        "settings": settings,
+        "fingerprints": {"train": fingerprint(train_pairs), "eval": fingerprint(held)},
+        "data": {
+            "source": data.source, "format": data.format,
+            "eval_source": held_set.source if held_set else None,
+            "train_pairs": len(train_pairs), "train_images": len({p.image for p in train_pairs}),
+            "eval_pairs": len(held), "eval_images": len({p.image for p in held}),
+            "skipped": len(data.problems) + (len(held_set.problems) if held_set else 0),
+        },
+    }
+    score = _scorer(encoder.st, encoder.image_size, opts.eval_batch_size, progress, "before")
+    if opts.resume:
+        previous = json.loads((output / RUN_FILE).read_text())
+        _check_same_run(previous, run)
+        before = previous.get("before")
+    else:
+        before = score(held) if held else None
+    run["before"] = before
+
+    # Everything is checked: from here on --output is written.
+    if opts.overwrite and output.exists():
+        shutil.rmtree(output)
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    _write_reports(data, held_set, Path(opts.report) if opts.report else output / REPORT_FILE)
+    _write_json(output / RUN_FILE, run)
+    checkpoints = str(output / CHECKPOINTS)
+    try:
+        run["train"] = train(encoder.st, encoder.clip, train_pairs, opts.settings, checkpoints,
+                             opts.resume, progress)
+    except BaseException:
+        progress.finish()
+        if created and last_checkpoint(checkpoints) is None:
+            shutil.rmtree(output, ignore_errors=True)  # nothing worth resuming from
+        raise
+    encoder.st.save(str(output), create_model_card=False)
+
+    trained = Encoder(str(output), opts.settings.device)  # exactly what ingest and search will load
+    after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after")(held) if held else None
+    identity = trained.identity
+    evaluation = {
+        "task": "text-to-image retrieval on the held-out split",
+        "held_out": {"pairs": len(held), "images": len({p.image for p in held}),
+                     "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}"},
+        "before": before,
+        "after": after,
+        "base": encoder.location,
+        "model": str(output),
+        "image_tower_unchanged": identity.image_fingerprint == base_identity["image_fingerprint"],
+        "identity": identity.to_dict(),
+        "train": run["train"],
+    }
+    _write_json(output / EVAL_FILE, evaluation)
+    (output / "README.md").write_text(model_card.render(run, evaluation), encoding="utf-8")
+    if not opts.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    run["status"] = "done"
+    _write_json(output / RUN_FILE, run)
+    return evaluation
+
+
+def _write_reports(data: PairSet, held_set: PairSet | None, path: Path) -> None:
+    problems = data.problems + (held_set.problems if held_set else [])
+    if problems:
+        PairSet(data.source, data.format, [], problems).write_report(path)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,214 @@
+"""Train a CLIP on image/caption pairs with sentence-transformers' trainer.
+
+The loss is CLIP's: a symmetric InfoNCE over the batch, text->image and
+image->text, each a softmax over the other side's in-batch items, averaged.
+sentence-transformers' MultipleNegativesRankingLoss computes exactly that with
+`directions=("query_to_doc", "doc_to_query")` and `partition_mode="per_direction"`
+(by default it is one-directional). Its `scale` multiplies the cosine similarities
+(scale = 1 / temperature); its default of 20 is not CLIP's, so the default here
+is the base model's own learned logit scale: 100 for OpenAI's CLIPs, 1/0.07 for a
+freshly initialised one.
+
+Rows hold image paths; the collator decodes a batch's images when it is built,
+so memory holds one batch of pixels, not the dataset. The no-duplicates batch
+sampler keeps an image or a caption from appearing twice in one batch, where the
+second copy would be a false negative.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from clipsearch.encoder import IMAGE_PREFIXES, TEXT_PREFIXES
+from clipsearch.errors import ClipsearchError
+from clipsearch.progress import Progress, format_duration
+
+from .images import load_rgb
+from .validation import Pair
+
+TEXT_COLUMN, IMAGE_COLUMN = "text", "image"  # the text is the anchor: text->image is what search does
+FREEZE_CHOICES = ("none", "vision", "text")
+
+
+@dataclass
+class TrainSettings:
+    epochs: float = 5
+    batch_size: int = 32
+    lr: float = 1e-5
+    seed: int = 0
+    scale: float | None = None  # None: the base model's logit scale
+    freeze: str = "none"
+    warmup: float = 0.1  # fraction of the steps
+    weight_decay: float = 0.1
+    save_steps: int | None = None  # None: a checkpoint at the end of every epoch
+    device: str = "auto"
+    workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, for experiments
+
+
+def model_scale(clip) -> float:
+    """The base model's learned temperature as a similarity scale (CLIP clamps it at 100)."""
+    scale = getattr(clip, "logit_scale", None)
+    return float(min(100.0, math.exp(float(scale.detach())))) if scale is not None else 100.0
+
+
+def clip_loss(st, scale: float) -> MultipleNegativesRankingLoss:
+    return MultipleNegativesRankingLoss(st, scale=scale, directions=("query_to_doc", "doc_to_query"),
+                                        partition_mode="per_direction")
+
+
+def freeze_tower(clip, which: str) -> int:
+    """Stop gradients into one tower; returns how many parameters stay trainable."""
+    if which not in FREEZE_CHOICES:
+        raise ClipsearchError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {which!r}")
+    prefixes = {"vision": IMAGE_PREFIXES, "text": TEXT_PREFIXES}.get(which, ())
+    trainable = 0
+    for name, param in clip.named_parameters():
+        if name == "logit_scale":  # fixed: the loss uses its own scale
+            param.requires_grad_(False)
+        elif prefixes and name.startswith(prefixes):
+            param.requires_grad_(False)
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable
+
+
+@dataclass
+class ImagePathCollator(SentenceTransformerDataCollator):
+    """Decodes the image column's paths, one batch at a time, then tokenizes and
+    preprocesses as sentence-transformers does."""
+
+    image_size: int = 224
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        features = [
+            {key: load_rgb(value, self.image_size) if key == IMAGE_COLUMN else value for key, value in row.items()}
+            for row in features
+        ]
+        return super().__call__(features)
+
+
+class _ProgressCallback(TrainerCallback):
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        done, total = state.global_step, state.max_steps
+        elapsed = self.progress.elapsed()
+        eta = format_duration(elapsed / max(1, done - self._first) * (total - done)) if done > self._first else "?"
+        loss = f"  loss {self.loss:.4f}" if self.loss is not None else ""
+        saved = f"  checkpoint {self.saved}" if self.saved else ""
+        self.progress.update(f"training: epoch {state.epoch or 0:.2f}/{args.num_train_epochs:g}  "
+                             f"step {done}/{total}{loss}{saved}  ETA {eta}", force=done == total)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._first = state.global_step  # a resumed run starts part-way
+        self.saved = None
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved = state.global_step
+
+
+class _Trainer(SentenceTransformerTrainer):
+    def add_model_card_callback(self, default_args_dict):
+        """No automatic model card: it encodes sample rows as widgets, which a
+        mixed text/image dataset cannot do. model_card.py writes ours."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.model.save_pretrained(output_dir, create_model_card=False)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def oom_error(batch_size: int) -> ClipsearchError:
+    return ClipsearchError(
+        f"out of memory at --batch-size {batch_size}; lower --batch-size (try {max(1, batch_size // 2)})"
+    )
+
+
+def last_checkpoint(checkpoint_dir: str) -> str | None:
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    steps = [int(n.split("-")[1]) for n in os.listdir(checkpoint_dir)
+             if n.startswith("checkpoint-") and n.split("-")[1].isdigit()
+             and os.path.isfile(os.path.join(checkpoint_dir, n, "trainer_state.json"))]
+    return os.path.join(checkpoint_dir, f"checkpoint-{max(steps)}") if steps else None
+
+
+def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: str, resume: bool,
+          progress: Progress) -> dict:
+    """Train `st` in place. Returns facts about the run (seconds, steps, final loss)."""
+    from datasets import Dataset
+
+    scale = settings.scale if settings.scale is not None else model_scale(clip)
+    freeze_tower(clip, settings.freeze)
+    dataset = Dataset.from_dict({TEXT_COLUMN: [p.text for p in pairs], IMAGE_COLUMN: [p.image for p in pairs]})
+    steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=checkpoint_dir,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.lr,
+        warmup_steps=settings.warmup,
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="cosine",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        batch_sampler="no_duplicates",
+        save_strategy="steps",
+        save_steps=settings.save_steps or steps_per_epoch,
+        save_total_limit=2,
+        logging_steps=max(1, min(10, steps_per_epoch)),
+        report_to="none",
+        disable_tqdm=True,
+        log_level="error",
+        use_cpu=settings.device == "cpu",
+        dataloader_num_workers=settings.workers,
+        **settings.extra,
+    )
+    image_size = int(clip.config.vision_config.image_size)
+    collator = ImagePathCollator(preprocess_fn=st.preprocess, image_size=image_size)
+    trainer = _Trainer(model=st, args=args, train_dataset=dataset, loss=clip_loss(st, scale), data_collator=collator)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    callback = _ProgressCallback(progress)
+    trainer.add_callback(callback)
+    checkpoint = last_checkpoint(checkpoint_dir) if resume else None
+    if resume and checkpoint:
+        progress.message(f"resuming from {checkpoint}")
+    started = time.monotonic()
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except (RuntimeError, MemoryError) as exc:
+        if _out_of_memory(exc):
+            raise oom_error(settings.batch_size) from None
+        raise
+    progress.finish()
+    return {
+        "seconds": round(time.monotonic() - started, 2),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "final_loss": callback.loss,
+        "scale": scale,
+        "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
+    }

@@ -1,0 +1,64 @@
+"""A self-contained HTML page of search hits: thumbnails (embedded as data URIs),
+rank, score and path, so a person can look at results in any browser."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageOps
+
+THUMBNAIL = 256
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
+h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:256px;background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}
+figure img{width:256px;height:256px;object-fit:contain;background:#eee;display:block}
+figcaption{padding:6px 8px;font-size:.8rem;word-break:break-all}
+.score{font-weight:600}
+.missing{width:256px;height:256px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
+"""
+
+
+def thumbnail_data_uri(path: str) -> str | None:
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
+            img = ImageOps.exif_transpose(img) or img
+            img = img.convert("RGB")
+            img.thumbnail((THUMBNAIL, THUMBNAIL))
+            buffer = io.BytesIO()
+            img.save(buffer, format="JPEG", quality=85)
+    except Exception:  # a file deleted or damaged since ingest: show a placeholder
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def render_gallery(sections: Sequence[tuple[str, Sequence]]) -> str:
+    """`sections`: (title, hits) pairs; hits have rank, score and path."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clipsearch results</title>",
+             f"<style>{STYLE}</style></head><body>"]
+    for title, hits in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2><div class='grid'>")
+        for hit in hits:
+            uri = thumbnail_data_uri(hit.path)
+            href = html.escape(Path(hit.path).as_uri() if Path(hit.path).is_absolute() else hit.path, quote=True)
+            image = (f"<a href='{href}'><img src='{uri}' alt='{html.escape(Path(hit.path).name, quote=True)}'></a>"
+                     if uri else "<div class='missing'>not readable</div>")
+            parts.append(
+                f"<figure>{image}<figcaption><span class='score'>#{hit.rank} &middot; {hit.score:.4f}</span>"
+                f"<br>{html.escape(hit.path)}</figcaption></figure>")
+        if not hits:
+            parts.append("<p>no hits</p>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_gallery(path: str, sections: Sequence[tuple[str, Sequence]]) -> None:
+    Path(path).write_text(render_gallery(sections), encoding="utf-8")
