@@ -42,9 +42,11 @@ def index_options(fn):
                   help=f"Collection name. Env: CLIPSEARCH_COLLECTION. Default: {DEFAULT_COLLECTION}")
     @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda", "mps"]),
                   help="Where the model runs. Env: CLIPSEARCH_DEVICE. Default: auto (cuda when available).")
+    @click.option("--grpc/--rest", "grpc", default=None,
+                  help="Protocol to a Qdrant server: gRPC (port 6334) or REST. Env: CLIPSEARCH_GRPC. Default: REST.")
     @functools.wraps(fn)
-    def wrapper(model, index, collection, device, **kwargs):
-        settings = Settings.resolve(model=model, index=index, collection=collection, device=device)
+    def wrapper(model, index, collection, device, grpc, **kwargs):
+        settings = Settings.resolve(model=model, index=index, collection=collection, device=device, grpc=grpc)
         return fn(settings=settings, **kwargs)
 
     return wrapper
@@ -188,17 +190,54 @@ def status(settings, as_json):
     if as_json:
         click.echo(json.dumps(facts))
         return
+    click.echo(format_status(facts))
+
+
+@cli.command()
+@index_options
+@click.option("--to", "to", required=True, metavar="URL|DIR",
+              help="Target index: a Qdrant server URL (the usual case), another folder, or :memory:.")
+@click.option("--to-collection", default=None, help="Target collection name. Default: the source's name.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Points per request.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
+def migrate(settings, to, to_collection, batch_size, quiet):
+    """Copy a collection (vectors, payloads, model identity) to another index, e.g. a
+    Qdrant server. Resumable: run it again after an interruption."""
+    from .index import open_index
+    from .migrate import migrate as run_migrate
+    from .progress import Progress
+
+    target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
+    if (target_settings.index, target_settings.collection) == (settings.index, settings.collection):
+        raise ClipsearchError("--to names the source collection itself")
+    with open_index(settings) as source:
+        source.require_collection()
+        with open_index(target_settings, create=True) as target:
+            summary = run_migrate(source, target, batch_size, Progress(quiet=quiet))
+    click.echo(summary.line())
+
+
+def format_status(facts: dict) -> str:
     model = facts.get("model")
-    lines = [
-        f"backend:    {facts['backend']}",
-        f"index:      {facts['location']}",
-        f"collection: {facts['collection']}" + ("" if facts["exists"] else " (does not exist yet)"),
-        f"points:     {facts['points']}",
-        f"model:      {model['name'] + ' (image ' + model['image_fingerprint'][:12] + ', dim ' + str(model['dim']) + ')' if model else '-'}",
+    backend = facts["backend"] + (f" ({facts['protocol']})" if "protocol" in facts else "")
+    lines = [f"backend:      {backend}", f"index:        {facts['location']}"]
+    if "server_version" in facts:
+        lines.append(f"server:       Qdrant {facts['server_version']}")
+    lines += [
+        f"collection:   {facts['collection']}" + ("" if facts["exists"] else " (does not exist yet)"),
+        f"points:       {facts['points']}",
+        "model:        " + (f"{model['name']} (image {model['image_fingerprint'][:12]}, dim {model['dim']})"
+                            if model else "-"),
     ]
-    if "hnsw_indexed_vectors" in facts:
-        lines.append(f"hnsw:       {facts['hnsw_indexed_vectors']} vectors indexed")
-    click.echo("\n".join(lines))
+    if facts["exists"] and "indexed_vectors" in facts:
+        indexed = facts["indexed_vectors"]
+        state = (f"HNSW over {indexed} of {facts['points']} vectors" if indexed
+                 else "exact scan (no HNSW graph yet; ingest builds one once the collection is large)")
+        if facts.get("status"):
+            state += f", collection status {facts['status']}"
+        lines.append(f"search index: {state}")
+    return "\n".join(lines)
 
 
 def _add_stage_commands() -> None:

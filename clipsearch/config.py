@@ -25,7 +25,11 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "device": ("CLIPSEARCH_DEVICE",),
     "api_key": ("QDRANT_API_KEY",),
     "retry_seconds": ("CLIPSEARCH_RETRY_SECONDS",),
+    "grpc": ("CLIPSEARCH_GRPC",),
 }
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 def default_index_path() -> str:
@@ -44,6 +48,8 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)  # never printed
     # How long calls to a Qdrant server are retried before giving up.
     retry_seconds: float = 30.0
+    # Talk to a Qdrant server over gRPC (port 6334) instead of REST: faster bulk upserts.
+    grpc: bool = False
 
     @classmethod
     def resolve(cls, env: dict[str, str] | None = None, **flags) -> "Settings":
@@ -76,10 +82,15 @@ class Settings:
             raise ClipsearchError(
                 f"CLIPSEARCH_RETRY_SECONDS={self.retry_seconds!r} is not a number of seconds"
             ) from None
+        grpc = self.grpc
+        if isinstance(grpc, str):
+            if grpc.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise ClipsearchError(f"CLIPSEARCH_GRPC={grpc!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
+            grpc = grpc.strip().lower() in TRUE_WORDS
         index = self.index
         if self.backend == "edge":
             index = str(Path(index).expanduser().resolve())
-        return replace(self, retry_seconds=retry, index=index)
+        return replace(self, retry_seconds=retry, index=index, grpc=bool(grpc))
 
     @property
     def backend(self) -> str:

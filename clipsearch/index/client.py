@@ -43,7 +43,7 @@ class _Transient(Exception):
 
 class ClientIndex(Index):
     def __init__(self, location: str, collection: str, api_key: str | None = None,
-                 retry_seconds: float = 30.0, timeout: int = 30):
+                 retry_seconds: float = 30.0, timeout: int = 30, grpc: bool = False):
         super().__init__(location, collection)
         self.retry_seconds = retry_seconds
         if location == ":memory:":
@@ -54,8 +54,9 @@ class ClientIndex(Index):
 
             self.backend = "server"
             # A URL without a port means Qdrant's REST port, not 80/443.
-            self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout,
+            self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout, prefer_grpc=grpc,
                                        check_compatibility=False)
+        self.grpc = grpc
         self._exists: bool | None = None
 
     # -- retries ----------------------------------------------------------------
@@ -100,6 +101,9 @@ class ClientIndex(Index):
             return ClipsearchError(f"Qdrant server {self.location}: HTTP {status} {exc.reason_phrase}")
         if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
             return _Transient(str(exc))
+        grpc_error = self._classify_grpc(exc)
+        if grpc_error is not None:
+            return grpc_error
         try:
             import httpx
 
@@ -108,6 +112,22 @@ class ClientIndex(Index):
         except ImportError:  # pragma: no cover
             pass
         return exc
+
+    def _classify_grpc(self, exc: Exception) -> Exception | None:
+        try:
+            import grpc
+        except ImportError:  # pragma: no cover - grpcio comes with qdrant-client
+            return None
+        if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
+            return None
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return ClipsearchError(f"Qdrant server {self.location} refused the API key (gRPC {code.name}); "
+                                   "check QDRANT_API_KEY")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
+            return _Transient(f"gRPC {code.name}")
+        return ClipsearchError(f"Qdrant server {self.location}: gRPC {code.name}: {exc.details()}")
 
     # -- collection -------------------------------------------------------------
     def exists(self) -> bool:
@@ -248,7 +268,12 @@ class ClientIndex(Index):
     def describe(self) -> dict:
         facts = super().describe()
         if self.backend == "server":
-            facts["location"] = self.location
+            facts["protocol"] = "grpc" if self.grpc else "rest"
+            facts["server_version"] = self._call("server info", lambda: self.client.info()).version
+        if facts["exists"]:
+            info = self._call("collection info", lambda: self.client.get_collection(self.collection))
+            facts["status"] = str(getattr(info.status, "value", info.status))
+            facts["indexed_vectors"] = info.indexed_vectors_count or 0
         return facts
 
     def close(self) -> None:

@@ -214,7 +214,7 @@ class EdgeIndex(Index):
         if self._shard is not None:
             info = self._shard.info()
             facts["segments"] = info.segments_count
-            facts["hnsw_indexed_vectors"] = info.indexed_vectors_count
+            facts["indexed_vectors"] = info.indexed_vectors_count
         return facts
 
     def close(self) -> None:

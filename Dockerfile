@@ -1,0 +1,21 @@
+# clipsearch as a container, for `docker compose run --rm clipsearch ...` beside the
+# qdrant service. torch is installed first, on its own, so that the project's
+# `torch>=...` requirement is already met; set TORCH_INDEX_URL to a CPU-only wheel
+# index to keep the image small.
+FROM python:3.11-slim
+ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_INDEX_URL=""
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"; \
+    else pip install "$TORCH_SPEC"; fi
+COPY pyproject.toml README.md ./
+COPY clipsearch ./clipsearch
+COPY ingest ./ingest
+COPY search ./search
+COPY finetune ./finetune
+RUN pip install .
+# Models and photos are mounted, never baked in.
+ENV CLIPSEARCH_MODEL=/models/clip
+ENTRYPOINT ["clipsearch"]
+CMD ["--help"]
