@@ -100,8 +100,6 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
         if not os.path.isdir(folder):
             raise ClipsearchError(f"{folder} is not a folder")
     with open_index(settings, create=True) as index:
-        if index.exists():  # fail on a model mismatch before loading the model's weights twice
-            index.require_collection()
         encoder = Encoder(settings.model, settings.device)
         summary = run_ingest(list(folders), encoder, index, options)
     if as_json:

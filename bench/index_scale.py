@@ -1,0 +1,160 @@
+"""The embedded index at scale: synthetic clustered 512-d vectors through EdgeIndex.
+
+    python bench/index_scale.py --sizes 100000 1000000
+
+For each size: upsert rate into the index alone, HNSW build time, reopen time, query
+latency p50/p95 exact and HNSW (with recall@10 against exact), process RSS and disk.
+With --model, also the warm query latency a user sees: encode a text with that model
+(a random-init ViT-B/32 has the real one's cost) plus the top-10 search.
+Vectors are clustered like image embeddings (cosine to their neighbours 0.6-0.9), not
+uniform noise, which would make every neighbour equally far and HNSW look worse than
+it is on real collections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from clipsearch.identity import ModelIdentity  # noqa: E402
+from clipsearch.index.edge import EdgeIndex  # noqa: E402
+
+DIM = 512
+BATCH = 2000
+QUERIES = 200
+
+
+def clustered(n: int, rng, centers: np.ndarray) -> np.ndarray:
+    labels = rng.integers(0, len(centers), n)
+    vectors = centers[labels] + rng.normal(0, 0.045, (n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def latencies(index: EdgeIndex, queries: np.ndarray, exact: bool, k: int = 10):
+    times, results = [], []
+    for q in queries:
+        start = time.perf_counter()
+        hits = index.query(q, k, exact=exact)
+        times.append(time.perf_counter() - start)
+        results.append([h.id for h in hits])
+    ms = np.array(times) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), results
+
+
+TEXTS = [f"{a} {b} {c}" for a in ("a photo of", "a drawing of", "a close-up of", "a blurry picture of")
+         for b in ("a red", "a small", "an old", "a happy", "two")
+         for c in ("dog", "car on a street", "cat on a sofa", "mountain lake", "birthday cake")]
+
+
+def warm_queries(index: EdgeIndex, encoder, exact: bool, k: int = 10):
+    """Text encode + top-k search per query, the way `clipsearch search` does it warm."""
+    times, results = [], []
+    for text in TEXTS:
+        start = time.perf_counter()
+        vector = encoder.encode_texts([text])[0]
+        hits = index.query(vector, k, exact=exact)
+        times.append(time.perf_counter() - start)
+        results.append([h.id for h in hits])
+    ms = np.array(times) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), results
+
+
+def run(n: int, workdir: Path, rng, encoder=None) -> dict:
+    centers = rng.normal(0, 1, (max(100, n // 1000), DIM)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)  # unit centers
+    folder = workdir / f"edge-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    identity = ModelIdentity("synthetic", "bench", "bench", DIM)
+    result: dict = {"points": n}
+    index = EdgeIndex(str(folder), "images", create=True)
+    index.ensure_collection(identity)
+    upsert_seconds = 0.0
+    for start in range(0, n, BATCH):
+        count = min(BATCH, n - start)
+        vectors = clustered(count, rng, centers)
+        ids = [str(uuid.UUID(int=start + i + 1)) for i in range(count)]
+        payloads = [{"path": f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg",
+                     "dirs": [f"/photos/{(start + i) // 1000:04d}", "/photos", "/"]} for i in range(count)]
+        t = time.perf_counter()
+        index.upsert(ids, vectors, payloads)
+        upsert_seconds += time.perf_counter() - t
+    result["upsert_points_per_s"] = round(n / upsert_seconds)
+    queries = clustered(QUERIES, rng, centers)
+    p50, p95, exact_ids = latencies(index, queries, exact=True)
+    result["exact_ms_p50"], result["exact_ms_p95"] = round(p50, 2), round(p95, 2)
+    if encoder is not None:
+        p50, p95, text_exact_ids = warm_queries(index, encoder, exact=True)
+        result["warm_text_query_exact_ms_p50"], result["warm_text_query_exact_ms_p95"] = round(p50, 1), round(p95, 1)
+    t = time.perf_counter()
+    index._shard.optimize()  # bench builds HNSW at any size; ingest does so above HNSW_MIN_POINTS
+    result["hnsw_build_s"] = round(time.perf_counter() - t, 1)
+    index.close()
+    t = time.perf_counter()
+    index = EdgeIndex(str(folder), "images")
+    result["reopen_s"] = round(time.perf_counter() - t, 3)
+    index.count()
+    p50, p95, hnsw_ids = latencies(index, queries, exact=False)
+    result["hnsw_ms_p50"], result["hnsw_ms_p95"] = round(p50, 2), round(p95, 2)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_ids, hnsw_ids)])
+    result["hnsw_recall_at_10"] = round(float(recall), 4)
+    if encoder is not None:
+        p50, p95, text_hnsw_ids = warm_queries(index, encoder, exact=False)
+        result["warm_text_query_hnsw_ms_p50"], result["warm_text_query_hnsw_ms_p95"] = round(p50, 1), round(p95, 1)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(text_exact_ids, text_hnsw_ids)])
+        result["warm_text_query_hnsw_recall_at_10"] = round(float(recall), 4)
+    result["rss_mb_after_queries"] = round(rss_mb())
+    result["disk_mb"] = round(disk_mb(folder))
+    index.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "out")
+    parser.add_argument("--model", default=None,
+                        help="CLIP folder for the warm text-query figures; 'vit-b-32' builds a random one")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    encoder = None
+    if args.model:
+        from clipsearch.encoder import Encoder
+
+        if args.model == "vit-b-32":
+            from bench.photos import vit_b_32_model
+
+            args.model = str(vit_b_32_model())
+        encoder = Encoder(args.model, device="cpu")
+        encoder.encode_texts(["warm up"])
+    rng = np.random.default_rng(0)
+    results = []
+    for n in args.sizes:
+        results.append(run(n, args.workdir, rng, encoder))
+        print(json.dumps(results[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Run every benchmark in turn (`make bench`); each prints JSON lines. Results are
+copied by hand into BENCHMARKS.md with the command that produced them, because
+these machines are noisy and a person should look at the numbers first."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = [
+    ["ingest_speed.py"],
+    ["reingest_unchanged.py", "--files", "100000"],
+    ["index_scale.py", "--sizes", "100000", "1000000"],
+    ["search_latency.py"],
+    ["cold_query.py"],
+    ["finetune_tuxpaint.py"],
+]
+
+if __name__ == "__main__":
+    failed = []
+    for script, *args in SCRIPTS:
+        if not (HERE / script).is_file():
+            continue
+        print(f"== {script} {' '.join(args)}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / script), *args]).returncode != 0:
+            failed.append(script)
+    sys.exit(f"failed: {', '.join(failed)}" if failed else 0)
