@@ -75,6 +75,7 @@ def finetune(data, output, base, epochs, batch_size, lr, seed, eval_split, eval_
     and MRR on held-out images are measured before and after training and saved in
     OUTPUT/eval.json and OUTPUT/README.md.
     """
+    _require_training_extras()
     from .evaluation import format_table
     from .pipeline import FinetuneOptions, run_finetune
     from .training import TrainSettings
@@ -139,6 +140,16 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
     click.echo(format_table({os.path.basename(encoder.location.rstrip("/")) or "model": metrics}))
     if pairs.problems:
         click.echo(f"skipped {len(pairs.problems)} bad rows", err=True)
+
+
+def _require_training_extras() -> None:
+    import importlib.util
+
+    from clipsearch.errors import ClipsearchError
+
+    missing = [name for name in ("datasets", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ClipsearchError(f"fine-tuning needs {' and '.join(missing)}: pip install 'clipsearch[finetune]'")
 
 
 COMMANDS = [finetune, eval_command]

@@ -226,3 +226,13 @@ def test_bad_options(tmp_path, shapes, tiny_model_dir):
     result = finetune(train, "--base", tiny_model_dir, "-o", out, "--eval-split", "1.5")
     assert result.exit_code == 2
     assert not out.exists()
+
+
+def test_missing_training_extras_are_named(tmp_path, shapes, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args, **kwargs: None if name == "datasets" else real(name, *args, **kwargs))
+    result = finetune(shapes[0], "--base", tiny_model_dir, "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "needs datasets: pip install 'clipsearch[finetune]'" in result.output
