@@ -70,8 +70,8 @@ def run(args: list[str]) -> tuple[str, float]:
     return done.stdout, time.monotonic() - started
 
 
-def evaluate(data: Path, model: Path) -> dict:
-    out, _ = run([*CLIPSEARCH, "eval", str(data), "--model", str(model), "--device", "cpu", "--json"])
+def evaluate(data: Path, model: Path, device: str) -> dict:
+    out, _ = run([*CLIPSEARCH, "eval", str(data), "--model", str(model), "--device", device, "--json"])
     return json.loads(out)
 
 
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-split", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes while training")
     args = parser.parse_args()
 
     if not args.stamps.is_dir():
@@ -106,16 +108,16 @@ def main() -> None:
     model = args.work / "model"
     command = [*CLIPSEARCH, "finetune", str(train_csv), "--eval-data", str(held_csv), "--base", str(base),
                "--output", str(model), "--epochs", f"{args.epochs:g}", "--batch-size", str(args.batch_size),
-               "--lr", f"{args.lr:g}", "--seed", str(args.seed), "--device", "cpu", "--quiet", "--json",
-               "--save-steps", "100000"]
+               "--lr", f"{args.lr:g}", "--seed", str(args.seed), "--device", args.device, "--quiet", "--json",
+               "--save-steps", "100000", "--workers", str(args.workers)]
     out, wall = run(command)
     record = json.loads(out)
-    train_before, train_after = evaluate(train_csv, base), evaluate(train_csv, model)
+    train_before, train_after = evaluate(train_csv, base, args.device), evaluate(train_csv, model, args.device)
 
     rows = [("held-out, before", record["before"]), ("held-out, after", record["after"]),
             ("training pairs, before", train_before), ("training pairs, after", train_after)]
     shown = " ".join(c if c.startswith("-") or "/" not in c else Path(c).name for c in command[3:])
-    print(f"""## Fine-tuning on Tux Paint stamps (random-init CLIP, CPU)
+    print(f"""## Fine-tuning on Tux Paint stamps (random-init CLIP, {args.device})
 
 {len(pairs)} image/caption pairs from `tuxpaint-stamps-default` (outside symbols/); {len(train_pairs)} training pairs,
 {len(held)} held out ({len({p.image for p in held})} images, split by image, seed {args.seed}).
@@ -130,10 +132,17 @@ machine, so these numbers show the pipeline learning from scratch, not what fine
     print(f"""
 Training: {record['train']['steps']} steps, {record['train']['seconds']:.1f} s in the trainer
 ({wall:.1f} s for the whole command: imports, checks, both evaluations, saving);
-{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch threads default.
+{_machine(args.device)}.
 
-Command: `python bench/finetune_tuxpaint.py --size {args.size} --epochs {args.epochs:g} --batch-size {args.batch_size} --lr {args.lr:g}`,
-which runs `clipsearch finetune {shown}`.""")
+Command: `python bench/finetune_tuxpaint.py --size {args.size} --epochs {args.epochs:g} --batch-size {args.batch_size} --lr {args.lr:g} --device {args.device}`,
+which runs `clipsearch {shown}`.""")
+
+
+def _machine(device: str) -> str:
+    import torch
+
+    cpu = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
+    return f"{torch.cuda.get_device_name(0)}, {cpu}" if device == "cuda" else cpu
 
 
 if __name__ == "__main__":

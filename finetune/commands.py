@@ -119,15 +119,14 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
     Each distinct caption is a query over all of DATA's images; DATA takes any
     layout `finetune` reads.
     """
-    from clipsearch.encoder import Encoder
-
     from .evaluation import evaluate, format_table
+    from .loading import load_clip
     from .validation import load_pairs
 
     pairs = load_pairs(data, skip_bad=skip_bad)
     if report and pairs.problems:
         pairs.write_report(report)
-    encoder = Encoder(model or DEFAULT_BASE, device or "auto")
+    encoder = load_clip(model or DEFAULT_BASE, device or "auto")
     metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if output:

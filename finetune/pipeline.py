@@ -17,12 +17,12 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clipsearch.encoder import Encoder
 from clipsearch.errors import ClipsearchError
 from clipsearch.progress import Progress
 
 from . import model_card
 from .evaluation import evaluate
+from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
 from .training import TrainSettings, last_checkpoint, train
 from .validation import PairSet, load_pairs
@@ -112,7 +112,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     check_output(output, opts.overwrite, opts.resume)
     progress = Progress(quiet=opts.quiet)
     data, held_set, train_pairs, held = _load_data(opts)
-    encoder = Encoder(opts.base, opts.settings.device)
+    encoder = load_clip(opts.base, opts.settings.device)
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
     settings.update(eval_split=opts.eval_split if not opts.eval_data else None)
@@ -157,7 +157,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         raise
     encoder.st.save(str(output), create_model_card=False)
 
-    trained = Encoder(str(output), opts.settings.device)  # exactly what ingest and search will load
+    trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
     after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after")(held) if held else None
     identity = trained.identity
     evaluation = {

@@ -4,6 +4,7 @@ model identity (--freeze vision keeps an index valid), refusals, --resume, bad i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,12 @@ def shapes(tmp_path_factory) -> tuple[Path, Path]:
     return write_dataset(tmp_path_factory.mktemp("shapes"), per_train=2, per_heldout=1)
 
 
+# Where the fine-tunes run: CPU here; CLIPSEARCH_TEST_DEVICE=cuda checks the same on a GPU.
+DEVICE = os.environ.get("CLIPSEARCH_TEST_DEVICE", "cpu")
+
+
 def finetune(*args: str) -> "CliRunner.invoke":
-    return CliRunner().invoke(cli, ["finetune", *map(str, args), "--device", "cpu", "--quiet"])
+    return CliRunner().invoke(cli, ["finetune", *map(str, args), "--device", DEVICE, "--quiet"])
 
 
 def _tensors(folder: Path, prefixes) -> dict:
@@ -59,15 +64,20 @@ def test_finetune_writes_a_model_folder_that_clipsearch_loads(tmp_path, shapes, 
     assert abs(float(vectors[0] @ vectors[1])) < 0.9999
 
 
-def test_freeze_vision_keeps_the_image_tower_bit_identical_and_the_index_valid(tmp_path, shapes, tiny_model_dir):
+@pytest.fixture(scope="module")
+def frozen_and_unfrozen(tmp_path_factory, shapes, tiny_model_dir) -> tuple[Path, Path]:
     train, heldout = shapes
-    frozen, unfrozen = tmp_path / "frozen", tmp_path / "unfrozen"
+    folder = tmp_path_factory.mktemp("freeze")
     common = ["--base", tiny_model_dir, "--eval-data", heldout, "--epochs", 1, "--batch-size", 16, "--lr", "1e-3"]
-    result = finetune(train, "-o", frozen, "--freeze", "vision", *common)
+    result = finetune(train, "-o", folder / "frozen", "--freeze", "vision", *common)
     assert result.exit_code == 0, result.output
     assert "image tower unchanged" in result.output
-    assert finetune(train, "-o", unfrozen, *common).exit_code == 0
+    assert finetune(train, "-o", folder / "unfrozen", *common).exit_code == 0
+    return folder / "frozen", folder / "unfrozen"
 
+
+def test_freeze_vision_keeps_the_image_tower_bit_identical(frozen_and_unfrozen, tiny_model_dir):
+    frozen, unfrozen = frozen_and_unfrozen
     base_vision = _tensors(tiny_model_dir, IMAGE_PREFIXES)
     frozen_vision = _tensors(frozen, IMAGE_PREFIXES)
     assert base_vision.keys() == frozen_vision.keys() and len(base_vision) > 10
@@ -80,9 +90,13 @@ def test_freeze_vision_keeps_the_image_tower_bit_identical_and_the_index_valid(t
     assert Encoder(str(frozen), "cpu").identity.text_fingerprint != base.text_fingerprint
     assert not Encoder(str(unfrozen), "cpu").identity.is_compatible_with(base)
     assert json.loads((frozen / "eval.json").read_text())["image_tower_unchanged"] is True
+    assert json.loads((unfrozen / "eval.json").read_text())["image_tower_unchanged"] is False
 
-    # An index built with the base model answers the text-only fine-tune, and refuses the other.
-    photos = Path(train).parent / "images"
+
+def test_an_index_built_with_the_base_answers_the_text_only_finetune(tmp_path, shapes, frozen_and_unfrozen,
+                                                                     tiny_model_dir):
+    frozen, unfrozen = frozen_and_unfrozen
+    photos = Path(shapes[0]).parent / "images"
     index = ["--index", str(tmp_path / "index"), "--device", "cpu"]
     runner = CliRunner()
     ingested = runner.invoke(cli, ["ingest", str(photos), "--model", str(tiny_model_dir), "--workers", "0", *index])
@@ -135,7 +149,8 @@ def test_bad_data_stops_before_anything_is_written(tmp_path, shapes, tiny_model_
     assert result.exit_code == 1 and "missing columns image_path, text_description" in result.output
     assert not out.exists()
 
-    result = finetune(bad, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1, "--batch-size", 16)
+    result = finetune(bad, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1, "--batch-size", 16,
+                      "--workers", 2)  # images decoded in two worker processes
     assert result.exit_code == 0, result.output
     report = [json.loads(line) for line in (out / "skipped_rows.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in report] == [f"image not found: {tmp_path / 'missing.png'}", "empty caption"]

@@ -57,7 +57,9 @@ def test_format_table():
 def test_eval_command(tmp_path, tiny_st_model_dir, images):
     data = tmp_path / "pairs.csv"
     data.write_text("image_path,text_description\n" + "".join(
-        f"{p},a {p.stem.split('-')[1]} {p.stem.split('-')[2]}\n" for p in images) + "nope.png,missing\n")
+        f"{p},a {p.stem.split('-')[1]} {p.stem.split('-')[2]}\n" for p in images[:-1])
+        + f"{images[-1]},{'a caption far longer than the 77 tokens the text tower has positions for ' * 3}\n"
+        + "nope.png,missing\n")
     runner = CliRunner()
     result = runner.invoke(cli, ["eval", str(data), "--model", str(tiny_st_model_dir), "--device", "cpu"])
     assert result.exit_code == 1 and "bad row" in result.output and "pairs.csv:14: image not found" in result.output

@@ -41,7 +41,7 @@ def test_finetuning_learns_held_out_caption_combinations(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, [
         "finetune", str(train), "--eval-data", str(heldout), "--base", str(base), "--output", str(tmp_path / "model"),
         "--epochs", "15", "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--save-steps", "100000",
-        "--device", "cpu", "--quiet", "--json",
+        "--device", os.environ.get("CLIPSEARCH_TEST_DEVICE", "cpu"), "--quiet", "--json",
     ])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
