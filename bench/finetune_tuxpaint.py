@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,16 +63,23 @@ def write_csv(path: Path, pairs) -> Path:
     return path
 
 
-def run(args: list[str]) -> tuple[str, float]:
-    started = time.monotonic()
+def run(args: list[str]) -> tuple[str, float, float]:
+    """(stdout, wall seconds, CPU seconds of the command): on a shared machine the
+    CPU time is the steadier figure."""
+    started, cpu_before = time.monotonic(), _children_cpu()
     done = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     if done.returncode:
         raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-3000:]}")
-    return done.stdout, time.monotonic() - started
+    return done.stdout, time.monotonic() - started, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def evaluate(data: Path, model: Path, device: str) -> dict:
-    out, _ = run([*CLIPSEARCH, "eval", str(data), "--model", str(model), "--device", device, "--json"])
+    out, _, _ = run([*CLIPSEARCH, "eval", str(data), "--model", str(model), "--device", device, "--json"])
     return json.loads(out)
 
 
@@ -89,6 +97,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="image-decoding processes while training")
     args = parser.parse_args()
 
+    args.stamps, args.work = args.stamps.resolve(), args.work.resolve()
     if not args.stamps.is_dir():
         raise SystemExit(f"{args.stamps} not found: apt-get install -y --no-install-recommends tuxpaint-stamps-default")
     from finetune.split import split_by_image
@@ -110,7 +119,7 @@ def main() -> None:
                "--output", str(model), "--epochs", f"{args.epochs:g}", "--batch-size", str(args.batch_size),
                "--lr", f"{args.lr:g}", "--seed", str(args.seed), "--device", args.device, "--quiet", "--json",
                "--save-steps", "100000", "--workers", str(args.workers)]
-    out, wall = run(command)
+    out, wall, cpu = run(command)
     record = json.loads(out)
     train_before, train_after = evaluate(train_csv, base, args.device), evaluate(train_csv, model, args.device)
 
@@ -131,7 +140,8 @@ machine, so these numbers show the pipeline learning from scratch, not what fine
               f"{m['recall@10']:.3f} | {m['mrr']:.3f} | {m['chance_recall@1']:.3f} |")
     print(f"""
 Training: {record['train']['steps']} steps, {record['train']['seconds']:.1f} s in the trainer
-({wall:.1f} s for the whole command: imports, checks, both evaluations, saving);
+({wall:.1f} s wall and {cpu:.0f} s of CPU time for the whole command: imports, checks, both evaluations,
+saving; load average {os.getloadavg()[0]:.1f} at the end);
 {_machine(args.device)}.
 
 Command: `python bench/finetune_tuxpaint.py --size {args.size} --epochs {args.epochs:g} --batch-size {args.batch_size} --lr {args.lr:g} --device {args.device}`,

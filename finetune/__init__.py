@@ -1,11 +1,17 @@
 """The fine-tune stage: adapt CLIP to a domain from image/caption pairs.
 
-`clipsearch finetune DATA --base MODEL --output DIR` (commands.py) reads and checks
-the pairs (datasets.py, validation.py), holds out images (split.py), scores the
-base model (evaluation.py), trains with sentence-transformers' trainer
-(training.py), saves a sentence-transformers model folder that `--model DIR`
-loads in ingest and search, and scores it again (pipeline.py, model_card.py).
-`clipsearch eval DATA --model M` scores any model on any pairs file.
+`clipsearch finetune DATA --base MODEL --output DIR` (commands.py, pipeline.py):
+  datasets.py    reads pairs: CSV, pipe table, TSV, JSON lines, folder of images + .txt
+  validation.py  checks every row (columns, captions, images, duplicates), or skips and reports
+  split.py       holds out images, with all their captions, for evaluation
+  loading.py     loads the base CLIP through clipsearch's Encoder
+  evaluation.py  text -> image recall@1/5/10 and MRR, before and after
+  training.py    sentence-transformers' trainer, CLIP's symmetric loss, checkpoints
+  model_card.py  the README.md beside the saved model
+  images.py      lazy, ingest-identical image decoding; a cheap pre-flight check
+  synthetic.py   drawn shapes with held-out caption combinations (tests, notebook)
+The output is a sentence-transformers model folder that `--model DIR` loads in
+ingest and search. `clipsearch eval DATA --model M` scores any model on any pairs.
 
 Nothing heavy is imported here: the CLI imports finetune.commands on every start.
 """

@@ -32,7 +32,7 @@ EVAL_FILE = "eval.json"
 REPORT_FILE = "skipped_rows.jsonl"
 CHECKPOINTS = "checkpoints"
 # Settings that may differ between an interrupted run and its --resume.
-NOT_COMPARED_ON_RESUME = ("device", "workers")
+NOT_COMPARED_ON_RESUME = ("device", "workers", "save_steps")
 
 
 @dataclass
