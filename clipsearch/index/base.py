@@ -48,6 +48,12 @@ def ancestor_dirs(path: str) -> list[str]:
         current = parent
 
 
+# HNSW beam width at query time. Text queries sit apart from the image vectors they
+# look for (CLIP's modality gap), and HNSW's recall on such out-of-distribution queries
+# falls well below its recall on image-like ones at Qdrant's default; a wider beam buys
+# it back for a few milliseconds (bench/hnsw_ef.py, BENCHMARKS.md).
+DEFAULT_HNSW_EF = 256
+
 # Payload fields that get a keyword index at collection creation.
 KEYWORD_FIELDS = ("path", "dirs")
 
@@ -123,7 +129,8 @@ class Index(ABC):
 
     @abstractmethod
     def query(self, vector: np.ndarray, k: int, under: str | None = None,
-              exclude_ids: Sequence[str] = (), exact: bool = False) -> list[Hit]:
+              exclude_ids: Sequence[str] = (), exact: bool = False,
+              hnsw_ef: int | None = DEFAULT_HNSW_EF) -> list[Hit]:
         """Cosine top-k; `under` keeps only paths below that folder (a payload filter,
         applied inside the search, not afterwards)."""
 

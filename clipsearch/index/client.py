@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ClipsearchError
 from ..identity import ModelIdentity
-from .base import KEYWORD_FIELDS, Hit, Index, Record
+from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
@@ -190,7 +190,7 @@ class ClientIndex(Index):
         if len(batch.ids):
             self._call("upsert", lambda: self.client.upsert(self.collection, points=batch, wait=True))
 
-    def query(self, vector, k, under=None, exclude_ids=(), exact=False) -> list[Hit]:
+    def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
         from qdrant_client import models
 
         self.require_collection()
@@ -200,7 +200,8 @@ class ClientIndex(Index):
             limit=k,
             query_filter=self._filter(under, exclude_ids),
             with_payload=True,
-            search_params=models.SearchParams(exact=True) if exact and self.backend == "server" else None,
+            search_params=(models.SearchParams(exact=exact, hnsw_ef=None if exact else max(hnsw_ef or 0, k) or None)
+                           if self.backend == "server" else None),  # local mode always scans exactly
         ))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 

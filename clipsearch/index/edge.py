@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ClipsearchError
 from ..identity import ModelIdentity
-from .base import KEYWORD_FIELDS, Hit, Index, Record
+from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 from .lockfile import ExclusiveLock
 
 MARKER = "clipsearch-index.json"
@@ -164,14 +164,14 @@ class EdgeIndex(Index):
         if points:
             self.shard.update(e.UpdateOperation.upsert_points(points))
 
-    def query(self, vector, k, under=None, exclude_ids=(), exact=False) -> list[Hit]:
+    def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
         e = _edge()
         request = e.QueryRequest(
             limit=k,
             query=e.Query.Nearest(np.asarray(vector, dtype=np.float32).ravel().tolist()),
             filter=self._filter(under, exclude_ids),
             with_payload=True,
-            params=e.SearchParams(exact=True) if exact else None,
+            params=e.SearchParams(exact=True) if exact else e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self.shard.query(request)]
 
