@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.index import Index, ancestor_dirs, point_id
+from clipsearch.index import Index, ancestor_dirs, canonical_point_id as point_id  # walk yields canonical paths
 from clipsearch.progress import Progress, format_duration
 
 from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job

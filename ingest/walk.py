@@ -93,8 +93,9 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 if patterns and _excluded(name, entry.path, patterns):
                     continue
                 try:
+                    is_link = entry.is_symlink()
                     if entry.is_dir(follow_symlinks=True):
-                        subfolders.append(os.path.realpath(entry.path))
+                        subfolders.append(os.path.realpath(entry.path) if is_link else entry.path)
                         continue
                     if os.path.splitext(name)[1].lower() not in extensions:
                         continue
@@ -109,5 +110,7 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 if key in seen_files:
                     continue
                 seen_files.add(key)
-                yield FileEntry(os.path.realpath(entry.path), st.st_size, st.st_mtime_ns)
+                # `folder` is already canonical, so only a link needs resolving.
+                path = os.path.realpath(entry.path) if is_link else entry.path
+                yield FileEntry(path, st.st_size, st.st_mtime_ns)
             stack.extend(reversed(subfolders))  # depth-first, in name order

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Hit, Index, Record, ancestor_dirs, canonical_path, point_id
+from .base import Hit, Index, Record, ancestor_dirs, canonical_path, canonical_point_id, point_id
 
-__all__ = ["Hit", "Index", "Record", "open_index", "point_id", "canonical_path", "ancestor_dirs"]
+__all__ = ["Hit", "Index", "Record", "open_index", "point_id", "canonical_point_id", "canonical_path", "ancestor_dirs"]
 
 
 def open_index(settings: Settings, create: bool = False) -> Index:

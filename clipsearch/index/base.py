@@ -32,7 +32,13 @@ def canonical_path(path: str | os.PathLike) -> str:
 def point_id(path: str | os.PathLike) -> str:
     """uuid5 of the canonical absolute path, so re-ingesting a file upserts its point
     in place and two writers never create two points for one file."""
-    return str(uuid.uuid5(POINT_NAMESPACE, canonical_path(path)))
+    return canonical_point_id(canonical_path(path))
+
+
+def canonical_point_id(path: str) -> str:
+    """point_id of a path already canonical (as the ingest walk yields them): skips
+    realpath, which costs an lstat per path component and dominated re-ingests."""
+    return str(uuid.uuid5(POINT_NAMESPACE, path))
 
 
 def ancestor_dirs(path: str) -> list[str]:
