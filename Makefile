@@ -22,7 +22,7 @@ help:
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo,test,finetune]'
 	touch $@
 
 setup: $(BIN)/.installed

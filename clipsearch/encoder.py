@@ -126,6 +126,11 @@ class Encoder:
         self.device = device
         self.st = self._load(SentenceTransformer, location, is_local, device)
         self.clip = self._find_clip(self.st)
+        # Truncate long texts to what the text tower can take: a tokenizer saved without
+        # model_max_length (random or hand-built models) would let a long query crash it.
+        max_positions = int(getattr(self.clip.config.text_config, "max_position_embeddings", 77))
+        if not self.st.max_seq_length or self.st.max_seq_length > max_positions:
+            self.st.max_seq_length = max_positions
         self.dim = int(self.st.get_embedding_dimension() or self.clip.config.projection_dim)
         # The model's input side: decoders shrink images to about this before encoding.
         self.image_size = int(self.clip.config.vision_config.image_size)

@@ -75,7 +75,7 @@ def build_random_clip(folder: str | Path, size: str = "tiny", seed: int = 0,
     model_dir.mkdir(parents=True, exist_ok=True)
 
     vocab_file, merges_file = _write_tokenizer_files(model_dir)
-    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file))
+    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
     config = CLIPConfig(
         text_config=dict(
             vocab_size=len(tokenizer), max_position_embeddings=77,

@@ -260,3 +260,10 @@ def test_cuda_device_without_cuda(tiny_model_dir):
     with pytest.raises(ClipsearchError) as excinfo:
         Encoder(str(tiny_model_dir), device="cuda")
     assert "CUDA" in _one_line_error(excinfo)
+
+
+def test_a_query_longer_than_the_text_tower_is_truncated_not_fatal(encoder):
+    long_text = "a photo of a red circle on a white background " * 40  # far over 77 tokens
+    vectors = encoder.encode_texts([long_text, long_text[:200]])
+    assert vectors.shape == (2, encoder.dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
