@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 
 import click
 
@@ -129,13 +130,20 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
                    "(with --queries: one object keyed by query).")
 @click.option("--gallery", type=click.Path(dir_okay=False), default=None, metavar="FILE.html",
               help="Also write an HTML page of the hits as thumbnails with scores.")
-def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery):
+@click.option("--verbose", "-v", is_flag=True,
+              help="On stderr: whether the fast text path (cached ONNX text tower, no torch) or the full "
+                   "model answered and why, and the time each step took.")
+def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery, verbose):
     """Find the images that best match QUERY (text, or an image file)."""
-    from search import Searcher, build_terms, write_gallery
-    from search.engine import check_k
+    from .timings import TIMINGS_ENV, Timings
 
-    from .encoder import Encoder
-    from .index import open_index
+    timings = Timings()
+    say = (lambda message: click.echo(f"clipsearch: {message}", err=True)) if verbose else None
+    with timings.phase("imports"):
+        from search.engine import Searcher, build_terms, check_k
+
+        from .fast_text import QueryEncoders
+        from .index import open_index
 
     check_k(k)
     if queries is not None:
@@ -147,15 +155,36 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         batches = [(line, build_terms(line, None, add, subtract)) for line in lines]
     else:
         batches = [(query if query is not None else image, build_terms(query, image, add, subtract))]
-    with open_index(settings) as index:
-        index.require_collection()
-        encoder = Encoder(settings.model, settings.device)
-        searcher = Searcher(encoder, index)
-        results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score)) for label, terms in batches]
-    print_results(results, fmt, keyed=queries is not None)
-    if gallery:
-        write_gallery(gallery, results)
-        click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+    # The text encoder: the cached ONNX text tower (fast), or the full model (clipsearch/fast_text.py).
+    encoders = QueryEncoders(settings, say=say, timings=timings)
+    with timings.phase("index open"):
+        index = open_index(settings)
+    try:
+        with timings.phase("index open"):
+            index.require_collection()
+        encoder = encoders.get()
+        with timings.phase("index open"):  # the model check and the count
+            searcher = Searcher(encoder, index)
+        with timings.phase("search"):  # less the encoding, counted apart
+            results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score))
+                       for label, terms in batches]
+    finally:
+        with timings.phase("index close"):
+            index.close()
+    # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
+    with timings.phase("output"):
+        print_results(results, fmt, keyed=queries is not None)
+        if gallery:
+            from search import write_gallery
+
+            write_gallery(gallery, results)
+            click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+    if verbose:
+        click.echo(f"clipsearch: {timings.line()}", err=True)
+    sys.stdout.flush()
+    encoders.finish()  # a first-use export, after the answer is out
+    if os.environ.get(TIMINGS_ENV):  # for bench/cold_query.py
+        timings.write(os.environ[TIMINGS_ENV], path=encoders.path)
 
 
 def print_results(results, fmt: str, keyed: bool) -> None:

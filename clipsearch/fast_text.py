@@ -1,0 +1,321 @@
+"""Fast text queries: the model's text tower in onnxruntime, without torch.
+
+A cold `clipsearch search "text"` spent seconds importing torch and
+sentence-transformers for a text encoding that takes milliseconds. Here the first
+query with a model takes that full path once, and afterwards exports the model's
+text tower (clipsearch/text_export.py) into the cache (clipsearch/model_cache.py).
+Later queries find the export by a hash of the model folder's file listing, read the
+model identity the index is checked against from its manifest, and encode the text
+with onnxruntime and the `tokenizers` library: neither torch, nor
+sentence-transformers, nor transformers is imported.
+
+    encoders = QueryEncoders(settings, say=print_to_stderr)
+    encoder = encoders.get()          # FastTextEncoder, or the full Encoder
+    ... Searcher(encoder, index) ...
+    encoders.finish()                 # after the output: export, when it is due
+
+Whenever the fast path is unavailable (CLIPSEARCH_FAST_PATH=0, onnxruntime not
+installed, a hub model not downloaded yet, a model whose export failed) the full
+Encoder answers, and `say` is told why. A damaged cache entry is removed and rebuilt.
+Example-image queries that need the image tower load the full Encoder on demand.
+
+This module imports only the standard library and numpy at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import model_cache
+from .identity import ModelIdentity
+from .timings import Timings
+
+FAST_PATH_ENV = "CLIPSEARCH_FAST_PATH"
+QUERY_CACHE_ENV = "CLIPSEARCH_QUERY_CACHE"
+# Up to this many texts, one thread and no weight pre-packing load and answer
+# fastest; a long --queries file gets all cores and pre-packed weights.
+FEW_TEXTS = 8
+PROBE_TOLERANCE = 1e-5
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class OnnxTextTower:
+    """An exported text tower in an onnxruntime session, with its tokenizer."""
+
+    def __init__(self, onnx_path: Path, tokenizer, max_length: int, pad_id: int, many: bool = False,
+                 probe: tuple[str, Sequence[float]] | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # Optimized once at export time; loading skips the optimizer.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        if not many:
+            # Pre-packing copies every weight matrix at load: worth it for many texts only.
+            options.intra_op_num_threads = 1
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = pad_id
+        # A text whose vector was recorded at export: it rides along with the first
+        # batch (nearly free: the weights are read once per run either way) and
+        # catches weights damaged on disk since.
+        self.probe = probe
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        from .encoder import l2_normalize
+        from .text_export import tokenize
+
+        texts = list(texts)
+        probe = self.probe
+        if probe is not None:
+            texts.insert(0, probe[0])
+        out = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = tokenize(self.tokenizer, texts[start:start + batch_size], self.max_length, self.pad_id)
+            out.append(self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        vectors = l2_normalize(np.concatenate(out))
+        if probe is not None:
+            self.probe = None
+            expected = l2_normalize(np.asarray(probe[1], dtype=np.float32))[0]
+            distance = float(1.0 - vectors[0] @ expected)
+            if not distance <= PROBE_TOLERANCE:
+                raise ValueError(f"its output for a known text moved by cosine distance {distance:.1e}: "
+                                 "the files changed since the export")
+            vectors = vectors[1:]
+        return vectors
+
+
+class FastTextEncoder:
+    """Encoder's interface for queries: `identity` and `encode_texts` from the cache
+    entry; `image_size` and `encode_images` load the full Encoder on first use."""
+
+    def __init__(self, entry: model_cache.TowerEntry, owner: "QueryEncoders"):
+        self.entry = entry
+        self.owner = owner
+        self._identity = entry.identity
+        self.dim = self._identity.dim
+        self.location = self._identity.name
+        self.vectors = (model_cache.VectorCache(entry.vector_key, self.dim)
+                        if model_cache.env_enabled(QUERY_CACHE_ENV) else None)
+        self._tower: OnnxTextTower | None = None
+        self._broken = False
+        self._full = None
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self._identity
+
+    # -- text -------------------------------------------------------------------
+    def _fail(self, exc: Exception) -> None:
+        self._broken = True
+        self._tower = None
+        self.owner.damaged(self.entry.folder, exc)
+
+    def _load_tower(self, many: bool) -> OnnxTextTower:
+        from .text_export import load_tokenizer
+
+        m = self.entry.manifest
+        with self.owner.timings.phase("imports"):
+            import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
+        with self.owner.timings.phase("model load"):
+            tokenizer = load_tokenizer(self.entry.tokenizer_path, int(m["max_length"]))
+            tower = OnnxTextTower(self.entry.onnx_path, tokenizer, int(m["max_length"]), int(m["pad_id"]),
+                                  many=many, probe=(m["probe"]["text"], m["probe"]["vector"]))
+        self.entry.touch()
+        return tower
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit vectors: from the query-vector cache where it has them, else from
+        the ONNX tower (loaded on first need); the full model if the tower fails."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if not self._broken:
+            result = [self.vectors.get(t) if self.vectors is not None else None for t in texts]
+            hits = sum(v is not None for v in result)
+            if hits:
+                self.owner.say(f"fast path: {hits} of {len(texts)} query vector(s) from the query-vector cache")
+            missing = [i for i, v in enumerate(result) if v is None]
+            try:
+                if missing:
+                    if self._tower is None:
+                        self._tower = self._load_tower(many=len(missing) > FEW_TEXTS)
+                    with self.owner.timings.phase("encode"):
+                        fresh = self._tower.encode([texts[i] for i in missing], batch_size)
+                    for i, vector in zip(missing, fresh):
+                        result[i] = vector
+                        if self.vectors is not None:
+                            self.vectors.put(texts[i], vector)
+            except Exception as exc:  # a damaged export: the full model answers, the export is redone
+                self._fail(exc)
+            else:
+                return np.stack(result).astype(np.float32, copy=False)
+        return self.full("the cached text tower could not be used").encode_texts(texts, batch_size)
+
+    # -- images: the full model ------------------------------------------------------------
+    def full(self, why: str = "an example image that is not in the index needs the image tower"):
+        if self._full is None:
+            self.owner.say(f"loading the full model: {why}")
+            self._full = self.owner.load_full()
+        return self._full
+
+    @property
+    def image_size(self) -> int:
+        return self.full().image_size
+
+    def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
+        return self.full().encode_images(images, batch_size)
+
+
+class QueryEncoders:
+    """Chooses the fast or the full path for one command, and exports the text tower
+    after a full-path query so that the next one is fast."""
+
+    def __init__(self, settings, say: Say | None = None, timings: Timings | None = None):
+        self.settings = settings
+        self.say = say or _quiet
+        self.timings = timings or Timings()
+        self.path = ""  # "fast" or "full", once get() has run
+        self._export_due = False
+        self._look_again = False
+        self._key: str | None = None
+        self._folder: Path | None = None
+        self._full = None
+
+    # -- choosing ----------------------------------------------------------------------
+    def get(self):
+        """The encoder for this command: the fast one, or the full one (loaded now)."""
+        reason = self._fast_path_blocker()
+        if reason is None:
+            try:
+                entry = model_cache.read_entry(self._key)
+            except model_cache.DamagedEntry as exc:
+                self.say(f"{exc}; removing it, it is rebuilt after this query")
+                model_cache.remove_entry(model_cache.towers_dir() / self._key)
+                entry = None
+            if entry is None:
+                reason = "first use of this model (or its files changed): no exported text tower yet"
+                self._export_due = True
+            elif entry.failed:
+                reason = f"exporting its text tower failed before: {entry.failed}"
+            else:
+                self.path = "fast"
+                self.say(f"fast path: text tower from {entry.folder} (onnxruntime; no torch)")
+                return FastTextEncoder(entry, self)
+        self.path = "full"
+        self.say(f"full path (torch + sentence-transformers): {reason}")
+        return self.load_full()
+
+    def _fast_path_blocker(self) -> str | None:
+        if not model_cache.env_enabled(FAST_PATH_ENV):
+            return f"the fast path is turned off ({FAST_PATH_ENV}={os.environ.get(FAST_PATH_ENV)})"
+        folder, why = model_cache.model_folder(self.settings.model)
+        if folder is None:
+            self._look_again = True  # a hub model the full path may download now
+            return why
+        key = model_cache.folder_key(folder)
+        if key is None:
+            return f"model folder {folder} has too many files or levels to key a cache by"
+        self._folder, self._key = folder, key
+        import importlib.util
+
+        for name in ("onnxruntime", "tokenizers"):  # imported when needed: not for a cached query vector
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):  # ValueError: sys.modules[name] is None
+                found = False
+            if not found:
+                return f"{name} is not installed (pip install onnxruntime tokenizers)"
+        return None
+
+    def load_full(self):
+        if self._full is None:
+            from .encoder import Encoder, _quiet_libraries
+
+            with self.timings.phase("imports"):
+                _quiet_libraries()
+                import sentence_transformers  # noqa: F401
+                import torch  # noqa: F401
+            with self.timings.phase("model load"):
+                encoder = Encoder(self.settings.model, self.settings.device)
+                encoder.identity  # noqa: B018 - weight hashing is part of loading, not of searching
+            self._full = _TimedEncoder(encoder, self.timings)
+        return self._full
+
+    def damaged(self, folder: Path, exc: BaseException) -> None:
+        self.say(f"text tower cache {folder} is damaged ({_first_line(exc)}); "
+                 "removing it, it is rebuilt after this query")
+        model_cache.remove_entry(folder)
+        self._export_due = True
+
+    # -- after the output --------------------------------------------------------------
+    def finish(self) -> None:
+        """Export the text tower if this query took the full path for want of one.
+        Never fails the command: the query has been answered."""
+        if self._look_again and self._full is not None:  # the hub model is downloaded now
+            self._look_again = False
+            if self._fast_path_blocker() is None:
+                try:
+                    self._export_due = model_cache.read_entry(self._key) is None
+                except model_cache.DamagedEntry:
+                    model_cache.remove_entry(model_cache.towers_dir() / self._key)
+                    self._export_due = True
+        if not self._export_due or self._full is None or self._key is None:
+            return
+        self._export_due = False
+        start = time.perf_counter()
+        try:
+            from .text_export import export_text_tower
+
+            with self.timings.phase("export"):
+                folder, distance = export_text_tower(self._full.encoder, self._key, self._folder,
+                                                     self.settings.model)
+        except Exception as exc:  # a model the exporter cannot handle: remember, use the full path
+            self.say(f"could not export the text tower for the fast path: {_first_line(exc)}")
+            try:
+                model_cache.write_failure(self._key, self.settings.model, self._folder, _first_line(exc))
+            except OSError:
+                pass
+            return
+        self.say(f"exported the text tower to {folder} in {time.perf_counter() - start:.1f} s "
+                 f"(largest cosine distance to the full model {distance:.1e}); later queries take the fast path")
+        try:
+            model_cache.prune(keep=self._key)
+        except OSError:
+            pass
+
+
+class _TimedEncoder:
+    """The full Encoder, with its encoding counted as the `encode` phase."""
+
+    def __init__(self, encoder, timings: Timings):
+        self.encoder = encoder
+        self.timings = timings
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode_texts(self, texts, batch_size: int = 64):
+        with self.timings.phase("encode"):
+            return self.encoder.encode_texts(texts, batch_size)
+
+    def encode_images(self, images, batch_size: int = 32):
+        with self.timings.phase("encode"):
+            return self.encoder.encode_images(images, batch_size)

@@ -1,0 +1,356 @@
+"""The on-disk cache behind fast text queries: exported text towers and text vectors.
+
+Layout (under CLIPSEARCH_CACHE_DIR, default the user cache dir, e.g. ~/.cache/clipsearch):
+
+    text-towers/<key>/manifest.json     what was exported: model identity, tokenizer facts
+    text-towers/<key>/text.onnx(.data)  the text tower as ONNX, weights in the .data file
+    text-towers/<key>/tokenizer.json    the model's tokenizer, for the `tokenizers` library
+    query-vectors/<model>/<text>.f32    one cached query vector (raw float32)
+
+An entry's <key> is a hash of the model folder's files (relative path, size, mtime,
+inode), so finding it costs a few stat() calls: no torch, no hashing of weights. The
+model identity the index is checked against was computed by the full Encoder when
+the entry was exported, and is read back from the manifest. Changing any file of the
+model folder changes the key, and the next query takes the full path and exports again.
+
+This module imports only the standard library (numpy for the vector cache, on use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .identity import ModelIdentity
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+ONNX_FILE = "text.onnx"
+ONNX_DATA = "text.onnx.data"
+TOKENIZER_FILE = "tokenizer.json"
+TOWERS = "text-towers"
+VECTORS = "query-vectors"
+
+# Exported towers kept at most (a ViT-B/32 text tower is about 150-250 MB); the least
+# recently used go first, and entries whose model folder is gone go always.
+MAX_TOWERS = 4
+# Cached query vectors per model (2 KB each at 512-d); the oldest half goes when full.
+MAX_VECTORS = 2000
+# A model folder with more files than this (or deeper) is not keyed: full path.
+MAX_FILES = 1000
+MAX_DEPTH = 3
+
+OFF_VALUES = ("0", "false", "no", "off")
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("CLIPSEARCH_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("clipsearch"))
+
+
+def env_enabled(name: str) -> bool:
+    """An on-by-default switch: CLIPSEARCH_X=0/false/no/off turns it off."""
+    return os.environ.get(name, "1").strip().lower() not in OFF_VALUES
+
+
+# -- where a model's files are -----------------------------------------------------------
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache folder, found the way huggingface_hub finds it."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a hub model already downloaded (its `main`), or None."""
+    if repo_id.count("/") != 1:
+        return None
+    repo = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    folder = repo / "snapshots" / commit
+    return folder if commit and folder.is_dir() else None
+
+
+def model_folder(model: str) -> tuple[Path | None, str]:
+    """(the folder holding `model`'s files, why not) without loading anything."""
+    from .encoder import resolve_model_location
+    from .errors import ClipsearchError
+
+    try:
+        location, is_local = resolve_model_location(model)
+    except ClipsearchError as exc:
+        return None, str(exc)
+    if is_local:
+        return Path(location), ""
+    snapshot = hub_snapshot(location)
+    if snapshot is None:
+        return None, f"hub model {location!r} is not in the Hugging Face cache ({hub_cache_dir()}) yet"
+    return snapshot, ""
+
+
+def folder_key(folder: Path) -> str | None:
+    """A hash of every file under `folder` by relative path, size, mtime and inode
+    (symlinks followed, as in the hub's cache). None for a folder too big to key."""
+    entries: list[str] = []
+
+    def walk(path: Path, rel: str, depth: int) -> bool:
+        try:
+            with os.scandir(path) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return False
+        for item in items:
+            if item.name.startswith("."):
+                continue
+            name = f"{rel}{item.name}"
+            try:
+                st = item.stat()  # follows symlinks
+            except OSError:
+                continue
+            if item.is_dir():
+                if depth >= MAX_DEPTH or not walk(Path(item.path), name + "/", depth + 1):
+                    return False
+            else:
+                entries.append(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+                if len(entries) > MAX_FILES:
+                    return False
+        return True
+
+    if not walk(folder, "", 0) or not entries:
+        return None
+    digest = hashlib.sha256(f"clipsearch-text-tower:{FORMAT}\0{folder}\0".encode())
+    digest.update("\n".join(entries).encode())
+    return digest.hexdigest()[:32]
+
+
+# -- exported text towers ------------------------------------------------------------------
+
+
+class DamagedEntry(Exception):
+    """A cache entry that cannot be used; it is removed and rebuilt."""
+
+
+class TowerEntry:
+    """One exported text tower: a folder with a manifest, the ONNX files and the tokenizer."""
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder = folder
+        self.manifest = manifest
+
+    @property
+    def failed(self) -> str | None:
+        """Why the export of this model did not work (it is not tried again until the
+        model folder changes), or None for a usable entry."""
+        return self.manifest.get("failed")
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity.from_dict(self.manifest["identity"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / ONNX_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.folder / TOKENIZER_FILE
+
+    @property
+    def vector_key(self) -> str:
+        """Cached query vectors are valid for this text tower and tokenizer."""
+        m = self.manifest
+        material = f"{m['identity']['text_fingerprint']}\0{m['identity']['dim']}\0{m['tokenizer_sha256']}\0{m['max_length']}"
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    def touch(self) -> None:
+        """Mark as recently used (the pruning order)."""
+        try:
+            os.utime(self.folder / MANIFEST)
+        except OSError:
+            pass
+
+
+def towers_dir() -> Path:
+    return cache_root() / TOWERS
+
+
+def read_entry(key: str) -> TowerEntry | None:
+    """The entry for `key`: None when there is none; DamagedEntry when it is unusable."""
+    folder = towers_dir() / key
+    path = folder / MANIFEST
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if folder.exists():  # entries are published whole, manifest included
+            raise DamagedEntry(f"text tower cache {folder} is damaged (its manifest is missing)") from None
+        return None
+    except OSError as exc:
+        raise DamagedEntry(f"cannot read {path}: {exc}") from None
+    try:
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format') if isinstance(manifest, dict) else '?'} is not {FORMAT}")
+        entry = TowerEntry(folder, manifest)
+        if entry.failed:
+            return entry
+        entry.identity  # noqa: B018 - validates the identity record
+        for field in ("max_length", "pad_id", "tokenizer_sha256", "onnx_sizes", "probe"):
+            if field not in manifest:
+                raise ValueError(f"no {field!r}")
+        for name, size in manifest["onnx_sizes"].items():
+            actual = (folder / name).stat().st_size
+            if actual != size:
+                raise ValueError(f"{name} has {actual} bytes, expected {size}")
+        if not entry.tokenizer_path.is_file():
+            raise ValueError(f"{TOKENIZER_FILE} is missing")
+    except Exception as exc:  # JSON, types, missing files: all mean "rebuild"
+        raise DamagedEntry(f"text tower cache {folder} is damaged ({exc})") from None
+    return entry
+
+
+def remove_entry(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_entry_dir(key: str) -> Path:
+    """A private temporary folder to build an entry in; `commit_entry` publishes it."""
+    root = towers_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{key}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    return tmp
+
+
+def commit_entry(tmp: Path, key: str, manifest: dict) -> Path:
+    """Write the manifest last and move the folder into place in one rename, so a
+    reader sees a whole entry or none. Another process that published the same key
+    first wins."""
+    manifest = {"format": FORMAT, **manifest}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    final = towers_dir() / key
+    if final.exists():  # a damaged or stale entry of the same key
+        remove_entry(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # published concurrently
+        remove_entry(tmp)
+    return final
+
+
+def write_failure(key: str, model: str, folder: Path, reason: str) -> None:
+    """Remember that this model (as its files are now) cannot be exported."""
+    tmp = new_entry_dir(key)
+    commit_entry(tmp, key, {"failed": reason, "model": model, "folder": str(folder), "created": time.time()})
+
+
+def prune(keep: str | None = None, max_towers: int = MAX_TOWERS) -> None:
+    """Drop entries whose model folder is gone, leftovers of interrupted exports,
+    towers beyond `max_towers` (least recently used first), and vectors no tower uses."""
+    root = towers_dir()
+    if not root.is_dir():
+        return
+    live: list[tuple[float, Path, dict]] = []
+    for folder in root.iterdir():
+        if folder.name.startswith(".tmp-"):
+            try:
+                if time.time() - folder.stat().st_mtime > 3600:
+                    remove_entry(folder)
+            except OSError:
+                pass
+            continue
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+            used = (folder / MANIFEST).stat().st_mtime
+            source = manifest.get("folder")
+        except (OSError, ValueError, AttributeError):
+            remove_entry(folder)
+            continue
+        if folder.name != keep and source and not Path(source).exists():
+            remove_entry(folder)
+            continue
+        live.append((used, folder, manifest))
+    live.sort(key=lambda item: item[0], reverse=True)
+    towers = [item for item in live if not item[2].get("failed")]
+    for _, folder, _ in towers[max_towers:]:
+        if folder.name != keep:
+            remove_entry(folder)
+    kept_vector_keys = set()
+    for _, folder, manifest in live:
+        if folder.exists() and not manifest.get("failed"):
+            try:
+                kept_vector_keys.add(TowerEntry(folder, manifest).vector_key)
+            except (KeyError, TypeError):
+                pass
+    vectors = cache_root() / VECTORS
+    if vectors.is_dir():
+        for folder in vectors.iterdir():
+            if folder.name not in kept_vector_keys:
+                remove_entry(folder)
+
+
+# -- cached query vectors -------------------------------------------------------------------
+
+
+class VectorCache:
+    """Text -> unit vector for one text tower, one small file per text."""
+
+    def __init__(self, key: str, dim: int, limit: int = MAX_VECTORS):
+        self.folder = cache_root() / VECTORS / key
+        self.dim = dim
+        self.limit = limit
+
+    def _path(self, text: str) -> Path:
+        return self.folder / (hashlib.sha256(text.encode("utf-8")).hexdigest()[:40] + ".f32")
+
+    def get(self, text: str):
+        import numpy as np
+
+        try:
+            data = self._path(text).read_bytes()
+        except OSError:
+            return None
+        if len(data) != 4 * self.dim:
+            return None
+        return np.frombuffer(data, dtype=np.float32).copy()
+
+    def put(self, text: str, vector) -> None:
+        import numpy as np
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._path(text)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(np.asarray(vector, dtype=np.float32).tobytes())
+            os.replace(tmp, path)
+            self._trim()
+        except OSError:
+            pass  # a cache that cannot be written is only a slower cache
+
+    def _trim(self) -> None:
+        with os.scandir(self.folder) as it:
+            files = [e for e in it if e.name.endswith(".f32")]
+        if len(files) <= self.limit:
+            return
+        files.sort(key=lambda e: e.stat().st_mtime)
+        for e in files[: len(files) - self.limit // 2]:
+            try:
+                os.unlink(e.path)
+            except OSError:
+                pass
