@@ -33,6 +33,9 @@ def isolated_env(monkeypatch, tmp_path):
     for name in _ISOLATED_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    # Each test starts with no exported text tower or cached query vectors, and none
+    # land in the developer's own ~/.cache/clipsearch.
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(tmp_path / "clipsearch-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
