@@ -333,3 +333,47 @@ def test_close_is_idempotent_and_releases_the_lock(tmp_path):
     idx.close()
     with open_index(settings(index)) as again:
         assert again.count() == 3
+
+
+def keyword_indexes(idx) -> dict:
+    """{field: on_disk} for the shard's payload indexes, as the engine reports them."""
+    schema = idx.shard.info().payload_schema
+    return {name: bool(getattr(info.params, "on_disk", False)) for name, info in schema.items()}
+
+
+def test_keyword_indexes_are_made_on_disk(tmp_path):
+    # In memory, the `path` index is read whole at every open: the bulk of a cold query.
+    with open_index(settings(tmp_path / "index"), create=True) as idx:
+        idx.ensure_collection(IDENTITY)
+        assert keyword_indexes(idx) == {"path": True, "dirs": True}
+
+
+def test_an_index_with_in_memory_keyword_indexes_is_moved_on_disk_by_a_write(tmp_path):
+    import qdrant_edge as e
+
+    index = tmp_path / "index"
+    ids, vectors, payloads = points("/photos/trip", 30, seed=4)
+    more = points("/photos/home", 20, seed=5)
+    with open_index(settings(index), create=True) as idx:
+        idx.ensure_collection(IDENTITY)
+        idx.upsert(ids, vectors, payloads)
+        # What earlier versions made: Qdrant's default, in-memory keyword indexes.
+        for name in ("path", "dirs"):
+            idx.shard.update(e.UpdateOperation.delete_field_index(name))
+            idx.shard.update(e.UpdateOperation.create_field_index(name, e.PayloadSchemaType.Keyword))
+        assert keyword_indexes(idx) == {"path": False, "dirs": False}
+    with open_index(settings(index)) as idx:  # a read (search) changes nothing
+        assert keyword_indexes(idx) == {"path": False, "dirs": False}
+        assert idx.count(under="/photos/trip") == 30
+    with open_index(settings(index), create=True) as idx:  # a write (ingest) moves them
+        idx.ensure_collection(IDENTITY)
+        idx.upsert(*more)
+        assert keyword_indexes(idx) == {"path": True, "dirs": True}
+    with open_index(settings(index)) as idx:
+        assert keyword_indexes(idx) == {"path": True, "dirs": True}
+        assert idx.count() == 50
+        assert idx.count(under="/photos/trip") == 30
+        assert idx.count(under="/photos/home") == 20
+        q = vectors[7]
+        assert idx.query(q, 1, under="/photos/trip")[0].id == ids[7]
+        assert all(h.path.startswith("/photos/home/") for h in idx.query(q, 5, under="/photos/home"))

@@ -60,7 +60,9 @@ def ancestor_dirs(path: str) -> list[str]:
 # it back for a few milliseconds (bench/hnsw_ef.py, BENCHMARKS.md).
 DEFAULT_HNSW_EF = 256
 
-# Payload fields that get a keyword index at collection creation.
+# Payload fields that get a keyword index at collection creation: `dirs` serves
+# `--in FOLDER`, `path` lookups by path. The embedded backend keeps them on disk
+# (edge.py: _keyword_index), a server in memory (it opens them once, not per query).
 KEYWORD_FIELDS = ("path", "dirs")
 
 
