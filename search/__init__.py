@@ -7,7 +7,15 @@
 """
 
 from .engine import SearchHit, Searcher, build_terms, search
-from .gallery import write_gallery
 from .terms import Term, parse_term
 
 __all__ = ["SearchHit", "Searcher", "Term", "build_terms", "parse_term", "search", "write_gallery"]
+
+
+def __getattr__(name: str):
+    # The gallery pulls in Pillow: loaded when asked for, not on every query.
+    if name == "write_gallery":
+        from .gallery import write_gallery
+
+        return write_gallery
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

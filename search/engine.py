@@ -43,8 +43,7 @@ class Searcher:
     """A loaded model and an open, non-empty index, checked to belong together."""
 
     def __init__(self, encoder, index: Index):
-        index.require_collection()
-        index.check_identity(encoder.identity)
+        index.check_identity(encoder.identity)  # which first requires the collection
         if index.count() == 0:
             raise ClipsearchError(
                 f"collection {index.collection!r} at {index.location} is empty; run `clipsearch ingest DIR` first"
@@ -118,21 +117,25 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
            min_score: float | None = None, image: str | None = None,
            add: Iterable[str] = (), subtract: Iterable[str] = ()) -> list[SearchHit]:
     """One-call API for notebooks: load the model, open the index, search, close.
+    Text goes through the same encoders as the CLI: the cached ONNX text tower when
+    there is one, else the full model (clipsearch/fast_text.py).
 
         search("a dog on a beach", k=5)
         search(image="holiday/beach.jpg", subtract=["people"])
     """
     from clipsearch.config import Settings
-    from clipsearch.encoder import Encoder
+    from clipsearch.fast_text import QueryEncoders
     from clipsearch.index import open_index
 
     settings = settings or Settings.resolve()
     check_k(k)
     terms = build_terms(query, image, add, subtract)
+    encoders = QueryEncoders(settings)
     with open_index(settings) as index:
-        index.require_collection()
-        encoder = Encoder(settings.model, settings.device)
-        return Searcher(encoder, index).terms(terms, k, under, min_score)
+        index.require_collection()  # before loading any model
+        hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score)
+    encoders.finish()  # a first use exports the text tower, so that the next call is fast
+    return hits
 
 
 def build_terms(query: str | None, image: str | None, add: Iterable[str], subtract: Iterable[str]) -> list[Term]:

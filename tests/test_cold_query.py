@@ -363,3 +363,32 @@ def test_help_status_and_the_fast_path_import_no_torch(index_args, cache_dir):
     # The same query with the fast path off does load them: the check above can fail.
     assert modules_after(["search", "a red circle", *index_args], {**env, "CLIPSEARCH_FAST_PATH": "0"}) >= {
         "torch", "sentence_transformers"}
+
+
+def test_the_python_api_takes_the_fast_path_too(index_args, cache_dir):
+    """`search.search()` in a notebook: the first call exports the tower, the next ones
+    import no torch, and both agree with the CLI's full path."""
+    index, model = index_args[1], index_args[3]
+    full = hits(search("a red circle", *index_args, "-k", "5", "--format", "json",
+                       env={"CLIPSEARCH_FAST_PATH": "0"}))
+    code = (
+        "import json, sys\n"
+        "from clipsearch.config import Settings\n"
+        "from search import search\n"
+        f"settings = Settings.resolve(index={index!r}, model={model!r})\n"
+        "print(json.dumps([[h.path, h.score] for h in search('a red circle', k=5, settings=settings)]))\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'sentence_transformers', 'PIL') if m in sys.modules)))\n"
+    )
+    env = {**os.environ, "CLIPSEARCH_CACHE_DIR": str(cache_dir), "CLIPSEARCH_QUERY_CACHE": "0"}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        answer, modules = map(json.loads, done.stdout.splitlines()[-2:])
+        runs.append((answer, modules))
+    assert len(entries(cache_dir)) == 1  # the first call exported the tower
+    assert "torch" in runs[0][1]  # first use: the full model answered
+    assert runs[1][1] == []  # then neither torch nor Pillow (the gallery is loaded only when asked for)
+    for answer, _ in runs:
+        assert [p for p, _ in answer] == [p for p, _ in full]
+        assert np.allclose([s for _, s in answer], [s for _, s in full], atol=1e-4)
