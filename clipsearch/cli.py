@@ -89,19 +89,18 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
     from ingest import IngestOptions, ingest as run_ingest
     from ingest.pipeline import parse_shard
 
-    from .encoder import Encoder
     from .index import open_index
+    from .lazy_encoder import LazyEncoder
 
     if workers is None:
         workers = os.cpu_count() or 1
     options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
                             exclude=exclude, prune=prune, report=report, quiet=quiet,
                             shard=parse_shard(shard) if shard else None)
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise ClipsearchError(f"{folder} is not a folder")
     with open_index(settings, create=True) as index:
-        encoder = Encoder(settings.model, settings.device)
+        # The model loads only when a file needs embedding: an unchanged re-run takes
+        # the model's identity from the model cache and imports no torch.
+        encoder = LazyEncoder(settings.model, settings.device)
         summary = run_ingest(list(folders), encoder, index, options)
     if as_json:
         click.echo(json.dumps(summary.__dict__))

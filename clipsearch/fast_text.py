@@ -204,12 +204,9 @@ class QueryEncoders:
         """The encoder for this command: the fast one, or the full one (loaded now)."""
         reason = self._fast_path_blocker()
         if reason is None:
-            try:
-                entry = model_cache.read_entry(self._key)
-            except model_cache.DamagedEntry as exc:
-                self.say(f"{exc}; removing it, it is rebuilt after this query")
-                model_cache.remove_entry(model_cache.towers_dir() / self._key)
-                entry = None
+            entry, damaged = model_cache.read_or_discard(self._key)
+            if damaged:
+                self.say(f"{damaged}; removed it, it is rebuilt after this query")
             if entry is None:
                 reason = "first use of this model (or its files changed): no exported text tower yet"
                 self._export_due = True
@@ -226,13 +223,10 @@ class QueryEncoders:
     def _fast_path_blocker(self) -> str | None:
         if not model_cache.env_enabled(FAST_PATH_ENV):
             return f"the fast path is turned off ({FAST_PATH_ENV}={os.environ.get(FAST_PATH_ENV)})"
-        folder, why = model_cache.model_folder(self.settings.model)
-        if folder is None:
-            self._look_again = True  # a hub model the full path may download now
-            return why
-        key = model_cache.folder_key(folder)
+        folder, key, why = model_cache.locate(self.settings.model)
         if key is None:
-            return f"model folder {folder} has too many files or levels to key a cache by"
+            self._look_again = folder is None  # a hub model the full path may download now
+            return why
         self._folder, self._key = folder, key
         import importlib.util
 
@@ -272,11 +266,7 @@ class QueryEncoders:
         if self._look_again and self._full is not None:  # the hub model is downloaded now
             self._look_again = False
             if self._fast_path_blocker() is None:
-                try:
-                    self._export_due = model_cache.read_entry(self._key) is None
-                except model_cache.DamagedEntry:
-                    model_cache.remove_entry(model_cache.towers_dir() / self._key)
-                    self._export_due = True
+                self._export_due = model_cache.read_or_discard(self._key)[0] is None
         if not self._export_due or self._full is None or self._key is None:
             return
         self._export_due = False

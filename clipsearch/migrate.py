@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ClipsearchError
 from .index import Index
-from .progress import Progress, format_duration
+from .progress import Progress
 
 
 @dataclass
@@ -75,7 +75,6 @@ def _copy(batch, target: Index, summary: MigrateSummary) -> None:
 
 def _show(progress: Progress, summary: MigrateSummary, force: bool = False) -> None:
     done = summary.copied + summary.already_there
-    rate, _ = progress.rate_and_eta(done, None)
-    eta = format_duration((summary.total - done) / rate) if rate > 0 else "?"
+    rate, eta = progress.rate_and_eta(done, summary.total)
     progress.update(f"migrated {done}/{summary.total} ({summary.copied} copied), {rate:.0f} points/s, ETA {eta}",
                     force=force)

@@ -6,12 +6,16 @@ Layout (under CLIPSEARCH_CACHE_DIR, default the user cache dir, e.g. ~/.cache/cl
     text-towers/<key>/text.onnx(.data)  the text tower as ONNX, weights in the .data file
     text-towers/<key>/tokenizer.json    the model's tokenizer, for the `tokenizers` library
     query-vectors/<model>/<text>.f32    one cached query vector (raw float32)
+    identities/<key>.json               a model identity alone, recorded by ingest for a
+                                        model no query has exported a text tower of yet
 
 An entry's <key> is a hash of the model folder's files (relative path, size, mtime,
 inode), so finding it costs a few stat() calls: no torch, no hashing of weights. The
 model identity the index is checked against was computed by the full Encoder when
-the entry was exported, and is read back from the manifest. Changing any file of the
-model folder changes the key, and the next query takes the full path and exports again.
+the entry was exported, and is read back from the manifest; an ingest run with nothing
+to embed reads it too (`read_identity`), and so loads no model either. Changing any
+file of the model folder changes the key, and the next query takes the full path and
+exports again.
 
 This module imports only the standard library (numpy for the vector cache, on use).
 """
@@ -34,12 +38,15 @@ ONNX_DATA = "text.onnx.data"
 TOKENIZER_FILE = "tokenizer.json"
 TOWERS = "text-towers"
 VECTORS = "query-vectors"
+IDENTITIES = "identities"
 
 # Exported towers kept at most (a ViT-B/32 text tower is about 150-250 MB); the least
 # recently used go first, and entries whose model folder is gone go always.
 MAX_TOWERS = 4
 # Cached query vectors per model (2 KB each at 512-d); the oldest half goes when full.
 MAX_VECTORS = 2000
+# Identity records kept at most (a few hundred bytes each), least recently used first.
+MAX_IDENTITIES = 64
 # A model folder with more files than this (or deeper) is not keyed: full path.
 MAX_FILES = 1000
 MAX_DEPTH = 3
@@ -140,6 +147,19 @@ def folder_key(folder: Path) -> str | None:
     return digest.hexdigest()[:32]
 
 
+def locate(model: str) -> tuple[Path | None, str | None, str]:
+    """(model folder, cache key, why there is no key) for `model` as its files are
+    now: a few stat() calls, nothing loaded. A folder of None means a hub model not
+    downloaded yet (loading it may download it)."""
+    folder, why = model_folder(model)
+    if folder is None:
+        return None, None, why
+    key = folder_key(folder)
+    if key is None:
+        return folder, None, f"model folder {folder} has too many files or levels to key a cache by"
+    return folder, key, ""
+
+
 # -- exported text towers ------------------------------------------------------------------
 
 
@@ -225,6 +245,15 @@ def read_entry(key: str) -> TowerEntry | None:
     return entry
 
 
+def read_or_discard(key: str) -> tuple[TowerEntry | None, str]:
+    """(the entry for `key` or None, and why a damaged one was removed, or "")."""
+    try:
+        return read_entry(key), ""
+    except DamagedEntry as exc:
+        remove_entry(towers_dir() / key)
+        return None, str(exc)
+
+
 def remove_entry(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -261,8 +290,10 @@ def write_failure(key: str, model: str, folder: Path, reason: str) -> None:
 
 
 def prune(keep: str | None = None, max_towers: int = MAX_TOWERS) -> None:
-    """Drop entries whose model folder is gone, leftovers of interrupted exports,
-    towers beyond `max_towers` (least recently used first), and vectors no tower uses."""
+    """Drop entries and identity records whose model folder is gone, leftovers of
+    interrupted exports, towers beyond `max_towers` and identity records beyond
+    MAX_IDENTITIES (least recently used first), and vectors no tower uses."""
+    _prune_identities(keep)
     root = towers_dir()
     if not root.is_dir():
         return
@@ -303,6 +334,71 @@ def prune(keep: str | None = None, max_towers: int = MAX_TOWERS) -> None:
         for folder in vectors.iterdir():
             if folder.name not in kept_vector_keys:
                 remove_entry(folder)
+
+
+# -- identities recorded by ingest --------------------------------------------------------
+
+
+def identities_dir() -> Path:
+    return cache_root() / IDENTITIES
+
+
+def read_identity(key: str) -> ModelIdentity | None:
+    """The identity of the model whose files have key `key`, as the full Encoder
+    computed it: from the text tower entry, else from the record ingest wrote. None
+    when neither has it; a damaged entry or record counts as none (the next query
+    rebuilds the entry, the next load rewrites the record)."""
+    try:
+        entry = read_entry(key)
+    except DamagedEntry:
+        entry = None
+    if entry is not None and "identity" in entry.manifest:  # not a failed export's entry
+        entry.touch()
+        return entry.identity
+    path = identities_dir() / f"{key}.json"
+    try:
+        identity = ModelIdentity.from_dict(json.loads(path.read_text())["identity"])
+        os.utime(path)  # recently used: the pruning order
+    except Exception:  # missing, unreadable, not JSON, no identity: all mean "load the model"
+        return None
+    return identity
+
+
+def write_identity(key: str, model: str, folder: Path, identity: ModelIdentity) -> None:
+    """Record `identity` for the model files of key `key` (atomically)."""
+    root = identities_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    record = {"format": FORMAT, "model": model, "folder": str(folder), "identity": identity.to_dict(),
+              "created": time.time()}
+    tmp = root / f".{key}.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, root / f"{key}.json")
+
+
+def _prune_identities(keep: str | None) -> None:
+    root = identities_dir()
+    if not root.is_dir():
+        return
+    live: list[tuple[float, Path]] = []
+    for path in root.iterdir():
+        try:
+            used = path.stat().st_mtime
+            if path.name.startswith("."):  # an interrupted write
+                if time.time() - used > 3600:
+                    path.unlink()
+                continue
+            source = json.loads(path.read_text()).get("folder")
+        except (OSError, ValueError, AttributeError):
+            path.unlink(missing_ok=True)
+            continue
+        if path.stem != keep and source and not Path(source).exists():
+            path.unlink(missing_ok=True)
+            continue
+        live.append((used, path))
+    live.sort(reverse=True)
+    for _, path in live[MAX_IDENTITIES:]:
+        if path.stem != keep:
+            path.unlink(missing_ok=True)
 
 
 # -- cached query vectors -------------------------------------------------------------------

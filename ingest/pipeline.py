@@ -20,7 +20,7 @@ import numpy as np
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index, ancestor_dirs, canonical_point_id as point_id  # walk yields canonical paths
-from clipsearch.progress import Progress, format_duration
+from clipsearch.progress import Progress
 
 from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
 from .report import SkipReport
@@ -107,7 +107,16 @@ class Ingestor:
         self.walk_done = False
         self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
-        self.target = int(getattr(encoder, "image_size", 224))
+        self._target: int | None = None
+
+    @property
+    def target(self) -> int:
+        """The decoders' output size, the model's input side. Asked for when the first
+        file is about to be decoded, not before: a lazily loaded encoder
+        (clipsearch/lazy_encoder.py) then loads only for a run that embeds something."""
+        if self._target is None:
+            self._target = int(getattr(self.encoder, "image_size", 224))
+        return self._target
 
     # -- stages -----------------------------------------------------------------
     def _skip(self, path: str, reason: str) -> None:
@@ -200,10 +209,8 @@ class Ingestor:
 
     def _show(self, force: bool = False) -> None:
         s = self.summary
-        rate, _ = self.progress.rate_and_eta(s.embedded, None)
-        eta = "?"
-        if rate > 0 and self.walk_done:
-            eta = format_duration((s.found - s.embedded - s.unchanged - s.skipped) / rate)
+        to_embed = s.found - s.unchanged - s.skipped if self.walk_done else None  # unknown while walking
+        rate, eta = self.progress.rate_and_eta(s.embedded, to_embed)
         found = f"{s.found}" + ("" if self.walk_done else "+")  # + while still walking
         self.progress.update(
             f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}, skipped {s.skipped}, "
