@@ -87,7 +87,7 @@ def cli():
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, prune, report, quiet, as_json):
     """Embed the images under FOLDERS into the index (incremental: unchanged files are skipped)."""
     from ingest import IngestOptions, ingest as run_ingest
-    from ingest.pipeline import parse_shard
+    from ingest.pipeline import parse_shard, resolve_roots
 
     from .index import open_index
     from .lazy_encoder import LazyEncoder
@@ -97,11 +97,12 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
     options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
                             exclude=exclude, prune=prune, report=report, quiet=quiet,
                             shard=parse_shard(shard) if shard else None)
+    roots = resolve_roots(folders)  # before the index is created
     with open_index(settings, create=True) as index:
         # The model loads only when a file needs embedding: an unchanged re-run takes
         # the model's identity from the model cache and imports no torch.
         encoder = LazyEncoder(settings.model, settings.device)
-        summary = run_ingest(list(folders), encoder, index, options)
+        summary = run_ingest(roots, encoder, index, options)
     if as_json:
         click.echo(json.dumps(summary.__dict__))
     else:

@@ -73,6 +73,17 @@ def _is_unchanged(payload: dict, entry: FileEntry) -> bool:
     return payload.get("size") == entry.size and payload.get("mtime_ns") == entry.mtime_ns
 
 
+def resolve_roots(roots: Sequence[str]) -> list[str]:
+    """The folders to ingest, canonical; a missing one is a one-line error. The CLI
+    calls this before it opens (and may create) the index, so that a typo leaves no
+    empty index folder behind."""
+    resolved = [os.path.realpath(os.path.abspath(r)) for r in roots]
+    for root in resolved:
+        if not os.path.isdir(root):
+            raise ClipsearchError(f"{root} is not a folder")
+    return resolved
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'I/N' with 0 <= I < N, as given to --shard."""
     try:
@@ -240,10 +251,7 @@ class Ingestor:
         self._drain_writes()
 
     def run(self, roots: Sequence[str]) -> IngestSummary:
-        roots = [os.path.realpath(os.path.abspath(r)) for r in roots]
-        for root in roots:
-            if not os.path.isdir(root):
-                raise ClipsearchError(f"{root} is not a folder")
+        roots = resolve_roots(roots)
         self.index.ensure_collection(self.encoder.identity)
         started = time.monotonic()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-upsert")

@@ -385,6 +385,7 @@ def test_missing_folder_to_ingest(tmp_path, tiny_model_dir):
     missing = tmp_path / "nope"
     result = run_cli("ingest", missing, "--model", tiny_model_dir, "--index", tmp_path / "idx", "-w", "0", "-q")
     assert_one_line_error(result, str(missing))
+    assert not (tmp_path / "idx").exists()  # a typo leaves no empty index behind
 
 
 def test_model_mismatch_on_search(target, tiny_model_dir, other_model_dir, images):
