@@ -77,7 +77,9 @@ class OnnxTextTower:
         # catches weights damaged on disk since.
         self.probe = probe
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, running=None) -> np.ndarray:
+        """`running` (a threading.Event), when given, is set as the first ONNX run
+        starts: from there on this thread no longer needs the GIL for a while."""
         from .encoder import l2_normalize
         from .text_export import tokenize
 
@@ -88,6 +90,8 @@ class OnnxTextTower:
         out = []
         for start in range(0, len(texts), batch_size):
             ids, mask = tokenize(self.tokenizer, texts[start:start + batch_size], self.max_length, self.pad_id)
+            if running is not None:
+                running.set()
             out.append(self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
         vectors = l2_normalize(np.concatenate(out))
         if probe is not None:
@@ -116,6 +120,54 @@ class FastTextEncoder:
         self._tower: OnnxTextTower | None = None
         self._broken = False
         self._full = None
+        self._pending = None  # (texts, thread, box) of a prefetch()
+
+    def prefetch(self, texts: Sequence[str]) -> None:
+        """Start encoding `texts` in a thread, so that the ONNX run (which releases
+        the GIL) overlaps the caller's next step: opening the index, whose engine
+        holds the GIL while it loads. encode_texts() collects the result. Waits
+        only until the run has started: the thread then needs no GIL to go on."""
+        import threading
+
+        texts = [t for t in dict.fromkeys(texts)
+                 if self.vectors is None or self.vectors.get(t) is None]
+        if not texts or self._broken or self._pending is not None:
+            return
+        try:
+            if self._tower is None:
+                self._tower = self._load_tower(many=len(texts) > FEW_TEXTS)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        tower, running, box = self._tower, threading.Event(), {}
+
+        def work():
+            start = time.perf_counter()
+            try:
+                box["vectors"] = tower.encode(texts, running=running)
+            except BaseException as exc:  # re-raised in the caller's thread by encode_texts
+                box["error"] = exc
+            finally:
+                box["seconds"] = time.perf_counter() - start
+                running.set()
+
+        thread = threading.Thread(target=work, name="clipsearch-encode", daemon=True)
+        thread.start()
+        running.wait(5.0)
+        self._pending = (texts, thread, box)
+
+    def _collect(self) -> dict:
+        """The prefetched vectors by text ({} if none); raises what the thread raised."""
+        if self._pending is None:
+            return {}
+        texts, thread, box = self._pending
+        self._pending = None
+        with self.owner.timings.phase("encode"):  # only the part the index open did not hide
+            thread.join()
+        self.owner.timings.seconds["encode, overlapped with index open"] = box.get("seconds", 0.0)
+        if "error" in box:
+            raise box["error"]
+        return dict(zip(texts, box["vectors"]))
 
     @property
     def identity(self) -> ModelIdentity:
@@ -154,6 +206,12 @@ class FastTextEncoder:
                 self.owner.say(f"fast path: {hits} of {len(texts)} query vector(s) from the query-vector cache")
             missing = [i for i, v in enumerate(result) if v is None]
             try:
+                prefetched = self._collect()
+                for i in [i for i in missing if texts[i] in prefetched]:
+                    result[i] = prefetched[texts[i]]
+                    if self.vectors is not None:
+                        self.vectors.put(texts[i], result[i])
+                missing = [i for i in missing if result[i] is None]
                 if missing:
                     if self._tower is None:
                         self._tower = self._load_tower(many=len(missing) > FEW_TEXTS)
@@ -198,10 +256,26 @@ class QueryEncoders:
         self._key: str | None = None
         self._folder: Path | None = None
         self._full = None
+        self._decided = False
+        self._fast: FastTextEncoder | None = None
+        self._why_not_fast: str | None = None
 
     # -- choosing ----------------------------------------------------------------------
     def get(self):
         """The encoder for this command: the fast one, or the full one (loaded now)."""
+        fast = self.fast()
+        if fast is not None:
+            return fast
+        self.path = "full"
+        self.say(f"full path (torch + sentence-transformers): {self._why_not_fast}")
+        return self.load_full()
+
+    def fast(self) -> "FastTextEncoder | None":
+        """The fast encoder, or None when this command must take the full path
+        (nothing heavy is loaded here either way). Decided once per command."""
+        if self._decided:
+            return self._fast
+        self._decided = True
         reason = self._fast_path_blocker()
         if reason is None:
             entry, damaged = model_cache.read_or_discard(self._key)
@@ -215,10 +289,9 @@ class QueryEncoders:
             else:
                 self.path = "fast"
                 self.say(f"fast path: text tower from {entry.folder} (onnxruntime; no torch)")
-                return FastTextEncoder(entry, self)
-        self.path = "full"
-        self.say(f"full path (torch + sentence-transformers): {reason}")
-        return self.load_full()
+                self._fast = FastTextEncoder(entry, self)
+        self._why_not_fast = reason
+        return self._fast
 
     def _fast_path_blocker(self) -> str | None:
         if not model_cache.env_enabled(FAST_PATH_ENV):

@@ -466,7 +466,7 @@ def console_script() -> str:
 def test_console_script_end_to_end(tmp_path, tiny_model_dir, images):
     exe = console_script()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPSEARCH_", "QDRANT_"))}
-    env.update(HF_HUB_OFFLINE="1", XDG_DATA_HOME=str(tmp_path / "xdg"),
+    env.update(HF_HUB_OFFLINE="1", XDG_DATA_HOME=str(tmp_path / "xdg"), CLIPSEARCH_CACHE_DIR=str(tmp_path / "cache"),
                CLIPSEARCH_MODEL=str(tiny_model_dir), CLIPSEARCH_INDEX=str(tmp_path / "idx"))
 
     def run(*args, timeout=120):
@@ -494,6 +494,13 @@ def test_console_script_end_to_end(tmp_path, tiny_model_dir, images):
     assert found.returncode == 0, found.stderr
     paths = found.stdout.splitlines()
     assert len(paths) == 3 and all(Path(p).is_file() for p in paths)
+    # Again, now on the fast path, which ends the process without the interpreter's
+    # teardown: the output (piped, so block-buffered) and the gallery are all there.
+    again = run("search", "a red circle", "-k", "3", "-f", "paths", "--gallery", tmp_path / "g.html", "--verbose")
+    assert again.returncode == 0, again.stderr
+    assert "fast path" in again.stderr
+    assert again.stdout.splitlines() == paths
+    assert (tmp_path / "g.html").read_text().count("<img") == 3
 
     # An error in a real process: stderr is exactly one line, exit status 1.
     bad = run("search", "red", "-k", "0")

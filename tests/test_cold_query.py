@@ -94,6 +94,31 @@ def test_fast_vectors_match_the_full_model_vit_b_32(tmp_path_factory):
     assert fast.dim == 512 and fast.identity == full_encoder.identity
 
 
+def test_prefetched_vectors_are_the_ones_asked_for(tiny_model_dir, encoder):
+    """The CLI starts encoding before it opens the index; what it collects later must
+    be each text's own vector, and texts not prefetched are encoded then."""
+    fast = fast_encoder_for(tiny_model_dir, encoder)
+    fast.prefetch(["a dog", "a red circle", "a dog"])
+    texts = ["a red circle", "x", "a dog"]
+    got = fast.encode_texts(texts)
+    assert np.all(cosine_distances(got, encoder.encode_texts(texts)) < 1e-4)
+    assert "encode, overlapped with index open" in fast.owner.timings.seconds
+
+
+def test_a_prefetch_that_fails_falls_back_to_the_full_model(tiny_model_dir, encoder, monkeypatch):
+    fast = fast_encoder_for(tiny_model_dir, encoder)
+    fast.encode_texts(["warm-up"])  # loads the tower
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ONNX run failed")
+
+    monkeypatch.setattr(fast._tower, "encode", broken)
+    fast.prefetch(["a dog"])
+    got = fast.encode_texts(["a dog"])  # the thread's error surfaces here: the full model answers
+    assert np.all(cosine_distances(got, encoder.encode_texts(["a dog"])) < 1e-4)
+    assert fast._full is not None
+
+
 def test_long_queries_are_truncated_like_the_full_model(tmp_path):
     """A tokenizer saved without a length limit: both paths cut long texts at the tower's 77 positions."""
     model_dir = build_random_clip(tmp_path / "clip-unlimited", size="tiny", seed=0)
@@ -341,9 +366,9 @@ def modules_after(args: list[str], env: dict) -> set[str]:
     """Run the CLI in a fresh interpreter; which heavy modules did it import?"""
     code = (
         "import sys, json\n"
-        "from clipsearch.cli import main\n"
+        "from clipsearch.cli import cli\n"  # not main(): the console script skips teardown (os._exit)
         f"sys.argv = ['clipsearch', *{args!r}]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "try:\n    cli(prog_name='clipsearch')\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
         f"print(json.dumps([m for m in {HEAVY + ('qdrant_client', 'onnxruntime')!r} if m in sys.modules]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
