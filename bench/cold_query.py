@@ -167,7 +167,7 @@ def write_markdown(path: Path, results: list[dict], first_use: dict, facts: dict
         "size and cost are real and its rankings are noise.",
         f"Machine: {os.cpu_count()} cores; load average {facts['load_before']} before the run, "
         f"{facts['load_after']} after. Calibration: `import numpy` took {facts['numpy_import']:.3f} s "
-        "(p50, interpreter start taken off) in this run, about 0.08 s when the machine is otherwise idle. "
+        "(p50, interpreter start taken off) in this run: compare it across runs to judge how busy the machine was. "
         "Disk cache warm (the same files are read on every run).",
         "",
         "Command:",
