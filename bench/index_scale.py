@@ -1,6 +1,7 @@
 """The embedded index at scale: synthetic clustered 512-d vectors through EdgeIndex.
 
     python bench/index_scale.py --sizes 100000 1000000
+    python bench/index_scale.py --sizes 1000000 --model vit-b-32 --keep   # twice: build, then re-measure
 
 For each size: upsert rate into the index alone, HNSW build time, reopen time, query
 latency p50/p95 exact and HNSW (with recall@10 against exact), process RSS and disk.
@@ -81,36 +82,59 @@ def warm_queries(index: EdgeIndex, encoder, exact: bool, k: int = 10):
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), results
 
 
-def run(n: int, workdir: Path, rng, encoder=None) -> dict:
+def run(n: int, workdir: Path, rng, encoder=None, keep: bool = False) -> dict:
+    """With `keep`, the built index stays in `workdir` and a later run with `keep` on
+    the same size and seed reuses it: only the queries are measured again (the same
+    query vectors, regenerated from the seed), so a long HNSW build can run while the
+    machine is busy and the latencies be taken when it is quiet."""
     centers = rng.normal(0, 1, (max(100, n // 1000), DIM)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)  # unit centers
     folder = workdir / f"edge-{n}"
-    shutil.rmtree(folder, ignore_errors=True)
-    identity = ModelIdentity("synthetic", "bench", "bench", DIM)
+    built = folder / "bench-built.json"
+    reuse = keep and built.is_file() and json.loads(built.read_text()).get("points") == n
     result: dict = {"points": n}
-    index = EdgeIndex(str(folder), "images", create=True)
-    index.ensure_collection(identity)
-    upsert_seconds = 0.0
-    for start in range(0, n, BATCH):
-        count = min(BATCH, n - start)
-        vectors = clustered(count, rng, centers)
-        ids = [str(uuid.UUID(int=start + i + 1)) for i in range(count)]
-        payloads = [{"path": f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg",
-                     "dirs": [f"/photos/{(start + i) // 1000:04d}", "/photos", "/"]} for i in range(count)]
+    if reuse:
+        result.update(json.loads(built.read_text())["build"])
+        result["reused_index"] = True
+        for start in range(0, n, BATCH):  # the same draws, so that the queries below are the same
+            clustered(min(BATCH, n - start), rng, centers)
+        queries = clustered(QUERIES, rng, centers)
+        index = EdgeIndex(str(folder), "images")
+        p50, p95, exact_ids = latencies(index, queries, exact=True)
+        result["exact_ms_p50"], result["exact_ms_p95"] = round(p50, 2), round(p95, 2)
+        if encoder is not None:
+            p50, p95, text_exact_ids = warm_queries(index, encoder, exact=True)
+            result["warm_text_query_exact_ms_p50"], result["warm_text_query_exact_ms_p95"] = round(p50, 1), round(p95, 1)
+        index.close()
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        identity = ModelIdentity("synthetic", "bench", "bench", DIM)
+        index = EdgeIndex(str(folder), "images", create=True)
+        index.ensure_collection(identity)
+        upsert_seconds = 0.0
+        for start in range(0, n, BATCH):
+            count = min(BATCH, n - start)
+            vectors = clustered(count, rng, centers)
+            ids = [str(uuid.UUID(int=start + i + 1)) for i in range(count)]
+            payloads = [{"path": f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg",
+                         "dirs": [f"/photos/{(start + i) // 1000:04d}", "/photos", "/"]} for i in range(count)]
+            t = time.perf_counter()
+            index.upsert(ids, vectors, payloads)
+            upsert_seconds += time.perf_counter() - t
+        result["upsert_points_per_s"] = round(n / upsert_seconds)
+        queries = clustered(QUERIES, rng, centers)
+        p50, p95, exact_ids = latencies(index, queries, exact=True)
+        result["exact_ms_p50"], result["exact_ms_p95"] = round(p50, 2), round(p95, 2)
+        if encoder is not None:
+            p50, p95, text_exact_ids = warm_queries(index, encoder, exact=True)
+            result["warm_text_query_exact_ms_p50"], result["warm_text_query_exact_ms_p95"] = round(p50, 1), round(p95, 1)
         t = time.perf_counter()
-        index.upsert(ids, vectors, payloads)
-        upsert_seconds += time.perf_counter() - t
-    result["upsert_points_per_s"] = round(n / upsert_seconds)
-    queries = clustered(QUERIES, rng, centers)
-    p50, p95, exact_ids = latencies(index, queries, exact=True)
-    result["exact_ms_p50"], result["exact_ms_p95"] = round(p50, 2), round(p95, 2)
-    if encoder is not None:
-        p50, p95, text_exact_ids = warm_queries(index, encoder, exact=True)
-        result["warm_text_query_exact_ms_p50"], result["warm_text_query_exact_ms_p95"] = round(p50, 1), round(p95, 1)
-    t = time.perf_counter()
-    index._shard.optimize()  # bench builds HNSW at any size; ingest does so above HNSW_MIN_POINTS
-    result["hnsw_build_s"] = round(time.perf_counter() - t, 1)
-    index.close()
+        index._shard.optimize()  # bench builds HNSW at any size; ingest does so above HNSW_MIN_POINTS
+        result["hnsw_build_s"] = round(time.perf_counter() - t, 1)
+        index.close()
+        if keep:
+            built.write_text(json.dumps({"points": n, "build": {
+                k: result[k] for k in ("upsert_points_per_s", "hnsw_build_s")}}))
     t = time.perf_counter()
     index = EdgeIndex(str(folder), "images")
     result["reopen_s"] = round(time.perf_counter() - t, 3)
@@ -126,8 +150,10 @@ def run(n: int, workdir: Path, rng, encoder=None) -> dict:
         result["warm_text_query_hnsw_recall_at_10"] = round(float(recall), 4)
     result["rss_mb_after_queries"] = round(rss_mb())
     result["disk_mb"] = round(disk_mb(folder))
+    result["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     index.close()
-    shutil.rmtree(folder, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
     return result
 
 
@@ -137,6 +163,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "out")
     parser.add_argument("--model", default=None,
                         help="CLIP folder for the warm text-query figures; 'vit-b-32' builds a random one")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep each built index in --workdir, and reuse a kept one (only the queries are re-measured)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     encoder = None
@@ -152,7 +180,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results = []
     for n in args.sizes:
-        results.append(run(n, args.workdir, rng, encoder))
+        results.append(run(n, args.workdir, rng, encoder, keep=args.keep))
         print(json.dumps(results[-1]), flush=True)
 
 
