@@ -525,3 +525,13 @@ def test_other_model_is_refused(tmp_path, other_model_dir, encoder, index, image
     with pytest.raises(ClipsearchError, match="model mismatch"):
         run([images[0].parent], other, index)
     assert index.count() == 12
+
+
+def test_summary_times_the_first_batch_apart(images, encoder, index):
+    """`first_batch_seconds` (model load, decoder start and the first batch) lies
+    inside the run's seconds, and a run that embeds nothing has none."""
+    first = run([images[0].parent], encoder, index, batch_size=4)
+    assert first.embedded == 12
+    assert 0 < first.first_batch_seconds <= first.seconds
+    again = run([images[0].parent], encoder, index, batch_size=4)
+    assert again.embedded == 0 and again.first_batch_seconds is None
