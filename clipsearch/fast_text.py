@@ -164,7 +164,7 @@ class FastTextEncoder:
         self._pending = None
         with self.owner.timings.phase("encode"):  # only the part the index open did not hide
             thread.join()
-        self.owner.timings.seconds["encode, overlapped with index open"] = box.get("seconds", 0.0)
+        self.owner.timings.add("encode, overlapped with index open", box.get("seconds", 0.0))
         if "error" in box:
             raise box["error"]
         return dict(zip(texts, box["vectors"]))
@@ -206,21 +206,18 @@ class FastTextEncoder:
                 self.owner.say(f"fast path: {hits} of {len(texts)} query vector(s) from the query-vector cache")
             missing = [i for i, v in enumerate(result) if v is None]
             try:
-                prefetched = self._collect()
-                for i in [i for i in missing if texts[i] in prefetched]:
-                    result[i] = prefetched[texts[i]]
+                fresh = self._collect()  # what a prefetch() encoded, by text
+                left = [i for i in missing if texts[i] not in fresh]
+                if left:
+                    if self._tower is None:
+                        self._tower = self._load_tower(many=len(left) > FEW_TEXTS)
+                    with self.owner.timings.phase("encode"):
+                        vectors = self._tower.encode([texts[i] for i in left], batch_size)
+                    fresh.update((texts[i], vector) for i, vector in zip(left, vectors))
+                for i in missing:
+                    result[i] = fresh[texts[i]]
                     if self.vectors is not None:
                         self.vectors.put(texts[i], result[i])
-                missing = [i for i in missing if result[i] is None]
-                if missing:
-                    if self._tower is None:
-                        self._tower = self._load_tower(many=len(missing) > FEW_TEXTS)
-                    with self.owner.timings.phase("encode"):
-                        fresh = self._tower.encode([texts[i] for i in missing], batch_size)
-                    for i, vector in zip(missing, fresh):
-                        result[i] = vector
-                        if self.vectors is not None:
-                            self.vectors.put(texts[i], vector)
             except Exception as exc:  # a damaged export: the full model answers, the export is redone
                 self._fail(exc)
             else:

@@ -29,9 +29,13 @@ class Timings:
         finally:
             inner = self._stack.pop()[0]
             spent = time.perf_counter() - start
-            self.seconds[name] = self.seconds.get(name, 0.0) + spent - inner
+            self.add(name, spent - inner)
             if self._stack:
                 self._stack[-1][0] += spent
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` to phase `name`: for time spent off this thread."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def line(self) -> str:
         total = time.time() - self.started
