@@ -1,5 +1,7 @@
 """Shared test fixtures: a tiny random CLIP in both folder layouts, drawn images, and
-index settings for every backend (edge, :memory:, and a server when QDRANT_URL is set).
+index settings for every backend: edge, :memory:, `rest` (the Qdrant REST API served
+by tests/qdrant_rest_double.py, so the server client runs in every CI run) and a real
+server when QDRANT_URL is set.
 """
 
 from __future__ import annotations
@@ -98,7 +100,32 @@ def images(tmp_path) -> list[Path]:
     return draw_collection(tmp_path / "photos", 12)
 
 
-BACKENDS = ["edge", "memory", pytest.param("server", marks=pytest.mark.server)]
+BACKENDS = ["edge", "memory", "rest", pytest.param("server", marks=pytest.mark.server)]
+
+# The key the REST double asks for: its legs run with an API key, as a shared server does.
+REST_DOUBLE_KEY = "rest-double-key-5f1c"
+_rest_double = None
+
+
+def rest_double():
+    """The one REST double of this test session, started on first use."""
+    global _rest_double
+    if _rest_double is None:
+        from qdrant_rest_double import QdrantRestDouble
+
+        _rest_double = QdrantRestDouble(api_key=REST_DOUBLE_KEY).start()
+    return _rest_double
+
+
+def server_under_test(kind: str) -> tuple[str, str | None]:
+    """(URL, API key) of the `rest` double or of the real server at QDRANT_URL (skips
+    without it)."""
+    if kind == "rest":
+        return rest_double().url, REST_DOUBLE_KEY
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("QDRANT_URL is not set: no Qdrant server to test against")
+    return url, os.environ.get("QDRANT_API_KEY")
 
 
 def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
@@ -109,10 +136,8 @@ def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
     elif backend == "memory":
         index = ":memory:"
     else:
-        url = os.environ.get("QDRANT_URL")
-        if not url:
-            pytest.skip("QDRANT_URL is not set: no Qdrant server to test against")
-        index = url
+        index, key = server_under_test(backend)
+        return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu", api_key=key)
     return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu")
 
 

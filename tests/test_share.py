@@ -1,7 +1,9 @@
 """One index, many clients: migrate, status, concurrency and faults.
 
-The embedded-backend parts always run. The parts that need a Qdrant server run when
-QDRANT_URL is set (`make test-server`) and are skipped otherwise.
+The embedded-backend parts always run. The parts that need a Qdrant server run twice:
+against the REST double (tests/qdrant_rest_double.py: Qdrant's REST API over qdrant-
+client's local engine, always) and against a real server when QDRANT_URL is set
+(`make test-server`; skipped otherwise).
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import open_index
 from clipsearch.migrate import migrate
-from conftest import draw_collection, settings_for
+from conftest import draw_collection, rest_double, server_under_test, settings_for
 from ingest import IngestOptions, ingest
 
 CLIPSEARCH = str(Path(sys.executable).parent / "clipsearch")
-SERVER_URL = os.environ.get("QDRANT_URL")
-needs_server = pytest.mark.skipif(not SERVER_URL, reason="QDRANT_URL is not set: no Qdrant server")
+needs_server = pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="QDRANT_URL is not set: no Qdrant server")
 
 
 def many_images(folder: Path, count: int, offset: int = 0) -> list[Path]:
@@ -59,9 +60,12 @@ def snapshot(settings: Settings) -> dict:
         return {r.id: (r.payload, r.vector) for r in index.scroll(with_vectors=True)}, index.stored_identity()
 
 
-@pytest.mark.parametrize("target_backend", ["edge", "memory", pytest.param("server", marks=needs_server)])
-def test_migrate_copies_vectors_payloads_and_identity(edge_index, tmp_path, tiny_model_dir, target_backend):
+@pytest.mark.parametrize("target_backend", ["edge", "memory", "rest", pytest.param("server", marks=needs_server)])
+def test_migrate_copies_vectors_payloads_and_identity(edge_index, tmp_path, tiny_model_dir, target_backend,
+                                                      monkeypatch):
     target = settings_for(target_backend, tmp_path / "target", tiny_model_dir)
+    if target.api_key:
+        monkeypatch.setenv("QDRANT_API_KEY", target.api_key)
     result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
                                       "--to", target.index, "--to-collection", target.collection, "-q", "-b", "7"])
     assert result.exit_code == 0, result.output
@@ -165,51 +169,65 @@ def test_second_ingest_on_an_embedded_index_is_refused_and_the_first_finishes(tm
         assert idx.count() == len(first_set)
 
 
-# -- server only --------------------------------------------------------------------
+# -- server only: the REST double always, a real server when QDRANT_URL is set ----------
 
-@needs_server
-def test_two_ingests_into_one_server_collection_do_not_duplicate(tmp_path, tiny_model_dir):
+@pytest.fixture(params=["rest", pytest.param("server", marks=needs_server)])
+def server(request, monkeypatch):
+    """(URL, key) of the server under test; its key is exported for the commands run."""
+    url, key = server_under_test(request.param)
+    if key is not None:
+        monkeypatch.setenv("QDRANT_API_KEY", key)
+    return url
+
+
+def _collection() -> str:
+    return f"test_{os.getpid()}_{time.time_ns()}"
+
+
+def test_two_ingests_into_one_server_collection_do_not_duplicate(tmp_path, tiny_model_dir, server):
     many_images(tmp_path / "photos" / "a", 60)
     many_images(tmp_path / "photos" / "b", 60, offset=60)
-    collection = f"test_{os.getpid()}_{int(time.time())}"
+    collection = _collection()
     # Overlapping: one takes a/ and b/, the other b/ only.
-    p1 = _start_ingest(tmp_path / "photos", SERVER_URL, tiny_model_dir, collection)
-    p2 = _start_ingest(tmp_path / "photos" / "b", SERVER_URL, tiny_model_dir, collection)
+    p1 = _start_ingest(tmp_path / "photos", server, tiny_model_dir, collection)
+    p2 = _start_ingest(tmp_path / "photos" / "b", server, tiny_model_dir, collection)
     for p in (p1, p2):
-        p.communicate(timeout=600)
-        assert p.returncode == 0
-    with open_index(Settings.resolve(index=SERVER_URL, collection=collection)) as idx:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    with open_index(Settings.resolve(index=server, collection=collection)) as idx:
         assert idx.count() == 120
         ids = [r.id for r in idx.scroll()]
         assert len(ids) == len(set(ids)) == 120
 
 
-@needs_server
-def test_searches_answer_while_an_ingest_writes(tmp_path, tiny_model_dir, encoder):
-    collection = f"test_{os.getpid()}_{int(time.time())}"
+def test_searches_answer_while_an_ingest_writes(tmp_path, tiny_model_dir, encoder, server):
+    collection = _collection()
     many_images(tmp_path / "seed", 8)
-    settings = Settings.resolve(index=SERVER_URL, collection=collection, model=str(tiny_model_dir))
+    settings = Settings.resolve(index=server, collection=collection, model=str(tiny_model_dir))
     with open_index(settings, create=True) as idx:
         ingest([str(tmp_path / "seed")], encoder, idx, IngestOptions(workers=0, quiet=True))
     many_images(tmp_path / "more", 200, offset=8)
-    writer = _start_ingest(tmp_path / "more", SERVER_URL, tiny_model_dir, collection)
+    writer = _start_ingest(tmp_path / "more", server, tiny_model_dir, collection)
     answered = 0
     with open_index(settings) as idx:
         query = encoder.encode_texts(["a red square"])[0]
         while writer.poll() is None:
             assert len(idx.query(query, 5)) == 5
             answered += 1
+        assert idx.count() == 208
     assert writer.returncode == 0 and answered > 0
 
 
-@needs_server
-def test_a_wrong_api_key_is_refused_in_one_line_without_echoing_it():
+def test_a_wrong_api_key_is_refused_in_one_line_without_echoing_it(server):
     env = dict(os.environ, QDRANT_API_KEY="definitely-wrong-key-123", CLIPSEARCH_RETRY_SECONDS="2")
-    result = subprocess.run([CLIPSEARCH, "status", "--index", SERVER_URL], capture_output=True, text=True,
+    started = time.monotonic()
+    result = subprocess.run([CLIPSEARCH, "status", "--index", server], capture_output=True, text=True,
                             env=env, timeout=60)
     if result.returncode == 0:
         pytest.skip("this server does not require an API key")
-    assert "refused the API key" in result.stderr
+    assert time.monotonic() - started < 30  # refused at once, not retried
+    assert f"Qdrant server {server} refused the API key" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
     assert "definitely-wrong-key-123" not in result.stderr + result.stdout
 
 
@@ -264,25 +282,108 @@ class _Proxy:
         self.open = True
 
 
-@needs_server
-def test_server_lost_mid_ingest_fails_clearly_and_a_rerun_completes(tmp_path, tiny_model_dir):
+def test_server_lost_mid_ingest_fails_clearly_and_a_rerun_completes(tmp_path, tiny_model_dir, server):
     from urllib.parse import urlparse
 
-    parsed = urlparse(SERVER_URL)
+    parsed = urlparse(server)
     proxy = _Proxy(parsed.hostname, parsed.port or 6333)
     url = f"http://127.0.0.1:{proxy.port}"
     photos = many_images(tmp_path / "photos", 300)
-    collection = f"test_{os.getpid()}_{int(time.time())}"
+    collection = _collection()
     run = _start_ingest(tmp_path / "photos", url, tiny_model_dir, collection, {"CLIPSEARCH_RETRY_SECONDS": "3"})
     _wait_for_progress(run)
     proxy.cut()
     _, err = run.communicate(timeout=120)
     assert run.returncode == 1
     assert f"Qdrant server {url} is unreachable" in err.strip().splitlines()[-1]
+    with open_index(Settings.resolve(index=server, collection=collection)) as idx:
+        committed = idx.count()
+    assert 0 < committed < len(photos)  # cut mid-ingest, with finished batches kept
     proxy.restore()
     rerun = subprocess.run([CLIPSEARCH, "ingest", str(tmp_path / "photos"), "--index", url, "--collection",
                             collection, "--model", str(tiny_model_dir), "--workers", "0", "--json", "-q"],
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    with open_index(Settings.resolve(index=SERVER_URL, collection=collection)) as idx:
+    summary = json.loads(rerun.stdout)
+    assert summary["unchanged"] >= committed  # what the first run committed was not embedded again
+    with open_index(Settings.resolve(index=server, collection=collection)) as idx:
         assert idx.count() == len(photos)
+        assert len({r.id for r in idx.scroll()}) == len(photos)
+
+
+# -- the REST double only: failures a real server cannot be asked for -------------------
+
+def test_a_server_that_fails_for_a_while_is_retried_and_the_ingest_completes(tmp_path, tiny_model_dir, monkeypatch):
+    """503s (a server restarting, a proxy in front of it) are retried with backoff:
+    the ingest loses nothing and reports no error."""
+    double = rest_double()
+    url, key = server_under_test("rest")
+    monkeypatch.setenv("QDRANT_API_KEY", key)
+    photos = many_images(tmp_path / "photos", 40)
+    collection = _collection()
+    double.fail_next(4, 503)
+    result = subprocess.run([CLIPSEARCH, "ingest", str(tmp_path / "photos"), "--index", url, "--collection",
+                             collection, "--model", str(tiny_model_dir), "--workers", "0", "--batch-size", "8",
+                             "--json", "-q"], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, CLIPSEARCH_RETRY_SECONDS="20"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["embedded"] == len(photos)
+    with open_index(Settings.resolve(index=url, collection=collection)) as idx:
+        assert idx.count() == len(photos)
+
+
+def test_a_large_ingest_pauses_indexing_and_restores_it(tmp_path, tiny_model_dir, encoder, monkeypatch):
+    double = rest_double()
+    url, key = server_under_test("rest")
+    settings = Settings.resolve(index=url, collection=_collection(), model=str(tiny_model_dir), api_key=key)
+    many_images(tmp_path / "photos", 10)
+    with open_index(settings, create=True) as idx:
+        ingest([str(tmp_path / "photos")], encoder, idx, IngestOptions(workers=0, quiet=True))
+        after = idx.client.get_collection(settings.collection).config.optimizer_config.indexing_threshold
+    changes = [diff["indexing_threshold"] for name, diff in double.optimizer_changes if name == settings.collection]
+    assert changes[0] == 0  # no HNSW rebuilds while loading
+    assert changes[-1] == after > 0  # and the threshold the collection had, back after
+
+
+def test_a_url_that_is_not_a_qdrant_server_fails_at_once(tmp_path):
+    """Another web service on that port answers 200 with something else: one line, no
+    30 s of retries."""
+    import http.server
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>not qdrant</html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{other.server_address[1]}"
+    try:
+        started = time.monotonic()
+        result = CliRunner().invoke(cli, ["search", "a cat", "--index", url])
+    finally:
+        other.shutdown()
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 10
+    assert f"{url} answered, but not as a Qdrant server" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_key_sent_in_clear_to_another_machine_is_warned_of_in_one_line(capsys):
+    from clipsearch.index.client import ClientIndex
+
+    for url in ("http://127.0.0.1:6333", "http://localhost:6333", "https://qdrant.example.org"):
+        ClientIndex(url, "images", api_key="s3cret-key-value").close()
+    assert capsys.readouterr().err == ""  # loopback, or TLS: nothing to say
+    for _ in range(2):
+        ClientIndex("http://192.0.2.7:6333", "images", api_key="s3cret-key-value").close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1  # once per URL, not per open
+    assert "sent unencrypted to http://192.0.2.7:6333" in lines[0] and "s3cret" not in lines[0]

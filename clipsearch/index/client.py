@@ -7,7 +7,10 @@ retried. The key is handed to the client and never appears in a message.
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -37,6 +40,35 @@ def _shared_memory_client():
         return _memory_client
 
 
+_warned_plain_http: set[str] = set()
+
+
+def _warn_if_key_unencrypted(location: str) -> None:
+    """One line on stderr, once per URL, when the API key would cross a network in
+    clear text: an http:// URL to another machine (loopback is fine: the compose setup)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme != "http" or location in _warned_plain_http:
+        return
+    host = parsed.hostname or ""
+    if host == "localhost" or host.startswith("127.") or host == "::1":
+        return
+    _warned_plain_http.add(location)
+    sys.stderr.write(f"clipsearch: warning: the API key is sent unencrypted to {location}; "
+                     "use an https:// URL (README: Share an index)\n")
+
+
+def _server_error_detail(exc) -> str:
+    """The server's own reason for refusing a request (Qdrant answers
+    {"status": {"error": "..."}}), on one line, or nothing."""
+    try:
+        detail = exc.structured()["status"]["error"]
+    except Exception:  # not JSON, or another shape: the status line is all there is
+        return ""
+    return f": {' '.join(str(detail).split())[:300]}"
+
+
 class _Transient(Exception):
     """A failure worth retrying: the server is down, slow or overloaded."""
 
@@ -53,9 +85,15 @@ class ClientIndex(Index):
             from qdrant_client import QdrantClient
 
             self.backend = "server"
-            # A URL without a port means Qdrant's REST port, not 80/443.
-            self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout, prefer_grpc=grpc,
-                                       check_compatibility=False)
+            with warnings.catch_warnings():
+                # qdrant-client's two-line UserWarning for any key over http; ours below
+                # is one line, and only where the key leaves this machine.
+                warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
+                # A URL without a port means Qdrant's REST port, not 80/443.
+                self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout, prefer_grpc=grpc,
+                                           check_compatibility=False)
+            if api_key:
+                _warn_if_key_unencrypted(location)
         self.grpc = grpc
         self._exists: bool | None = None
 
@@ -98,20 +136,40 @@ class ClientIndex(Index):
                 )
             if status == 429 or status >= 500:
                 return _Transient(str(exc))
-            return ClipsearchError(f"Qdrant server {self.location}: HTTP {status} {exc.reason_phrase}")
-        if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
+            return ClipsearchError(f"Qdrant server {self.location}: HTTP {status} {exc.reason_phrase}"
+                                   + _server_error_detail(exc))
+        if isinstance(exc, ResponseHandlingException):
+            source = getattr(exc, "source", None)
+            if source is not None and not self._is_transport_error(source):
+                return self._unreadable_answer(source)
+            return _Transient(str(exc))
+        if isinstance(exc, json.JSONDecodeError):
+            return self._unreadable_answer(exc)
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
             return _Transient(str(exc))
         grpc_error = self._classify_grpc(exc)
         if grpc_error is not None:
             return grpc_error
+        if self._is_transport_error(exc):
+            return _Transient(str(exc))
+        return exc
+
+    def _unreadable_answer(self, source: Exception) -> ClipsearchError:
+        """A 200 whose body is not what Qdrant sends: another web service on that port,
+        or a server too old for this client. Retrying cannot help."""
+        return ClipsearchError(f"{self.location} answered, but not as a Qdrant server this client can read "
+                               f"({type(source).__name__}); check the URL and the server's version")
+
+    @staticmethod
+    def _is_transport_error(exc: Exception) -> bool:
+        """The request did not get through: worth another try."""
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return True
         try:
             import httpx
-
-            if isinstance(exc, httpx.TransportError):
-                return _Transient(str(exc))
-        except ImportError:  # pragma: no cover
-            pass
-        return exc
+        except ImportError:  # pragma: no cover - httpx comes with qdrant-client
+            return False
+        return isinstance(exc, httpx.TransportError)
 
     def _classify_grpc(self, exc: Exception) -> Exception | None:
         try:
