@@ -26,6 +26,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "api_key": ("QDRANT_API_KEY",),
     "retry_seconds": ("CLIPSEARCH_RETRY_SECONDS",),
     "grpc": ("CLIPSEARCH_GRPC",),
+    "grpc_port": ("CLIPSEARCH_GRPC_PORT",),
 }
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -50,6 +51,8 @@ class Settings:
     retry_seconds: float = 30.0
     # Talk to a Qdrant server over gRPC (port 6334) instead of REST: faster bulk upserts.
     grpc: bool = False
+    # The server's gRPC port: Qdrant's 6334 unless a proxy or port mapping moved it.
+    grpc_port: int = 6334
 
     @classmethod
     def resolve(cls, env: dict[str, str] | None = None, **flags) -> "Settings":
@@ -87,10 +90,16 @@ class Settings:
             if grpc.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
                 raise ClipsearchError(f"CLIPSEARCH_GRPC={grpc!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
             grpc = grpc.strip().lower() in TRUE_WORDS
+        try:
+            grpc_port = int(self.grpc_port)
+            if not 0 < grpc_port < 65536:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ClipsearchError(f"CLIPSEARCH_GRPC_PORT={self.grpc_port!r} is not a port number (1-65535)") from None
         index = self.index
         if self.backend == "edge":
             index = str(Path(index).expanduser().resolve())
-        return replace(self, retry_seconds=retry, index=index, grpc=bool(grpc))
+        return replace(self, retry_seconds=retry, index=index, grpc=bool(grpc), grpc_port=grpc_port)
 
     @property
     def backend(self) -> str:

@@ -100,7 +100,7 @@ def images(tmp_path) -> list[Path]:
     return draw_collection(tmp_path / "photos", 12)
 
 
-BACKENDS = ["edge", "memory", "rest", pytest.param("server", marks=pytest.mark.server)]
+BACKENDS = ["edge", "memory", "rest", "grpc", pytest.param("server", marks=pytest.mark.server)]
 
 # The key the REST double asks for: its legs run with an API key, as a shared server does.
 REST_DOUBLE_KEY = "rest-double-key-5f1c"
@@ -111,21 +111,29 @@ def rest_double():
     """The one REST double of this test session, started on first use."""
     global _rest_double
     if _rest_double is None:
+        from qdrant_grpc_double import serve_grpc
         from qdrant_rest_double import QdrantRestDouble
 
         _rest_double = QdrantRestDouble(api_key=REST_DOUBLE_KEY).start()
+        _rest_double.grpc_server, _rest_double.grpc_port = serve_grpc(_rest_double)
     return _rest_double
 
 
-def server_under_test(kind: str) -> tuple[str, str | None]:
-    """(URL, API key) of the `rest` double or of the real server at QDRANT_URL (skips
-    without it)."""
-    if kind == "rest":
-        return rest_double().url, REST_DOUBLE_KEY
+def server_under_test(kind: str) -> dict[str, str]:
+    """The settings, as environment variables, that point a client at the double
+    (`rest`, or `grpc`: the same double over gRPC) or at the real server at QDRANT_URL
+    (`server`; skips without it)."""
+    if kind in ("rest", "grpc"):
+        double = rest_double()
+        env = {"QDRANT_URL": double.url, "QDRANT_API_KEY": REST_DOUBLE_KEY, "CLIPSEARCH_GRPC": "0"}
+        if kind == "grpc":
+            env.update(CLIPSEARCH_GRPC="1", CLIPSEARCH_GRPC_PORT=str(double.grpc_port))
+        return env
     url = os.environ.get("QDRANT_URL")
     if not url:
         pytest.skip("QDRANT_URL is not set: no Qdrant server to test against")
-    return url, os.environ.get("QDRANT_API_KEY")
+    return {name: os.environ[name] for name in ("QDRANT_URL", "QDRANT_API_KEY", "CLIPSEARCH_GRPC",
+                                                "CLIPSEARCH_GRPC_PORT") if os.environ.get(name)}
 
 
 def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
@@ -136,8 +144,8 @@ def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
     elif backend == "memory":
         index = ":memory:"
     else:
-        index, key = server_under_test(backend)
-        return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu", api_key=key)
+        env = server_under_test(backend)
+        return Settings.resolve(env, model=str(model), collection=collection, device="cpu")
     return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu")
 
 

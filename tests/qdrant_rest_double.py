@@ -22,9 +22,10 @@ import json
 import re
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 from pydantic import TypeAdapter
 from qdrant_client import QdrantClient, models
@@ -78,11 +79,11 @@ class QdrantRestDouble:
             self._failures.extend([status] * count)
 
     # -- routes -------------------------------------------------------------------
-    def _routes(self) -> list[tuple[str, re.Pattern, Callable[[str, dict, dict], Any]]]:
+    def _routes(self) -> list[tuple[str, re.Pattern, Callable[[str, dict], Any]]]:
         e = self.engine
         table = [
-            ("GET", r"/", lambda c, q, b: e.info()),  # qdrant-client's version
-            ("GET", r"/collections/{c}/exists", lambda c, q, b: {"exists": e.collection_exists(c)}),
+            ("GET", r"/", lambda c, b: e.info()),  # qdrant-client's version
+            ("GET", r"/collections/{c}/exists", lambda c, b: {"exists": e.collection_exists(c)}),
             ("GET", r"/collections/{c}", self._get_collection),
             ("PUT", r"/collections/{c}", self._create_collection),
             ("PATCH", r"/collections/{c}", self._update_collection),
@@ -102,25 +103,25 @@ class QdrantRestDouble:
             raise NotFound(f"Collection `{name}` doesn't exist!")
         return True
 
-    def _get_collection(self, name, query, body):
+    def _get_collection(self, name, body):
         self._existing(name)
         info = self.engine.get_collection(name)
         if name in self.optimizers:
             info.config.optimizer_config = info.config.optimizer_config.model_copy(update=self.optimizers[name])
         return info
 
-    def _delete_collection(self, name, query, body):
+    def _delete_collection(self, name, body):
         self.optimizers.pop(name, None)
         return self.engine.delete_collection(name)
 
-    def _create_collection(self, name, query, body):
+    def _create_collection(self, name, body):
         if self.engine.collection_exists(name):
             raise ValueError(f"Wrong input: Collection `{name}` already exists!")
         request = models.CreateCollection.model_validate(body)
         return self.engine.create_collection(name, vectors_config=request.vectors,
                                              metadata=request.metadata)
 
-    def _update_collection(self, name, query, body):
+    def _update_collection(self, name, body):
         self._existing(name)
         request = models.UpdateCollection.model_validate(body)
         # The local engine keeps no optimizer settings: they are kept here, read back by
@@ -133,51 +134,67 @@ class QdrantRestDouble:
             self.engine.update_collection(name, metadata=request.metadata)
         return True
 
-    def _create_index(self, name, query, body):
+    def _create_index(self, name, body):
         self._existing(name)
         request = models.CreateFieldIndex.model_validate(body)
         self.engine.create_payload_index(name, request.field_name, request.field_schema)
         return _UPDATED
 
-    def _upsert(self, name, query, body):
+    def _upsert(self, name, body):
         self._existing(name)
         operation = _insert_points.validate_python(body)
         points = operation.batch if isinstance(operation, models.PointsBatch) else operation.points
         self.engine.upsert(name, points=points)
         return _UPDATED
 
-    def _retrieve(self, name, query, body):
+    def _retrieve(self, name, body):
         self._existing(name)
         request = models.PointRequest.model_validate(body)
         return self.engine.retrieve(name, ids=request.ids, with_payload=request.with_payload,
                                     with_vectors=request.with_vector or False)
 
-    def _delete(self, name, query, body):
+    def _delete(self, name, body):
         self._existing(name)
         self.engine.delete(name, points_selector=_points_selector.validate_python(body))
         return _UPDATED
 
-    def _count(self, name, query, body):
+    def _count(self, name, body):
         self._existing(name)
         request = models.CountRequest.model_validate(body)
         return self.engine.count(name, count_filter=request.filter, exact=True)
 
-    def _scroll(self, name, query, body):
+    def _scroll(self, name, body):
         self._existing(name)
         request = models.ScrollRequest.model_validate(body)
         points, next_offset = self.engine.scroll(
             name, scroll_filter=request.filter, limit=request.limit or 10, offset=request.offset,
             with_payload=request.with_payload if request.with_payload is not None else True,
             with_vectors=request.with_vector or False)
-        return {"points": _dump(points), "next_page_offset": next_offset}
+        return models.ScrollResult(points=points, next_page_offset=next_offset)
 
-    def _query(self, name, query, body):
+    def _query(self, name, body):
         self._existing(name)
         request = models.QueryRequest.model_validate(body)
         return self.engine.query_points(
             name, query=request.query, query_filter=request.filter, limit=request.limit or 10,
             with_payload=request.with_payload if request.with_payload is not None else False,
             with_vectors=request.with_vector or False, search_params=request.params)
+
+    def admit(self, api_key: str | None) -> int | None:
+        """The HTTP status a request gets before it reaches the engine (a wrong key, a
+        failure asked for), or None to serve it. Both protocols ask here."""
+        self.requests += 1
+        if self.api_key is not None and api_key != self.api_key:
+            return 401
+        with self.lock:
+            return self._failures.pop(0) if self._failures else None
+
+    def call(self, handler, name: str | None, body: dict) -> Any:
+        with self.lock, warnings.catch_warnings():
+            # The local engine's notes that payload indexes and search params do nothing
+            # in it: true, and known (see the module's docstring).
+            warnings.simplefilter("ignore", UserWarning)
+            return handler(name, body)
 
     # -- HTTP ---------------------------------------------------------------------
     def _handler_class(self):
@@ -206,13 +223,11 @@ class QdrantRestDouble:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 url = urlparse(self.path)
-                double.requests += 1
-                if double.api_key is not None and self.headers.get("api-key") != double.api_key:
+                refused = double.admit(self.headers.get("api-key"))
+                if refused == 401:
                     return self._error(401, "Must provide an API key or an Authorization bearer token")
-                with double.lock:
-                    failure = double._failures.pop(0) if double._failures else None
-                if failure is not None:
-                    return self._error(failure, "Service Unavailable (a failure the test asked for)")
+                if refused is not None:
+                    return self._error(refused, "Service Unavailable (a failure the test asked for)")
                 for route_method, pattern, handler in routes:
                     match = pattern.match(url.path)
                     if route_method == method and match:
@@ -220,9 +235,7 @@ class QdrantRestDouble:
                 else:
                     return self._error(404, f"no route for {method} {url.path} in the test double")
                 try:
-                    body = json.loads(raw) if raw else {}
-                    with double.lock:
-                        result = handler(match.groupdict().get("c"), parse_qs(url.query), body)
+                    result = double.call(handler, match.groupdict().get("c"), json.loads(raw) if raw else {})
                 except NotFound as exc:
                     return self._error(404, f"Not found: {exc}")
                 except Exception as exc:  # a request the engine refuses: the server's 400

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,14 @@ def snapshot(settings: Settings) -> dict:
         return {r.id: (r.payload, r.vector) for r in index.scroll(with_vectors=True)}, index.stored_identity()
 
 
-@pytest.mark.parametrize("target_backend", ["edge", "memory", "rest", pytest.param("server", marks=needs_server)])
+@pytest.mark.parametrize("target_backend", ["edge", "memory", "rest", "grpc",
+                                            pytest.param("server", marks=needs_server)])
 def test_migrate_copies_vectors_payloads_and_identity(edge_index, tmp_path, tiny_model_dir, target_backend,
                                                       monkeypatch):
     target = settings_for(target_backend, tmp_path / "target", tiny_model_dir)
-    if target.api_key:
-        monkeypatch.setenv("QDRANT_API_KEY", target.api_key)
+    if target.backend == "server":  # its key and protocol, for the command
+        for name, value in server_under_test(target_backend).items():
+            monkeypatch.setenv(name, value)
     result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
                                       "--to", target.index, "--to-collection", target.collection, "-q", "-b", "7"])
     assert result.exit_code == 0, result.output
@@ -136,6 +139,16 @@ def test_grpc_setting_from_flag_and_env(monkeypatch):
         Settings.resolve()
 
 
+def test_grpc_port_from_env(monkeypatch):
+    assert Settings.resolve(index="http://h:6333").grpc_port == 6334
+    monkeypatch.setenv("CLIPSEARCH_GRPC_PORT", "16334")
+    assert Settings.resolve(index="http://h:6333").grpc_port == 16334
+    for bad in ("port", "0", "70000"):
+        monkeypatch.setenv("CLIPSEARCH_GRPC_PORT", bad)
+        with pytest.raises(ClipsearchError, match=f"CLIPSEARCH_GRPC_PORT='{bad}' is not a port number"):
+            Settings.resolve()
+
+
 def _start_ingest(folder, index, model, collection="images", extra_env=None):
     env = dict(os.environ, CLIPSEARCH_PROGRESS_SECONDS="0.05", PYTHONUNBUFFERED="1", **(extra_env or {}))
     return subprocess.Popen([CLIPSEARCH, "ingest", str(folder), "--index", str(index), "--model", str(model),
@@ -171,13 +184,32 @@ def test_second_ingest_on_an_embedded_index_is_refused_and_the_first_finishes(tm
 
 # -- server only: the REST double always, a real server when QDRANT_URL is set ----------
 
-@pytest.fixture(params=["rest", pytest.param("server", marks=needs_server)])
-def server(request, monkeypatch):
-    """(URL, key) of the server under test; its key is exported for the commands run."""
-    url, key = server_under_test(request.param)
-    if key is not None:
-        monkeypatch.setenv("QDRANT_API_KEY", key)
-    return url
+@dataclass
+class Server:
+    url: str
+    grpc_port: int | None  # set when the client talks gRPC
+
+
+def _export(kind: str, monkeypatch) -> Server:
+    """Export the settings (URL, key, protocol) of server `kind` for the commands the
+    test runs."""
+    env = server_under_test(kind)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.resolve(env)
+    return Server(env["QDRANT_URL"], settings.grpc_port if settings.grpc else None)
+
+
+@pytest.fixture(params=["rest", "grpc", pytest.param("server", marks=needs_server)])
+def server(request, monkeypatch) -> Server:
+    """The server under test: the double over REST and over gRPC, and a real one."""
+    return _export(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def double_server(request, monkeypatch) -> Server:
+    """The double alone, for failures a real server cannot be asked for."""
+    return _export(request.param, monkeypatch)
 
 
 def _collection() -> str:
@@ -189,12 +221,12 @@ def test_two_ingests_into_one_server_collection_do_not_duplicate(tmp_path, tiny_
     many_images(tmp_path / "photos" / "b", 60, offset=60)
     collection = _collection()
     # Overlapping: one takes a/ and b/, the other b/ only.
-    p1 = _start_ingest(tmp_path / "photos", server, tiny_model_dir, collection)
-    p2 = _start_ingest(tmp_path / "photos" / "b", server, tiny_model_dir, collection)
+    p1 = _start_ingest(tmp_path / "photos", server.url, tiny_model_dir, collection)
+    p2 = _start_ingest(tmp_path / "photos" / "b", server.url, tiny_model_dir, collection)
     for p in (p1, p2):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
-    with open_index(Settings.resolve(index=server, collection=collection)) as idx:
+    with open_index(Settings.resolve(index=server.url, collection=collection)) as idx:
         assert idx.count() == 120
         ids = [r.id for r in idx.scroll()]
         assert len(ids) == len(set(ids)) == 120
@@ -203,11 +235,11 @@ def test_two_ingests_into_one_server_collection_do_not_duplicate(tmp_path, tiny_
 def test_searches_answer_while_an_ingest_writes(tmp_path, tiny_model_dir, encoder, server):
     collection = _collection()
     many_images(tmp_path / "seed", 8)
-    settings = Settings.resolve(index=server, collection=collection, model=str(tiny_model_dir))
+    settings = Settings.resolve(index=server.url, collection=collection, model=str(tiny_model_dir))
     with open_index(settings, create=True) as idx:
         ingest([str(tmp_path / "seed")], encoder, idx, IngestOptions(workers=0, quiet=True))
     many_images(tmp_path / "more", 200, offset=8)
-    writer = _start_ingest(tmp_path / "more", server, tiny_model_dir, collection)
+    writer = _start_ingest(tmp_path / "more", server.url, tiny_model_dir, collection)
     answered = 0
     with open_index(settings) as idx:
         query = encoder.encode_texts(["a red square"])[0]
@@ -221,12 +253,13 @@ def test_searches_answer_while_an_ingest_writes(tmp_path, tiny_model_dir, encode
 def test_a_wrong_api_key_is_refused_in_one_line_without_echoing_it(server):
     env = dict(os.environ, QDRANT_API_KEY="definitely-wrong-key-123", CLIPSEARCH_RETRY_SECONDS="2")
     started = time.monotonic()
-    result = subprocess.run([CLIPSEARCH, "status", "--index", server], capture_output=True, text=True,
+    result = subprocess.run([CLIPSEARCH, "status", "--index", server.url], capture_output=True, text=True,
                             env=env, timeout=60)
     if result.returncode == 0:
         pytest.skip("this server does not require an API key")
     assert time.monotonic() - started < 30  # refused at once, not retried
-    assert f"Qdrant server {server} refused the API key" in result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"Qdrant server {server.url}" in last and "refused the API key" in last
     assert "Traceback" not in result.stderr
     assert "definitely-wrong-key-123" not in result.stderr + result.stdout
 
@@ -285,43 +318,49 @@ class _Proxy:
 def test_server_lost_mid_ingest_fails_clearly_and_a_rerun_completes(tmp_path, tiny_model_dir, server):
     from urllib.parse import urlparse
 
-    parsed = urlparse(server)
-    proxy = _Proxy(parsed.hostname, parsed.port or 6333)
-    url = f"http://127.0.0.1:{proxy.port}"
+    parsed = urlparse(server.url)
+    if server.grpc_port:  # cut the gRPC port, which carries every call
+        proxy = _Proxy(parsed.hostname, server.grpc_port)
+        url, run_env = server.url, {"CLIPSEARCH_GRPC_PORT": str(proxy.port)}
+        named = f"Qdrant server {url} (gRPC port {proxy.port}) is unreachable"
+    else:
+        proxy = _Proxy(parsed.hostname, parsed.port or 6333)
+        url, run_env = f"http://127.0.0.1:{proxy.port}", {}
+        named = f"Qdrant server {url} is unreachable"
     photos = many_images(tmp_path / "photos", 300)
     collection = _collection()
-    run = _start_ingest(tmp_path / "photos", url, tiny_model_dir, collection, {"CLIPSEARCH_RETRY_SECONDS": "3"})
+    run = _start_ingest(tmp_path / "photos", url, tiny_model_dir, collection,
+                        {"CLIPSEARCH_RETRY_SECONDS": "3", **run_env})
     _wait_for_progress(run)
     proxy.cut()
     _, err = run.communicate(timeout=120)
     assert run.returncode == 1
-    assert f"Qdrant server {url} is unreachable" in err.strip().splitlines()[-1]
-    with open_index(Settings.resolve(index=server, collection=collection)) as idx:
+    assert named in err.strip().splitlines()[-1]
+    with open_index(Settings.resolve(index=server.url, collection=collection)) as idx:
         committed = idx.count()
     assert 0 < committed < len(photos)  # cut mid-ingest, with finished batches kept
     proxy.restore()
     rerun = subprocess.run([CLIPSEARCH, "ingest", str(tmp_path / "photos"), "--index", url, "--collection",
                             collection, "--model", str(tiny_model_dir), "--workers", "0", "--json", "-q"],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=dict(os.environ, **run_env))
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["unchanged"] >= committed  # what the first run committed was not embedded again
-    with open_index(Settings.resolve(index=server, collection=collection)) as idx:
+    with open_index(Settings.resolve(index=server.url, collection=collection)) as idx:
         assert idx.count() == len(photos)
         assert len({r.id for r in idx.scroll()}) == len(photos)
 
 
 # -- the REST double only: failures a real server cannot be asked for -------------------
 
-def test_a_server_that_fails_for_a_while_is_retried_and_the_ingest_completes(tmp_path, tiny_model_dir, monkeypatch):
-    """503s (a server restarting, a proxy in front of it) are retried with backoff:
-    the ingest loses nothing and reports no error."""
-    double = rest_double()
-    url, key = server_under_test("rest")
-    monkeypatch.setenv("QDRANT_API_KEY", key)
+def test_a_server_that_fails_for_a_while_is_retried_and_the_ingest_completes(tmp_path, tiny_model_dir,
+                                                                             double_server):
+    """503s / UNAVAILABLE (a server restarting, a proxy in front of it) are retried
+    with backoff: the ingest loses nothing and reports no error."""
+    url = double_server.url
     photos = many_images(tmp_path / "photos", 40)
     collection = _collection()
-    double.fail_next(4, 503)
+    rest_double().fail_next(4, 503)
     result = subprocess.run([CLIPSEARCH, "ingest", str(tmp_path / "photos"), "--index", url, "--collection",
                              collection, "--model", str(tiny_model_dir), "--workers", "0", "--batch-size", "8",
                              "--json", "-q"], capture_output=True, text=True, timeout=300,
@@ -332,10 +371,9 @@ def test_a_server_that_fails_for_a_while_is_retried_and_the_ingest_completes(tmp
         assert idx.count() == len(photos)
 
 
-def test_a_large_ingest_pauses_indexing_and_restores_it(tmp_path, tiny_model_dir, encoder, monkeypatch):
+def test_a_large_ingest_pauses_indexing_and_restores_it(tmp_path, tiny_model_dir, encoder, double_server):
     double = rest_double()
-    url, key = server_under_test("rest")
-    settings = Settings.resolve(index=url, collection=_collection(), model=str(tiny_model_dir), api_key=key)
+    settings = Settings.resolve(index=double_server.url, collection=_collection(), model=str(tiny_model_dir))
     many_images(tmp_path / "photos", 10)
     with open_index(settings, create=True) as idx:
         ingest([str(tmp_path / "photos")], encoder, idx, IngestOptions(workers=0, quiet=True))

@@ -18,4 +18,4 @@ def open_index(settings: Settings, create: bool = False) -> Index:
     from .client import ClientIndex
 
     return ClientIndex(settings.index, settings.collection, api_key=settings.api_key,
-                       retry_seconds=settings.retry_seconds, grpc=settings.grpc)
+                       retry_seconds=settings.retry_seconds, grpc=settings.grpc, grpc_port=settings.grpc_port)

@@ -75,7 +75,7 @@ class _Transient(Exception):
 
 class ClientIndex(Index):
     def __init__(self, location: str, collection: str, api_key: str | None = None,
-                 retry_seconds: float = 30.0, timeout: int = 30, grpc: bool = False):
+                 retry_seconds: float = 30.0, timeout: int = 30, grpc: bool = False, grpc_port: int = 6334):
         super().__init__(location, collection)
         self.retry_seconds = retry_seconds
         if location == ":memory:":
@@ -91,10 +91,12 @@ class ClientIndex(Index):
                 warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
                 # A URL without a port means Qdrant's REST port, not 80/443.
                 self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout, prefer_grpc=grpc,
-                                           check_compatibility=False)
+                                           grpc_port=grpc_port, check_compatibility=False)
             if api_key:
                 _warn_if_key_unencrypted(location)
         self.grpc = grpc
+        # What messages name: over gRPC the URL's port is not the one being talked to.
+        self.where = f"{location} (gRPC port {grpc_port})" if grpc and self.backend == "server" else location
         self._exists: bool | None = None
 
     # -- retries ----------------------------------------------------------------
@@ -121,7 +123,7 @@ class ClientIndex(Index):
             cause = exc.__cause__ or exc
             detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
             raise ClipsearchError(
-                f"Qdrant server {self.location} is unreachable ({what} failed after "
+                f"Qdrant server {self.where} is unreachable ({what} failed after "
                 f"{self.retry_seconds:g} s of retries: {detail})"
             ) from None
 
@@ -180,12 +182,12 @@ class ClientIndex(Index):
             return None
         code = exc.code()
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return ClipsearchError(f"Qdrant server {self.location} refused the API key (gRPC {code.name}); "
+            return ClipsearchError(f"Qdrant server {self.where} refused the API key (gRPC {code.name}); "
                                    "check QDRANT_API_KEY")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
             return _Transient(f"gRPC {code.name}")
-        return ClipsearchError(f"Qdrant server {self.location}: gRPC {code.name}: {exc.details()}")
+        return ClipsearchError(f"Qdrant server {self.where}: gRPC {code.name}: {exc.details()}")
 
     # -- collection -------------------------------------------------------------
     def exists(self) -> bool:
