@@ -13,6 +13,13 @@ size: what loading it would cost). Two modes, interleaved in the same run:
   identity, so the command never imports torch nor loads the model;
 - no cached identity: the cache is emptied before each run, so the command loads the
   model to learn its identity (what every run did before the lazy encoder).
+
+With `--bad K`, K corrupt files lie among the N, and the two modes are instead:
+
+- bad files remembered: as after any earlier run over the folder, the cache holds the
+  record of files found bad (ingest/known_bad.py), so they are reported, not read;
+- bad files not remembered (CLIPSEARCH_KNOWN_BAD=0): every run decodes them again,
+  and loads the model to do so (what every run did before that record).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--bad", type=int, default=0, help="corrupt files among them (see above)")
     args = parser.parse_args()
 
     from PIL import Image
@@ -52,6 +60,7 @@ def main() -> None:
     shutil.rmtree(cache, ignore_errors=True)
     os.environ["CLIPSEARCH_CACHE_DIR"] = str(cache)  # here and in the commands below
     os.environ.pop("CLIPSEARCH_FAST_PATH", None)
+    os.environ.pop("CLIPSEARCH_KNOWN_BAD", None)
     photos = OUT / f"unchanged-{args.files}"
     if not photos.is_dir() or sum(len(f) for _, _, f in os.walk(photos)) != args.files:
         shutil.rmtree(photos, ignore_errors=True)
@@ -63,6 +72,11 @@ def main() -> None:
             if i % 1000 == 0:
                 folder.mkdir(parents=True, exist_ok=True)
             (folder / f"IMG_{i:06d}.png").write_bytes(data)
+    bad = photos.with_name(photos.name + "-bad")  # its own folder: the count above stays N
+    shutil.rmtree(bad, ignore_errors=True)
+    bad.mkdir(parents=True)
+    for i in range(args.bad):  # truncated downloads: a JPEG header and nothing after it
+        (bad / f"IMG_BAD_{i:04d}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
     index_dir = OUT / f"unchanged-index-{args.files}"
     shutil.rmtree(index_dir, ignore_errors=True)
     settings = Settings.resolve(index=str(index_dir), model=str(model))
@@ -89,27 +103,36 @@ def main() -> None:
         assert index.count() == args.files
     print(f"prepared {args.files} points in {time.perf_counter() - t:.1f} s", flush=True)
 
-    identities = cache / "identities"
-    saved = {p.name: p.read_bytes() for p in identities.glob("*.json")}
-    assert saved, f"no identity record under {identities}"
-    modes = {"identity cached": {"walls": [], "inner": []}, "no cached identity": {"walls": [], "inner": []}}
+    command = [str(Path(sys.executable).parent / "clipsearch"), "ingest", str(photos), str(bad),
+               "--index", str(index_dir), "--model", str(model), "--json", "-q"]
+    if args.bad:  # a first run finds the bad files and records them
+        subprocess.run(command, capture_output=True, text=True, check=True)
+    kept = {sub: {p.name: p.read_bytes() for p in (cache / sub).glob("*.json")} for sub in ("identities", "bad-files")}
+    assert kept["identities"], f"no identity record under {cache / 'identities'}"
+    if args.bad:
+        first, second = "bad files remembered", "bad files not remembered"
+        restore = {first: ("identities", "bad-files"), second: ("identities",)}
+    else:
+        first, second = "identity cached", "no cached identity"
+        restore = {first: ("identities",), second: ()}
+    modes = {first: {"walls": [], "inner": []}, second: {"walls": [], "inner": []}}
     for _ in range(args.runs):  # interleaved, so that a noisy neighbour hits both alike
         for mode, result in modes.items():
             shutil.rmtree(cache, ignore_errors=True)
-            if mode == "identity cached":
-                identities.mkdir(parents=True)
-                for name, data in saved.items():
-                    (identities / name).write_bytes(data)
+            for sub in restore[mode]:
+                (cache / sub).mkdir(parents=True)
+                for name, data in kept[sub].items():
+                    (cache / sub / name).write_bytes(data)
+            env = dict(os.environ, CLIPSEARCH_KNOWN_BAD="0" if mode == "bad files not remembered" else "1")
             t = time.perf_counter()
-            out = subprocess.run([str(Path(sys.executable).parent / "clipsearch"), "ingest", str(photos),
-                                  "--index", str(index_dir), "--model", str(model), "--json", "-q"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
             result["walls"].append(time.perf_counter() - t)
             summary = json.loads(out.stdout)
             assert summary["unchanged"] == args.files and summary["embedded"] == 0, summary
+            assert summary["skipped"] == args.bad, summary
             result["inner"].append(summary["seconds"])
     cached, loaded = (float(np.median(modes[m]["walls"])) for m in modes)
-    print(json.dumps({"files": args.files, "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    print(json.dumps({"files": args.files, "bad_files": args.bad, "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                       **{mode: {"wall_s": [round(w, 2) for w in r["walls"]],
                                 "wall_s_median": round(float(np.median(r["walls"])), 2),
                                 "ingest_run_s_median": round(float(np.median(r["inner"])), 2)}

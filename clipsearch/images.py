@@ -19,7 +19,13 @@ DEFAULT_MAX_MEGAPIXELS = 100.0
 
 
 class SkipImage(Exception):
-    """This file cannot be used; the message is the reason, for the report."""
+    """This file cannot be used; the message is the reason, for the report. `lasting`:
+    the reason is in the file's content (corrupt, not an image, too large), so it holds
+    until the file changes; not lasting: it may pass (permissions, I/O, memory)."""
+
+    def __init__(self, reason: str, lasting: bool = True):
+        super().__init__(reason)
+        self.lasting = lasting
 
 
 @dataclass
@@ -70,20 +76,24 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
     except SkipImage:
         raise
     except FileNotFoundError:
-        raise SkipImage("file vanished before it could be read") from None
+        raise SkipImage("file vanished before it could be read", lasting=False) from None
     except PermissionError:
-        raise SkipImage("unreadable: permission denied") from None
+        raise SkipImage("unreadable: permission denied", lasting=False) from None
     except IsADirectoryError:
-        raise SkipImage("is a folder") from None
+        raise SkipImage("is a folder", lasting=False) from None
     except Image.DecompressionBombError as exc:
         raise SkipImage(f"decompression bomb: {exc}") from None
     except Image.UnidentifiedImageError:
         raise SkipImage("not an image Pillow can read (corrupt, or not the format its name says)") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SkipImage(f"corrupt or truncated: {message}") from None
+        # Pillow's own complaints carry no errno; one that does is the disk or the
+        # network share failing to read (EIO), which may pass.
+        io_error = isinstance(exc, OSError) and exc.errno is not None
+        raise SkipImage(f"{'read error' if io_error else 'corrupt or truncated'}: {message}",
+                        lasting=not io_error) from None
     except MemoryError:
-        raise SkipImage("out of memory while decoding") from None
+        raise SkipImage("out of memory while decoding", lasting=False) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -96,15 +106,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str | None]:
-    """Pool entry point: never raises, so one bad file cannot break the pool."""
+def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str | None, bool]:
+    """Pool entry point: (path, decoded, reason skipped, whether that reason lasts).
+    Never raises, so one bad file cannot break the pool."""
     path, target, max_megapixels = args
     try:
-        return path, load_image(path, target, max_megapixels), None
+        return path, load_image(path, target, max_megapixels), None, False
     except SkipImage as exc:
-        return path, None, str(exc)
+        return path, None, str(exc), exc.lasting
     except Exception as exc:  # a Pillow plugin bug must not end a 10-hour run
-        return path, None, f"decoder error: {type(exc).__name__}: {exc}"
+        return path, None, f"decoder error: {type(exc).__name__}: {exc}", False
 
 
 # Truncated JPEGs are errors, not half-grey pictures in the index.

@@ -23,8 +23,9 @@ from clipsearch.index import Index, ancestor_dirs, canonical_point_id as point_i
 from clipsearch.progress import Progress
 
 from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
+from .known_bad import KnownBadFiles, decoder_fingerprint
 from .report import SkipReport
-from .walk import FileEntry, walk_images
+from .walk import FileEntry, image_extensions, walk_images
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
@@ -48,6 +49,9 @@ class IngestSummary:
     embedded: int = 0
     unchanged: int = 0
     skipped: int = 0
+    # Of the skipped: files an earlier run found bad, unchanged since, so not read again
+    # (ingest/known_bad.py).
+    known_bad: int = 0
     removed: int = 0
     seconds: float = 0.0
     hnsw_built: bool = False
@@ -57,7 +61,8 @@ class IngestSummary:
     first_batch_seconds: float | None = None
 
     def line(self) -> str:
-        return (f"ingested {self.embedded}, unchanged {self.unchanged}, skipped {self.skipped}, "
+        known = f" ({self.known_bad} as before, not read again)" if self.known_bad else ""
+        return (f"ingested {self.embedded}, unchanged {self.unchanged}, skipped {self.skipped}{known}, "
                 f"removed {self.removed} in {self.seconds:.1f} s")
 
 
@@ -119,6 +124,9 @@ class Ingestor:
         self.progress = progress or Progress(quiet=self.options.quiet)
         self.summary = IngestSummary()
         self.report = SkipReport(self.options.report)
+        self.known_bad = KnownBadFiles.for_index(
+            index.location, index.collection,
+            decoder_fingerprint(self.options.max_megapixels, image_extensions()))
         self.walk_done = False
         self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
@@ -148,6 +156,9 @@ class Ingestor:
             for entry, pid in zip(chunk, ids):
                 if pid in stored and _is_unchanged(stored[pid], entry):
                     self.summary.unchanged += 1
+                elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
+                    self.summary.known_bad += 1
+                    self._skip(entry.path, f"{reason} (as in an earlier run; the file is unchanged)")
                 else:
                     yield entry
             chunk.clear()
@@ -196,10 +207,13 @@ class Ingestor:
                 pool.join()
 
     def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded]]:
-        _, decoded, reason = outcome
+        _, decoded, reason, lasting = outcome
         if decoded is None:
             self._skip(entry.path, reason or "unknown error")
+            if lasting:
+                self.known_bad.remember(entry.path, entry.size, entry.mtime_ns, reason)
         else:
+            self.known_bad.forget(entry.path)
             yield entry, decoded
 
     def _commit(self, batch: list[tuple[FileEntry, Decoded]]) -> None:
@@ -269,12 +283,15 @@ class Ingestor:
                 self._prune(roots)
             self._show(force=True)
             self.progress.finish()
+            for line in self.report.lines():
+                self.progress.message(line)
         finally:
             try:
                 # Whatever happened, batches already handed to the writer are committed.
                 self._writer.shutdown(wait=True)
             finally:
                 self.report.close()
+                self.known_bad.save(roots)  # what this run learnt, even if it was stopped
         if self.walked == 0:  # a shard that happens to get no files is not an error
             raise ClipsearchError(f"no image files found under {', '.join(roots)}")
         if self.summary.embedded and self.index.backend == "edge":

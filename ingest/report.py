@@ -23,6 +23,19 @@ class SkipReport:
             self._file.write(json.dumps({"path": path, "reason": reason}, ensure_ascii=False) + "\n")
             self._file.flush()  # a killed run still leaves its report behind
 
+    def lines(self) -> list[str]:
+        """What the run prints about its skipped files: the first few, and where the rest are."""
+        if not self.count:
+            return []
+        shown = [f"skipped {path}: {reason}" for path, reason in self.examples]
+        more = self.count - len(self.examples)
+        if self.path:
+            shown.append(f"{'all ' if more else ''}{self.count} skipped file{'s' * (self.count != 1)} "
+                         f"listed in {self.path}")
+        elif more:
+            shown.append(f"... and {more} more (--report FILE lists every one)")
+        return shown
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

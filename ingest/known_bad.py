@@ -1,0 +1,98 @@
+"""Files an earlier run could not use, remembered so that a re-run does not decode them again.
+
+A bad file has no point in the index, so the unchanged-file check (its point's size and
+mtime) never matches it: without this record, every re-run over a folder with one
+corrupt photo decodes it again and, worse, loads the model (torch and the weights,
+10-20 s) just to fail on it. Here such files are remembered with their size and mtime;
+while both are the same, the file is skipped and reported again without being read.
+
+Only lasting reasons are remembered (the content: corrupt, not an image, too large,
+empty), never those that can pass (permission denied, an I/O error, out of memory).
+The record is keyed by what decides the outcome besides the file: Pillow's version,
+the formats it reads here, and --max-megapixels. Changing any of them, or the file,
+retries it. Kept in the user cache dir (CLIPSEARCH_CACHE_DIR), one small JSON file
+per index and collection; losing it costs one decode per bad file, nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from clipsearch import model_cache
+
+FORMAT = 1
+FOLDER = "bad-files"
+
+
+def decoder_fingerprint(max_megapixels: float, extensions: set[str]) -> str:
+    import PIL
+
+    return json.dumps({"pillow": PIL.__version__, "extensions": sorted(extensions),
+                       "max_megapixels": max_megapixels}, sort_keys=True)
+
+
+class KnownBadFiles:
+    def __init__(self, path: Path | None, fingerprint: str):
+        self.path = path  # None: not kept (an in-memory index, or the cache switched off)
+        self.fingerprint = fingerprint
+        self.files: dict[str, list] = {}  # path -> [size, mtime_ns, reason]
+        self.changed = False
+        if path is not None:
+            self._read()
+
+    @classmethod
+    def for_index(cls, location: str, collection: str, fingerprint: str) -> "KnownBadFiles":
+        if location == ":memory:" or not model_cache.env_enabled("CLIPSEARCH_KNOWN_BAD"):
+            return cls(None, fingerprint)
+        key = hashlib.sha256(f"{location}\0{collection}".encode()).hexdigest()[:24]
+        return cls(model_cache.cache_root() / FOLDER / f"{key}.json", fingerprint)
+
+    def _read(self) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # none yet, or unreadable: start afresh
+        if data.get("format") == FORMAT and data.get("decoder") == self.fingerprint:
+            self.files = {p: v for p, v in data.get("files", {}).items() if isinstance(v, list) and len(v) == 3}
+        else:
+            self.changed = True  # another decoder: everything is retried, and the record rewritten
+
+    def reason(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """Why the file was bad, if it still is the file that was."""
+        known = self.files.get(path)
+        if known is not None and known[0] == size and known[1] == mtime_ns:
+            return known[2]
+        return None
+
+    def remember(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        self.files[path] = [size, mtime_ns, reason]
+        self.changed = True
+
+    def forget(self, path: str) -> None:
+        if self.files.pop(path, None) is not None:
+            self.changed = True
+
+    def save(self, roots: Sequence[str]) -> None:
+        """Write the record, dropping files under `roots` that are gone. Never fails the run."""
+        if self.path is None:
+            return
+        prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
+        for path in [p for p in self.files if p.startswith(prefixes) and not os.path.lexists(p)]:
+            self.forget(path)
+        if not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.files:
+                self.path.unlink(missing_ok=True)
+                return
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"format": FORMAT, "decoder": self.fingerprint, "files": self.files}),
+                           encoding="utf-8")
+            os.replace(tmp, self.path)  # a reader never sees half a file
+        except OSError:
+            pass  # a record that cannot be written is only a slower next run
