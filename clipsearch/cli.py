@@ -274,6 +274,9 @@ def format_status(facts: dict) -> str:
                  else "exact scan (no HNSW graph yet; ingest builds one once the collection is large)")
         if facts.get("status"):
             state += f", collection status {facts['status']}"
+        if facts.get("indexing_paused"):
+            state += ("; indexing paused by an ingest (running now, or stopped before it finished: "
+                      "the next ingest restores it)")
         lines.append(f"search index: {state}")
     return "\n".join(lines)
 

@@ -4,10 +4,11 @@ clipsearch calls, served over real HTTP by qdrant-client's own local engine.
 Why it exists: no Qdrant server or Docker engine runs on the machines this project
 is built on, so without it the server backend (clipsearch/index/client.py) - REST
 serialisation, the API key, retries, an unreachable or lost server - would run in no
-test at all. With it those paths run in every CI run. It is NOT a substitute for a
-real server: it answers the requests the way qdrant-client's local mode does (exact
-scans, no HNSW, no optimizer), and it speaks no gRPC. The legs that need the real
-thing run when QDRANT_URL is set (`make test-server`).
+test at all. With it those paths run in every CI run (and over gRPC too, through
+tests/qdrant_grpc_double.py on the same engine). It is NOT a substitute for a real
+server: it answers the requests the way qdrant-client's local mode does (exact scans,
+no HNSW, no optimizer). The legs that need the real thing run when QDRANT_URL is set
+(`make test-server`).
 
 Besides an API key, it can fail on purpose: `fail_next(n, status)` answers the next n
 requests with that HTTP status (a server that is restarting, or overloaded).

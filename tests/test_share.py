@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from qdrant_client import models
 
 from clipsearch.cli import cli
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
+from clipsearch.identity import ModelIdentity
 from clipsearch.index import open_index
 from clipsearch.migrate import migrate
 from conftest import draw_collection, rest_double, server_under_test, settings_for
@@ -381,6 +383,37 @@ def test_a_large_ingest_pauses_indexing_and_restores_it(tmp_path, tiny_model_dir
     changes = [diff["indexing_threshold"] for name, diff in double.optimizer_changes if name == settings.collection]
     assert changes[0] == 0  # no HNSW rebuilds while loading
     assert changes[-1] == after > 0  # and the threshold the collection had, back after
+
+
+def test_indexing_paused_by_an_ingest_that_died_or_overlapped_is_restored_to_its_own_value(double_server):
+    settings = Settings.resolve(index=double_server.url, collection=_collection())
+    identity = ModelIdentity("m", "i" * 64, "t" * 64, 16)
+
+    def threshold(index):
+        return index.client.get_collection(settings.collection).config.optimizer_config.indexing_threshold
+
+    with open_index(settings, create=True) as a, open_index(settings, create=True) as b:
+        a.ensure_collection(identity)
+        own = threshold(a)  # the collection's own value (the double's engine says 20000)
+        assert own not in (0, 10_000)
+        # Two ingests overlap: the second sees the first's 0, and restores the real value.
+        with a.bulk_load():
+            with b.bulk_load():
+                assert threshold(a) == 0
+            with pytest.raises(RuntimeError):
+                with a.bulk_load():  # one that dies mid-load (killed, server lost)
+                    raise RuntimeError("killed")
+        assert threshold(a) == own
+        a.client.update_collection(settings.collection,  # as a killed process leaves it
+                                   optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0))
+        status = CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection])
+        assert "indexing paused by an ingest" in status.output
+        with b.bulk_load():
+            pass
+        assert threshold(b) == own
+        assert "indexing paused" not in CliRunner().invoke(
+            cli, ["status", "--index", settings.index, "--collection", settings.collection]).output
+        assert b.stored_identity() == identity  # the record sits beside the model's, which stays
 
 
 def test_a_url_that_is_not_a_qdrant_server_fails_at_once(tmp_path):

@@ -22,6 +22,8 @@ from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
+# Qdrant's default optimizer indexing_threshold (KB of vectors per segment).
+QDRANT_INDEXING_THRESHOLD = 10_000
 
 # ':memory:' collections live as long as the process: every Index opened on
 # ':memory:' in one process shares this client, so an ingest and a later search in
@@ -308,23 +310,44 @@ class ClientIndex(Index):
     @contextmanager
     def bulk_load(self):
         """Qdrant's advice for bulk uploads: no HNSW indexing while loading
-        (indexing_threshold=0), then the collection's own threshold back, after which
-        the server builds the index once instead of rebuilding it as segments grow."""
+        (indexing_threshold=0), then the collection's normal threshold back, after which
+        the server builds the index once instead of rebuilding it as segments grow.
+
+        The normal threshold is recorded in the collection's clipsearch metadata before
+        the first pause and restored from there, never from what the collection shows
+        now: an ingest that died mid-way (killed, or the server lost) leaves 0 behind,
+        and one that overlaps another ingest sees the other's 0. Either way the next
+        ingest to finish puts the recorded value back."""
         if self.backend != "server":
             yield
             return
         from qdrant_client import models
 
-        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
-        previous = info.config.optimizer_config.indexing_threshold
-        self._call("pause indexing", lambda: self.client.update_collection(
-            self.collection, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0)))
+        normal = self._normal_indexing_threshold()
+
+        def set_threshold(value: int, what: str) -> None:
+            self._call(what, lambda: self.client.update_collection(
+                self.collection, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=value)))
+
+        set_threshold(0, "pause indexing")
         try:
             yield
         finally:
-            restore = previous if previous else 10_000
-            self._call("restore indexing", lambda: self.client.update_collection(
-                self.collection, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=restore)))
+            set_threshold(normal, "restore indexing")
+
+    def _normal_indexing_threshold(self) -> int:
+        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
+        ours = dict((info.config.metadata or {}).get(METADATA_KEY) or {})
+        if ours.get("indexing_threshold"):
+            return int(ours["indexing_threshold"])
+        # 0 with nothing recorded: paused by a clipsearch that kept no record; Qdrant's default.
+        normal = info.config.optimizer_config.indexing_threshold or QDRANT_INDEXING_THRESHOLD
+        ours["indexing_threshold"] = normal
+        # The whole clipsearch entry is written: right whether the server merges
+        # metadata updates or replaces them.
+        self._call("record indexing threshold", lambda: self.client.update_collection(
+            self.collection, metadata={METADATA_KEY: ours}))
+        return normal
 
     def describe(self) -> dict:
         facts = super().describe()
@@ -335,6 +358,8 @@ class ClientIndex(Index):
             info = self._call("collection info", lambda: self.client.get_collection(self.collection))
             facts["status"] = str(getattr(info.status, "value", info.status))
             facts["indexed_vectors"] = info.indexed_vectors_count or 0
+            if self.backend == "server" and info.config.optimizer_config.indexing_threshold == 0:
+                facts["indexing_paused"] = True
         return facts
 
     def close(self) -> None:
