@@ -4,14 +4,17 @@ No Docker engine runs where these tests run; the file is checked statically, and
 with `docker-compose config` where that validator is installed.
 """
 
+import http.server
 import os
 import re
 import shutil
 import subprocess
+import threading
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
 
 COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
@@ -34,3 +37,43 @@ def test_compose_file_validates():
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+class _Readiness(http.server.BaseHTTPRequestHandler):
+    ready = False
+
+    def do_GET(self):
+        status = 200 if self.path == "/readyz" and type(self).ready else 503
+        body = b"all shards are ready" if status == 200 else b"not ready"
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_healthcheck_waits_for_readiness_not_an_open_port():
+    """The qdrant service's healthcheck command, run with bash against a server that
+    answers /readyz as Qdrant does: unhealthy while not ready, healthy once ready, and
+    unhealthy (at once) when nothing listens."""
+    test = yaml.safe_load(COMPOSE.read_text())["services"]["qdrant"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    script = test[3].replace("$$", "$")  # compose's escape for a literal $
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readiness)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    probe = script.replace("/6333", f"/{port}")
+
+    def healthy() -> bool:
+        return subprocess.run(["bash", "-c", probe], capture_output=True, timeout=10).returncode == 0
+
+    try:
+        assert not healthy()  # the port is open, but the shards are still loading
+        _Readiness.ready = True
+        assert healthy()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not healthy()  # nothing listening
