@@ -149,14 +149,10 @@ class ClientIndex(Index):
             return _Transient(str(exc))
         if isinstance(exc, json.JSONDecodeError):
             return self._unreadable_answer(exc)
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-            return _Transient(str(exc))
-        grpc_error = self._classify_grpc(exc)
-        if grpc_error is not None:
-            return grpc_error
         if self._is_transport_error(exc):
             return _Transient(str(exc))
-        return exc
+        grpc_error = self._classify_grpc(exc)
+        return exc if grpc_error is None else grpc_error
 
     def _unreadable_answer(self, source: Exception) -> ClipsearchError:
         """A 200 whose body is not what Qdrant sends: another web service on that port,
