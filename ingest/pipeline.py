@@ -158,7 +158,7 @@ class Ingestor:
                     self.summary.unchanged += 1
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
-                    self._skip(entry.path, f"{reason} (as in an earlier run; the file is unchanged)")
+                    self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
                 else:
                     yield entry
             chunk.clear()

@@ -52,7 +52,7 @@ def test_a_rerun_reports_known_bad_files_without_reading_them_or_loading_the_mod
     assert len(rows) == 4  # both runs report both files
     again = {row["path"]: row["reason"] for row in rows[2:]}
     assert set(again) == {os.path.realpath(p) for p in bad.values()}
-    assert all("as in an earlier run" in reason for reason in again.values())
+    assert all("found by an earlier run" in reason for reason in again.values())
 
     # A bad file that is replaced by a good one is read again, and embedded.
     draw_image(bad["letter"], "blue", "square")
