@@ -353,6 +353,17 @@ def test_unreachable_qdrant_url(command, monkeypatch, tiny_model_dir, images):
     assert elapsed < 15, f"took {elapsed:.1f} s"
 
 
+def test_an_unreachable_server_at_start_fails_within_seconds_even_with_long_retries(monkeypatch):
+    """The retry budget is for a server lost mid-run; before it has ever answered, a
+    wrong URL or a stopped server is told within about 10 s."""
+    monkeypatch.setenv("CLIPSEARCH_RETRY_SECONDS", "600")
+    started = time.monotonic()
+    result = run_cli("status", "--index", UNREACHABLE)
+    line = assert_one_line_error(result, UNREACHABLE)
+    assert "after 10 s of retries" in line
+    assert time.monotonic() - started < 25
+
+
 def test_unreachable_index_flag(tmp_path):
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["status", "--index", UNREACHABLE], env={"CLIPSEARCH_RETRY_SECONDS": "1"})

@@ -1,8 +1,9 @@
 """qdrant-client backend: a Qdrant server (a shared index) or ':memory:' (tests).
 
 Every call to a server goes through tenacity with exponential backoff for at most
-`retry_seconds`, then fails with one line naming the URL. A refused API key is not
-retried. The key is handed to the client and never appears in a message.
+`retry_seconds` (10 s until the server has answered once), then fails with one line
+naming the URL. A refused API key is not retried. The key is handed to the client and
+never appears in a message.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
+# How long calls are retried before the server has answered once (see _call).
+FIRST_CONTACT_SECONDS = 10.0
 # Qdrant's default optimizer indexing_threshold (KB of vectors per segment).
 QDRANT_INDEXING_THRESHOLD = 10_000
 
@@ -100,6 +103,7 @@ class ClientIndex(Index):
         # What messages name: over gRPC the URL's port is not the one being talked to.
         self.where = f"{location} (gRPC port {grpc_port})" if grpc and self.backend == "server" else location
         self._exists: bool | None = None
+        self._reached = False  # the server has answered a call of this process
 
     # -- retries ----------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -113,21 +117,26 @@ class ClientIndex(Index):
             except Exception as exc:
                 raise self._classify(exc) from exc
 
+        # Until the server has answered once, a wrong URL or a server that is not up is
+        # the likely cause: say so within seconds. Once it has answered, a failure is a
+        # server restarting or a network blip mid-run: wait for it as long as allowed.
+        patience = self.retry_seconds if self._reached else min(self.retry_seconds, FIRST_CONTACT_SECONDS)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),
-            stop=tenacity.stop_after_delay(self.retry_seconds),
+            stop=tenacity.stop_after_delay(patience),
             wait=tenacity.wait_exponential(multiplier=0.25, max=8),
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            result = retrying(attempt)
         except _Transient as exc:
-            cause = exc.__cause__ or exc
-            detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc.__cause__ or exc).__name__
             raise ClipsearchError(
                 f"Qdrant server {self.where} is unreachable ({what} failed after "
-                f"{self.retry_seconds:g} s of retries: {detail})"
+                f"{patience:g} s of retries: {detail})"
             ) from None
+        self._reached = True
+        return result
 
     def _classify(self, exc: Exception) -> Exception:
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -184,7 +193,7 @@ class ClientIndex(Index):
                                    "check QDRANT_API_KEY")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
-            return _Transient(f"gRPC {code.name}")
+            return _Transient(f"gRPC {code.name}: {exc.details()}")
         return ClipsearchError(f"Qdrant server {self.where}: gRPC {code.name}: {exc.details()}")
 
     # -- collection -------------------------------------------------------------
