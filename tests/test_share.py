@@ -132,6 +132,7 @@ def test_status_shows_state_and_never_the_key(edge_index, monkeypatch):
 
 
 def test_grpc_setting_from_flag_and_env(monkeypatch):
+    monkeypatch.delenv("CLIPSEARCH_GRPC", raising=False)  # `CLIPSEARCH_GRPC=1 make test-server`
     assert Settings.resolve(index="http://h:6333").grpc is False
     monkeypatch.setenv("CLIPSEARCH_GRPC", "yes")
     assert Settings.resolve(index="http://h:6333").grpc is True
@@ -142,6 +143,7 @@ def test_grpc_setting_from_flag_and_env(monkeypatch):
 
 
 def test_grpc_port_from_env(monkeypatch):
+    monkeypatch.delenv("CLIPSEARCH_GRPC_PORT", raising=False)
     assert Settings.resolve(index="http://h:6333").grpc_port == 6334
     monkeypatch.setenv("CLIPSEARCH_GRPC_PORT", "16334")
     assert Settings.resolve(index="http://h:6333").grpc_port == 16334
