@@ -11,7 +11,10 @@ empty), never those that can pass (permission denied, an I/O error, out of memor
 The record is keyed by what decides the outcome besides the file: Pillow's version,
 the formats it reads here, and --max-megapixels. Changing any of them, or the file,
 retries it. Kept in the user cache dir (CLIPSEARCH_CACHE_DIR), one small JSON file
-per index and collection; losing it costs one decode per bad file, nothing more.
+per index and collection; losing it costs one decode per bad file, nothing more. Two
+runs at once on one machine: the last to finish writes the record, and the other's
+finds are read again once by the next run. Other machines sharing a server index keep
+their own records.
 """
 
 from __future__ import annotations
