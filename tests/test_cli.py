@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from clipsearch.cli import cli
 from clipsearch.images import load_image
 
-from conftest import draw_collection
+from conftest import draw_collection, server_under_test
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -47,12 +47,18 @@ def assert_one_line_error(result, *needles: str) -> str:
     return line
 
 
-@pytest.fixture(params=["edge", "memory"])
-def target(request, tmp_path):
-    """--index/--collection for a fresh collection on each backend."""
+@pytest.fixture(params=["edge", "memory", "rest"])
+def target(request, tmp_path, monkeypatch):
+    """--index/--collection for a fresh collection on each backend (`rest`: a server
+    URL, the REST double of tests/qdrant_rest_double.py, its key exported)."""
     collection = f"cli_{uuid.uuid4().hex[:10]}"
-    index = str(tmp_path / "index") if request.param == "edge" else ":memory:"
-    return {"backend": request.param, "index": index, "collection": collection,
+    backend, index = request.param, str(tmp_path / "index") if request.param == "edge" else ":memory:"
+    if request.param == "rest":
+        env = server_under_test("rest")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        backend, index = "server", env["QDRANT_URL"]
+    return {"backend": backend, "index": index, "collection": collection,
             "args": ["--index", index, "--collection", collection]}
 
 
@@ -181,9 +187,11 @@ def test_status(target, tiny_model_dir, images, encoder):
     for line in out.splitlines():
         key, _, value = line.partition(":")
         facts[key.strip()] = value.strip()
-    assert facts["backend"] == target["backend"]
+    assert facts["backend"] == target["backend"] + (" (rest)" if target["backend"] == "server" else "")
     assert facts["collection"] == target["collection"]
     assert facts["points"] == "12"
+    if target["backend"] == "server":
+        assert facts["server"].startswith("Qdrant ")
     assert str(Path(tiny_model_dir).resolve()) in facts["model"]
     assert encoder.identity.image_fingerprint[:12] in facts["model"]
     assert "dim 16" in facts["model"]
@@ -202,7 +210,7 @@ def test_status_json(target, tiny_model_dir, images, encoder):
     if target["backend"] == "edge":
         assert facts["location"] == str(Path(target["index"]).resolve())
     else:
-        assert facts["location"] == ":memory:"
+        assert facts["location"] == target["index"]
 
 
 def test_status_of_missing_collection(target):
