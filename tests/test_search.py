@@ -19,15 +19,19 @@ from PIL import Image
 from clipsearch.cli import cli
 from clipsearch.encoder import l2_normalize
 from clipsearch.index import open_index, point_id
-from conftest import draw_collection, settings_for
+from conftest import draw_collection, server_under_test, settings_for
 from ingest import IngestOptions, ingest
 
 K = 5
 
 
-@pytest.fixture(params=["edge", "memory"])
-def indexed(request, tmp_path, encoder, tiny_model_dir):
-    """An index of 24 drawn images in two folders, with every stored vector."""
+@pytest.fixture(params=["edge", "memory", "rest", "grpc"])
+def indexed(request, tmp_path, encoder, tiny_model_dir, monkeypatch):
+    """An index of 24 drawn images in two folders, with every stored vector. `rest` and
+    `grpc`: the server double, its settings exported for the commands."""
+    if request.param in ("rest", "grpc"):
+        for name, value in server_under_test(request.param).items():
+            monkeypatch.setenv(name, value)
     photos = tmp_path / "photos"
     draw_collection(photos / "a", 12)
     draw_collection(photos / "b", 12, ext=".jpg")
