@@ -26,7 +26,9 @@ from clipsearch.images import load_image
 
 from conftest import draw_collection, draw_image, settings_for
 
-BACKENDS = ["edge", "memory"]
+# `rest`: the server double (tests/qdrant_rest_double.py): ingest's server path, bulk
+# load included, in every run.
+BACKENDS = ["edge", "memory", "rest"]
 
 
 @pytest.fixture(params=BACKENDS)
