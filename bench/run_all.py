@@ -15,6 +15,7 @@ SCRIPTS = [
     ["index_scale.py", "--sizes", "100000", "1000000"],  # also the warm query latency
     ["hnsw_ef.py", "--points", "100000"],
     ["cold_query.py"],
+    ["session_queries.py"],
     ["finetune_tuxpaint.py"],
 ]
 

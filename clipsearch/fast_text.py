@@ -69,6 +69,7 @@ class OnnxTextTower:
             options.intra_op_num_threads = 1
             options.add_session_config_entry("session.disable_prepacking", "1")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.many = many
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
@@ -121,6 +122,7 @@ class FastTextEncoder:
         self._broken = False
         self._full = None
         self._pending = None  # (texts, thread, box) of a prefetch()
+        self._encoded = 0  # texts this tower has encoded, all calls together
 
     def prefetch(self, texts: Sequence[str]) -> None:
         """Start encoding `texts` in a thread, so that the ONNX run (which releases
@@ -211,8 +213,13 @@ class FastTextEncoder:
                 if left:
                     if self._tower is None:
                         self._tower = self._load_tower(many=len(left) > FEW_TEXTS)
+                    elif not self._tower.many and self._encoded + len(left) > FEW_TEXTS:
+                        # A session that keeps asking (a notebook, a service holding one
+                        # Searcher): now the all-cores, pre-packed tower pays for its load.
+                        self._tower = self._load_tower(many=True)
                     with self.owner.timings.phase("encode"):
                         vectors = self._tower.encode([texts[i] for i in left], batch_size)
+                    self._encoded += len(left)
                     fresh.update((texts[i], vector) for i, vector in zip(left, vectors))
                 for i in missing:
                     result[i] = fresh[texts[i]]

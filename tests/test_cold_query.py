@@ -20,7 +20,7 @@ from clipsearch import model_cache
 from clipsearch.cli import cli
 from clipsearch.config import Settings
 from clipsearch.encoder import Encoder
-from clipsearch.fast_text import FastTextEncoder, QueryEncoders
+from clipsearch.fast_text import FEW_TEXTS, FastTextEncoder, QueryEncoders
 from clipsearch.random_clip import build_random_clip
 from clipsearch.text_export import export_text_tower
 from conftest import draw_collection
@@ -103,6 +103,19 @@ def test_prefetched_vectors_are_the_ones_asked_for(tiny_model_dir, encoder):
     got = fast.encode_texts(texts)
     assert np.all(cosine_distances(got, encoder.encode_texts(texts)) < 1e-4)
     assert "encode, overlapped with index open" in fast.owner.timings.seconds
+
+
+def test_a_session_that_keeps_asking_gets_the_many_query_tower(tiny_model_dir, encoder, monkeypatch):
+    """One Searcher held in a notebook: the first few queries use the quick-to-load
+    single-thread tower; past FEW_TEXTS the all-cores, pre-packed one takes over."""
+    monkeypatch.setenv("CLIPSEARCH_QUERY_CACHE", "0")  # every text through the tower
+    fast = fast_encoder_for(tiny_model_dir, encoder)
+    texts = [f"query number {i}" for i in range(FEW_TEXTS + 3)]
+    got = []
+    for i, text in enumerate(texts):
+        got.append(fast.encode_texts([text])[0])
+        assert fast._tower.many is (i + 1 > FEW_TEXTS), i
+    assert np.all(cosine_distances(np.stack(got), encoder.encode_texts(texts)) < 1e-4)
 
 
 def test_a_prefetch_that_fails_falls_back_to_the_full_model(tiny_model_dir, encoder, monkeypatch):
