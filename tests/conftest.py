@@ -136,6 +136,14 @@ def server_under_test(kind: str) -> dict[str, str]:
                                                 "CLIPSEARCH_GRPC_PORT") if os.environ.get(name)}
 
 
+def export_server(kind: str, monkeypatch) -> dict[str, str]:
+    """server_under_test(kind), exported for the commands a test runs."""
+    env = server_under_test(kind)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
 def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
     """Settings for a fresh collection on `backend`; skips the server leg without QDRANT_URL."""
     collection = f"test_{uuid.uuid4().hex[:12]}"

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from clipsearch.cli import cli
 from clipsearch.images import load_image
 
-from conftest import draw_collection, server_under_test
+from conftest import draw_collection, export_server
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -54,10 +54,7 @@ def target(request, tmp_path, monkeypatch):
     collection = f"cli_{uuid.uuid4().hex[:10]}"
     backend, index = request.param, str(tmp_path / "index") if request.param == "edge" else ":memory:"
     if request.param == "rest":
-        env = server_under_test("rest")
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        backend, index = "server", env["QDRANT_URL"]
+        backend, index = "server", export_server("rest", monkeypatch)["QDRANT_URL"]
     return {"backend": backend, "index": index, "collection": collection,
             "args": ["--index", index, "--collection", collection]}
 

@@ -19,7 +19,7 @@ from PIL import Image
 from clipsearch.cli import cli
 from clipsearch.encoder import l2_normalize
 from clipsearch.index import open_index, point_id
-from conftest import draw_collection, server_under_test, settings_for
+from conftest import draw_collection, export_server, settings_for
 from ingest import IngestOptions, ingest
 
 K = 5
@@ -30,8 +30,7 @@ def indexed(request, tmp_path, encoder, tiny_model_dir, monkeypatch):
     """An index of 24 drawn images in two folders, with every stored vector. `rest` and
     `grpc`: the server double, its settings exported for the commands."""
     if request.param in ("rest", "grpc"):
-        for name, value in server_under_test(request.param).items():
-            monkeypatch.setenv(name, value)
+        export_server(request.param, monkeypatch)
     photos = tmp_path / "photos"
     draw_collection(photos / "a", 12)
     draw_collection(photos / "b", 12, ext=".jpg")

@@ -31,7 +31,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.identity import ModelIdentity
 from clipsearch.index import open_index
 from clipsearch.migrate import migrate
-from conftest import draw_collection, rest_double, server_under_test, settings_for
+from conftest import draw_collection, export_server, rest_double, settings_for
 from ingest import IngestOptions, ingest
 
 CLIPSEARCH = str(Path(sys.executable).parent / "clipsearch")
@@ -69,8 +69,7 @@ def test_migrate_copies_vectors_payloads_and_identity(edge_index, tmp_path, tiny
                                                       monkeypatch):
     target = settings_for(target_backend, tmp_path / "target", tiny_model_dir)
     if target.backend == "server":  # its key and protocol, for the command
-        for name, value in server_under_test(target_backend).items():
-            monkeypatch.setenv(name, value)
+        export_server(target_backend, monkeypatch)
     result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
                                       "--to", target.index, "--to-collection", target.collection, "-q", "-b", "7"])
     assert result.exit_code == 0, result.output
@@ -197,9 +196,7 @@ class Server:
 def _export(kind: str, monkeypatch) -> Server:
     """Export the settings (URL, key, protocol) of server `kind` for the commands the
     test runs."""
-    env = server_under_test(kind)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    env = export_server(kind, monkeypatch)
     settings = Settings.resolve(env)
     return Server(env["QDRANT_URL"], settings.grpc_port if settings.grpc else None)
 
