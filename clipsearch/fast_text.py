@@ -122,7 +122,7 @@ class FastTextEncoder:
         self._broken = False
         self._full = None
         self._pending = None  # (texts, thread, box) of a prefetch()
-        self._encoded = 0  # texts this tower has encoded, all calls together
+        self._encoded = 0  # texts given to a tower, all calls together (see _tower_for)
 
     def prefetch(self, texts: Sequence[str]) -> None:
         """Start encoding `texts` in a thread, so that the ONNX run (which releases
@@ -136,12 +136,11 @@ class FastTextEncoder:
         if not texts or self._broken or self._pending is not None:
             return
         try:
-            if self._tower is None:
-                self._tower = self._load_tower(many=len(texts) > FEW_TEXTS)
+            tower = self._tower_for(len(texts))
         except Exception as exc:
             self._fail(exc)
             return
-        tower, running, box = self._tower, threading.Event(), {}
+        running, box = threading.Event(), {}
 
         def work():
             start = time.perf_counter()
@@ -181,6 +180,17 @@ class FastTextEncoder:
         self._tower = None
         self.owner.damaged(self.entry.folder, exc)
 
+    def _tower_for(self, count: int) -> OnnxTextTower:
+        """The tower to encode `count` more texts with: loaded for few texts or for
+        many on first use; a session that keeps asking (a notebook, a service holding
+        one Searcher) moves to the all-cores, pre-packed one once it has paid off."""
+        if self._tower is None:
+            self._tower = self._load_tower(many=count > FEW_TEXTS)
+        elif not self._tower.many and self._encoded + count > FEW_TEXTS:
+            self._tower = self._load_tower(many=True)
+        self._encoded += count
+        return self._tower
+
     def _load_tower(self, many: bool) -> OnnxTextTower:
         from .text_export import load_tokenizer
 
@@ -211,15 +221,9 @@ class FastTextEncoder:
                 fresh = self._collect()  # what a prefetch() encoded, by text
                 left = [i for i in missing if texts[i] not in fresh]
                 if left:
-                    if self._tower is None:
-                        self._tower = self._load_tower(many=len(left) > FEW_TEXTS)
-                    elif not self._tower.many and self._encoded + len(left) > FEW_TEXTS:
-                        # A session that keeps asking (a notebook, a service holding one
-                        # Searcher): now the all-cores, pre-packed tower pays for its load.
-                        self._tower = self._load_tower(many=True)
+                    tower = self._tower_for(len(left))
                     with self.owner.timings.phase("encode"):
-                        vectors = self._tower.encode([texts[i] for i in left], batch_size)
-                    self._encoded += len(left)
+                        vectors = tower.encode([texts[i] for i in left], batch_size)
                     fresh.update((texts[i], vector) for i, vector in zip(left, vectors))
                 for i in missing:
                     result[i] = fresh[texts[i]]

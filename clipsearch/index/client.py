@@ -205,11 +205,18 @@ class ClientIndex(Index):
     def stored_identity(self) -> ModelIdentity | None:
         if not self.exists():
             return None
-        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
-        metadata = (info.config.metadata or {}).get(METADATA_KEY)
-        if not metadata or "model" not in metadata:
+        metadata = self._clipsearch_metadata(self._info())
+        if "model" not in metadata:
             return None
         return ModelIdentity.from_dict(metadata["model"])
+
+    def _info(self):
+        return self._call("collection info", lambda: self.client.get_collection(self.collection))
+
+    @staticmethod
+    def _clipsearch_metadata(info) -> dict:
+        """A copy of what clipsearch keeps in the collection's metadata ({} if none)."""
+        return dict((info.config.metadata or {}).get(METADATA_KEY) or {})
 
     def _create(self, identity: ModelIdentity) -> None:
         from qdrant_client import models
@@ -341,8 +348,8 @@ class ClientIndex(Index):
             set_threshold(normal, "restore indexing")
 
     def _normal_indexing_threshold(self) -> int:
-        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
-        ours = dict((info.config.metadata or {}).get(METADATA_KEY) or {})
+        info = self._info()
+        ours = self._clipsearch_metadata(info)
         if ours.get("indexing_threshold"):
             return int(ours["indexing_threshold"])
         # 0 with nothing recorded: paused by a clipsearch that kept no record; Qdrant's default.
@@ -360,7 +367,7 @@ class ClientIndex(Index):
             facts["protocol"] = "grpc" if self.grpc else "rest"
             facts["server_version"] = self._call("server info", lambda: self.client.info()).version
         if facts["exists"]:
-            info = self._call("collection info", lambda: self.client.get_collection(self.collection))
+            info = self._info()
             facts["status"] = str(getattr(info.status, "value", info.status))
             facts["indexed_vectors"] = info.indexed_vectors_count or 0
             if self.backend == "server" and info.config.optimizer_config.indexing_threshold == 0:
