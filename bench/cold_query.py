@@ -55,7 +55,7 @@ def build_index(folder: Path, n: int, model: Path) -> None:
     if done.is_file() and json.loads(done.read_text()).get("points") == n and \
             json.loads(done.read_text()).get("keyword_indexes") == "on_disk":
         return
-    from clipsearch.encoder import Encoder
+    from clipsearch.encoders import Encoder
     from clipsearch.index import ancestor_dirs, point_id
     from clipsearch.index.edge import EdgeIndex
 

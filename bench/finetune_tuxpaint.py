@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clipsearch import random_clip  # noqa: E402
+from clipsearch.testing import random_clip  # noqa: E402
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 # A CLIP small enough to train from scratch on two CPU cores in minutes.
@@ -100,8 +100,8 @@ def main() -> None:
     args.stamps, args.work = args.stamps.resolve(), args.work.resolve()
     if not args.stamps.is_dir():
         raise SystemExit(f"{args.stamps} not found: apt-get install -y --no-install-recommends tuxpaint-stamps-default")
-    from finetune.split import split_by_image
-    from finetune.validation import load_pairs
+    from clipsearch.finetune.split import split_by_image
+    from clipsearch.finetune.validation import load_pairs
 
     if args.work.exists():
         shutil.rmtree(args.work)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.index_scale import DIM, clustered  # noqa: E402
-from clipsearch.identity import ModelIdentity  # noqa: E402
+from clipsearch.encoders.identity import ModelIdentity  # noqa: E402
 from clipsearch.index.edge import EdgeIndex  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from clipsearch.identity import ModelIdentity  # noqa: E402
+from clipsearch.encoders.identity import ModelIdentity  # noqa: E402
 from clipsearch.index.edge import EdgeIndex  # noqa: E402
 
 DIM = 512
@@ -173,12 +173,12 @@ def onnx_text_encoder(encoder, model: str, cache: Path):
     `cache` if not there yet, loaded as for many queries: weights pre-packed, all cores."""
     os.environ["CLIPSEARCH_CACHE_DIR"] = str(cache)
     os.environ["CLIPSEARCH_QUERY_CACHE"] = "0"  # every query is encoded
-    from clipsearch import model_cache
+    from clipsearch.encoders import cache as model_cache, location
     from clipsearch.config import Settings
-    from clipsearch.fast_text import FastTextEncoder, QueryEncoders
-    from clipsearch.text_export import export_text_tower
+    from clipsearch.encoders.query import FastTextEncoder, QueryEncoders
+    from clipsearch.encoders.text_export import export_text_tower
 
-    folder, key, why = model_cache.locate(model)
+    folder, key, why = location.locate(model)
     if key is None:
         raise SystemExit(f"cannot export the text tower of {model}: {why}")
     if model_cache.read_identity(key) is None or model_cache.read_entry(key) is None:
@@ -204,7 +204,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     encoder = None
     if args.model:
-        from clipsearch.encoder import Encoder
+        from clipsearch.encoders import Encoder
 
         if args.model == "vit-b-32":
             from bench.photos import vit_b_32_model

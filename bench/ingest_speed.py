@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=256)
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    from clipsearch.encoder import Encoder
+    from clipsearch.encoders import Encoder
 
     cores = os.cpu_count() or 1
     model = vit_b_32_model()

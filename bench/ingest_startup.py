@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    from clipsearch.lazy_encoder import LazyEncoder
+    from clipsearch.encoders.lazy import LazyEncoder
 
     model = vit_b_32_model()
     cache = OUT / "startup-cache"

@@ -48,7 +48,7 @@ def make_photos(kind: str, count: int, seed: int = 0) -> Path:
 
 def vit_b_32_model() -> Path:
     """A randomly initialised CLIP ViT-B/32: the real model's size and cost, not its quality."""
-    from clipsearch.random_clip import build_random_clip
+    from clipsearch.testing.random_clip import build_random_clip
 
     folder = OUT / "clip-vit-b-32-random"
     if not (folder / "model.safetensors").is_file():

@@ -39,14 +39,14 @@ def main() -> None:
     shutil.rmtree(cache, ignore_errors=True)
     os.environ.update(CLIPSEARCH_CACHE_DIR=str(cache), CLIPSEARCH_QUERY_CACHE="0")
 
-    from clipsearch import model_cache
+    from clipsearch.encoders import cache as model_cache, location
     from clipsearch.config import Settings
-    from clipsearch.encoder import Encoder
-    from clipsearch.fast_text import FEW_TEXTS, FastTextEncoder, QueryEncoders
-    from clipsearch.text_export import export_text_tower
+    from clipsearch.encoders import Encoder
+    from clipsearch.encoders.query import FEW_TEXTS, FastTextEncoder, QueryEncoders
+    from clipsearch.encoders.text_export import export_text_tower
 
-    folder, _ = model_cache.model_folder(str(model))
-    export_text_tower(Encoder(str(model), "cpu"), model_cache.folder_key(folder), folder, str(model))
+    folder, _ = location.model_folder(str(model))
+    export_text_tower(Encoder(str(model), "cpu"), location.folder_key(folder), folder, str(model))
     fast = QueryEncoders(Settings.resolve(model=str(model), index=":memory:")).get()
     assert isinstance(fast, FastTextEncoder)
     words = ["a dog running on the beach at sunset", "red sports car parked at night",

@@ -1,8 +1,16 @@
-"""One Settings object: CLI flags > environment variables > defaults.
+"""Every setting clipsearch reads from the environment, declared once.
 
-The CLI passes the flags it was given (None where absent) to `Settings.resolve`,
-which fills the rest from the environment and the defaults. The Python API calls the
-same function, so a notebook and the CLI agree on what an unset option means.
+`SETTINGS` is the table: each row names a setting, its environment variable(s), its
+default, the parser that turns text into a value (and says, in a phrase, what a bad
+value should have been) and its help text. The click options are built from it
+(clipsearch/options.py), the README's configuration table is generated from it
+(scripts/update_readme.py), and tests/cli/test_settings_table.py fails when a module
+reads a CLIPSEARCH_* variable that is not declared here, or reads one by hand.
+
+Precedence: a flag wins over the environment, which wins over the default. A bad value
+from the environment is a one-line error naming the variable.
+
+Standard library only: every command imports this before anything else.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from .errors import ClipsearchError
 
@@ -17,20 +26,97 @@ DEFAULT_MODEL = "sentence-transformers/clip-ViT-B-32"
 DEFAULT_COLLECTION = "images"
 MEMORY_INDEX = ":memory:"
 
-# Each setting and the environment variables it reads, first match wins.
-ENV_VARS: dict[str, tuple[str, ...]] = {
-    "model": ("CLIPSEARCH_MODEL",),
-    "index": ("CLIPSEARCH_INDEX", "QDRANT_URL"),
-    "collection": ("CLIPSEARCH_COLLECTION",),
-    "device": ("CLIPSEARCH_DEVICE",),
-    "api_key": ("QDRANT_API_KEY",),
-    "retry_seconds": ("CLIPSEARCH_RETRY_SECONDS",),
-    "grpc": ("CLIPSEARCH_GRPC",),
-    "grpc_port": ("CLIPSEARCH_GRPC_PORT",),
-}
-
 TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off", "")
+FALSE_WORDS = ("0", "false", "no", "off")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+# -- parsers: text -> value; a ValueError's message says what the value should be ----------
+
+
+def parse_text(text: str) -> str:
+    return text
+
+
+def parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"is not one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+
+
+def parse_device(text: str) -> str:
+    if text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise ValueError("is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def _number(kind: Callable[[str], Any], what: str, low: float, low_open: bool = False) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(str(text).strip())
+        except ValueError:
+            raise ValueError(f"is not {what}") from None
+        if value < low or (low_open and value == low) or value != value:  # value != value: NaN
+            raise ValueError(f"is not {what}")
+        return value
+
+    return parse
+
+
+parse_seconds = _number(float, "a number of seconds above 0", 0, low_open=True)
+parse_interval = _number(float, "a number of seconds, 0 or more", 0)
+parse_batch_size = _number(int, "a whole number of 1 or more", 1)
+parse_workers = _number(int, "a whole number of 0 or more", 0)
+parse_megapixels = _number(float, "a number of megapixels above 0", 0, low_open=True)
+
+
+def parse_port(text: str) -> int:
+    value = _number(int, "a port number (1-65535)", 1)(text)
+    if value > 65535:
+        raise ValueError("is not a port number (1-65535)")
+    return value
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' with 0 <= I < N."""
+    try:
+        i, n = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise ValueError("is not of the form I/N (e.g. 0/4)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError("is not of the form I/N with 0 <= I < N")
+    return i, n
+
+
+def parse_path(text: str) -> str:
+    return str(Path(text).expanduser())
+
+
+# -- the table --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: tuple[str, ...]  # read in this order, the first one set wins
+    default: Any  # a value, or a callable giving it (read when needed)
+    parse: Callable[[str], Any]
+    help: str
+    flag: str | None = None  # the CLI flag that also sets it
+    default_text: str | None = None  # how help and README show the default, where str(default) would not do
+    secret: bool = False  # never printed
+
+    @property
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def describe_default(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        return "none" if self.default is None else str(self.default)
 
 
 def default_index_path() -> str:
@@ -40,66 +126,160 @@ def default_index_path() -> str:
     return str(Path(user_data_dir("clipsearch")) / "index")
 
 
+def default_cache_dir() -> str:
+    from platformdirs import user_cache_dir
+
+    return user_cache_dir("clipsearch")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Which model and which collection: every command's shared options (clipsearch/options.py).
+    Setting("model", ("CLIPSEARCH_MODEL",), DEFAULT_MODEL, parse_text,
+            "CLIP model: hub id or local folder.", flag="--model"),
+    Setting("index", ("CLIPSEARCH_INDEX", "QDRANT_URL"), default_index_path, parse_text,
+            "Index: a folder (embedded Qdrant), http(s)://host:6333 (Qdrant server) or :memory:.",
+            flag="--index", default_text="the user data dir (~/.local/share/clipsearch/index)"),
+    Setting("collection", ("CLIPSEARCH_COLLECTION",), DEFAULT_COLLECTION, parse_text,
+            "Collection name.", flag="--collection"),
+    Setting("device", ("CLIPSEARCH_DEVICE",), "auto", parse_device,
+            "Where the model runs: auto (cuda when available), cpu, cuda, cuda:N, mps.", flag="--device"),
+    Setting("grpc", ("CLIPSEARCH_GRPC",), False, parse_bool,
+            "Talk to a Qdrant server over gRPC instead of REST: faster bulk upserts.", flag="--grpc",
+            default_text="off (REST)"),
+    Setting("api_key", ("QDRANT_API_KEY",), None, parse_text,
+            "The Qdrant server's API key; sent to the server, never printed.", secret=True),
+    Setting("retry_seconds", ("CLIPSEARCH_RETRY_SECONDS",), 30.0, parse_seconds,
+            "How long calls to a Qdrant server are retried before giving up "
+            "(at most 10 s until the server has first answered)."),
+    Setting("grpc_port", ("CLIPSEARCH_GRPC_PORT",), 6334, parse_port,
+            "The server's gRPC port, where a proxy or port mapping moved it."),
+    # ingest
+    Setting("batch_size", ("CLIPSEARCH_BATCH_SIZE",), 32, parse_batch_size,
+            "Images per model batch (ingest).", flag="--batch-size"),
+    Setting("workers", ("CLIPSEARCH_WORKERS",), lambda: os.cpu_count() or 1, parse_workers,
+            "Decoding processes (ingest); 0 decodes in the main process.", flag="--workers",
+            default_text="the number of cores"),
+    Setting("max_megapixels", ("CLIPSEARCH_MAX_MEGAPIXELS",), 100.0, parse_megapixels,
+            "Skip (and report) images larger than this instead of decoding them (ingest).",
+            flag="--max-megapixels"),
+    Setting("shard", ("CLIPSEARCH_SHARD",), None, parse_shard,
+            "Take only shard I of N (by a stable hash of each path): N machines fill one server "
+            "collection with no overlap (ingest).", flag="--shard", default_text="none: all files"),
+    Setting("known_bad", ("CLIPSEARCH_KNOWN_BAD",), True, parse_bool,
+            "Remember files that could not be used, so that a re-run reports them without reading "
+            "them again (until they change).", default_text="on"),
+    # queries and the model cache
+    Setting("cache_dir", ("CLIPSEARCH_CACHE_DIR",), default_cache_dir, parse_path,
+            "Where exported text towers, model identities, query vectors and known bad files are kept.",
+            default_text="the user cache dir (~/.cache/clipsearch)"),
+    Setting("fast_path", ("CLIPSEARCH_FAST_PATH",), True, parse_bool,
+            "Answer text queries with the cached ONNX text tower (no torch), and take the model's "
+            "identity from the cache when an ingest has nothing to embed.", default_text="on"),
+    Setting("query_cache", ("CLIPSEARCH_QUERY_CACHE",), True, parse_bool,
+            "Answer repeated queries from a small cache of query vectors.", default_text="on"),
+    # output
+    Setting("progress_seconds", ("CLIPSEARCH_PROGRESS_SECONDS",), None, parse_interval,
+            "Seconds between progress updates.", default_text="0.25 on a terminal, 10 into a log"),
+    Setting("timings", ("CLIPSEARCH_TIMINGS",), None, parse_path,
+            "Write each search's phase timings to this JSON file (for bench/cold_query.py).",
+            default_text="none"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
+    """The parsed value of setting `name` from the environment, or None when no
+    variable of it is set (an empty value counts as unset). A bad value is a
+    one-line error naming the variable."""
+    setting = BY_NAME[name]
+    env = os.environ if env is None else env
+    for variable in setting.env:
+        raw = env.get(variable)
+        if raw:
+            try:
+                return setting.parse(raw)
+            except ValueError as exc:
+                shown = "(hidden)" if setting.secret else repr(raw)
+                raise ClipsearchError(f"{variable}={shown} {exc}") from None
+    return None
+
+
+def value(name: str, given: Any = None, env: Mapping[str, str] | None = None) -> Any:
+    """Setting `name`: the flag `given` (None: not given), else the environment, else the default."""
+    if given is not None:
+        return given
+    from_env = env_value(name, env)
+    return from_env if from_env is not None else BY_NAME[name].default_value
+
+
+def enabled(name: str) -> bool:
+    """An on/off setting such as fast_path, read now (tests and benchmarks flip them)."""
+    return bool(value(name))
+
+
+def cache_root() -> Path:
+    """The user cache dir clipsearch keeps its model cache and records in."""
+    return Path(value("cache_dir"))
+
+
+# -- the settings every command shares -----------------------------------------------------------
+
+# The Settings fields, each the table's row of the same name.
+SETTINGS_FIELDS = ("model", "index", "collection", "device", "api_key", "retry_seconds", "grpc", "grpc_port")
+
+
 @dataclass(frozen=True)
 class Settings:
+    """Which model, which index and collection, and how to reach it. Built by
+    `Settings.resolve` from flags, then the environment, then the defaults: the CLI
+    and the Python API agree on what an unset option means."""
+
     model: str = DEFAULT_MODEL
     index: str = field(default_factory=default_index_path)
     collection: str = DEFAULT_COLLECTION
     device: str = "auto"
     api_key: str | None = field(default=None, repr=False)  # never printed
-    # How long calls to a Qdrant server are retried before giving up.
     retry_seconds: float = 30.0
-    # Talk to a Qdrant server over gRPC (port 6334) instead of REST: faster bulk upserts.
     grpc: bool = False
-    # The server's gRPC port: Qdrant's 6334 unless a proxy or port mapping moved it.
     grpc_port: int = 6334
 
     @classmethod
-    def resolve(cls, env: dict[str, str] | None = None, **flags) -> "Settings":
+    def resolve(cls, env: Mapping[str, str] | None = None, **flags: Any) -> "Settings":
         """Build settings from explicit flags (None = not given), then env, then defaults."""
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for name, env_names in ENV_VARS.items():
-            given = flags.pop(name, None)
-            if given is None:
-                given = next((env[v] for v in env_names if env.get(v)), None)
-            if given is not None:
-                values[name] = given
-        if flags:
-            raise TypeError(f"unknown settings: {', '.join(sorted(flags))}")
-        settings = cls(**values)  # type: ignore[arg-type]
-        return settings.validated()
+        unknown = set(flags) - set(SETTINGS_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values = {name: value(name, flags.get(name), env) for name in SETTINGS_FIELDS}
+        return cls(**values).validated()
 
     def validated(self) -> "Settings":
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ClipsearchError(
-                f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps (--device / CLIPSEARCH_DEVICE)"
-            )
+        """Checks what the table's parsers cannot see (a flag or a caller may give any
+        value) and puts an embedded index's path in its one absolute spelling."""
+        checks = {"device": parse_device, "retry_seconds": parse_seconds, "grpc_port": parse_port}
+        changes: dict[str, Any] = {}
+        for name, parse in checks.items():
+            given = getattr(self, name)
+            try:
+                changes[name] = parse(str(given))
+            except ValueError as exc:
+                variable = BY_NAME[name].env[0]
+                flag = BY_NAME[name].flag
+                where = f"{flag} / {variable}" if flag else variable
+                raise ClipsearchError(f"{name.replace('_', ' ')} {given!r} {exc} ({where})") from None
+        if isinstance(self.grpc, str):
+            try:
+                changes["grpc"] = parse_bool(self.grpc)
+            except ValueError as exc:
+                raise ClipsearchError(f"CLIPSEARCH_GRPC={self.grpc!r} {exc}") from None
         if not self.collection or "/" in self.collection or self.collection.startswith("."):
             raise ClipsearchError(
                 f"collection name {self.collection!r} is not valid (--collection / CLIPSEARCH_COLLECTION)"
             )
-        try:
-            retry = float(self.retry_seconds)
-        except (TypeError, ValueError):
-            raise ClipsearchError(
-                f"CLIPSEARCH_RETRY_SECONDS={self.retry_seconds!r} is not a number of seconds"
-            ) from None
-        grpc = self.grpc
-        if isinstance(grpc, str):
-            if grpc.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
-                raise ClipsearchError(f"CLIPSEARCH_GRPC={grpc!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
-            grpc = grpc.strip().lower() in TRUE_WORDS
-        try:
-            grpc_port = int(self.grpc_port)
-            if not 0 < grpc_port < 65536:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ClipsearchError(f"CLIPSEARCH_GRPC_PORT={self.grpc_port!r} is not a port number (1-65535)") from None
-        index = self.index
-        if self.backend == "edge":
-            index = str(Path(index).expanduser().resolve())
-        return replace(self, retry_seconds=retry, index=index, grpc=bool(grpc), grpc_port=grpc_port)
+        settings = replace(self, **changes)
+        if settings.backend == "edge":
+            settings = replace(settings, index=str(Path(settings.index).expanduser().resolve()))
+        return settings
 
     @property
     def backend(self) -> str:
@@ -110,5 +290,5 @@ class Settings:
             return "memory"
         return "edge"
 
-    def with_overrides(self, **changes) -> "Settings":
+    def with_overrides(self, **changes: Any) -> "Settings":
         return replace(self, **changes).validated()

@@ -7,10 +7,11 @@ every `interval` seconds, so logs stay readable.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import TextIO
+
+from . import config
 
 
 def format_duration(seconds: float) -> str:
@@ -25,9 +26,10 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        if interval is None:  # CLIPSEARCH_PROGRESS_SECONDS sets how often a log gets a line
-            env = os.environ.get("CLIPSEARCH_PROGRESS_SECONDS", "")
-            interval = float(env) if env.replace(".", "", 1).isdigit() else (0.25 if self.is_tty else 10.0)
+        if interval is None:  # the progress_seconds setting: how often a log gets a line
+            interval = config.value("progress_seconds")
+        if interval is None:
+            interval = 0.25 if self.is_tty else 10.0
         self.interval = interval
         self.start = time.monotonic()
         self._last = 0.0

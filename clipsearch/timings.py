@@ -8,8 +8,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-TIMINGS_ENV = "CLIPSEARCH_TIMINGS"  # a file to write the phases to, as JSON
-
 
 class Timings:
     """Wall time per phase of a command, each phase counted once: a phase inside

@@ -12,21 +12,15 @@ import os
 
 import click
 
-DEFAULT_BASE = "sentence-transformers/clip-ViT-B-32"  # = clipsearch.config.DEFAULT_MODEL
-DEVICES = ["auto", "cpu", "cuda", "mps"]
-
-
-def _device_option(fn):
-    return click.option("--device", default=None, type=click.Choice(DEVICES), envvar="CLIPSEARCH_DEVICE",
-                        show_envvar=True, help="Where the model runs.  [default: auto, cuda when available]")(fn)
+from clipsearch import config
+from clipsearch.options import device_option, model_option
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=False))
 @click.option("--output", "-o", required=True, type=click.Path(), metavar="DIR",
               help="Where the fine-tuned model folder goes (refused if it exists, unless --overwrite or --resume).")
-@click.option("--base", "-b", default=None, metavar="NAME|DIR",
-              help=f"The CLIP to start from: hub id or local folder.  [default: {DEFAULT_BASE}]")
+@model_option("--base", "-b", help="The CLIP to start from: hub id or local folder.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
               help="Pairs per step; each pair's in-batch negatives are the other pairs of its batch.")
@@ -53,12 +47,12 @@ def _device_option(fn):
 @click.option("--skip-bad", is_flag=True, help="Leave out bad rows (listed in a report) instead of stopping.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Where --skip-bad lists the rows it left out.  [default: OUTPUT/skipped_rows.jsonl]")
-@_device_option
+@device_option
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes decoding training images; 0 decodes in this one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation record as JSON.")
-def finetune(data, output, base, epochs, batch_size, lr, seed, eval_split, eval_data, scale, freeze, warmup,
+def finetune(data, output, model, epochs, batch_size, lr, seed, eval_split, eval_data, scale, freeze, warmup,
              weight_decay, save_steps, resume, overwrite, keep_checkpoints, skip_bad, report, device, workers,
              quiet, as_json):
     """Fine-tune CLIP on image/caption pairs in DATA and save it to --output.
@@ -82,9 +76,9 @@ def finetune(data, output, base, epochs, batch_size, lr, seed, eval_split, eval_
 
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, scale=scale, freeze=freeze,
                              warmup=warmup, weight_decay=weight_decay, save_steps=save_steps,
-                             device=device or "auto", workers=workers)
+                             device=config.value("device", device), workers=workers)
     record = run_finetune(FinetuneOptions(
-        data=data, output=output, base=base or DEFAULT_BASE, settings=settings, eval_split=eval_split,
+        data=data, output=output, base=config.value("model", model), settings=settings, eval_split=eval_split,
         eval_data=eval_data, skip_bad=skip_bad, report=report, overwrite=overwrite, resume=resume,
         keep_checkpoints=keep_checkpoints, quiet=quiet or as_json,
     ))
@@ -103,15 +97,14 @@ def finetune(data, output, base, epochs, batch_size, lr, seed, eval_split, eval_
 
 @click.command(name="eval")
 @click.argument("data", type=click.Path(exists=False))
-@click.option("--model", "-m", default=None, metavar="NAME|DIR", envvar="CLIPSEARCH_MODEL", show_envvar=True,
-              help=f"The CLIP to evaluate: hub id or local folder.  [default: {DEFAULT_BASE}]")
+@model_option(help="The CLIP to evaluate: hub id or local folder.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave out bad rows instead of stopping.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="With --skip-bad: write the rows left out to this JSON-lines file.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write the metrics to this JSON file.")
-@_device_option
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_command(data, model, batch_size, skip_bad, report, output, device, as_json):
     """Measure text -> image retrieval (recall@1/5/10, MRR) of a model on the pairs in DATA.
@@ -126,7 +119,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
     pairs = load_pairs(data, skip_bad=skip_bad)
     if report and pairs.problems:
         pairs.write_report(report)
-    encoder = load_clip(model or DEFAULT_BASE, device or "auto")
+    encoder = load_clip(config.value("model", model), config.value("device", device))
     metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if output:

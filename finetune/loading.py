@@ -8,7 +8,7 @@ its huge default) would pass 115 tokens to a 77-position model and crash.
 
 from __future__ import annotations
 
-from clipsearch.encoder import Encoder
+from clipsearch.encoders import Encoder
 
 
 def load_clip(model: str, device: str = "auto") -> Encoder:

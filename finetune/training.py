@@ -29,7 +29,7 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from clipsearch.encoder import IMAGE_PREFIXES, TEXT_PREFIXES
+from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES
 from clipsearch.errors import ClipsearchError
 from clipsearch.progress import Progress, format_duration
 

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from clipsearch import model_cache
+from clipsearch import config
 
 FORMAT = 1
 FOLDER = "bad-files"
@@ -49,10 +49,10 @@ class KnownBadFiles:
 
     @classmethod
     def for_index(cls, location: str, collection: str, fingerprint: str) -> "KnownBadFiles":
-        if location == ":memory:" or not model_cache.env_enabled("CLIPSEARCH_KNOWN_BAD"):
+        if location == ":memory:" or not config.enabled("known_bad"):
             return cls(None, fingerprint)
         key = hashlib.sha256(f"{location}\0{collection}".encode()).hexdigest()[:24]
-        return cls(model_cache.cache_root() / FOLDER / f"{key}.json", fingerprint)
+        return cls(config.cache_root() / FOLDER / f"{key}.json", fingerprint)
 
     def _read(self) -> None:
         try:

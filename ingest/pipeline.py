@@ -18,6 +18,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from clipsearch import config
+from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index, ancestor_dirs, canonical_point_id as point_id  # walk yields canonical paths
 from clipsearch.progress import Progress
@@ -94,14 +96,11 @@ def resolve_roots(roots: Sequence[str]) -> list[str]:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' with 0 <= I < N, as given to --shard."""
+    """'I/N' with 0 <= I < N, as given to --shard (the settings table's parser)."""
     try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ClipsearchError(f"--shard {text!r} is not of the form I/N (e.g. 0/4)") from None
-    if n < 1 or not 0 <= i < n:
-        raise ClipsearchError(f"--shard {text!r}: need 0 <= I < N")
-    return i, n
+        return config.parse_shard(text)
+    except ValueError as exc:
+        raise ClipsearchError(f"--shard {text!r} {exc}") from None
 
 
 def in_shard(pid: str, shard: tuple[int, int] | None) -> bool:
@@ -305,6 +304,27 @@ class Ingestor:
         return self.summary
 
 
-def ingest(roots: Sequence[str], encoder, index: Index, options: IngestOptions | None = None,
-           progress: Progress | None = None) -> IngestSummary:
-    return Ingestor(encoder, index, options, progress).run(roots)
+def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, options: IngestOptions | None = None,
+           progress: Progress | None = None, *, settings: Settings | None = None) -> IngestSummary:
+    """Embed the images under `folders` into an index; returns the run's summary.
+
+        clipsearch.ingest(["/photos"])                               # the configured index and model
+        clipsearch.ingest(["/photos"], settings=Settings.resolve(index="/data/idx"),
+                          options=IngestOptions(prune=True))
+
+    Without `index`, opens (and may create) the one `settings` names (default: the
+    environment's, as the CLI does) and closes it after; without `encoder`, the
+    model `settings` names loads only once a file needs embedding (LazyEncoder).
+    """
+    if index is not None and encoder is not None:
+        return Ingestor(encoder, index, options, progress).run(folders)
+    from clipsearch.encoders import LazyEncoder
+    from clipsearch.index import open_index
+
+    settings = settings or Settings.resolve()
+    roots = resolve_roots(folders)  # before the index is created: a typo leaves no empty index behind
+    encoder = encoder or LazyEncoder(settings.model, settings.device)
+    if index is not None:
+        return Ingestor(encoder, index, options, progress).run(roots)
+    with open_index(settings, create=True) as opened:
+        return Ingestor(encoder, opened, options, progress).run(roots)

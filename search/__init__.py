@@ -1,21 +1,28 @@
 """The search stage: embed a query and return the cosine top-k images.
 
-    from search import search
-    for hit in search("a dog on a beach", k=5):
+    from clipsearch import search
+    for hit in search("a dog on a beach", k=5):          # the package is callable: search.search
         print(hit.rank, hit.score, hit.path)
-    search(image="beach.jpg", subtract=["people"])   # more like this, without people
+    search(image="beach.jpg", subtract=["people"])       # more like this, without people
+
+    engine.py    Searcher: query vectors -> top-k hits; search(): the one-call API
+    terms.py     weighted text/image terms (--add 2:sunset, --subtract people)
+    gallery.py   an HTML page of the hits as thumbnails
+    commands.py  `clipsearch search`
 """
 
-from .engine import SearchHit, Searcher, build_terms, search
-from .terms import Term, parse_term
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from clipsearch.lazy_package import lazy_package
 
 __all__ = ["SearchHit", "Searcher", "Term", "build_terms", "parse_term", "search", "write_gallery"]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import SearchHit, Searcher, build_terms, search
+    from .gallery import write_gallery
+    from .terms import Term, parse_term
 
-def __getattr__(name: str):
-    # The gallery pulls in Pillow: loaded when asked for, not on every query.
-    if name == "write_gallery":
-        from .gallery import write_gallery
-
-        return write_gallery
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+lazy_package(__name__, {"SearchHit": "engine", "Searcher": "engine", "build_terms": "engine", "search": "engine",
+                      "Term": "terms", "parse_term": "terms", "write_gallery": "gallery"}, call="search")

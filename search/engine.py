@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from clipsearch.encoder import l2_normalize
+from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Hit, Index, canonical_path, point_id
 
@@ -124,7 +124,7 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
         search(image="holiday/beach.jpg", subtract=["people"])
     """
     from clipsearch.config import Settings
-    from clipsearch.fast_text import QueryEncoders
+    from clipsearch.encoders.query import QueryEncoders
     from clipsearch.index import open_index
 
     settings = settings or Settings.resolve()

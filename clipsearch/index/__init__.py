@@ -1,21 +1,25 @@
-"""Index backends behind one interface; `open_index` picks one from the settings."""
+"""Index backends behind one interface; `open_index` picks one from the settings.
+
+    base.py      the Index contract, Hit and Record, point ids from paths
+    edge.py      the embedded default: qdrant-edge in this process, one folder
+    client.py    a Qdrant server (REST or gRPC), or qdrant-client's :memory: engine
+    lockfile.py  one process owns an embedded index
+    migrate.py   copy a collection to another index
+    commands.py  `clipsearch status`, `clipsearch migrate`
+
+Names load on first use: the CLI imports commands.py on every start.
+"""
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import Hit, Index, Record, ancestor_dirs, canonical_path, canonical_point_id, point_id
+from typing import TYPE_CHECKING
+
+from ..lazy_package import lazy_package
+from .open import open_index
 
 __all__ = ["Hit", "Index", "Record", "open_index", "point_id", "canonical_point_id", "canonical_path", "ancestor_dirs"]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Hit, Index, Record, ancestor_dirs, canonical_path, canonical_point_id, point_id
 
-def open_index(settings: Settings, create: bool = False) -> Index:
-    """Open the collection named by `settings`. `create=True` (ingest) may create an
-    embedded index folder; reads never create anything."""
-    if settings.backend == "edge":
-        from .edge import EdgeIndex
-
-        return EdgeIndex(settings.index, settings.collection, create=create)
-    from .client import ClientIndex
-
-    return ClientIndex(settings.index, settings.collection, api_key=settings.api_key,
-                       retry_seconds=settings.retry_seconds, grpc=settings.grpc, grpc_port=settings.grpc_port)
+lazy_package(__name__, {name: "base" for name in __all__ if name != "open_index"})

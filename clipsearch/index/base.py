@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import ClipsearchError
-from ..identity import ModelIdentity
+from ..encoders.identity import ModelIdentity
 
 # Fixed forever: changing it would change every point id and duplicate every index.
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clipsearch:image-path")

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from ..errors import ClipsearchError
-from ..identity import ModelIdentity
+from ..encoders.identity import ModelIdentity
 from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 
 T = TypeVar("T")

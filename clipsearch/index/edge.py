@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import ClipsearchError
-from ..identity import ModelIdentity
+from ..encoders.identity import ModelIdentity
 from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 from .lockfile import ExclusiveLock
 

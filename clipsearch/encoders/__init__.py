@@ -1,0 +1,32 @@
+"""Everything that turns images or text into vectors.
+
+    protocol.py       ImageTextEncoder: the contract every encoder below keeps
+    torch_clip.py     Encoder: the full CLIP through sentence-transformers (torch)
+    lazy.py           LazyEncoder: ingest's encoder; loads the model only when a file needs it
+    query.py          QueryEncoders: a query's choice between the ONNX text tower and the full model
+    onnx_text.py      the exported text tower in onnxruntime, with its tokenizer
+    text_export.py    exports a loaded model's text tower to ONNX, checked against it
+    location.py       where a model's files are (hub id or folder), keyed without loading
+    cache.py          the model cache: exported towers and identity records
+    query_vectors.py  the query-vector cache
+    identity.py       ModelIdentity: what made a collection's vectors
+    vectors.py        l2_normalize
+
+Nothing here imports torch, onnxruntime or a stage at import time, nor the index
+package (the import contracts in pyproject.toml make that a test).
+"""
+
+from .identity import ModelIdentity
+from .lazy import LazyEncoder
+from .protocol import ImageTextEncoder
+from .query import FastTextEncoder, QueryEncoders
+from .torch_clip import Encoder
+from .vectors import l2_normalize
+
+__all__ = ["Encoder", "FastTextEncoder", "ImageTextEncoder", "LazyEncoder", "ModelIdentity", "QueryEncoders",
+           "l2_normalize", "load_encoder"]
+
+
+def load_encoder(model: str, device: str = "auto") -> Encoder:
+    """The full model, loaded now (torch): for fine-tuning, evaluation and scripts."""
+    return Encoder(model, device)

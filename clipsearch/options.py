@@ -1,0 +1,88 @@
+"""The click options every command shares, built from the settings table.
+
+A stage's commands.py decorates its commands with these, so that `--model`,
+`--index`, `--collection`, `--device` and `--grpc/--rest` mean the same everywhere,
+read the same environment variables, and show the same help and default (all from
+clipsearch/config.py). Kept apart from cli.py, which imports every stage: a stage
+importing this module imports no other stage.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+from . import config
+from .config import BY_NAME, Settings
+
+F = Callable[..., Any]
+
+
+class SettingType(click.ParamType):
+    """A flag's value parsed by its setting's own parser: the flag and the
+    environment variable accept the same text."""
+
+    def __init__(self, setting: config.Setting, metavar: str | None = None):
+        self.setting = setting
+        self.name = setting.name
+        self._metavar = metavar
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        return self._metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.setting.parse(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} {exc}", param, ctx)
+
+
+def setting_help(name: str, text: str | None = None) -> str:
+    setting = BY_NAME[name]
+    return (f"{text or setting.help} Env: {', then '.join(setting.env)}. "
+            f"Default: {setting.describe_default()}.")
+
+
+def setting_option(name: str, *decls: str, help: str | None = None, metavar: str | None = None,
+                   **kwargs: Any) -> Callable[[F], F]:
+    """A click option for setting `name` of the table: it passes None when the flag
+    is absent, so that `config.value` can fall back to the environment and default."""
+    setting = BY_NAME[name]
+    decls = decls or (setting.flag or "--" + name.replace("_", "-"),)
+    if "/" not in decls[0]:  # an on/off pair is a boolean flag; everything else is parsed
+        kwargs.setdefault("type", SettingType(setting, metavar))
+    return click.option(*decls, name, default=None, help=setting_help(name, help), **kwargs)
+
+
+def model_option(*decls: str, help: str | None = None) -> Callable[[F], F]:
+    return setting_option("model", *(decls or ("--model", "-m")), help=help, metavar="NAME|DIR")
+
+
+def device_option(fn: F) -> F:
+    return setting_option("device", metavar="auto|cpu|cuda[:N]|mps")(fn)
+
+
+def index_options(fn: F) -> F:
+    """--model, --index, --collection, --device, --grpc/--rest: which model and which
+    collection. The command receives them as one resolved `settings`."""
+
+    @model_option()
+    @setting_option("index", metavar="DIR|URL")
+    @setting_option("collection", "--collection", "-c", metavar="NAME")
+    @device_option
+    @setting_option("grpc", "--grpc/--rest", help="Protocol to a Qdrant server: gRPC (port 6334) or REST.")
+    @functools.wraps(fn)
+    def wrapper(model: str | None, index: str | None, collection: str | None, device: str | None,
+                grpc: bool | None, **kwargs: Any) -> Any:
+        settings = Settings.resolve(model=model, index=index, collection=collection, device=device, grpc=grpc)
+        return fn(settings=settings, **kwargs)
+
+    return wrapper
+
+
+def quiet_option(fn: F) -> F:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")(fn)

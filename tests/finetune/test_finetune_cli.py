@@ -1,0 +1,253 @@
+"""`clipsearch finetune` end to end on the tiny random CLIP: the output folder, the
+model identity (--freeze vision keeps an index valid), refusals, --resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file
+
+from clipsearch.cli import cli
+from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES, Encoder
+from clipsearch.finetune.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    """72 training pairs, 18 held-out pairs (small 32x32 drawings)."""
+    return write_dataset(tmp_path_factory.mktemp("shapes"), per_train=2, per_heldout=1)
+
+
+# Where the fine-tunes run: CPU here; CLIPSEARCH_TEST_DEVICE=cuda checks the same on a GPU.
+DEVICE = os.environ.get("CLIPSEARCH_TEST_DEVICE", "cpu")
+
+
+def finetune(*args: str) -> "CliRunner.invoke":
+    return CliRunner().invoke(cli, ["finetune", *map(str, args), "--device", DEVICE, "--quiet"])
+
+
+def _tensors(folder: Path, prefixes) -> dict:
+    file = next(folder.rglob("model.safetensors"))
+    return {k: v for k, v in load_file(str(file)).items() if k.startswith(prefixes)}
+
+
+def test_finetune_writes_a_model_folder_that_clipsearch_loads(tmp_path, shapes, tiny_st_model_dir):
+    train, heldout = shapes
+    out = tmp_path / "model"
+    result = finetune(train, "--base", tiny_st_model_dir, "-o", out, "--epochs", 1, "--batch-size", 16,
+                      "--lr", "1e-3", "--eval-split", "0.25")
+    assert result.exit_code == 0, result.output
+    assert "recall@1" in result.output and "before" in result.output and "after" in result.output
+    assert "image tower changed" in result.output
+    for name in ("model.safetensors", "modules.json", "config.json", "eval.json", "README.md", "finetune_run.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoints").exists() and not (out / "skipped_rows.jsonl").exists()
+
+    record = json.loads((out / "eval.json").read_text())
+    assert record["held_out"]["images"] == 18  # a quarter of the 72 training images, split by image
+    for state in ("before", "after"):
+        assert set(record[state]) >= {"recall@1", "recall@5", "recall@10", "mrr", "chance_recall@1"}
+    assert record["train"]["steps"] == 4 and record["train"]["scale"] == pytest.approx(1 / 0.07, rel=1e-3)
+    card = (out / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "| recall@1 |" in card and "symmetric" in card
+
+    trained, base = Encoder(str(out), "cpu"), Encoder(str(tiny_st_model_dir), "cpu")
+    assert trained.dim == base.dim
+    assert trained.identity.image_fingerprint != base.identity.image_fingerprint
+    assert not trained.identity.is_compatible_with(base.identity)
+    assert record["identity"]["image_fingerprint"] == trained.identity.image_fingerprint
+    vectors = trained.encode_texts(["a red circle on the left", "a blue square in the middle"])
+    assert abs(float(vectors[0] @ vectors[1])) < 0.9999
+
+
+@pytest.fixture(scope="module")
+def frozen_and_unfrozen(tmp_path_factory, shapes, tiny_model_dir) -> tuple[Path, Path]:
+    train, heldout = shapes
+    folder = tmp_path_factory.mktemp("freeze")
+    common = ["--base", tiny_model_dir, "--eval-data", heldout, "--epochs", 1, "--batch-size", 16, "--lr", "1e-3"]
+    result = finetune(train, "-o", folder / "frozen", "--freeze", "vision", *common)
+    assert result.exit_code == 0, result.output
+    assert "image tower unchanged" in result.output
+    assert finetune(train, "-o", folder / "unfrozen", *common).exit_code == 0
+    return folder / "frozen", folder / "unfrozen"
+
+
+def test_freeze_vision_keeps_the_image_tower_bit_identical(frozen_and_unfrozen, tiny_model_dir):
+    frozen, unfrozen = frozen_and_unfrozen
+    base_vision = _tensors(tiny_model_dir, IMAGE_PREFIXES)
+    frozen_vision = _tensors(frozen, IMAGE_PREFIXES)
+    assert base_vision.keys() == frozen_vision.keys() and len(base_vision) > 10
+    assert all(base_vision[k].tobytes() == frozen_vision[k].tobytes() for k in base_vision)
+    assert any(_tensors(tiny_model_dir, TEXT_PREFIXES)[k].tobytes() != v.tobytes()
+               for k, v in _tensors(frozen, TEXT_PREFIXES).items())
+
+    base = Encoder(str(tiny_model_dir), "cpu").identity
+    assert Encoder(str(frozen), "cpu").identity.is_compatible_with(base)
+    assert Encoder(str(frozen), "cpu").identity.text_fingerprint != base.text_fingerprint
+    assert not Encoder(str(unfrozen), "cpu").identity.is_compatible_with(base)
+    assert json.loads((frozen / "eval.json").read_text())["image_tower_unchanged"] is True
+    assert json.loads((unfrozen / "eval.json").read_text())["image_tower_unchanged"] is False
+
+
+def test_an_index_built_with_the_base_answers_the_text_only_finetune(tmp_path, shapes, frozen_and_unfrozen,
+                                                                     tiny_model_dir):
+    frozen, unfrozen = frozen_and_unfrozen
+    photos = Path(shapes[0]).parent / "images"
+    index = ["--index", str(tmp_path / "index"), "--device", "cpu"]
+    runner = CliRunner()
+    ingested = runner.invoke(cli, ["ingest", str(photos), "--model", str(tiny_model_dir), "--workers", "0", *index])
+    assert ingested.exit_code == 0, ingested.output
+    found = runner.invoke(cli, ["search", "a red circle on the left", "--model", str(frozen), "-k", "3",
+                                "-f", "paths", *index])
+    assert found.exit_code == 0, found.output
+    assert len(found.stdout.splitlines()) == 3
+    refused = runner.invoke(cli, ["search", "a red circle", "--model", str(unfrozen), *index])
+    assert refused.exit_code == 1 and "mismatch" in refused.output
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, shapes, tiny_model_dir):
+    train, _ = shapes
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("mine")
+    args = [train, "--base", tiny_model_dir, "-o", out, "--epochs", 1, "--batch-size", 16]
+    result = finetune(*args)
+    assert result.exit_code == 1 and "already exists" in result.output and "--overwrite" in result.output
+    result = finetune(*args, "--overwrite")  # not a model folder: never deleted
+    assert result.exit_code == 1 and "refusing to delete" in result.output
+    assert (out / "precious.txt").read_text() == "mine"
+
+    (out / "precious.txt").unlink()
+    assert finetune(*args).exit_code == 0  # an empty folder is fine
+    assert finetune(*args).exit_code == 1
+    result = finetune(*args, "--overwrite", "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "finetune_run.json").read_text())["settings"]["seed"] == 1
+    result = finetune(*args, "--resume")
+    assert result.exit_code == 1 and "already finished" in result.output
+
+
+def test_bad_data_stops_before_anything_is_written(tmp_path, shapes, tiny_model_dir):
+    train, _ = shapes
+    bad = tmp_path / "bad.csv"
+    bad.write_text(Path(train).read_text().replace("images/", str(Path(train).parent / "images") + "/")
+                   + "missing.png,a ghost\n" + f"{Path(train).parent}/images/red-circle-left-0.png,\n")
+    out = tmp_path / "out"
+    result = finetune(bad, "--base", tiny_model_dir, "-o", out)
+    assert result.exit_code == 1
+    assert "2 bad rows" in result.output and "bad.csv:74: image not found" in result.output
+    assert "bad.csv:75: empty caption" in result.output and "--skip-bad" in result.output
+    assert not out.exists()
+
+    missing_columns = tmp_path / "cols.csv"
+    missing_columns.write_text("image,caption\nx.png,y\n")
+    result = finetune(missing_columns, "--base", tiny_model_dir, "-o", out)
+    assert result.exit_code == 1 and "missing columns image_path, text_description" in result.output
+    assert not out.exists()
+
+    result = finetune(bad, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1, "--batch-size", 16,
+                      "--workers", 2)  # images decoded in two worker processes
+    assert result.exit_code == 0, result.output
+    report = [json.loads(line) for line in (out / "skipped_rows.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in report] == [f"image not found: {tmp_path / 'missing.png'}", "empty caption"]
+    assert json.loads((out / "finetune_run.json").read_text())["data"]["skipped"] == 2
+
+
+def _not_a_clip(folder: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefgh"]))
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=13, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=8)).save_pretrained(folder)
+    return folder
+
+
+def test_base_must_be_a_clip(tmp_path, shapes):
+    train, _ = shapes
+    out = tmp_path / "out"
+    result = finetune(train, "--base", _not_a_clip(tmp_path / "bert"), "-o", out)
+    assert result.exit_code == 1 and "not a CLIP model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = finetune(train, "--base", tmp_path / "nowhere", "-o", out)
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert not out.exists()
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, shapes, tiny_model_dir, monkeypatch):
+    from clipsearch.finetune import training
+
+    train, heldout = shapes
+    out = tmp_path / "out"
+    args = [train, "--base", tiny_model_dir, "-o", out, "--eval-data", heldout, "--epochs", 2,
+            "--batch-size", 16, "--save-steps", 2, "--lr", "1e-3"]
+    original = training._ProgressCallback.on_step_end
+
+    def interrupt_at_step_3(self, args, state, control, **kwargs):
+        original(self, args, state, control, **kwargs)
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training._ProgressCallback, "on_step_end", interrupt_at_step_3)
+    result = finetune(*args)
+    assert result.exit_code == 130
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "modules.json").exists()
+    monkeypatch.undo()
+
+    result = finetune(*args)
+    assert result.exit_code == 1 and "--resume" in result.output
+    result = finetune(*args[:-1], "2e-3", "--resume")
+    assert result.exit_code == 1 and "--lr 0.001 (now 0.002)" in result.output
+
+    result = finetune(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "eval.json").read_text())
+    assert record["train"]["resumed_from"] == "checkpoint-2" and record["train"]["steps"] == 10
+    assert record["before"] is not None and Encoder(str(out), "cpu").dim == 16
+    assert not (out / "checkpoints").exists()
+
+
+def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, shapes, tiny_model_dir, monkeypatch):
+    import torch
+
+    from clipsearch.finetune import training
+
+    def explode(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training._Trainer, "train", explode)
+    train, _ = shapes
+    out = tmp_path / "out"
+    result = finetune(train, "--base", tiny_model_dir, "-o", out, "--batch-size", 64)
+    assert result.exit_code == 1
+    assert "out of memory at --batch-size 64; lower --batch-size (try 32)" in result.output
+    assert not out.exists()  # nothing to resume from: no half-made folder left behind
+
+
+def test_bad_options(tmp_path, shapes, tiny_model_dir):
+    train, _ = shapes
+    out = tmp_path / "out"
+    result = finetune(train, "--base", tiny_model_dir, "-o", out, "--resume")
+    assert result.exit_code == 1 and "no interrupted fine-tune" in result.output
+    result = finetune(train, "--base", tiny_model_dir, "-o", out, "--resume", "--overwrite")
+    assert result.exit_code == 1 and "contradict" in result.output
+    result = finetune(train, "--base", tiny_model_dir, "-o", out, "--eval-data", train)
+    assert result.exit_code == 1 and "both in the training data and in --eval-data" in result.output
+    result = finetune(train, "--base", tiny_model_dir, "-o", out, "--eval-split", "1.5")
+    assert result.exit_code == 2
+    assert not out.exists()
+
+
+def test_missing_training_extras_are_named(tmp_path, shapes, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args, **kwargs: None if name == "datasets" else real(name, *args, **kwargs))
+    result = finetune(shapes[0], "--base", tiny_model_dir, "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "needs datasets: pip install 'clipsearch[finetune]'" in result.output

@@ -1,0 +1,79 @@
+"""docker-compose.yml: a Qdrant server pinned to the client's minor version.
+
+No Docker engine runs where these tests run; the file is checked statically, and
+with `docker-compose config` where that validator is installed.
+"""
+
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import threading
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def test_qdrant_image_matches_client_minor_version():
+    text = COMPOSE.read_text()
+    match = re.search(r"image:\s*qdrant/qdrant:v(\d+)\.(\d+)\.(\d+)", text)
+    assert match, "the qdrant image must be pinned to an exact vX.Y.Z tag"
+    client_major, client_minor = version("qdrant-client").split(".")[:2]
+    assert (match.group(1), match.group(2)) == (client_major, client_minor)
+    for port in ("6333:6333", "6334:6334"):
+        assert port in text
+    assert "QDRANT__SERVICE__API_KEY: ${QDRANT_API_KEY" in text
+    assert re.search(r"^volumes:\s*\n\s+qdrant_storage:", text, re.M)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose validator not installed")
+def test_compose_file_validates():
+    env = dict(os.environ, QDRANT_API_KEY="test-key")
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+class _Readiness(http.server.BaseHTTPRequestHandler):
+    ready = False
+
+    def do_GET(self):
+        status = 200 if self.path == "/readyz" and type(self).ready else 503
+        body = b"all shards are ready" if status == 200 else b"not ready"
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_healthcheck_waits_for_readiness_not_an_open_port():
+    """The qdrant service's healthcheck command, run with bash against a server that
+    answers /readyz as Qdrant does: unhealthy while not ready, healthy once ready, and
+    unhealthy (at once) when nothing listens."""
+    test = yaml.safe_load(COMPOSE.read_text())["services"]["qdrant"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    script = test[3].replace("$$", "$")  # compose's escape for a literal $
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readiness)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    probe = script.replace("/6333", f"/{port}")
+
+    def healthy() -> bool:
+        return subprocess.run(["bash", "-c", probe], capture_output=True, timeout=10).returncode == 0
+
+    try:
+        assert not healthy()  # the port is open, but the shards are still loading
+        _Readiness.ready = True
+        assert healthy()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not healthy()  # nothing listening

@@ -1,0 +1,256 @@
+"""`clipsearch search`: text, example images, mixed queries, filters, output formats,
+the gallery, many queries, the Python API and bad input; rankings checked against
+numpy cosine over the vectors in the index."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clipsearch.cli import cli
+from clipsearch.encoders import l2_normalize
+from clipsearch.index import open_index, point_id
+from support import draw_collection, export_server, settings_for
+from clipsearch.ingest import IngestOptions, ingest
+
+K = 5
+
+
+@pytest.fixture(params=["edge", "memory", "rest", "grpc"])
+def indexed(request, tmp_path, encoder, tiny_model_dir, monkeypatch):
+    """An index of 24 drawn images in two folders, with every stored vector. `rest` and
+    `grpc`: the server double, its settings exported for the commands."""
+    if request.param in ("rest", "grpc"):
+        export_server(request.param, monkeypatch)
+    photos = tmp_path / "photos"
+    draw_collection(photos / "a", 12)
+    draw_collection(photos / "b", 12, ext=".jpg")
+    settings = settings_for(request.param, tmp_path, tiny_model_dir)
+    with open_index(settings, create=True) as index:
+        ingest([str(photos)], encoder, index, IngestOptions(workers=0, quiet=True))
+        records = list(index.scroll(with_vectors=True))
+    vectors = {r.payload["path"]: r.vector for r in records}
+    return settings, photos.resolve(), vectors
+
+
+def args_for(settings):
+    return ["--index", settings.index, "--collection", settings.collection, "--model", settings.model]
+
+
+def run(settings, *args):
+    result = CliRunner().invoke(cli, ["search", *args, *args_for(settings)], catch_exceptions=False)
+    return result
+
+
+def expected_order(vectors: dict, query: np.ndarray, k: int, exclude=(), under: Path | None = None):
+    paths = [p for p in vectors if p not in exclude and (under is None or p.startswith(str(under) + "/"))]
+    scores = np.array([vectors[p] @ query for p in paths])
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [paths[i] for i in order], scores[order]
+
+
+def json_hits(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_text_query_matches_numpy_cosine(indexed, encoder):
+    settings, _, vectors = indexed
+    result = run(settings, "a red circle", "-k", str(K), "--format", "json")
+    assert result.exit_code == 0, result.output
+    hits = json_hits(result.stdout)
+    paths, scores = expected_order(vectors, encoder.encode_texts(["a red circle"])[0], K)
+    assert [h["path"] for h in hits] == paths
+    assert np.allclose([h["score"] for h in hits], scores, atol=1e-4)
+    assert [h["rank"] for h in hits] == list(range(1, K + 1))
+    assert set(hits[0]) == {"rank", "score", "path", "width", "height", "id"}
+    assert hits[0]["id"] == point_id(hits[0]["path"])
+    with Image.open(hits[0]["path"]) as img:
+        assert (hits[0]["width"], hits[0]["height"]) == img.size
+
+
+def test_table_output_has_rank_score_path(indexed):
+    settings, _, _ = indexed
+    result = run(settings, "a blue square", "-k", "3")
+    assert result.exit_code == 0
+    rows = [line.split() for line in result.output.splitlines()]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert all(Path(r[2]).is_file() for r in rows)
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("how", ["--image", "argument"])
+def test_query_by_example_image_leaves_the_example_out(indexed, how):
+    settings, photos, vectors = indexed
+    example = str(photos / "a" / "003-yellow-circle.png")
+    args = ["--image", example] if how == "--image" else [example]
+    hits = json_hits(run(settings, *args, "-k", str(K), "-f", "json").stdout)
+    paths, scores = expected_order(vectors, l2_normalize(vectors[example])[0], K, exclude={example})
+    assert example not in [h["path"] for h in hits]
+    assert [h["path"] for h in hits] == paths
+    assert np.allclose([h["score"] for h in hits], scores, atol=1e-4)
+
+
+def test_an_image_outside_the_index_is_embedded(indexed, encoder, tmp_path):
+    from support import draw_image
+
+    from clipsearch.images import load_image
+
+    settings, _, vectors = indexed
+    outside = draw_image(tmp_path / "elsewhere" / "q.png", "green", "triangle")
+    hits = json_hits(run(settings, "--image", str(outside), "-k", "3", "-f", "json").stdout)
+    query = encoder.encode_images([load_image(str(outside), encoder.image_size).image])[0]
+    paths, _ = expected_order(vectors, query, 3)
+    assert [h["path"] for h in hits] == paths
+
+
+def test_mixed_query_combines_weighted_unit_vectors(indexed, encoder):
+    settings, photos, vectors = indexed
+    example = str(photos / "b" / "001-green-circle.jpg")
+    result = run(settings, "a red circle", "--add", "2:a blue square", "--subtract", example, "-k", str(K),
+                 "-f", "json")
+    assert result.exit_code == 0, result.output
+    text = encoder.encode_texts(["a red circle", "a blue square"])
+    query = l2_normalize(text[0] + 2 * text[1] - l2_normalize(vectors[example])[0])[0]
+    paths, scores = expected_order(vectors, query, K)
+    hits = json_hits(result.stdout)
+    assert [h["path"] for h in hits] == paths
+    assert np.allclose([h["score"] for h in hits], scores, atol=1e-4)
+
+
+def test_in_folder_filters_inside_the_index(indexed, encoder):
+    settings, photos, vectors = indexed
+    hits = json_hits(run(settings, "a red circle", "--in", str(photos / "b"), "-k", str(K), "-f", "json").stdout)
+    paths, _ = expected_order(vectors, encoder.encode_texts(["a red circle"])[0], K, under=photos / "b")
+    assert len(hits) == K  # filtered before top-k, so k hits even if better ones live in a/
+    assert [h["path"] for h in hits] == paths
+
+
+def test_min_score_drops_weak_hits(indexed):
+    settings, _, _ = indexed
+    hits = json_hits(run(settings, "a red circle", "-k", "24", "-f", "json").stdout)
+    middle = len(hits) // 2
+    threshold = (hits[middle]["score"] + hits[middle + 1]["score"]) / 2  # between two hits, clear of rounding
+    kept = json_hits(run(settings, "a red circle", "-k", "24", "--min-score", str(threshold), "-f", "json").stdout)
+    assert all(h["score"] >= threshold for h in kept)
+    assert [h["path"] for h in kept] == [h["path"] for h in hits[:middle + 1]]
+
+
+def test_paths_output_pipes_into_another_program(indexed):
+    settings, _, _ = indexed
+    result = run(settings, "a purple square", "-k", "4", "-f", "paths")
+    lines = result.output.splitlines()
+    assert len(lines) == 4
+    sizes = subprocess.run(["xargs", "-d", "\n", "stat", "-c", "%s"], input=result.output, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert [int(s) for s in sizes] == [Path(p).stat().st_size for p in lines]
+
+
+class _GalleryParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.text = ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text += data
+
+
+def test_gallery_is_a_self_contained_page_of_thumbnails(indexed, tmp_path):
+    settings, _, _ = indexed
+    page = tmp_path / "hits.html"
+    result = run(settings, "a black triangle", "-k", "4", "-f", "json", "--gallery", str(page))
+    hits = json_hits(result.stdout)
+    parser = _GalleryParser()
+    parser.feed(page.read_text())
+    assert len(parser.images) == 4
+    for src, hit in zip(parser.images, hits):
+        assert src.startswith("data:image/jpeg;base64,")
+        thumb = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert max(thumb.size) <= 256
+        assert hit["path"] in parser.text and f"{hit['score']:.4f}" in parser.text
+
+
+def test_many_queries_load_the_model_once_and_key_json_by_query(indexed, encoder, tmp_path, monkeypatch):
+    settings, photos, vectors = indexed
+    import clipsearch.encoders.torch_clip as encoder_module
+
+    loads = []
+    original = encoder_module.Encoder.__init__
+
+    def counting_init(self, *a, **kw):
+        loads.append(1)
+        original(self, *a, **kw)
+
+    monkeypatch.setattr(encoder_module.Encoder, "__init__", counting_init)
+    example = str(photos / "a" / "000-red-circle.png")
+    queries = tmp_path / "queries.txt"
+    queries.write_text(f"a red circle\n\na green square\n{example}\n")
+    result = run(settings, "--queries", str(queries), "-k", "3", "-f", "json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert list(answer) == ["a red circle", "a green square", example]
+    assert len(loads) == 1
+    paths, _ = expected_order(vectors, encoder.encode_texts(["a green square"])[0], 3)
+    assert [h["path"] for h in answer["a green square"]] == paths
+    assert example not in [h["path"] for h in answer[example]]
+
+
+def test_python_api_returns_typed_hits(indexed, encoder):
+    from clipsearch.search import SearchHit, search
+
+    settings, _, vectors = indexed
+    hits = search("a red circle", k=3, settings=settings)
+    assert all(isinstance(h, SearchHit) for h in hits)
+    paths, _ = expected_order(vectors, encoder.encode_texts(["a red circle"])[0], 3)
+    assert [h.path for h in hits] == paths
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["   "], "empty"),
+    (["--image", "/no/such/photo.jpg"], "/no/such/photo.jpg"),
+    (["x", "-k", "0"], "-k"),
+    (["x", "-k", "-3"], "-k"),
+    (["--add", "-1:cat"], "weight"),
+    ([], "nothing to search for"),
+])
+def test_bad_queries_fail_with_one_line(indexed, args, needle):
+    settings, _, _ = indexed
+    _one_line_error(CliRunner().invoke(cli, ["search", *args, *args_for(settings)]), needle)
+
+
+def test_missing_and_empty_collections_fail_with_one_line(tmp_path, encoder, tiny_model_dir):
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    _one_line_error(CliRunner().invoke(cli, ["search", "cat", *args_for(settings)]), "does not exist")
+    with open_index(settings, create=True) as index:
+        index.ensure_collection(encoder.identity)
+    _one_line_error(CliRunner().invoke(cli, ["search", "cat", *args_for(settings)]), "empty")
+
+
+def test_a_mismatched_model_gets_no_results(indexed, other_model_dir):
+    settings, _, _ = indexed
+    args = ["search", "cat", "--index", settings.index, "--collection", settings.collection,
+            "--model", str(other_model_dir)]
+    _one_line_error(CliRunner().invoke(cli, args), "model mismatch")

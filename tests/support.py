@@ -1,0 +1,106 @@
+"""Helpers the tests share: drawn images, and settings that point at each index
+backend (edge, :memory:, the Qdrant REST and gRPC doubles in tests/doubles/, a real
+server when QDRANT_URL is set). Fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from clipsearch.config import Settings
+
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 220, 40),
+    "purple": (140, 40, 160), "orange": (250, 140, 20), "black": (10, 10, 10), "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle")
+
+def draw_image(path: Path, colour: str = "red", shape: str = "circle", size=(96, 72), fmt=None) -> Path:
+    """A real image file: a coloured shape on a contrasting background."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", size, (255, 255, 255) if colour != "white" else (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    box = (w * 0.2, h * 0.2, w * 0.8, h * 0.8)
+    if shape == "circle":
+        d.ellipse(box, fill=COLOURS[colour])
+    elif shape == "square":
+        d.rectangle(box, fill=COLOURS[colour])
+    else:
+        d.polygon([(w * 0.5, h * 0.15), (w * 0.85, h * 0.85), (w * 0.15, h * 0.85)], fill=COLOURS[colour])
+    img.save(path, format=fmt)
+    return path
+
+
+def draw_collection(folder: Path, count: int = 12, ext: str = ".png") -> list[Path]:
+    """`count` distinct images, every colour x shape in turn."""
+    paths = []
+    combos = [(c, s) for s in SHAPES for c in COLOURS]
+    for i in range(count):
+        colour, shape = combos[i % len(combos)]
+        paths.append(draw_image(folder / f"{i:03d}-{colour}-{shape}{ext}", colour, shape,
+                                size=(80 + i % 5 * 8, 64 + i % 3 * 8)))
+    return paths
+
+
+BACKENDS = ["edge", "memory", "rest", "grpc", pytest.param("server", marks=pytest.mark.server)]
+
+# The key the REST double asks for: its legs run with an API key, as a shared server does.
+REST_DOUBLE_KEY = "rest-double-key-5f1c"
+_rest_double = None
+
+
+def rest_double():
+    """The one REST double of this test session, started on first use."""
+    global _rest_double
+    if _rest_double is None:
+        from doubles.qdrant_grpc_double import serve_grpc
+        from doubles.qdrant_rest_double import QdrantRestDouble
+
+        _rest_double = QdrantRestDouble(api_key=REST_DOUBLE_KEY).start()
+        _rest_double.grpc_server, _rest_double.grpc_port = serve_grpc(_rest_double)
+    return _rest_double
+
+
+def server_under_test(kind: str) -> dict[str, str]:
+    """The settings, as environment variables, that point a client at the double
+    (`rest`, or `grpc`: the same double over gRPC) or at the real server at QDRANT_URL
+    (`server`; skips without it)."""
+    if kind in ("rest", "grpc"):
+        double = rest_double()
+        env = {"QDRANT_URL": double.url, "QDRANT_API_KEY": REST_DOUBLE_KEY, "CLIPSEARCH_GRPC": "0"}
+        if kind == "grpc":
+            env.update(CLIPSEARCH_GRPC="1", CLIPSEARCH_GRPC_PORT=str(double.grpc_port))
+        return env
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("QDRANT_URL is not set: no Qdrant server to test against")
+    return {name: os.environ[name] for name in ("QDRANT_URL", "QDRANT_API_KEY", "CLIPSEARCH_GRPC",
+                                                "CLIPSEARCH_GRPC_PORT") if os.environ.get(name)}
+
+
+def export_server(kind: str, monkeypatch) -> dict[str, str]:
+    """server_under_test(kind), exported for the commands a test runs."""
+    env = server_under_test(kind)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
+    """Settings for a fresh collection on `backend`; skips the server leg without QDRANT_URL."""
+    collection = f"test_{uuid.uuid4().hex[:12]}"
+    if backend == "edge":
+        index = str(tmp_path / "index")
+    elif backend == "memory":
+        index = ":memory:"
+    else:
+        env = server_under_test(backend)
+        return Settings.resolve(env, model=str(model), collection=collection, device="cpu")
+    return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu")
+
+
