@@ -14,15 +14,15 @@ QUERY       ?= a cat
 QDRANT_API_KEY ?= clipsearch-dev-key
 export QDRANT_API_KEY
 
-.PHONY: setup demo test test-server bench clean help
+.PHONY: setup demo test lint test-server bench clean help
 
 help:
-	@echo "make demo | test | test-server (needs Docker) | bench | clean"
+	@echo "make demo | test | lint | test-server (needs Docker) | bench | clean"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo,test,finetune]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo,test,finetune,lint]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -34,6 +34,13 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# Style (ruff), the kernel's types (mypy) and the architecture (import-linter's
+# contracts in pyproject.toml, checked on the installed layout).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python scripts/lint_imports.py
 
 # Runs the whole suite against a Qdrant server as well (needs a Docker engine).
 test-server: $(BIN)/.installed

@@ -169,12 +169,13 @@ def run(n: int, workdir: Path, rng, encoder=None, keep: bool = False) -> dict:
 
 
 def onnx_text_encoder(encoder, model: str, cache: Path):
-    """The query path's encoder (clipsearch/fast_text.py), its tower exported into
+    """The query path's encoder (clipsearch/encoders/query.py), its tower exported into
     `cache` if not there yet, loaded as for many queries: weights pre-packed, all cores."""
     os.environ["CLIPSEARCH_CACHE_DIR"] = str(cache)
     os.environ["CLIPSEARCH_QUERY_CACHE"] = "0"  # every query is encoded
-    from clipsearch.encoders import cache as model_cache, location
     from clipsearch.config import Settings
+    from clipsearch.encoders import cache as model_cache
+    from clipsearch.encoders import location
     from clipsearch.encoders.query import FastTextEncoder, QueryEncoders
     from clipsearch.encoders.text_export import export_text_tower
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.photos import make_photos, vit_b_32_model  # noqa: E402

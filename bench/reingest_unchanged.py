@@ -51,8 +51,8 @@ def main() -> None:
 
     from bench.photos import vit_b_32_model
     from clipsearch.config import Settings
-    from clipsearch.index import ancestor_dirs, open_index, point_id
     from clipsearch.encoders.lazy import LazyEncoder
+    from clipsearch.index import ancestor_dirs, open_index, point_id
     from clipsearch.ingest.walk import walk_images
 
     model = vit_b_32_model()

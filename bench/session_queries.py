@@ -39,9 +39,8 @@ def main() -> None:
     shutil.rmtree(cache, ignore_errors=True)
     os.environ.update(CLIPSEARCH_CACHE_DIR=str(cache), CLIPSEARCH_QUERY_CACHE="0")
 
-    from clipsearch.encoders import cache as model_cache, location
     from clipsearch.config import Settings
-    from clipsearch.encoders import Encoder
+    from clipsearch.encoders import Encoder, location
     from clipsearch.encoders.query import FEW_TEXTS, FastTextEncoder, QueryEncoders
     from clipsearch.encoders.text_export import export_text_tower
 

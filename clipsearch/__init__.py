@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .encoders import Encoder, ModelIdentity
     from .index import Hit, Index, open_index
     from .ingest import IngestOptions, IngestSummary
-    from .search import SearchHit, Searcher
+    from .search import Searcher, SearchHit
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,6 @@ from clipsearch.lazy_package import lazy_package
 __all__ = ["IngestOptions", "IngestSummary", "Ingestor", "ingest"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import IngestOptions, IngestSummary, Ingestor, ingest
+    from .pipeline import IngestOptions, Ingestor, IngestSummary, ingest
 
 lazy_package(__name__, {name: "pipeline" for name in __all__}, call="ingest")

@@ -26,7 +26,8 @@ from clipsearch.options import index_options, quiet_option, setting_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, prune, report, quiet, as_json):
     """Embed the images under FOLDERS into the index (incremental: unchanged files are skipped)."""
-    from .pipeline import IngestOptions, ingest as run_ingest
+    from .pipeline import IngestOptions
+    from .pipeline import ingest as run_ingest
 
     options = IngestOptions(batch_size=config.value("batch_size", batch_size),
                             workers=config.value("workers", workers),

@@ -21,10 +21,11 @@ import numpy as np
 from clipsearch import config
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
-from clipsearch.index import Index, ancestor_dirs, canonical_point_id as point_id  # walk yields canonical paths
+from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
+from clipsearch.index import Index, ancestor_dirs  # walk yields canonical paths
+from clipsearch.index import canonical_point_id as point_id
 from clipsearch.progress import Progress
 
-from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
 from .known_bad import KnownBadFiles, decoder_fingerprint
 from .report import SkipReport
 from .walk import FileEntry, image_extensions, walk_images
@@ -135,9 +136,9 @@ class Ingestor:
     def target(self) -> int:
         """The decoders' output size, the model's input side. Asked for when the first
         file is about to be decoded, not before: a lazily loaded encoder
-        (clipsearch/lazy_encoder.py) then loads only for a run that embeds something."""
+        (clipsearch/encoders/lazy.py) then loads only for a run that embeds something."""
         if self._target is None:
-            self._target = int(getattr(self.encoder, "image_size", 224))
+            self._target = int(self.encoder.image_size)
         return self._target
 
     # -- stages -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from clipsearch.lazy_package import lazy_package
 __all__ = ["SearchHit", "Searcher", "Term", "build_terms", "parse_term", "search", "write_gallery"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import SearchHit, Searcher, build_terms, search
+    from .engine import Searcher, SearchHit, build_terms, search
     from .gallery import write_gallery
     from .terms import Term, parse_term
 

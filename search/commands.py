@@ -19,7 +19,8 @@ from clipsearch.options import index_options
 @index_options
 @click.option("-k", "--top", "k", type=int, default=10, show_default=True, help="How many hits.")
 @click.option("--image", "-i", default=None, metavar="PATH",
-              help="Search by an example image (left out of its own results). A QUERY that is an image file does the same.")
+              help="Search by an example image (left out of its own results). "
+                   "A QUERY that is an image file does the same.")
 @click.option("--add", multiple=True, metavar="[W:]TEXT|IMAGE",
               help="Add a term to the query, optionally weighted: --add 2:sunset (repeatable).")
 @click.option("--subtract", multiple=True, metavar="[W:]TEXT|IMAGE",

@@ -65,7 +65,7 @@ class Searcher:
         from clipsearch.images import SkipImage, load_image
 
         try:
-            decoded = load_image(path, getattr(self.encoder, "image_size", 224))
+            decoded = load_image(path, self.encoder.image_size)
         except SkipImage as exc:
             raise ClipsearchError(f"cannot use {path} as a query image: {exc}") from None
         return self.encoder.encode_images([decoded.image])[0]
@@ -118,7 +118,7 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
            add: Iterable[str] = (), subtract: Iterable[str] = ()) -> list[SearchHit]:
     """One-call API for notebooks: load the model, open the index, search, close.
     Text goes through the same encoders as the CLI: the cached ONNX text tower when
-    there is one, else the full model (clipsearch/fast_text.py).
+    there is one, else the full model (clipsearch/encoders/query.py).
 
         search("a dog on a beach", k=5)
         search(image="holiday/beach.jpg", subtract=["people"])

@@ -12,6 +12,7 @@ import pytest
 
 from clipsearch.config import SETTINGS, Settings
 from clipsearch.testing.random_clip import build_random_clip
+
 from support import BACKENDS, draw_collection, settings_for
 
 # Every setting's variable, which could point tests at the user's real index, model or

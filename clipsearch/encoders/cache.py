@@ -84,7 +84,8 @@ class TowerEntry:
     def vector_key(self) -> str:
         """Cached query vectors are valid for this text tower and tokenizer."""
         m = self.manifest
-        material = f"{m['identity']['text_fingerprint']}\0{m['identity']['dim']}\0{m['tokenizer_sha256']}\0{m['max_length']}"
+        identity = m["identity"]
+        material = f"{identity['text_fingerprint']}\0{identity['dim']}\0{m['tokenizer_sha256']}\0{m['max_length']}"
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 
     def touch(self) -> None:

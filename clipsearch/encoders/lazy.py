@@ -20,12 +20,16 @@ the cache off here too.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import ClipsearchError
 from . import cache
 from .identity import ModelIdentity
 from .location import locate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .torch_clip import Encoder
 
 
 class LazyEncoder:
@@ -37,7 +41,7 @@ class LazyEncoder:
         self.device = device
         self.cached = False  # the identity came from the cache
         self._identity: ModelIdentity | None = None
-        self._full = None
+        self._full: Encoder | None = None
         self._folder: Path | None = None
         self._key: str | None = None
 
@@ -68,7 +72,7 @@ class LazyEncoder:
             return
         if self._key is None:  # a hub model may have been downloaded by the load
             self._folder, self._key, _ = locate(self.model)
-        if self._key is None:
+        if self._key is None or self._folder is None or self._identity is None:
             return
         try:
             cache.write_identity(self._key, self.model, self._folder, self._identity)
@@ -83,7 +87,7 @@ class LazyEncoder:
             from .torch_clip import Encoder
 
             encoder = Encoder(self.model, self.device)
-            if self.cached and locate(self.model)[1] != self._key:
+            if self.cached and self._identity is not None and locate(self.model)[1] != self._key:
                 if not encoder.identity.is_compatible_with(self._identity):
                     raise ClipsearchError(
                         f"the files of model {self.model!r} changed during this run (the index was checked "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -66,8 +66,8 @@ class FastTextEncoder:
         self.vectors = VectorCache(entry.vector_key, self.dim) if config.enabled("query_cache") else None
         self._tower: OnnxTextTower | None = None
         self._broken = False
-        self._full = None
-        self._pending = None  # (texts, thread, box) of a prefetch()
+        self._full: Any = None  # the full Encoder, once an image query needs it
+        self._pending: tuple[list[str], Any, dict[str, Any]] | None = None  # (texts, thread, box) of a prefetch()
         self._encoded = 0  # texts given to a tower, all calls together (see _tower_for)
 
     def prefetch(self, texts: Sequence[str]) -> None:
@@ -86,7 +86,8 @@ class FastTextEncoder:
         except Exception as exc:
             self._fail(exc)
             return
-        running, box = threading.Event(), {}
+        running = threading.Event()
+        box: dict[str, Any] = {}  # "vectors", "error" and "seconds", from the thread
 
         def work():
             start = time.perf_counter()
@@ -176,7 +177,7 @@ class FastTextEncoder:
             except Exception as exc:  # a damaged export: the full model answers, the export is redone
                 self._fail(exc)
             else:
-                return np.stack(result).astype(np.float32, copy=False)
+                return np.stack([v for v in result if v is not None]).astype(np.float32, copy=False)
         return self.full("the cached text tower could not be used").encode_texts(texts, batch_size)
 
     # -- images: the full model ------------------------------------------------------------
@@ -207,7 +208,7 @@ class QueryEncoders:
         self._look_again = False
         self._key: str | None = None
         self._folder: Path | None = None
-        self._full = None
+        self._full: _TimedEncoder | None = None
         self._decided = False
         self._fast: FastTextEncoder | None = None
         self._why_not_fast: str | None = None
@@ -230,6 +231,7 @@ class QueryEncoders:
         self._decided = True
         reason = self._fast_path_blocker()
         if reason is None:
+            assert self._key is not None  # set by _fast_path_blocker when it finds no blocker
             entry, damaged = cache.read_or_discard(self._key)
             if damaged:
                 self.say(f"{damaged}; removed it, it is rebuilt after this query")
@@ -290,9 +292,9 @@ class QueryEncoders:
         Never fails the command: the query has been answered."""
         if self._look_again and self._full is not None:  # the hub model is downloaded now
             self._look_again = False
-            if self._fast_path_blocker() is None:
+            if self._fast_path_blocker() is None and self._key is not None:
                 self._export_due = cache.read_or_discard(self._key)[0] is None
-        if not self._export_due or self._full is None or self._key is None:
+        if not self._export_due or self._full is None or self._key is None or self._folder is None:
             return
         self._export_due = False
         start = time.perf_counter()

@@ -3,7 +3,7 @@
 One collection of one index: normalized image vectors, one point per image file,
 the file's path and facts as payload, and the identity of the model that made the
 vectors. Backends differ in where the data lives, not in what these calls mean; the
-contract tests in tests/test_index_contract.py run the same calls on each.
+contract tests in tests/index/test_index_contract.py run the same calls on each.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ClipsearchError
 from ..encoders.identity import ModelIdentity
+from ..errors import ClipsearchError
 
 # Fixed forever: changing it would change every point id and duplicate every index.
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clipsearch:image-path")

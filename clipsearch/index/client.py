@@ -17,8 +17,8 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from ..errors import ClipsearchError
 from ..encoders.identity import ModelIdentity
+from ..errors import ClipsearchError
 from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 
 T = TypeVar("T")
@@ -248,11 +248,15 @@ class ClientIndex(Index):
     def _filter(under: str | None = None, exclude_ids: Sequence[str] = ()):
         from qdrant_client import models
 
-        must = [models.FieldCondition(key="dirs", match=models.MatchValue(value=under))] if under else None
-        must_not = [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else None
+        must: list[models.Condition] = []
+        must_not: list[models.Condition] = []
+        if under:
+            must.append(models.FieldCondition(key="dirs", match=models.MatchValue(value=under)))
+        if exclude_ids:
+            must_not.append(models.HasIdCondition(has_id=list(exclude_ids)))
         if not must and not must_not:
             return None
-        return models.Filter(must=must, must_not=must_not)
+        return models.Filter(must=must or None, must_not=must_not or None)
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
         from qdrant_client import models
@@ -281,7 +285,8 @@ class ClientIndex(Index):
 
     def count(self, under: str | None = None) -> int:
         self.require_collection()
-        result = self._call("count", lambda: self.client.count(self.collection, count_filter=self._filter(under), exact=True))
+        result = self._call("count", lambda: self.client.count(self.collection, count_filter=self._filter(under),
+                                                               exact=True))
         return int(result.count)
 
     def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None:
@@ -290,11 +295,11 @@ class ClientIndex(Index):
         self.require_collection()
 
         if ids:
-            selector = models.PointIdsList(points=list(ids))
-            self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
+            by_id = models.PointIdsList(points=list(ids))
+            self._call("delete", lambda: self.client.delete(self.collection, points_selector=by_id, wait=True))
         if under:
-            selector = models.FilterSelector(filter=self._filter(under))
-            self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
+            by_folder = models.FilterSelector(filter=self._filter(under))
+            self._call("delete", lambda: self.client.delete(self.collection, points_selector=by_folder, wait=True))
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         self.require_collection()
@@ -310,7 +315,7 @@ class ClientIndex(Index):
         self.require_collection()
         offset = None
         while True:
-            records, offset = self._call("scroll", lambda: self.client.scroll(
+            records, offset = self._call("scroll", lambda offset=offset: self.client.scroll(
                 self.collection, scroll_filter=self._filter(under), limit=batch_size, offset=offset,
                 with_payload=True, with_vectors=with_vectors))
             for r in records:

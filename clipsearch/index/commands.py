@@ -38,8 +38,8 @@ def migrate(settings, to, to_collection, batch_size, quiet):
     """Copy a collection (vectors, payloads, model identity) to another index, e.g. a
     Qdrant server. Resumable: run it again after an interruption."""
     from ..progress import Progress
-    from .open import open_index
     from .migrate import migrate as run_migrate
+    from .open import open_index
 
     target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
     if (target_settings.index, target_settings.collection) == (settings.index, settings.collection):

@@ -22,8 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ClipsearchError
 from ..encoders.identity import ModelIdentity
+from ..errors import ClipsearchError
 from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
 from .lockfile import ExclusiveLock
 

@@ -229,7 +229,7 @@ class QdrantRestDouble:
                     return self._error(401, "Must provide an API key or an Authorization bearer token")
                 if refused is not None:
                     return self._error(refused, "Service Unavailable (a failure the test asked for)")
-                for route_method, pattern, handler in routes:
+                for route_method, pattern, handler in routes:  # noqa: B007 - the match is used after the loop
                     match = pattern.match(url.path)
                     if route_method == method and match:
                         break

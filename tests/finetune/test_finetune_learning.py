@@ -16,9 +16,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from clipsearch.testing import random_clip
 from clipsearch.cli import cli
 from clipsearch.finetune.synthetic import write_dataset
+from clipsearch.testing import random_clip
 
 SMALL = dict(
     text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from clipsearch.config import Settings
-from clipsearch.errors import ClipsearchError
 from clipsearch.encoders.identity import ModelIdentity
+from clipsearch.errors import ClipsearchError
 from clipsearch.index import ancestor_dirs, open_index, point_id
 from clipsearch.index.edge import MARKER, EdgeIndex
 from clipsearch.index.lockfile import InUseError

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.errors import ClipsearchError
 from clipsearch.encoders.identity import ModelIdentity
+from clipsearch.errors import ClipsearchError
 from clipsearch.index import Hit, Record, ancestor_dirs, canonical_path, open_index, point_id
 from clipsearch.index.base import POINT_NAMESPACE
 

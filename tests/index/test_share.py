@@ -27,12 +27,13 @@ from qdrant_client import models
 
 from clipsearch.cli import cli
 from clipsearch.config import Settings
-from clipsearch.errors import ClipsearchError
 from clipsearch.encoders.identity import ModelIdentity
+from clipsearch.errors import ClipsearchError
 from clipsearch.index import open_index
 from clipsearch.index.migrate import migrate
-from support import draw_collection, export_server, rest_double, settings_for
 from clipsearch.ingest import IngestOptions, ingest
+
+from support import draw_collection, export_server, rest_double, settings_for
 
 CLIPSEARCH = str(Path(sys.executable).parent / "clipsearch")
 needs_server = pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="QDRANT_URL is not set: no Qdrant server")

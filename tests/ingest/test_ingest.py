@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.images import load_image
 from clipsearch.index import ancestor_dirs, open_index, point_id
 from clipsearch.ingest import IngestOptions, Ingestor, ingest
-from clipsearch.images import load_image
 
 from support import draw_collection, draw_image, settings_for
 
@@ -282,8 +282,9 @@ def test_exif_rotated_jpeg_reports_oriented_size(tmp_path, encoder, index):
     img.save(folder / "upright.jpg")
     run([folder], encoder, index)
     payloads = stored(index)
-    assert (payloads[real(folder / "rotated.jpg")]["width"], payloads[real(folder / "rotated.jpg")]["height"]) == (64, 96)
-    assert (payloads[real(folder / "upright.jpg")]["width"], payloads[real(folder / "upright.jpg")]["height"]) == (96, 64)
+    rotated, upright = payloads[real(folder / "rotated.jpg")], payloads[real(folder / "upright.jpg")]
+    assert (rotated["width"], rotated["height"]) == (64, 96)
+    assert (upright["width"], upright["height"]) == (96, 64)
     decoded = load_image(str(folder / "rotated.jpg"), target=encoder.image_size)
     assert decoded.image.height > decoded.image.width  # pixels were turned too
 

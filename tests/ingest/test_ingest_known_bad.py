@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_ingest_lazy import HEAVY, ingest_in_fresh_process
 
 import clipsearch.ingest.pipeline
 from clipsearch.cli import cli
 from clipsearch.images import SkipImage, decode_job, load_image
+
 from support import draw_collection, draw_image
-from test_ingest_lazy import HEAVY, ingest_in_fresh_process
 
 
 def messy(folder: Path) -> dict[str, Path]:
@@ -68,7 +69,7 @@ def test_known_bad_files_are_never_decoded_again(tmp_path, tiny_model_dir, monke
     def refuse(*args):
         raise AssertionError("a known bad, unchanged file was decoded")
 
-    monkeypatch.setattr(ingest.pipeline, "decode_job", refuse)
+    monkeypatch.setattr(clipsearch.ingest.pipeline, "decode_job", refuse)
     summary, _ = run(photos, tmp_path / "index", tiny_model_dir)
     assert (summary["skipped"], summary["known_bad"]) == (2, 2)
 

@@ -17,14 +17,14 @@ import pytest
 from click.testing import CliRunner
 
 import clipsearch.ingest.pipeline
-from clipsearch.encoders import cache as model_cache, location
 from clipsearch.cli import cli
 from clipsearch.config import Settings
-from clipsearch.encoders import Encoder
+from clipsearch.encoders import Encoder, location
+from clipsearch.encoders import cache as model_cache
+from clipsearch.encoders.lazy import LazyEncoder
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import load_image
 from clipsearch.index import open_index
-from clipsearch.encoders.lazy import LazyEncoder
 from clipsearch.ingest import IngestOptions, Ingestor
 
 from support import draw_collection, draw_image
@@ -70,7 +70,7 @@ def test_unchanged_files_are_neither_decoded_nor_encoded(tmp_path, tiny_model_di
     def refuse(*args):
         raise AssertionError("an unchanged file was decoded")
 
-    monkeypatch.setattr(ingest.pipeline, "decode_job", refuse)
+    monkeypatch.setattr(clipsearch.ingest.pipeline, "decode_job", refuse)
     lazy = LazyEncoder(str(tiny_model_dir), "cpu")
     settings = Settings.resolve(model=str(tiny_model_dir), index=str(tmp_path / "index"))
     with open_index(settings, create=True) as index:

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clipsearch.encoders import cache as model_cache, location
 from clipsearch.cli import cli
 from clipsearch.config import Settings
-from clipsearch.encoders import Encoder
+from clipsearch.encoders import Encoder, location
+from clipsearch.encoders import cache as model_cache
 from clipsearch.encoders.query import FEW_TEXTS, FastTextEncoder, QueryEncoders
-from clipsearch.testing.random_clip import build_random_clip
 from clipsearch.encoders.text_export import export_text_tower
+from clipsearch.testing.random_clip import build_random_clip
+
 from support import draw_collection
 
 # A fixed set of queries: short, long, punctuation, case, non-ASCII, repeats.

@@ -19,8 +19,9 @@ from PIL import Image
 from clipsearch.cli import cli
 from clipsearch.encoders import l2_normalize
 from clipsearch.index import open_index, point_id
-from support import draw_collection, export_server, settings_for
 from clipsearch.ingest import IngestOptions, ingest
+
+from support import draw_collection, export_server, settings_for
 
 K = 5
 
@@ -101,9 +102,9 @@ def test_query_by_example_image_leaves_the_example_out(indexed, how):
 
 
 def test_an_image_outside_the_index_is_embedded(indexed, encoder, tmp_path):
-    from support import draw_image
-
     from clipsearch.images import load_image
+
+    from support import draw_image
 
     settings, _, vectors = indexed
     outside = draw_image(tmp_path / "elsewhere" / "q.png", "green", "triangle")

@@ -1,0 +1,136 @@
+"""One settings table (clipsearch/config.py): every variable the program reads is
+declared there, read through it, documented from it, and a bad value is one line
+naming the variable."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from clipsearch import config
+from clipsearch.cli import cli
+from clipsearch.config import BY_NAME, SETTINGS, Settings
+from clipsearch.errors import ClipsearchError
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIRS = ("clipsearch", "ingest", "search", "finetune")
+OURS = re.compile(r"^(CLIPSEARCH_|QDRANT_)")
+
+
+def package_modules() -> list[Path]:
+    return sorted(p for d in PACKAGE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def declared_variables() -> set[str]:
+    return {variable for setting in SETTINGS for variable in setting.env}
+
+
+def env_reads(tree: ast.AST) -> list[tuple[int, str | None]]:
+    """(line, key or None when not a constant) of each os.environ/os.getenv read."""
+    reads = []
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+            key = node.slice
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv",
+                                                                        "os.environ.setdefault"):
+            key = node.args[0] if node.args else None
+        else:
+            continue
+        reads.append((node.lineno, key.value if isinstance(key, ast.Constant) else None))
+    return reads
+
+
+def test_every_clipsearch_variable_named_in_the_code_is_in_the_table():
+    declared = declared_variables()
+    undeclared = []
+    for path in package_modules():
+        for name in set(re.findall(r"\bCLIPSEARCH_[A-Z0-9_]+\b", path.read_text())):
+            if name not in declared:
+                undeclared.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not undeclared, f"declare these in clipsearch/config.py SETTINGS: {undeclared}"
+
+
+def test_no_module_but_the_table_reads_our_variables():
+    offenders = []
+    for path in package_modules():
+        if path == ROOT / "clipsearch" / "config.py":
+            continue
+        for line, key in env_reads(ast.parse(path.read_text())):
+            if key is not None and OURS.match(key):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} reads {key}")
+    assert not offenders, f"read settings through clipsearch.config: {offenders}"
+
+
+def test_the_scan_catches_a_raw_read():
+    """The check above is not vacuous: it sees each way of reading the environment."""
+    sample = ast.parse("import os\nos.environ.get('CLIPSEARCH_X')\nos.environ['QDRANT_URL']\nos.getenv('CLIPSEARCH_Y')\n")
+    assert [key for _, key in env_reads(sample)] == ["CLIPSEARCH_X", "QDRANT_URL", "CLIPSEARCH_Y"]
+
+
+def test_every_flag_of_the_table_is_a_cli_option_with_its_help():
+    """Each setting with a flag is an option of some command, built from the table:
+    its parameter has the setting's name, its help names the variables, and it passes
+    None when absent so that the environment and then the default apply."""
+    from_table: dict[str, list[click.Option]] = {}
+    for command in cli.commands.values():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name in BY_NAME and "Env: " in (param.help or ""):
+                from_table.setdefault(param.name, []).append(param)
+    for setting in SETTINGS:
+        if setting.flag is None:
+            continue
+        assert setting.name in from_table, f"{setting.name}: no command has {setting.flag} from the table"
+        for param in from_table[setting.name]:
+            assert setting.flag in param.opts or setting.flag in param.secondary_opts or setting.name == "model"
+            assert all(variable in param.help for variable in setting.env), param.help
+            assert param.default is None
+
+
+@pytest.mark.parametrize("variable, bad", [
+    ("CLIPSEARCH_BATCH_SIZE", "abc"), ("CLIPSEARCH_BATCH_SIZE", "0"), ("CLIPSEARCH_WORKERS", "-1"),
+    ("CLIPSEARCH_MAX_MEGAPIXELS", "lots"), ("CLIPSEARCH_SHARD", "3/2"), ("CLIPSEARCH_GRPC", "maybe"),
+    ("CLIPSEARCH_GRPC_PORT", "70000"), ("CLIPSEARCH_RETRY_SECONDS", "soon"), ("CLIPSEARCH_DEVICE", "gpu"),
+    ("CLIPSEARCH_FAST_PATH", "perhaps"), ("CLIPSEARCH_QUERY_CACHE", "2"), ("CLIPSEARCH_KNOWN_BAD", "x"),
+    ("CLIPSEARCH_PROGRESS_SECONDS", "-1"),
+])
+def test_a_bad_value_is_one_line_naming_the_variable(variable, bad):
+    setting = next(s for s in SETTINGS if variable in s.env)
+    with pytest.raises(ClipsearchError) as caught:
+        config.value(setting.name, env={variable: bad})
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{variable}={bad!r} ")
+
+
+@pytest.mark.parametrize("variable, bad, args", [
+    ("CLIPSEARCH_BATCH_SIZE", "abc", ["ingest", "."]),
+    ("CLIPSEARCH_GRPC", "maybe", ["status"]),
+    ("CLIPSEARCH_DEVICE", "gpu", ["search", "x"]),
+])
+def test_the_cli_reports_a_bad_variable_in_one_line(tmp_path, variable, bad, args):
+    result = CliRunner().invoke(cli, args + ["--index", str(tmp_path / "idx")], env={variable: bad})
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and variable in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_default(monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_COLLECTION", "from-env")
+    monkeypatch.setenv("CLIPSEARCH_GRPC_PORT", "7000")
+    settings = Settings.resolve(collection="from-flag", index=":memory:")
+    assert (settings.collection, settings.grpc_port, settings.retry_seconds) == ("from-flag", 7000, 30.0)
+    monkeypatch.setenv("CLIPSEARCH_INDEX", "")  # empty counts as unset: QDRANT_URL is next
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant.example:6333")
+    assert Settings.resolve().index == "http://qdrant.example:6333"
+    assert config.value("batch_size", 7) == 7 and config.value("batch_size") == BY_NAME["batch_size"].default
+
+
+def test_a_bad_flag_is_refused_by_the_same_parser(tmp_path):
+    result = CliRunner().invoke(cli, ["ingest", str(tmp_path), "--shard", "5/2", "--index", str(tmp_path / "i")])
+    assert result.exit_code == 2 and "--shard" in result.output and "I/N" in result.output
