@@ -53,3 +53,18 @@ def test_importing_clipsearch_loads_no_stage_and_nothing_heavy():
              " 'clipsearch.search.engine') if m in sys.modules]\nprint(heavy)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_readme_examples_use_only_the_public_api():
+    import ast
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and node.module == "clipsearch":
+                for alias in node.names:
+                    assert alias.name in clipsearch.__all__, alias.name
