@@ -10,6 +10,7 @@ installed tree out in a temporary folder, exactly as the wheel does, and runs
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -33,15 +34,19 @@ def installed_layout(target: Path) -> None:
             shutil.copy2(file, dest / file.name)
 
 
+def lint_imports(tree: Path, **run_options) -> subprocess.CompletedProcess:
+    """Run lint-imports on a laid-out tree (with pyproject.toml copied beside it)."""
+    shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    lint = Path(sys.executable).parent / "lint-imports"
+    command = [str(lint) if lint.exists() else "lint-imports", "--no-cache"]
+    # The copy is what gets imported, not the editable install.
+    return subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, **run_options)
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="clipsearch-imports-") as tmp:
         installed_layout(Path(tmp))
-        shutil.copy2(ROOT / "pyproject.toml", Path(tmp) / "pyproject.toml")
-        lint_imports = Path(sys.executable).parent / "lint-imports"
-        command = [str(lint_imports)] if lint_imports.exists() else ["lint-imports"]
-        # cwd first on the path: the copy is what gets imported, not the editable install.
-        return subprocess.run(command + ["--no-cache"], cwd=tmp,
-                              env={**__import__("os").environ, "PYTHONPATH": tmp}).returncode
+        return lint_imports(Path(tmp)).returncode
 
 
 if __name__ == "__main__":
