@@ -1,8 +1,10 @@
-"""A one-line progress display on stderr: counts, rate and ETA.
+"""A one-line progress display on stderr: counts, rate and ETA, drawn by tqdm.
 
 Long jobs (an overnight ingest, a fine-tune) print where they are; `quiet` silences
-it. On a terminal the line rewrites itself; into a file or pipe it prints a line
-every `interval` seconds, so logs stay readable.
+it. The caller builds the text (counts, rate, ETA); this module only decides when and
+how it is shown. On a terminal the line is a tqdm display that rewrites itself (cut to
+the terminal's width); into a file or pipe it prints a plain line every `interval`
+seconds, so logs stay readable (no carriage returns, no bar characters).
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import sys
 import time
 from typing import TextIO
 
+from tqdm import tqdm
+
 from . import config
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+    """H:MM:SS (tqdm's interval format, always with the hours: 0:01:05, 26:00:00)."""
+    text = tqdm.format_interval(max(0, int(seconds)))
+    return text if text.count(":") == 2 else "0:" + text
+
+
+class _Line(tqdm):
+    """A tqdm display that shows only the caller's text."""
+
+    monitor_interval = 0  # we redraw on every update we show; no monitor thread
 
 
 class Progress:
@@ -32,8 +41,8 @@ class Progress:
             interval = 0.25 if self.is_tty else 10.0
         self.interval = interval
         self.start = time.monotonic()
-        self._last = 0.0
-        self._width = 0
+        self._last: float | None = None  # when a line was last shown
+        self._bar: _Line | None = None  # the live line on a terminal
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -49,27 +58,34 @@ class Progress:
         if self.quiet:
             return
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        if not force and self._last is not None and now - self._last < self.interval:
             return
         self._last = now
-        if self.is_tty:
-            pad = max(0, self._width - len(text))
-            self.stream.write("\r" + text + " " * pad)
-            self._width = len(text)
+        if not self.is_tty:
+            self._write(text)
+        elif self._bar is None:  # a new live line; tqdm draws it at once
+            self._bar = _Line(file=self.stream, desc=text, bar_format="{desc}", leave=True,
+                              dynamic_ncols=True, position=0)
         else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._bar.set_description_str(text, refresh=True)
 
     def message(self, text: str) -> None:
-        """A line of its own (e.g. 'building HNSW index...'), even when quiet is off."""
+        """A line of its own (e.g. 'building HNSW index...'), even when quiet is off.
+
+        tqdm.write clears a live progress line, prints the message and redraws the
+        line below it, so the two never garble each other.
+        """
         if self.quiet:
             return
-        self.finish()
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text)
 
     def finish(self) -> None:
-        if self.is_tty and self._width and not self.quiet:
-            self.stream.write("\n")
+        """End a live progress line (it stays on screen); the next update starts a new one."""
+        if self._bar is not None:
+            bar, self._bar = self._bar, None
+            bar.close()
             self.stream.flush()
-            self._width = 0
+
+    def _write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream)
+        self.stream.flush()

@@ -8,6 +8,7 @@ never appears in a message.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -315,9 +316,9 @@ class ClientIndex(Index):
         self.require_collection()
         offset = None
         while True:
-            records, offset = self._call("scroll", lambda offset=offset: self.client.scroll(
-                self.collection, scroll_filter=self._filter(under), limit=batch_size, offset=offset,
-                with_payload=True, with_vectors=with_vectors))
+            page = functools.partial(self.client.scroll, self.collection, scroll_filter=self._filter(under),
+                                     limit=batch_size, offset=offset, with_payload=True, with_vectors=with_vectors)
+            records, offset = self._call("scroll", page)
             for r in records:
                 yield Record(str(r.id), dict(r.payload or {}),
                              np.asarray(r.vector, dtype=np.float32) if with_vectors and r.vector is not None else None)
