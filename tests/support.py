@@ -4,6 +4,7 @@ server when QDRANT_URL is set). Fixtures are in conftest.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from pathlib import Path
@@ -104,3 +105,14 @@ def settings_for(backend: str, tmp_path: Path, model: Path | str) -> Settings:
     return Settings.resolve(model=str(model), index=index, collection=collection, device="cpu")
 
 
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    """A script of scripts/ (not a package) as a module: scripts/NAME.py."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

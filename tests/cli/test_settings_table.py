@@ -69,7 +69,8 @@ def test_no_module_but_the_table_reads_our_variables():
 
 def test_the_scan_catches_a_raw_read():
     """The check above is not vacuous: it sees each way of reading the environment."""
-    sample = ast.parse("import os\nos.environ.get('CLIPSEARCH_X')\nos.environ['QDRANT_URL']\nos.getenv('CLIPSEARCH_Y')\n")
+    sample = ast.parse("import os\nos.environ.get('CLIPSEARCH_X')\nos.environ['QDRANT_URL']\n"
+                       "os.getenv('CLIPSEARCH_Y')\n")
     assert [key for _, key in env_reads(sample)] == ["CLIPSEARCH_X", "QDRANT_URL", "CLIPSEARCH_Y"]
 
 

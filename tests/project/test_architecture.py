@@ -4,25 +4,17 @@ on the imports they forbid: checked on the installed layout with the real tool."
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("lint_imports", ROOT / "scripts" / "lint_imports.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
     if importlib.util.find_spec("importlinter") is None:
         pytest.skip("import-linter is not installed (pip install -e '.[lint]')")
-    return _script()
+    return load_script("lint_imports")
 
 
 def test_the_contracts_hold(script, tmp_path):

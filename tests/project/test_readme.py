@@ -1,22 +1,15 @@
-"""The README's CLI reference is generated from --help and must match the code."""
+"""The README's generated sections (configuration table, CLI reference) match the
+code, and its hand-written parts name what exists."""
 
-import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_updater():
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import ROOT, load_script
 
 
 def test_cli_reference_in_readme_is_current():
-    updater = _load_updater()
+    updater = load_script("update_readme")
     text = (ROOT / "README.md").read_text()
-    assert updater.render(text) == text, "README CLI reference is stale: run python scripts/update_readme.py"
+    assert updater.render(text) == text, "README is stale: run python scripts/update_readme.py"
 
 
 def test_readme_quick_start_names_the_two_commands():
