@@ -16,11 +16,19 @@ came from so that validation can point at it.
 Relative image paths resolve against the folder of the data file. One image may
 appear on several rows with different captions. Nothing here opens an image:
 see validation.py.
+
+The tables are split by pandas.read_csv (python engine, imported only when a file
+is read), the lines of JSON one json.loads each. A row is numbered by the line it
+starts on even when a quoted CSV field spans lines, and a UTF-8 byte-order mark is
+dropped. pandas' csv reader is strict about quotes where csv.reader is lenient: a
+row it cannot read (`x,"a" b`, or a quote never closed) becomes a bad row naming
+its line(s), not a guess at what was meant.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -37,6 +45,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".
 FORMATS = ("csv", "pipe", "tsv", "jsonl", "folder")
 
 _RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_PIPE = r"\s*(?<!\\)\|\s*"  # an unescaped pipe and the spaces around it
+# Why pandas' csv reader (strict, unlike csv.reader's default) could not read a row, by separator.
+_UNPARSED = {
+    ",": 'check its quotes: a field that starts with " must end with " right before a comma or the end '
+         'of the line; write a " inside it as ""',
+    "\t": "a field is longer than the csv module allows, or holds a NUL byte",
+}
 
 
 @dataclass(frozen=True)
@@ -90,93 +106,173 @@ def detect_format(path: Path) -> str:
     return "csv"
 
 
+def _read_text(path: Path) -> str:
+    """The whole file as text, a UTF-8 byte-order mark dropped. A decoding error
+    names the byte and the line, counted from the start of the file."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len(_LINE_END.findall(data[: exc.start].decode("utf-8"))) + 1
+        raise ClipsearchError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}, line {line})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _lines(text: str) -> list[str]:
+    """Physical lines, ends kept, split where the csv module and universal newlines
+    split them (\\n, \\r\\n, a lone \\r); str.splitlines would split at more."""
+    return io.StringIO(text, newline="").readlines()
+
+
+def _parse_table(path: Path, lines: list[tuple[int, str]], sep: str, quoting: int = csv.QUOTE_NONE,
+                 marker: str | None = None) -> list[tuple[int, list[str]]]:
+    """(line, cells) for each row pandas parses from the numbered `lines`, in order.
+
+    pandas keeps no line numbers, so each line goes in prefixed with its number and
+    `marker` (the separator, unless that is a pattern): the first field of a row is
+    the line it starts on, and a line break inside a quoted field comes back
+    followed by the next line's prefix (see _unmark). Rows with more fields than
+    the first are taken aside by on_bad_lines and merged back; pandas pads short
+    rows with None, which is dropped, so every row keeps its own length."""
+    if not lines:
+        return []
+    import pandas
+
+    longer: list[list[str]] = []
+
+    def keep_longer(fields: list[str]) -> None:
+        longer.append(fields)
+        return None  # not in the frame: merged back below
+
+    marked = "".join(f"{number}{marker or sep}{line}" for number, line in lines)
+    try:
+        frame = pandas.read_csv(
+            io.StringIO(marked, newline=""), sep=sep, header=None, index_col=False, dtype=object,
+            na_filter=False, skip_blank_lines=False, quoting=quoting, engine="python", on_bad_lines=keep_longer,
+        )
+    except pandas.errors.EmptyDataError:
+        return []
+    except (pandas.errors.ParserError, csv.Error) as exc:
+        raise ClipsearchError(f"{path}: {exc}") from None
+    rows = [(int(row[0]), [cell for cell in row[1:] if cell is not None])
+            for row in [*frame.itertuples(index=False, name=None), *longer]]
+    return sorted(rows, key=lambda row: row[0])
+
+
+def _unmark(cells: list[str], continued: re.Pattern[str]) -> tuple[list[str], int]:
+    """The cells without the line prefixes that follow their line breaks, and how
+    many line breaks they hold."""
+    breaks = 0
+    for at, cell in enumerate(cells):
+        if "\n" in cell or "\r" in cell:
+            cells[at], found = continued.subn(r"\1", cell)
+            breaks += found
+    return cells, breaks
+
+
 def _read_delimited(path: Path, delimiter: str) -> list[Row]:
+    """CSV (a quoted field may hold commas, quotes doubled and line breaks) or TSV
+    (no quoting). A row is numbered by the line it starts on."""
     base = path.parent
+    lines = list(enumerate(_lines(_read_text(path)), start=1))
+    while lines and not lines[0][1].strip():
+        lines.pop(0)  # blank lines above the header
+    if not lines:
+        raise _missing_columns([], path)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    parsed = _parse_table(path, lines, delimiter, quoting)
+    if not parsed or parsed[0][0] != lines[0][0]:
+        raise ClipsearchError(f"{path}:{lines[0][0]}: the header could not be read: {_UNPARSED[delimiter]}")
+    continued = re.compile(r"(\r\n|\r|\n)\d+" + re.escape(delimiter))
+    header, breaks = _unmark(parsed[0][1], continued)
+    header = [cell.strip() for cell in header]
+    if any(c not in header for c in COLUMNS):
+        raise _missing_columns(header, path)
+    image_at, text_at = header.index(IMAGE_COLUMN), header.index(TEXT_COLUMN)
     rows: list[Row] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        header = [cell.strip() for cell in header] if header else []
-        if any(c not in header for c in COLUMNS):
-            raise _missing_columns(header, path)
-        image_at, text_at = header.index(IMAGE_COLUMN), header.index(TEXT_COLUMN)
-        end_of_previous = reader.line_num
-        for cells in reader:
-            line = end_of_previous + 1  # a quoted caption may span lines: report where the row starts
-            end_of_previous = reader.line_num
-            if not any(cell.strip() for cell in cells):
-                continue  # blank line
-            if len(cells) != len(header):
-                hint = " (quote captions that contain a comma)" if delimiter == "," and len(cells) > len(header) else ""
-                rows.append(Row(str(path), line, None, None,
-                                f"has {len(cells)} fields, the header has {len(header)}{hint}"))
-                continue
-            image = cells[image_at].strip()
-            rows.append(Row(str(path), line, _resolve(image, base) if image else None, cells[text_at].strip()))
+    expected = parsed[0][0] + breaks + 1  # where the next row should start
+
+    def dropped(until: int) -> None:
+        # pandas' csv reader is strict, and silently drops what it cannot read
+        if until > expected:
+            span = f" (lines {expected}-{until - 1})" if until - 1 > expected else ""
+            rows.append(Row(str(path), expected, None, None, f"could not be read: {_UNPARSED[delimiter]}{span}"))
+
+    for line, cells in parsed[1:]:
+        dropped(line)
+        cells, breaks = _unmark(cells, continued)
+        expected = line + breaks + 1
+        if not any(cell.strip() for cell in cells):
+            continue  # blank line
+        if len(cells) != len(header):
+            hint = " (quote captions that contain a comma)" if delimiter == "," and len(cells) > len(header) else ""
+            rows.append(Row(str(path), line, None, None,
+                            f"has {len(cells)} fields, the header has {len(header)}{hint}"))
+            continue
+        image = cells[image_at].strip()
+        rows.append(Row(str(path), line, _resolve(image, base) if image else None, cells[text_at].strip()))
+    dropped(lines[-1][0] + 1)
     return rows
 
 
-def _split_pipe_row(line: str) -> list[str]:
-    text = line.strip().replace("\\|", "\0")
-    if text.startswith("|"):
-        text = text[1:]
-    if text.endswith("|"):
-        text = text[:-1]
-    return [cell.strip().replace("\0", "|") for cell in text.split("|")]
-
-
 def _read_pipe_table(path: Path) -> list[Row]:
+    """Cells split at unescaped pipes with the spaces around them; one outer pipe
+    on either side of a row is dropped, and `\\|` is a literal pipe. Blank lines
+    and `---|---` rules never reach pandas."""
     base = path.parent
+    lines = [(number, raw) for number, raw in enumerate(_lines(_read_text(path)), start=1)
+             if raw.strip() and not _RULE.match(raw.strip())]
     rows: list[Row] = []
     header: list[str] | None = None
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip() or _RULE.match(raw.strip()):
-                continue
-            cells = _split_pipe_row(raw)
-            if header is None:
-                header = cells
-                if any(c not in header for c in COLUMNS):
-                    raise _missing_columns(header, path)
-                continue
-            if len(cells) != len(header):
-                rows.append(Row(str(path), number, None, None,
-                                f"has {len(cells)} cells, the header has {len(header)} (write a | in a caption as \\|)"))
-                continue
-            image = cells[header.index(IMAGE_COLUMN)]
-            rows.append(Row(str(path), number, _resolve(image, base) if image else None,
-                            cells[header.index(TEXT_COLUMN)]))
+    for number, cells in _parse_table(path, lines, _PIPE, marker="|"):
+        if len(cells) > 1 and cells[0] == "":
+            cells = cells[1:]  # a leading pipe
+        if len(cells) > 1 and cells[-1] == "":
+            cells = cells[:-1]  # a trailing pipe
+        cells = [cell.replace("\\|", "|") for cell in cells]
+        if header is None:
+            header = cells
+            if any(c not in header for c in COLUMNS):
+                raise _missing_columns(header, path)
+            continue
+        if len(cells) != len(header):
+            rows.append(Row(str(path), number, None, None,
+                            f"has {len(cells)} cells, the header has {len(header)} (write a | in a caption as \\|)"))
+            continue
+        image = cells[header.index(IMAGE_COLUMN)]
+        rows.append(Row(str(path), number, _resolve(image, base) if image else None,
+                        cells[header.index(TEXT_COLUMN)]))
     if header is None:
         raise _missing_columns([], path)
     return rows
 
 
 def _read_jsonl(path: Path) -> list[Row]:
+    """One json.loads a line: pandas.read_json(lines=True) fails the whole file at
+    the first bad line and keeps no line numbers."""
     base = path.parent
     rows: list[Row] = []
     keys_seen: set[str] = set()
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                rows.append(Row(str(path), number, None, None, f"is not valid JSON ({exc.msg})"))
-                continue
-            if not isinstance(record, dict):
-                rows.append(Row(str(path), number, None, None, "is not a JSON object"))
-                continue
-            keys_seen.update(record)
-            image, text = record.get(IMAGE_COLUMN), record.get(TEXT_COLUMN)
-            absent = [c for c in COLUMNS if c not in record]
-            if absent:
-                rows.append(Row(str(path), number, None, None, f"has no {' or '.join(absent)}"))
-            elif not isinstance(image, str) or not isinstance(text, str):
-                rows.append(Row(str(path), number, None, None, f"{IMAGE_COLUMN} and {TEXT_COLUMN} must be strings"))
-            else:
-                rows.append(Row(str(path), number, _resolve(image, base) if image.strip() else None, text.strip()))
+    for number, raw in enumerate(_lines(_read_text(path)), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            rows.append(Row(str(path), number, None, None, f"is not valid JSON ({exc.msg})"))
+            continue
+        if not isinstance(record, dict):
+            rows.append(Row(str(path), number, None, None, "is not a JSON object"))
+            continue
+        keys_seen.update(record)
+        image, text = record.get(IMAGE_COLUMN), record.get(TEXT_COLUMN)
+        absent = [c for c in COLUMNS if c not in record]
+        if absent:
+            rows.append(Row(str(path), number, None, None, f"has no {' or '.join(absent)}"))
+        elif not isinstance(image, str) or not isinstance(text, str):
+            rows.append(Row(str(path), number, None, None, f"{IMAGE_COLUMN} and {TEXT_COLUMN} must be strings"))
+        else:
+            rows.append(Row(str(path), number, _resolve(image, base) if image.strip() else None, text.strip()))
     if rows and any(c not in keys_seen for c in COLUMNS):
         raise _missing_columns(sorted(keys_seen), path)
     return rows
@@ -222,7 +318,5 @@ def read_rows(data: str | os.PathLike) -> tuple[str, list[Row]]:
         if fmt == "pipe":
             return fmt, _read_pipe_table(path)
         return fmt, _read_delimited(path, "\t" if fmt == "tsv" else ",")
-    except UnicodeDecodeError as exc:
-        raise ClipsearchError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
         raise ClipsearchError(f"{path}: {exc}") from None

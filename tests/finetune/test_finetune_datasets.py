@@ -10,6 +10,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.finetune.datasets import detect_format, read_rows
 from clipsearch.finetune.split import check_disjoint, fingerprint, split_by_image
 from clipsearch.finetune.validation import Pair, load_pairs
+
 from support import draw_image
 
 
@@ -195,3 +196,148 @@ def test_split_is_by_image_seeded_and_disjoint():
     with pytest.raises(ClipsearchError, match="shared|both"):
         check_disjoint(pairs[:4], pairs[2:6])
     assert fingerprint(pairs) == fingerprint(list(reversed(pairs))) != fingerprint(pairs[1:])
+
+
+# Reading with pandas: the line numbers and quirks it must not change.
+
+def _problems(data) -> dict[int, str]:
+    return {row.line: row.problem for row in read_rows(data)[1] if row.problem}
+
+
+def test_quoted_csv_fields_with_commas_quotes_and_line_breaks(photos):
+    data = _write(photos / "pairs.csv", "\n".join([
+        "image_path,text_description",
+        'img/red.png,"a red circle, small"',          # 2
+        'img/blue.png,"a ""blue"" square"',             # 3
+        'img/green.jpg,"first line',                   # 4
+        "",                                            # 5 (a blank line inside the quotes)
+        'last line"',                                  # 6
+        "",                                            # 7 blank: no row
+        "img/red.png,unquoted, comma",                 # 8 three fields
+        "img/blue.png",                                # 9 one field
+        "img/nope.png,x",                              # 10
+    ]) + "\n")
+    rows = read_rows(data)[1]
+    assert [(r.line, r.text) for r in rows if not r.problem] == [
+        (2, "a red circle, small"), (3, 'a "blue" square'), (4, "first line\n\nlast line"), (10, "x")]
+    assert _problems(data) == {8: "has 3 fields, the header has 2 (quote captions that contain a comma)",
+                               9: "has 1 fields, the header has 2"}
+    with pytest.raises(ClipsearchError, match=r"pairs\.csv:10: image not found"):
+        load_pairs(data)
+
+
+def test_csv_line_breaks_crlf_and_lone_cr_count_as_lines(photos):
+    data = photos / "pairs.csv"
+    data.write_bytes(b'image_path,text_description\r\nimg/red.png,"two\r\nlines"\r\nimg/a.png,b,c\r\n'
+                     b'img/blue.png,"three\rold mac\rlines"\rimg/b.png,b,c\r')
+    rows = read_rows(data)[1]
+    assert [(r.line, r.text) for r in rows if not r.problem] == [(2, "two\r\nlines"), (5, "three\rold mac\rlines")]
+    assert sorted(_problems(data)) == [4, 8]
+
+
+@pytest.mark.parametrize("name,fmt,line,text", [
+    ("pairs.csv", "csv", 2, "image_path,text_description\nimg/red.png,red\n"),
+    ("pairs.tsv", "tsv", 2, "image_path\ttext_description\nimg/red.png\tred\n"),
+    ("pairs.md", "pipe", 2, "| image_path | text_description |\n| img/red.png | red |\n"),
+    ("pairs.jsonl", "jsonl", 1, '{"image_path": "img/red.png", "text_description": "red"}\n'),
+])
+def test_utf8_bom_is_dropped(photos, name, fmt, line, text):
+    data = photos / name
+    data.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert detect_format(data) == fmt
+    assert [(r.line, r.image, r.text, r.problem) for r in read_rows(data)[1]] == [
+        (line, str(photos / "img" / "red.png"), "red", None)]
+
+
+def test_pipe_table_spaces_outer_pipes_escapes_and_line_numbers(photos):
+    data = _write(photos / "pairs.md", "\n".join([
+        "",                                              # 1
+        "   | image_path |   text_description   |   ",  # 2 header, padded
+        "|:---|---:|",                                   # 3 rule
+        "|   img/red.png   |   a red \\| circle   |",    # 4
+        "img/blue.png | a blue square",                  # 5 no outer pipes
+        "| img/green.jpg | a green triangle",            # 6 leading pipe only
+        "",                                              # 7
+        '| img/red.png | "quotes" are text "here |',     # 8
+        "| img/red.png | one | two |",                   # 9 three cells
+        "| img/red.png |",                               # 10 one cell
+        "| img/nope.png | x |",                          # 11
+    ]) + "\n")
+    assert detect_format(data) == "pipe"
+    rows = read_rows(data)[1]
+    assert [(r.line, r.image, r.text) for r in rows if not r.problem] == [
+        (4, str(photos / "img" / "red.png"), "a red | circle"), (5, str(photos / "img" / "blue.png"), "a blue square"),
+        (6, str(photos / "img" / "green.jpg"), "a green triangle"),
+        (8, str(photos / "img" / "red.png"), '"quotes" are text "here'), (11, str(photos / "img" / "nope.png"), "x")]
+    assert _problems(data) == {9: "has 3 cells, the header has 2 (write a | in a caption as \\|)",
+                               10: "has 1 cells, the header has 2 (write a | in a caption as \\|)"}
+    with pytest.raises(ClipsearchError, match=r"pairs\.md:9: has 3 cells"):
+        load_pairs(data)
+
+
+def test_tsv_quotes_are_text_and_rows_keep_their_lines(photos):
+    data = _write(photos / "pairs.tsv", "\n".join([
+        "id\timage_path\ttext_description",
+        '1\timg/red.png\t"a red circle',   # 2: the quote does not open a field
+        "2\timg/blue.png\ta\tb",            # 3: four fields
+        "\t\t",                             # 4: blank
+        "3\timg/nope.png\tx",               # 5
+    ]) + "\n")
+    rows = read_rows(data)[1]
+    assert [(r.line, r.text) for r in rows if not r.problem] == [(2, '"a red circle'), (5, "x")]
+    assert _problems(data) == {3: "has 4 fields, the header has 3"}
+
+
+def test_values_stay_text_and_blank_lines_above_the_header_are_skipped(photos):
+    data = _write(photos / "pairs.csv", "\n\nimage_path,text_description\n007,NA\nTrue,null\n,1e5\n")
+    rows = read_rows(data)[1]
+    assert [(r.line, r.image and r.image.rsplit("/", 1)[1], r.text) for r in rows] == [
+        (4, "007", "NA"), (5, "True", "null"), (6, None, "1e5")]
+
+
+def test_csv_rows_with_broken_quotes_are_bad_rows_with_their_lines(photos):
+    data = _write(photos / "pairs.csv", "\n".join([
+        "image_path,text_description",
+        'img/red.png,"a red" circle',       # 2: text after the closing quote
+        "img/blue.png,fine",                # 3
+        'img/green.jpg,"never closed',      # 4: runs to the end of the file
+        "img/red.png,swallowed",            # 5
+    ]) + "\n")
+    rows = read_rows(data)[1]
+    assert [(r.line, r.text) for r in rows if not r.problem] == [(3, "fine")]
+    problems = _problems(data)
+    assert sorted(problems) == [2, 4]
+    assert problems[2].startswith("could not be read: check its quotes") and "lines" not in problems[2]
+    assert problems[4].endswith("(lines 4-5)")
+    with pytest.raises(ClipsearchError, match=r"2 bad rows.*pairs\.csv:2: could not be read"):
+        load_pairs(data)
+
+
+def test_csv_header_that_cannot_be_read(photos):
+    with pytest.raises(ClipsearchError, match=r"pairs\.csv:1: the header could not be read"):
+        read_rows(_write(photos / "pairs.csv", '"image_path" x,text_description\nimg/red.png,red\n'))
+
+
+def test_malformed_json_lines_are_reported_with_their_line(photos):
+    data = _write(photos / "pairs.jsonl", "\n".join([
+        '{"image_path": "img/red.png", "text_description": "red"}',  # 1
+        "",                                                          # 2
+        '{"image_path": "img/blue.png", "text_description": "blue"',   # 3 unclosed
+        '{"image_path": "img/green.jpg", "text_description": 3}',      # 4
+        '{"image_path": "img/nope.png", "text_description": "x"}',     # 5
+    ]) + "\n")
+    assert _problems(data) == {3: "is not valid JSON (Expecting ',' delimiter)",
+                               4: "image_path and text_description must be strings"}
+    with pytest.raises(ClipsearchError, match=r"3 bad rows.*pairs\.jsonl:3: is not valid JSON.*pairs\.jsonl:5: image"):
+        load_pairs(data)
+
+
+@pytest.mark.parametrize("name", ["pairs.csv", "pairs.jsonl"])
+def test_not_utf8_names_byte_and_line(photos, name):
+    data = photos / name
+    head = "image_path,text_description\n" if name.endswith("csv") else ""
+    data.write_bytes((head + "a.png,caption\n" * 1000).encode() + b"b.png,caf\xe9\n")
+    offset = len(head) + 14 * 1000 + len("b.png,caf")
+    line = 1000 + (2 if head else 1)
+    with pytest.raises(ClipsearchError, match=rf"{name} is not UTF-8 text \(.* at byte {offset}, line {line}\)"):
+        read_rows(data)
