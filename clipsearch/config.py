@@ -205,6 +205,17 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
     return None
 
 
+def where_set(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """`VARIABLE=value` of the variable that sets `name`, for messages; None when
+    the default applies. Secret values are hidden."""
+    setting = BY_NAME[name]
+    env = os.environ if env is None else env
+    variable = next((v for v in setting.env if env.get(v)), None)
+    if variable is None:
+        return None
+    return f"{variable}={'(hidden)' if setting.secret else env[variable]}"
+
+
 def value(name: str, given: Any = None, env: Mapping[str, str] | None = None) -> Any:
     """Setting `name`: the flag `given` (None: not given), else the environment, else the default."""
     if given is not None:

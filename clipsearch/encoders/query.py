@@ -249,7 +249,7 @@ class QueryEncoders:
 
     def _fast_path_blocker(self) -> str | None:
         if not config.enabled("fast_path"):
-            return "the fast path is turned off (CLIPSEARCH_FAST_PATH)"
+            return f"the fast path is turned off ({config.where_set('fast_path')})"
         folder, key, why = locate(self.settings.model)
         if key is None:
             self._look_again = folder is None  # a hub model the full path may download now

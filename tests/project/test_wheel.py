@@ -3,7 +3,9 @@ top of the repository (ingest/, search/, finetune/) become clipsearch.ingest, ..
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,9 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """Built from a copy of what the distribution is made of: a build/ folder left in
+    the checkout could carry modules that no longer exist into the wheel."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in ("clipsearch", "ingest", "search", "finetune"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True)
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True)
     return next(out.glob("clipsearch-*.whl"))
 
 
@@ -67,8 +76,6 @@ def test_the_installed_wheel_runs_from_outside_the_repository(wheel, tmp_path):
     )
     done = subprocess.run([str(python), "-c", probe], cwd=outside, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    import json
-
     facts = json.loads(done.stdout)
     assert all(f.startswith(str(site)) for f in facts["files"]), facts["files"]
     assert facts["stray"] is None  # no top-level `ingest` is installed
