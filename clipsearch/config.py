@@ -155,16 +155,16 @@ SETTINGS: tuple[Setting, ...] = (
             "The server's gRPC port, where a proxy or port mapping moved it."),
     # ingest
     Setting("batch_size", ("CLIPSEARCH_BATCH_SIZE",), 32, parse_batch_size,
-            "Images per model batch (ingest).", flag="--batch-size"),
+            "Images per model batch.", flag="--batch-size"),
     Setting("workers", ("CLIPSEARCH_WORKERS",), lambda: os.cpu_count() or 1, parse_workers,
-            "Decoding processes (ingest); 0 decodes in the main process.", flag="--workers",
+            "Decoding processes; 0 decodes in the main process.", flag="--workers",
             default_text="the number of cores"),
     Setting("max_megapixels", ("CLIPSEARCH_MAX_MEGAPIXELS",), 100.0, parse_megapixels,
-            "Skip (and report) images larger than this instead of decoding them (ingest).",
+            "Skip (and report) images larger than this instead of decoding them.",
             flag="--max-megapixels"),
     Setting("shard", ("CLIPSEARCH_SHARD",), None, parse_shard,
             "Take only shard I of N (by a stable hash of each path): N machines fill one server "
-            "collection with no overlap (ingest).", flag="--shard", default_text="none: all files"),
+            "collection with no overlap.", flag="--shard", default_text="none: all files"),
     Setting("known_bad", ("CLIPSEARCH_KNOWN_BAD",), True, parse_bool,
             "Remember files that could not be used, so that a re-run reports them without reading "
             "them again (until they change).", default_text="on"),

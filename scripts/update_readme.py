@@ -33,13 +33,25 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
+def commands_with(name: str) -> list[str]:
+    """The commands that take setting `name` as an option built from the table."""
+    from clipsearch.cli import cli
+
+    return sorted(command.name for command in cli.commands.values()
+                  if any(p.name == name and "Env: " in (getattr(p, "help", None) or "") for p in command.params))
+
+
 def configuration_table() -> str:
+    from clipsearch.cli import cli
     from clipsearch.config import SETTINGS
 
     rows = ["| environment | flag | default | what it sets |", "|---|---|---|---|"]
     for s in SETTINGS:
         env = ", then ".join(f"`{v}`" for v in s.env)
-        flag = f"`{s.flag}`" if s.flag else ""
+        flag = ""
+        if s.flag:
+            commands = commands_with(s.name)
+            flag = f"`{s.flag}`" if len(commands) == len(cli.commands) else f"`{s.flag}` ({', '.join(commands)})"
         rows.append(f"| {env} | {flag} | {s.describe_default()} | {s.help} |")
     return "\n".join(rows) + "\n"
 
