@@ -148,9 +148,9 @@ SETTINGS: tuple[Setting, ...] = (
             default_text="off (REST)"),
     Setting("api_key", ("QDRANT_API_KEY",), None, parse_text,
             "The Qdrant server's API key; sent to the server, never printed.", secret=True),
-    Setting("retry_seconds", ("CLIPSEARCH_RETRY_SECONDS",), 30.0, parse_seconds,
+    Setting("retry_seconds", ("CLIPSEARCH_RETRY_SECONDS",), 30.0, parse_interval,
             "How long calls to a Qdrant server are retried before giving up "
-            "(at most 10 s until the server has first answered)."),
+            "(at most 10 s until the server has first answered; 0: no retries)."),
     Setting("grpc_port", ("CLIPSEARCH_GRPC_PORT",), 6334, parse_port,
             "The server's gRPC port, where a proxy or port mapping moved it."),
     # ingest
@@ -267,7 +267,7 @@ class Settings:
     def validated(self) -> "Settings":
         """Checks what the table's parsers cannot see (a flag or a caller may give any
         value) and puts an embedded index's path in its one absolute spelling."""
-        checks = {"device": parse_device, "retry_seconds": parse_seconds, "grpc_port": parse_port}
+        checks = {"device": parse_device, "retry_seconds": parse_interval, "grpc_port": parse_port}
         changes: dict[str, Any] = {}
         for name, parse in checks.items():
             given = getattr(self, name)

@@ -35,6 +35,8 @@ class SettingType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if not isinstance(value, str):
             return value
+        if not value.strip():  # `--shard "$SHARD"` with SHARD unset: as if not given, like an empty variable
+            return None
         try:
             return self.setting.parse(value)
         except ValueError as exc:

@@ -11,23 +11,33 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, TextIO
 
 from . import config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tqdm import tqdm
+
+# tqdm is imported when a line is first drawn on a terminal (or a duration formatted):
+# a quiet or logged run does not pay its import (tens of milliseconds).
 
 
 def format_duration(seconds: float) -> str:
     """H:MM:SS (tqdm's interval format, always with the hours: 0:01:05, 26:00:00)."""
+    from tqdm import tqdm
+
     text = tqdm.format_interval(max(0, int(seconds)))
     return text if text.count(":") == 2 else "0:" + text
 
 
-class _Line(tqdm):
+def _live_line(stream: TextIO, text: str) -> "tqdm":
     """A tqdm display that shows only the caller's text."""
+    from tqdm import tqdm
 
-    monitor_interval = 0  # we redraw on every update we show; no monitor thread
+    class Line(tqdm):
+        monitor_interval = 0  # we redraw on every update we show; no monitor thread
+
+    return Line(file=stream, desc=text, bar_format="{desc}", leave=True, dynamic_ncols=True, position=0)
 
 
 class Progress:
@@ -42,7 +52,7 @@ class Progress:
         self.interval = interval
         self.start = time.monotonic()
         self._last: float | None = None  # when a line was last shown
-        self._bar: _Line | None = None  # the live line on a terminal
+        self._bar: tqdm | None = None  # the live line on a terminal
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -64,8 +74,7 @@ class Progress:
         if not self.is_tty:
             self._write(text)
         elif self._bar is None:  # a new live line; tqdm draws it at once
-            self._bar = _Line(file=self.stream, desc=text, bar_format="{desc}", leave=True,
-                              dynamic_ncols=True, position=0)
+            self._bar = _live_line(self.stream, text)
         else:
             self._bar.set_description_str(text, refresh=True)
 
@@ -87,5 +96,10 @@ class Progress:
             self.stream.flush()
 
     def _write(self, text: str) -> None:
-        tqdm.write(text, file=self.stream)
+        if self._bar is None:  # no live line to keep clear of
+            self.stream.write(text + "\n")
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stream)
         self.stream.flush()

@@ -13,5 +13,5 @@
 The output is a sentence-transformers model folder that `--model DIR` loads in
 ingest and search. `clipsearch eval DATA --model M` scores any model on any pairs.
 
-Nothing heavy is imported here: the CLI imports finetune.commands on every start.
+Nothing heavy is imported here: the CLI imports clipsearch.finetune.commands on every start.
 """

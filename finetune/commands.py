@@ -20,7 +20,8 @@ from clipsearch.options import device_option, model_option
 @click.argument("data", type=click.Path(exists=False))
 @click.option("--output", "-o", required=True, type=click.Path(), metavar="DIR",
               help="Where the fine-tuned model folder goes (refused if it exists, unless --overwrite or --resume).")
-@model_option("--base", "-b", help="The CLIP to start from: hub id or local folder.")
+@model_option("--base", "-b", help="The CLIP to start from: hub id or local folder (the model the other "
+                                  "commands use, unless given).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
               help="Pairs per step; each pair's in-batch negatives are the other pairs of its batch.")

@@ -33,12 +33,17 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
-def commands_with(name: str) -> list[str]:
-    """The commands that take setting `name` as an option built from the table."""
+def commands_with(name: str) -> dict[str, str]:
+    """command -> its flag, for the commands that take setting `name` as an option
+    built from the table."""
     from clipsearch.cli import cli
 
-    return sorted(command.name for command in cli.commands.values()
-                  if any(p.name == name and "Env: " in (getattr(p, "help", None) or "") for p in command.params))
+    found = {}
+    for command in cli.commands.values():
+        for param in command.params:
+            if param.name == name and "Env: " in (getattr(param, "help", None) or ""):
+                found[command.name] = next(o for o in param.opts if o.startswith("--"))
+    return dict(sorted(found.items()))
 
 
 def configuration_table() -> str:
@@ -51,7 +56,9 @@ def configuration_table() -> str:
         flag = ""
         if s.flag:
             commands = commands_with(s.name)
-            flag = f"`{s.flag}`" if len(commands) == len(cli.commands) else f"`{s.flag}` ({', '.join(commands)})"
+            usual = [c for c, f in commands.items() if f == s.flag]
+            flag = f"`{s.flag}`" if len(commands) == len(cli.commands) else f"`{s.flag}` ({', '.join(usual)})"
+            flag += "".join(f", `{f}` ({c})" for c, f in commands.items() if f != s.flag)
         rows.append(f"| {env} | {flag} | {s.describe_default()} | {s.help} |")
     return "\n".join(rows) + "\n"
 

@@ -13,20 +13,35 @@
     vectors.py        l2_normalize
 
 Nothing here imports torch, onnxruntime or a stage at import time, nor the index
-package (the import contracts in pyproject.toml make that a test).
+package (the import contracts in pyproject.toml make that a test); names load on
+first use.
 """
 
-from .identity import ModelIdentity
-from .lazy import LazyEncoder
-from .protocol import ImageTextEncoder
-from .query import FastTextEncoder, QueryEncoders
-from .torch_clip import Encoder
-from .vectors import l2_normalize
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy_package import lazy_package
 
 __all__ = ["Encoder", "FastTextEncoder", "ImageTextEncoder", "LazyEncoder", "ModelIdentity", "QueryEncoders",
            "l2_normalize", "load_encoder"]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .identity import ModelIdentity
+    from .lazy import LazyEncoder
+    from .protocol import ImageTextEncoder
+    from .query import FastTextEncoder, QueryEncoders
+    from .torch_clip import Encoder
+    from .vectors import l2_normalize
+
+# Loaded on first use: the index package needs only identity.py, a query only query.py.
+lazy_package(__name__, {"Encoder": "torch_clip", "FastTextEncoder": "query", "ImageTextEncoder": "protocol",
+                        "LazyEncoder": "lazy", "ModelIdentity": "identity", "QueryEncoders": "query",
+                        "l2_normalize": "vectors"})
+
 
 def load_encoder(model: str, device: str = "auto") -> Encoder:
     """The full model, loaded now (torch): for fine-tuning, evaluation and scripts."""
+    from .torch_clip import Encoder
+
     return Encoder(model, device)

@@ -17,6 +17,8 @@ from clipsearch.cli import cli
 from clipsearch.config import BY_NAME, SETTINGS, Settings
 from clipsearch.errors import ClipsearchError
 
+from support import draw_collection
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = ("clipsearch", "ingest", "search", "finetune")
 OURS = re.compile(r"^(CLIPSEARCH_|QDRANT_)")
@@ -135,3 +137,24 @@ def test_flags_win_over_the_environment_which_wins_over_the_default(monkeypatch)
 def test_a_bad_flag_is_refused_by_the_same_parser(tmp_path):
     result = CliRunner().invoke(cli, ["ingest", str(tmp_path), "--shard", "5/2", "--index", str(tmp_path / "i")])
     assert result.exit_code == 2 and "--shard" in result.output and "I/N" in result.output
+
+
+def test_an_empty_flag_counts_as_not_given(tmp_path, tiny_model_dir):
+    """`--shard "$SHARD"` with SHARD unset takes every file, as an empty variable would."""
+    photos = tmp_path / "photos"
+    draw_collection(photos, 3)
+    result = CliRunner().invoke(cli, ["ingest", str(photos), "--shard", "", "--index", str(tmp_path / "i"),
+                                      "--model", str(tiny_model_dir), "-w", "0", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"embedded": 3' in result.output
+
+
+def test_a_numbered_cuda_device_is_a_valid_flag(tmp_path):
+    ok = CliRunner().invoke(cli, ["status", "--device", "cuda:1", "--index", str(tmp_path / "i")])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(cli, ["status", "--device", "gpu", "--index", str(tmp_path / "i")])
+    assert bad.exit_code == 2 and "--device" in bad.output and "cuda:N" in bad.output
+
+
+def test_zero_retry_seconds_means_no_retries():
+    assert Settings.resolve(env={"CLIPSEARCH_RETRY_SECONDS": "0"}, index=":memory:").retry_seconds == 0.0
