@@ -49,8 +49,8 @@ def test_the_stages_stay_callable_after_their_modules_are_imported():
 
 def test_importing_clipsearch_loads_no_stage_and_nothing_heavy():
     probe = ("import sys, clipsearch, clipsearch.cli\n"
-             "heavy = [m for m in ('numpy', 'torch', 'PIL', 'qdrant_client', 'pandas', 'tqdm', 'clipsearch.ingest.pipeline',"
-             " 'clipsearch.search.engine') if m in sys.modules]\nprint(heavy)\n")
+             "heavy = [m for m in ('numpy', 'torch', 'PIL', 'qdrant_client', 'pandas', 'tqdm',"
+             " 'clipsearch.ingest.pipeline', 'clipsearch.search.engine') if m in sys.modules]\nprint(heavy)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
