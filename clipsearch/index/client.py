@@ -233,11 +233,9 @@ class ClientIndex(Index):
 
         try:
             self._call("create collection", create)
-        except ClipsearchError:
-            raise
-        except Exception:
-            # Another writer created it between our check and our create: fine if its
-            # model matches, which check_identity decides.
+        except Exception:  # the server's refusal arrives as a ClipsearchError naming its reason
+            # Another writer created it between our check and our create ("already
+            # exists"): fine if its model matches, which check_identity decides.
             self._exists = None
             if not self.exists():
                 raise

@@ -137,6 +137,29 @@ def test_ensure_collection_creates_then_accepts_the_same_identity(index, backend
         assert again.stored_identity() == IDENTITY
 
 
+@pytest.mark.parametrize("other_model", [False, True])
+def test_two_writers_creating_one_collection_at_once(backend_settings, other_model):
+    """Both see no collection, both create it: the second finds the first's and goes on
+    when the model matches, or refuses the model when it does not (server backends: two
+    ingests started together)."""
+    if backend_settings.backend != "server":
+        pytest.skip("one process owns an embedded or in-memory index")
+    first, second = open_index(backend_settings, create=True), open_index(backend_settings, create=True)
+    try:
+        assert not first.exists() and not second.exists()  # both checked before either created
+        first.ensure_collection(IDENTITY)
+        theirs = replace(IDENTITY, image_fingerprint="img-" + "b" * 60) if other_model else IDENTITY
+        if other_model:
+            with pytest.raises(ClipsearchError, match="model mismatch"):
+                second._create(theirs)
+        else:
+            second._create(theirs)  # what ensure_collection does after its check said "missing"
+            assert second.exists() and second.stored_identity() == IDENTITY
+    finally:
+        first.close()
+        second.close()
+
+
 @pytest.mark.parametrize("change", [
     {"image_fingerprint": "img-" + "c" * 60},
     {"dim": DIM * 2},
