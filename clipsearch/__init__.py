@@ -16,11 +16,11 @@ no numpy, torch or qdrant.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import ClipsearchError
+from .lazy_package import lazy_package
 
 __version__ = "0.1.0"
 
@@ -41,19 +41,6 @@ __all__ = [
     "search",
 ]
 
-# name -> the module that defines it, imported on first use.
-_LAZY = {
-    "Encoder": "clipsearch.encoders",
-    "ModelIdentity": "clipsearch.encoders",
-    "Hit": "clipsearch.index",
-    "Index": "clipsearch.index",
-    "open_index": "clipsearch.index",
-    "IngestOptions": "clipsearch.ingest",
-    "IngestSummary": "clipsearch.ingest",
-    "SearchHit": "clipsearch.search",
-    "Searcher": "clipsearch.search",
-}
-
 if TYPE_CHECKING:  # pragma: no cover
     from . import ingest, search
     from .encoders import Encoder, ModelIdentity
@@ -61,16 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ingest import IngestOptions, IngestSummary
     from .search import Searcher, SearchHit
 
-
-def __getattr__(name: str) -> Any:
-    # `search` and `ingest` are the stage packages themselves, which can be called as
-    # functions (see their __init__): importing the package binds the name here anyway.
-    if name in ("search", "ingest"):
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# `search` and `ingest` are the stage packages themselves, which can be called as
+# functions (clipsearch/lazy_package.py): importing a package binds its name here anyway.
+lazy_package(__name__, {"search": None, "ingest": None, "Encoder": "encoders", "ModelIdentity": "encoders",
+                        "Hit": "index", "Index": "index", "open_index": "index",
+                        "IngestOptions": "ingest", "IngestSummary": "ingest",
+                        "SearchHit": "search", "Searcher": "search"})

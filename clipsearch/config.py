@@ -16,7 +16,7 @@ Standard library only: every command imports this before anything else.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -188,32 +188,37 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
+def _first_set(setting: Setting, env: Mapping[str, str] | None) -> tuple[str, str] | None:
+    """(variable, raw text) of the first of the setting's variables that is set; an
+    empty value counts as unset."""
+    env = os.environ if env is None else env
+    return next(((v, env[v]) for v in setting.env if env.get(v)), None)
+
+
 def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
     """The parsed value of setting `name` from the environment, or None when no
-    variable of it is set (an empty value counts as unset). A bad value is a
-    one-line error naming the variable."""
+    variable of it is set. A bad value is a one-line error naming the variable."""
     setting = BY_NAME[name]
-    env = os.environ if env is None else env
-    for variable in setting.env:
-        raw = env.get(variable)
-        if raw:
-            try:
-                return setting.parse(raw)
-            except ValueError as exc:
-                shown = "(hidden)" if setting.secret else repr(raw)
-                raise ClipsearchError(f"{variable}={shown} {exc}") from None
-    return None
+    found = _first_set(setting, env)
+    if found is None:
+        return None
+    variable, raw = found
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        shown = "(hidden)" if setting.secret else repr(raw)
+        raise ClipsearchError(f"{variable}={shown} {exc}") from None
 
 
 def where_set(name: str, env: Mapping[str, str] | None = None) -> str | None:
     """`VARIABLE=value` of the variable that sets `name`, for messages; None when
     the default applies. Secret values are hidden."""
     setting = BY_NAME[name]
-    env = os.environ if env is None else env
-    variable = next((v for v in setting.env if env.get(v)), None)
-    if variable is None:
+    found = _first_set(setting, env)
+    if found is None:
         return None
-    return f"{variable}={'(hidden)' if setting.secret else env[variable]}"
+    variable, raw = found
+    return f"{variable}={'(hidden)' if setting.secret else raw}"
 
 
 def value(name: str, given: Any = None, env: Mapping[str, str] | None = None) -> Any:
@@ -236,8 +241,9 @@ def cache_root() -> Path:
 
 # -- the settings every command shares -----------------------------------------------------------
 
-# The Settings fields, each the table's row of the same name.
-SETTINGS_FIELDS = ("model", "index", "collection", "device", "api_key", "retry_seconds", "grpc", "grpc_port")
+def _table_default(name: str) -> Any:
+    """A Settings field whose default is the table's row of the same name."""
+    return field(default_factory=lambda: BY_NAME[name].default_value, repr=not BY_NAME[name].secret)
 
 
 @dataclass(frozen=True)
@@ -246,22 +252,23 @@ class Settings:
     `Settings.resolve` from flags, then the environment, then the defaults: the CLI
     and the Python API agree on what an unset option means."""
 
-    model: str = DEFAULT_MODEL
-    index: str = field(default_factory=default_index_path)
-    collection: str = DEFAULT_COLLECTION
-    device: str = "auto"
-    api_key: str | None = field(default=None, repr=False)  # never printed
-    retry_seconds: float = 30.0
-    grpc: bool = False
-    grpc_port: int = 6334
+    model: str = _table_default("model")
+    index: str = _table_default("index")
+    collection: str = _table_default("collection")
+    device: str = _table_default("device")
+    api_key: str | None = _table_default("api_key")  # secret: never printed (not in repr)
+    retry_seconds: float = _table_default("retry_seconds")
+    grpc: bool = _table_default("grpc")
+    grpc_port: int = _table_default("grpc_port")
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **flags: Any) -> "Settings":
         """Build settings from explicit flags (None = not given), then env, then defaults."""
-        unknown = set(flags) - set(SETTINGS_FIELDS)
+        names = [f.name for f in fields(cls)]
+        unknown = set(flags) - set(names)
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-        values = {name: value(name, flags.get(name), env) for name in SETTINGS_FIELDS}
+        values = {name: value(name, flags.get(name), env) for name in names}
         return cls(**values).validated()
 
     def validated(self) -> "Settings":

@@ -18,15 +18,20 @@ import types
 from typing import Any
 
 
-def lazy_package(module_name: str, exports: dict[str, str], call: str | None = None) -> None:
+def lazy_package(module_name: str, exports: dict[str, str | None], call: str | None = None) -> None:
     """Give package `module_name` the attributes `exports` (name -> submodule that
-    defines it), loaded on first access; calling the package calls `call`."""
+    defines it; None: the submodule of that name itself), loaded on first access;
+    calling the package calls `call`."""
     module = sys.modules[module_name]
 
     def load(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{module_name}.{exports[name]}"), name)
+        where = exports[name]
+        if where is None:
+            value = importlib.import_module(f"{module_name}.{name}")
+        else:
+            value = getattr(importlib.import_module(f"{module_name}.{where}"), name)
         setattr(module, name, value)
         return value
 

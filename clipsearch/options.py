@@ -43,6 +43,15 @@ class SettingType(click.ParamType):
             self.fail(f"{value!r} {exc}", param, ctx)
 
 
+class SettingOption(click.Option):
+    """An option built from a row of the settings table, which it keeps (the README's
+    configuration table and the table's tests find the options by it)."""
+
+    def __init__(self, *args: Any, setting: config.Setting, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+
+
 def setting_help(name: str, text: str | None = None) -> str:
     setting = BY_NAME[name]
     return (f"{text or setting.help} Env: {', then '.join(setting.env)}. "
@@ -57,7 +66,8 @@ def setting_option(name: str, *decls: str, help: str | None = None, metavar: str
     decls = decls or (setting.flag or "--" + name.replace("_", "-"),)
     if "/" not in decls[0]:  # an on/off pair is a boolean flag; everything else is parsed
         kwargs.setdefault("type", SettingType(setting, metavar))
-    return click.option(*decls, name, default=None, help=setting_help(name, help), **kwargs)
+    return click.option(*decls, name, cls=SettingOption, setting=setting, default=None,
+                        help=setting_help(name, help), **kwargs)
 
 
 def model_option(*decls: str, help: str | None = None) -> Callable[[F], F]:

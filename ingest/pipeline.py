@@ -317,15 +317,16 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     environment's, as the CLI does) and closes it after; without `encoder`, the
     model `settings` names loads only once a file needs embedding (LazyEncoder).
     """
-    if index is not None and encoder is not None:
+    if index is None or encoder is None:
+        settings = settings or Settings.resolve()
+    if encoder is None:
+        from clipsearch.encoders import LazyEncoder
+
+        encoder = LazyEncoder(settings.model, settings.device)
+    if index is not None:
         return Ingestor(encoder, index, options, progress).run(folders)
-    from clipsearch.encoders import LazyEncoder
     from clipsearch.index import open_index
 
-    settings = settings or Settings.resolve()
-    roots = resolve_roots(folders)  # before the index is created: a typo leaves no empty index behind
-    encoder = encoder or LazyEncoder(settings.model, settings.device)
-    if index is not None:
-        return Ingestor(encoder, index, options, progress).run(roots)
+    resolve_roots(folders)  # checked before the index is created: a typo leaves no empty index behind
     with open_index(settings, create=True) as opened:
-        return Ingestor(encoder, opened, options, progress).run(roots)
+        return Ingestor(encoder, opened, options, progress).run(folders)

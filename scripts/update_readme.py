@@ -37,11 +37,12 @@ def commands_with(name: str) -> dict[str, str]:
     """command -> its flag, for the commands that take setting `name` as an option
     built from the table."""
     from clipsearch.cli import cli
+    from clipsearch.options import SettingOption
 
     found = {}
     for command in cli.commands.values():
         for param in command.params:
-            if param.name == name and "Env: " in (getattr(param, "help", None) or ""):
+            if isinstance(param, SettingOption) and param.setting.name == name:
                 found[command.name] = next(o for o in param.opts if o.startswith("--"))
     return dict(sorted(found.items()))
 

@@ -116,3 +116,16 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fast_encoder_for(model_dir: Path, encoder):
+    """Export `encoder`'s text tower, then load it the way a query does."""
+    from clipsearch.encoders import FastTextEncoder, QueryEncoders, location
+    from clipsearch.encoders.text_export import export_text_tower
+
+    folder, _ = location.model_folder(str(model_dir))
+    export_text_tower(encoder, location.folder_key(folder), folder, str(model_dir))
+    encoders = QueryEncoders(Settings.resolve(model=str(model_dir), index=":memory:"))
+    fast = encoders.get()
+    assert isinstance(fast, FastTextEncoder), encoders.path
+    return fast

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..lazy_package import lazy_package
 
 __all__ = ["Encoder", "FastTextEncoder", "ImageTextEncoder", "LazyEncoder", "ModelIdentity", "QueryEncoders",
-           "l2_normalize", "load_encoder"]
+           "l2_normalize"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .identity import ModelIdentity
@@ -39,9 +39,3 @@ lazy_package(__name__, {"Encoder": "torch_clip", "FastTextEncoder": "query", "Im
                         "LazyEncoder": "lazy", "ModelIdentity": "identity", "QueryEncoders": "query",
                         "l2_normalize": "vectors"})
 
-
-def load_encoder(model: str, device: str = "auto") -> Encoder:
-    """The full model, loaded now (torch): for fine-tuning, evaluation and scripts."""
-    from .torch_clip import Encoder
-
-    return Encoder(model, device)

@@ -326,9 +326,6 @@ class _TimedEncoder:
         self.encoder = encoder
         self.timings = timings
 
-    def __getattr__(self, name):
-        return getattr(self.encoder, name)
-
     @property
     def identity(self):
         return self.encoder.identity

@@ -16,10 +16,10 @@ from clipsearch import config
 from clipsearch.cli import cli
 from clipsearch.config import BY_NAME, SETTINGS, Settings
 from clipsearch.errors import ClipsearchError
+from clipsearch.options import SettingOption
 
-from support import draw_collection
+from support import ROOT, draw_collection
 
-ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = ("clipsearch", "ingest", "search", "finetune")
 OURS = re.compile(r"^(CLIPSEARCH_|QDRANT_)")
 
@@ -83,7 +83,8 @@ def test_every_flag_of_the_table_is_a_cli_option_with_its_help():
     from_table: dict[str, list[click.Option]] = {}
     for command in cli.commands.values():
         for param in command.params:
-            if isinstance(param, click.Option) and param.name in BY_NAME and "Env: " in (param.help or ""):
+            if isinstance(param, SettingOption):
+                assert param.name == param.setting.name
                 from_table.setdefault(param.name, []).append(param)
     for setting in SETTINGS:
         if setting.flag is None:

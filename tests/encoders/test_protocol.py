@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from clipsearch.config import Settings
-from clipsearch.encoders import Encoder, FastTextEncoder, ImageTextEncoder, LazyEncoder, QueryEncoders, location
-from clipsearch.encoders.text_export import export_text_tower
+from clipsearch.encoders import Encoder, ImageTextEncoder, LazyEncoder, QueryEncoders
+
+from support import fast_encoder_for
 
 TEXTS = ["a red circle", "a blue square on white", "x"]
 
@@ -44,11 +45,7 @@ def test_the_query_encoders_fast_and_full(tiny_model_dir, encoder, monkeypatch):
     full = QueryEncoders(settings).get()
     check_contract(full, encoder)
     monkeypatch.delenv("CLIPSEARCH_FAST_PATH")
-    folder, key, _ = location.locate(str(tiny_model_dir))
-    export_text_tower(encoder, key, folder, str(tiny_model_dir))
-    fast = QueryEncoders(settings).get()
-    assert isinstance(fast, FastTextEncoder)
-    check_contract(fast, encoder)
+    check_contract(fast_encoder_for(tiny_model_dir, encoder), encoder)
 
 
 def test_something_else_does_not_pass_for_an_encoder():

@@ -8,7 +8,7 @@ import sys
 import clipsearch
 from clipsearch import IngestOptions, Settings, ingest, open_index, search
 
-from support import draw_collection
+from support import ROOT, draw_collection
 
 
 def test_every_public_name_resolves():
@@ -58,9 +58,7 @@ def test_importing_clipsearch_loads_no_stage_and_nothing_heavy():
 def test_the_readme_examples_use_only_the_public_api():
     import ast
     import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks
     for block in blocks:

@@ -17,14 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from clipsearch.cli import cli
-from clipsearch.config import Settings
 from clipsearch.encoders import Encoder, location
 from clipsearch.encoders import cache as model_cache
-from clipsearch.encoders.query import FEW_TEXTS, FastTextEncoder, QueryEncoders
+from clipsearch.encoders.query import FEW_TEXTS
 from clipsearch.encoders.text_export import export_text_tower
 from clipsearch.testing.random_clip import build_random_clip
 
-from support import draw_collection
+from support import draw_collection, fast_encoder_for
 
 # A fixed set of queries: short, long, punctuation, case, non-ASCII, repeats.
 QUERIES = [
@@ -53,16 +52,6 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 
 def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - np.sum(a * b, axis=1)
-
-
-def fast_encoder_for(model_dir: Path, encoder: Encoder) -> FastTextEncoder:
-    """Export `encoder`'s text tower, then load it the way a query does."""
-    folder, _ = location.model_folder(str(model_dir))
-    export_text_tower(encoder, location.folder_key(folder), folder, str(model_dir))
-    encoders = QueryEncoders(Settings.resolve(model=str(model_dir), index=":memory:"))
-    fast = encoders.get()
-    assert isinstance(fast, FastTextEncoder), encoders.path
-    return fast
 
 
 # -- vector parity ----------------------------------------------------------------------------
