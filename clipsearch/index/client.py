@@ -282,6 +282,24 @@ class ClientIndex(Index):
         ))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
+    def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
+        from qdrant_client import models
+
+        self.require_collection()
+
+        def listed(vectors):
+            return [np.asarray(v, dtype=np.float32).ravel().tolist() for v in vectors]
+
+        query = models.RecommendQuery(recommend=models.RecommendInput(
+            positive=listed(positives), negative=listed(negatives) or None,
+            strategy=models.RecommendStrategy.BEST_SCORE))
+        response = self._call("recommend", lambda: self.client.query_points(
+            self.collection, query=query, limit=k, query_filter=self._filter(under, exclude_ids), with_payload=True,
+            search_params=(models.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None)
+                           if self.backend == "server" else None),
+        ))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
     def count(self, under: str | None = None) -> int:
         self.require_collection()
         result = self._call("count", lambda: self.client.count(self.collection, count_filter=self._filter(under),

@@ -198,6 +198,21 @@ class EdgeIndex(Index):
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self.shard.query(request)]
 
+    def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
+        e = _edge()
+
+        def listed(vectors):
+            return [np.asarray(v, dtype=np.float32).ravel().tolist() for v in vectors]
+
+        request = e.QueryRequest(
+            limit=k,
+            query=e.Query.RecommendBestScore(e.RecommendQuery(listed(positives), listed(negatives))),
+            filter=self._filter(under, exclude_ids),
+            with_payload=True,
+            params=e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
+        )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self.shard.query(request)]
+
     def count(self, under: str | None = None) -> int:
         return int(self.shard.count(_edge().CountRequest(exact=True, filter=self._filter(under))))
 

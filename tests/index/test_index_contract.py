@@ -505,3 +505,20 @@ def test_data_is_visible_to_a_new_handle(backend_settings, corpus):
         assert idx.stored_identity() == IDENTITY
         q = unit_vectors(1, seed=5)[0]
         assert_hits_match(idx.query(q, 5, exact=True), corpus.truth(q, 5))
+
+
+def test_recommend_ranks_near_the_liked_and_away_from_the_disliked(loaded, corpus):
+    liked, disliked = corpus.vectors[0], corpus.vectors[1]
+    # One positive example and no negative: the nearest neighbours of that example.
+    assert [h.id for h in loaded.recommend([liked], [], 5)] == [i for i, _ in corpus.truth(liked, 5)]
+    hits = loaded.recommend([liked], [disliked], 10, exclude_ids=[corpus.ids[0]])
+    assert len(hits) == 10 and corpus.ids[0] not in [h.id for h in hits]
+    # Best-score strategy: a point closer to the disliked example than to the liked one
+    # ranks below every point that is not.
+    by_id = dict(zip(corpus.ids, corpus.vectors))
+    nearer_liked = [float(by_id[h.id] @ liked) > float(by_id[h.id] @ disliked) for h in hits]
+    assert nearer_liked == sorted(nearer_liked, reverse=True)
+    assert corpus.ids[1] not in [h.id for h in hits[:5]]
+    # The folder filter applies as in query().
+    below_a = loaded.recommend([liked], [disliked], 5, under=corpus.folders["a"])
+    assert below_a and all(h.path.startswith(corpus.folders["a"] + os.sep) for h in below_a)
