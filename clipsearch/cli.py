@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "clipsearch.search.commands",
     "clipsearch.index.commands",
     "clipsearch.finetune.commands",
+    "clipsearch.serve.commands",
 )
 
 

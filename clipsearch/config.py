@@ -91,6 +91,31 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def parse_server_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise ValueError("is not a serve URL such as http://127.0.0.1:8765")
+    return url
+
+
+def parse_token(text: str) -> str:
+    token = text.strip()
+    if len(token) < 16 or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("is not a token of 16 or more printable characters without spaces")
+    return token
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"names {origin!r}, which is not an origin such as https://photos.example.org")
+    return origins
+
+
+parse_megabytes = _number(float, "a number of megabytes above 0", 0, low_open=True)
+
+
 def parse_path(text: str) -> str:
     return str(Path(text).expanduser())
 
@@ -177,6 +202,22 @@ SETTINGS: tuple[Setting, ...] = (
             "identity from the cache when an ingest has nothing to embed.", default_text="on"),
     Setting("query_cache", ("CLIPSEARCH_QUERY_CACHE",), True, parse_bool,
             "Answer repeated queries from a small cache of query vectors.", default_text="on"),
+    # clipsearch serve, and the thin clients that answer through it
+    Setting("server", ("CLIPSEARCH_SERVER",), None, parse_server_url,
+            "A running `clipsearch serve` (http://host:8765): search and status answer through it, "
+            "loading no model and opening no index here.", flag="--server", default_text="none: work locally"),
+    Setting("token", ("CLIPSEARCH_TOKEN",), None, parse_token,
+            "The serve token: required by every endpoint but health. Required to bind an address other than "
+            "loopback (generated and printed once as a login URL when not given); sent by the thin clients. "
+            "Never printed.", flag="--token", secret=True),
+    Setting("host", ("CLIPSEARCH_HOST",), "127.0.0.1", parse_text,
+            "The address serve binds: loopback unless asked; any other needs a token.", flag="--host"),
+    Setting("port", ("CLIPSEARCH_PORT",), 8765, parse_port, "The port serve listens on.", flag="--port"),
+    Setting("cors_origins", ("CLIPSEARCH_CORS_ORIGINS",), (), parse_origins,
+            "Origins (comma-separated) whose pages may call serve's API from a browser; CORS is closed "
+            "otherwise.", flag="--cors-origin", default_text="none"),
+    Setting("upload_megabytes", ("CLIPSEARCH_UPLOAD_MEGABYTES",), 20.0, parse_megabytes,
+            "The largest query image serve accepts as an upload.", flag="--upload-megabytes"),
     # output
     Setting("progress_seconds", ("CLIPSEARCH_PROGRESS_SECONDS",), None, parse_interval,
             "Seconds between progress updates.", default_text="0.25 on a terminal, 10 into a log"),

@@ -40,7 +40,7 @@ class SettingType(click.ParamType):
         try:
             return self.setting.parse(value)
         except ValueError as exc:
-            self.fail(f"{value!r} {exc}", param, ctx)
+            self.fail(f"{'(hidden)' if self.setting.secret else repr(value)} {exc}", param, ctx)
 
 
 class SettingOption(click.Option):

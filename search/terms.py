@@ -26,8 +26,9 @@ def looks_like_image_path(value: str) -> bool:
     return value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.expanduser(value))
 
 
-def parse_term(spec: str, sign: float = 1.0, option: str = "--add") -> Term:
-    """'TEXT', 'IMAGE', 'W:TEXT' or 'W:IMAGE'."""
+def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool = True) -> Term:
+    """'TEXT', 'IMAGE', 'W:TEXT' or 'W:IMAGE'. `images=False` reads every term as text:
+    a server never opens a file because a client named its path."""
     weight = 1.0
     head, sep, rest = spec.partition(":")
     if sep and rest:
@@ -41,7 +42,9 @@ def parse_term(spec: str, sign: float = 1.0, option: str = "--add") -> Term:
         raise ClipsearchError(f"{option} needs a text or an image path, got {spec!r}")
     if weight <= 0:
         raise ClipsearchError(f"{option} weight must be positive, got {weight:g}")
-    return image_term(spec, sign * weight) if looks_like_image_path(spec) else Term("text", spec, sign * weight)
+    if images and looks_like_image_path(spec):
+        return image_term(spec, sign * weight)
+    return Term("text", spec, sign * weight)
 
 
 def image_term(path: str, weight: float = 1.0) -> Term:

@@ -138,6 +138,12 @@ class FastTextEncoder:
         self._encoded += count
         return self._tower
 
+    def warm(self) -> None:
+        """For a long-running service: load the all-cores, pre-packed tower now and
+        run it once, so that the first client does not pay for either."""
+        self._tower = self._load_tower(many=True)
+        self._tower.encode(["a photo"], 1)
+
     def _load_tower(self, many: bool) -> OnnxTextTower:
         m = self.entry.manifest
         with self.owner.timings.phase("imports"):

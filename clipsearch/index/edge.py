@@ -7,16 +7,26 @@ Layout of an index folder:
     <index>/<collection>/model.json  identity of the model that made the vectors
     <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes)
 
+    <index>/<collection>/shard.optimizing/   a copy being optimized (optimize_offline)
+    <index>/<collection>/shard.old/          the shard being swapped out (optimize_offline)
+
 Edge point ids come back as uuid.UUID; they leave this module as str, like
-qdrant-client's. HNSW is built only by optimize(), which blocks: ingest calls it at
-the end of a large load, never under a query.
+qdrant-client's. HNSW is built only by EdgeShard.optimize(), which blocks and holds the
+GIL for the whole build (40 s at 60k x 512-d). optimize() calls it in-process: ingest
+does so at the end of a large load, never under a query. optimize_offline() builds the
+graph in a child process on a copy of the shard and swaps the copy in, so that a
+process serving queries from threads keeps answering meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,6 +42,32 @@ FORMAT = 1
 # Below this many points a brute-force scan is about as fast as HNSW and building
 # the graph is wasted time.
 HNSW_MIN_POINTS = 20_000
+# Beside the live shard folder: the copy a child process optimizes, and the live one
+# while it is being swapped out.
+OPTIMIZING = "shard.optimizing"
+OLD = "shard.old"
+
+# The child of optimize_offline(): optimize the shard copy at argv[1], flush, close, and
+# print whether optimize() changed anything. It dies with its parent (PR_SET_PDEATHSIG,
+# Linux) so that a killed server leaves no orphan writing into a folder the next open
+# removes; it imports only qdrant_edge, not clipsearch.
+_OPTIMIZE_CHILD = """
+import os, sys
+parent = int(sys.argv[2])
+try:
+    import ctypes, signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != parent:
+    sys.exit("parent gone")
+import qdrant_edge
+shard = qdrant_edge.EdgeShard.load(sys.argv[1])
+changed = shard.optimize()
+shard.flush()
+shard.close()
+print("OPTIMIZED" if changed else "UNCHANGED", flush=True)
+"""
 
 
 def _edge():
@@ -63,6 +99,31 @@ def _write_json_atomically(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Every file and folder under root on disk, before a rename makes it the shard:
+    a power cut after the swap must not find a shard whose files were still in cache."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _is_shard(path: Path) -> bool:
+    return path.joinpath("edge_config.json").is_file()
+
+
 class EdgeIndex(Index):
     backend = "edge"
 
@@ -77,7 +138,8 @@ class EdgeIndex(Index):
             str(self.root / f"{collection}.lock"), f"index {self.root} (collection {collection!r})"
         ).acquire()
         try:
-            if self._shard_dir.joinpath("edge_config.json").is_file():
+            self._recover_swap()
+            if _is_shard(self._shard_dir):
                 self._shard = self._open_shard()
         except BaseException:
             self._lock.release()
@@ -90,6 +152,23 @@ class EdgeIndex(Index):
     @property
     def _shard_dir(self) -> Path:
         return self._collection_dir / "shard"
+
+    def _recover_swap(self) -> None:
+        """Finish or undo an optimize_offline() that died (kill -9, power cut), under the
+        lock. The swap renames shard -> shard.old, then shard.optimizing -> shard: so a
+        missing or incomplete shard/ beside shard.old means the old one is the data (the
+        optimized copy, if any, is dropped); a complete shard/ makes any shard.old and
+        shard.optimizing left over."""
+        collection = self._collection_dir
+        old, work = collection / OLD, collection / OPTIMIZING
+        if not _is_shard(self._shard_dir) and _is_shard(old):
+            if self._shard_dir.exists():
+                shutil.rmtree(self._shard_dir)
+            os.rename(old, self._shard_dir)
+            _fsync_dir(collection)
+        for leftover in (old, work):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
     def _prepare_root(self, create: bool) -> bool:
         root = self.root
@@ -243,9 +322,81 @@ class EdgeIndex(Index):
                 return
 
     def optimize(self) -> bool:
+        """Build HNSW in this process: fastest, but no other Python thread runs meanwhile."""
         if self._shard is None or self.count() < HNSW_MIN_POINTS:
             return False
         return bool(self._shard.optimize())
+
+    def optimize_offline(self, exclusive: AbstractContextManager | None = None) -> bool:
+        """Build the HNSW graph in a child process on a copy of the shard, then swap the
+        copy in. Queries through this object go on meanwhile (the child has its own GIL);
+        only the flush before the copy and the swap (close, rename, load) run inside
+        `exclusive`, which the caller's query threads must also take: a query during the
+        swap would find the shard closed. The caller must not write to the index until
+        this returns. True when the graph was built and swapped in; False when there was
+        nothing to do (too few points, or already optimized). A failed build raises
+        ClipsearchError and leaves the live shard as it was."""
+        exclusive = exclusive if exclusive is not None else nullcontext()
+        if self._shard is None or self.count() < HNSW_MIN_POINTS:
+            return False
+        work = self._collection_dir / OPTIMIZING
+        with exclusive:
+            self.shard.flush()
+        try:
+            if work.exists():
+                shutil.rmtree(work)
+            shutil.copytree(self._shard_dir, work)
+            if not self._optimize_copy(work):
+                shutil.rmtree(work)
+                return False
+            _fsync_tree(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        with exclusive:
+            self._swap_in(work)
+        shutil.rmtree(self._collection_dir / OLD, ignore_errors=True)
+        return True
+
+    def _optimize_copy(self, work: Path) -> bool:
+        """Run the child on the copy; True if it built anything."""
+        try:
+            done = subprocess.run([sys.executable, "-c", _OPTIMIZE_CHILD, str(work), str(os.getpid())],
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        except OSError as exc:
+            raise ClipsearchError(f"cannot start the HNSW build of {self.collection!r}: {exc}") from None
+        lines = done.stdout.split()
+        if done.returncode != 0 or not lines or lines[-1] not in ("OPTIMIZED", "UNCHANGED"):
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise ClipsearchError(f"HNSW build of collection {self.collection!r} in {self.root} failed "
+                                  f"(the index is unchanged): {why}")
+        return lines[-1] == "OPTIMIZED"
+
+    def _swap_in(self, work: Path) -> None:
+        """Close the live shard, put the optimized copy in its place, load it. Each rename
+        is atomic; _recover_swap() finishes or undoes a swap cut short anywhere here."""
+        old = self._collection_dir / OLD
+        shard = self.shard
+        self._shard = None
+        shard.close()
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(self._shard_dir, old)
+        try:
+            os.rename(work, self._shard_dir)
+            _fsync_dir(self._collection_dir)
+            self._shard = self._open_shard()
+        except BaseException:
+            # The copy did not take: put the old shard back, as a reopen would. The copy
+            # is moved aside by a rename, not deleted in place: a shard/ half deleted
+            # could still look complete to _recover_swap(), which would drop shard.old.
+            if self._shard_dir.exists():
+                os.rename(self._shard_dir, work)
+            os.rename(old, self._shard_dir)
+            _fsync_dir(self._collection_dir)
+            shutil.rmtree(work, ignore_errors=True)
+            self._shard = self._open_shard()
+            raise
 
     def describe(self) -> dict:
         facts = super().describe()

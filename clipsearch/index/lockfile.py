@@ -29,21 +29,34 @@ class ExclusiveLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self._read_holder(fd)
+            holder, note = self._read_holder(fd)
             os.close(fd)
+            if note:  # the holder said how to reach it instead (clipsearch serve)
+                raise InUseError(f"{self.what} is {note}") from None
             raise InUseError(f"{self.what} is in use by pid {holder}; wait for it to finish or stop it") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
+    def note(self, text: str) -> None:
+        """What a process that finds the lock taken is told, after the index's name:
+        a long-running holder says how to reach it instead (one line)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, f"{os.getpid()}\n{' '.join(text.split())}\n".encode())
+
     @staticmethod
-    def _read_holder(fd: int) -> str:
+    def _read_holder(fd: int) -> tuple[str, str]:
+        """(pid, note) written by the holder."""
         try:
             os.lseek(fd, 0, os.SEEK_SET)
-            return os.read(fd, 64).decode().strip() or "unknown"
+            lines = os.read(fd, 4096).decode(errors="replace").splitlines()
         except OSError:
-            return "unknown"
+            return "unknown", ""
+        pid = lines[0].strip() if lines and lines[0].strip() else "unknown"
+        return pid, (lines[1].strip() if len(lines) > 1 else "")
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,0 +1,329 @@
+"""The HTTP API and the page, as a FastAPI application over one SearchService.
+
+Every error leaves as `{"error": "one line"}` with a 4xx status; anything unexpected
+is a 500 with a fixed message, its traceback going to the server's log only. Handlers
+are plain functions: FastAPI runs them in its thread pool, so a query waiting on the
+engine never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Iterator
+
+from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clipsearch.errors import ClipsearchError
+
+from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
+from .security import COOKIE, OPEN_PATHS, Guard
+from .service import MAX_K, MAX_OFFSET, NotFound, NotReady
+from .service import Query as SearchQuery
+from .service import SearchService, elapsed_ms
+from .uploads import NotAnImage, UploadDecoder, UploadTooLarge
+
+log = logging.getLogger("clipsearch.serve")
+
+STATUS_OF = ((NotFound, 404), (NotReady, 409), (Gone, 410), (UploadTooLarge, 413), (NotAnImage, 415))
+STATIC = resources.files("clipsearch.serve") / "static"
+# The page's own files, listed once: a request names one of these, never a path.
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                    "X-Frame-Options": "DENY"}
+
+
+# -- the schema ------------------------------------------------------------------------
+
+
+class Hit(BaseModel):
+    rank: int
+    score: float
+    id: str
+    path: str
+    width: int | None = None
+    height: int | None = None
+    thumbnail: str
+    file: str
+
+
+class Hits(BaseModel):
+    hits: list[Hit]
+    k: int
+    offset: int
+    took_ms: float
+
+
+class SearchBody(BaseModel):
+    query: str | None = Field(None, max_length=2000, description="Words to search for.")
+    add: list[Annotated[str, Field(max_length=2000)]] = Field(
+        [], max_length=32, description="Terms added to the query: TEXT or W:TEXT.")
+    subtract: list[Annotated[str, Field(max_length=2000)]] = Field(
+        [], max_length=32, description="Terms taken away: TEXT or W:TEXT.")
+    image_id: uuid.UUID | None = Field(None, description="An indexed image to search by.")
+    liked: list[uuid.UUID] = Field([], max_length=256, description="Images to move towards (recommend).")
+    disliked: list[uuid.UUID] = Field([], max_length=256, description="Images to move away from; never returned.")
+    k: int = Field(20, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    folder: str | None = Field(None, alias="in", max_length=4096, description="Only images under this folder.")
+    min_score: float | None = None
+
+    model_config = {"populate_by_name": True}
+
+
+class ImageInfo(BaseModel):
+    id: str
+    path: str
+    width: int | None = None
+    height: int | None = None
+    size: int | None = None
+    mtime: float | None = None
+
+
+class LoginBody(BaseModel):
+    token: str = Field(max_length=512)
+
+
+class Message(BaseModel):
+    error: str
+
+
+ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 422)}
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="How many hits.")]
+OFFSET = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip, for paging.")]
+FOLDER = Annotated[str | None, Query(alias="in", max_length=4096, description="Only images under this folder.")]
+MIN_SCORE = Annotated[float | None, Query(description="Drop hits scoring below this.")]
+POINT = Annotated[uuid.UUID, "an image's point id"]
+
+
+def shown(path: str) -> str:
+    """A path for JSON: a name that is not valid UTF-8 keeps its readable parts."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())[:500]
+
+
+def hits_of(found, k: int, offset: int, started: float) -> dict:
+    return {"hits": [{**hit.to_dict(), "path": shown(hit.path), "score": round(hit.score, 6),
+                      "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
+                      "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
+            "k": k, "offset": offset, "took_ms": elapsed_ms(started)}
+
+
+def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, uploads: UploadDecoder,
+               upload_bytes: int, cors_origins: tuple[str, ...] = (), version: str = "") -> FastAPI:
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(title="clipsearch", version=version, redoc_url=None, static_url="/docs-assets",
+                         description="Search an image collection with words, images, likes and dislikes.")
+
+    # -- errors as one-line JSON ---------------------------------------------------------
+    @app.exception_handler(ClipsearchError)
+    def known_error(request: Request, exc: ClipsearchError) -> JSONResponse:
+        status = next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
+        return JSONResponse({"error": one_line(str(exc))}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form"))
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
+        return JSONResponse({"error": one_line(message)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": one_line(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, one_line(str(exc)))
+        return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500)
+
+    # -- who may ask ---------------------------------------------------------------------
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        path = request.url.path
+        if guard.enabled and path not in OPEN_PATHS and not guard.allows(
+                request.headers.get("authorization"), request.cookies.get(COOKIE)):
+            if path == "/" and request.method == "GET":
+                return HTMLResponse(asset("login.html").decode(), status_code=401, headers=SECURITY_HEADERS)
+            return JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_credentials="*" not in cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+
+    def logged_in(response: Response) -> None:
+        response.set_cookie(COOKIE, guard.session or "", httponly=True, samesite="strict", path="/",
+                            max_age=30 * 24 * 3600)
+
+    @app.get("/login", include_in_schema=False)
+    def login_link(token: str = ""):
+        """The login URL serve prints: sets the cookie and drops the token from the address bar."""
+        if not guard.enabled:
+            return RedirectResponse("/", status_code=303)
+        if not guard.token_matches(token):
+            return JSONResponse({"error": "wrong or missing token"}, status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        logged_in(response)
+        return response
+
+    @app.post("/api/login", responses={401: {"model": Message}})
+    def login(body: LoginBody) -> dict:
+        """Exchange the token for an HttpOnly session cookie (the page's login form)."""
+        if guard.enabled and not guard.token_matches(body.token):
+            return JSONResponse({"error": "wrong token"}, status_code=401)  # type: ignore[return-value]
+        response = JSONResponse({"ok": True})
+        if guard.enabled:
+            logged_in(response)
+        return response  # type: ignore[return-value]
+
+    @app.post("/api/logout")
+    def logout() -> dict:
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(COOKIE, path="/")
+        return response  # type: ignore[return-value]
+
+    # -- facts ---------------------------------------------------------------------------
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/status", responses=ERRORS)
+    def status() -> dict:
+        facts = service.status()
+        facts["server"]["version"] = version
+        facts["location"] = shown(facts["location"])
+        return facts
+
+    @app.get("/api/ingest", responses=ERRORS)
+    def ingest_progress() -> dict:
+        state = service.ingest_state()
+        for error in state.get("errors", ()):
+            error["path"] = shown(error["path"])
+        return state
+
+    # -- searches ------------------------------------------------------------------------
+    @app.get("/api/search", response_model=Hits, responses=ERRORS)
+    def search_get(q: Annotated[str | None, Query(max_length=2000, description="Words to search for.")] = None,
+                   k: K = 20, offset: OFFSET = 0, folder: FOLDER = None, min_score: MIN_SCORE = None,
+                   add: Annotated[list[str], Query(max_length=32)] = [],  # noqa: B006 - FastAPI reads, never mutates
+                   subtract: Annotated[list[str], Query(max_length=32)] = []) -> dict:  # noqa: B006
+        started = time.perf_counter()
+        found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
+                                           min_score=min_score))
+        return hits_of(found, k, offset, started)
+
+    @app.post("/api/search", response_model=Hits, responses=ERRORS)
+    def search_post(body: Annotated[SearchBody, Body()]) -> dict:
+        started = time.perf_counter()
+        found = service.search(SearchQuery(
+            query=body.query, add=body.add, subtract=body.subtract,
+            image_ids=[str(body.image_id)] if body.image_id else [],
+            liked=[str(i) for i in body.liked], disliked=[str(i) for i in body.disliked],
+            k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score))
+        return hits_of(found, body.k, body.offset, started)
+
+    @app.post("/api/search/image", response_model=Hits, responses=ERRORS)
+    def search_upload(file: Annotated[UploadFile, File(description="The query image.")],
+                      k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
+                      offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
+                      folder: Annotated[str | None, Form(alias="in", max_length=4096)] = None,
+                      min_score: Annotated[float | None, Form()] = None) -> dict:
+        started = time.perf_counter()
+        data = file.file.read(upload_bytes + 1)
+        if len(data) > upload_bytes:
+            raise UploadTooLarge(f"the upload is larger than {upload_bytes / 1e6:g} MB "
+                                 "(--upload-megabytes / CLIPSEARCH_UPLOAD_MEGABYTES)")
+        image = uploads.decode(data, service.encoder.image_size)
+        found = service.by_image(image, k=k, offset=offset, under=folder, min_score=min_score)
+        return hits_of(found, k, offset, started)
+
+    @app.get("/api/images/{point}/similar", response_model=Hits, responses=ERRORS)
+    def similar(point: POINT, k: K = 20, offset: OFFSET = 0, folder: FOLDER = None,
+                min_score: MIN_SCORE = None) -> dict:
+        started = time.perf_counter()
+        found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score)
+        return hits_of(found, k, offset, started)
+
+    # -- images --------------------------------------------------------------------------
+    @app.get("/api/images/{point}", response_model=ImageInfo, responses=ERRORS)
+    def image_info(point: POINT) -> dict:
+        payload = service.record(str(point))
+        return {"id": str(point), "path": shown(payload.get("path", "")), "width": payload.get("width"),
+                "height": payload.get("height"), "size": payload.get("size"), "mtime": payload.get("mtime")}
+
+    @app.get("/api/images/{point}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, 304: {}, **ERRORS})
+    def thumbnail(request: Request, point: POINT,
+                  size: Annotated[int, Query(description=f"One of {', '.join(map(str, THUMBNAIL_SIZES))}.")] = 256):
+        if size not in THUMBNAIL_SIZES:
+            raise ClipsearchError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size}")
+        payload = service.record(str(point))
+        os.close(open_indexed(payload))  # gone or changed: 410, before any 304
+        tag = etag(str(point), payload, size)
+        headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+        if tag in (request.headers.get("if-none-match") or ""):
+            return Response(status_code=304, headers=headers)
+        return Response(thumbnails.get(str(point), payload, size), media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, **ERRORS})
+    def original(point: POINT):
+        payload = service.record(str(point))
+        fd = open_indexed(payload)
+        size = os.fstat(fd).st_size
+
+        def chunks() -> Iterator[bytes]:
+            with os.fdopen(fd, "rb") as f:
+                while block := f.read(1 << 20):
+                    yield block
+
+        name = Path(shown(payload["path"])).name
+        return StreamingResponse(chunks(), media_type=media_type(payload["path"]), headers={
+            "Content-Length": str(size), "ETag": etag(str(point), payload),
+            "Cache-Control": "private, no-cache",
+            "Content-Disposition": f"inline; filename*=UTF-8''{_quote(name)}"})
+
+    # -- the page ------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(asset("index.html").decode())
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        suffix = Path(name).suffix
+        if name not in ASSETS or suffix not in ASSET_TYPES:
+            return JSONResponse({"error": f"no asset {one_line(name)!r}"}, status_code=404)
+        return Response(asset(name), media_type=ASSET_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def asset(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+ASSETS = frozenset(entry.name for entry in STATIC.iterdir() if entry.is_file()) if STATIC.is_dir() else frozenset()

@@ -1,0 +1,38 @@
+"""`clipsearch serve`. Imports only click and the kernel's light modules at top level."""
+
+from __future__ import annotations
+
+import click
+
+from clipsearch import config
+from clipsearch.options import index_options, quiet_option, setting_option
+
+
+@click.command()
+@index_options
+@setting_option("host", metavar="ADDRESS")
+@setting_option("port", metavar="PORT")
+@setting_option("token", metavar="TOKEN")
+@click.option("--watch", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Ingest DIR (incrementally), then keep the index in step with its changes while serving "
+                   "(repeatable).")
+@setting_option("cors_origins", "--cors-origin", metavar="ORIGIN[,ORIGIN...]")
+@setting_option("upload_megabytes", metavar="MB")
+@setting_option("workers", "--workers", "-w", metavar="N",
+                help="Decoding processes for the watched ingest; 0 decodes in the serving process.")
+@setting_option("batch_size", "--batch-size", "-b", metavar="N")
+@quiet_option
+def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, workers, batch_size, quiet):
+    """Serve the index to many clients: an HTTP API, a web page, thin clients
+    (`clipsearch search --server URL`), and with --watch a live index."""
+    from .server import ServeOptions, run
+
+    options = ServeOptions(
+        host=config.value("host", host), port=config.value("port", port), token=config.value("token", token),
+        watch=list(watch), cors_origins=tuple(config.value("cors_origins", cors_origins)),
+        upload_megabytes=config.value("upload_megabytes", upload_megabytes),
+        workers=config.value("workers", workers), batch_size=config.value("batch_size", batch_size), quiet=quiet)
+    run(settings, options)
+
+
+COMMANDS = [serve]

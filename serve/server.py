@@ -1,0 +1,166 @@
+"""Start, run and stop one serve process: open the index, warm the encoder, bind,
+watch, answer until told to stop, and leave everything committed."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipsearch import config
+from clipsearch.config import Settings
+from clipsearch.errors import ClipsearchError
+
+from .security import check_bind, choose_token
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    watch: list[str] = field(default_factory=list)
+    cors_origins: tuple[str, ...] = ()
+    upload_megabytes: float = 20.0
+    workers: int = 1
+    batch_size: int = 32
+    quiet: bool = False
+
+
+def say(message: str) -> None:
+    click_echo(f"clipsearch serve: {message}")
+
+
+def click_echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is a one-line error."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ClipsearchError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def thumbnail_folder(settings: Settings) -> Path:
+    key = hashlib.sha256(f"{settings.index}\0{settings.collection}".encode()).hexdigest()[:16]
+    return config.cache_root() / "thumbnails" / key
+
+
+def run(settings: Settings, options: ServeOptions) -> None:
+    from clipsearch.index import open_index
+
+    from .files import Thumbnails
+    from .service import SearchService, load_encoder
+    from .uploads import UploadDecoder
+
+    token, generated = choose_token(options.host, options.token)
+    check_bind(options.host, token)
+    roots = []
+    if options.watch:
+        from clipsearch.ingest.pipeline import resolve_roots
+
+        roots = resolve_roots(options.watch)
+    index = open_index(settings, create=bool(roots))
+    try:
+        if not roots and not index.exists():
+            raise ClipsearchError(f"collection {settings.collection!r} does not exist at {index.location}; "
+                                  "ingest a folder first, or give --watch DIR")
+        encoder = load_encoder(settings, say if not options.quiet else (lambda _: None))
+        if index.exists():
+            index.check_identity(encoder.identity)
+        sock = bind(options.host, options.port)
+        url = url_of(options.host, sock.getsockname()[1])
+        service = SearchService(settings, index, encoder, watching=bool(roots))
+        lock = getattr(index, "_lock", None)
+        if lock is not None:  # others opening this index are told where to ask instead
+            lock.note(f"held by `clipsearch serve` (pid {os.getpid()}); search it with --server {url} "
+                      f"(or CLIPSEARCH_SERVER={url})")
+        uploads = UploadDecoder(config.value("max_megapixels"))
+        from importlib.metadata import version
+
+        from .app import create_app
+
+        app = create_app(service, guard_for(token), Thumbnails(thumbnail_folder(settings)), uploads,
+                         int(options.upload_megabytes * 1e6), options.cors_origins, version("clipsearch"))
+        if roots:
+            service.watcher = start_watcher(service, roots, options)
+        points = service.status().get("points", 0)
+        say(f"serving collection {settings.collection!r} at {index.location} ({points} images) on {url}/")
+        if generated:
+            # Printed once, here: the token is in no log and no page.
+            say(f"open {url}/login?token={token} (a token was generated; give --token to choose one)")
+        serve_forever(app, sock)
+    finally:
+        watcher = locals().get("service") and service.watcher
+        if watcher is not None:
+            watcher.stop()
+        if "uploads" in locals():
+            uploads.close()
+        index.close()
+
+
+def guard_for(token: str | None):
+    from .security import Guard
+
+    return Guard(token)
+
+
+def start_watcher(service, roots: list[str], options: ServeOptions):
+    from clipsearch.ingest import IngestOptions, Ingestor
+
+    from .watch import FolderWatcher
+
+    ingestor = Ingestor(service.encoder, service.index,
+                        IngestOptions(batch_size=options.batch_size, workers=options.workers,
+                                      max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
+                                      optimize=False))
+    watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w))
+    watcher.start()
+    return watcher
+
+
+def build_search_index(service, watcher) -> None:
+    """After the first scan and after each batch: build the HNSW graph once many points
+    lack it, in a child process on a copy of the shard (queries go on meanwhile)."""
+    inner = service.index.inner
+    if inner.backend != "edge" or not hasattr(inner, "optimize_offline"):
+        return
+    from clipsearch.index.edge import HNSW_MIN_POINTS
+
+    with service.lock:
+        facts = inner.describe()
+    unindexed = facts["points"] - facts.get("indexed_vectors", 0)
+    if facts["points"] >= HNSW_MIN_POINTS and unindexed >= max(HNSW_MIN_POINTS // 4, facts["points"] // 10):
+        say(f"building the HNSW search index over {facts['points']} images (queries go on meanwhile)...")
+        inner.optimize_offline(exclusive=service.lock)
+
+
+def serve_forever(app, sock: socket.socket) -> None:
+    import uvicorn
+
+    # No access log: uvicorn's prints the query string, which carries /login's token.
+    config_ = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=5,
+                             server_header=False, date_header=True)
+    logging.getLogger("clipsearch.serve").setLevel(logging.INFO)
+    server = uvicorn.Server(config_)
+    server.run(sockets=[sock])

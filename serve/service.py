@@ -1,0 +1,268 @@
+"""SearchService: one open index and one warm query encoder, shared by every request.
+
+Request handlers run in a pool of threads. The embedded engine gets one call at a
+time (a lock around every call of `SerializedIndex`: its calls take milliseconds, and
+the watcher's upserts take their turn between queries); a Qdrant server is reached
+without the lock. Text is encoded by the exported ONNX text tower in its all-cores
+mode, loaded and run once at start; example images that are not in the index (an
+upload) load the full model on first use, the same one the watcher embeds with.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from clipsearch.config import Settings
+from clipsearch.encoders import l2_normalize
+from clipsearch.errors import ClipsearchError
+from clipsearch.index import Index
+from clipsearch.search import SearchHit, Searcher, parse_term
+
+# Deep pages are answered by asking the index for offset + k hits.
+MAX_K = 1000
+MAX_OFFSET = 10_000
+
+
+class NotFound(ClipsearchError):
+    """An id that is not in the collection."""
+
+
+class NotReady(ClipsearchError):
+    """No collection yet, or an empty one (a watched ingest has not committed a batch)."""
+
+
+class SerializedIndex:
+    """The Index contract with every call made under one lock: the embedded engine is
+    driven by one thread at a time. Attributes (location, collection, backend) pass
+    through. `inner` is the index itself, for what must hold the lock differently
+    (the off-process HNSW build takes it only to flush and to swap)."""
+
+    def __init__(self, index: Index, lock: Any):
+        self.inner = index
+        self.lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                return attribute(*args, **kwargs)
+
+        return locked
+
+
+class SharedEncoder:
+    """The encoder protocol over two models: text from the query encoder, images from
+    the full model, loaded on first need and shared with the watcher. One lock each:
+    neither encoder keeps its state safe across threads."""
+
+    def __init__(self, text, images):
+        self.text = text
+        self.images = images
+        self.identity = text.identity
+        self.dim = text.dim
+        self._text_lock = threading.Lock()
+        self._image_lock = threading.RLock()
+
+    @property
+    def image_size(self) -> int:
+        with self._image_lock:
+            return int(self.images.image_size)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        with self._text_lock:
+            return self.text.encode_texts(texts, batch_size)
+
+    def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
+        with self._image_lock:
+            return self.images.encode_images(images, batch_size)
+
+
+def load_encoder(settings: Settings, say: Callable[[str], None]) -> SharedEncoder:
+    """The warm query encoder: the exported text tower (exported now, once, when the
+    cache has none), and a lazily loaded full model for images."""
+    from clipsearch.encoders import LazyEncoder, QueryEncoders
+
+    queries = QueryEncoders(settings, say=say)
+    text = queries.get()
+    if queries.path == "full":  # first use of this model: export its text tower, then use it
+        queries.finish()
+        again = QueryEncoders(settings, say=say)
+        fast = again.fast()
+        if fast is not None:
+            text = fast
+    if hasattr(text, "warm"):
+        text.warm()
+        images: Any = LazyEncoder(settings.model, settings.device)
+    else:  # the full model answers text: let it answer images too, one model in memory
+        images = text
+    return SharedEncoder(text, images)
+
+
+@dataclass
+class Query:
+    """What a search request asks for: text terms, example images by id, likes and dislikes."""
+
+    query: str | None = None
+    add: Sequence[str] = ()
+    subtract: Sequence[str] = ()
+    image_ids: Sequence[str] = ()
+    liked: Sequence[str] = ()
+    disliked: Sequence[str] = ()
+    k: int = 20
+    offset: int = 0
+    under: str | None = None
+    min_score: float | None = None
+    exclude_ids: Sequence[str] = field(default_factory=tuple)
+
+
+class SearchService:
+    def __init__(self, settings: Settings, index: Index, encoder, watching: bool = False):
+        self.settings = settings
+        self.lock = threading.RLock() if index.backend == "edge" else nullcontext()
+        self.index = SerializedIndex(index, self.lock)
+        self.encoder = encoder
+        self.watcher: Any = None
+        self.watching = watching
+        self._searcher: Searcher | None = None
+        self._ready = threading.Lock()
+
+    # -- readiness --------------------------------------------------------------
+    def searcher(self) -> Searcher:
+        """The Searcher, once the collection exists and holds a point (checked against
+        the model once); until then a NotReady naming what to wait for."""
+        if self._searcher is not None:
+            return self._searcher
+        with self._ready:
+            if self._searcher is None:
+                if not self.index.exists() or self.index.count() == 0:
+                    waiting = "; the watched ingest is filling it" if self.watching else ""
+                    raise NotReady(f"collection {self.settings.collection!r} at {self.index.location} "
+                                   f"holds no images yet{waiting}")
+                self._searcher = Searcher(self.encoder, self.index)  # type: ignore[arg-type]
+        return self._searcher
+
+    # -- vectors ----------------------------------------------------------------
+    def stored_vectors(self, ids: Sequence[str]) -> list[np.ndarray]:
+        """The stored vectors of indexed images, in the order given; an unknown id is a NotFound."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return []
+        records = {r.id: r for r in self.index.retrieve(ids, with_vectors=True)}
+        missing = [i for i in ids if i not in records or records[i].vector is None]
+        if missing:
+            raise NotFound(f"no image with id {missing[0]} in collection {self.settings.collection!r}")
+        return [l2_normalize(records[i].vector)[0] for i in ids]
+
+    def query_vector(self, q: Query) -> np.ndarray | None:
+        """The weighted sum of the text terms and example images, normalized; None when
+        the request has neither (a pure like/dislike refinement)."""
+        terms = []
+        if q.query is not None and q.query.strip():
+            terms.append(parse_term(q.query, 1.0, "query", images=False))
+        terms += [parse_term(spec, 1.0, "add", images=False) for spec in q.add]
+        terms += [parse_term(spec, -1.0, "subtract", images=False) for spec in q.subtract]
+        parts: list[np.ndarray] = []
+        if terms:
+            vectors = self.encoder.encode_texts([t.value for t in terms])
+            parts += [t.weight * v for t, v in zip(terms, vectors)]
+        parts += self.stored_vectors(q.image_ids)
+        if not parts:
+            return None
+        if not any(t.weight > 0 for t in terms) and not q.image_ids:
+            raise ClipsearchError("nothing to search for: give a query, an image or an add term")
+        total = np.sum(parts, axis=0)
+        if not np.any(total):
+            raise ClipsearchError("the query terms cancel out to nothing; change their weights")
+        return l2_normalize(total)[0]
+
+    # -- searches ---------------------------------------------------------------
+    def search(self, q: Query) -> list[SearchHit]:
+        check_window(q.k, q.offset)
+        searcher = self.searcher()
+        vector = self.query_vector(q)
+        exclude = list(dict.fromkeys([*q.exclude_ids, *q.image_ids, *q.disliked]))
+        wanted = q.offset + q.k
+        if q.liked or q.disliked:
+            positives = ([vector] if vector is not None else []) + self.stored_vectors(q.liked)
+            if not positives:
+                raise ClipsearchError("a refinement needs a query or at least one liked image")
+            negatives = self.stored_vectors(q.disliked)
+            under = canonical_folder(q.under)
+            found = self.index.recommend(positives, negatives, wanted, under=under, exclude_ids=exclude)
+            if q.min_score is not None:
+                found = [h for h in found if h.score >= q.min_score]
+            hits = [SearchHit.from_hit(rank, h) for rank, h in enumerate(found, start=1)]
+        else:
+            if vector is None:
+                raise ClipsearchError("nothing to search for: give a query, an image or an add term")
+            hits = searcher.by_vector(vector, wanted, canonical_folder(q.under), q.min_score, exclude_ids=exclude)
+        return hits[q.offset:]
+
+    def similar(self, point: str, k: int = 20, offset: int = 0, under: str | None = None,
+                min_score: float | None = None) -> list[SearchHit]:
+        """More like this: the image's stored vector, the image itself left out."""
+        return self.search(Query(image_ids=[point], k=k, offset=offset, under=under, min_score=min_score))
+
+    def by_image(self, image, k: int = 20, offset: int = 0, under: str | None = None,
+                 min_score: float | None = None) -> list[SearchHit]:
+        """Search by a decoded image that need not be in the index (an upload)."""
+        check_window(k, offset)
+        searcher = self.searcher()
+        vector = l2_normalize(self.encoder.encode_images([image]))[0]
+        return searcher.by_vector(vector, offset + k, canonical_folder(under), min_score)[offset:]
+
+    # -- facts ------------------------------------------------------------------
+    def record(self, point: str) -> dict:
+        records = self.index.retrieve([point])
+        if not records:
+            raise NotFound(f"no image with id {point} in collection {self.settings.collection!r}")
+        return records[0].payload
+
+    def status(self) -> dict:
+        with self.lock:
+            facts = self.index.inner.describe()
+        facts["server"] = {"pid": _pid(), "watching": self.watching}
+        return facts
+
+    def ingest_state(self) -> dict:
+        if self.watcher is None:
+            return {"watching": False}
+        return self.watcher.state()
+
+
+def check_window(k: int, offset: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise ClipsearchError(f"k must be between 1 and {MAX_K}, got {k}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ClipsearchError(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
+
+
+def canonical_folder(under: str | None) -> str | None:
+    """The `in` folder as the index spells its paths: absolute and symlink-free. A
+    client names a folder of the server's machine; nothing is read from it."""
+    if under is None or not under.strip():
+        return None
+    if "\x00" in under:
+        raise ClipsearchError("the folder filter holds a NUL character")
+    from clipsearch.index import canonical_path
+
+    return canonical_path(under)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

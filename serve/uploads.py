@@ -1,0 +1,75 @@
+"""Query images uploaded by clients: bounded in size, in pixels and in time.
+
+The upload is read up to the size limit (413 beyond it), written to a private
+temporary file, and decoded by the same code as ingest (clipsearch/images.py: the
+megapixel limit is checked before any pixel is decoded, which is the
+decompression-bomb guard) in a worker process, so that a pathological file costs at
+most DECODE_SECONDS and cannot stall or crash the server: on a timeout the worker is
+killed and replaced.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import threading
+from typing import Any
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.images import decode_job
+
+DECODE_SECONDS = 10.0
+
+
+class UploadTooLarge(ClipsearchError):
+    pass
+
+
+class NotAnImage(ClipsearchError):
+    pass
+
+
+class UploadDecoder:
+    def __init__(self, max_megapixels: float, seconds: float = DECODE_SECONDS):
+        self.max_megapixels = max_megapixels
+        self.seconds = seconds
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self):
+        with self._lock:
+            if self._pool is None:
+                # spawn, not fork: this process holds threads (uvicorn's, onnxruntime's).
+                self._pool = multiprocessing.get_context("spawn").Pool(1)
+            return self._pool
+
+    def _kill_pool(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool.join()
+                self._pool = None
+
+    def decode(self, data: bytes, target: int):
+        """The decoded PIL image, or a one-line NotAnImage."""
+        if not data:
+            raise NotAnImage("the upload is empty")
+        fd, path = tempfile.mkstemp(prefix="clipsearch-upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels),))
+            try:
+                _, decoded, reason, _ = result.get(timeout=self.seconds)
+            except multiprocessing.TimeoutError:
+                self._kill_pool()
+                raise NotAnImage(f"decoding the upload took longer than {self.seconds:g} s") from None
+        finally:
+            os.unlink(path)
+        if decoded is None:
+            raise NotAnImage(f"the upload is not a usable image: {reason}")
+        return decoded.image
+
+    def close(self) -> None:
+        self._kill_pool()
