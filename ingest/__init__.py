@@ -4,8 +4,10 @@
     summary = ingest(["/photos"])                    # the package is callable: ingest.ingest
     print(summary.line())
 
-    walk.py        the image files under the roots (bytes-safe, excludes, extensions)
-    pipeline.py    walk -> skip unchanged -> decode pool -> batched encode -> upsert
+    walk.py        the image files under the roots (bytes-safe, excludes, extensions),
+                   and the same rules for one path (walked_path, image_file)
+    pipeline.py    walk -> skip unchanged -> decode pool -> batched encode -> upsert;
+                   Ingestor.run(roots), run_files(paths) and remove(paths) for a watcher
     known_bad.py   files an earlier run found unusable, not read again until they change
     report.py      the --report JSON lines of skipped files
     commands.py    `clipsearch ingest`
@@ -17,9 +19,12 @@ from typing import TYPE_CHECKING
 
 from clipsearch.lazy_package import lazy_package
 
-__all__ = ["IngestOptions", "IngestSummary", "Ingestor", "ingest"]
+__all__ = ["IngestOptions", "IngestSummary", "Ingestor", "ingest",
+           "FileEntry", "image_extensions", "walk_images", "walked_path", "image_file"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import IngestOptions, Ingestor, IngestSummary, ingest
+    from .walk import FileEntry, image_extensions, image_file, walk_images, walked_path
 
-lazy_package(__name__, {name: "pipeline" for name in __all__}, call="ingest")
+_PIPELINE = ("IngestOptions", "IngestSummary", "Ingestor", "ingest")
+lazy_package(__name__, {name: "pipeline" if name in _PIPELINE else "walk" for name in __all__}, call="ingest")

@@ -8,8 +8,10 @@ size and mtime match their points.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,16 +24,21 @@ from clipsearch import config
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
-from clipsearch.index import Index, ancestor_dirs  # walk yields canonical paths
+from clipsearch.index import Index, ancestor_dirs, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.progress import Progress
 
 from .known_bad import KnownBadFiles, decoder_fingerprint
 from .report import SkipReport
-from .walk import FileEntry, image_extensions, walk_images
+from .walk import FileEntry, image_extensions, image_file, walk_images
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
+
+# Fewer files to decode than this many batches are decoded in this process: starting
+# the spawn pool costs about a second (measured: see IN_PROCESS_BELOW in the report),
+# more than decoding a few dozen photos here.
+IN_PROCESS_BELOW = 2
 
 
 @dataclass
@@ -44,6 +51,9 @@ class IngestOptions:
     report: str | None = None
     quiet: bool = False
     shard: tuple[int, int] | None = None  # (i, n): only files whose id hash falls in shard i of n
+    # Build the HNSW index at the end of run() (edge). serve builds it elsewhere, without
+    # blocking its queries, and turns this off.
+    optimize: bool = True
 
 
 @dataclass
@@ -113,6 +123,17 @@ def in_shard(pid: str, shard: tuple[int, int] | None) -> bool:
 
 
 class Ingestor:
+    """One index, one encoder, any number of calls.
+
+    `run(roots)` walks folders, `run_files(paths)` takes a list of files (a watcher's
+    batch), `remove(paths)` deletes the points of files and folders that are gone. The
+    model loads once, at the first file to embed, and stays for later calls.
+
+    Counters: `summary` is the current (or last) call's, which that call returns;
+    `totals()` adds up every call so far, the one in progress included. The skip
+    report (`report`) and the known-bad record span all calls.
+    """
+
     def __init__(self, encoder, index: Index, options: IngestOptions | None = None, progress: Progress | None = None):
         self.encoder = encoder
         self.index = index
@@ -131,6 +152,11 @@ class Ingestor:
         self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
         self._target: int | None = None
+        self._finished = IngestSummary()  # the sum of the calls that have returned
+        self._counts_lock = threading.Lock()
+        self._collection_ready = False
+        self._stopped = threading.Event()
+        self._show_progress = True
 
     @property
     def target(self) -> int:
@@ -141,6 +167,25 @@ class Ingestor:
             self._target = int(self.encoder.image_size)
         return self._target
 
+    def totals(self) -> IngestSummary:
+        """Every call's counters added up, the call in progress included (safe to read
+        from another thread while a call runs). `seconds` is the calls' time so far."""
+        with self._counts_lock:
+            total = IngestSummary(**self._finished.__dict__)
+            current = self.summary
+            if current is not self._finished_last:
+                _add(total, current)
+            return total
+
+    def stop(self) -> None:
+        """Ask the call in progress, and every later one, to return early: the batch
+        being encoded is committed, nothing further is read. Safe from any thread."""
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
     # -- stages -----------------------------------------------------------------
     def _skip(self, path: str, reason: str) -> None:
         self.summary.skipped += 1
@@ -148,6 +193,11 @@ class Ingestor:
 
     def _changed_files(self, roots: Sequence[str]) -> Iterator[FileEntry]:
         """Walk, and drop files whose point already has their size and mtime."""
+        return self._unchanged_filtered(walk_images(roots, self.options.exclude, on_error=self._skip))
+
+    def _unchanged_filtered(self, entries: Iterable[FileEntry]) -> Iterator[FileEntry]:
+        """The files of `entries` (the walk's, or a list's) in this shard that need
+        embedding: not unchanged since their point was written, not known bad."""
         chunk: list[FileEntry] = []
 
         def flush():
@@ -164,7 +214,9 @@ class Ingestor:
             chunk.clear()
 
         shard = self.options.shard
-        for entry in walk_images(roots, self.options.exclude, on_error=self._skip):
+        for entry in entries:
+            if self._stopped.is_set():
+                break
             self.walked += 1
             if shard is not None and not in_shard(point_id(entry.path), shard):
                 continue
@@ -179,10 +231,15 @@ class Ingestor:
         self.walk_done = True
 
     def _decoded(self, entries: Iterable[FileEntry]) -> Iterator[tuple[FileEntry, Decoded]]:
-        """Decode in a process pool, in order, with a bounded number in flight."""
+        """Decode in a process pool, in order, with a bounded number in flight; in this
+        process when there are no workers or only a few files (under IN_PROCESS_BELOW
+        batches), which then do not wait for the pool to start."""
         opts = self.options
-        jobs = ((e, (e.path, self.target, opts.max_megapixels)) for e in entries)
-        if opts.workers == 0:
+        entries = iter(entries)
+        few = list(itertools.islice(entries, opts.batch_size * IN_PROCESS_BELOW))
+        in_process = opts.workers == 0 or len(few) < opts.batch_size * IN_PROCESS_BELOW
+        jobs = ((e, (e.path, self.target, opts.max_megapixels)) for e in itertools.chain(few, entries))
+        if in_process:
             for entry, job in jobs:
                 yield from self._accept(entry, decode_job(job))
             return
@@ -239,6 +296,8 @@ class Ingestor:
             self._finish_write()
 
     def _show(self, force: bool = False) -> None:
+        if not self._show_progress:
+            return
         s = self.summary
         to_embed = s.found - s.unchanged - s.skipped if self.walk_done else None  # unknown while walking
         rate, eta = self.progress.rate_and_eta(s.embedded, to_embed)
@@ -255,54 +314,152 @@ class Ingestor:
                     stale.append(record.id)
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])
-        self.summary.removed = len(stale)
+        self.summary.removed += len(stale)
 
-    # -- run --------------------------------------------------------------------
-    def _load(self, roots: Sequence[str]) -> None:
-        batch: list[tuple[FileEntry, Decoded]] = []
-        for item in self._decoded(self._changed_files(roots)):
-            batch.append(item)
-            if len(batch) >= self.options.batch_size:
-                self._commit(batch)
-                batch = []
-            self._show()
-        if batch:
-            self._commit(batch)
-        self._drain_writes()
+    # -- calls ------------------------------------------------------------------
+    def _begin(self) -> float:
+        """A fresh summary and walk state for a call; its start time."""
+        with self._counts_lock:
+            self.summary = IngestSummary()
+        self.walk_done = False
+        self.walked = 0
+        self.seen_ids = set()
+        self._started = time.monotonic()
+        return self._started
 
-    def run(self, roots: Sequence[str]) -> IngestSummary:
-        roots = resolve_roots(roots)
-        self.index.ensure_collection(self.encoder.identity)
-        started = self._started = time.monotonic()
+    def _end(self, started: float) -> None:
+        """The call's time, and its counters into the totals."""
+        with self._counts_lock:
+            self.summary.seconds = time.monotonic() - started
+            _add(self._finished, self.summary)
+            self._finished_last = self.summary
+
+    _finished_last: IngestSummary | None = None  # the summary already in _finished
+
+    def _ensure_collection(self) -> None:
+        if not self._collection_ready:
+            self.index.ensure_collection(self.encoder.identity)
+            self._collection_ready = True
+
+    def _load(self, entries: Iterable[FileEntry]) -> None:
+        """Decode, encode and upsert `entries` (already walked), batch by batch."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-upsert")
         self._writes: deque = deque()
         try:
-            with self.index.bulk_load():
-                self._load(roots)
-            if self.options.prune:
-                self._prune(roots)
-            self._show(force=True)
-            self.progress.finish()
-            for line in self.report.lines():
-                self.progress.message(line)
-        finally:
+            batch: list[tuple[FileEntry, Decoded]] = []
+            decoded = self._decoded(self._unchanged_filtered(entries))
             try:
-                # Whatever happened, batches already handed to the writer are committed.
-                self._writer.shutdown(wait=True)
+                for item in decoded:
+                    batch.append(item)
+                    if len(batch) >= self.options.batch_size:
+                        self._commit(batch)
+                        batch = []
+                    self._show()
+                    if self._stopped.is_set():
+                        break
+            finally:
+                decoded.close()  # a stop: the decoders end here, not at garbage collection
+            if batch:
+                self._commit(batch)
+            self._drain_writes()
+        finally:
+            # Whatever happened, batches already handed to the writer are committed.
+            self._writer.shutdown(wait=True)
+
+    def run(self, roots: Sequence[str], *, allow_empty: bool = False) -> IngestSummary:
+        """Ingest every image file under `roots`; the run's summary. No image file at
+        all is an error (a typo'd folder, most likely) unless `allow_empty`."""
+        roots = resolve_roots(roots)
+        self._ensure_collection()
+        started = self._begin()
+        try:
+            try:
+                with self.index.bulk_load():
+                    self._load(walk_images(roots, self.options.exclude, on_error=self._skip))
+                if self.options.prune and not self._stopped.is_set():
+                    self._prune(roots)
+                self._show(force=True)
+                self.progress.finish()
+                for line in self.report.lines():
+                    self.progress.message(line)
             finally:
                 self.report.close()
                 self.known_bad.save(roots)  # what this run learnt, even if it was stopped
-        if self.walked == 0:  # a shard that happens to get no files is not an error
-            raise ClipsearchError(f"no image files found under {', '.join(roots)}")
-        if self.summary.embedded and self.index.backend == "edge":
-            count = self.index.count()
-            from clipsearch.index.edge import HNSW_MIN_POINTS
+            if self.walked == 0 and not allow_empty and not self._stopped.is_set():
+                # a shard that happens to get no files is not an error
+                raise ClipsearchError(f"no image files found under {', '.join(roots)}")
+            if self.summary.embedded and self.index.backend == "edge" and self.options.optimize:
+                count = self.index.count()
+                from clipsearch.index.edge import HNSW_MIN_POINTS
 
-            if count >= HNSW_MIN_POINTS:
-                self.progress.message(f"building the HNSW search index over {count} images...")
-                self.summary.hnsw_built = self.index.optimize()
-        self.summary.seconds = time.monotonic() - started
+                if count >= HNSW_MIN_POINTS:
+                    self.progress.message(f"building the HNSW search index over {count} images...")
+                    self.summary.hnsw_built = self.index.optimize()
+        finally:
+            self._end(started)
         return self.summary
+
+    def run_files(self, paths: Iterable[str], *, roots: Sequence[str] | None = None) -> IngestSummary:
+        """Ingest exactly these files, by the walk's rules: a path the walk would pass
+        over (hidden, --exclude, not an image extension, a folder, gone) is ignored;
+        with `roots` (canonical folders) so is one outside them or under a hidden or
+        excluded folder below its root. Unchanged files are skipped as in run(); a bad
+        file is skipped and reported, never raised. No bulk_load (meant for small
+        batches) and no HNSW build. Returns this call's summary."""
+        self._ensure_collection()
+        started = self._begin()
+        extensions = image_extensions()
+        self._show_progress = False  # a watcher's batches: no progress line each time
+        try:
+            entries: dict[str, FileEntry] = {}
+            for path in paths:
+                entry = image_file(os.fsdecode(path), roots, self.options.exclude, extensions, on_error=self._skip)
+                if entry is not None:
+                    entries.setdefault(entry.path, entry)
+            self._load(entries.values())
+        finally:
+            self._show_progress = True
+            self.report.close()
+            self.known_bad.save(())
+            self._end(started)
+        return self.summary
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Delete the points of `paths` that are gone from disk: a file's point, and for
+        a path that was a folder every point under it. A path that exists (again) is
+        left alone. Returns how many points were removed (also in summary.removed)."""
+        started = self._begin()
+        removed = 0
+        try:
+            gone = [canonical_path(os.fsdecode(p)) for p in paths]
+            gone = list(dict.fromkeys(p for p in gone if not os.path.lexists(p)))
+            if not gone or not self.index.exists():
+                return 0
+            for i in range(0, len(gone), LOOKUP_CHUNK):
+                chunk = gone[i:i + LOOKUP_CHUNK]
+                ids = [point_id(p) for p in chunk]
+                found = {r.id for r in self.index.retrieve(ids)}
+                if found:
+                    self.index.delete(ids=sorted(found))
+                    removed += len(found)
+                for path, pid in zip(chunk, ids):
+                    self.known_bad.forget(path)
+                    if pid not in found and (under := self.index.count(under=path)):  # a folder
+                        self.index.delete(under=path)
+                        removed += under
+            self.known_bad.save(gone)  # and the known-bad files under a removed folder
+        finally:
+            self.summary.removed += removed
+            self._end(started)
+        return removed
+
+
+def _add(total: IngestSummary, part: IngestSummary) -> None:
+    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "removed", "seconds"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.hnsw_built = total.hnsw_built or part.hnsw_built
+    if total.first_batch_seconds is None:
+        total.first_batch_seconds = part.first_batch_seconds
 
 
 def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, options: IngestOptions | None = None,

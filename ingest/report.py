@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import TextIO
+
+# How many of the latest skips `recent` keeps (serve's progress endpoint shows them).
+RECENT = 20
 
 
 class SkipReport:
@@ -12,11 +16,13 @@ class SkipReport:
         self._file: TextIO | None = None
         self.count = 0
         self.examples: list[tuple[str, str]] = []  # the first few, for the summary
+        self.recent: deque[tuple[str, str]] = deque(maxlen=RECENT)  # the last few, newest last
 
     def add(self, path: str, reason: str) -> None:
         self.count += 1
         if len(self.examples) < 5:
             self.examples.append((path, reason))
+        self.recent.append((path, reason))
         if self.path:
             if self._file is None:
                 self._file = open(self.path, "a", encoding="utf-8")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 BASE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -56,6 +56,67 @@ def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
 
+def passed_over(name: str, path: str, patterns: Sequence[str] = ()) -> bool:
+    """The walk's rule for one name, file or folder: hidden (and macOS `._*` AppleDouble
+    files), or matched by an --exclude glob (against the name or the full path)."""
+    return name.startswith(".") or bool(patterns) and _excluded(name, path, patterns)
+
+
+def root_of(path: str, roots: Iterable[str]) -> str | None:
+    """The root that `path` (absolute) lies under, or is; None if none."""
+    for root in roots:
+        if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+            return root
+    return None
+
+
+def walked_path(path: str, roots: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> str | None:
+    """`path` (file or folder) in the spelling the walk would reach it by, if the walk
+    would reach it: its folder canonical, its own name kept; None when the walk would pass
+    it over. With `roots` (canonical), a path outside them is passed over, and so is one
+    under a hidden or excluded folder below its root; without, only its own name is
+    checked. A root itself is never passed over."""
+    patterns = tuple(exclude)
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    if name:
+        path = os.path.join(os.path.realpath(folder), name)
+    if roots is None:
+        return None if name and passed_over(name, path, patterns) else path
+    root = root_of(path, roots)
+    if root is None:
+        return None
+    current = root
+    for part in os.path.relpath(path, root).split(os.sep) if path != root else ():
+        current = os.path.join(current, part)
+        if passed_over(part, current, patterns):
+            return None
+    return path
+
+
+def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[str] = (),
+               extensions: set[str] | None = None, on_error=None) -> FileEntry | None:
+    """One file by the walk's rules (walked_path, the image extensions, a regular file
+    or a link to one), as the walk would yield it (canonical path, size, mtime); None
+    for anything the walk would not yield, a missing file or a folder included.
+    `on_error(path, reason)` hears about a file that exists but cannot be stat'ed."""
+    extensions = image_extensions() if extensions is None else extensions
+    lexical = walked_path(path, roots, exclude)
+    if lexical is None or os.path.splitext(lexical)[1].lower() not in extensions:
+        return None
+    try:
+        if not os.path.isfile(lexical):
+            return None
+        st = os.stat(lexical)
+    except FileNotFoundError:  # gone since: a watcher hears of it as a deletion
+        return None
+    except OSError as exc:
+        if on_error:
+            on_error(lexical, f"cannot stat: {exc.strerror}")
+        return None
+    return FileEntry(os.path.realpath(lexical), st.st_size, st.st_mtime_ns)
+
+
 def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: set[str] | None = None,
                 on_error=None) -> Iterator[FileEntry]:
     """Yield each image file under `roots` once. `on_error(path, reason)` hears about
@@ -88,9 +149,7 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
             subfolders = []
             for entry in entries:
                 name = entry.name
-                if name.startswith("."):  # hidden, and macOS ._* AppleDouble files
-                    continue
-                if patterns and _excluded(name, entry.path, patterns):
+                if passed_over(name, entry.path, patterns):  # hidden, ._* AppleDouble, --exclude
                     continue
                 try:
                     is_link = entry.is_symlink()

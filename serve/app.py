@@ -26,9 +26,8 @@ from clipsearch.errors import ClipsearchError
 
 from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
 from .security import COOKIE, OPEN_PATHS, Guard
-from .service import MAX_K, MAX_OFFSET, NotFound, NotReady
+from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, elapsed_ms
 from .service import Query as SearchQuery
-from .service import SearchService, elapsed_ms
 from .uploads import NotAnImage, UploadDecoder, UploadTooLarge
 
 log = logging.getLogger("clipsearch.serve")

@@ -88,7 +88,8 @@ class Thumbnails:
         try:
             data = make_thumbnail(fd, size)
         except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
-            raise Gone(f"cannot make a thumbnail of the indexed file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise Gone(f"cannot make a thumbnail of the indexed file: {reason}") from None
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".{os.getpid()}.tmp")

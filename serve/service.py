@@ -22,7 +22,7 @@ from clipsearch.config import Settings
 from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index
-from clipsearch.search import SearchHit, Searcher, parse_term
+from clipsearch.search import Searcher, SearchHit, parse_term
 
 # Deep pages are answered by asking the index for offset + k hits.
 MAX_K = 1000
