@@ -124,7 +124,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                upload_bytes: int, cors_origins: tuple[str, ...] = (), version: str = "") -> FastAPI:
     from fastapi_offline import FastAPIOffline
 
-    app = FastAPIOffline(title="clipsearch", version=version, redoc_url=None, static_url="/docs-assets",
+    app = FastAPIOffline(title="clipsearch", version=version or "unknown", redoc_url=None, static_url="/docs-assets",
                          description="Search an image collection with words, images, likes and dislikes.")
 
     # -- errors as one-line JSON ---------------------------------------------------------
