@@ -4,45 +4,9 @@ tests' requests go through the whole ASGI stack, the real engine and the real mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
-from clipsearch.config import Settings
-
-from support import draw_collection
-
-
-@dataclass
-class Served:
-    root: Path
-    photos: Path
-    settings: Settings
-    service: object
-    app: object
-    token: str | None
-
-
-def build_served(root: Path, model: Path, token: str | None = None, upload_bytes: int = 2_000_000) -> Served:
-    from clipsearch import IngestOptions, ingest
-    from clipsearch.index import open_index
-    from clipsearch.serve.app import create_app
-    from clipsearch.serve.files import Thumbnails
-    from clipsearch.serve.security import Guard
-    from clipsearch.serve.service import SearchService, load_encoder
-    from clipsearch.serve.uploads import UploadDecoder
-
-    photos = root / "photos"
-    draw_collection(photos / "garden", 16)
-    draw_collection(photos / "beach", 8, ext=".jpg")
-    settings = Settings.resolve(model=str(model), index=str(root / "index"), device="cpu")
-    ingest([str(photos)], settings=settings, options=IngestOptions(workers=0, quiet=True))
-    index = open_index(settings)
-    service = SearchService(settings, index, load_encoder(settings, lambda _: None))
-    app = create_app(service, Guard(token), Thumbnails(root / "thumbnails"), UploadDecoder(4.0), upload_bytes,
-                     version="test")
-    return Served(root, photos, settings, service, app, token)
+from support import build_served
 
 
 @pytest.fixture(scope="module")

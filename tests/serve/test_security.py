@@ -1,0 +1,201 @@
+"""Serve is safe by default: loopback unless asked, a token for anything else (header or
+an HttpOnly, SameSite=Strict cookie), compared in constant time, never logged or shown;
+CORS closed unless configured."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from fastapi.testclient import TestClient
+
+from clipsearch.serve import security
+from clipsearch.serve.security import COOKIE, OPEN_PATHS, choose_token, is_loopback
+
+from support import build_served
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("guarded")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        served = build_served(root, tiny_model_dir, token=TOKEN)
+    yield served
+    served.service.index.close()
+
+
+def api_routes(app) -> list[tuple[str, str]]:
+    """Every (method, path) the application answers, ids filled in."""
+    found = []
+    for route in app.routes:
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            path = route.path.replace("{point}", "00000000-0000-0000-0000-000000000000").replace("{name}", "app.js")
+            found.append((method, path))
+    return found
+
+
+def test_every_endpoint_but_health_and_login_needs_the_token(guarded):
+    routes = api_routes(guarded.app)
+    assert len(routes) >= 14 and ("GET", "/openapi.json") in routes and ("GET", "/docs") in routes
+    with TestClient(guarded.app) as client:
+        for method, path in routes:
+            response = client.request(method, path, follow_redirects=False)
+            if path in OPEN_PATHS:
+                assert response.status_code != 401 or path != "/api/health", (method, path)
+                continue
+            assert response.status_code == 401, (method, path, response.status_code)
+            assert TOKEN not in response.text
+        assert client.get("/api/health").status_code == 200
+        wrong = client.get("/api/status", headers={"Authorization": "Bearer " + TOKEN[:-1] + "x"})
+        assert wrong.status_code == 401
+        right = client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 200 and right.json()["points"] == 24
+
+
+def test_the_page_logs_in_with_an_http_only_strict_cookie(guarded):
+    with TestClient(guarded.app) as client:
+        page = client.get("/")
+        assert page.status_code == 401 and 'id="login"' in page.text and TOKEN not in page.text
+        assert client.post("/api/login", json={"token": "wrong-token-wrong-token"}).status_code == 401
+        response = client.post("/api/login", json={"token": TOKEN})
+        cookie = response.headers["set-cookie"]
+        assert COOKIE in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert TOKEN not in cookie  # the cookie holds a value derived from the token
+        assert client.get("/api/status").status_code == 200
+        assert client.get("/").status_code == 200
+        client.post("/api/logout")
+        client.cookies.clear()
+        assert client.get("/api/status").status_code == 401
+
+
+def test_the_login_link_sets_the_cookie_and_drops_the_token_from_the_address(guarded):
+    with TestClient(guarded.app) as client:
+        assert client.get("/login", params={"token": "nope-nope-nope-nope"}, follow_redirects=False).status_code == 401
+        response = client.get("/login", params={"token": TOKEN}, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"] == "/"
+        assert COOKIE in response.headers["set-cookie"]
+        assert client.get("/api/search", params={"q": "red"}).status_code == 200
+
+
+def test_tokens_are_compared_in_constant_time(guarded, monkeypatch):
+    calls = []
+    real = security.hmac.compare_digest
+
+    def recording(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(security.hmac, "compare_digest", recording)
+    with TestClient(guarded.app) as client:
+        client.get("/api/status", headers={"Authorization": "Bearer wrong"})
+        client.cookies.set(COOKIE, "forged")
+        client.get("/api/status")
+    assert len(calls) == 2 and all(isinstance(a, bytes) for a, _ in calls)
+
+
+def test_loopback_needs_no_token_and_any_other_address_gets_one():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("photos.lan")
+    assert choose_token("127.0.0.1", None) == (None, False)
+    token, generated = choose_token("0.0.0.0", None)
+    assert generated and len(token) >= 24
+    assert choose_token("0.0.0.0", TOKEN) == (TOKEN, False)
+
+
+def test_cors_is_closed_unless_configured(served, tmp_path):
+    from clipsearch.serve.app import create_app
+    from clipsearch.serve.files import Thumbnails
+    from clipsearch.serve.security import Guard
+    from clipsearch.serve.uploads import UploadDecoder
+
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+    with TestClient(served.app) as client:
+        response = client.get("/api/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in response.headers
+        assert "access-control-allow-origin" not in client.options("/api/search", headers=preflight).headers
+    opened = create_app(served.service, Guard(None), Thumbnails(tmp_path), UploadDecoder(4.0), 1000,
+                        cors_origins=("https://photos.example",), version="test")
+    with TestClient(opened) as client:
+        allowed = client.get("/api/health", headers={"Origin": "https://photos.example"})
+        assert allowed.headers["access-control-allow-origin"] == "https://photos.example"
+        other = client.get("/api/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.slow
+def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(served, tmp_path):
+    """A real process on 0.0.0.0: the token is generated, printed once as a login URL,
+    required by the API, and appears nowhere else in the server's output, even after
+    a login through the URL, wrong tokens and errors."""
+    served.service.index.close()  # the process opens it; the module's other tests are done with it
+    port = free_port()
+    env = {**os.environ, "CLIPSEARCH_CACHE_DIR": str(served.root / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("CLIPSEARCH_TOKEN", None)
+    log = open(tmp_path / "serve.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipsearch.cli", "serve", "--index", served.settings.index, "--model",
+         served.settings.model, "--host", "0.0.0.0", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+        env=env)
+    try:
+        deadline = time.monotonic() + 90
+        token = None
+        while time.monotonic() < deadline and token is None:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            found = re.search(r"/login\?token=(\S+)", (tmp_path / "serve.log").read_text())
+            token = found.group(1) if found else None
+            time.sleep(0.2)
+        assert token, (tmp_path / "serve.log").read_text()
+        base = f"http://127.0.0.1:{port}"
+        while get(f"{base}/api/health")[0] != 200:
+            time.sleep(0.2)
+        assert get(f"{base}/api/status")[0] == 401
+        assert get(f"{base}/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+        get(f"{base}/login?token={token}")
+        get(f"{base}/api/search?q=x", {"Authorization": f"Bearer {token}x"})
+        get(f"{base}/api/images/nope/file", {"Authorization": f"Bearer {token}"})
+        get(f"{base}/api/search?q=%00", {"Authorization": f"Bearer {token}"})
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    output = (tmp_path / "serve.log").read_text()
+    assert output.count(token) == 1, output
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_given_token_is_never_echoed_even_when_it_is_bad(tmp_path):
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "none"), "--token", "short secret"])
+    assert result.exit_code == 2 and "short secret" not in result.output and "(hidden)" in result.output
