@@ -1,5 +1,5 @@
-# clipsearch as a container, for `docker compose run --rm clipsearch ...` beside the
-# qdrant service. torch is installed first, on its own, so that the project's
+# clipsearch as a container, for `docker compose run --rm clipsearch ...` and
+# `docker compose up -d serve` beside the qdrant service. torch is installed first, on its own, so that the project's
 # `torch>=...` requirement is already met. The default is PyTorch's CPU-only wheel
 # index: the compose service reserves no GPU, and PyPI's default Linux build carries
 # several GB of CUDA libraries. For a GPU image: --build-arg TORCH_INDEX_URL= (PyPI)
@@ -16,8 +16,10 @@ COPY clipsearch ./clipsearch
 COPY ingest ./ingest
 COPY search ./search
 COPY finetune ./finetune
+COPY serve ./serve
 RUN pip install .
 # Models and photos are mounted, never baked in.
 ENV CLIPSEARCH_MODEL=/models/clip
+EXPOSE 8765
 ENTRYPOINT ["clipsearch"]
 CMD ["--help"]

@@ -14,7 +14,7 @@ QUERY       ?= a cat
 QDRANT_API_KEY ?= clipsearch-dev-key
 export QDRANT_API_KEY
 
-.PHONY: setup demo test lint test-server bench clean help
+.PHONY: setup demo test lint browser test-server bench clean help
 
 help:
 	@echo "make demo | test | lint | test-server (needs Docker) | bench | clean"
@@ -34,6 +34,12 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# A real browser for the page's tests (tests/serve/test_browser.py): Debian's
+# Chromium, driven by Playwright. Needs root (CI runs as root); the tests skip, saying
+# why, where it is missing.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 # Style (ruff), the kernel's types (mypy) and the architecture (import-linter's
 # contracts in pyproject.toml, checked on the installed layout).

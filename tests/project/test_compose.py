@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from importlib.metadata import version
 from pathlib import Path
@@ -77,3 +78,41 @@ def test_the_healthcheck_waits_for_readiness_not_an_open_port():
         server.shutdown()
         server.server_close()
     assert not healthy()  # nothing listening
+
+
+def test_the_serve_service_runs_serve_in_front_of_qdrant():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    serve, qdrant_url = services["serve"], "http://qdrant:6333"
+    assert serve["command"][0] == "serve" and "--watch" in serve["command"]
+    assert serve["depends_on"] == {"qdrant": {"condition": "service_healthy"}}
+    assert serve["environment"]["QDRANT_URL"] == qdrant_url
+    # It binds every address inside the container, so a token is required, and it is
+    # published on the host's loopback unless asked.
+    assert serve["environment"]["CLIPSEARCH_TOKEN"].startswith("${CLIPSEARCH_TOKEN:?")
+    assert serve["ports"] == ["${CLIPSEARCH_PUBLISH:-127.0.0.1}:8765:8765"]
+    assert "profiles" in serve and "serve" in serve["profiles"]
+
+
+def test_the_serve_healthcheck_asks_the_health_endpoint():
+    test = yaml.safe_load(COMPOSE.read_text())["services"]["serve"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    command = [arg.replace(":8765/", f":{server.server_address[1]}/") for arg in test[1:]]
+    command[0] = sys.executable
+    try:
+        assert subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert subprocess.run(command, capture_output=True, timeout=30).returncode != 0  # nothing listening
