@@ -166,3 +166,85 @@ def build_served(root: Path, model: Path, token: str | None = None, upload_bytes
     app = create_app(service, Guard(token), Thumbnails(root / "thumbnails"), UploadDecoder(4.0), upload_bytes,
                      version="test")
     return Served(root, photos, settings, service, app, token)
+
+
+class ServeProcess:
+    """A real `clipsearch serve` in a child process, on a free loopback port, for the
+    tests that need the whole program: its stderr goes to a log file, read on failure."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None, timeout: float = 120.0):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._out = open(log, "w")
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.process = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--port", str(self.port),
+                                         *args], stdout=self._out, stderr=subprocess.STDOUT, env=full_env)
+        self.wait_until(lambda: self.get("/api/health")[0] == 200, timeout, "serve to start")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, object]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        except OSError:
+            return 0, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def wait_until(self, condition, timeout: float, what: str) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited ({self.process.returncode}) waiting for {what}:\n{self.output()}")
+            if condition():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}:\n{self.output()[-3000:]}")
+
+    def ingest_state(self) -> dict:
+        status, state = self.get("/api/ingest")
+        return state if status == 200 and isinstance(state, dict) else {}
+
+    def wait_idle(self, timeout: float = 180.0) -> dict:
+        """Until the watched ingest has nothing queued or in work."""
+        self.wait_until(lambda: self.ingest_state().get("state") == "watching"
+                        and not self.ingest_state().get("pending"), timeout, "the watched ingest to settle")
+        return self.ingest_state()
+
+    def stop(self, kill: bool = False) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+        self._out.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,252 @@
+// The clipsearch page: search, like/dislike refinement, "more like this", paging, the
+// status line and the watched ingest's progress. Plain JS over the JSON API, no build
+// step. Text from the server (paths, errors) goes in with textContent only.
+"use strict";
+
+const K = 24;
+const INGEST_POLL_MS = 2000;
+const $ = (id) => document.getElementById(id);
+
+// What the grid shows: a text search (query) or the images like one image (similarId),
+// refined by likes and dislikes; `offset` pages through it.
+const state = { query: "", folder: "", similarId: null, similarPath: "", liked: new Set(), disliked: new Set(), offset: 0 };
+let current = [];  // the hits on screen
+let shown = null;  // the hit in the viewer
+let generation = 0;  // answers to superseded requests are dropped
+
+class ApiError extends Error {}
+
+async function api(path, body) {
+  const init = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const response = await fetch(path, { credentials: "same-origin", ...init });
+  if (response.status === 401) {  // logged out: the server answers / with its login page
+    location.reload();
+    throw new ApiError("logged out");
+  }
+  let data = null;
+  try { data = await response.json(); } catch { /* not JSON */ }
+  if (!response.ok) throw new ApiError((data && data.error) || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+function fileName(path) {
+  return path.split(/[\\/]/).filter(Boolean).pop() || path;
+}
+
+// -- searching ----------------------------------------------------------------------
+
+function request() {
+  const refined = state.liked.size > 0 || state.disliked.size > 0;
+  const folder = state.folder.trim() || null;
+  if (state.similarId && !refined) {
+    const params = new URLSearchParams({ k: K, offset: state.offset });
+    if (folder) params.set("in", folder);
+    return [`/api/images/${encodeURIComponent(state.similarId)}/similar?${params}`, undefined];
+  }
+  return ["/api/search", {
+    query: state.similarId ? null : state.query, image_id: state.similarId, liked: [...state.liked],
+    disliked: [...state.disliked], in: folder, k: K, offset: state.offset,
+  }];
+}
+
+async function run() {
+  if (!state.similarId && !state.query.trim()) {
+    render(null);
+    return;
+  }
+  const mine = ++generation;
+  $("results").setAttribute("aria-busy", "true");
+  try {
+    const data = await api(...request());
+    if (mine !== generation) return;
+    showError("");
+    render(data);
+  } catch (error) {
+    if (mine !== generation || error.message === "logged out") return;
+    showError(error.message);
+    render(null);
+  } finally {
+    if (mine === generation) $("results").removeAttribute("aria-busy");
+  }
+}
+
+function render(data) {
+  const hits = data ? data.hits : [];
+  current = hits;
+  const list = $("results");
+  list.replaceChildren(...hits.map(tile));
+  const what = state.similarId ? `images like ${state.similarPath ? fileName(state.similarPath) : "the chosen image"}` : `“${state.query}”`;
+  if (!data) $("summary").textContent = "";
+  else if (!hits.length) $("summary").textContent = state.offset ? `No more results for ${what}.` : `No results for ${what}.`;
+  else $("summary").textContent = `Results ${hits[0].rank}–${hits[hits.length - 1].rank} for ${what} (${Math.round(data.took_ms)} ms)`;
+  const refined = state.liked.size + state.disliked.size;
+  $("refine").hidden = !refined;
+  $("refine-text").textContent = `Refined by ${state.liked.size} liked and ${state.disliked.size} disliked. `;
+  $("pager").hidden = !data || (state.offset === 0 && hits.length < K);
+  $("prev").disabled = state.offset === 0;
+  $("next").disabled = hits.length < K;
+  $("page").textContent = `Page ${Math.floor(state.offset / K) + 1}`;
+  remember();
+}
+
+function tile(hit) {
+  const node = $("hit-template").content.firstElementChild.cloneNode(true);
+  const name = fileName(hit.path);
+  node.dataset.id = hit.id;
+  node.dataset.rank = hit.rank;
+  node.dataset.score = hit.score;
+  const img = node.querySelector("img");
+  img.src = `${hit.thumbnail}?size=256`;
+  img.alt = name;
+  img.addEventListener("error", () => node.classList.add("missing"), { once: true });
+  const open = node.querySelector(".open");
+  open.setAttribute("aria-label", `Open ${name}`);
+  open.addEventListener("click", () => openViewer(hit));
+  node.querySelector(".rank").textContent = `#${hit.rank}`;
+  node.querySelector(".score").textContent = hit.score.toFixed(3);
+  const path = node.querySelector(".path");
+  path.textContent = hit.path;
+  path.title = hit.path;
+  for (const [cls, mine, other, verb] of [["like", state.liked, state.disliked, "More"], ["dislike", state.disliked, state.liked, "Fewer"]]) {
+    const button = node.querySelector(`.${cls}`);
+    button.setAttribute("aria-pressed", String(mine.has(hit.id)));
+    button.setAttribute("aria-label", `${verb} like ${name}`);
+    button.title = cls === "like" ? "More like this one" : "Fewer like this one (hides it)";
+    button.addEventListener("click", () => {
+      if (mine.has(hit.id)) mine.delete(hit.id);
+      else { mine.add(hit.id); other.delete(hit.id); }
+      state.offset = 0;
+      run();
+    });
+  }
+  return node;
+}
+
+function newSearch(query, folder) {
+  Object.assign(state, { query, folder, similarId: null, similarPath: "", offset: 0 });
+  state.liked.clear();
+  state.disliked.clear();
+  run();
+}
+
+function moreLike(hit) {
+  Object.assign(state, { similarId: hit.id, similarPath: hit.path, offset: 0 });
+  state.liked.clear();
+  state.disliked.clear();
+  run();
+}
+
+// The search in the address bar, so that a reload (or a login) comes back to it.
+function remember() {
+  const params = new URLSearchParams();
+  if (state.similarId) params.set("like", state.similarId);
+  else if (state.query) params.set("q", state.query);
+  if (state.folder) params.set("in", state.folder);
+  if (state.offset) params.set("offset", state.offset);
+  const search = params.toString();
+  if (search !== location.search.slice(1)) history.replaceState(null, "", search ? `?${search}` : location.pathname);
+}
+
+// -- the viewer ---------------------------------------------------------------------
+
+function openViewer(hit) {
+  shown = hit;
+  const viewer = $("viewer");
+  $("viewer-image").src = hit.file;
+  $("viewer-image").alt = fileName(hit.path);
+  $("viewer-path").textContent = hit.path;
+  const size = hit.width && hit.height ? `${hit.width} × ${hit.height} · ` : "";
+  $("viewer-facts").textContent = `${size}#${hit.rank} · score ${hit.score.toFixed(3)}`;
+  $("viewer-original").href = hit.file;
+  if (!viewer.open) viewer.showModal();
+  $("more-like-this").focus();
+}
+
+function closeViewer() {
+  const viewer = $("viewer");
+  if (viewer.open) viewer.close();
+}
+
+// -- status and ingest --------------------------------------------------------------
+
+async function refreshStatus() {
+  try {
+    const facts = await api("/api/status");
+    const model = facts.model && facts.model.name ? fileName(facts.model.name) : "no model recorded";
+    const points = facts.exists ? `${facts.points ?? 0} images` : "no collection yet";
+    const version = facts.server && facts.server.version ? ` · clipsearch ${facts.server.version}` : "";
+    $("status").textContent = `collection ${facts.collection} · ${points} · model ${model}${version}`;
+    $("status").title = `${facts.backend || ""} index at ${facts.location || ""}`;
+    return facts;
+  } catch (error) {
+    if (error.message !== "logged out") $("status").textContent = `status unavailable: ${error.message}`;
+    return null;
+  }
+}
+
+function duration(seconds) {
+  if (seconds == null || !isFinite(seconds)) return "?";
+  const s = Math.round(seconds);
+  const hms = [Math.floor(s / 3600), Math.floor(s / 60) % 60, s % 60];
+  return (hms[0] ? `${hms[0]}:` : "") + hms.slice(1).map((n) => String(n).padStart(2, "0")).join(":");
+}
+
+let lastEmbedded = -1;
+async function pollIngest() {
+  let progress;
+  try { progress = await api("/api/ingest"); } catch { setTimeout(pollIngest, INGEST_POLL_MS * 3); return; }
+  const box = $("ingest");
+  if (!progress.watching) { box.hidden = true; return; }  // fixed for the server's life: stop polling
+  box.hidden = false;
+  box.dataset.state = progress.state;
+  $("ingest-state").textContent = progress.state;
+  const n = (key) => progress[key] ?? 0;
+  const eta = progress.state === "embedding" ? `, ETA ${duration(progress.eta_seconds)}` : "";
+  $("ingest-counts").textContent = `· found ${n("found")}, embedded ${n("embedded")}, unchanged ${n("unchanged")}, ` +
+    `skipped ${n("skipped")}, removed ${n("removed")}, pending ${n("pending")} · ${(progress.rate || 0).toFixed(1)} img/s${eta}`;
+  const done = n("embedded") + n("unchanged") + n("skipped");
+  $("ingest-progress").max = Math.max(1, n("found"));
+  $("ingest-progress").value = Math.min(done, n("found"));
+  $("ingest-errors").replaceChildren(...(progress.errors || []).map((e) => {
+    const li = document.createElement("li");
+    li.textContent = `${e.path}: ${e.reason}`;
+    return li;
+  }));
+  if (n("embedded") !== lastEmbedded) { lastEmbedded = n("embedded"); refreshStatus(); }
+  setTimeout(pollIngest, INGEST_POLL_MS);
+}
+
+// -- wiring -------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    closeViewer();
+    newSearch($("query").value, $("folder").value);
+  });
+  $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - K); run(); });
+  $("next").addEventListener("click", () => { state.offset += K; run(); });
+  $("clear-refine").addEventListener("click", () => { state.liked.clear(); state.disliked.clear(); state.offset = 0; run(); });
+  $("more-like-this").addEventListener("click", () => { const hit = shown; closeViewer(); moreLike(hit); });
+  $("viewer-close").addEventListener("click", closeViewer);
+  $("viewer").addEventListener("click", (event) => { if (event.target === $("viewer")) closeViewer(); });  // the backdrop
+  $("viewer").addEventListener("close", () => {
+    $("viewer-image").removeAttribute("src");
+    const tileOf = shown && [...document.querySelectorAll(".hit")].find((node) => node.dataset.id === shown.id);
+    if (tileOf) tileOf.querySelector(".open").focus();
+  });
+
+  const params = new URLSearchParams(location.search);
+  $("query").value = params.get("q") || "";
+  $("folder").value = params.get("in") || "";
+  Object.assign(state, { query: $("query").value, folder: $("folder").value, offset: Math.max(0, parseInt(params.get("offset"), 10) || 0) });
+  if (params.get("like")) state.similarId = params.get("like");
+  refreshStatus();
+  pollIngest();
+  run();
+});
