@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch.index import canonical_path, point_id
+from clipsearch.config import Settings
+from clipsearch.index import canonical_path, open_index, point_id
 
 from support import draw_image
 
@@ -228,8 +229,6 @@ def test_unexpected_failures_carry_no_trace(client, served, monkeypatch, caplog)
 def test_not_ready_until_the_collection_holds_images(tmp_path, tiny_model_dir, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from clipsearch.config import Settings
-    from clipsearch.encoders.identity import ModelIdentity  # noqa: F401 - the identity the service checks
     from clipsearch.index import open_index
     from clipsearch.serve.app import create_app
     from clipsearch.serve.files import Thumbnails
@@ -249,3 +248,37 @@ def test_not_ready_until_the_collection_holds_images(tmp_path, tiny_model_dir, m
             index.upsert([point_id(tmp_path / "a.png")], np.ones((1, encoder.dim), np.float32),
                          [{"path": str(tmp_path / "a.png"), "dirs": []}])
             assert len(ids(client.get("/api/search", params={"q": "cat"}))) == 1
+
+
+@pytest.mark.parametrize("backend", ["rest", "memory"])
+def test_serve_over_a_qdrant_server_answers_the_same(backend, tmp_path, tiny_model_dir):
+    """The same application in front of a Qdrant server (the REST double here, a real
+    server in `make test-server`) or qdrant-client's in-memory engine: searches, refinement
+    and files work without the embedded engine's lock."""
+    from fastapi.testclient import TestClient
+
+    from clipsearch import IngestOptions, ingest
+    from clipsearch.serve.app import create_app
+    from clipsearch.serve.files import Thumbnails
+    from clipsearch.serve.security import Guard
+    from clipsearch.serve.service import SearchService, load_encoder
+    from clipsearch.serve.uploads import UploadDecoder
+
+    from support import draw_collection, settings_for
+
+    photos = draw_collection(tmp_path / "photos", 12)
+    settings = settings_for(backend, tmp_path, tiny_model_dir)
+    with open_index(settings, create=True) as index:
+        ingest([str(tmp_path / "photos")], index=index, encoder=load_encoder(settings, lambda _: None).images,
+               options=IngestOptions(workers=0, quiet=True))
+        service = SearchService(settings, index, load_encoder(settings, lambda _: None))
+        app = create_app(service, Guard(None), Thumbnails(tmp_path / "thumbs"), UploadDecoder(4.0), 10**6)
+        with TestClient(app) as client:
+            hits = client.get("/api/search", params={"q": "green", "k": 5}).json()["hits"]
+            vector = service.encoder.encode_texts(["green"])[0]
+            assert [h["id"] for h in hits] == [h.id for h in index.query(vector, 5, exact=True)]
+            refined = client.post("/api/search", json={"query": "green", "disliked": [hits[0]["id"]], "k": 5})
+            assert hits[0]["id"] not in [h["id"] for h in refined.json()["hits"]]
+            first = point_id(photos[0])
+            assert client.get(f"/api/images/{first}/file").content == photos[0].read_bytes()
+            assert client.get("/api/status").json()["points"] == 12
