@@ -11,7 +11,11 @@ import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
-from clipsearch.options import index_options
+from clipsearch.options import index_options, setting_option
+from clipsearch.remote import TOKEN_HELP
+
+LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grpc/--rest are ignored: "
+              "the server answers with its own.")
 
 
 @click.command()
@@ -39,8 +43,18 @@ from clipsearch.options import index_options
 @click.option("--verbose", "-v", is_flag=True,
               help="On stderr: whether the fast text path (cached ONNX text tower, no torch) or the full "
                    "model answered and why, and the time each step took.")
-def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery, verbose):
+@setting_option("server", metavar="URL", help=(
+    "Ask a running `clipsearch serve` (http://host:8765) instead of opening the index here: no model "
+    "and no index are loaded in this process. --image and an image QUERY upload the file; --add/--subtract "
+    "take text only. " + LOCAL_ONLY))
+@setting_option("token", metavar="TOKEN", help=TOKEN_HELP)
+def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery, verbose,
+           server, token):
     """Find the images that best match QUERY (text, or an image file)."""
+    server = config.value("server", server)
+    if server:
+        return search_remote(server, config.value("token", token), query, k, image, add, subtract, queries,
+                             under, min_score, fmt, gallery, verbose)
     from clipsearch.timings import Timings
 
     timings = Timings()
@@ -103,6 +117,105 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def search_remote(server, token, query, k, image, add, subtract, queries, under, min_score, fmt, gallery,
+                  verbose) -> None:
+    """`search --server`: each query is one request to clipsearch serve (an image
+    QUERY or --image uploads the file); printed as a local search prints."""
+    import time
+
+    from clipsearch.remote import ServeClient
+
+    from .terms import looks_like_image_path, parse_term
+
+    started = time.perf_counter()
+    if k < 1:
+        raise ClipsearchError(f"-k must be at least 1, got {k}")
+    for spec, sign, option in [*((a, 1.0, "--add") for a in add), *((s, -1.0, "--subtract") for s in subtract)]:
+        if parse_term(spec, sign, option).kind == "image":
+            raise ClipsearchError(f"{option} {spec!r} names an image file: with --server, {option} takes text "
+                                  "only (the server opens no file a client names); use --image for one example image")
+    if queries is not None:
+        lines = [line.strip() for line in queries if line.strip()]
+        if not lines:
+            raise ClipsearchError(f"{queries.name} holds no queries")
+        if query is not None or image is not None:
+            raise ClipsearchError("give either QUERY/--image or --queries, not both")
+        asks = [(line, line if looks_like_image_path(line) else None) for line in lines]
+    elif image is not None:
+        if query is not None:
+            raise ClipsearchError("with --server, give either QUERY or --image, not both (the server searches by "
+                                  "one uploaded image alone)")
+        asks = [(image, image)]
+    else:
+        if query is not None and not query.strip():
+            raise ClipsearchError("the query is empty; give some words to search for")
+        asks = [(query, query if query is not None and looks_like_image_path(query) else None)]
+    folder = os.path.abspath(os.path.expanduser(under)) if under else None  # the server resolves symlinks
+    client = ServeClient(server, token)
+    results = []
+    for label, image_path in asks:
+        if image_path is None:
+            hits = client.search(query=label.strip() if label is not None else None, add=add, subtract=subtract,
+                                 k=k, under=folder, min_score=min_score)
+        else:
+            if add or subtract:
+                raise ClipsearchError("with --server, an example image cannot be mixed with --add/--subtract "
+                                      "(the server searches by one uploaded image alone)")
+            wanted = k + 1 if k < 1000 else k  # one more: the image itself may come back first
+            found = client.search_image(os.path.expanduser(image_path), k=wanted, under=folder, min_score=min_score)
+            hits = _without_itself(found, image_path, k)
+        results.append((label, hits))
+    print_results(results, fmt, keyed=queries is not None)
+    if gallery:
+        write_remote_gallery(gallery, client, results)
+        click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+    if verbose:
+        click.echo(f"clipsearch: answered by clipsearch serve at {server} ({len(results)} request(s), "
+                   f"{time.perf_counter() - started:.3f} s)", err=True)
+
+
+def _without_itself(hits, image_path: str, k: int):
+    """An uploaded image that is itself indexed (the server's paths are this machine's)
+    is left out of its own results, as a local search leaves it out; k hits at most."""
+    import dataclasses
+
+    own = os.path.realpath(os.path.expanduser(image_path))
+    kept = [hit for hit in hits if hit.path != own][:k]
+    return [dataclasses.replace(hit, rank=rank) for rank, hit in enumerate(kept, start=1)]
+
+
+def write_remote_gallery(path: str, client, results) -> None:
+    """search/gallery.py's page, its thumbnails fetched from the server (with the token)
+    and embedded as data URIs; each links to the server's copy of the file."""
+    import html
+
+    from clipsearch.remote import data_uri
+
+    from .gallery import STYLE
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clipsearch results</title>",
+             f"<style>{STYLE}</style></head><body>"]
+    for title, hits in results:
+        parts.append(f"<h2>{html.escape(str(title))}</h2><div class='grid'>")
+        for hit in hits:
+            try:
+                uri = data_uri(client.thumbnail(hit.thumbnail)) if hit.thumbnail else None
+            except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
+                uri = None
+            name = html.escape(os.path.basename(hit.path), quote=True)
+            href = html.escape(client.url + (hit.file or ""), quote=True)
+            image = (f"<a href='{href}'><img src='{uri}' alt='{name}'></a>" if uri
+                     else "<div class='missing'>not readable</div>")
+            parts.append(f"<figure>{image}<figcaption><span class='score'>#{hit.rank} &middot; {hit.score:.4f}"
+                         f"</span><br>{html.escape(hit.path)}</figcaption></figure>")
+        if not hits:
+            parts.append("<p>no hits</p>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("".join(parts))
 
 
 def print_results(results, fmt: str, keyed: bool) -> None:

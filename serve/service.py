@@ -22,7 +22,7 @@ from clipsearch.config import Settings
 from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index
-from clipsearch.search import Searcher, SearchHit, parse_term
+from clipsearch.search import Searcher, SearchHit, Term, parse_term
 
 # Deep pages are answered by asking the index for offset + k hits.
 MAX_K = 1000
@@ -166,8 +166,8 @@ class SearchService:
         """The weighted sum of the text terms and example images, normalized; None when
         the request has neither (a pure like/dislike refinement)."""
         terms = []
-        if q.query is not None and q.query.strip():
-            terms.append(parse_term(q.query, 1.0, "query", images=False))
+        if q.query is not None and q.query.strip():  # the query is words as they are, as in the CLI
+            terms.append(Term("text", q.query.strip()))
         terms += [parse_term(spec, 1.0, "add", images=False) for spec in q.add]
         terms += [parse_term(spec, -1.0, "subtract", images=False) for spec in q.subtract]
         parts: list[np.ndarray] = []

@@ -7,15 +7,36 @@ import json
 
 import click
 
+from .. import config
 from ..errors import ClipsearchError
-from ..options import index_options, quiet_option
+from ..options import index_options, quiet_option, setting_option
+from ..remote import TOKEN_HELP
 
 
 @click.command()
 @index_options
-@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
-def status(settings, as_json):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the facts as JSON (with --server, also the server's own: \"server\": {version, pid, "
+                   "watching}).")
+@setting_option("server", metavar="URL", help=(
+    "Ask a running `clipsearch serve` (http://host:8765) for the facts of the index it holds, opening "
+    "nothing here. With --server, --model, --index, --collection, --device and --grpc/--rest are ignored."))
+@setting_option("token", metavar="TOKEN", help=TOKEN_HELP)
+def status(settings, as_json, server, token):
     """Show the backend, collection, number of images and model of the index."""
+    server = config.value("server", server)
+    if server:
+        from ..remote import ServeClient
+
+        facts = ServeClient(server, config.value("token", token)).status()
+        if as_json:
+            click.echo(json.dumps(facts))
+            return
+        click.echo(format_status(facts))
+        serving = facts.get("server") or {}
+        click.echo(f"serve:        {server} (pid {serving.get('pid', '?')}, version {serving.get('version') or '?'}"
+                   + (", watching folders)" if serving.get("watching") else ")"))
+        return
     from .open import open_index
 
     with open_index(settings) as index:
@@ -74,7 +95,6 @@ def format_status(facts: dict) -> str:
                       "the next ingest restores it)")
         lines.append(f"search index: {state}")
     return "\n".join(lines)
-
 
 
 COMMANDS = [status, migrate]

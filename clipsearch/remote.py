@@ -1,0 +1,195 @@
+"""A thin client of `clipsearch serve`: the standard library's HTTP only.
+
+`clipsearch search --server URL` and `clipsearch status --server URL` answer through
+it in a process that loads no model and opens no index (no numpy, torch,
+onnxruntime or Qdrant client), so a cold query costs an interpreter start and one
+request. The server's API: serve/app.py.
+
+Every failure is one ClipsearchError line naming the server's URL. The token travels
+in `Authorization: Bearer`, is never followed to another address by a redirect, and
+is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import ClipsearchError
+
+WHERE = "--server / CLIPSEARCH_SERVER"
+TOKEN_WHERE = "--token / CLIPSEARCH_TOKEN"
+TOKEN_HELP = ("With --server: the token that server was started with, sent as Authorization: Bearer. "
+              "Never printed.")
+
+
+@dataclass(frozen=True)
+class RemoteHit:
+    """A hit as the server sent it, with search.engine.SearchHit's fields and dict
+    (so the CLI prints it the same way), plus the server's thumbnail and file paths."""
+
+    rank: int
+    score: float
+    path: str
+    id: str
+    width: int | None = None
+    height: int | None = None
+    thumbnail: str | None = None
+    file: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RemoteHit":
+        return cls(rank=int(data["rank"]), score=float(data["score"]), path=str(data["path"]), id=str(data["id"]),
+                   width=data.get("width"), height=data.get("height"), thumbnail=data.get("thumbnail"),
+                   file=data.get("file"))
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path,
+                "width": self.width, "height": self.height, "id": self.id}
+
+
+class ServeClient:
+    """`clipsearch serve` at `url` (no trailing slash), with an optional token."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 300.0):
+        self.url = url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:  # the token stays out of every repr and traceback
+        return f"ServeClient({self.url!r})"
+
+    # -- the API ------------------------------------------------------------------------
+    def status(self) -> dict:
+        return self._json("GET", "/api/status")
+
+    def health(self) -> dict:
+        return self._json("GET", "/api/health")
+
+    def search(self, query: str | None = None, add: Sequence[str] = (), subtract: Sequence[str] = (),
+               k: int = 10, offset: int = 0, under: str | None = None,
+               min_score: float | None = None) -> list[RemoteHit]:
+        """Text terms: the query, and `[W:]TEXT` terms added or subtracted."""
+        body = {"query": query, "add": list(add), "subtract": list(subtract), "k": k, "offset": offset,
+                "in": under, "min_score": min_score}
+        answer = self._json("POST", "/api/search", json.dumps(body).encode(), "application/json")
+        return _hits(answer)
+
+    def search_image(self, path: str, k: int = 10, offset: int = 0, under: str | None = None,
+                     min_score: float | None = None) -> list[RemoteHit]:
+        """Upload the image file at `path` and search by it (the server embeds it)."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise ClipsearchError(f"cannot read {path}: {exc.strerror or exc}") from None
+        fields: dict[str, str] = {"k": str(k), "offset": str(offset)}
+        if under is not None:
+            fields["in"] = under
+        if min_score is not None:
+            fields["min_score"] = repr(float(min_score))
+        body, content_type = multipart(fields, "file", os.path.basename(path), data)
+        return _hits(self._json("POST", "/api/search/image", body, content_type))
+
+    def thumbnail(self, thumbnail_path: str, size: int = 256) -> bytes:
+        """The JPEG bytes of a hit's thumbnail (`hit.thumbnail`: /api/images/ID/thumbnail)."""
+        separator = "&" if "?" in thumbnail_path else "?"
+        _, data = self._request("GET", f"{thumbnail_path}{separator}size={size}")
+        return data
+
+    # -- HTTP ---------------------------------------------------------------------------
+    def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> Any:
+        content, data = self._request(method, path, body, content_type)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ClipsearchError(f"{self.url} did not answer as clipsearch serve does "
+                                  f"({method} {path} gave {content or 'no content type'}; {WHERE})") from None
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 content_type: str | None = None) -> tuple[str, bytes]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        request.add_header("Accept", "application/json")
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        if self._token:  # unredirected: a redirect to another address never carries it
+            request.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.headers.get("Content-Type", ""), response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc) from None
+        except urllib.error.URLError as exc:
+            raise ClipsearchError(f"cannot reach clipsearch serve at {self.url}: {_reason(exc.reason)} "
+                                  f"({WHERE})") from None
+        except TimeoutError:
+            raise ClipsearchError(f"clipsearch serve at {self.url} did not answer within {self.timeout:g} s "
+                                  f"({WHERE})") from None
+        except OSError as exc:  # a connection reset or closed mid-answer
+            raise ClipsearchError(f"cannot reach clipsearch serve at {self.url}: {_reason(exc)} ({WHERE})") from None
+
+    def _http_error(self, exc: Any) -> ClipsearchError:
+        try:
+            message = json.loads(exc.read()).get("error")
+        except Exception:
+            message = None
+        message = " ".join(str(message).split())[:500] if message else None
+        if exc.code == 401:
+            if self._token:
+                return ClipsearchError(f"clipsearch serve at {self.url} refused the token ({TOKEN_WHERE})")
+            return ClipsearchError(f"clipsearch serve at {self.url}: the server needs a token: {TOKEN_WHERE}")
+        if message is None:
+            return ClipsearchError(f"{self.url} did not answer as clipsearch serve does (HTTP {exc.code}; {WHERE})")
+        if exc.code >= 500:
+            return ClipsearchError(f"clipsearch serve at {self.url} failed: {message}")
+        return ClipsearchError(f"clipsearch serve at {self.url}: {message}")
+
+
+def _hits(answer: Any) -> list[RemoteHit]:
+    try:
+        return [RemoteHit.from_json(hit) for hit in answer["hits"]]
+    except (KeyError, TypeError, ValueError):
+        raise ClipsearchError("the server's answer holds no hits list; is it clipsearch serve?") from None
+
+
+def _reason(reason: Any) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return " ".join(str(reason.strerror).split()).lower()
+    return " ".join(str(reason).split())
+
+
+def multipart(fields: dict[str, str], file_field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body (RFC 7578): text fields, then one file."""
+    boundary = f"clipsearch-{uuid.uuid4().hex}"
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'
+                     .encode() + value.encode("utf-8", "surrogateescape") + b"\r\n")
+    safe_name = _quoted(filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(file_field)}"; '
+                 f'filename="{safe_name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+                 + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _quoted(text: str) -> str:
+    """A name inside a quoted header parameter: no quote, backslash or line break."""
+    return "".join("_" if c in '"\\\r\n' else c for c in text)
+
+
+def data_uri(jpeg: bytes) -> str:
+    import base64
+
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+

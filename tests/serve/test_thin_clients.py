@@ -1,0 +1,329 @@
+"""`clipsearch search --server` and `clipsearch status --server`: thin clients of a real
+`clipsearch serve` subprocess, checked against the local commands on a copy of the
+same index (the served one is locked), and what the local commands say while serve
+holds the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clipsearch.cli import cli
+
+from support import COLOURS, SHAPES, draw_collection, draw_image
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "thin-client-test-token-0123456789"
+HEAVY = ("torch", "onnxruntime", "qdrant_client", "qdrant_edge", "numpy", "PIL", "sentence_transformers",
+         "transformers", "tokenizers")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSEARCH_")}
+    env.update(CLIPSEARCH_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1")
+    return env
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/api/health", timeout=2) as response:
+            return json.loads(response.read()) == {"status": "ok"}
+    except OSError:
+        return False
+
+
+class Serving:
+    def __init__(self, root: Path, model: Path, index: Path, copy: Path, photos: Path, url: str,
+                 proc: subprocess.Popen, server_cache: Path, local_cache: Path, log: Path):
+        self.root, self.model, self.index, self.copy, self.photos = root, model, index, copy, photos
+        self.url, self.proc, self.server_cache, self.local_cache, self.log = url, proc, server_cache, local_cache, log
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("thin")
+    photos = root / "photos"
+    draw_collection(photos, 12)
+    combos = [(c, s) for s in SHAPES for c in COLOURS]
+    for i in range(12, 16):  # four more, all different from the others, in a subfolder (--in)
+        colour, shape = combos[i]
+        draw_image(photos / "sub" / f"{i:03d}-{colour}-{shape}.png", colour, shape)
+    index, server_cache = root / "index", root / "server-cache"
+    env = base_env(server_cache)
+    done = subprocess.run([sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index", str(index),
+                           "--model", str(tiny_model_dir), "--workers", "0", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    copy = root / "index-copy"
+    shutil.copytree(index, copy)  # before serve holds the index: the local runs search this one
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--index", str(index),
+                                 "--model", str(tiny_model_dir), "--port", str(port), "--token", TOKEN],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90  # a first start exports the text tower
+        while not healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"serve did not come up: {log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        # The local runs use the same exported text tower as the server (a copy of its
+        # cache, taken now): both encode text the same way.
+        local_cache = root / "local-cache"
+        shutil.copytree(server_cache, local_cache, ignore=shutil.ignore_patterns("thumbnails"))
+        yield Serving(root, tiny_model_dir, index, copy, photos, url, proc, server_cache, local_cache, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# -- running the two ways -----------------------------------------------------------------
+
+
+def local(serving: Serving, monkeypatch, *args: str, command: str = "search") -> str:
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(serving.local_cache))
+    result = CliRunner().invoke(cli, [command, *args, "--index", str(serving.copy), "--model", str(serving.model)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def thin(serving: Serving, monkeypatch, *args: str, command: str = "search", token: str | None = TOKEN) -> str:
+    """Through the server, as a user would type it (no --index, no --model)."""
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(serving.root / "thin-cache-unused"))
+    result = CliRunner().invoke(cli, [command, *args, "--server", serving.url, *(["--token", token] if token else [])],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def table(text: str) -> list[tuple[int, float, str]]:
+    rows = []
+    for line in text.splitlines():
+        rank, score, path = line.split(maxsplit=2)
+        rows.append((int(rank), float(score), path))
+    return rows
+
+
+def same_table(a: str, b: str) -> None:
+    """The same ranks and paths; scores within the text encoders' float noise (the
+    server runs the same exported tower, on all cores)."""
+    ra, rb = table(a), table(b)
+    assert [(r, p) for r, _, p in ra] == [(r, p) for r, _, p in rb]
+    assert [s for _, s, _ in ra] == pytest.approx([s for _, s, _ in rb], abs=2e-4)
+    assert ra
+
+
+def same_json_hits(a: list[dict], b: list[dict]) -> None:
+    assert [{**h, "score": None} for h in a] == [{**h, "score": None} for h in b]
+    assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=2e-4)
+
+
+# -- search --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["-k", "3"],
+    ["--add", "2:sunset", "--subtract", "people"],
+    ["-k", "50"],
+], ids=["plain", "k3", "add-subtract", "k-beyond-count"])
+def test_table_output_matches_the_local_search(serving, monkeypatch, extra):
+    same_table(local(serving, monkeypatch, "red circle", *extra), thin(serving, monkeypatch, "red circle", *extra))
+
+
+def test_paths_and_json_match_the_local_search(serving, monkeypatch):
+    assert (thin(serving, monkeypatch, "blue square", "-f", "paths", "-k", "5")
+            == local(serving, monkeypatch, "blue square", "-f", "paths", "-k", "5"))
+    remote = [json.loads(line) for line in thin(serving, monkeypatch, "blue square", "-f", "json").splitlines()]
+    here = [json.loads(line) for line in local(serving, monkeypatch, "blue square", "-f", "json").splitlines()]
+    assert list(remote[0]) == list(here[0]) == ["rank", "score", "path", "width", "height", "id"]
+    same_json_hits(remote, here)
+
+
+def test_in_folder_and_min_score_match_the_local_search(serving, monkeypatch):
+    sub = str(serving.photos / "sub")
+    remote = thin(serving, monkeypatch, "green", "--in", sub)
+    assert len(table(remote)) == 4 and all(p.startswith(sub + os.sep) for _, _, p in table(remote))
+    same_table(local(serving, monkeypatch, "green", "--in", sub), remote)
+    # a relative --in is this directory's folder, as locally
+    monkeypatch.chdir(serving.photos)
+    same_table(local(serving, monkeypatch, "green", "--in", "sub"), thin(serving, monkeypatch, "green", "--in", "sub"))
+    scores = [s for _, s, _ in table(local(serving, monkeypatch, "yellow"))]
+    threshold = f"{(scores[2] + scores[3]) / 2:.6f}"  # between the third and the fourth hit: no tie at the edge
+    remote = thin(serving, monkeypatch, "yellow", "--min-score", threshold)
+    assert len(table(remote)) == 3
+    same_table(local(serving, monkeypatch, "yellow", "--min-score", threshold), remote)
+
+
+def test_many_queries_one_request_each_keyed_as_locally(serving, monkeypatch, tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("red circle\n\nblue square\n")
+    remote = json.loads(thin(serving, monkeypatch, "--queries", str(queries), "-f", "json", "-k", "4"))
+    here = json.loads(local(serving, monkeypatch, "--queries", str(queries), "-f", "json", "-k", "4"))
+    assert list(remote) == list(here) == ["red circle", "blue square"]
+    for label in here:
+        same_json_hits(remote[label], here[label])
+    text = thin(serving, monkeypatch, "--queries", str(queries), "-k", "2")
+    assert [line for line in text.splitlines() if line.startswith("#")] == ["# red circle", "# blue square"]
+
+
+def test_image_upload_leaves_an_indexed_image_out_of_its_own_results(serving, monkeypatch):
+    example = sorted(serving.photos.glob("*.png"))[0]
+    remote = table(thin(serving, monkeypatch, "--image", str(example), "-k", "5"))
+    assert [r for r, _, _ in remote] == [1, 2, 3, 4, 5]
+    assert str(example) not in [p for _, _, p in remote]
+    here = table(local(serving, monkeypatch, "--image", str(example), "-k", "5"))
+    # the server embeds the upload; locally the stored vector answers: the same neighbours
+    assert [p for _, _, p in remote][:3] == [p for _, _, p in here][:3]
+    # a QUERY that is an image file uploads it too
+    assert table(thin(serving, monkeypatch, str(example), "-k", "5")) == remote
+
+
+def test_an_image_from_elsewhere_is_uploaded_and_embedded(serving, monkeypatch, tmp_path):
+    outside = draw_image(tmp_path / "query.jpg", "red", "circle", fmt="JPEG")
+    hits = table(thin(serving, monkeypatch, "--image", str(outside), "-k", "3"))
+    assert len(hits) == 3 and all(p.startswith(str(serving.photos)) for _, _, p in hits)
+
+
+def test_gallery_embeds_the_servers_thumbnails(serving, monkeypatch, tmp_path):
+    page = tmp_path / "hits.html"
+    paths = thin(serving, monkeypatch, "purple triangle", "-k", "4", "-f", "paths", "--gallery", str(page))
+    html = page.read_text()
+    assert html.count("src='data:image/jpeg;base64,") == 4
+    for path in paths.split():
+        assert path in html
+    assert TOKEN not in html
+    assert f"{serving.url}/api/images/" in html  # each thumbnail links to the server's file
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--add", "IMAGE"], "takes text only"),
+    (["-k", "0"], "-k must be at least 1"),
+    (["-k", "5000"], "k: "),
+    (["   "], "the query is empty"),
+])
+def test_bad_requests_fail_with_one_line(serving, monkeypatch, args, needle):
+    example = str(sorted(serving.photos.glob("*.png"))[0])
+    args = [example if a == "IMAGE" else a for a in args]
+    if args[0] == "--add":
+        args = ["red", *args]
+    result = CliRunner().invoke(cli, ["search", *args, "--server", serving.url, "--token", TOKEN])
+    assert result.exit_code == 1, result.output
+    assert needle in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert TOKEN not in result.output
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def test_status_matches_the_local_facts(serving, monkeypatch):
+    remote = json.loads(thin(serving, monkeypatch, "--json", command="status"))
+    here = json.loads(local(serving, monkeypatch, "--json", command="status"))
+    server = remote.pop("server")
+    assert server["pid"] == serving.proc.pid and server["watching"] is False and server["version"]
+    assert remote.pop("location") == str(serving.index)
+    here.pop("location")
+    assert remote == here
+    text = thin(serving, monkeypatch, command="status")
+    local_text = local(serving, monkeypatch, command="status")
+
+    def without_location(t: str) -> list[str]:
+        return [line for line in t.splitlines() if not line.startswith("index:")]
+
+    assert without_location(text)[:-1] == without_location(local_text)
+    assert text.splitlines()[-1] == f"serve:        {serving.url} (pid {serving.proc.pid}, version {server['version']})"
+
+
+# -- tokens and unreachable servers, through the console script ------------------------------
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_token_is_needed_and_taken_from_the_flag_or_the_environment(serving):
+    env = base_env(serving.root / "thin-cache")
+    refused = run_cli(["search", "red", "--server", serving.url], env)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip() == (f"Error: clipsearch serve at {serving.url}: the server needs a token: "
+                                      "--token / CLIPSEARCH_TOKEN")
+    wrong = run_cli(["status", "--server", serving.url, "--token", "not-the-right-token-42"], env)
+    assert wrong.returncode == 1 and "refused the token" in wrong.stderr and "not-the-right" not in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    by_flag = run_cli(["search", "red", "--server", serving.url, "--token", TOKEN, "-f", "paths"], env)
+    assert by_flag.returncode == 0 and len(by_flag.stdout.split()) == 10, by_flag.stderr
+    by_env = run_cli(["search", "red", "-f", "paths"], {**env, "CLIPSEARCH_SERVER": serving.url + "/",
+                                                          "CLIPSEARCH_TOKEN": TOKEN})
+    assert by_env.returncode == 0 and by_env.stdout == by_flag.stdout, by_env.stderr
+    for done in (refused, wrong, by_flag, by_env):
+        assert TOKEN not in done.stdout + done.stderr
+
+
+def test_a_dead_url_is_one_line():
+    port = free_port()
+    env = base_env(Path("/nonexistent-cache"))
+    for args in (["search", "red"], ["status"]):
+        done = run_cli([*args, "--server", f"http://127.0.0.1:{port}"], env)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.strip() == (f"Error: cannot reach clipsearch serve at http://127.0.0.1:{port}: "
+                                       "connection refused (--server / CLIPSEARCH_SERVER)")
+
+
+def test_the_thin_path_imports_no_model_index_or_numpy(serving):
+    env = {**base_env(serving.root / "thin-cache"), "CLIPSEARCH_SERVER": serving.url, "CLIPSEARCH_TOKEN": TOKEN}
+    code = ("import sys, json\n"
+            "from clipsearch.cli import cli\n"
+            "cli.main(sys.argv[1:], prog_name='clipsearch', standalone_mode=False)\n"
+            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+    for args in (["search", "red circle", "-k", "3"], ["status", "--json"],
+                 ["search", "--image", str(sorted(serving.photos.glob("*.png"))[0])]):
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()
+        modules = json.loads(done.stderr.strip().splitlines()[-1])
+        loaded = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+        assert loaded == [], f"{args}: {loaded}"
+
+
+# -- the local commands while serve holds the index -------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["search", "red"], ["status"], ["ingest", "PHOTOS", "--workers", "0"]],
+                         ids=["search", "status", "ingest"])
+def test_local_commands_on_a_served_index_name_the_server(serving, args):
+    args = [str(serving.photos) if a == "PHOTOS" else a for a in args]
+    env = base_env(serving.local_cache)
+    done = run_cli([*args, "--index", str(serving.index), "--model", str(serving.model)], env)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"held by `clipsearch serve` (pid {serving.proc.pid})" in lines[0]
+    assert f"--server {serving.url}" in lines[0]
