@@ -91,10 +91,9 @@ def run(settings: Settings, options: ServeOptions) -> None:
         sock = bind(options.host, options.port)
         url = url_of(options.host, sock.getsockname()[1])
         service = SearchService(settings, index, encoder, watching=bool(roots))
-        lock = getattr(index, "_lock", None)
-        if lock is not None:  # others opening this index are told where to ask instead
-            lock.note(f"held by `clipsearch serve` (pid {os.getpid()}); search it with --server {url} "
-                      f"(or CLIPSEARCH_SERVER={url})")
+        if hasattr(index, "announce"):  # others opening this embedded index are told where to ask instead
+            index.announce(f"held by `clipsearch serve` (pid {os.getpid()}); search it with --server {url} "
+                           f"(or CLIPSEARCH_SERVER={url})")
         uploads = UploadDecoder(config.value("max_megapixels"))
         from importlib.metadata import version
 
