@@ -1,0 +1,327 @@
+"""The live index: an incremental ingest of the watched folders, then their changes.
+
+    watcher = FolderWatcher(["/photos"], Ingestor(encoder, index, options))  # or a factory
+    watcher.start()          # returns at once; the work runs on one background thread
+    watcher.state()          # for GET /api/ingest
+    watcher.wait_idle(60)    # True once the first scan is done and nothing is queued
+    watcher.stop()           # what was embedded stays committed
+
+The thread first runs the ingest stage's incremental ingest over the folders
+(Ingestor.run, without its HNSW build: serve builds that elsewhere, without blocking
+queries), then follows watchdog's events (recursive). The observer starts before the
+scan, so nothing changed during the scan is missed; a file both scanned and heard of
+is skipped the second time as unchanged (size and mtime).
+
+Events are reduced to a set of paths, and a path is judged when its batch is
+processed, not when the event came: a file that exists is ingested (run_files), a
+folder that exists is walked and its files ingested (a folder moved or copied in), a
+path that is gone has its points removed (remove: a file's point, or every point
+under a folder). A move is its source gone and its destination new. A batch starts
+once no event has come for `debounce` seconds, or `max_batch` paths are queued, or
+the oldest queued path has waited `max_wait` seconds (a steady stream of events is
+still processed); each batch is at most `max_batch` paths, each one run_files call.
+A file still being written is ingested as it is, and again when its later events
+come (a decode error meanwhile is only a skip in the report).
+
+Paths the walk passes over (hidden files and folders, --exclude, other extensions)
+and paths outside the folders are ignored at once. A bad file is skipped and shows
+in state()["errors"]; anything unexpected in a batch is one line on stderr, and the
+watcher goes on (the paths of that batch are retried at their next event).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from watchdog.events import FileSystemEventHandler
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.ingest import Ingestor, image_extensions, walk_images, walked_path
+
+# The longest a path waits while events keep coming (seconds).
+MAX_WAIT = 5.0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class FolderWatcher:
+    def __init__(self, folders: Sequence[str], ingestor: Ingestor | Callable[[], Ingestor],
+                 on_idle: Callable[["FolderWatcher"], object] | None = None, debounce: float = 1.0,
+                 max_batch: int = 1000, max_wait: float = MAX_WAIT):
+        """`ingestor`: the one Ingestor that does all the work (its encoder, index and
+        options), or a callable that builds it, called on the watcher's thread (the
+        model then loads there, not in the caller's). Its HNSW build is turned off.
+        `on_idle(watcher)` is called on the watcher's thread after the first scan and
+        after each batch; state() says "optimizing" while it runs."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.roots = [os.path.realpath(os.path.abspath(os.fsdecode(f))) for f in folders]
+        for root in self.roots:
+            if not os.path.isdir(root):
+                raise ClipsearchError(f"{root} is not a folder")
+        self._factory = None if isinstance(ingestor, Ingestor) else ingestor
+        self.ingestor: Ingestor | None = ingestor if isinstance(ingestor, Ingestor) else None
+        self.on_idle = on_idle
+        self.debounce = debounce
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        # Set while on_idle runs; serve may also set it around an HNSW build of its own.
+        self.optimizing = False
+        self.batches = 0  # batches processed since start (each at most max_batch paths)
+        self.last_error: str | None = None
+        self._extensions = image_extensions()
+        self._cond = threading.Condition()
+        self._queue: set[str] = set()
+        self._first_event: float | None = None  # when the oldest queued path came
+        self._last_event = 0.0
+        self._in_work: list[str] = []
+        self._busy = False  # a scan or a batch is running
+        self._run_started: float | None = None
+        self._scanned = False  # the first scan is over (done, failed or stopped)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._observer = None
+
+    # -- the caller's side ------------------------------------------------------
+    def start(self) -> "FolderWatcher":
+        from watchdog.observers import Observer  # inotify on Linux
+
+        observer = Observer()
+        handler = _Handler(self)
+        for root in self.roots:
+            observer.schedule(handler, root, recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        self._thread = threading.Thread(target=self._main, name="clipsearch-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop following changes and end the thread; a batch in progress ends after
+        its current encode batch, which is committed."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self.ingestor is not None:
+            self.ingestor.stop()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once the first scan is done and no path is queued or in work; False
+        if that did not happen within `timeout` seconds. An event the observer has
+        not delivered yet (watchdog holds inotify events about half a second, to pair
+        moves) is not known here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not (self._scanned and not self._queue and not self._busy):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def state(self) -> dict:
+        """What GET /api/ingest shows: the phase, counts over every run and batch
+        since start, `pending` (paths queued or in work), the rate and ETA of the run
+        in progress (0.0 and None between runs), the last few skipped files."""
+        ingestor = self.ingestor
+        with self._cond:
+            pending = len(self._queue) + len(self._in_work)
+            busy, scanned, run_started = self._busy, self._scanned, self._run_started
+        if self.optimizing:
+            phase = "optimizing"
+        elif not scanned and (ingestor is None or not ingestor.walk_done):
+            phase = "scanning"
+        elif busy or not scanned:
+            phase = "embedding"
+        else:
+            phase = "watching"
+        totals = ingestor.totals() if ingestor is not None else None
+        rate, eta = 0.0, None
+        if busy and ingestor is not None and run_started is not None:
+            current = ingestor.summary
+            elapsed = time.monotonic() - run_started
+            rate = current.embedded / elapsed if elapsed > 0 else 0.0
+            if ingestor.walk_done and rate > 0:
+                left = current.found - current.unchanged - current.skipped - current.embedded
+                eta = max(left, 0) / rate
+        errors = list(ingestor.report.recent) if ingestor is not None else []
+        return {
+            "watching": self._thread is not None and self._thread.is_alive() and not self._stopping,
+            "state": phase,
+            "found": totals.found if totals else 0,
+            "embedded": totals.embedded if totals else 0,
+            "unchanged": totals.unchanged if totals else 0,
+            "skipped": totals.skipped if totals else 0,
+            "removed": totals.removed if totals else 0,
+            "pending": pending,
+            "rate": round(rate, 2),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "errors": [{"path": path, "reason": reason} for path, reason in errors],
+            "batches": self.batches,
+            "last_error": self.last_error,
+        }
+
+    # -- the observer's side ----------------------------------------------------
+    def note(self, path: str | bytes, is_directory: bool) -> None:
+        """Queue a changed path, if the walk would reach it (what the handler calls)."""
+        lexical = walked_path(os.fsdecode(path), self.roots, self._exclude())
+        if lexical is None or lexical in self.roots:
+            return
+        if not is_directory and os.path.splitext(lexical)[1].lower() not in self._extensions:
+            return
+        with self._cond:
+            now = time.monotonic()
+            if not self._queue:
+                self._first_event = now
+            self._queue.add(lexical)
+            self._last_event = now
+            self._cond.notify_all()
+
+    def _exclude(self) -> Sequence[str]:
+        return self.ingestor.options.exclude if self.ingestor is not None else ()
+
+    # -- the watcher's thread ---------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._scan()
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._process(batch)
+                self._idle()
+        except BaseException as exc:  # never die silently
+            _say(f"clipsearch serve: the folder watcher stopped: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            with self._cond:
+                self._scanned = True
+                self._busy = False
+                self._cond.notify_all()
+
+    def _scan(self) -> None:
+        with self._cond:
+            self._busy = True
+            self._run_started = time.monotonic()
+        try:
+            if self.ingestor is None:
+                built = self._factory()
+                self.ingestor = built
+            ingestor = self.ingestor
+            ingestor.options = dataclasses.replace(ingestor.options, optimize=False)
+            if not self._stopping:
+                summary = ingestor.run(self.roots, allow_empty=True)
+                _say(summary.line())
+        except Exception as exc:
+            self._failed("the first ingest", exc)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._scanned = True
+                self._run_started = None
+                self._cond.notify_all()
+        if self.ingestor is not None:
+            self._idle()
+
+    def _next_batch(self) -> list[str] | None:
+        with self._cond:
+            while not self._stopping:
+                if self._queue:
+                    now = time.monotonic()
+                    quiet_for = now - self._last_event
+                    waited = now - (self._first_event or now)
+                    if len(self._queue) >= self.max_batch or quiet_for >= self.debounce or waited >= self.max_wait:
+                        batch = sorted(self._queue)[:self.max_batch]
+                        self._queue.difference_update(batch)
+                        if not self._queue:
+                            self._first_event = None
+                        self._in_work = batch
+                        self._busy = True
+                        self._run_started = now
+                        return batch
+                    self._cond.wait(max(0.01, min(self.debounce - quiet_for, self.max_wait - waited)))
+                else:
+                    self._cond.wait()
+            return None
+
+    def _process(self, batch: list[str]) -> None:
+        ingestor = self.ingestor
+        try:
+            if ingestor is None:  # the first scan could not even build it
+                raise RuntimeError("no ingestor (its construction failed at start)")
+            files: list[str] = []
+            gone: list[str] = []
+            for path in batch:
+                if os.path.isdir(path):  # a folder moved or copied in: its files
+                    files.extend(e.path for e in walk_images([path], ingestor.options.exclude))
+                elif os.path.lexists(path):
+                    files.append(path)
+                else:
+                    gone.append(path)
+            removed = ingestor.remove(gone) if gone else 0
+            embedded = skipped = 0
+            for i in range(0, len(files), self.max_batch):  # a folder may bring many
+                if self._stopping:
+                    break
+                summary = ingestor.run_files(files[i:i + self.max_batch])
+                embedded += summary.embedded
+                skipped += summary.skipped
+            self.batches += 1
+            if not ingestor.options.quiet and (embedded or skipped or removed):
+                _say(f"watch: ingested {embedded}, skipped {skipped}, removed {removed}")
+        except Exception as exc:
+            self._failed(f"a batch of {len(batch)} changed path{'s' * (len(batch) != 1)}", exc)
+        finally:
+            with self._cond:
+                self._in_work = []
+                self._busy = False
+                self._run_started = None
+                self._cond.notify_all()
+
+    def _idle(self) -> None:
+        if self.on_idle is None or self._stopping:
+            return
+        self.optimizing = True
+        try:
+            self.on_idle(self)
+        except Exception as exc:
+            self._failed("on_idle", exc)
+        finally:
+            self.optimizing = False
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        _say(f"clipsearch serve: {self.last_error} (the watcher goes on)")
+
+
+class _Handler(FileSystemEventHandler):
+    """watchdog's events, reduced to paths."""
+
+    def __init__(self, watcher: FolderWatcher):
+        super().__init__()
+        self.watcher = watcher
+
+    def dispatch(self, event) -> None:
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            return
+        if event.is_directory and kind in ("modified", "closed"):
+            return  # a folder's own metadata: its files have their own events
+        note = self.watcher.note
+        note(event.src_path, event.is_directory)
+        if kind == "moved":
+            note(event.dest_path, event.is_directory)
+

@@ -1,0 +1,200 @@
+"""The live index (serve/watch.py) with real watchdog events, the embedded index, the
+tiny CLIP and real image files: the first scan, bursts in batches, changes, deletions
+and moves of files and folders, bad files reported without stopping, ignored paths,
+and a stop that leaves everything committed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from clipsearch.index import open_index, point_id
+from clipsearch.ingest import IngestOptions, Ingestor
+from clipsearch.serve.watch import FolderWatcher
+
+from support import draw_collection, draw_image, settings_for
+
+TIMEOUT = 60  # seconds; the machine is slow and shared
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir):
+    return settings_for("edge", tmp_path, tiny_model_dir)
+
+
+@pytest.fixture
+def index(settings):
+    with open_index(settings, create=True) as idx:
+        yield idx
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    draw_collection(folder, 4)
+    return folder
+
+
+def paths_in(index) -> set[str]:
+    return {r.payload["path"] for r in index.scroll()}
+
+
+def real(path) -> str:
+    return os.path.realpath(path)
+
+
+def settle(watcher: FolderWatcher, until=lambda: True) -> None:
+    """Wait until `until()` holds and the watcher is idle. watchdog holds inotify events
+    about half a second (to pair moves), so a short wait first lets them arrive."""
+    deadline = time.monotonic() + TIMEOUT
+    time.sleep(0.8)
+    while True:
+        assert watcher.wait_idle(max(0.1, deadline - time.monotonic())), watcher.state()
+        if until():
+            return
+        assert time.monotonic() < deadline, watcher.state()
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def watch(photos, encoder, index):
+    """Start a watcher over `photos`; stopped at the end of the test."""
+    started = []
+
+    def start(max_batch=1000, debounce=0.3, on_idle=None, **options):
+        options.setdefault("workers", 0)
+        options.setdefault("quiet", True)
+        ingestor = Ingestor(encoder, index, IngestOptions(**options))
+        watcher = FolderWatcher([str(photos)], ingestor, on_idle=on_idle, debounce=debounce, max_batch=max_batch)
+        started.append(watcher.start())
+        assert watcher.wait_idle(TIMEOUT), watcher.state()
+        return watcher
+
+    yield start
+    for watcher in started:
+        watcher.stop(timeout=TIMEOUT)
+
+
+def test_first_scan_then_changes(photos, index, watch):
+    idle_calls = []
+    watcher = watch(on_idle=idle_calls.append)
+    assert index.count() == 4 and idle_calls == [watcher]
+    state = watcher.state()
+    assert state["watching"] and state["state"] == "watching"
+    assert (state["found"], state["embedded"], state["pending"], state["errors"]) == (4, 4, 0, [])
+
+    # a new file, a modified one, a deleted one
+    new = draw_image(photos / "new" / "new.png", "green", "square")
+    changed = sorted(photos.glob("*.png"))[0]
+    draw_image(changed, "blue", "triangle", size=(130, 100))
+    os.utime(changed, (1_800_000_000, 1_800_000_000))
+    deleted = sorted(photos.glob("*.png"))[1]
+    deleted.unlink()
+    settle(watcher, lambda: real(new) in paths_in(index) and real(deleted) not in paths_in(index)
+           and index.retrieve([point_id(changed)])[0].payload["mtime"] == 1_800_000_000)
+    assert index.count() == 4
+    assert index.retrieve([point_id(changed)])[0].payload["size"] == os.path.getsize(changed)
+    assert len(idle_calls) >= 2
+
+    # ignored: hidden files and folders, other extensions
+    draw_image(photos / ".hidden.png")
+    draw_image(photos / ".thumbs" / "t.png")
+    (photos / "notes.txt").write_text("text")
+    time.sleep(1.0)
+    assert watcher.state()["pending"] == 0
+    settle(watcher)
+    assert index.count() == 4
+
+    # a corrupt image is skipped, reported, and the watcher goes on
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg at all")
+    settle(watcher, lambda: watcher.state()["errors"])
+    assert watcher.state()["errors"][-1]["path"] == real(photos / "broken.jpg")
+    after = draw_image(photos / "after.png", "purple")
+    settle(watcher, lambda: real(after) in paths_in(index))
+    assert index.count() == 5 and watcher.state()["watching"]
+
+
+def test_moves_and_deleted_folders(photos, index, watch):
+    watcher = watch()
+    album = photos / "album"
+    files = draw_collection(album / "inner", 3)
+    settle(watcher, lambda: index.count() == 7)
+
+    # a file moved: its old point gone, a new one at its new path
+    moved = photos / "renamed.png"
+    os.rename(files[0], moved)
+    settle(watcher, lambda: real(moved) in paths_in(index))
+    assert real(files[0]) not in paths_in(index) and index.count() == 7
+
+    # a folder moved: the old subtree's points gone, the new subtree's present
+    os.rename(album, photos / "album2")
+    expected = {real(photos / "album2" / "inner" / p.name) for p in files[1:]}
+    settle(watcher, lambda: expected <= paths_in(index) and index.count() == 7)
+    assert not [p for p in paths_in(index) if p.startswith(real(album) + os.sep)]
+
+    # a folder moved out of the watched one, and one deleted
+    shutil.move(str(photos / "album2"), str(photos.parent / "outside"))
+    settle(watcher, lambda: index.count() == 5)
+    gone = draw_collection(photos / "doomed", 2)
+    settle(watcher, lambda: index.count() == 7)
+    shutil.rmtree(photos / "doomed")
+    settle(watcher, lambda: index.count() == 5)
+    assert not {real(p) for p in gone} & paths_in(index)
+    assert watcher.state()["removed"] >= 6
+
+
+@pytest.mark.slow
+def test_a_burst_in_batches_and_stop_commits(photos, settings, encoder, tmp_path):
+    # Its own index, reopened after stop: nothing is lost.
+    with open_index(settings, create=True) as index:
+        ingestor = Ingestor(encoder, index, IngestOptions(workers=0, quiet=True, batch_size=16))
+        watcher = FolderWatcher([str(photos)], ingestor, debounce=0.3, max_batch=100).start()
+        try:
+            assert watcher.wait_idle(TIMEOUT)
+            staging = tmp_path / "staging"
+            files = draw_collection(staging, 300)
+            (photos / "burst").mkdir()
+            for p in files:  # appear at once: renamed in, as a copy tool finishes files
+                os.rename(p, photos / "burst" / p.name)
+            settle(watcher, lambda: index.count() == 304)
+            assert watcher.batches >= 3  # 300 paths, at most 100 a batch
+            state = watcher.state()
+            assert (state["embedded"], state["pending"], state["state"]) == (304, 0, "watching")
+        finally:
+            watcher.stop(timeout=TIMEOUT)
+        assert not watcher.state()["watching"]
+    with open_index(settings) as reopened:
+        assert reopened.count() == 304
+
+
+def test_a_factory_and_a_failing_batch_do_not_stop_it(photos, encoder, index):
+    built = []
+
+    def factory():
+        built.append(Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)))
+        return built[0]
+
+    watcher = FolderWatcher([str(photos)], factory, debounce=0.3).start()
+    try:
+        assert watcher.wait_idle(TIMEOUT) and index.count() == 4 and len(built) == 1
+        real_run_files = built[0].run_files
+        failures = []
+
+        def flaky(paths, **kwargs):
+            if not failures:
+                failures.append(1)
+                raise OSError("disk hiccup")
+            return real_run_files(paths, **kwargs)
+
+        built[0].run_files = flaky
+        first = draw_image(photos / "first.png", "orange")
+        settle(watcher, lambda: failures)
+        assert "disk hiccup" in watcher.state()["last_error"] and watcher.state()["watching"]
+        second = draw_image(photos / "second.png", "yellow")
+        os.utime(first)  # its next event retries it
+        settle(watcher, lambda: {real(first), real(second)} <= paths_in(index))
+    finally:
+        watcher.stop(timeout=TIMEOUT)
