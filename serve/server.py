@@ -129,10 +129,11 @@ def start_watcher(service, roots: list[str], options: ServeOptions):
 
     from .watch import FolderWatcher
 
+    # prune: a live index forgets the files deleted while it was down.
     ingestor = Ingestor(service.encoder, service.index,
                         IngestOptions(batch_size=options.batch_size, workers=options.workers,
                                       max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
-                                      optimize=False, prune=True))  # a live index forgets files deleted while it was down
+                                      optimize=False, prune=True))
     watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w))
     watcher.start()
     return watcher
