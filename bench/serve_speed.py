@@ -143,7 +143,7 @@ def during_ingest(index: Path, model: Path, env: dict, photos: Path, work: Path)
     watched.mkdir()
     server = Server(index, model, env, watch=watched)
     try:
-        for i, name in enumerate(sorted(os.listdir(photos))):
+        for name in sorted(os.listdir(photos)):
             shutil.copy2(photos / name, watched / name)
         started = time.monotonic()
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
