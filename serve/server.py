@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,10 +113,14 @@ def run(settings: Settings, options: ServeOptions) -> None:
     finally:
         watcher = locals().get("service") and service.watcher
         if watcher is not None:
-            watcher.stop()
+            # The batch being encoded is committed; an HNSW build in a child process
+            # is not waited for: it dies with this process, and the next start cleans
+            # up its copy and builds again.
+            watcher.stop(timeout=30)
         if "uploads" in locals():
             uploads.close()
-        index.close()
+        with (service.lock if "service" in locals() else nullcontext()):
+            index.close()
 
 
 def guard_for(token: str | None):

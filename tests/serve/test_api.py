@@ -282,3 +282,11 @@ def test_serve_over_a_qdrant_server_answers_the_same(backend, tmp_path, tiny_mod
             first = point_id(photos[0])
             assert client.get(f"/api/images/{first}/file").content == photos[0].read_bytes()
             assert client.get("/api/status").json()["points"] == 12
+
+
+def test_the_schema_and_its_docs_page_are_served_offline(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/search/image", "/api/images/{point}/similar", "/api/status"} <= set(schema["paths"])
+    page = client.get("/docs").text
+    assert "cdn." not in page and "/docs-assets/swagger-ui-bundle.js" in page
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
