@@ -67,12 +67,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
 
     check_k(k)
     if queries is not None:
-        lines = [line.strip() for line in queries if line.strip()]
-        if not lines:
-            raise ClipsearchError(f"{queries.name} holds no queries")
-        if query is not None or image is not None:
-            raise ClipsearchError("give either QUERY/--image or --queries, not both")
-        batches = [(line, build_terms(line, None, add, subtract)) for line in lines]
+        batches = [(line, build_terms(line, None, add, subtract)) for line in query_lines(queries, query, image)]
     else:
         batches = [(query if query is not None else image, build_terms(query, image, add, subtract))]
     # The text encoder: the cached ONNX text tower (fast), or the full model (clipsearch/encoders/query.py).
@@ -119,6 +114,16 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         os._exit(0)
 
 
+def query_lines(queries, query, image) -> list[str]:
+    """The --queries file's non-blank lines; it stands alone."""
+    lines = [line.strip() for line in queries if line.strip()]
+    if not lines:
+        raise ClipsearchError(f"{queries.name} holds no queries")
+    if query is not None or image is not None:
+        raise ClipsearchError("give either QUERY/--image or --queries, not both")
+    return lines
+
+
 def search_remote(server, token, query, k, image, add, subtract, queries, under, min_score, fmt, gallery,
                   verbose) -> None:
     """`search --server`: each query is one request to clipsearch serve (an image
@@ -137,12 +142,8 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
             raise ClipsearchError(f"{option} {spec!r} names an image file: with --server, {option} takes text "
                                   "only (the server opens no file a client names); use --image for one example image")
     if queries is not None:
-        lines = [line.strip() for line in queries if line.strip()]
-        if not lines:
-            raise ClipsearchError(f"{queries.name} holds no queries")
-        if query is not None or image is not None:
-            raise ClipsearchError("give either QUERY/--image or --queries, not both")
-        asks = [(line, line if looks_like_image_path(line) else None) for line in lines]
+        asks = [(line, line if looks_like_image_path(line) else None)
+                for line in query_lines(queries, query, image)]
     elif image is not None:
         if query is not None:
             raise ClipsearchError("with --server, give either QUERY or --image, not both (the server searches by "
@@ -189,33 +190,17 @@ def _without_itself(hits, image_path: str, k: int):
 def write_remote_gallery(path: str, client, results) -> None:
     """search/gallery.py's page, its thumbnails fetched from the server (with the token)
     and embedded as data URIs; each links to the server's copy of the file."""
-    import html
-
     from clipsearch.remote import data_uri
 
-    from .gallery import STYLE
+    from .gallery import write_gallery
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clipsearch results</title>",
-             f"<style>{STYLE}</style></head><body>"]
-    for title, hits in results:
-        parts.append(f"<h2>{html.escape(str(title))}</h2><div class='grid'>")
-        for hit in hits:
-            try:
-                uri = data_uri(client.thumbnail(hit.thumbnail)) if hit.thumbnail else None
-            except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
-                uri = None
-            name = html.escape(os.path.basename(hit.path), quote=True)
-            href = html.escape(client.url + (hit.file or ""), quote=True)
-            image = (f"<a href='{href}'><img src='{uri}' alt='{name}'></a>" if uri
-                     else "<div class='missing'>not readable</div>")
-            parts.append(f"<figure>{image}<figcaption><span class='score'>#{hit.rank} &middot; {hit.score:.4f}"
-                         f"</span><br>{html.escape(hit.path)}</figcaption></figure>")
-        if not hits:
-            parts.append("<p>no hits</p>")
-        parts.append("</div>")
-    parts.append("</body></html>")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("".join(parts))
+    def thumbnail(hit):
+        try:
+            return data_uri(client.thumbnail(hit.thumbnail)) if hit.thumbnail else None
+        except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
+            return None
+
+    write_gallery(path, results, thumbnail=thumbnail, link=lambda hit: client.url + (hit.file or ""))
 
 
 def print_results(results, fmt: str, keyed: bool) -> None:

@@ -7,9 +7,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Sequence
-
-from PIL import Image, ImageOps
+from typing import Callable, Sequence
 
 THUMBNAIL = 256
 
@@ -26,6 +24,8 @@ figcaption{padding:6px 8px;font-size:.8rem;word-break:break-all}
 
 
 def thumbnail_data_uri(path: str) -> str | None:
+    from PIL import Image, ImageOps  # here: a thin client's gallery (thumbnails from a server) needs no PIL
+
     try:
         with Image.open(path) as img:
             img.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
@@ -39,15 +39,24 @@ def thumbnail_data_uri(path: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def render_gallery(sections: Sequence[tuple[str, Sequence]]) -> str:
-    """`sections`: (title, hits) pairs; hits have rank, score and path."""
+def file_link(path: str) -> str:
+    return Path(path).as_uri() if Path(path).is_absolute() else path
+
+
+def render_gallery(sections: Sequence[tuple[str, Sequence]], thumbnail: Callable[[object], str | None] | None = None,
+                   link: Callable[[object], str] | None = None) -> str:
+    """`sections`: (title, hits) pairs; hits have rank, score and path. `thumbnail(hit)`
+    gives a data URI (default: made from the local file), `link(hit)` where a click
+    goes (default: the local file)."""
+    thumbnail = thumbnail or (lambda hit: thumbnail_data_uri(hit.path))
+    link = link or (lambda hit: file_link(hit.path))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clipsearch results</title>",
              f"<style>{STYLE}</style></head><body>"]
     for title, hits in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2><div class='grid'>")
+        parts.append(f"<h2>{html.escape(str(title))}</h2><div class='grid'>")
         for hit in hits:
-            uri = thumbnail_data_uri(hit.path)
-            href = html.escape(Path(hit.path).as_uri() if Path(hit.path).is_absolute() else hit.path, quote=True)
+            uri = thumbnail(hit)
+            href = html.escape(link(hit), quote=True)
             image = (f"<a href='{href}'><img src='{uri}' alt='{html.escape(Path(hit.path).name, quote=True)}'></a>"
                      if uri else "<div class='missing'>not readable</div>")
             parts.append(
@@ -60,5 +69,6 @@ def render_gallery(sections: Sequence[tuple[str, Sequence]]) -> str:
     return "".join(parts)
 
 
-def write_gallery(path: str, sections: Sequence[tuple[str, Sequence]]) -> None:
-    Path(path).write_text(render_gallery(sections), encoding="utf-8")
+def write_gallery(path: str, sections: Sequence[tuple[str, Sequence]], **how) -> None:
+    """The page of `render_gallery(sections, **how)`, written to `path`."""
+    Path(path).write_text(render_gallery(sections, **how), encoding="utf-8")

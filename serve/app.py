@@ -218,6 +218,9 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         state = service.ingest_state()
         for error in state.get("errors", ()):
             error["path"] = shown(error["path"])
+            error["reason"] = shown(error["reason"])
+        if state.get("last_error"):
+            state["last_error"] = shown(state["last_error"])
         return state
 
     # -- searches ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,20 @@ class Served:
     token: str | None
 
 
+@contextmanager
+def serving_app(root: Path, model: Path, token: str | None = None):
+    """build_served for a module-scoped fixture: its own cache folder (the function-scoped
+    isolated_env does not reach module fixtures), the index closed at the end."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        served = build_served(root, model, token=token)
+    try:
+        yield served
+    finally:
+        served.service.index.close()
+
+
 def build_served(root: Path, model: Path, token: str | None = None, upload_bytes: int = 2_000_000) -> Served:
     from clipsearch import IngestOptions, ingest
     from clipsearch.index import open_index
@@ -180,10 +195,16 @@ class ServeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._out = open(log, "w")
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        # Not the developer's own settings (module fixtures start before isolated_env runs).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPSEARCH_", "QDRANT_"))}
+        full_env = {**inherited, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--port", str(self.port),
                                          *args], stdout=self._out, stderr=subprocess.STDOUT, env=full_env)
-        self.wait_until(lambda: self.get("/api/health")[0] == 200, timeout, "serve to start")
+        try:
+            self.wait_until(lambda: self.get("/api/health")[0] == 200, timeout, "serve to start")
+        except BaseException:
+            self.stop(kill=True)
+            raise
 
     def output(self) -> str:
         return self.log.read_text()
@@ -228,6 +249,12 @@ class ServeProcess:
         self.wait_until(lambda: self.ingest_state().get("state") == "watching"
                         and not self.ingest_state().get("pending"), timeout, "the watched ingest to settle")
         return self.ingest_state()
+
+    def __enter__(self) -> "ServeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def stop(self, kill: bool = False) -> None:
         import signal

@@ -12,9 +12,18 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the lint extra installs tomli
+    import tomli as tomllib
+
 import pytest
 
 from support import ROOT
+
+# The stages' folders at the top of the repository, as pyproject maps them (package-dir).
+PACKAGE_DIRS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+STAGE_FOLDERS = tuple(PACKAGE_DIRS.values())
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +33,7 @@ def wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for folder in ("clipsearch", "ingest", "search", "finetune"):
+    for folder in ("clipsearch", *STAGE_FOLDERS):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
@@ -38,9 +47,12 @@ def test_the_wheel_holds_one_top_level_package(wheel):
         top_level = next(archive.read(n) for n in names if n.endswith(".dist-info/top_level.txt"))
     assert top_level.decode().split() == ["clipsearch"]
     assert {name.split("/")[0] for name in names} == {"clipsearch", wheel.name.split("-py3")[0] + ".dist-info"}
-    for stage in ("ingest", "search", "finetune"):
+    for stage in STAGE_FOLDERS:
         assert f"clipsearch/{stage}/__init__.py" in names and f"clipsearch/{stage}/commands.py" in names
     assert "clipsearch/py.typed" in names
+    # serve's page ships in the package (no build step, no CDN).
+    for asset in ("index.html", "app.js", "style.css", "login.html"):
+        assert f"clipsearch/serve/static/{asset}" in names
 
 
 def test_the_installed_wheel_runs_from_outside_the_repository(wheel, tmp_path):

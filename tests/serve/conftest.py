@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from support import build_served
+from support import serving_app
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("served")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        result = build_served(root, tiny_model_dir)
-    yield result
-    result.service.index.close()
+    with serving_app(tmp_path_factory.mktemp("served"), tiny_model_dir) as served:
+        yield served
 
 
 @pytest.fixture

@@ -8,12 +8,6 @@ Needs Debian's chromium at /usr/bin/chromium and the `playwright` package (no
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +18,7 @@ from click.testing import CliRunner
 from clipsearch.cli import cli
 from clipsearch.testing.random_clip import build_random_clip
 
-from support import draw_collection
+from support import ServeProcess, draw_collection
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,48 +45,13 @@ def collection(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "model": model, "index": root / "index", "cache": root / "cache"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_server(collection: dict[str, Path], *extra: str, timeout: float = 90.0):
     """`clipsearch serve` in a subprocess; yields its base URL once /api/health answers."""
-    port = free_port()
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("CLIPSEARCH_", "QDRANT_"))}
-    env.update(CLIPSEARCH_CACHE_DIR=str(collection["cache"]), HF_HUB_OFFLINE="1",
-               XDG_DATA_HOME=str(collection["root"] / "xdg-data"))
-    log_path = collection["root"] / f"serve-{port}.log"
-    command = [sys.executable, "-m", "clipsearch.cli", "serve", "--index", str(collection["index"]),
-               "--model", str(collection["model"]), "--port", str(port), *extra]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not answer in {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {"CLIPSEARCH_CACHE_DIR": str(collection["cache"]), "XDG_DATA_HOME": str(collection["root"] / "xdg-data")}
+    args = ["--index", str(collection["index"]), "--model", str(collection["model"]), *extra]
+    with ServeProcess(args, collection["root"] / f"serve-{len(extra)}.log", env=env, timeout=timeout) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

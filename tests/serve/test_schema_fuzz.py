@@ -12,20 +12,15 @@ from schemathesis.specs.openapi.checks import (  # the checks that concern the s
     status_code_conformance,
 )
 
-from support import build_served
+from support import serving_app
 
 TOKEN = "fuzz-token-0123456789-abcdef"
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("fuzzed")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        served = build_served(root, tiny_model_dir, token=TOKEN)
-    yield served.app
-    served.service.index.close()
+    with serving_app(tmp_path_factory.mktemp("fuzzed"), tiny_model_dir, token=TOKEN) as served:
+        yield served.app
 
 
 @pytest.fixture(scope="module")

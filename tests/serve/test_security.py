@@ -4,15 +4,7 @@ CORS closed unless configured."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,20 +12,15 @@ from fastapi.testclient import TestClient
 from clipsearch.serve import security
 from clipsearch.serve.security import COOKIE, OPEN_PATHS, choose_token, is_loopback
 
-from support import build_served
+from support import ServeProcess, serving_app
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("guarded")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        served = build_served(root, tiny_model_dir, token=TOKEN)
-    yield served
-    served.service.index.close()
+    with serving_app(tmp_path_factory.mktemp("guarded"), tiny_model_dir, token=TOKEN) as served:
+        yield served
 
 
 def api_routes(app) -> list[tuple[str, str]]:
@@ -136,57 +123,27 @@ def test_cors_is_closed_unless_configured(served, tmp_path):
         assert "access-control-allow-origin" not in other.headers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 @pytest.mark.slow
 def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(served, tmp_path):
     """A real process on 0.0.0.0: the token is generated, printed once as a login URL,
     required by the API, and appears nowhere else in the server's output, even after
     a login through the URL, wrong tokens and errors."""
     served.service.index.close()  # the process opens it; the module's other tests are done with it
-    port = free_port()
-    env = {**os.environ, "CLIPSEARCH_CACHE_DIR": str(served.root / "cache"), "HF_HUB_OFFLINE": "1"}
-    env.pop("CLIPSEARCH_TOKEN", None)
-    log = open(tmp_path / "serve.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clipsearch.cli", "serve", "--index", served.settings.index, "--model",
-         served.settings.model, "--host", "0.0.0.0", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-        env=env)
+    args = ["--index", served.settings.index, "--model", served.settings.model, "--host", "0.0.0.0"]
+    server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(served.root / "cache")})
     try:
-        deadline = time.monotonic() + 90
-        token = None
-        while time.monotonic() < deadline and token is None:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            found = re.search(r"/login\?token=(\S+)", (tmp_path / "serve.log").read_text())
-            token = found.group(1) if found else None
-            time.sleep(0.2)
-        assert token, (tmp_path / "serve.log").read_text()
-        base = f"http://127.0.0.1:{port}"
-        while get(f"{base}/api/health")[0] != 200:
-            time.sleep(0.2)
-        assert get(f"{base}/api/status")[0] == 401
-        assert get(f"{base}/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
-        get(f"{base}/login?token={token}")
-        get(f"{base}/api/search?q=x", {"Authorization": f"Bearer {token}x"})
-        get(f"{base}/api/images/nope/file", {"Authorization": f"Bearer {token}"})
-        get(f"{base}/api/search?q=%00", {"Authorization": f"Bearer {token}"})
+        found = re.search(r"/login\?token=(\S+)", server.output())
+        assert found, server.output()
+        token = found.group(1)
+        assert server.get("/api/status")[0] == 401
+        assert server.get("/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+        server.get(f"/login?token={token}")
+        server.get("/api/search?q=x", {"Authorization": f"Bearer {token}x"})
+        server.get("/api/images/nope/file", {"Authorization": f"Bearer {token}"})
+        server.get("/api/search?q=%00", {"Authorization": f"Bearer {token}"})
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-    output = (tmp_path / "serve.log").read_text()
+        server.stop()
+    output = server.output()
     assert output.count(token) == 1, output
     assert "Traceback" not in output
 

@@ -8,12 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from click.testing import CliRunner
 
 from clipsearch.cli import cli
 
-from support import COLOURS, SHAPES, draw_collection, draw_image
+from support import COLOURS, SHAPES, ServeProcess, draw_collection, draw_image, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,24 +26,10 @@ HEAVY = ("torch", "onnxruntime", "qdrant_client", "qdrant_edge", "numpy", "PIL",
          "transformers", "tokenizers")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def base_env(cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSEARCH_")}
     env.update(CLIPSEARCH_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1")
     return env
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/api/health", timeout=2) as response:
-            return json.loads(response.read()) == {"status": "ok"}
-    except OSError:
-        return False
 
 
 class Serving:
@@ -74,32 +56,15 @@ def serving(tmp_path_factory, tiny_model_dir):
     assert done.returncode == 0, done.stderr
     copy = root / "index-copy"
     shutil.copytree(index, copy)  # before serve holds the index: the local runs search this one
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = root / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--index", str(index),
-                                 "--model", str(tiny_model_dir), "--port", str(port), "--token", TOKEN],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90  # a first start exports the text tower
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not come up: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
+    args = ["--index", str(index), "--model", str(tiny_model_dir), "--token", TOKEN]
+    with ServeProcess(args, log, env={"CLIPSEARCH_CACHE_DIR": str(server_cache)}, timeout=90) as server:
         # The local runs use the same exported text tower as the server (a copy of its
         # cache, taken now): both encode text the same way.
         local_cache = root / "local-cache"
         shutil.copytree(server_cache, local_cache, ignore=shutil.ignore_patterns("thumbnails"))
-        yield Serving(root, tiny_model_dir, index, copy, photos, url, proc, server_cache, local_cache, log)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        yield Serving(root, tiny_model_dir, index, copy, photos, server.url, server.process, server_cache,
+                      local_cache, log)
 
 
 # -- running the two ways -----------------------------------------------------------------
