@@ -15,40 +15,15 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import ClipsearchError
+from .hits import SearchHit
 
 WHERE = "--server / CLIPSEARCH_SERVER"
 TOKEN_WHERE = "--token / CLIPSEARCH_TOKEN"
 TOKEN_HELP = ("With --server: the token that server was started with, sent as Authorization: Bearer. "
               "Never printed.")
-
-
-@dataclass(frozen=True)
-class RemoteHit:
-    """A hit as the server sent it, with search.engine.SearchHit's fields and dict
-    (so the CLI prints it the same way), plus the server's thumbnail and file paths."""
-
-    rank: int
-    score: float
-    path: str
-    id: str
-    width: int | None = None
-    height: int | None = None
-    thumbnail: str | None = None
-    file: str | None = None
-
-    @classmethod
-    def from_json(cls, data: dict) -> "RemoteHit":
-        return cls(rank=int(data["rank"]), score=float(data["score"]), path=str(data["path"]), id=str(data["id"]),
-                   width=data.get("width"), height=data.get("height"), thumbnail=data.get("thumbnail"),
-                   file=data.get("file"))
-
-    def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path,
-                "width": self.width, "height": self.height, "id": self.id}
 
 
 class ServeClient:
@@ -71,7 +46,7 @@ class ServeClient:
 
     def search(self, query: str | None = None, add: Sequence[str] = (), subtract: Sequence[str] = (),
                k: int = 10, offset: int = 0, under: str | None = None,
-               min_score: float | None = None) -> list[RemoteHit]:
+               min_score: float | None = None) -> list[SearchHit]:
         """Text terms: the query, and `[W:]TEXT` terms added or subtracted."""
         body = {"query": query, "add": list(add), "subtract": list(subtract), "k": k, "offset": offset,
                 "in": under, "min_score": min_score}
@@ -79,7 +54,7 @@ class ServeClient:
         return _hits(answer)
 
     def search_image(self, path: str, k: int = 10, offset: int = 0, under: str | None = None,
-                     min_score: float | None = None) -> list[RemoteHit]:
+                     min_score: float | None = None) -> list[SearchHit]:
         """Upload the image file at `path` and search by it (the server embeds it)."""
         try:
             with open(path, "rb") as handle:
@@ -151,9 +126,9 @@ class ServeClient:
         return ClipsearchError(f"clipsearch serve at {self.url}: {message}")
 
 
-def _hits(answer: Any) -> list[RemoteHit]:
+def _hits(answer: Any) -> list[SearchHit]:
     try:
-        return [RemoteHit.from_json(hit) for hit in answer["hits"]]
+        return [SearchHit.from_json(hit) for hit in answer["hits"]]
     except (KeyError, TypeError, ValueError):
         raise ClipsearchError("the server's answer holds no hits list; is it clipsearch serve?") from None
 

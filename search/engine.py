@@ -3,35 +3,16 @@ ranked image hits out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
-from clipsearch.index import Hit, Index, canonical_path, point_id
+from clipsearch.hits import SearchHit
+from clipsearch.index import Index, canonical_path, point_id
 
 from .terms import Term, image_term
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    rank: int
-    score: float
-    path: str
-    id: str
-    width: int | None = None
-    height: int | None = None
-
-    @classmethod
-    def from_hit(cls, rank: int, hit: Hit) -> "SearchHit":
-        return cls(rank=rank, score=hit.score, path=hit.path, id=hit.id,
-                   width=hit.payload.get("width"), height=hit.payload.get("height"))
-
-    def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path,
-                "width": self.width, "height": self.height, "id": self.id}
 
 
 def check_k(k: int) -> None:

@@ -1,0 +1,39 @@
+"""SearchHit: one ranked image, as every way of searching returns it (the search stage,
+serve's API, and the thin client reading serve's JSON). Standard library only: the thin
+client imports it without numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    rank: int
+    score: float
+    path: str
+    id: str
+    width: int | None = None
+    height: int | None = None
+    # Where serve gives this image's thumbnail and file (a thin client's hits).
+    thumbnail: str | None = None
+    file: str | None = None
+
+    @classmethod
+    def from_hit(cls, rank: int, hit: Any) -> "SearchHit":
+        """From an index Hit (clipsearch.index.Hit)."""
+        return cls(rank=rank, score=hit.score, path=hit.path, id=hit.id,
+                   width=hit.payload.get("width"), height=hit.payload.get("height"))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SearchHit":
+        """From one hit of serve's JSON."""
+        return cls(rank=int(data["rank"]), score=float(data["score"]), path=str(data["path"]), id=str(data["id"]),
+                   width=data.get("width"), height=data.get("height"), thumbnail=data.get("thumbnail"),
+                   file=data.get("file"))
+
+    def to_dict(self) -> dict:
+        """What `-f json` prints, the same whichever way the hit was found."""
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path,
+                "width": self.width, "height": self.height, "id": self.id}
