@@ -191,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = vit_b_32_model()
-    base = OUT / f"serve-index-{args.points}"
+    base = OUT / f"cold-query-index-{args.points}"  # the one bench/cold_query.py builds
     build_index(base, args.points, model)
     work = Path(OUT / "serve-work")
     shutil.rmtree(work, ignore_errors=True)
