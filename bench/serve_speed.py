@@ -7,7 +7,8 @@ throughput with 1, 4 and 8 concurrent clients, and queries during a watched inge
 - index: bench/cold_query.py's (random unit 512-d vectors with ingest-like payloads
   under a random CLIP ViT-B/32's identity, HNSW built), copied fresh for each server.
 - warm: one client, one keep-alive connection, `GET /api/search?q=...&k=10`, each query
-  a different text (no query-vector cache hits), after 20 warm-up queries. Latency is
+  a different text of 5-6 words ("a red dog near a beach"; the query-vector cache off),
+  after 20 warm-up queries. Latency is
   the client's wall clock per request, on the same machine as the server.
 - throughput: N client threads, each with its own connection, for --seconds each.
 - during ingest: serve --watch on an empty folder; the 2,000 640x480 JPEGs of
@@ -42,8 +43,13 @@ WORDS = ["dog", "cat", "beach", "mountain", "car", "sunset", "forest", "city", "
          "child", "market", "river", "night", "kitchen", "train", "bird", "desert"]
 
 
+ADJECTIVES = ["red", "old", "small", "happy", "dark", "wet", "busy", "quiet", "green", "tall"]
+
+
 def text(i: int) -> str:
-    return f"a photo of a {WORDS[i % len(WORDS)]} near a {WORDS[(i * 7 + 3) % len(WORDS)]}, number {i}"
+    """A different query each time, of the length people type (3-6 words)."""
+    a, b, c = i % len(ADJECTIVES), (i // len(ADJECTIVES)) % len(WORDS), (i // 200) % len(WORDS)
+    return f"a {ADJECTIVES[a]} {WORDS[b]} near a {WORDS[c]}"
 
 
 def free_port() -> int:
