@@ -1,0 +1,63 @@
+"""Starting serve: the listening socket, a taken port, a public address without a
+token, and what `clipsearch serve` refuses before it loads anything."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from clipsearch.cli import cli
+from clipsearch.errors import ClipsearchError
+from clipsearch.serve.security import check_bind
+from clipsearch.serve.server import bind, url_of
+
+
+def test_the_listening_socket_is_tcp_without_nagle():
+    """asyncio turns Nagle off only on connections of a socket that says it is TCP;
+    with Nagle on, each response on a kept-alive connection waited 40 ms."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client = socket.create_connection(sock.getsockname())
+        accepted, _ = sock.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client.close()
+        accepted.close()
+    finally:
+        sock.close()
+
+
+def test_a_taken_port_is_a_one_line_error():
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(ClipsearchError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(--host/--port\)"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_urls_name_a_reachable_address():
+    assert url_of("127.0.0.1", 8765) == "http://127.0.0.1:8765"
+    assert url_of("0.0.0.0", 80) == "http://127.0.0.1:80"
+    assert url_of("::1", 8765) == "http://[::1]:8765"
+    assert url_of("photos.lan", 8765) == "http://photos.lan:8765"
+
+
+def test_a_public_address_needs_a_token():
+    check_bind("127.0.0.1", None)
+    check_bind("0.0.0.0", "a-token-of-enough-length")
+    with pytest.raises(ClipsearchError, match="needs a token"):
+        check_bind("0.0.0.0", None)
+
+
+def test_serve_refuses_a_missing_collection_and_a_missing_watched_folder(tmp_path, tiny_model_dir):
+    missing = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "nothing"), "--model", str(tiny_model_dir)])
+    assert missing.exit_code == 1 and "does not exist" in missing.output and "--watch" in missing.output
+    assert not (tmp_path / "nothing").exists()  # nothing created for a typo
+    no_folder = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "idx"), "--model", str(tiny_model_dir),
+                                         "--watch", str(tmp_path / "no-such-folder")])
+    assert no_folder.exit_code == 1 and "is not a folder" in no_folder.output
+    assert not (tmp_path / "idx").exists()
