@@ -20,6 +20,7 @@ from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.errors import ClipsearchError
@@ -113,11 +114,51 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
 
 
-def hits_of(found, k: int, offset: int, started: float) -> dict:
-    return {"hits": [{**hit.to_dict(), "path": shown(hit.path), "score": round(hit.score, 6),
+def hits_of(found, k: int, offset: int, started: float) -> JSONResponse:
+    """The hits as sent: a finished response, which FastAPI passes on without
+    validating it again against `Hits` (the schema it documents)."""
+    return JSONResponse({"hits": [{**hit.to_dict(), "path": shown(hit.path), "score": round(hit.score, 6),
                       "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
                       "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
-            "k": k, "offset": offset, "took_ms": elapsed_ms(started)}
+            "k": k, "offset": offset, "took_ms": elapsed_ms(started)})
+
+
+class Gatekeeper:
+    """Every request but the open paths needs the token (header or login cookie); every
+    response gets the security headers. Plain ASGI: no per-request task or body copy."""
+
+    def __init__(self, app, guard: Guard):
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self.guard.enabled and path not in OPEN_PATHS:
+            request = Request(scope)
+            if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(COOKIE)):
+                if path == "/" and scope["method"] == "GET":
+                    response: Response = HTMLResponse(asset("login.html").decode(), status_code=401)
+                else:
+                    response = JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
+                                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, self._with_headers(send))
+                return
+        await self.app(scope, receive, self._with_headers(send))
+
+    @staticmethod
+    def _with_headers(send):
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        return sending
 
 
 def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, uploads: UploadDecoder,
@@ -150,19 +191,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500)
 
     # -- who may ask ---------------------------------------------------------------------
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        path = request.url.path
-        if guard.enabled and path not in OPEN_PATHS and not guard.allows(
-                request.headers.get("authorization"), request.cookies.get(COOKIE)):
-            if path == "/" and request.method == "GET":
-                return HTMLResponse(asset("login.html").decode(), status_code=401, headers=SECURITY_HEADERS)
-            return JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(Gatekeeper, guard=guard)
 
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -228,14 +257,14 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     def search_get(q: Annotated[str | None, Query(max_length=2000, description="Words to search for.")] = None,
                    k: K = 20, offset: OFFSET = 0, folder: FOLDER = None, min_score: MIN_SCORE = None,
                    add: Annotated[list[str], Query(max_length=32)] = [],  # noqa: B006 - FastAPI reads, never mutates
-                   subtract: Annotated[list[str], Query(max_length=32)] = []) -> dict:  # noqa: B006
+                   subtract: Annotated[list[str], Query(max_length=32)] = []) -> JSONResponse:  # noqa: B006
         started = time.perf_counter()
         found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
                                            min_score=min_score))
         return hits_of(found, k, offset, started)
 
     @app.post("/api/search", response_model=Hits, responses=ERRORS)
-    def search_post(body: Annotated[SearchBody, Body()]) -> dict:
+    def search_post(body: Annotated[SearchBody, Body()]) -> JSONResponse:
         started = time.perf_counter()
         found = service.search(SearchQuery(
             query=body.query, add=body.add, subtract=body.subtract,
@@ -249,7 +278,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                       k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
                       offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
                       folder: Annotated[str | None, Form(alias="in", max_length=4096)] = None,
-                      min_score: Annotated[float | None, Form()] = None) -> dict:
+                      min_score: Annotated[float | None, Form()] = None) -> JSONResponse:
         started = time.perf_counter()
         data = file.file.read(upload_bytes + 1)
         if len(data) > upload_bytes:
@@ -261,7 +290,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
 
     @app.get("/api/images/{point}/similar", response_model=Hits, responses=ERRORS)
     def similar(point: POINT, k: K = 20, offset: OFFSET = 0, folder: FOLDER = None,
-                min_score: MIN_SCORE = None) -> dict:
+                min_score: MIN_SCORE = None) -> JSONResponse:
         started = time.perf_counter()
         found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score)
         return hits_of(found, k, offset, started)

@@ -73,6 +73,11 @@ def thumbnail_folder(settings: Settings) -> Path:
 
 
 def run(settings: Settings, options: ServeOptions) -> None:
+    # Before torch loads (the watcher's model, an uploaded query image): its OpenMP
+    # threads sleep at barriers instead of spinning, so that queries, decoding and
+    # the HTTP server get the cores they wait for (2 cores: spinning threads of two
+    # runtimes starve each other).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from clipsearch.index import open_index
 
     from .files import Thumbnails
@@ -91,7 +96,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
         if not roots and not index.exists():
             raise ClipsearchError(f"collection {settings.collection!r} does not exist at {index.location}; "
                                   "ingest a folder first, or give --watch DIR")
-        encoder = load_encoder(settings, say if not options.quiet else (lambda _: None))
+        encoder = load_encoder(settings, say if not options.quiet else (lambda _: None), busy=bool(roots))
         if index.exists():
             index.check_identity(encoder.identity)
         sock = bind(options.host, options.port)

@@ -86,9 +86,11 @@ class SharedEncoder:
             return self.images.encode_images(images, batch_size)
 
 
-def load_encoder(settings: Settings, say: Callable[[str], None]) -> SharedEncoder:
+def load_encoder(settings: Settings, say: Callable[[str], None], busy: bool = False) -> SharedEncoder:
     """The warm query encoder: the exported text tower (exported now, once, when the
-    cache has none), and a lazily loaded full model for images."""
+    cache has none), and a lazily loaded full model for images. `busy`: the process
+    has other work for the cores (a watched ingest), so the tower's threads must not
+    spin between queries."""
     from clipsearch.encoders import LazyEncoder, QueryEncoders
 
     queries = QueryEncoders(settings, say=say)
@@ -100,7 +102,7 @@ def load_encoder(settings: Settings, say: Callable[[str], None]) -> SharedEncode
         if fast is not None:
             text = fast
     if hasattr(text, "warm"):
-        text.warm()
+        text.warm(spin=not busy)
         images: Any = LazyEncoder(settings.model, settings.device)
     else:  # the full model answers text: let it answer images too, one model in memory
         images = text

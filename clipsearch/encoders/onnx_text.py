@@ -44,7 +44,7 @@ class OnnxTextTower:
     """An exported text tower in an onnxruntime session, with its tokenizer."""
 
     def __init__(self, onnx_path: Path, tokenizer, max_length: int, pad_id: int, many: bool = False,
-                 probe: tuple[str, Sequence[float]] | None = None):
+                 probe: tuple[str, Sequence[float]] | None = None, spin: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -55,6 +55,8 @@ class OnnxTextTower:
             # Pre-packing copies every weight matrix at load: worth it for many texts only.
             options.intra_op_num_threads = 1
             options.add_session_config_entry("session.disable_prepacking", "1")
+        if not spin:  # idle threads sleep instead of busy-waiting for the next run
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.many = many
         self.tokenizer = tokenizer

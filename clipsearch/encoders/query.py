@@ -138,13 +138,16 @@ class FastTextEncoder:
         self._encoded += count
         return self._tower
 
-    def warm(self) -> None:
+    def warm(self, spin: bool = True) -> None:
         """For a long-running service: load the all-cores, pre-packed tower now and
-        run it once, so that the first client does not pay for either."""
-        self._tower = self._load_tower(many=True)
+        run it once, so that the first client does not pay for either. `spin=False`:
+        its threads sleep between queries instead of busy-waiting, for a service
+        whose cores have other work (a watched ingest): a query then takes a few
+        milliseconds longer, and the other work is not starved (BENCHMARKS.md)."""
+        self._tower = self._load_tower(many=True, spin=spin)
         self._tower.encode(["a photo"], 1)
 
-    def _load_tower(self, many: bool) -> OnnxTextTower:
+    def _load_tower(self, many: bool, spin: bool = True) -> OnnxTextTower:
         m = self.entry.manifest
         with self.owner.timings.phase("imports"):
             import onnxruntime  # noqa: F401
@@ -152,7 +155,7 @@ class FastTextEncoder:
         with self.owner.timings.phase("model load"):
             tokenizer = load_tokenizer(self.entry.tokenizer_path, int(m["max_length"]))
             tower = OnnxTextTower(self.entry.onnx_path, tokenizer, int(m["max_length"]), int(m["pad_id"]),
-                                  many=many, probe=(m["probe"]["text"], m["probe"]["vector"]))
+                                  many=many, spin=spin, probe=(m["probe"]["text"], m["probe"]["vector"]))
         self.entry.touch()
         return tower
 
