@@ -17,6 +17,9 @@ SCRIPTS = [
     ["cold_query.py"],
     ["session_queries.py"],
     ["finetune_tuxpaint.py"],
+    ["serve_speed.py"],  # warm HTTP queries, throughput, queries during a watched ingest
+    ["serve_cold_query.py"],  # the thin client's cold query beside the standalone one
+    ["optimize_stall.py"],  # queries during the HNSW build: in-process against off-process
 ]
 
 if __name__ == "__main__":
