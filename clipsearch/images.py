@@ -67,7 +67,7 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 if img.mode != "RGB":
-                    img = _to_rgb(img)
+                    img = to_rgb(img)
                 if min(img.size) > target:
                     scale = target / min(img.size)
                     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
@@ -96,8 +96,22 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
         raise SkipImage("out of memory while decoding", lasting=False) from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Transparent images go onto white, as a viewer shows them, not onto black."""
+# Modes of one channel wider than 8 bits: 16-bit PNG and TIFF (scientific, medical and
+# scanned images), 32-bit integer and float.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as a viewer shows the image. Transparent images go onto white, not black.
+    A 16-bit (or 32-bit) grey image has its real range stretched onto 0-255: Pillow's
+    own conversion clips every value above 255, and a 16-bit image came out solid white
+    (so every such image got the same vector)."""
+    if img.mode in WIDE_MODES:
+        if img.mode != "F":
+            img = img.convert("I")
+        low, high = img.getextrema()
+        scale = 255.0 / (high - low) if high > low else 0.0
+        return img.point(lambda v: (v - low) * scale).convert("L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGB", img.size, (255, 255, 255))

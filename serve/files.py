@@ -103,10 +103,12 @@ class Thumbnails:
 def make_thumbnail(fd: int, size: int) -> bytes:
     from PIL import Image, ImageOps
 
+    from clipsearch.images import to_rgb
+
     with os.fdopen(fd, "rb") as f, Image.open(f) as img:
         img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a fraction of full size
         img = ImageOps.exif_transpose(img) or img
-        img = img.convert("RGB")
+        img = to_rgb(img)
         img.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG", quality=85, optimize=True)
