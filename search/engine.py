@@ -14,6 +14,9 @@ from clipsearch.index import Index, canonical_path, point_id
 
 from .terms import Term, image_term
 
+# The input side of most CLIP models: the size a query image is first decoded at.
+CHECK_SIZE = 224
+
 
 def check_k(k: int) -> None:
     if k < 1:
@@ -46,7 +49,11 @@ class Searcher:
         from clipsearch.images import SkipImage, load_image
 
         try:
-            decoded = load_image(path, self.encoder.image_size)
+            # Decoded before the model is asked for its input size, which loads the
+            # full model (seconds): a bad file is refused at once.
+            decoded = load_image(path, CHECK_SIZE)
+            if self.encoder.image_size != CHECK_SIZE:
+                decoded = load_image(path, self.encoder.image_size)
         except SkipImage as exc:
             raise ClipsearchError(f"cannot use {path} as a query image: {exc}") from None
         return self.encoder.encode_images([decoded.image])[0]

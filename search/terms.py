@@ -49,6 +49,9 @@ def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool
 
 def image_term(path: str, weight: float = 1.0) -> Term:
     path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise ClipsearchError(f"{path} is a folder, not an image; give one image file (or use --in FOLDER "
+                              "to search within a folder)")
     if not os.path.isfile(path):
         raise ClipsearchError(f"image {path} does not exist")
     return Term("image", os.path.realpath(path), weight)

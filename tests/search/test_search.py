@@ -255,3 +255,25 @@ def test_a_mismatched_model_gets_no_results(indexed, other_model_dir):
     args = ["search", "cat", "--index", settings.index, "--collection", settings.collection,
             "--model", str(other_model_dir)]
     _one_line_error(CliRunner().invoke(cli, args), "model mismatch")
+
+
+def test_a_folder_given_as_the_query_image_is_named_a_folder(indexed, tmp_path):
+    """Issue #15, defect 5: it was "does not exist"."""
+    settings, photos, _ = indexed
+    result = CliRunner().invoke(cli, ["search", "--image", str(photos), *args_for(settings)])
+    _one_line_error(result, "is a folder, not an image")
+
+
+def test_a_bad_query_image_is_refused_before_the_full_model_loads(indexed, encoder, tmp_path, monkeypatch):
+    """Issue #15, defect 5: a broken example image outside the index was refused only
+    after the image tower loaded (seconds); it is checked first."""
+    from support import fast_encoder_for
+
+    settings, _, _ = indexed
+    fast_encoder_for(Path(settings.model), encoder)  # text queries take the fast path: no full model yet
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = CliRunner().invoke(cli, ["search", "--image", str(broken), "-v", *args_for(settings)])
+    assert result.exit_code == 1
+    assert "cannot use" in result.output and "broken.jpg" in result.output
+    assert "loading the full model" not in result.output
