@@ -36,12 +36,14 @@ class Decoded:
     height: int
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
+def _oriented_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
+    """The size a viewer shows, from the file's size and its EXIF orientation. Called
+    after the pixels are loaded: reading a PNG's EXIF before that decodes the image,
+    and a decode error swallowed there left the next load() a half-black picture."""
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:
         orientation = 1
-    w, h = img.size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -60,11 +62,11 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                     raise SkipImage(
                         f"too large: {w}x{h} is {megapixels:.0f} megapixels (limit --max-megapixels {max_megapixels:g})"
                     )
-                width, height = _oriented_size(img)
                 if img.format == "JPEG" and min(w, h) > 2 * target:
                     scale = target / min(w, h)
                     img.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
-                img.load()
+                img.load()  # first: a partial decode raises here, and the file is skipped
+                width, height = _oriented_size(img, w, h)
                 img = ImageOps.exif_transpose(img) or img
                 if img.mode != "RGB":
                     img = to_rgb(img)
