@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +30,9 @@ from clipsearch import config
 
 FORMAT = 1
 FOLDER = "bad-files"
+# While a run goes on, what it learnt is written at most this often: a run killed
+# (kill -9, a power cut) keeps the bad files it found until then.
+CHECKPOINT_SECONDS = 10.0
 
 
 def decoder_fingerprint(max_megapixels: float, extensions: set[str]) -> str:
@@ -44,6 +48,7 @@ class KnownBadFiles:
         self.fingerprint = fingerprint
         self.files: dict[str, list] = {}  # path -> [size, mtime_ns, reason]
         self.changed = False
+        self._written_at: float | None = None  # monotonic time of the last write
         if path is not None:
             self._read()
 
@@ -79,6 +84,15 @@ class KnownBadFiles:
         if self.files.pop(path, None) is not None:
             self.changed = True
 
+    def checkpoint(self) -> None:
+        """Write the record now if it changed and the last write is CHECKPOINT_SECONDS
+        old (the first change is written at once). Never fails the run."""
+        if self.path is None or not self.changed:
+            return
+        if self._written_at is not None and time.monotonic() - self._written_at < CHECKPOINT_SECONDS:
+            return
+        self._write()
+
     def save(self, roots: Sequence[str]) -> None:
         """Write the record, dropping files under `roots` that are gone. Never fails the run."""
         if self.path is None:
@@ -86,16 +100,21 @@ class KnownBadFiles:
         prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
         for path in [p for p in self.files if p.startswith(prefixes) and not os.path.lexists(p)]:
             self.forget(path)
-        if not self.changed:
-            return
+        if self.changed:
+            self._write()
+
+    def _write(self) -> None:
+        assert self.path is not None
+        self._written_at = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.files:
                 self.path.unlink(missing_ok=True)
-                return
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"format": FORMAT, "decoder": self.fingerprint, "files": self.files}),
-                           encoding="utf-8")
-            os.replace(tmp, self.path)  # a reader never sees half a file
+            else:
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"format": FORMAT, "decoder": self.fingerprint, "files": self.files}),
+                               encoding="utf-8")
+                os.replace(tmp, self.path)  # a reader never sees half a file
+            self.changed = False
         except OSError:
             pass  # a record that cannot be written is only a slower next run

@@ -269,6 +269,7 @@ class Ingestor:
             self._skip(entry.path, reason or "unknown error")
             if lasting:
                 self.known_bad.remember(entry.path, entry.size, entry.mtime_ns, reason)
+                self.known_bad.checkpoint()  # kept even if this run is killed
         else:
             self.known_bad.forget(entry.path)
             yield entry, decoded

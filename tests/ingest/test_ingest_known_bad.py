@@ -119,3 +119,32 @@ def test_reasons_that_can_pass_are_not_lasting(tmp_path, monkeypatch):
     with pytest.raises(SkipImage) as info:
         load_image(str(photo))
     assert not info.value.lasting and str(info.value).startswith("read error")
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_the_bad_files_it_found(tmp_path, tiny_model_dir):
+    """Issue #15, defect 5: the record was written only when a run ended, so a run
+    killed by kill -9 forgot every bad file it had found. It is written as they are
+    found (at most every CHECKPOINT_SECONDS)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    photos = tmp_path / "photos"
+    (photos / "000-broken.jpg").parent.mkdir(parents=True)
+    (photos / "000-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    for i in range(300):  # enough work after the bad file for the kill to land mid-run
+        draw_image(photos / f"{i + 1:03d}-good.png", ("red", "green", "blue")[i % 3], "circle", size=(1200, 900))
+    records = Path(os.environ["CLIPSEARCH_CACHE_DIR"]) / "bad-files"
+    process = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index",
+                                str(tmp_path / "index"), "--model", str(tiny_model_dir), "--workers", "0",
+                                "--batch-size", "4", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(records.glob("*.json")) and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    summary, _ = run(photos, tmp_path / "index", tiny_model_dir)
+    assert summary["unchanged"] < 300, "the run had ended before it was killed: give it more work"
+    assert summary["known_bad"] == 1 and summary["skipped"] == 1
