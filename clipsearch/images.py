@@ -111,7 +111,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in WIDE_MODES:
         if img.mode != "F":
             img = img.convert("I")
-        low, high = img.getextrema()
+        extrema = img.getextrema()  # one band: (low, high)
+        low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
         scale = 255.0 / (high - low) if high > low else 0.0
         return img.point(lambda v: (v - low) * scale).convert("L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
