@@ -89,6 +89,10 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
         raise SkipImage("not an image Pillow can read (corrupt, or not the format its name says)") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if unsupported(message):  # a valid file this Pillow cannot read: say so, not "corrupt"
+            import PIL
+
+            raise SkipImage(f"unsupported by this Pillow build ({PIL.__version__}): {message}") from None
         # Pillow's own complaints carry no errno; one that does is the disk or the
         # network share failing to read (EIO), which may pass.
         io_error = isinstance(exc, OSError) and exc.errno is not None
@@ -96,6 +100,15 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                         lasting=not io_error) from None
     except MemoryError:
         raise SkipImage("out of memory while decoding", lasting=False) from None
+
+
+# How Pillow says a file uses something it was not built to read (a TIFF compressed with
+# WebP, a BMP bitfields layout, a codec left out of the build), as opposed to damage.
+UNSUPPORTED = ("unsupported", "not supported", "not available", "unknown raw mode", "unknown compression")
+
+
+def unsupported(message: str) -> bool:
+    return any(words in message.lower() for words in UNSUPPORTED)
 
 
 # Modes of one channel wider than 8 bits: 16-bit PNG and TIFF (scientific, medical and
