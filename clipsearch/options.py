@@ -98,3 +98,21 @@ def index_options(fn: F) -> F:
 
 def quiet_option(fn: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")(fn)
+
+
+def server_options(server_help: str) -> Callable[[F], F]:
+    """--server URL and --token TOKEN of a thin client (search, status): the command
+    receives both resolved from the flags, then CLIPSEARCH_SERVER and CLIPSEARCH_TOKEN
+    (server None: work locally)."""
+
+    def decorate(fn: F) -> F:
+        @setting_option("server", metavar="URL", help=server_help)
+        @setting_option("token", metavar="TOKEN", help=(
+            "With --server: the token that server was started with, sent as Authorization: Bearer. Never printed."))
+        @functools.wraps(fn)
+        def wrapper(server: str | None, token: str | None, **kwargs: Any) -> Any:
+            return fn(server=config.value("server", server), token=config.value("token", token), **kwargs)
+
+        return wrapper
+
+    return decorate

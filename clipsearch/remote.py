@@ -22,8 +22,6 @@ from .hits import SearchHit
 
 WHERE = "--server / CLIPSEARCH_SERVER"
 TOKEN_WHERE = "--token / CLIPSEARCH_TOKEN"
-TOKEN_HELP = ("With --server: the token that server was started with, sent as Authorization: Bearer. "
-              "Never printed.")
 
 
 class ServeClient:

@@ -11,8 +11,7 @@ import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
-from clipsearch.options import index_options, setting_option
-from clipsearch.remote import TOKEN_HELP
+from clipsearch.options import index_options, server_options
 
 LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grpc/--rest are ignored: "
               "the server answers with its own.")
@@ -43,17 +42,15 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.option("--verbose", "-v", is_flag=True,
               help="On stderr: whether the fast text path (cached ONNX text tower, no torch) or the full "
                    "model answered and why, and the time each step took.")
-@setting_option("server", metavar="URL", help=(
+@server_options(
     "Ask a running `clipsearch serve` (http://host:8765) instead of opening the index here: no model "
     "and no index are loaded in this process. --image and an image QUERY upload the file; --add/--subtract "
-    "take text only. " + LOCAL_ONLY))
-@setting_option("token", metavar="TOKEN", help=TOKEN_HELP)
+    "take text only. " + LOCAL_ONLY)
 def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery, verbose,
            server, token):
     """Find the images that best match QUERY (text, or an image file)."""
-    server = config.value("server", server)
     if server:
-        return search_remote(server, config.value("token", token), query, k, image, add, subtract, queries,
+        return search_remote(server, token, query, k, image, add, subtract, queries,
                              under, min_score, fmt, gallery, verbose)
     from clipsearch.timings import Timings
 

@@ -308,12 +308,13 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         if size not in THUMBNAIL_SIZES:
             raise ClipsearchError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size}")
         payload = service.record(str(point))
-        os.close(open_indexed(payload))  # gone or changed: 410, before any 304
+        fd = open_indexed(payload)  # gone or changed: 410, before any 304
         tag = etag(str(point), payload, size)
         headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
         if tag in (request.headers.get("if-none-match") or ""):
+            os.close(fd)
             return Response(status_code=304, headers=headers)
-        return Response(thumbnails.get(str(point), payload, size), media_type="image/jpeg", headers=headers)
+        return Response(thumbnails.get(str(point), payload, size, fd), media_type="image/jpeg", headers=headers)
 
     @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, **ERRORS})
     def original(point: POINT):

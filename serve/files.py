@@ -77,10 +77,9 @@ class Thumbnails:
         name = f"{point}-{size}-{payload.get('size')}-{payload.get('mtime_ns', 0)}.jpg"
         return self.folder / point[:2] / name
 
-    def get(self, point: str, payload: dict, size: int) -> bytes:
-        if size not in THUMBNAIL_SIZES:
-            raise ClipsearchError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size}")
-        fd = open_indexed(payload)  # checked every time, cached or not
+    def get(self, point: str, payload: dict, size: int, fd: int) -> bytes:
+        """The JPEG of `size` (one of THUMBNAIL_SIZES). `fd`: the indexed file, opened
+        and checked by open_indexed (every time, cached or not); closed here."""
         cached = self._file(point, size, payload)
         if cached.is_file():
             os.close(fd)

@@ -33,11 +33,7 @@ class ServeOptions:
 
 
 def say(message: str) -> None:
-    click_echo(f"clipsearch serve: {message}")
-
-
-def click_echo(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(f"clipsearch serve: {message}", file=sys.stderr, flush=True)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -81,6 +77,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
     from clipsearch.index import open_index
 
     from .files import Thumbnails
+    from .security import Guard
     from .service import SearchService, load_encoder
     from .uploads import UploadDecoder
 
@@ -92,6 +89,8 @@ def run(settings: Settings, options: ServeOptions) -> None:
 
         roots = resolve_roots(options.watch)
     index = open_index(settings, create=bool(roots))
+    service: SearchService | None = None
+    uploads: UploadDecoder | None = None
     try:
         if not roots and not index.exists():
             raise ClipsearchError(f"collection {settings.collection!r} does not exist at {index.location}; "
@@ -110,7 +109,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
 
         from .app import create_app
 
-        app = create_app(service, guard_for(token), Thumbnails(thumbnail_folder(settings)), uploads,
+        app = create_app(service, Guard(token), Thumbnails(thumbnail_folder(settings)), uploads,
                          int(options.upload_megabytes * 1e6), options.cors_origins, version("clipsearch"))
         if roots:
             service.watcher = start_watcher(service, roots, options)
@@ -121,22 +120,15 @@ def run(settings: Settings, options: ServeOptions) -> None:
             say(f"open {url}/login?token={token} (a token was generated; give --token to choose one)")
         serve_forever(app, sock)
     finally:
-        watcher = locals().get("service") and service.watcher
-        if watcher is not None:
+        if service is not None and service.watcher is not None:
             # The batch being encoded is committed; an HNSW build in a child process
             # is not waited for: it dies with this process, and the next start cleans
             # up its copy and builds again.
-            watcher.stop(timeout=30)
-        if "uploads" in locals():
+            service.watcher.stop(timeout=30)
+        if uploads is not None:
             uploads.close()
-        with (service.lock if "service" in locals() else nullcontext()):
+        with (service.lock if service is not None else nullcontext()):
             index.close()
-
-
-def guard_for(token: str | None):
-    from .security import Guard
-
-    return Guard(token)
 
 
 def start_watcher(service, roots: list[str], options: ServeOptions):

@@ -10,6 +10,7 @@ upload) load the full model on first use, the same one the watcher embeds with.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import nullcontext
@@ -232,7 +233,7 @@ class SearchService:
     def status(self) -> dict:
         with self.lock:
             facts = self.index.inner.describe()
-        facts["server"] = {"pid": _pid(), "watching": self.watching}
+        facts["server"] = {"pid": os.getpid(), "watching": self.watching}
         return facts
 
     def ingest_state(self) -> dict:
@@ -258,12 +259,6 @@ def canonical_folder(under: str | None) -> str | None:
     from clipsearch.index import canonical_path
 
     return canonical_path(under)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def elapsed_ms(started: float) -> float:

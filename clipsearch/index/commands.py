@@ -7,10 +7,8 @@ import json
 
 import click
 
-from .. import config
 from ..errors import ClipsearchError
-from ..options import index_options, quiet_option, setting_option
-from ..remote import TOKEN_HELP
+from ..options import index_options, quiet_option, server_options
 
 
 @click.command()
@@ -18,17 +16,15 @@ from ..remote import TOKEN_HELP
 @click.option("--json", "as_json", is_flag=True,
               help="Print the facts as JSON (with --server, also the server's own: \"server\": {version, pid, "
                    "watching}).")
-@setting_option("server", metavar="URL", help=(
+@server_options(
     "Ask a running `clipsearch serve` (http://host:8765) for the facts of the index it holds, opening "
-    "nothing here. With --server, --model, --index, --collection, --device and --grpc/--rest are ignored."))
-@setting_option("token", metavar="TOKEN", help=TOKEN_HELP)
+    "nothing here. With --server, --model, --index, --collection, --device and --grpc/--rest are ignored.")
 def status(settings, as_json, server, token):
     """Show the backend, collection, number of images and model of the index."""
-    server = config.value("server", server)
     if server:
         from ..remote import ServeClient
 
-        facts = ServeClient(server, config.value("token", token)).status()
+        facts = ServeClient(server, token).status()
         if as_json:
             click.echo(json.dumps(facts))
             return
