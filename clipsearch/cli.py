@@ -12,10 +12,13 @@ so `clipsearch --help` and `clipsearch status` start fast.
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 
 import click
 
-from .errors import ClipsearchError
+from .errors import ClipsearchError, Terminated
+from .names import printable
 
 # The modules whose COMMANDS make up the CLI, in help order.
 COMMAND_MODULES = (
@@ -28,16 +31,45 @@ COMMAND_MODULES = (
 
 
 class CliGroup(click.Group):
-    """Turns a ClipsearchError anywhere below into `Error: <one line>` and exit 1."""
+    """Turns a ClipsearchError anywhere below into `Error: <one line>` and exit 1, and
+    Ctrl-C or SIGTERM into one line and exit 130 or 143 (128 + the signal, as a shell
+    reports a process the signal ended)."""
 
     def invoke(self, ctx):
+        previous = _terminate_like_ctrl_c()
         try:
             return super().invoke(ctx)
         except ClipsearchError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted; everything committed so far is kept.", err=True)
-            ctx.exit(130)
+            # A message naming a file may carry its bytes: no control character or
+            # undecodable byte reaches the terminal raw (clipsearch/names.py).
+            raise click.ClickException(printable(str(exc))) from None
+        except KeyboardInterrupt as exc:
+            signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+            click.echo(f"{'Terminated' if signum == signal.SIGTERM else 'Interrupted'}; "
+                       "everything committed so far is kept.", err=True)
+            ctx.exit(128 + signum)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM raises Terminated in the main thread (where Python runs signal handlers),
+    so that a stopped command unwinds through its finally blocks as Ctrl-C does. Left
+    alone where someone else already handles SIGTERM (an embedding program, a test
+    harness) or off the main thread. Returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    current = signal.getsignal(signal.SIGTERM)
+    if current not in (signal.SIG_DFL, None):
+        return None
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    return current
 
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,3 +6,10 @@ class ClipsearchError(Exception):
     row, setting or URL involved; the CLI prints it as `Error: ...` and exits 1."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service stop, `kill`, a container shutting down) raised in the main
+    thread, so that it unwinds exactly like Ctrl-C: the batch in hand is committed or
+    dropped, locks are released, decoder processes are stopped, and the command exits
+    143 instead of dying where it stands."""

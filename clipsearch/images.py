@@ -34,6 +34,10 @@ class Decoded:
     image: Image.Image  # RGB, shortest side about `target` pixels
     width: int  # of the original, after EXIF orientation
     height: int
+    # What Pillow warned about while decoding a file it could still use (corrupt EXIF, a
+    # tag larger than the file): for the skip report, not for stderr, where hundreds of
+    # them buried the progress line and broke --json and --quiet runs.
+    warnings: tuple[str, ...] = ()
 
 
 def _oriented_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
@@ -51,7 +55,8 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
     try:
         if os.path.getsize(path) == 0:
             raise SkipImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # Our own megapixel limit replaces Pillow's, checked before any decoding.
             Image.MAX_IMAGE_PIXELS = None
@@ -74,7 +79,7 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                     scale = target / min(img.size)
                     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
                     img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-                return Decoded(path, img, width, height)
+                return Decoded(path, img, width, height, _one_each(caught))
     except SkipImage:
         raise
     except FileNotFoundError:
@@ -100,6 +105,11 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                         lasting=not io_error) from None
     except MemoryError:
         raise SkipImage("out of memory while decoding", lasting=False) from None
+
+
+def _one_each(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    """Each distinct warning once, one line each."""
+    return tuple(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
 
 
 # How Pillow says a file uses something it was not built to read (a TIFF compressed with

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
 from clipsearch.index import Index, ancestor_dirs, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
+from clipsearch.names import path_fields
 from clipsearch.progress import Progress
 
 from .known_bad import KnownBadFiles, decoder_fingerprint
@@ -81,7 +83,7 @@ class IngestSummary:
 
 def payload_for(entry: FileEntry, decoded: Decoded) -> dict:
     return {
-        "path": entry.path,
+        **path_fields(entry.path),  # a name that is not UTF-8 keeps its bytes (clipsearch/names.py)
         "dirs": ancestor_dirs(entry.path),
         "size": entry.size,
         "mtime": entry.mtime,  # seconds, for people and range filters
@@ -250,7 +252,11 @@ class Ingestor:
             for entry, job in jobs:
                 if pool is None:  # spawn only when there is something to decode
                     # spawn, not fork: forking a process that holds torch threads can deadlock.
-                    pool = multiprocessing.get_context("spawn").Pool(opts.workers)
+                    # The decoders ignore Ctrl-C, which a terminal sends to the whole process
+                    # group: this process stops them (terminate, below) once it has
+                    # committed what it holds, and no worker prints a traceback meanwhile.
+                    pool = multiprocessing.get_context("spawn").Pool(
+                        opts.workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
                 pending.append((entry, pool.apply_async(decode_job, (job,))))
                 while len(pending) >= window or (pending and pending[0][1].ready()):
                     first, result = pending.popleft()

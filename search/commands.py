@@ -11,6 +11,7 @@ import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import has_control, name_bytes, shown
 from clipsearch.options import index_options, server_options
 
 LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grpc/--rest are ignored: "
@@ -33,10 +34,11 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
 @click.option("--min-score", type=float, default=None, help="Drop hits scoring below this cosine similarity.")
-@click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "json"]), default="table",
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "paths0", "json"]), default="table",
               show_default=True,
-              help="table: rank, score, path; paths: bare paths for xargs; json: one object per hit "
-                   "(with --queries: one object keyed by query).")
+              help="table: rank, score, path; paths: bare paths, one a line; paths0: paths ending in NUL, "
+                   "exact for `xargs -0`; json: one object per hit (with --queries: one object keyed by query). "
+                   "Names with control characters are quoted $'...' in table and paths.")
 @click.option("--gallery", type=click.Path(dir_okay=False), default=None, metavar="FILE.html",
               help="Also write an HTML page of the hits as thumbnails with scores.")
 @click.option("--verbose", "-v", is_flag=True,
@@ -201,21 +203,37 @@ def write_remote_gallery(path: str, client, results) -> None:
 
 
 def print_results(results, fmt: str, keyed: bool) -> None:
+    """Hits on stdout. A file name is bytes, and a name may hold a newline: `json` escapes
+    it (ASCII JSON; a name that is not UTF-8 as Python's surrogate escapes, which
+    os.fsencode turns back into its bytes), `table` quotes such a name as bash would
+    ($'...', clipsearch/names.py), `paths` writes each name's bytes on a line and quotes
+    only a name holding a line break or control character, `paths0` writes exact bytes
+    ending in NUL, for `xargs -0`."""
     if fmt == "json" and keyed:
         click.echo(json.dumps({label: [h.to_dict() for h in hits] for label, hits in results}))
         return
+    quoted = 0
     for label, hits in results:
         if keyed and fmt == "table":
-            click.echo(f"# {label}")
+            click.echo(f"# {shown(label)}")
         for hit in hits:
-            if fmt == "paths":
-                click.echo(hit.path)
+            if fmt == "paths0":
+                click.echo(name_bytes(hit.path) + b"\0", nl=False)
+            elif fmt == "paths":
+                if has_control(hit.path):  # its bytes would split or fake a line
+                    quoted += 1
+                    click.echo(shown(hit.path))
+                else:  # exact bytes, as find(1) prints them
+                    click.echo(name_bytes(hit.path))
             elif fmt == "json":
                 click.echo(json.dumps(hit.to_dict()))
             else:
-                click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}")
+                click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {shown(hit.path)}")
         if not hits and fmt == "table":
             click.echo("no hits", err=True)
+    if quoted:
+        click.echo(f"{quoted} of the paths held a line break or control character and were written quoted "
+                   "($'...'); -f paths0 gives every name exactly, for xargs -0", err=True)
 
 
 COMMANDS = [search]

@@ -9,6 +9,8 @@ import io
 from pathlib import Path
 from typing import Callable, Sequence
 
+from clipsearch.names import shown
+
 THUMBNAIL = 256
 
 STYLE = """
@@ -55,15 +57,16 @@ def render_gallery(sections: Sequence[tuple[str, Sequence]], thumbnail: Callable
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clipsearch results</title>",
              f"<style>{STYLE}</style></head><body>"]
     for title, hits in sections:
-        parts.append(f"<h2>{html.escape(str(title))}</h2><div class='grid'>")
+        parts.append(f"<h2>{html.escape(shown(str(title)))}</h2><div class='grid'>")
         for hit in hits:
             uri = thumbnail(hit)
             href = html.escape(link(hit), quote=True)
-            image = (f"<a href='{href}'><img src='{uri}' alt='{html.escape(Path(hit.path).name, quote=True)}'></a>"
+            alt = html.escape(shown(Path(hit.path).name), quote=True)
+            image = (f"<a href='{href}'><img src='{uri}' alt='{alt}'></a>"
                      if uri else "<div class='missing'>not readable</div>")
             parts.append(
                 f"<figure>{image}<figcaption><span class='score'>#{hit.rank} &middot; {hit.score:.4f}</span>"
-                f"<br>{html.escape(hit.path)}</figcaption></figure>")
+                f"<br>{html.escape(shown(hit.path))}</figcaption></figure>")
         if not hits:
             parts.append("<p>no hits</p>")
         parts.append("</div>")

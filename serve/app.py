@@ -24,6 +24,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import path_of, stored
 
 from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
 from .security import COOKIE, OPEN_PATHS, Guard
@@ -106,8 +107,9 @@ POINT = Annotated[uuid.UUID, "an image's point id"]
 
 
 def shown(path: str) -> str:
-    """A path for JSON: a name that is not valid UTF-8 keeps its readable parts."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """A path for JSON, which holds text only: a name that is not valid UTF-8 shows each
+    byte that is not as \\xNN (names.stored), as the index stores it."""
+    return stored(path)
 
 
 def one_line(text: str) -> str:
@@ -299,7 +301,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     @app.get("/api/images/{point}", response_model=ImageInfo, responses=ERRORS)
     def image_info(point: POINT) -> dict:
         payload = service.record(str(point))
-        return {"id": str(point), "path": shown(payload.get("path", "")), "width": payload.get("width"),
+        return {"id": str(point), "path": shown(path_of(payload)), "width": payload.get("width"),
                 "height": payload.get("height"), "size": payload.get("size"), "mtime": payload.get("mtime")}
 
     @app.get("/api/images/{point}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, 304: {}, **ERRORS})
@@ -327,8 +329,8 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                 while block := f.read(1 << 20):
                     yield block
 
-        name = Path(shown(payload["path"])).name
-        return StreamingResponse(chunks(), media_type=media_type(payload["path"]), headers={
+        name = Path(shown(path_of(payload))).name
+        return StreamingResponse(chunks(), media_type=media_type(path_of(payload)), headers={
             "Content-Length": str(size), "ETag": etag(str(point), payload),
             "Cache-Control": "private, no-cache",
             "Content-Disposition": f"inline; filename*=UTF-8''{_quote(name)}"})

@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import path_of
 
 THUMBNAIL_SIZES = (128, 256, 512, 1024)
 
@@ -33,8 +34,8 @@ class Gone(ClipsearchError):
 
 def open_indexed(payload: dict) -> int:
     """A read-only descriptor of the file a point names, after the checks above."""
-    path = payload.get("path")
-    if not isinstance(path, str) or not path:
+    path = path_of(payload)
+    if not path:
         raise Gone("the point names no file")
     try:
         fd = os.open(os.fsencode(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))

@@ -8,6 +8,7 @@ contract tests in tests/index/test_index_contract.py run the same calls on each.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
+from ..names import name_bytes, path_of, stored
 
 # Fixed forever: changing it would change every point id and duplicate every index.
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clipsearch:image-path")
@@ -37,21 +39,32 @@ def point_id(path: str | os.PathLike) -> str:
 
 def canonical_point_id(path: str) -> str:
     """point_id of a path already canonical (as the ingest walk yields them): skips
-    realpath, which costs an lstat per path component and dominated re-ingests."""
-    return str(uuid.uuid5(POINT_NAMESPACE, path))
+    realpath, which costs an lstat per path component and dominated re-ingests.
+
+    uuid5 over the name's bytes: for a text path exactly uuid.uuid5(POINT_NAMESPACE,
+    path); a name that is not UTF-8 hashes its bytes (uuid.uuid5 would refuse its
+    surrogate escapes before Python 3.12)."""
+    digest = hashlib.sha1(POINT_NAMESPACE.bytes + name_bytes(path), usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 def ancestor_dirs(path: str) -> list[str]:
     """Every folder above `path`, which lets a keyword filter select a subtree
-    (`--in FOLDER`) on every backend without prefix matching."""
+    (`--in FOLDER`) on every backend without prefix matching. In their stored form
+    (names.stored), as `under_value` gives a filter's folder."""
     parents = []
     current = os.path.dirname(path)
     while True:
-        parents.append(current)
+        parents.append(stored(current))
         parent = os.path.dirname(current)
         if parent == current:
             return parents
         current = parent
+
+
+def under_value(folder: str) -> str:
+    """The `dirs` value that selects the points below `folder` (a canonical path)."""
+    return stored(folder)
 
 
 # HNSW beam width at query time. Text queries sit apart from the image vectors they
@@ -74,7 +87,8 @@ class Hit:
 
     @property
     def path(self) -> str:
-        return self.payload.get("path", "")
+        """The file's real path (names.path_of: bytes that are not UTF-8 included)."""
+        return path_of(self.payload)
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,11 @@ class Record:
     id: str
     payload: dict = field(default_factory=dict)
     vector: np.ndarray | None = None
+
+    @property
+    def path(self) -> str:
+        """The file's real path (names.path_of)."""
+        return path_of(self.payload)
 
 
 class Index(ABC):

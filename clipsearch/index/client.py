@@ -20,7 +20,7 @@ import numpy as np
 
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
-from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
+from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record, under_value
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
@@ -250,7 +250,7 @@ class ClientIndex(Index):
         must: list[models.Condition] = []
         must_not: list[models.Condition] = []
         if under:
-            must.append(models.FieldCondition(key="dirs", match=models.MatchValue(value=under)))
+            must.append(models.FieldCondition(key="dirs", match=models.MatchValue(value=under_value(under))))
         if exclude_ids:
             must_not.append(models.HasIdCondition(has_id=list(exclude_ids)))
         if not must and not must_not:
