@@ -1,0 +1,176 @@
+"""SIGTERM and Ctrl-C during ingest and migrate (issue #15, faults to survive).
+
+A service manager, `kill` or a container shutting down sends SIGTERM; a person sends
+Ctrl-C to the whole foreground process group (the decoder processes included). Either
+way the command finishes or drops the batch in hand, releases the index lock, leaves no
+decoder process behind, prints one line saying what is kept and exits 143 (SIGTERM) or
+130 (Ctrl-C); the next run completes with exact counts. Each test is one trial per
+signal (2 signals x 2 commands = 4 trials), at a moment chosen by the progress the
+command reports, through the real console entry point."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from support import draw_collection
+
+pytestmark = pytest.mark.slow
+
+KEPT = {signal.SIGTERM: "Terminated; everything committed so far is kept.",
+        signal.SIGINT: "Interrupted; everything committed so far is kept."}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below `pid` (from /proc: no psutil needed)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z":  # a zombie is already dead
+                parents[int(entry)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+class Command:
+    """The console entry point in its own session (as a shell runs a foreground job),
+    its stderr read line by line as it comes."""
+
+    def __init__(self, args: list[str], env: dict):
+        self.process = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", *args], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, condition, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(condition(line) for line in list(self.lines)):
+            assert self.process.poll() is None, "\n".join(self.lines)
+            assert time.monotonic() < deadline, "\n".join(self.lines)
+            time.sleep(0.05)
+
+    def interrupt(self, signum: int) -> tuple[int, str, set[int]]:
+        """Ctrl-C goes to the whole process group, as a terminal sends it; SIGTERM to
+        the command alone, as `kill` sends it. Returns the exit code, stderr, and the
+        processes that were below the command when the signal went."""
+        children = descendants(self.process.pid)
+        if signum == signal.SIGINT:
+            os.killpg(self.process.pid, signal.SIGINT)
+        else:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=120)
+        self._reader.join(timeout=10)
+        return code, "\n".join(self.lines), children
+
+
+def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def command_env(tmp_path: Path, model: Path) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPSEARCH_")}
+    env.update(CLIPSEARCH_MODEL=str(model), CLIPSEARCH_DEVICE="cpu", CLIPSEARCH_CACHE_DIR=str(tmp_path / "cache"),
+               CLIPSEARCH_PROGRESS_SECONDS="0.1", HF_HUB_OFFLINE="1")
+    return env
+
+
+def count(index: str, env: dict, collection: str | None = None) -> int:
+    import json
+
+    args = ["status", "--index", index, "--json"] + (["--collection", collection] if collection else [])
+    return int(json.loads(run(args, env).stdout)["points"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_ingest_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, signum):
+    """1 trial per signal: stopped once at least 8 images are embedded."""
+    photos = tmp_path / "photos"
+    files = draw_collection(photos, 240)
+    env = command_env(tmp_path, tiny_model_dir)
+    index = str(tmp_path / "index")
+    command = Command(["ingest", str(photos), "--index", index, "--batch-size", "4", "--workers", "1"], env)
+
+    def embedded_some(line: str) -> bool:
+        return line.startswith("found") and int(line.split("embedded ")[1].split(",")[0]) >= 8
+
+    command.wait_for(embedded_some)
+    code, stderr, children = command.interrupt(signum)
+    assert code == 128 + signum, stderr
+    assert KEPT[signum] in stderr and "Traceback" not in stderr, stderr
+    assert children, "the decoder pool was running when the signal went"
+    time.sleep(0.5)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and _alive(pid)], "decoders left behind"
+    # The lock is free (status and ingest open the index), the count is what was committed,
+    # and the next run embeds exactly the rest.
+    kept = count(index, env)
+    assert 8 <= kept < len(files)
+    again = run(["ingest", str(photos), "--index", index, "--json", "--workers", "1"], env)
+    import json
+
+    summary = json.loads(again.stdout)
+    assert summary["unchanged"] == kept and summary["embedded"] == len(files) - kept, summary
+    assert count(index, env) == len(files)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_migrate_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, encoder, signum):
+    """1 trial per signal: stopped once the first batches are copied."""
+    from clipsearch.index.edge import EdgeIndex
+
+    total = 6000
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(total, encoder.identity.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    source = str(tmp_path / "source")
+    with EdgeIndex(source, "images", create=True) as index:
+        index.ensure_collection(encoder.identity)
+        ids = [f"00000000-0000-5000-8000-{i:012d}" for i in range(total)]
+        for start in range(0, total, 1000):
+            index.upsert(ids[start:start + 1000], vectors[start:start + 1000],
+                         [{"path": f"/photos/{i}.jpg", "dirs": ["/photos", "/"]} for i in range(start, start + 1000)])
+    env = command_env(tmp_path, tiny_model_dir)
+    target = str(tmp_path / "target")
+    command = Command(["migrate", "--index", source, "--collection", "images", "--to", target, "--batch-size", "2"],
+                      env)
+    command.wait_for(lambda line: line.startswith("migrated ") and not line.startswith("migrated 0/"))
+    code, stderr, _ = command.interrupt(signum)
+    assert code == 128 + signum, stderr
+    assert KEPT[signum] in stderr and "Traceback" not in stderr, stderr
+    copied = count(target, env, "images")
+    assert 0 < copied < total
+    assert count(source, env, "images") == total  # the source is never touched
+    run(["migrate", "--index", source, "--collection", "images", "--to", target, "--batch-size", "500"], env)
+    assert count(target, env, "images") == total
