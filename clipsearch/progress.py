@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from . import config
+from .names import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from tqdm import tqdm
@@ -86,7 +87,7 @@ class Progress:
         """
         if self.quiet:
             return
-        self._write(text)
+        self._write(printable(text))  # a file name in it cannot break the line or the terminal
 
     def finish(self) -> None:
         """End a live progress line (it stays on screen); the next update starts a new one."""

@@ -10,6 +10,7 @@ to it as bytes, as a shell would."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -61,17 +62,30 @@ def library(tmp_path_factory, tiny_model_dir):
     env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPSEARCH_")}
     env.update(CLIPSEARCH_MODEL=str(tiny_model_dir), CLIPSEARCH_INDEX=str(root / "index"), CLIPSEARCH_DEVICE="cpu",
                CLIPSEARCH_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1")
-    first = clipsearch("ingest", photos, "--workers", "0", env=env)
+    broken = os.path.join(photos, b"bro\xefken\n.png")  # not an image, and its name not text
+    with open(broken, "wb") as f:
+        f.write(b"\x89PNG not really")
+    report = os.fsencode(root / "skipped.jsonl")
+    first = clipsearch("ingest", photos, "--workers", "0", "--report", report, env=env)
     again = clipsearch("ingest", photos, "--workers", "0", "--json", env=env)
     files = {os.path.join(photos, name) for name in NAMES}
-    return {"photos": photos, "files": files, "env": env, "first": first, "again": again}
+    return {"photos": photos, "files": files, "env": env, "first": first, "again": again, "broken": broken,
+            "report": report}
 
 
 def test_every_file_is_ingested_once_with_an_id_stable_across_runs(library):
     first = library["first"]
     assert b"ingested 7," in first.stdout + first.stderr, first.stdout + first.stderr
     second = json.loads(library["again"].stdout)
-    assert (second["embedded"], second["unchanged"], second["skipped"]) == (0, 7, 0)
+    assert (second["embedded"], second["unchanged"], second["skipped"]) == (0, 7, 1)
+
+
+def test_a_bad_file_so_named_is_reported_with_its_bytes(library):
+    """The skip line on stderr stays one line; the report keeps the exact name."""
+    stderr = library["first"].stderr.decode("utf-8")
+    assert "bro\\xefken\\x0a.png: not an image" in stderr, stderr
+    entry = json.loads(open(library["report"], "rb").read().splitlines()[0])
+    assert base64.b64decode(entry["path_bytes"]) == library["broken"]
 
 
 def test_the_id_of_a_name_that_is_not_text_hashes_its_bytes(tmp_path):
