@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageFile, ImageOps
+
+from .photo_facts import photo_facts
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
@@ -38,6 +40,8 @@ class Decoded:
     # tag larger than the file): for the skip report, not for stderr, where hundreds of
     # them buried the progress line and broke --json and --quiet runs.
     warnings: tuple[str, ...] = ()
+    # When, with what and where it was taken (clipsearch/photo_facts.py), for the payload.
+    facts: dict = field(default_factory=dict)
 
 
 def _oriented_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
@@ -72,6 +76,7 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                     img.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
                 img.load()  # first: a partial decode raises here, and the file is skipped
                 width, height = _oriented_size(img, w, h)
+                facts = photo_facts(img)
                 img = ImageOps.exif_transpose(img) or img
                 if img.mode != "RGB":
                     img = to_rgb(img)
@@ -79,7 +84,7 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                     scale = target / min(img.size)
                     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
                     img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-                return Decoded(path, img, width, height, _one_each(caught))
+                return Decoded(path, img, width, height, _one_each(caught), facts)
     except SkipImage:
         raise
     except FileNotFoundError:

@@ -15,6 +15,14 @@ per index and collection; losing it costs one decode per bad file, nothing more.
 runs at once on one machine: the last to finish writes the record, and the other's
 finds are read again once by the next run. Other machines sharing a server index keep
 their own records.
+
+A record that cannot be written (the cache's disk is full, a quota, a read-only cache
+folder) does not stop the run: it only makes the next run decode those files again,
+while stopping would leave the images after them unembedded, which is what the user
+ran ingest for. The first such failure prints one warning line naming the file and the
+reason (clipsearch/encoders/cache.py: warn_unwritable); the half-written temporary file
+is removed, so it holds none of the space that is missing, and the record already on
+disk stays as it was (the new one replaces it by a rename, or not at all).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from clipsearch import config
+from clipsearch.encoders import cache
 
 FORMAT = 1
 FOLDER = "bad-files"
@@ -60,6 +69,7 @@ class KnownBadFiles:
         return cls(config.cache_root() / FOLDER / f"{key}.json", fingerprint)
 
     def _read(self) -> None:
+        assert self.path is not None
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -111,10 +121,11 @@ class KnownBadFiles:
             if not self.files:
                 self.path.unlink(missing_ok=True)
             else:
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"format": FORMAT, "decoder": self.fingerprint, "files": self.files}),
-                               encoding="utf-8")
-                os.replace(tmp, self.path)  # a reader never sees half a file
+                # ensure_ascii: a name that is not UTF-8 (surrogate escapes) stays exact.
+                data = json.dumps({"format": FORMAT, "decoder": self.fingerprint, "files": self.files})
+                cache.write_atomic(self.path, data.encode("ascii"))  # a reader never sees half a file
             self.changed = False
-        except OSError:
-            pass  # a record that cannot be written is only a slower next run
+        except OSError as exc:
+            cache.warn_unwritable(self.path, exc)  # once; a record that cannot be written is a slower next run
+        else:
+            cache.wrote()

@@ -31,7 +31,7 @@ from clipsearch.names import path_fields
 from clipsearch.progress import Progress
 
 from .known_bad import KnownBadFiles, decoder_fingerprint
-from .report import SkipReport
+from .report import SkipReport, check_report_path
 from .walk import FileEntry, image_extensions, image_file, walk_images
 
 # How many candidate files are checked against the index in one retrieve call.
@@ -67,6 +67,9 @@ class IngestSummary:
     # Of the skipped: files an earlier run found bad, unchanged since, so not read again
     # (ingest/known_bad.py).
     known_bad: int = 0
+    # Files embedded although Pillow warned about them (corrupt EXIF and the like): the
+    # warnings are in the report, not on stderr.
+    warned: int = 0
     removed: int = 0
     seconds: float = 0.0
     hnsw_built: bool = False
@@ -77,7 +80,8 @@ class IngestSummary:
 
     def line(self) -> str:
         known = f" ({self.known_bad} as before, not read again)" if self.known_bad else ""
-        return (f"ingested {self.embedded}, unchanged {self.unchanged}, skipped {self.skipped}{known}, "
+        warned = f" ({self.warned} with decoder warnings)" if self.warned else ""
+        return (f"ingested {self.embedded}{warned}, unchanged {self.unchanged}, skipped {self.skipped}{known}, "
                 f"removed {self.removed} in {self.seconds:.1f} s")
 
 
@@ -90,6 +94,7 @@ def payload_for(entry: FileEntry, decoded: Decoded) -> dict:
         "mtime_ns": entry.mtime_ns,  # exact, for the unchanged-file check
         "width": decoded.width,
         "height": decoded.height,
+        **decoded.facts,  # taken, camera, location: where the file says so
     }
 
 
@@ -278,6 +283,9 @@ class Ingestor:
                 self.known_bad.checkpoint()  # kept even if this run is killed
         else:
             self.known_bad.forget(entry.path)
+            if decoded.warnings:
+                self.summary.warned += 1
+                self.report.warn(entry.path, decoded.warnings)
             yield entry, decoded
 
     def _commit(self, batch: list[tuple[FileEntry, Decoded]]) -> None:
@@ -462,7 +470,7 @@ class Ingestor:
 
 
 def _add(total: IngestSummary, part: IngestSummary) -> None:
-    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "removed", "seconds"):
+    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "warned", "removed", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.hnsw_built = total.hnsw_built or part.hnsw_built
     if total.first_batch_seconds is None:
@@ -492,5 +500,7 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     from clipsearch.index import open_index
 
     resolve_roots(folders)  # checked before the index is created: a typo leaves no empty index behind
+    if options is not None and options.report:
+        check_report_path(options.report)
     with open_index(settings, create=True) as opened:
         return Ingestor(encoder, opened, options, progress).run(folders)

@@ -1,22 +1,60 @@
-"""The skipped-files report: one JSON object per line, {"path", "reason"}."""
+"""The skipped-files report: one JSON object per line, {"path", "reason"} for a file
+skipped, {"path", "warning"} for one embedded although its decoder warned (corrupt
+EXIF and the like: collected here instead of printed, hundreds of them, on stderr).
+
+A path that is not valid UTF-8 is written as clipsearch/names.py stores it: a text
+stand-in in "path" and the exact bytes, base64, in "path_bytes"; every line stays valid
+UTF-8 JSON.
+
+A report that cannot be written (the disk is full, a quota, the folder is gone) stops
+the run with one line naming the file and the reason. Carrying on would end with
+"N skipped files listed in FILE" over a file that lacks some of them: the user asked
+for every skipped file, and a silently short list is worse than a stop that loses
+nothing (every batch handed to the index before it is committed; a re-run skips those
+files as unchanged). A line is written whole or not at all: a short write is cut back
+to where the line began, so a reader never meets half a line, and a re-run's lines
+follow the earlier ones cleanly.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections import deque
-from typing import TextIO
+from typing import BinaryIO, Sequence
+
+from clipsearch.encoders.cache import reason_of
+from clipsearch.errors import ClipsearchError
+from clipsearch.names import path_fields
 
 # How many of the latest skips `recent` keeps (serve's progress endpoint shows them).
 RECENT = 20
 
 
+def check_report_path(path: str) -> None:
+    """A report that could not be written at all (its folder is not there, or not
+    writable, or it names a folder) is refused before the run starts, not at its first
+    skipped file. Opens nothing: a run that skips nothing leaves no file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ClipsearchError(f"--report {path} is a folder; give a file to append the skipped files to")
+    if not os.path.isdir(folder):
+        raise ClipsearchError(f"--report {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) and not os.access(path, os.W_OK):
+        raise ClipsearchError(f"--report {path}: folder {folder} is not writable")
+
+
 class SkipReport:
     def __init__(self, path: str | None):
         self.path = path
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self.count = 0
+        self.warned = 0  # files embedded with decoder warnings
         self.examples: list[tuple[str, str]] = []  # the first few, for the summary
         self.recent: deque[tuple[str, str]] = deque(maxlen=RECENT)  # the last few, newest last
+        if path:
+            check_report_path(path)
 
     def add(self, path: str, reason: str) -> None:
         self.count += 1
@@ -24,15 +62,50 @@ class SkipReport:
             self.examples.append((path, reason))
         self.recent.append((path, reason))
         if self.path:
+            line = json.dumps({**path_fields(path), "reason": reason}, ensure_ascii=False) + "\n"
+            self._append(line.encode("utf-8", "surrogateescape"))
+
+    def warn(self, path: str, messages: Sequence[str]) -> None:
+        """A file that was embedded although its decoder warned about it."""
+        self.warned += 1
+        if self.path:
+            line = json.dumps({**path_fields(path), "warning": "; ".join(messages)}, ensure_ascii=False) + "\n"
+            self._append(line.encode("utf-8", "surrogateescape"))
+
+    def _append(self, data: bytes) -> None:
+        """One whole line, written through (unbuffered): a killed run still leaves its
+        report behind, and a failed write is seen here, at the line that failed."""
+        assert self.path is not None
+        start = None
+        try:
             if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")
-            self._file.write(json.dumps({"path": path, "reason": reason}, ensure_ascii=False) + "\n")
-            self._file.flush()  # a killed run still leaves its report behind
+                self._file = open(self.path, "ab", buffering=0)
+            start = self._file.seek(0, os.SEEK_END)
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)  # a raw file may write part of it
+                if not written:  # nothing went: the disk took no more
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+        except OSError as exc:
+            if start is not None and self._file is not None:
+                try:
+                    self._file.truncate(start)  # no half line; a full disk still allows this
+                except OSError:
+                    pass
+            raise ClipsearchError(
+                f"cannot write the skip report {self.path} (--report): {reason_of(exc)}; the images embedded "
+                "before this are kept: make room (or give another --report file) and run again") from None
 
     def lines(self) -> list[str]:
         """What the run prints about its skipped files: the first few, and where the rest are."""
+        warned = []
+        if self.warned:
+            files = f"{self.warned} file{'s' * (self.warned != 1)}"
+            warned = [f"{files} embedded with decoder warnings, listed in {self.path}" if self.path else
+                      f"{files} embedded with decoder warnings (--report FILE lists them)"]
         if not self.count:
-            return []
+            return warned
         shown = [f"skipped {path}: {reason}" for path, reason in self.examples]
         more = self.count - len(self.examples)
         if self.path:
@@ -40,9 +113,12 @@ class SkipReport:
                          f"listed in {self.path}")
         elif more:
             shown.append(f"... and {more} more (--report FILE lists every one)")
-        return shown
+        return shown + warned
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()  # unbuffered: nothing is left to write, so nothing can fail for want of space
+            except OSError:
+                pass

@@ -137,7 +137,7 @@ def build_terms(query: str | None, image: str | None, add: Iterable[str], subtra
             raise ClipsearchError("the query is empty; give some words to search for")
         terms.append(image_term(query) if looks_like_image_path(query) else Term("text", query.strip()))
     if image is not None:
-        terms.append(image_term(image))
+        terms.append(image_term(image, option="--image"))
     terms += [parse_term(spec, 1.0, "--add") for spec in add]
     terms += [parse_term(spec, -1.0, "--subtract") for spec in subtract]
     if not any(t.weight > 0 for t in terms):

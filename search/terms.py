@@ -3,14 +3,29 @@
 `--add 2:sunset` is the text "sunset" with weight 2; `--subtract beach.jpg` is that
 image with weight 1 taken away. A term names an image when it is an existing file
 with an image extension; anything else is text.
+
+The weight is a plain decimal number before the first colon (`2:`, `0.5:`, `1e-2:`).
+Anything else before a colon is part of the text: "Nan: portrait", "inf: the show",
+"Note: red". Text that itself starts with a number and a colon takes a weight in front
+("1:10:30 train"), or "10" is read as its weight. A weight must be positive, between
+MIN_WEIGHT and MAX_WEIGHT: the terms' unit vectors are float32, so a NaN or an infinite
+weight would reach the index as a NaN query, and a weight beyond float32's range would
+make the sum infinite; past a ratio of 1e12 between weights the lesser term is lost in
+float32's precision anyway.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from clipsearch.errors import ClipsearchError
+
+# ASCII digits only: float() also takes "1_000", "١" and "nan", which are read as text here.
+_WEIGHT = re.compile(r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t]*")
+MIN_WEIGHT = 1e-6
+MAX_WEIGHT = 1e6
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
 
@@ -22,36 +37,49 @@ class Term:
     weight: float = 1.0
 
 
+def _expand(path: str) -> str:
+    """~ and ~user expanded; as given where that cannot be done ("~a\x00b/x.jpg" makes
+    the password database raise ValueError): such a name is no file either."""
+    try:
+        return os.path.expanduser(path)
+    except ValueError:  # UnicodeEncodeError included (a lone surrogate in the user name)
+        return path
+
+
 def looks_like_image_path(value: str) -> bool:
-    return value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.expanduser(value))
+    return value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(_expand(value))
 
 
 def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool = True) -> Term:
     """'TEXT', 'IMAGE', 'W:TEXT' or 'W:IMAGE'. `images=False` reads every term as text:
-    a server never opens a file because a client named its path."""
+    a server never opens a file because a client named its path. A bad term is a
+    ClipsearchError of one line naming `option` and the term as given."""
+    given = spec
     weight = 1.0
     head, sep, rest = spec.partition(":")
-    if sep and rest:
-        try:
-            weight = float(head)
-            spec = rest
-        except ValueError:
-            pass  # a colon inside ordinary text
+    if sep and rest and _WEIGHT.fullmatch(head):
+        weight = float(head)
+        spec = rest
     spec = spec.strip()
     if not spec:
-        raise ClipsearchError(f"{option} needs a text or an image path, got {spec!r}")
+        raise ClipsearchError(f"{option} needs a text or an image path, got {given!r}")
     if weight <= 0:
-        raise ClipsearchError(f"{option} weight must be positive, got {weight:g}")
+        raise ClipsearchError(f"{option} weight must be positive, got {weight:g} in {given!r}")
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # finite, as _WEIGHT reads no nan or inf; 1e999 is inf
+        raise ClipsearchError(f"{option} weight must be from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, got {head.strip()!r} "
+                              f"in {given!r}")
     if images and looks_like_image_path(spec):
-        return image_term(spec, sign * weight)
+        return image_term(spec, sign * weight, option)
     return Term("text", spec, sign * weight)
 
 
-def image_term(path: str, weight: float = 1.0) -> Term:
-    path = os.path.expanduser(path)
+def image_term(path: str, weight: float = 1.0, option: str | None = None) -> Term:
+    """An example image. `option` (e.g. "--image") leads the error messages."""
+    path = _expand(path)
+    flag = f"{option} " if option else ""
     if os.path.isdir(path):
-        raise ClipsearchError(f"{path} is a folder, not an image; give one image file (or use --in FOLDER "
+        raise ClipsearchError(f"{flag}{path} is a folder, not an image; give one image file (or use --in FOLDER "
                               "to search within a folder)")
     if not os.path.isfile(path):
-        raise ClipsearchError(f"image {path} does not exist")
+        raise ClipsearchError(f"{option or 'image'} {path} does not exist")
     return Term("image", os.path.realpath(path), weight)

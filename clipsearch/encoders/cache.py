@@ -18,15 +18,23 @@ to embed reads it too (`read_identity`), and so loads no model either. Changing 
 file of the model folder changes the key, and the next query takes the full path and
 exports again.
 
+A cache that cannot be written (a full disk, a quota, a read-only folder) never fails a
+command: the cache only saves time. The first such failure of a process prints one
+warning line naming the file and the reason (`warn_unwritable`); what was half written
+is removed, and a tower whose export ran out of space is not recorded as a model that
+cannot be exported: it is exported again once there is room.
+
 This module imports only the standard library.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +55,99 @@ IDENTITIES = "identities"
 MAX_TOWERS = 4
 # Identity records kept at most (a few hundred bytes each), least recently used first.
 MAX_IDENTITIES = 64
+
+# A failed write leaves less than this free on the cache's file system: it ran out of
+# space, whatever the exception says (onnxruntime reports a full disk as "Failed to write
+# external initializers", with no errno; tokenizers as "... (os error 28)").
+LOW_SPACE_BYTES = 1 << 20
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_OUT_OF_SPACE_WORDS = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+
+# -- writing, and failing to ---------------------------------------------------------------
+
+
+class CacheFull(OSError):
+    """The cache's file system (or the user's quota) is full: a fact about this machine,
+    not about the model, so it is never recorded as a failed export."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """A failed write's reason as a phrase for one line: "no space left on device"."""
+    if isinstance(exc, OSError) and exc.errno in OUT_OF_SPACE and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    if is_out_of_space(exc):
+        return os.strerror(errno.ENOSPC)[0].lower() + os.strerror(errno.ENOSPC)[1:]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def is_out_of_space(exc: BaseException, where: Path | None = None) -> bool:
+    """Whether `exc` (or what it was raised from) means the disk or quota is full;
+    with `where`, also when the file system there has under LOW_SPACE_BYTES left."""
+    seen = exc
+    for _ in range(8):  # the chain of causes, which a library may wrap an OSError in
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE:
+            return True
+        if any(words in str(seen).lower() for words in _OUT_OF_SPACE_WORDS):
+            return True
+        following = seen.__cause__ or seen.__context__
+        if following is None:
+            break
+        seen = following
+    if where is not None:
+        try:
+            stats = os.statvfs(where)
+        except OSError:
+            return False
+        return stats.f_bavail * stats.f_frsize < LOW_SPACE_BYTES
+    return False
+
+
+_warned = False  # whether this process has said that the cache cannot be written
+
+
+def warn_unwritable(path: Path, exc: BaseException) -> None:
+    """One line on stderr, the first time in this process that a cache file cannot be
+    written; later failures are the same story and stay quiet, until a write succeeds
+    again (`wrote`). Never raises."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    line = (f"clipsearch: warning: cannot write {path}: {reason_of(exc)}; carrying on without the cache "
+            f"(cache_dir {cache_root()}), so later runs repeat this work until it can be written")
+    try:
+        if "tqdm" in sys.modules:  # keeps clear of a live progress line, as Progress.message does
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass  # a closed or broken stderr: the warning is all that is lost
+
+
+def wrote() -> None:
+    """A cache write succeeded: a later failure is news again, and is said."""
+    global _warned
+    _warned = False
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` into `path` through a temporary file and a rename: a reader sees the old
+    file or the whole new one, never part. A failed write removes its temporary file
+    (on a full disk, a half-written one would hold the space that is missing)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
 
 # -- exported text towers ------------------------------------------------------------------
 
@@ -159,9 +260,14 @@ def new_entry_dir(key: str) -> Path:
 def commit_entry(tmp: Path, key: str, manifest: dict) -> Path:
     """Write the manifest last and move the folder into place in one rename, so a
     reader sees a whole entry or none. Another process that published the same key
-    first wins."""
+    first wins. A manifest that cannot be written takes the folder with it: the
+    entry is not published, and no half-built folder holds the space."""
     manifest = {"format": FORMAT, **manifest}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    try:
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+        remove_entry(tmp)
+        raise
     final = towers_dir() / key
     if final.exists():  # a damaged or stale entry of the same key
         remove_entry(final)
@@ -169,11 +275,26 @@ def commit_entry(tmp: Path, key: str, manifest: dict) -> Path:
         os.rename(tmp, final)
     except OSError:  # published concurrently
         remove_entry(tmp)
+    wrote()
     return final
 
 
+# Keys whose latest export in this process ran out of space (text_export.py): that
+# failure is the machine's, so the write_failure that follows it records nothing.
+_out_of_space_keys: set[str] = set()
+
+
+def export_ran_out_of_space(key: str) -> None:
+    _out_of_space_keys.add(key)
+
+
 def write_failure(key: str, model: str, folder: Path, reason: str) -> None:
-    """Remember that this model (as its files are now) cannot be exported."""
+    """Remember that this model (as its files are now) cannot be exported. Not when
+    the export ran out of space: that says nothing about the model, and a record
+    would keep every later query on the full path after the space is freed."""
+    if key in _out_of_space_keys:
+        _out_of_space_keys.discard(key)  # this failure only: a later one may be the model's
+        return
     tmp = new_entry_dir(key)
     commit_entry(tmp, key, {"failed": reason, "model": model, "folder": str(folder), "created": time.time()})
 
@@ -254,14 +375,20 @@ def read_identity(key: str) -> ModelIdentity | None:
 
 
 def write_identity(key: str, model: str, folder: Path, identity: ModelIdentity) -> None:
-    """Record `identity` for the model files of key `key` (atomically)."""
+    """Record `identity` for the model files of key `key` (atomically). A record that
+    cannot be written is said once (warn_unwritable) and raised as the OSError it is:
+    the caller carries on, and the next run loads the model to learn the identity."""
     root = identities_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{key}.json"
     record = {"format": FORMAT, "model": model, "folder": str(folder), "identity": identity.to_dict(),
               "created": time.time()}
-    tmp = root / f".{key}.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, root / f"{key}.json")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(record, indent=2).encode())
+    except OSError as exc:
+        warn_unwritable(path, exc)
+        raise
+    wrote()
 
 
 def _prune_identities(keep: str | None) -> None:

@@ -313,6 +313,9 @@ class QueryEncoders:
             with self.timings.phase("export"):
                 folder, distance = export_text_tower(self._full.encoder, self._key, self._folder,
                                                      self.settings.model)
+        except cache.CacheFull as exc:  # this machine's disk, not the model: not remembered
+            self.say(f"could not export the text tower: {_first_line(exc)}; it is exported again once there is room")
+            return
         except Exception as exc:  # a model the exporter cannot handle: remember, use the full path
             self.say(f"could not export the text tower for the fast path: {_first_line(exc)}")
             try:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..config import cache_root
+from . import cache
 from .cache import VECTORS
 
 # Cached query vectors per model (2 KB each at 512-d); the oldest half goes when full.
@@ -44,15 +45,16 @@ class VectorCache:
     def put(self, text: str, vector) -> None:
         import numpy as np
 
+        path = self._path(text)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self._path(text)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(np.asarray(vector, dtype=np.float32).tobytes())
             os.replace(tmp, path)
             self._trim()
-        except OSError:
-            pass  # a cache that cannot be written is only a slower cache
+        except OSError as exc:  # a cache that cannot be written is only a slower cache
+            tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written file
+            cache.warn_unwritable(path, exc)
 
     def _trim(self) -> None:
         with os.scandir(self.folder) as it:

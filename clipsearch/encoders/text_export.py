@@ -5,12 +5,23 @@ torch is already loaded then. The tower is traced with torch's TorchScript-based
 exporter, optimized once by onnxruntime (basic, portable graph rewrites) and saved
 with its weights in a separate file, which onnxruntime maps instead of parsing. The
 result is checked against the full model on a fixed set of texts before it is kept.
+
+The entry is built in a private temporary folder and published by one rename with its
+manifest written last (cache.commit_entry): an export cut short (killed, or out of
+space) is never found by a query, and leaves no half-built folder behind when it fails
+here. An export that runs out of space says so in one warning line and raises
+cache.CacheFull: the query it follows has been answered, the cache only makes the next
+one faster, so failing the command would turn a slower next query into a broken
+script; and since a full disk says nothing about the model, it is tried again by the
+next query rather than remembered as a model that cannot be exported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import os
 import sys
 import time
 import warnings
@@ -100,7 +111,12 @@ def export_text_tower(encoder, key: str, folder: Path, model: str) -> tuple[Path
     max_length = _max_length(encoder, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     identity = encoder.identity  # hashes the weights: the fast path never has to
-    tmp = cache.new_entry_dir(key)
+    try:
+        tmp = cache.new_entry_dir(key)
+    except OSError as exc:
+        if cache.is_out_of_space(exc):
+            raise _out_of_space(key, cache.towers_dir(), exc) from exc
+        raise
     try:
         backend.save(str(tmp / TOKENIZER_FILE))
         fast_tokenizer = load_tokenizer(tmp / TOKENIZER_FILE, max_length)
@@ -152,7 +168,27 @@ def export_text_tower(encoder, key: str, folder: Path, model: str) -> tuple[Path
             "torch": torch.__version__,
             "created": time.time(),
         }
-    except BaseException:
+    except BaseException as exc:
+        # Measured before the partial export is removed, which frees what it took.
+        full = isinstance(exc, Exception) and cache.is_out_of_space(exc, where=tmp)
         cache.remove_entry(tmp)
+        if full:
+            raise _out_of_space(key, tmp.parent, exc) from exc
         raise
-    return cache.commit_entry(tmp, key, manifest), distance
+    try:
+        return cache.commit_entry(tmp, key, manifest), distance  # removes tmp if it fails
+    except OSError as exc:
+        if cache.is_out_of_space(exc, where=tmp.parent):
+            raise _out_of_space(key, tmp.parent, exc) from exc
+        raise
+
+
+def _out_of_space(key: str, folder: Path, exc: BaseException) -> cache.CacheFull:
+    """Say once that the cache is full, and keep the failure from being recorded. The
+    libraries' own words for it vary (onnxruntime: "Failed to write external
+    initializers"), so the line and the error give the errno's."""
+    code = exc.errno if isinstance(exc, OSError) and exc.errno in cache.OUT_OF_SPACE else errno.ENOSPC
+    full = cache.CacheFull(code, os.strerror(code), str(folder))
+    cache.export_ran_out_of_space(key)
+    cache.warn_unwritable(folder, full)
+    return full

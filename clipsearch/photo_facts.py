@@ -1,0 +1,120 @@
+"""When, with what and where a photo was taken, from its EXIF: for the payload, where
+`search --after/--before/--camera/--near` filter on it inside the index.
+
+Every field is read on its own and dropped on its own when it is missing, broken or
+absurd (year 0, a 30th of February, a latitude of 200, a MakerNote that throws): the
+image is embedded all the same. The capture time is never invented from the file's
+mtime, which the payload keeps apart as `mtime`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+
+from PIL import Image
+
+# EXIF tags (IFD0 and its Exif and GPS sub-IFDs).
+DATETIME, MAKE, MODEL = 0x0132, 0x010F, 0x0110
+EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+DATETIME_ORIGINAL = 0x9003
+GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
+
+# Photography began in 1826; a clock years ahead is a camera that was never set.
+FIRST_YEAR, LAST_YEAR = 1826, 2100
+_WORD = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
+
+
+def photo_facts(img: Image.Image) -> dict:
+    """{"taken": "YYYY-MM-DDTHH:MM:SS", "camera": "Make Model", "camera_words": [...],
+    "location": {"lat", "lon"}}, each only where the file gives a sound value."""
+    facts: dict = {}
+    try:
+        exif = img.getexif()
+    except Exception:  # a broken EXIF block: the picture is still good
+        return facts
+    taken = _first(lambda: _exif_time(exif.get_ifd(EXIF_IFD).get(DATETIME_ORIGINAL)),
+                   lambda: _exif_time(exif.get(DATETIME)))
+    if taken:
+        facts["taken"] = taken
+    camera = _first(lambda: _camera(exif.get(MAKE), exif.get(MODEL)))
+    if camera:
+        facts["camera"] = camera
+        facts["camera_words"] = camera_words(camera)
+    location = _first(lambda: _location(exif.get_ifd(GPS_IFD)))
+    if location:
+        facts["location"] = location
+    return facts
+
+
+def camera_words(text: str) -> list[str]:
+    """Lower-case words of a camera name: what `--camera` matches, every word given
+    being one of them ("canon", "eos", "5d")."""
+    return list(dict.fromkeys(_WORD.findall(text.lower())))
+
+
+def _first(*readers):
+    for read in readers:
+        try:
+            value = read()
+        except Exception:  # one broken field never costs the others, nor the image
+            value = None
+        if value:
+            return value
+    return None
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return ""
+    return " ".join(value.replace("\x00", " ").split())[:100]
+
+
+def _exif_time(value) -> str | None:
+    """'YYYY:MM:DD HH:MM:SS' (seconds optional) as ISO 8601, if it is a real moment."""
+    text = _text(value)
+    for layout in ("%Y:%m:%d %H:%M:%S", "%Y:%m:%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            moment = datetime.strptime(text[:19], layout)
+        except ValueError:
+            continue
+        if FIRST_YEAR <= moment.year <= LAST_YEAR:
+            return moment.isoformat()
+        return None
+    return None
+
+
+def _camera(make, model) -> str | None:
+    make, model = _text(make), _text(model)
+    if make and model.lower().startswith(make.lower().split()[0]):
+        make = ""  # "Canon" + "Canon EOS 5D": the model already says it
+    name = " ".join(part for part in (make, model) if part)
+    return name if any(c.isalnum() for c in name) else None
+
+
+def _location(gps) -> dict | None:
+    if not gps:
+        return None
+    lat, lon = _degrees(gps.get(GPS_LAT)), _degrees(gps.get(GPS_LON))
+    if lat is None or lon is None:
+        return None
+    if _text(gps.get(GPS_LAT_REF)).upper().startswith("S"):
+        lat = -lat
+    if _text(gps.get(GPS_LON_REF)).upper().startswith("W"):
+        lon = -lon
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):  # 0,0: no fix written as one
+        return None
+    return {"lat": round(lat, 7), "lon": round(lon, 7)}
+
+
+def _degrees(value) -> float | None:
+    """(degrees, minutes, seconds) rationals as decimal degrees."""
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        return None
+    d, m, s = (float(part) for part in value)
+    if not all(math.isfinite(x) and x >= 0 for x in (d, m, s)) or m >= 60 or s >= 60:
+        return None
+    return d + m / 60 + s / 3600
