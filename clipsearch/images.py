@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageFile, ImageOps
 
+from .fingerprint import fingerprint
 from .photo_facts import photo_facts
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
@@ -42,6 +43,9 @@ class Decoded:
     warnings: tuple[str, ...] = ()
     # When, with what and where it was taken (clipsearch/photo_facts.py), for the payload.
     facts: dict = field(default_factory=dict)
+    # The file's content fingerprint (clipsearch/fingerprint.py): how a moved or copied
+    # file is recognised later without decoding it. Set by decode_job.
+    fingerprint: str | None = None
 
 
 def _oriented_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
@@ -156,7 +160,9 @@ def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str |
     Never raises, so one bad file cannot break the pool."""
     path, target, max_megapixels = args
     try:
-        return path, load_image(path, target, max_megapixels), None, False
+        decoded = load_image(path, target, max_megapixels)
+        decoded.fingerprint = fingerprint(path)  # just read: from the page cache
+        return path, decoded, None, False
     except SkipImage as exc:
         return path, None, str(exc), exc.lasting
     except Exception as exc:  # a Pillow plugin bug must not end a 10-hour run

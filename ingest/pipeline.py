@@ -25,12 +25,12 @@ from clipsearch import config
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
-from clipsearch.index import Index, ancestor_dirs, canonical_path  # walk yields canonical paths
+from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.names import path_fields
 from clipsearch.progress import Progress
 
 from .known_bad import KnownBadFiles, decoder_fingerprint
+from .relink import Relinker, place_payload
 from .report import SkipReport, check_report_path
 from .walk import FileEntry, image_extensions, image_file, walk_images
 
@@ -70,6 +70,12 @@ class IngestSummary:
     # Files embedded although Pillow warned about them (corrupt EXIF and the like): the
     # warnings are in the report, not on stderr.
     warned: int = 0
+    # New paths whose content was already indexed (clipsearch/fingerprint.py): the point's
+    # vector reused, nothing decoded. moved: the old path is gone and its point removed;
+    # copied: both stay. upgraded: older points given their fingerprint and photo facts.
+    moved: int = 0
+    copied: int = 0
+    upgraded: int = 0
     removed: int = 0
     seconds: float = 0.0
     hnsw_built: bool = False
@@ -81,20 +87,19 @@ class IngestSummary:
     def line(self) -> str:
         known = f" ({self.known_bad} as before, not read again)" if self.known_bad else ""
         warned = f" ({self.warned} with decoder warnings)" if self.warned else ""
-        return (f"ingested {self.embedded}{warned}, unchanged {self.unchanged}, skipped {self.skipped}{known}, "
+        reused = "".join(f", {name} {getattr(self, name)}" for name in ("moved", "copied", "upgraded")
+                         if getattr(self, name))
+        return (f"ingested {self.embedded}{warned}{reused}, unchanged {self.unchanged}, skipped {self.skipped}{known}, "
                 f"removed {self.removed} in {self.seconds:.1f} s")
 
 
 def payload_for(entry: FileEntry, decoded: Decoded) -> dict:
     return {
-        **path_fields(entry.path),  # a name that is not UTF-8 keeps its bytes (clipsearch/names.py)
-        "dirs": ancestor_dirs(entry.path),
-        "size": entry.size,
-        "mtime": entry.mtime,  # seconds, for people and range filters
-        "mtime_ns": entry.mtime_ns,  # exact, for the unchanged-file check
+        **place_payload(entry),  # path (a name that is not UTF-8 keeps its bytes), dirs, size, mtime
         "width": decoded.width,
         "height": decoded.height,
         **decoded.facts,  # taken, camera, location: where the file says so
+        **({"fingerprint": decoded.fingerprint} if decoded.fingerprint else {}),
     }
 
 
@@ -210,15 +215,22 @@ class Ingestor:
         def flush():
             ids = [point_id(e.path) for e in chunk]
             stored = {r.id: r.payload for r in self.index.retrieve(ids)}
+            new, older = [], []
             for entry, pid in zip(chunk, ids):
                 if pid in stored and _is_unchanged(stored[pid], entry):
                     self.summary.unchanged += 1
+                    if "fingerprint" not in stored[pid]:
+                        older.append(entry)
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
-                else:
+                elif pid not in stored:
+                    new.append(entry)
+                else:  # changed since it was embedded
                     yield entry
             chunk.clear()
+            self._relinker.upgrade(older)
+            yield from self._relinker.relink(new)  # moved or copied files keep their vectors
 
         shard = self.options.shard
         for entry in entries:
@@ -314,7 +326,7 @@ class Ingestor:
         if not self._show_progress:
             return
         s = self.summary
-        to_embed = s.found - s.unchanged - s.skipped if self.walk_done else None  # unknown while walking
+        to_embed = (s.found - s.unchanged - s.skipped - s.moved - s.copied) if self.walk_done else None
         rate, eta = self.progress.rate_and_eta(s.embedded, to_embed)
         found = f"{s.found}" + ("" if self.walk_done else "+")  # + while still walking
         self.progress.update(
@@ -336,6 +348,7 @@ class Ingestor:
         """A fresh summary and walk state for a call; its start time."""
         with self._counts_lock:
             self.summary = IngestSummary()
+            self._relinker = Relinker(self.index, self.progress.message, self.summary)
         self.walk_done = False
         self.walked = 0
         self.seen_ids = set()
@@ -470,7 +483,8 @@ class Ingestor:
 
 
 def _add(total: IngestSummary, part: IngestSummary) -> None:
-    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "warned", "removed", "seconds"):
+    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "warned", "moved", "copied", "upgraded",
+                 "removed", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.hnsw_built = total.hnsw_built or part.hnsw_built
     if total.first_batch_seconds is None:

@@ -74,9 +74,11 @@ def under_value(folder: str) -> str:
 DEFAULT_HNSW_EF = 256
 
 # Payload fields that get a keyword index at collection creation: `dirs` serves
-# `--in FOLDER`, `path` lookups by path. The embedded backend keeps them on disk
-# (edge.py: _keyword_index), a server in memory (it opens them once, not per query).
-KEYWORD_FIELDS = ("path", "dirs")
+# `--in FOLDER`, `path` lookups by path, `fingerprint` finding a moved file's point.
+# The embedded backend keeps them on disk (edge.py: _keyword_index), a server in memory
+# (it opens them once, not per query). A collection made before a field was added gets
+# its index when next opened for writing.
+KEYWORD_FIELDS = ("path", "dirs", "fingerprint")
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,22 @@ class Index(ABC):
 
     @abstractmethod
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]: ...
+
+    def find(self, field: str, values: Sequence[str] | None, with_vectors: bool = False,
+             limit: int | None = None) -> list[Record]:
+        """Points whose keyword payload `field` is one of `values` (or, with None, has
+        any value): how ingest finds a moved file's point by its content fingerprint.
+        At most `limit` of them. Backends answer through the field's payload index;
+        this reference version scans."""
+        wanted = None if values is None else set(values)
+        found = []
+        for record in self.scroll(with_vectors=with_vectors):
+            value = record.payload.get(field)
+            if value is not None and (wanted is None or value in wanted):
+                found.append(record)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
 
     @abstractmethod
     def scroll(self, batch_size: int = 1000, with_vectors: bool = False,

@@ -1,0 +1,85 @@
+"""Moved and copied files keep their vectors (issue #14): a new path whose content
+fingerprint matches a point already indexed gets that point's vector, with no decode, no
+encode and no model; a move removes the old point in the same run, a copy keeps both.
+Points made before fingerprints get theirs on the next ingest, without re-encoding."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+from test_ingest_lazy import HEAVY, ingest_in_fresh_process
+
+from clipsearch import Settings
+from clipsearch.index import open_index, point_id
+
+from support import draw_collection
+
+
+def test_a_renamed_folder_is_relinked_without_the_model(tmp_path, tiny_model_dir):
+    photos = tmp_path / "photos"
+    draw_collection(photos / "2023", 10)
+    draw_collection(photos / "2024", 4)
+    index = tmp_path / "index"
+    args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
+    env = dict(os.environ)
+    first, _ = ingest_in_fresh_process(args, env)
+    assert first["embedded"] == 14
+    settings = Settings.resolve(index=str(index), model=str(tiny_model_dir))
+    with open_index(settings) as opened:
+        before = {r.path: r.vector for r in opened.scroll(with_vectors=True)}
+
+    os.rename(photos / "2023", photos / "archive-2023")
+    second, imported = ingest_in_fresh_process(args, env)
+    assert (second["embedded"], second["moved"], second["copied"], second["unchanged"]) == (0, 10, 0, 4), second
+    assert not imported & HEAVY, sorted(imported & HEAVY)  # the model never loaded
+    with open_index(settings) as opened:
+        assert opened.count() == 14
+        after = {r.path: r for r in opened.scroll(with_vectors=True)}
+    assert not any("/2023/" in path for path in after)  # no old path lingers
+    for old, vector in before.items():
+        new = old.replace("/2023/", "/archive-2023/")
+        assert new in after and np.allclose(after[new].vector, vector)
+        assert after[new].id == point_id(new)
+        assert after[new].payload["dirs"][0] == os.path.dirname(new)  # filters see the new folder
+
+
+def test_a_copy_keeps_both_points(tmp_path, tiny_model_dir):
+    photos = tmp_path / "photos"
+    draw_collection(photos / "card", 6)
+    index = tmp_path / "index"
+    args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
+    env = dict(os.environ)
+    ingest_in_fresh_process(args, env)
+    shutil.copytree(photos / "card", photos / "card-again")
+    second, imported = ingest_in_fresh_process(args, env)
+    assert (second["embedded"], second["moved"], second["copied"], second["unchanged"]) == (0, 0, 6, 6), second
+    assert not imported & HEAVY
+    settings = Settings.resolve(index=str(index), model=str(tiny_model_dir))
+    with open_index(settings) as opened:
+        assert opened.count() == 12
+        prints = [r.payload["fingerprint"] for r in opened.scroll()]
+    assert len(set(prints)) == 6  # each content twice
+
+
+def test_older_points_get_fingerprints_without_reencoding(tmp_path, tiny_model_dir):
+    photos = tmp_path / "photos"
+    draw_collection(photos, 5)
+    index = tmp_path / "index"
+    args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
+    env = dict(os.environ)
+    ingest_in_fresh_process(args, env)
+    settings = Settings.resolve(index=str(index), model=str(tiny_model_dir))
+    with open_index(settings) as opened:  # as an index made before fingerprints looks
+        records = list(opened.scroll(with_vectors=True))
+        opened.upsert([r.id for r in records], np.stack([r.vector for r in records]),
+                      [{k: v for k, v in r.payload.items() if k != "fingerprint"} for r in records])
+    second, imported = ingest_in_fresh_process(args, env)
+    assert (second["embedded"], second["upgraded"], second["unchanged"]) == (0, 5, 5), second
+    assert not imported & HEAVY
+    with open_index(settings) as opened:
+        assert all(r.payload.get("fingerprint", "").startswith("p1:") for r in opened.scroll())
+    os.rename(photos, tmp_path / "moved")  # and now they can be found by content
+    third, _ = ingest_in_fresh_process([tmp_path / "moved", *args[1:]], env)
+    assert (third["embedded"], third["moved"]) == (0, 5), third
