@@ -66,8 +66,6 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Our own megapixel limit replaces Pillow's, checked before any decoding.
-            Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as img:
                 w, h = img.size
                 megapixels = w * h / 1e6
@@ -171,3 +169,6 @@ def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str |
 
 # Truncated JPEGs are errors, not half-grey pictures in the index.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own megapixel limit (--max-megapixels) replaces Pillow's, checked before any
+# decoding; set once here, not per call, so that no caller's messages depend on order.
+Image.MAX_IMAGE_PIXELS = None

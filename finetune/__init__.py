@@ -8,7 +8,8 @@
   evaluation.py  text -> image recall@1/5/10 and MRR, before and after
   training.py    sentence-transformers' trainer, CLIP's symmetric loss, checkpoints
   model_card.py  the README.md beside the saved model
-  images.py      lazy, ingest-identical image decoding; a cheap pre-flight check
+  images.py      lazy, ingest-identical image decoding; every image checked up front by ingest's decoder
+  interrupts.py  Ctrl-C and SIGTERM wait until a checkpoint or the model is written whole
   synthetic.py   drawn shapes with held-out caption combinations (tests, notebook)
 The output is a sentence-transformers model folder that `--model DIR` loads in
 ingest and search. `clipsearch eval DATA --model M` scores any model on any pairs.

@@ -118,8 +118,12 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
     from .validation import load_pairs
 
     pairs = load_pairs(data, skip_bad=skip_bad)
-    if report and pairs.problems:
-        pairs.write_report(report)
+    if pairs.problems:
+        if report:
+            pairs.write_report(report)
+        where = f"see {report}" if report else "pass --report FILE to list them"
+        click.echo(f"left out {len(pairs.problems)} of {len(pairs.problems) + len(pairs.pairs)} rows with bad "
+                   f"images or fields; {where}", err=True)
     encoder = load_clip(config.value("model", model), config.value("device", device))
     metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
@@ -131,8 +135,6 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
         click.echo(json.dumps(metrics))
         return
     click.echo(format_table({os.path.basename(encoder.location.rstrip("/")) or "model": metrics}))
-    if pairs.problems:
-        click.echo(f"skipped {len(pairs.problems)} bad rows", err=True)
 
 
 def _require_training_extras() -> None:

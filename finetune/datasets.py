@@ -22,7 +22,12 @@ is read), the lines of JSON one json.loads each. A row is numbered by the line i
 starts on even when a quoted CSV field spans lines, and a UTF-8 byte-order mark is
 dropped. pandas' csv reader is strict about quotes where csv.reader is lenient: a
 row it cannot read (`x,"a" b`, or a quote never closed) becomes a bad row naming
-its line(s), not a guess at what was meant.
+its line(s), not a guess at what was meant. A field may be any length (the csv
+module's 128 KiB limit is lifted while a table is read), as in the JSON lines and
+pipe-table readers. A data file must be UTF-8 text: one that is not, or whose header
+holds NUL bytes (UTF-16 saved without a byte-order mark), fails as a whole, naming
+its line. Messages show paths and header cells with `names.shown`, so a line break
+or a control character in one cannot split or fake a line of the message.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ import io
 import json
 import os
 import re
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import shown
 
 IMAGE_COLUMN = "image_path"
 TEXT_COLUMN = "text_description"
@@ -45,13 +53,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".
 FORMATS = ("csv", "pipe", "tsv", "jsonl", "folder")
 
 _RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _PIPE = r"\s*(?<!\\)\|\s*"  # an unescaped pipe and the spaces around it
 # Why pandas' csv reader (strict, unlike csv.reader's default) could not read a row, by separator.
 _UNPARSED = {
     ",": 'check its quotes: a field that starts with " must end with " right before a comma or the end '
          'of the line; write a " inside it as ""',
-    "\t": "a field is longer than the csv module allows, or holds a NUL byte",
+    "\t": "the csv module could not split it at its tabs",
 }
 
 
@@ -68,7 +77,8 @@ class Row:
 
     @property
     def where(self) -> str:
-        return f"{self.source}:{self.line}"
+        """FILE:LINE for a person: a name with a line break in it is quoted (names.shown)."""
+        return f"{shown(self.source)}:{self.line}"
 
 
 def _resolve(image: str, base: Path) -> str:
@@ -81,8 +91,8 @@ def _resolve(image: str, base: Path) -> str:
 def _missing_columns(found: list[str], source: Path) -> ClipsearchError:
     missing = [c for c in COLUMNS if c not in found]
     return ClipsearchError(
-        f"{source}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; the header must name "
-        f"{IMAGE_COLUMN} and {TEXT_COLUMN} (found: {', '.join(found) or 'nothing'})"
+        f"{shown(str(source))}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; the header "
+        f"must name {IMAGE_COLUMN} and {TEXT_COLUMN} (found: {', '.join(map(shown, found)) or 'nothing'})"
     )
 
 
@@ -114,8 +124,17 @@ def _read_text(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = len(_LINE_END.findall(data[: exc.start].decode("utf-8"))) + 1
-        raise ClipsearchError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}, line {line})") from None
-    return text[1:] if text.startswith("\ufeff") else text
+        utf16 = "; it starts with a UTF-16 byte-order mark: save it as UTF-8" if data[:2] in _UTF16_BOMS else ""
+        raise ClipsearchError(
+            f"{shown(str(path))} is not UTF-8 text ({exc.reason} at byte {exc.start}, line {line}{utf16})"
+        ) from None
+    text = text[1:] if text.startswith("\ufeff") else text
+    first = next(((number, line) for number, line in enumerate(_lines(text), start=1) if line.strip()), None)
+    if first and "\x00" in first[1]:
+        # ASCII saved as UTF-16 without a byte-order mark decodes as "i\0m\0a\0..."
+        raise ClipsearchError(f"{shown(str(path))}:{first[0]}: the first line holds NUL bytes: is the file UTF-16? "
+                              "Save it as UTF-8 text")
+    return text
 
 
 def _lines(text: str) -> list[str]:
@@ -146,17 +165,30 @@ def _parse_table(path: Path, lines: list[tuple[int, str]], sep: str, quoting: in
 
     marked = "".join(f"{number}{marker or sep}{line}" for number, line in lines)
     try:
-        frame = pandas.read_csv(
-            io.StringIO(marked, newline=""), sep=sep, header=None, index_col=False, dtype=object,
-            na_filter=False, skip_blank_lines=False, quoting=quoting, engine="python", on_bad_lines=keep_longer,
-        )
+        with _any_field_size():
+            frame = pandas.read_csv(
+                io.StringIO(marked, newline=""), sep=sep, header=None, index_col=False, dtype=object,
+                na_filter=False, skip_blank_lines=False, quoting=quoting, engine="python", on_bad_lines=keep_longer,
+            )
     except pandas.errors.EmptyDataError:
         return []
     except (pandas.errors.ParserError, csv.Error) as exc:
-        raise ClipsearchError(f"{path}: {exc}") from None
+        raise ClipsearchError(f"{shown(str(path))}: {' '.join(str(exc).split())}") from None
     rows = [(int(row[0]), [cell for cell in row[1:] if cell is not None])
             for row in [*frame.itertuples(index=False, name=None), *longer]]
     return sorted(rows, key=lambda row: row[0])
+
+
+@contextmanager
+def _any_field_size():
+    """The csv module refuses a field over 128 KiB (a long caption, a whole document
+    pasted in one): lift the limit while pandas reads a table, then put it back."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _unmark(cells: list[str], continued: re.Pattern[str]) -> tuple[list[str], int]:
@@ -182,7 +214,8 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     parsed = _parse_table(path, lines, delimiter, quoting)
     if not parsed or parsed[0][0] != lines[0][0]:
-        raise ClipsearchError(f"{path}:{lines[0][0]}: the header could not be read: {_UNPARSED[delimiter]}")
+        raise ClipsearchError(
+            f"{shown(str(path))}:{lines[0][0]}: the header could not be read: {_UNPARSED[delimiter]}")
     continued = re.compile(r"(\r\n|\r|\n)\d+" + re.escape(delimiter))
     header, breaks = _unmark(parsed[0][1], continued)
     header = [cell.strip() for cell in header]
@@ -253,6 +286,7 @@ def _read_jsonl(path: Path) -> list[Row]:
     base = path.parent
     rows: list[Row] = []
     keys_seen: set[str] = set()
+    objects = 0
     for number, raw in enumerate(_lines(_read_text(path)), start=1):
         if not raw.strip():
             continue
@@ -264,6 +298,7 @@ def _read_jsonl(path: Path) -> list[Row]:
         if not isinstance(record, dict):
             rows.append(Row(str(path), number, None, None, "is not a JSON object"))
             continue
+        objects += 1
         keys_seen.update(record)
         image, text = record.get(IMAGE_COLUMN), record.get(TEXT_COLUMN)
         absent = [c for c in COLUMNS if c not in record]
@@ -273,7 +308,8 @@ def _read_jsonl(path: Path) -> list[Row]:
             rows.append(Row(str(path), number, None, None, f"{IMAGE_COLUMN} and {TEXT_COLUMN} must be strings"))
         else:
             rows.append(Row(str(path), number, _resolve(image, base) if image.strip() else None, text.strip()))
-    if rows and any(c not in keys_seen for c in COLUMNS):
+    # A file whose lines are all broken JSON has no "columns" to miss: its rows say why.
+    if objects and any(c not in keys_seen for c in COLUMNS):
         raise _missing_columns(sorted(keys_seen), path)
     return rows
 
@@ -293,11 +329,18 @@ def _read_folder(folder: Path) -> list[Row]:
                 rows.append(Row(caption_file, 1, image, None, "has no caption file (the image's name with .txt)"))
                 continue
             try:
-                with open(caption_file, encoding="utf-8-sig", errors="replace") as handle:
-                    caption = next((line.strip() for line in handle if line.strip()), "")
+                with open(caption_file, "rb") as handle:
+                    raw = handle.read()
             except OSError as exc:
                 rows.append(Row(caption_file, 1, image, None, f"caption file unreadable ({exc.strerror})"))
                 continue
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                rows.append(Row(caption_file, 1, image, None,
+                                f"caption file is not UTF-8 text ({exc.reason} at byte {exc.start})"))
+                continue
+            caption = next((line.strip() for line in _LINE_END.split(text) if line.strip()), "")
             rows.append(Row(caption_file, 1, image, caption))
     return rows
 
@@ -308,9 +351,9 @@ def read_rows(data: str | os.PathLike) -> tuple[str, list[Row]]:
     rows for validation to report."""
     path = Path(data).expanduser().resolve()
     if not path.exists():
-        raise ClipsearchError(f"data {path} does not exist")
-    fmt = detect_format(path)
+        raise ClipsearchError(f"data {shown(str(path))} does not exist")
     try:
+        fmt = detect_format(path)
         if fmt == "folder":
             return fmt, _read_folder(path)
         if fmt == "jsonl":
@@ -319,4 +362,6 @@ def read_rows(data: str | os.PathLike) -> tuple[str, list[Row]]:
             return fmt, _read_pipe_table(path)
         return fmt, _read_delimited(path, "\t" if fmt == "tsv" else ",")
     except csv.Error as exc:
-        raise ClipsearchError(f"{path}: {exc}") from None
+        raise ClipsearchError(f"{shown(str(path))}: {' '.join(str(exc).split())}") from None
+    except OSError as exc:  # permission denied, an I/O error on a network share
+        raise ClipsearchError(f"cannot read {shown(str(path))}: {exc.strerror or exc}") from None

@@ -1,44 +1,108 @@
-"""Open a training or evaluation image, and check one cheaply before training.
+"""Open a training or evaluation image, and check every image before training.
 
 Pairs hold image paths; pixels are decoded only when a batch needs them, by the
 same decoder ingest uses (clipsearch.images: EXIF orientation, transparency onto
 white, shrunk to about the model's input size), so the model learns from the
 pixels it will later embed.
+
+The up-front check is that same decoder run to the end (clipsearch.images.decode_job),
+not a cheaper look at the header: Pillow's `verify` passed a JPEG cut short, which
+then stopped training at its first batch, and raised on a decompression bomb where
+ingest reports one. What ingest would skip, fine-tune leaves out (or refuses), for
+the same reason, worded the same way.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from typing import Callable, Iterable
+
 from PIL import Image
 
+from clipsearch import config
 from clipsearch.errors import ClipsearchError
-from clipsearch.images import SkipImage, load_image
+from clipsearch.images import SkipImage, decode_job, load_image
+from clipsearch.names import shown
+
+# The decode target of the check: CLIP's input size. Only JPEG draft mode depends on it,
+# and a JPEG cut short fails at any draft scale (its whole entropy stream is read).
+CHECK_TARGET = 224
+# Fewer images than this are checked in this process: a pool of spawned workers costs
+# about a second to start.
+POOL_FROM = 64
+
+
+def max_megapixels() -> float:
+    """Ingest's limit (CLIPSEARCH_MAX_MEGAPIXELS), so that a dataset never trains on an
+    image its model's index would refuse."""
+    return float(config.value("max_megapixels"))
 
 
 def load_rgb(path: str, target: int = 224) -> Image.Image:
-    """An RGB image whose shorter side is at most about `target` pixels."""
+    """An RGB image whose shorter side is at most about `target` pixels. Called only on
+    images check_images passed."""
     try:
-        return load_image(path, target).image
+        return load_image(path, target, max_megapixels()).image
     except SkipImage as exc:
-        raise ClipsearchError(f"cannot read image {path}: {exc}") from None
+        raise ClipsearchError(f"cannot read image {shown(path)}: {_for_finetune(str(exc))} "
+                              "(it could be read when the rows were checked)") from None
 
 
-def check_image(path: str) -> str | None:
-    """Why `path` cannot be used as an image, or None when Pillow can read it.
+def _for_finetune(reason: str) -> str:
+    # clipsearch.images names ingest's flag; finetune and eval read the same setting from
+    # the environment (they have no --max-megapixels of their own).
+    return reason.replace("limit --max-megapixels ", "limit CLIPSEARCH_MAX_MEGAPIXELS=")
 
-    Reads the header and checks the file's structure (`verify`), which is much
-    cheaper than decoding every pixel of every image before training starts.
-    """
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except FileNotFoundError:
+
+def _verdict(job: tuple[str, int, float]) -> tuple[str, str | None]:
+    """Pool entry point: (path, why it cannot be used or None). The decoded pixels stay
+    in the worker: only the verdict crosses back."""
+    path, _, reason, _ = decode_job(job)
+    return path, reason
+
+
+def _missing(path: str) -> str | None:
+    """Reasons found without opening the file, worded as a row's problem."""
+    if not os.path.exists(path):  # a dangling link included
         return "image not found"
-    except IsADirectoryError:
+    if os.path.isdir(path):
         return "image path is a folder"
-    except PermissionError:
-        return "image unreadable (permission denied)"
-    except Image.UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return f"image corrupt ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
     return None
+
+
+def check_images(paths: Iterable[str], workers: int = 0,
+                 on_checked: Callable[[int, int], None] | None = None) -> dict[str, str | None]:
+    """Why each image cannot be used (None: it decodes). `workers` > 0 decodes in that
+    many processes when there are many images; the pool is ended on every way out,
+    Ctrl-C included, so no worker outlives the check."""
+    paths = list(dict.fromkeys(paths))
+    limit = max_megapixels()
+    verdicts: dict[str, str | None] = {}
+    jobs = []
+    for path in paths:
+        verdicts[path] = _missing(path)
+        if verdicts[path] is None:
+            jobs.append((path, CHECK_TARGET, limit))
+    done = len(paths) - len(jobs)
+
+    def record(path: str, reason: str | None) -> None:
+        nonlocal done
+        verdicts[path] = f"unusable image: {_for_finetune(reason)}" if reason else None
+        done += 1
+        if on_checked:
+            on_checked(done, len(paths))
+
+    if workers == 0 or len(jobs) < POOL_FROM:
+        for job in jobs:
+            record(*_verdict(job))
+        return verdicts
+    # spawn, not fork, as ingest does: forking a process that holds torch threads can deadlock.
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        for path, reason in pool.imap_unordered(_verdict, jobs, chunksize=8):
+            record(path, reason)
+    finally:
+        pool.terminate()
+        pool.join()
+    return verdicts

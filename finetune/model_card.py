@@ -3,6 +3,8 @@ trained, how well it retrieves before and after, and how to use it."""
 
 from __future__ import annotations
 
+from clipsearch.names import stored
+
 from .evaluation import METRICS
 
 
@@ -33,13 +35,14 @@ def render(run: dict, evaluation: dict) -> str:
         "library_name: sentence-transformers",
         "pipeline_tag: feature-extraction",
         "tags: [clip, sentence-transformers, text-to-image, clipsearch]",
-        f"base_model: {run['base']}",
+        f"base_model: {stored(run['base'])}",
         "---",
         "",
         "# Fine-tuned CLIP",
         "",
-        f"Fine-tuned by `clipsearch finetune` from `{run['base']}` on {data['train_pairs']} image/caption pairs "
-        f"({data['train_images']} images) from `{data['source']}` ({data['format']}).",
+        f"Fine-tuned by `clipsearch finetune` from `{stored(run['base'])}` on {data['train_pairs']} "
+        "image/caption pairs "
+        f"({data['train_images']} images) from `{stored(data['source'])}` ({data['format']}).",
         "",
         "## Retrieval quality",
         "",
@@ -55,7 +58,7 @@ def render(run: dict, evaluation: dict) -> str:
         f"{s['warmup']:g} warm-up), weight decay {s['weight_decay']:g}, seed {s['seed']}.",
         f"- Frozen tower: {freeze}.",
         f"- Held out for evaluation: {data['eval_pairs']} pairs ({data['eval_images']} images), "
-        + (f"from `{data['eval_source']}`." if data.get("eval_source") else
+        + (f"from `{stored(data['eval_source'])}`." if data.get("eval_source") else
            f"{s['eval_split']:g} of the images, split by image (seed {s['seed']})."),
         f"- Skipped bad rows: {data['skipped']}.",
         f"- Training time: {run['train']['seconds']:.1f} s, {run['train']['steps']} steps.",

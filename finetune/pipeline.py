@@ -7,6 +7,12 @@ model, the model is trained with checkpoints in OUTPUT/checkpoints/, saved as a
 sentence-transformers folder in OUTPUT, reloaded from there the way ingest and
 search will load it, and scored again. OUTPUT/finetune_run.json records what the
 run was, so that --resume can check it continues the same run.
+
+Interrupted (Ctrl-C, or SIGTERM which the CLI turns into the same thing) once
+--output is written, the run keeps its last whole checkpoint and says which, so
+that --resume continues from it; before its first checkpoint there is nothing to
+resume, and a folder this run created is removed. Checkpoints and the final model
+are written with the interrupt held back until they are whole (interrupts.py).
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.progress import Progress
 
-from . import model_card
+from . import interrupts, model_card
 from .evaluation import evaluate
 from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
@@ -73,10 +80,19 @@ def check_output(output: Path, overwrite: bool, resume: bool) -> None:
         )
 
 
-def _load_data(opts: FinetuneOptions) -> tuple[PairSet, PairSet | None, list, list]:
-    data = load_pairs(opts.data, skip_bad=opts.skip_bad)
+def _load_data(opts: FinetuneOptions, progress: Progress) -> tuple[PairSet, PairSet | None, list, list]:
+    def load(data: str, label: str) -> PairSet:
+        def checked(done: int, total: int) -> None:
+            progress.update(f"checking the images of {label}: {done}/{total}", force=done == total)
+
+        try:
+            return load_pairs(data, skip_bad=opts.skip_bad, workers=opts.settings.workers, on_checked=checked)
+        finally:
+            progress.finish()
+
+    data = load(opts.data, "DATA")
     if opts.eval_data:
-        held_set = load_pairs(opts.eval_data, skip_bad=opts.skip_bad)
+        held_set = load(opts.eval_data, "--eval-data")
         check_disjoint(data.pairs, held_set.pairs)
         return data, held_set, data.pairs, held_set.pairs
     train_pairs, held = split_by_image(data.pairs, opts.eval_split, opts.settings.seed)
@@ -111,7 +127,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     output = Path(opts.output).expanduser().resolve()
     check_output(output, opts.overwrite, opts.resume)
     progress = Progress(quiet=opts.quiet)
-    data, held_set, train_pairs, held = _load_data(opts)
+    data, held_set, train_pairs, held = _load_data(opts, progress)
     encoder = load_clip(opts.base, opts.settings.device)
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
@@ -144,21 +160,26 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         shutil.rmtree(output)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    _write_reports(data, held_set, Path(opts.report) if opts.report else output / REPORT_FILE)
+    report = Path(opts.report) if opts.report else output / REPORT_FILE
+    _write_reports(data, held_set, report)
+    _tell_left_out(data, held_set, report)
     _write_json(output / RUN_FILE, run)
     checkpoints = str(output / CHECKPOINTS)
     try:
         run["train"] = train(encoder.st, encoder.clip, train_pairs, opts.settings, checkpoints,
                              opts.resume, progress)
-    except BaseException:
+        with interrupts.deferred():  # never a half-written model where ingest and search would load one
+            encoder.st.save(str(output), create_model_card=False)
+        trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
+        after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after")(held) if held else None
+    except BaseException as exc:
         progress.finish()
-        if created and last_checkpoint(checkpoints) is None:
+        kept = last_checkpoint(checkpoints)
+        if created and kept is None:
             shutil.rmtree(output, ignore_errors=True)  # nothing worth resuming from
+        if isinstance(exc, KeyboardInterrupt):
+            _tell_interrupted(output, kept, removed=created and kept is None)
         raise
-    encoder.st.save(str(output), create_model_card=False)
-
-    trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
-    after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after")(held) if held else None
     identity = trained.identity
     evaluation = {
         "task": "text-to-image retrieval on the held-out split",
@@ -187,7 +208,38 @@ def _write_reports(data: PairSet, held_set: PairSet | None, path: Path) -> None:
         PairSet(data.source, data.format, [], problems).write_report(path)
 
 
+def _tell(text: str) -> None:
+    """A line on stderr that --quiet does not silence: it says what happened to the data
+    or the output, not how far the run has got."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _tell_left_out(data: PairSet, held_set: PairSet | None, report: Path) -> None:
+    sets = [data, held_set] if held_set else [data]
+    left_out = sum(len(s.problems) for s in sets)
+    if left_out:
+        rows = sum(len(s.problems) + len(s.pairs) for s in sets)
+        _tell(f"left out {left_out} of {rows} rows with bad images or fields; see {report}")
+
+
+def _tell_interrupted(output: Path, kept: str | None, removed: bool) -> None:
+    if kept:
+        _tell(f"fine-tune stopped; its last checkpoint, {kept}, is kept: run the same command "
+              "with --resume to continue from it")
+    elif removed:
+        _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from, {output} removed")
+    else:
+        _tell(f"fine-tune stopped before its first checkpoint: --resume starts the training in {output} again")
+
+
 def _write_json(path: Path, value: dict) -> None:
+    """Whole or not at all (a temporary file renamed over it); \\u escapes only where a
+    path is not UTF-8 text."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=2)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)

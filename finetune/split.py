@@ -46,4 +46,6 @@ def check_disjoint(train: list[Pair], held: list[Pair]) -> None:
 def fingerprint(pairs: list[Pair]) -> str:
     """Identifies a set of pairs, so that --resume can tell it is the same data."""
     payload = json.dumps(sorted((p.image, p.text) for p in pairs), ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes (and the same
+    # as before for every name that is text)
+    return hashlib.sha256(payload.encode("utf-8", "surrogateescape")).hexdigest()[:16]

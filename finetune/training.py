@@ -31,8 +31,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import is_text, name_bytes
 from clipsearch.progress import Progress, format_duration
 
+from . import interrupts
 from .images import load_rgb
 from .validation import Pair
 
@@ -92,10 +94,25 @@ class ImagePathCollator(SentenceTransformerDataCollator):
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         features = [
-            {key: load_rgb(value, self.image_size) if key == IMAGE_COLUMN else value for key, value in row.items()}
+            {key: load_rgb(image_path(value), self.image_size) if key == IMAGE_COLUMN else value
+             for key, value in row.items()}
             for row in features
         ]
         return super().__call__(features)
+
+
+# The dataset's image column is Arrow text, which must be UTF-8: a file name that is not
+# (its bytes held as lone surrogates) goes in as NUL, which no path holds, and its bytes
+# in hex. The key still identifies the image, for the no-duplicates sampler.
+_BYTES_KEY = "\x00"
+
+
+def image_key(path: str) -> str:
+    return path if is_text(path) else _BYTES_KEY + name_bytes(path).hex()
+
+
+def image_path(key: str) -> str:
+    return os.fsdecode(bytes.fromhex(key[1:])) if key.startswith(_BYTES_KEY) else key
 
 
 class _ProgressCallback(TrainerCallback):
@@ -129,6 +146,11 @@ class _Trainer(SentenceTransformerTrainer):
         """No automatic model card: it encodes sample rows as widgets, which a
         mixed text/image dataset cannot do. model_card.py writes ours."""
 
+    def _save_checkpoint(self, model, trial):
+        """Whole or not at all: Ctrl-C waits until the checkpoint is written (interrupts.py)."""
+        with interrupts.deferred():
+            super()._save_checkpoint(model, trial)
+
     def _save(self, output_dir=None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -144,6 +166,16 @@ def oom_error(batch_size: int) -> ClipsearchError:
     return ClipsearchError(
         f"out of memory at --batch-size {batch_size}; lower --batch-size (try {max(1, batch_size // 2)})"
     )
+
+
+def _one_line(exc: ClipsearchError) -> ClipsearchError:
+    """A ClipsearchError raised in a DataLoader worker (an image that changed after the
+    rows were checked) comes back with the worker's traceback in its message: keep the
+    original message, its last line."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) <= 1:
+        return exc
+    return ClipsearchError(lines[-1].split("ClipsearchError: ", 1)[-1])
 
 
 def last_checkpoint(checkpoint_dir: str) -> str | None:
@@ -162,7 +194,8 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
 
     scale = settings.scale if settings.scale is not None else model_scale(clip)
     freeze_tower(clip, settings.freeze)
-    dataset = Dataset.from_dict({TEXT_COLUMN: [p.text for p in pairs], IMAGE_COLUMN: [p.image for p in pairs]})
+    dataset = Dataset.from_dict({TEXT_COLUMN: [p.text for p in pairs],
+                                 IMAGE_COLUMN: [image_key(p.image) for p in pairs]})
     steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
     args = SentenceTransformerTrainingArguments(
         output_dir=checkpoint_dir,
@@ -203,6 +236,8 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         if _out_of_memory(exc):
             raise oom_error(settings.batch_size) from None
         raise
+    except ClipsearchError as exc:
+        raise _one_line(exc) from None
     progress.finish()
     return {
         "seconds": round(time.monotonic() - started, 2),

@@ -1,7 +1,8 @@
 """Check every pair before any training starts, and say exactly which rows are bad.
 
 A bad row is one that could not be parsed, has an empty caption, names an image
-that is missing or unreadable, or repeats an earlier (image, caption) pair. By
+that is missing or that ingest's decoder would skip (corrupt, cut short, too many
+megapixels: images.check_images), or repeats an earlier (image, caption) pair. By
 default any bad row stops the run with a message that names the first few by
 file and line; with `skip_bad` they are left out and listed in a JSON-lines report.
 """
@@ -12,13 +13,26 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import shown
 
 from .datasets import Row, read_rows
-from .images import check_image
+from .images import check_images
 
 SHOWN_IN_ERROR = 3
+
+
+def json_line(value: dict) -> str:
+    """JSON as text where it can be; \\u escapes where a file name is not UTF-8 (its
+    bytes held as lone surrogates, which no UTF-8 file can take as they are)."""
+    line = json.dumps(value, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(value)
+    return line
 
 
 @dataclass(frozen=True)
@@ -54,51 +68,77 @@ class PairSet:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
             for problem in self.problems:
-                handle.write(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
+                handle.write(json_line(asdict(problem)) + "\n")
 
 
-def check_rows(rows: list[Row], check_images: bool = True) -> tuple[list[Pair], list[Problem]]:
+def _field_problem(row: Row) -> str | None:
+    if row.problem is not None:
+        return row.problem
+    if not row.image:
+        return "empty image path"
+    if not (row.text or "").strip():
+        return "empty caption"
+    if "\x00" in row.image or "\x00" in (row.text or ""):
+        return "holds a NUL character (a damaged file?)"
+    return None
+
+
+def check_rows(rows: list[Row], check_images_too: bool = True, workers: int = 0,
+               on_checked: Callable[[int, int], None] | None = None) -> tuple[list[Pair], list[Problem]]:
+    """Every row's fields, then every distinct image (each decoded once, however many
+    captions it has), then duplicates."""
+    field_problems = [_field_problem(row) for row in rows]
+    image_problem: dict[str, str | None] = {}
+    if check_images_too:
+        image_problem = check_images([row.image for row, problem in zip(rows, field_problems)
+                                      if problem is None and row.image], workers, on_checked)
     pairs: list[Pair] = []
     problems: list[Problem] = []
     first_seen: dict[tuple[str, str], str] = {}
-    image_problem: dict[str, str | None] = {}  # each image is opened once, however many captions it has
-    for row in rows:
-        reason = row.problem
-        if reason is None and not row.image:
-            reason = "empty image path"
-        if reason is None and not (row.text or "").strip():
-            reason = "empty caption"
-        if reason is None and check_images:
-            if row.image not in image_problem:
-                image_problem[row.image] = check_image(row.image)
-            if image_problem[row.image]:
-                reason = f"{image_problem[row.image]}: {row.image}"
+    for row, reason in zip(rows, field_problems):
+        image, text = row.image or "", row.text or ""  # both set when no field problem was found
+        if reason is None and image_problem.get(image):
+            reason = f"{image_problem[image]}: {shown(image)}"
         if reason is None:
-            key = (row.image, " ".join(row.text.split()))
+            key = (image, " ".join(text.split()))
             if key in first_seen:
                 reason = f"duplicate of {first_seen[key]}"
             else:
                 first_seen[key] = row.where
         if reason is None:
-            pairs.append(Pair(row.image, row.text.strip(), row.where))
+            pairs.append(Pair(image, text.strip(), row.where))
         else:
             problems.append(Problem(row.where, row.image, row.text, reason))
     return pairs, problems
 
 
-def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bool = True) -> PairSet:
+def _count(problems: list[Problem]) -> str:
+    return f"{len(problems)} bad row{'s' if len(problems) != 1 else ''}"
+
+
+def _first(problems: list[Problem]) -> str:
+    """The first few problems, each FILE:LINE: reason."""
+    shown_here = "; ".join(p.line() for p in problems[:SHOWN_IN_ERROR])
+    more = f"; and {len(problems) - SHOWN_IN_ERROR} more" if len(problems) > SHOWN_IN_ERROR else ""
+    return shown_here + more
+
+
+def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bool = True, workers: int = 0,
+               on_checked: Callable[[int, int], None] | None = None) -> PairSet:
     """Read and check a dataset. Raises ClipsearchError naming the first bad rows,
-    unless `skip_bad`; raises as well when no usable pair is left."""
+    unless `skip_bad`; raises as well when no usable pair is left. `workers`:
+    processes that decode the images for the check; `on_checked(done, total)` follows it."""
     fmt, rows = read_rows(data)
     source = str(Path(data).expanduser().resolve())
-    pairs, problems = check_rows(rows, check_images=check_images)
+    pairs, problems = check_rows(rows, check_images, workers, on_checked)
     if problems and not skip_bad:
-        shown = "; ".join(p.line() for p in problems[:SHOWN_IN_ERROR])
-        more = f"; and {len(problems) - SHOWN_IN_ERROR} more" if len(problems) > SHOWN_IN_ERROR else ""
         raise ClipsearchError(
-            f"{len(problems)} bad row{'s' if len(problems) != 1 else ''} in {source}: {shown}{more}. "
+            f"{_count(problems)} in {shown(source)}: {_first(problems)}. "
             "Fix them, or pass --skip-bad to leave them out (they are listed in a report)"
         )
     if not pairs:
-        raise ClipsearchError(f"{source} has no usable image/caption pairs ({len(problems)} bad rows)")
+        if not problems:
+            raise ClipsearchError(f"{shown(source)} holds no image/caption pairs")
+        raise ClipsearchError(f"{shown(source)} has no usable image/caption pairs: {_count(problems)}: "
+                              f"{_first(problems)}")
     return PairSet(source, fmt, pairs, problems)

@@ -134,7 +134,7 @@ def test_bad_rows_stop_with_file_and_line(photos):
     reasons = {int(p.where.rsplit(":", 1)[1]): p.reason for p in pair_set.problems}
     assert reasons[3] == "empty caption"
     assert reasons[4].startswith("image not found")
-    assert reasons[5].startswith("not an image Pillow can read") or reasons[5].startswith("image corrupt")
+    assert reasons[5].startswith("unusable image: not an image Pillow can read")  # ingest's words for it
     assert reasons[6] == f"duplicate of {data}:2"
     assert "quote captions that contain a comma" in reasons[7]
     assert reasons[8] == "empty image path"
