@@ -24,6 +24,7 @@ from .names import printable
 COMMAND_MODULES = (
     "clipsearch.ingest.commands",
     "clipsearch.search.commands",
+    "clipsearch.search.duplicates_command",
     "clipsearch.index.commands",
     "clipsearch.finetune.commands",
     "clipsearch.serve.commands",

@@ -19,21 +19,29 @@ class SearchHit:
     # Where serve gives this image's thumbnail and file (a thin client's hits).
     thumbnail: str | None = None
     file: str | None = None
+    # When, with what and where it was taken, where the file said (clipsearch/photo_facts.py).
+    taken: str | None = None
+    camera: str | None = None
+    location: dict | None = None
 
     @classmethod
     def from_hit(cls, rank: int, hit: Any) -> "SearchHit":
         """From an index Hit (clipsearch.index.Hit)."""
-        return cls(rank=rank, score=hit.score, path=hit.path, id=hit.id,
-                   width=hit.payload.get("width"), height=hit.payload.get("height"))
+        payload = hit.payload
+        return cls(rank=rank, score=hit.score, path=hit.path, id=hit.id, width=payload.get("width"),
+                   height=payload.get("height"), taken=payload.get("taken"), camera=payload.get("camera"),
+                   location=payload.get("location"))
 
     @classmethod
     def from_json(cls, data: dict) -> "SearchHit":
         """From one hit of serve's JSON."""
         return cls(rank=int(data["rank"]), score=float(data["score"]), path=str(data["path"]), id=str(data["id"]),
                    width=data.get("width"), height=data.get("height"), thumbnail=data.get("thumbnail"),
-                   file=data.get("file"))
+                   file=data.get("file"), taken=data.get("taken"), camera=data.get("camera"),
+                   location=data.get("location"))
 
     def to_dict(self) -> dict:
         """What `-f json` prints, the same whichever way the hit was found."""
         return {"rank": self.rank, "score": round(self.score, 6), "path": self.path,
-                "width": self.width, "height": self.height, "id": self.id}
+                "width": self.width, "height": self.height, "id": self.id,
+                "taken": self.taken, "camera": self.camera, "location": self.location}

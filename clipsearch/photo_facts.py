@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:  # search imports camera_words on its cold path, which loads no PIL
+    from PIL import Image
 
 # EXIF tags (IFD0 and its Exif and GPS sub-IFDs).
 DATETIME, MAKE, MODEL = 0x0132, 0x010F, 0x0110

@@ -9,6 +9,8 @@
     terms.py     weighted text/image terms (--add 2:sunset, --subtract people)
     gallery.py   an HTML page of the hits as thumbnails
     commands.py  `clipsearch search`
+    duplicates.py          byte-identical and near-duplicate groups from the index alone
+    duplicates_command.py  `clipsearch duplicates`
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from typing import TYPE_CHECKING
 
 from clipsearch.lazy_package import lazy_package
 
-__all__ = ["SearchHit", "Searcher", "Term", "build_terms", "parse_term", "search", "write_gallery"]
+__all__ = ["DuplicateGroup", "Duplicates", "SearchHit", "Searcher", "Term", "build_terms", "find_duplicates",
+           "parse_term", "search", "write_gallery"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .duplicates import DuplicateGroup, Duplicates, find_duplicates
     from .engine import Searcher, SearchHit, build_terms, search
     from .gallery import write_gallery
     from .terms import Term, parse_term
 
 lazy_package(__name__, {"SearchHit": "engine", "Searcher": "engine", "build_terms": "engine", "search": "engine",
-                      "Term": "terms", "parse_term": "terms", "write_gallery": "gallery"}, call="search")
+                      "Term": "terms", "parse_term": "terms", "write_gallery": "gallery",
+                      "DuplicateGroup": "duplicates", "Duplicates": "duplicates", "find_duplicates": "duplicates"},
+             call="search")

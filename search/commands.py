@@ -34,6 +34,16 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
 @click.option("--min-score", type=float, default=None, help="Drop hits scoring below this cosine similarity.")
+@click.option("--after", metavar="DATE", default=None,
+              help="Only photos taken at or after the start of DATE (YYYY, YYYY-MM, YYYY-MM-DD or "
+                   "YYYY-MM-DDTHH:MM; EXIF capture time, the camera's clock).")
+@click.option("--before", metavar="DATE", default=None,
+              help="Only photos taken before the start of DATE: --after 2023 --before 2024 is the year 2023.")
+@click.option("--camera", metavar="TEXT", default=None,
+              help="Only photos from a camera whose make and model hold every word of TEXT, any case "
+                   "(--camera canon, --camera \"eos 5d\").")
+@click.option("--near", metavar="LAT,LON,KM", default=None,
+              help="Only photos taken within KM kilometres of LAT,LON (EXIF GPS).")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "paths0", "json"]), default="table",
               show_default=True,
               help="table: rank, score, path; paths: bare paths, one a line; paths0: paths ending in NUL, "
@@ -48,10 +58,16 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
     "Ask a running `clipsearch serve` (http://host:8765) instead of opening the index here: no model "
     "and no index are loaded in this process. --image and an image QUERY upload the file; --add/--subtract "
     "take text only. " + LOCAL_ONLY)
-def search(query, settings, k, image, add, subtract, queries, under, min_score, fmt, gallery, verbose,
-           server, token):
+def search(query, settings, k, image, add, subtract, queries, under, min_score, after, before, camera, near, fmt,
+           gallery, verbose, server, token):
     """Find the images that best match QUERY (text, or an image file)."""
+    from .filters import build_where
+
+    where = build_where(after, before, camera, near)  # a bad value fails before anything loads
     if server:
+        if where:
+            raise ClipsearchError("--after, --before, --camera and --near are not sent to clipsearch serve yet; "
+                                  "search the index here (without --server)")
         return search_remote(server, token, query, k, image, add, subtract, queries,
                              under, min_score, fmt, gallery, verbose)
     from clipsearch.timings import Timings
@@ -83,7 +99,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         with timings.phase("index open"):  # the model check and the count
             searcher = Searcher(encoder, index)
         with timings.phase("search"):  # less the encoding, counted apart
-            results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score))
+            results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score, where=where))
                        for label, terms in batches]
     finally:
         with timings.phase("index close"):

@@ -11,6 +11,7 @@ from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.hits import SearchHit
 from clipsearch.index import Index, canonical_path, point_id
+from clipsearch.index.base import Where
 
 from .terms import Term, image_term
 
@@ -77,39 +78,42 @@ class Searcher:
 
     # -- queries ----------------------------------------------------------------
     def by_vector(self, vector: np.ndarray, k: int = 10, under: str | None = None,
-                  min_score: float | None = None, exclude_ids: Sequence[str] = ()) -> list[SearchHit]:
+                  min_score: float | None = None, exclude_ids: Sequence[str] = (),
+                  where: Where | None = None) -> list[SearchHit]:
+        """`under` and `where` (search/filters.py) filter inside the index."""
         check_k(k)
         if under is not None:
             under = canonical_path(under)
-        hits = self.index.query(vector, k, under=under, exclude_ids=exclude_ids)
+        hits = self.index.query(vector, k, under=under, exclude_ids=exclude_ids, where=where or None)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
         return [SearchHit.from_hit(rank, hit) for rank, hit in enumerate(hits, start=1)]
 
     def terms(self, terms: Sequence[Term], k: int = 10, under: str | None = None,
-              min_score: float | None = None) -> list[SearchHit]:
+              min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
         """Example images are left out of their own results."""
         exclude = [point_id(t.value) for t in terms if t.kind == "image" and t.weight > 0]
-        return self.by_vector(self.combine(terms), k, under, min_score, exclude_ids=exclude)
+        return self.by_vector(self.combine(terms), k, under, min_score, exclude_ids=exclude, where=where)
 
     def text(self, query: str, k: int = 10, under: str | None = None,
-             min_score: float | None = None) -> list[SearchHit]:
-        return self.by_vector(self.text_vector(query), k, under, min_score)
+             min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
+        return self.by_vector(self.text_vector(query), k, under, min_score, where=where)
 
     def image(self, path: str, k: int = 10, under: str | None = None,
-              min_score: float | None = None) -> list[SearchHit]:
-        return self.terms([image_term(path)], k, under, min_score)
+              min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
+        return self.terms([image_term(path)], k, under, min_score, where)
 
 
 def search(query: str | None = None, k: int = 10, settings=None, under: str | None = None,
            min_score: float | None = None, image: str | None = None,
-           add: Iterable[str] = (), subtract: Iterable[str] = ()) -> list[SearchHit]:
+           add: Iterable[str] = (), subtract: Iterable[str] = (), where: Where | None = None) -> list[SearchHit]:
     """One-call API for notebooks: load the model, open the index, search, close.
     Text goes through the same encoders as the CLI: the cached ONNX text tower when
     there is one, else the full model (clipsearch/encoders/query.py).
 
         search("a dog on a beach", k=5)
         search(image="holiday/beach.jpg", subtract=["people"])
+        search("a harbour", where=Where(taken_from="2023-01-01T00:00:00", camera_words=("canon",)))
     """
     from clipsearch.config import Settings
     from clipsearch.encoders.query import QueryEncoders
@@ -121,7 +125,7 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
     encoders = QueryEncoders(settings)
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
-        hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score)
+        hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits
 

@@ -54,6 +54,9 @@ class Hit(BaseModel):
     height: int | None = None
     thumbnail: str
     file: str
+    taken: str | None = None
+    camera: str | None = None
+    location: dict[str, float] | None = None
 
 
 class Hits(BaseModel):

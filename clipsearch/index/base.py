@@ -82,6 +82,28 @@ KEYWORD_FIELDS = ("path", "dirs", "fingerprint")
 
 
 @dataclass(frozen=True)
+class Where:
+    """Photo filters that run inside the index, beside `under` (search --after, --before,
+    --camera, --near): on the payload's `taken`, `camera_words` and `location`, each
+    with a payload index suited to it (PHOTO_FIELDS). An image without the field does
+    not pass a filter on it."""
+
+    taken_from: str | None = None  # ISO 8601, inclusive
+    taken_before: str | None = None  # ISO 8601, exclusive
+    camera_words: tuple[str, ...] = ()  # every one of them
+    near: tuple[float, float, float] | None = None  # latitude, longitude, radius in metres
+
+    def __bool__(self) -> bool:
+        return bool(self.taken_from or self.taken_before or self.camera_words or self.near)
+
+
+# Payload indexes for the photo facts (clipsearch/photo_facts.py) that Where filters on.
+PHOTO_FIELDS = {"taken": "datetime", "camera_words": "keyword", "location": "geo"}
+# Every payload index a collection gets, by field: its kind.
+PAYLOAD_INDEXES = {**{name: "keyword" for name in KEYWORD_FIELDS}, **PHOTO_FIELDS}
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     score: float
@@ -159,9 +181,10 @@ class Index(ABC):
     @abstractmethod
     def query(self, vector: np.ndarray, k: int, under: str | None = None,
               exclude_ids: Sequence[str] = (), exact: bool = False,
-              hnsw_ef: int | None = DEFAULT_HNSW_EF) -> list[Hit]:
-        """Cosine top-k; `under` keeps only paths below that folder (a payload filter,
-        applied inside the search, not afterwards)."""
+              hnsw_ef: int | None = DEFAULT_HNSW_EF, where: Where | None = None) -> list[Hit]:
+        """Cosine top-k; `under` keeps only paths below that folder and `where` only
+        photos taken when, with what and where it says (payload filters, applied
+        inside the search, not afterwards)."""
 
     @abstractmethod
     def recommend(self, positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], k: int,

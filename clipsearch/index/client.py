@@ -9,18 +9,20 @@ never appears in a message.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
-from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record, under_value
+from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
@@ -228,8 +230,7 @@ class ClientIndex(Index):
                 vectors_config=models.VectorParams(size=identity.dim, distance=models.Distance.COSINE),
                 metadata={METADATA_KEY: {"format": 1, "model": identity.to_dict()}},
             )
-            for name in KEYWORD_FIELDS if self.backend == "server" else ():  # local mode has no payload indexes
-                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+            self._create_payload_indexes(PAYLOAD_INDEXES)
 
         try:
             self._call("create collection", create)
@@ -242,15 +243,40 @@ class ClientIndex(Index):
             self.check_identity(identity)
         self._exists = True
 
+    def _create_payload_indexes(self, fields: dict[str, str]) -> None:
+        """Payload indexes of the given kinds (base.PAYLOAD_INDEXES); a server makes an
+        index that exists again as a no-op. Local mode has no payload indexes."""
+        from qdrant_client import models
+
+        if self.backend != "server":
+            return
+        kinds = {"keyword": models.PayloadSchemaType.KEYWORD, "datetime": models.PayloadSchemaType.DATETIME,
+                 "geo": models.PayloadSchemaType.GEO}
+        for name, kind in fields.items():
+            self.client.create_payload_index(self.collection, name, kinds[kind])
+
+    def ensure_collection(self, identity: ModelIdentity) -> None:
+        """As every backend does; a server collection made before a payload index was
+        added (fingerprint, the photo facts) gets it here, on the first write-side open."""
+        existed = self.exists()
+        super().ensure_collection(identity)
+        if existed and self.backend == "server":
+            schema = self._info().payload_schema or {}
+            missing = {name: kind for name, kind in PAYLOAD_INDEXES.items() if name not in schema}
+            if missing:
+                self._call("create payload indexes", lambda: self._create_payload_indexes(missing))
+
     # -- points -----------------------------------------------------------------
     @staticmethod
-    def _filter(under: str | None = None, exclude_ids: Sequence[str] = ()):
+    def _filter(under: str | None = None, exclude_ids: Sequence[str] = (), where: Where | None = None):
         from qdrant_client import models
 
         must: list[models.Condition] = []
         must_not: list[models.Condition] = []
         if under:
             must.append(models.FieldCondition(key="dirs", match=models.MatchValue(value=under_value(under))))
+        if where:
+            must += _where_conditions(where)
         if exclude_ids:
             must_not.append(models.HasIdCondition(has_id=list(exclude_ids)))
         if not must and not must_not:
@@ -267,7 +293,8 @@ class ClientIndex(Index):
         if len(batch.ids):
             self._call("upsert", lambda: self.client.upsert(self.collection, points=batch, wait=True))
 
-    def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
+    def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF,
+              where=None) -> list[Hit]:
         from qdrant_client import models
 
         self.require_collection()
@@ -275,7 +302,7 @@ class ClientIndex(Index):
             self.collection,
             query=np.asarray(vector, dtype=np.float32).ravel().tolist(),
             limit=k,
-            query_filter=self._filter(under, exclude_ids),
+            query_filter=self._filter(under, exclude_ids, where),
             with_payload=True,
             search_params=(models.SearchParams(exact=exact, hnsw_ef=None if exact else max(hnsw_ef or 0, k) or None)
                            if self.backend == "server" else None),  # local mode always scans exactly
@@ -329,10 +356,24 @@ class ClientIndex(Index):
                 for r in records]
 
     def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
+        return self._scroll(self._filter(under), batch_size, with_vectors)
+
+    def find(self, field, values, with_vectors=False, limit=None) -> list[Record]:
+        from qdrant_client import models
+
+        if values is None:
+            matching = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=field))])
+        elif not values:
+            return []
+        else:
+            matching = models.Filter(must=[models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))])
+        return list(itertools.islice(self._scroll(matching, min(limit or 1000, 1000), with_vectors), limit))
+
+    def _scroll(self, matching, batch_size: int, with_vectors: bool) -> Iterator[Record]:
         self.require_collection()
         offset = None
         while True:
-            page = functools.partial(self.client.scroll, self.collection, scroll_filter=self._filter(under),
+            page = functools.partial(self.client.scroll, self.collection, scroll_filter=matching,
                                      limit=batch_size, offset=offset, with_payload=True, with_vectors=with_vectors)
             records, offset = self._call("scroll", page)
             for r in records:
@@ -402,3 +443,21 @@ class ClientIndex(Index):
                 self.client.close()
             except Exception:  # closing a dead connection is not worth an error
                 pass
+
+
+def _where_conditions(where: Where) -> list:
+    """Where's photo filters as qdrant-client conditions (edge.py says the same)."""
+    from qdrant_client import models
+
+    conditions: list = []
+    if where.taken_from or where.taken_before:
+        moment = (lambda text: datetime.fromisoformat(text) if text else None)  # noqa: E731
+        conditions.append(models.FieldCondition(key="taken", range=models.DatetimeRange(
+            gte=moment(where.taken_from), lt=moment(where.taken_before))))
+    conditions += [models.FieldCondition(key="camera_words", match=models.MatchValue(value=word))
+                   for word in where.camera_words]
+    if where.near:
+        lat, lon, metres = where.near
+        conditions.append(models.FieldCondition(key="location", geo_radius=models.GeoRadius(
+            center=models.GeoPoint(lat=lat, lon=lon), radius=metres)))
+    return conditions

@@ -1,0 +1,160 @@
+"""`clipsearch duplicates`: groups of byte-identical files and, with --similar,
+near-duplicates, from an index alone. It loads no model (the vectors are in the
+index) and deletes nothing. Imports only click and the kernel's light modules at
+top level: every CLI start imports this file."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Sequence
+
+import click
+
+from clipsearch.names import has_control, name_bytes, shown
+from clipsearch.options import index_options, quiet_option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipsearch.progress import Progress
+
+    from .duplicates import DuplicateGroup, Duplicates
+
+
+@click.command()
+@index_options
+@click.option("--similar", type=float, default=None, metavar="THRESHOLD",
+              help="Also group near-duplicates (resized, re-encoded, lightly edited copies): images whose "
+                   "vectors are at least this cosine similar, e.g. 0.95, joined transitively. One "
+                   "nearest-neighbour query per image.")
+@click.option("--in", "under", type=click.Path(file_okay=False), default=None,
+              help="Only images under this folder (a copy outside it is not counted).")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "paths0", "json"]), default="table",
+              show_default=True,
+              help="table: each group with its kind, scores and paths; paths: one path a line, a blank line "
+                   "between groups; paths0: each path ending in NUL, and one more NUL after each group; "
+                   "json: one object per group.")
+@click.option("--gallery", type=click.Path(dir_okay=False), default=None, metavar="FILE.html",
+              help="Also write an HTML page showing each group's images side by side.")
+@quiet_option
+def duplicates(settings, similar, under, fmt, gallery, quiet):
+    """Find duplicate images in the index: byte-identical files, and with --similar,
+    near-duplicates. Lists them; never deletes anything."""
+    from .duplicates import check_threshold
+
+    if similar is not None:
+        check_threshold(similar)  # before the index is opened: a typo costs nothing
+    found = _find(settings, similar, under, quiet)
+    # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
+    print_groups(found.groups, fmt, similar)
+    if gallery:
+        write_duplicates_gallery(gallery, found.groups, similar)
+        click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+    for line in notes(found, similar):
+        click.echo(line, err=True)
+
+
+def _find(settings, similar: float | None, under: str | None, quiet: bool) -> "Duplicates":
+    from clipsearch.index import open_index
+    from clipsearch.progress import Progress
+
+    from .duplicates import find_duplicates
+
+    progress = Progress(quiet=quiet)
+    with open_index(settings) as index:
+        index.require_collection()
+        found = find_duplicates(index, similar, under, progress=_reporter(progress) if similar is not None else None)
+    progress.finish()
+    return found
+
+
+def _reporter(progress: "Progress"):
+    """The similar pass's progress line: images done, rate, ETA (one query each)."""
+
+    def report(done: int, total: int) -> None:
+        rate, eta = progress.rate_and_eta(done, total)
+        progress.update(f"similar: {done}/{total} images, {rate:.0f}/s, ETA {eta}", force=done == total)
+
+    return report
+
+
+def print_groups(groups: Sequence["DuplicateGroup"], fmt: str, similar: float | None = None) -> None:
+    """Groups on stdout. Names are printed as `clipsearch search` prints them
+    (search/commands.py print_results): `table` quotes a name that is not printable
+    text ($'...'), `paths` writes exact bytes and quotes only a name holding a line
+    break or control character, `paths0` writes exact bytes, `json` escapes."""
+    quoted = 0
+    for number, group in enumerate(groups):
+        if fmt == "json":
+            click.echo(json.dumps(group.to_dict()))
+        elif fmt == "paths0":
+            for member in group.members:
+                click.echo(name_bytes(member.path) + b"\0", nl=False)
+            click.echo(b"\0", nl=False)  # an empty name, which no file has, ends the group
+        elif fmt == "paths":
+            if number:
+                click.echo("")
+            for member in group.members:
+                if has_control(member.path):  # its bytes would split or fake a line
+                    quoted += 1
+                    click.echo(shown(member.path))
+                else:
+                    click.echo(name_bytes(member.path))
+        else:
+            if number:
+                click.echo("")
+            click.echo(group_title(group, similar))
+            for member in group.members:
+                click.echo(f"  {member.score:.4f}  {shown(member.path)}")
+    if quoted:
+        click.echo(f"{quoted} of the paths held a line break or control character and were written quoted "
+                   "($'...'); -f paths0 gives every name exactly", err=True)
+
+
+def group_title(group: "DuplicateGroup", similar: float | None = None) -> str:
+    """'identical: 2 files, 1.4 MB each' or 'similar: 3 files (>= 0.95; score: cosine to the first)'."""
+    count = len(group.members)
+    if group.kind == "identical":
+        size = group.members[0].size
+        return f"identical: {count} files" + (f", {_bytes(size)} each" if size is not None else "")
+    threshold = f">= {similar:g}; " if similar is not None else ""
+    return f"similar: {count} files ({threshold}score: cosine to the first)"
+
+
+def _bytes(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    scaled, unit = next((size / 1000 ** p, u) for p, u in ((3, "GB"), (2, "MB"), (1, "kB")) if size >= 1000 ** p)
+    return f"{scaled:.1f} {unit}"
+
+
+def write_duplicates_gallery(path: str, groups: Sequence["DuplicateGroup"], similar: float | None) -> None:
+    """search/gallery.py's page with one section per group, its members side by side
+    (rank = place in the group, score = cosine to the first)."""
+    from .gallery import write_gallery
+
+    write_gallery(path, [(f"{number}. {group_title(group, similar)}", group.members)
+                         for number, group in enumerate(groups, start=1)])
+
+
+def notes(found: "Duplicates", similar: float | None) -> list[str]:
+    """The summary on stderr, and what the run could not look at."""
+    lines = []
+    kinds = [(kind, [g for g in found.groups if g.kind == kind]) for kind in ("identical", "similar")]
+    parts = [f"{len(groups)} group{'s' if len(groups) != 1 else ''} of {kind} files "
+             f"({sum(len(g.members) for g in groups)} files)" for kind, groups in kinds if groups]
+    if parts:
+        lines.append("found " + ", ".join(parts) + "; nothing was deleted")
+    else:
+        lines.append("no duplicates found" + ("" if similar is not None else " (byte-identical files only; "
+                                               "--similar 0.95 also looks for near-duplicates)"))
+    if found.no_fingerprint:
+        lines.append(f"{found.no_fingerprint} images have no content fingerprint yet (indexed before "
+                     "fingerprints existed): byte-identical copies among them are not found until "
+                     "`clipsearch ingest` runs over their folders again")
+    if found.unreadable:
+        lines.append(f"{len(found.unreadable)} files could not be read to compare their bytes (gone or "
+                     f"unreadable since ingest) and were left out, e.g. {shown(found.unreadable[0])}")
+    return lines
+
+
+COMMANDS = [duplicates]

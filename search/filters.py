@@ -1,0 +1,67 @@
+"""`search --after/--before/--camera/--near`: the flags' text as an index filter (Where).
+
+Dates name a period: `2023`, `2023-07`, `2023-07-14` or a moment `2023-07-14T10:30`.
+`--after D` keeps photos taken at or after the start of D and `--before D` those taken
+before the start of D, so `--after 2023 --before 2024` is the year 2023. Times are the
+camera's clock as EXIF records it (no time zone). `--camera` matches whole words of the
+camera's make and model, case-insensitively, every word given (`--camera canon`,
+`--camera "eos 5d"`). `--near LAT,LON,KM`: within KM kilometres of that point.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.index.base import Where
+from clipsearch.photo_facts import camera_words
+
+_PERIOD = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")
+
+
+def period_start(text: str, flag: str) -> str:
+    """The first moment of the period `text` names, ISO 8601."""
+    match = _PERIOD.match(text.strip())
+    if not match:
+        raise ClipsearchError(f"{flag} {text!r} is not a date: give YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+    year, month, day, hour, minute, second = (int(part) if part else None for part in match.groups())
+    try:
+        moment = datetime(year, month or 1, day or 1, hour or 0, minute or 0, second or 0)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ClipsearchError(f"{flag} {text!r} is not a date: {exc}") from None
+    return moment.isoformat()
+
+
+def parse_near(text: str) -> tuple[float, float, float]:
+    """'LAT,LON,KM' as (latitude, longitude, metres)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        lat, lon, km = (float(part) for part in parts) if len(parts) == 3 else (None, None, None)
+    except ValueError:
+        lat = lon = km = None
+    if lat is None or lon is None or km is None:
+        raise ClipsearchError(f"--near {text!r} must be LAT,LON,KM (e.g. --near 48.8566,2.3522,10)")
+    if not -90 <= lat <= 90:
+        raise ClipsearchError(f"--near {text!r}: latitude {lat:g} is outside -90..90")
+    if not -180 <= lon <= 180:
+        raise ClipsearchError(f"--near {text!r}: longitude {lon:g} is outside -180..180")
+    if not 0 < km <= 20_040:  # half the Earth's circumference: everywhere
+        raise ClipsearchError(f"--near {text!r}: the radius must be more than 0 and at most 20040 km")
+    return lat, lon, km * 1000
+
+
+def build_where(after: str | None, before: str | None, camera: str | None, near: str | None) -> Where:
+    """The filter the flags ask for (empty when none is given); a bad value is one line
+    naming its flag."""
+    taken_from = period_start(after, "--after") if after else None
+    taken_before = period_start(before, "--before") if before else None
+    if taken_from and taken_before and taken_from >= taken_before:
+        raise ClipsearchError(f"--after {after} is not before --before {before}: no photo can match both")
+    words: tuple[str, ...] = ()
+    if camera is not None:
+        words = tuple(camera_words(camera))
+        if not words:
+            raise ClipsearchError(f"--camera {camera!r} has no letters or digits to match")
+    return Where(taken_from=taken_from, taken_before=taken_before, camera_words=words,
+                 near=parse_near(near) if near else None)

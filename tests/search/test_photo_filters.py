@@ -1,0 +1,148 @@
+"""When, with what and where (issue #14): ingest reads the capture time, camera and GPS
+position from EXIF (written here with Pillow), ignores broken or absurd fields one by
+one while still embedding the image, and `search --after/--before/--camera/--near` filter
+inside the index on every backend, combined with --in, and show the facts in JSON hits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+from clipsearch import IngestOptions, ingest
+from clipsearch.cli import cli
+from clipsearch.index import open_index
+from clipsearch.index.base import Where
+from clipsearch.search.engine import Searcher
+from clipsearch.search.filters import build_where
+
+from support import BACKENDS, settings_for
+
+PARIS = (48.8566, 2.3522)
+LYON = (45.7640, 4.8357)
+
+
+def dms(value: float) -> tuple:
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = (value - degrees - minutes / 60) * 3600
+    return (IFDRational(degrees), IFDRational(minutes), IFDRational(round(seconds * 1000), 1000))
+
+
+def photo(path: Path, colour: str, taken: str | None = None, make: str | None = None, model: str | None = None,
+          gps: tuple[float, float] | None = None, raw_gps: dict | None = None, original: bool = True) -> Path:
+    exif = Image.Exif()
+    if taken is not None:
+        if original:
+            exif.get_ifd(0x8769)[0x9003] = taken
+        else:
+            exif[0x0132] = taken
+    if make is not None:
+        exif[0x010F] = make
+    if model is not None:
+        exif[0x0110] = model
+    if gps is not None:
+        ifd = exif.get_ifd(0x8825)
+        ifd[1], ifd[2] = ("N" if gps[0] >= 0 else "S"), dms(gps[0])
+        ifd[3], ifd[4] = ("E" if gps[1] >= 0 else "W"), dms(gps[1])
+    if raw_gps is not None:
+        exif.get_ifd(0x8825).update(raw_gps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), colour).save(path, "JPEG", exif=exif.tobytes())
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def library(request, tmp_path, tiny_model_dir):
+    photos = tmp_path / "photos"
+    photo(photos / "trip/paris.jpg", "red", "2023:07:14 10:22:31", "Canon", "Canon EOS 5D Mark II", PARIS)
+    photo(photos / "trip/lyon.jpg", "green", "2023:08:02 18:00:00", "NIKON CORPORATION", "NIKON D750", LYON)
+    photo(photos / "home/old.jpg", "blue", "2019:12:31 23:59:59", "Canon", "Canon PowerShot G7 X", original=False)
+    photo(photos / "home/none.jpg", "white")
+    # Broken or absurd fields: ignored one by one, the image still embedded.
+    photo(photos / "home/year0.jpg", "yellow", "0000:00:00 00:00:00", "\x00\x00", "   ")
+    photo(photos / "home/feb30.jpg", "purple", "2023:02:30 12:00:00", "Canon", "Canon EOS R5", (123.0, 2.0))
+    photo(photos / "home/badgps.jpg", "orange", "2024:01:01 00:00:00",
+          raw_gps={1: "N", 2: (IFDRational(1), IFDRational(0)), 3: "E", 4: (IFDRational(5), IFDRational(0))})
+    settings = settings_for(request.param, tmp_path, tiny_model_dir)
+    summary = ingest([str(photos)], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    assert (summary.embedded, summary.skipped) == (7, 0)
+    return settings, photos
+
+
+def found(settings, where: Where, under: str | None = None) -> set[str]:
+    from clipsearch.encoders import Encoder
+
+    with open_index(settings) as index:
+        searcher = Searcher(Encoder(settings.model, "cpu"), index)
+        hits = searcher.text("a photo", k=20, under=under, where=where)
+    return {os.path.basename(h.path) for h in hits}
+
+
+def test_facts_are_read_and_broken_ones_ignored(library):
+    settings, _ = library
+    with open_index(settings) as index:
+        payloads = {os.path.basename(r.path): r.payload for r in index.scroll()}
+    assert payloads["paris.jpg"]["taken"] == "2023-07-14T10:22:31"
+    assert payloads["paris.jpg"]["camera"] == "Canon EOS 5D Mark II"
+    assert payloads["paris.jpg"]["location"] == pytest.approx({"lat": PARIS[0], "lon": PARIS[1]}, abs=1e-4)
+    assert payloads["old.jpg"]["taken"] == "2019-12-31T23:59:59"  # DateTime when there is no DateTimeOriginal
+    assert payloads["lyon.jpg"]["camera"] == "NIKON D750"  # the make said once, not twice
+    for name in ("none.jpg", "year0.jpg"):
+        assert not {"taken", "camera", "location"} & set(payloads[name]), payloads[name]
+    assert "taken" not in payloads["feb30.jpg"] and "location" not in payloads["feb30.jpg"]
+    assert payloads["feb30.jpg"]["camera"] == "Canon EOS R5"
+    assert payloads["badgps.jpg"]["taken"] == "2024-01-01T00:00:00" and "location" not in payloads["badgps.jpg"]
+    assert all("mtime" in p for p in payloads.values())  # the file's own time is kept apart
+
+
+def test_date_camera_and_place_filters_run_in_the_index(library):
+    settings, photos = library
+    assert found(settings, build_where("2023", "2024", None, None)) == {"paris.jpg", "lyon.jpg"}
+    assert found(settings, build_where("2023-08", None, None, None)) == {"lyon.jpg", "badgps.jpg"}
+    assert found(settings, build_where(None, "2020", None, None)) == {"old.jpg"}
+    assert found(settings, build_where(None, None, "canon", None)) == {"paris.jpg", "old.jpg", "feb30.jpg"}
+    assert found(settings, build_where(None, None, "EOS 5d", None)) == {"paris.jpg"}
+    assert found(settings, build_where(None, None, None, f"{PARIS[0]},{PARIS[1]},50")) == {"paris.jpg"}
+    assert found(settings, build_where(None, None, None, f"{PARIS[0]},{PARIS[1]},500")) == {"paris.jpg", "lyon.jpg"}
+    assert found(settings, build_where("2023", None, "canon", None)) == {"paris.jpg"}
+    assert found(settings, build_where(None, None, "canon", None), under=str(photos / "home")) == {"old.jpg",
+                                                                                                  "feb30.jpg"}
+
+
+def test_the_cli_takes_the_flags_and_shows_the_facts(library):
+    settings, photos = library
+    env = {"CLIPSEARCH_INDEX": settings.index, "CLIPSEARCH_COLLECTION": settings.collection,
+           "CLIPSEARCH_MODEL": settings.model, "CLIPSEARCH_DEVICE": "cpu"}
+    if settings.index.startswith("http"):
+        pytest.skip("the CLI leg runs on the local backends")
+    if settings.index == ":memory:":
+        pytest.skip("an in-memory index does not outlive its process")
+    result = CliRunner(env=env).invoke(cli, ["search", "a photo", "-f", "json", "--camera", "canon", "--after",
+                                             "2023-01", "--near", f"{PARIS[0]},{PARIS[1]},5"])
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [os.path.basename(h["path"]) for h in hits] == ["paris.jpg"]
+    assert hits[0]["taken"] == "2023-07-14T10:22:31" and hits[0]["camera"] == "Canon EOS 5D Mark II"
+    assert hits[0]["location"]["lat"] == pytest.approx(PARIS[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--after", "2023-13"], "--after '2023-13' is not a date"),
+    (["--before", "yesterday"], "--before 'yesterday' is not a date"),
+    (["--after", "2024", "--before", "2023"], "--after 2024 is not before --before 2023"),
+    (["--near", "48.8,2.3"], "--near '48.8,2.3' must be LAT,LON,KM"),
+    (["--near", "91,0,5"], "latitude 91 is outside -90..90"),
+    (["--near", "0,0,0"], "the radius must be more than 0"),
+    (["--camera", "--"], "--camera '--' has no letters or digits"),
+])
+def test_a_bad_flag_is_one_line_naming_it(flags, message, tmp_path):
+    result = CliRunner().invoke(cli, ["search", "a photo", "--index", str(tmp_path / "none"), *flags])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert message in result.output
