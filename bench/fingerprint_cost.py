@@ -28,8 +28,11 @@ from clipsearch.fingerprint import fingerprint  # noqa: E402
 
 def full_hash(algorithm: str):
     def run(path: str) -> str:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, algorithm).hexdigest()
+        digest = hashlib.new(algorithm)
+        with open(path, "rb", buffering=0) as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
     return run
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageFile, ImageOps
 
-from .fingerprint import fingerprint
+from .fingerprint import content_hash, covers_whole, fingerprint
 from .photo_facts import photo_facts
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
@@ -46,6 +46,7 @@ class Decoded:
     # The file's content fingerprint (clipsearch/fingerprint.py): how a moved or copied
     # file is recognised later without decoding it. Set by decode_job.
     fingerprint: str | None = None
+    content_hash: str | None = None  # of every byte, for files larger than the fingerprint reads
 
 
 def _oriented_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
@@ -160,6 +161,8 @@ def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str |
     try:
         decoded = load_image(path, target, max_megapixels)
         decoded.fingerprint = fingerprint(path)  # just read: from the page cache
+        if not covers_whole(os.path.getsize(path)):
+            decoded.content_hash = content_hash(path)
         return path, decoded, None, False
     except SkipImage as exc:
         return path, None, str(exc), exc.lasting

@@ -100,6 +100,7 @@ def payload_for(entry: FileEntry, decoded: Decoded) -> dict:
         "height": decoded.height,
         **decoded.facts,  # taken, camera, location: where the file says so
         **({"fingerprint": decoded.fingerprint} if decoded.fingerprint else {}),
+        **({"content_hash": decoded.content_hash} if decoded.content_hash else {}),
     }
 
 

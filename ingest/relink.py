@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from clipsearch.fingerprint import fingerprint
+from clipsearch.fingerprint import content_hash, covers_whole, fingerprint
 from clipsearch.index import Index, ancestor_dirs
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import path_fields
@@ -24,7 +24,7 @@ from clipsearch.photo_facts import photo_facts
 from .walk import FileEntry
 
 # Payload that describes the picture, not where it is: kept by a moved or copied file.
-CONTENT_FIELDS = ("width", "height", "taken", "camera", "camera_words", "location", "fingerprint")
+CONTENT_FIELDS = ("width", "height", "taken", "camera", "camera_words", "location", "fingerprint", "content_hash")
 
 
 def place_payload(entry: FileEntry) -> dict:
@@ -63,7 +63,7 @@ class Relinker:
                 sources.setdefault(record.payload.get("fingerprint"), []).append(record)
         left, ids, vectors, payloads, gone = [], [], [], [], set()
         for entry in entries:
-            candidates = sources.get(prints.get(entry.path), [])
+            candidates = _same_content(entry, sources.get(prints.get(entry.path), []))
             if not candidates:
                 left.append(entry)
                 continue
@@ -101,6 +101,8 @@ class Relinker:
                 continue
             try:
                 facts = {"fingerprint": fingerprint(entry.path, entry.size), **read_facts(entry.path)}
+                if not covers_whole(entry.size):
+                    facts["content_hash"] = content_hash(entry.path)
             except OSError:
                 continue  # unreadable now: left as it is, tried again next run
             ids.append(record.id)
@@ -115,6 +117,19 @@ class Relinker:
         if self._known is None:
             self._known = bool(self.index.find("fingerprint", None, limit=1))
         return self._known
+
+
+def _same_content(entry: FileEntry, candidates: list) -> list:
+    """The candidates (points with the entry's fingerprint) whose content is the entry's:
+    all of them when the fingerprint read every byte, else those whose full hash is the
+    file's (a point without one, or a file that cannot be read now, matches none)."""
+    if not candidates or covers_whole(entry.size):
+        return candidates
+    try:
+        full = content_hash(entry.path)
+    except OSError:
+        return []
+    return [record for record in candidates if record.payload.get("content_hash") == full]
 
 
 def read_facts(path: str) -> dict:

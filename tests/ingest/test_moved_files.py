@@ -83,3 +83,34 @@ def test_older_points_get_fingerprints_without_reencoding(tmp_path, tiny_model_d
     os.rename(photos, tmp_path / "moved")  # and now they can be found by content
     third, _ = ingest_in_fresh_process([tmp_path / "moved", *args[1:]], env)
     assert (third["embedded"], third["moved"]) == (0, 5), third
+
+
+def test_a_large_file_differing_only_in_the_middle_is_not_taken_for_a_move(tmp_path, tiny_model_dir):
+    """Size, first MiB and last KiB agree (an uncompressed picture retouched in the
+    middle): the full hash tells them apart; a true move of such a file still relinks."""
+    from PIL import Image
+
+    from clipsearch.fingerprint import fingerprint
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8)).save(photos / "scan.bmp")
+    Image.fromarray(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8)).save(photos / "other.bmp")
+    index = tmp_path / "index"
+    args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
+    env = dict(os.environ)
+    assert ingest_in_fresh_process(args, env)[0]["embedded"] == 2
+
+    data = bytearray((photos / "scan.bmp").read_bytes())
+    assert len(data) > (1 << 20) + 1024
+    middle = len(data) - 4096
+    data[middle - 1000:middle] = bytes(255 - b for b in data[middle - 1000:middle])
+    (photos / "scan.bmp").unlink()
+    (photos / "retouched.bmp").write_bytes(bytes(data))
+    os.rename(photos / "other.bmp", photos / "moved.bmp")
+    with open_index(Settings.resolve(index=str(index), model=str(tiny_model_dir))) as opened:
+        stored = {os.path.basename(r.path): r.payload for r in opened.scroll()}
+    assert fingerprint(str(photos / "retouched.bmp")) == stored["scan.bmp"]["fingerprint"]
+    summary, _ = ingest_in_fresh_process(args, env)
+    assert (summary["embedded"], summary["moved"], summary["copied"]) == (1, 1, 0), summary
