@@ -71,6 +71,7 @@ parse_interval = _number(float, "a number of seconds, 0 or more", 0)
 parse_batch_size = _number(int, "a whole number of 1 or more", 1)
 parse_workers = _number(int, "a whole number of 0 or more", 0)
 parse_megapixels = _number(float, "a number of megapixels above 0", 0, low_open=True)
+parse_points = _number(int, "a whole number of points, 1 or more", 1)
 
 
 def parse_port(text: str) -> int:
@@ -193,6 +194,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("known_bad", ("CLIPSEARCH_KNOWN_BAD",), True, parse_bool,
             "Remember files that could not be used, so that a re-run reports them without reading "
             "them again (until they change).", default_text="on"),
+    Setting("hnsw_min_points", ("CLIPSEARCH_HNSW_MIN_POINTS",), 20_000, parse_points,
+            "The embedded index builds its HNSW search graph once a collection holds this many points "
+            "(below, an exact scan is about as fast); ingest builds it at the end of a run."),
     # queries and the model cache
     Setting("cache_dir", ("CLIPSEARCH_CACHE_DIR",), default_cache_dir, parse_path,
             "Where exported text towers, model identities, query vectors and known bad files are kept.",

@@ -417,11 +417,12 @@ class Ingestor:
             if self.walked == 0 and not allow_empty and not self._stopped.is_set():
                 # a shard that happens to get no files is not an error
                 raise ClipsearchError(f"no image files found under {', '.join(roots)}")
-            if self.summary.embedded and self.index.backend == "edge" and self.options.optimize:
+            if self.index.backend == "edge" and self.options.optimize:
                 count = self.index.count()
-                from clipsearch.index.edge import HNSW_MIN_POINTS
+                from clipsearch.index.edge import graph_pending, hnsw_min_points
 
-                if count >= HNSW_MIN_POINTS:
+                # also after a run killed inside the build: nothing left to embed, graph unfinished
+                if count >= hnsw_min_points() and (self.summary.embedded or graph_pending(self.index)):
                     self.progress.message(f"building the HNSW search index over {count} images...")
                     self.summary.hnsw_built = self.index.optimize()
         finally:

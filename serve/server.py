@@ -152,12 +152,14 @@ def build_search_index(service, watcher) -> None:
     inner = service.index.inner
     if inner.backend != "edge" or not hasattr(inner, "optimize_offline"):
         return
-    from clipsearch.index.edge import HNSW_MIN_POINTS
+    from clipsearch.index.edge import hnsw_min_points
+
+    least = hnsw_min_points()
 
     with service.lock:
         facts = inner.describe()
     unindexed = facts["points"] - facts.get("indexed_vectors", 0)
-    if facts["points"] >= HNSW_MIN_POINTS and unindexed >= max(HNSW_MIN_POINTS // 4, facts["points"] // 10):
+    if facts["points"] >= least and unindexed >= max(least // 4, facts["points"] // 10):
         say(f"building the HNSW search index over {facts['points']} images (queries go on meanwhile)...")
         inner.optimize_offline(exclusive=service.lock)
 

@@ -4,23 +4,43 @@ which belong to no stage."""
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import ClipsearchError
 from ..options import index_options, quiet_option, server_options
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Index
+
+# How far a stored vector's length may be from 1: vectors are normalized float32
+# (the engine normalizes cosine vectors again), so anything beyond rounding is wrong.
+UNIT_TOLERANCE = 1e-3
+
 
 @click.command()
 @index_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print the facts as JSON (with --server, also the server's own: \"server\": {version, pid, "
-                   "watching}).")
+                   "watching}; with --check, the findings).")
+@click.option("--check", is_flag=True,
+              help="Verify the collection: the point count against the points read, a path on every point, "
+                   "unit-length vectors of the model record's dimension, the model record itself. One line per "
+                   "finding; exit status 1 when anything is wrong.")
 @server_options(
     "Ask a running `clipsearch serve` (http://host:8765) for the facts of the index it holds, opening "
     "nothing here. With --server, --model, --index, --collection, --device and --grpc/--rest are ignored.")
-def status(settings, as_json, server, token):
+def status(settings, as_json, check, server, token):
     """Show the backend, collection, number of images and model of the index."""
+    if check:
+        if server:
+            raise ClipsearchError("--check reads the index itself: run it where the index is, without --server "
+                                  "(or CLIPSEARCH_SERVER)")
+        run_check(settings, as_json)
+        return
     if server:
         from ..remote import ServeClient
 
@@ -91,6 +111,164 @@ def format_status(facts: dict) -> str:
                       "the next ingest restores it)")
         lines.append(f"search index: {state}")
     return "\n".join(lines)
+
+
+# -- status --check ---------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    ok: bool
+    topic: str  # open, collection, model, count, paths, dimension, vectors, search index
+    message: str
+
+    def line(self) -> str:
+        return f"{'ok' if self.ok else 'PROBLEM':8} {self.topic}: {self.message}"
+
+
+@dataclass
+class _Survey:
+    """What one pass over every point found."""
+
+    read: int = 0
+    ids: set = field(default_factory=set)
+    dims: dict = field(default_factory=dict)  # dimension -> how many vectors
+    no_path: list = field(default_factory=list)
+    no_vector: list = field(default_factory=list)
+    not_unit: list = field(default_factory=list)  # (id, length)
+    wrong_dim: list = field(default_factory=list)
+
+    def add(self, record, dim: int | None) -> None:
+        import numpy as np
+
+        self.read += 1
+        self.ids.add(record.id)
+        path = record.payload.get("path")
+        if not isinstance(path, str) or not path:
+            self.no_path.append(record.id)
+        if record.vector is None:
+            self.no_vector.append(record.id)
+            return
+        vector = np.asarray(record.vector, dtype=np.float64).ravel()
+        self.dims[vector.size] = self.dims.get(vector.size, 0) + 1
+        if dim is not None and vector.size != dim:
+            self.wrong_dim.append(record.id)
+        length = float(np.linalg.norm(vector))
+        if not math.isfinite(length) or abs(length - 1.0) > UNIT_TOLERANCE:
+            self.not_unit.append((record.id, length))
+
+
+def _some(ids: list) -> str:
+    """How many, and the first: `3 (e.g. point ID and 2 more)`."""
+    return f"{len(ids)} (e.g. point {ids[0]}" + (f" and {len(ids) - 1} more)" if len(ids) > 1 else ")")
+
+
+def check_index(index: "Index") -> list[Finding]:
+    """Every finding about the collection `index` opened, good ones included."""
+    findings = [Finding(False, "open", problem) for problem in getattr(index, "open_problems", [])]
+    if not index.exists():
+        findings.append(Finding(False, "collection", f"collection {index.collection!r} does not exist at "
+                                                     f"{index.location}; run `clipsearch ingest DIR` first"))
+        return findings
+    dim = _check_model(index, findings)
+    try:
+        survey = _Survey()
+        for record in index.scroll(with_vectors=True):
+            survey.add(record, dim)
+        count = index.count()
+    except ClipsearchError as exc:  # the engine could not read its points: damage
+        findings.append(Finding(False, "points", str(exc)))
+        return findings
+    findings += _point_findings(survey, count, dim)
+    findings += _graph_findings(index)
+    return findings
+
+
+def _check_model(index: "Index", findings: list[Finding]) -> int | None:
+    """The model record's finding; its dimension when there is one."""
+    try:
+        identity = index.stored_identity()
+    except ClipsearchError as exc:
+        findings.append(Finding(False, "model", str(exc)))
+        return None
+    if identity is None:
+        if not any(f.topic == "open" for f in findings):  # the open already said it
+            findings.append(Finding(False, "model", f"collection {index.collection!r} has no clipsearch model "
+                                                    "record: nothing says which model made its vectors"))
+        return None
+    findings.append(Finding(True, "model", identity.short()))
+    return identity.dim
+
+
+def _point_findings(survey: _Survey, count: int, dim: int | None) -> list[Finding]:
+    found = []
+    duplicates = survey.read - len(survey.ids)
+    if survey.read == count and not duplicates:
+        found.append(Finding(True, "count", f"{count} points, each read back once"))
+    else:
+        found.append(Finding(False, "count", f"the index counts {count} points, but {survey.read} were read back"
+                                            + (f" ({duplicates} twice)" if duplicates else "")))
+    if survey.no_path:
+        found.append(Finding(False, "paths", f"points without a path: {_some(survey.no_path)}; search cannot "
+                                            "show them"))
+    else:
+        found.append(Finding(True, "paths", "every point has a path"))
+    if survey.wrong_dim:
+        others = ", ".join(str(d) for d in sorted(survey.dims) if d != dim)
+        found.append(Finding(False, "dimension", f"vectors not of the model record's {dim} dimensions: "
+                                                f"{_some(survey.wrong_dim)}; they have {others}"))
+    elif dim is not None and survey.read:
+        found.append(Finding(True, "dimension", f"every vector has the model record's {dim} dimensions"))
+    bad = survey.no_vector + [i for i, _ in survey.not_unit]
+    if bad:
+        lengths = ", ".join(f"{length:.3g}" for _, length in survey.not_unit[:3])
+        found.append(Finding(False, "vectors", f"vectors missing or not of unit length: {_some(bad)}"
+                                              + (f"; length {lengths}" if lengths else "")
+                                              + "; search ranks them wrongly: touch those files and ingest again"))
+    elif survey.read:
+        found.append(Finding(True, "vectors", f"every vector is unit length (within {UNIT_TOLERANCE:g})"))
+    return found
+
+
+def _graph_findings(index: "Index") -> list[Finding]:
+    """The embedded index's HNSW state: facts, never a problem (an exact scan answers)."""
+    from .edge import EdgeIndex
+
+    if not isinstance(index, EdgeIndex):
+        return []
+    facts = index.describe()
+    text = (f"HNSW over {facts['indexed_vectors']} of {facts['points']} vectors" if facts["indexed_vectors"]
+            else "exact scan (no HNSW graph)")
+    if index.graph_pending():
+        text += "; the graph is incomplete: the next ingest builds it"
+    return [Finding(True, "search index", text)]
+
+
+def run_check(settings, as_json: bool) -> None:
+    """`status --check`: print the findings, exit 1 when any is a problem. An index
+    that cannot be opened at all is one finding too."""
+    from .lockfile import InUseError
+    from .open import open_index
+
+    try:
+        with open_index(settings, check=True) as index:
+            findings = check_index(index)
+    except InUseError:
+        raise  # not a finding about the index: it could not be examined now
+    except ClipsearchError as exc:
+        findings = [Finding(False, "open", str(exc))]
+    problems = [f for f in findings if not f.ok]
+    where = f"collection {settings.collection!r} at {settings.index}"
+    if as_json:
+        click.echo(json.dumps({"index": settings.index, "collection": settings.collection, "healthy": not problems,
+                               "findings": [asdict(f) for f in findings]}))
+    else:
+        for finding in findings:
+            click.echo(finding.line())
+        click.echo(f"{where}: " + (f"{len(problems)} problem{'s' if len(problems) > 1 else ''} found"
+                                   if problems else "healthy"))
+    if problems:
+        raise click.exceptions.Exit(1)
 
 
 COMMANDS = [status, migrate]

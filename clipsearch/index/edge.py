@@ -5,7 +5,12 @@ Layout of an index folder:
     <index>/clipsearch-index.json    marks the folder as a clipsearch index
     <index>/<collection>.lock        exclusive lock, beside (not inside) the shard
     <index>/<collection>/model.json  identity of the model that made the vectors
+    <index>/<collection>/state.json  the point count at the last clean close
     <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes)
+
+    <index>/.<collection>.creating/          a collection being created, renamed into
+                                             place whole (collection names never start
+                                             with a dot)
 
     <index>/<collection>/shard.optimizing/   a copy being optimized (optimize_offline)
     <index>/<collection>/shard.old/          the shard being swapped out (optimize_offline)
@@ -16,40 +21,73 @@ GIL for the whole build (40 s at 60k x 512-d). optimize() calls it in-process: i
 does so at the end of a large load, never under a query. optimize_offline() builds the
 graph in a child process on a copy of the shard and swaps the copy in, so that a
 process serving queries from threads keeps answering meanwhile.
+
+Faults. A kill -9 at any moment leaves an index that opens: the engine replays its WAL,
+a collection appears whole or not at all, an offline build is finished or undone at the
+next open. Damage (a truncated or missing file, a marker from a newer clipsearch) is
+one line saying what is wrong and what to do, never a traceback and never silently
+empty results: state.json catches points that vanished (the engine loads a shard with
+missing segments as a smaller one), and a hit without its payload is refused. A full
+disk is refused before the engine writes: it maps its files, and a write into a mapped
+page with no space behind it kills the process with SIGBUS instead of raising.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from .. import config
+from ..config import DEFAULT_COLLECTION
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
-from .base import DEFAULT_HNSW_EF, KEYWORD_FIELDS, Hit, Index, Record
+from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
 from .lockfile import ExclusiveLock
 
 MARKER = "clipsearch-index.json"
 FORMAT = 1
+MODEL = "model.json"
+STATE = "state.json"
 # Below this many points a brute-force scan is about as fast as HNSW and building
-# the graph is wasted time.
+# the graph is wasted time. The default of the hnsw_min_points setting (config.py),
+# which tests lower to build a graph over a few hundred images: read hnsw_min_points().
 HNSW_MIN_POINTS = 20_000
+# The engine indexes a segment only past this many KiB of vectors (its default); a
+# lower hnsw_min_points lowers it too, or the graph would never be built (below).
+ENGINE_INDEXING_THRESHOLD_KB = 10_000
+# Free space the engine may need for one write without asking: a new 32 MiB vector
+# chunk and a new 32 MiB WAL segment. Writes are refused below it (see the docstring).
+WRITE_RESERVE = 64 << 20
+# Free space an open needs beyond the pages it maps (edge_config.json is rewritten at
+# every load; the WAL is replayed into the segments after a kill).
+LOAD_MARGIN = 4 << 20
+# Filesystems whose files are memory: a mapped page read for the first time is
+# allocated there (on a disk a hole reads as zeros and costs nothing). The engine reads
+# its vector chunks and payload indexes whole at load, so loading a shard on one of
+# them needs room for every hole in those files (measured: 43 MiB for a fresh shard).
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 # Beside the live shard folder: the copy a child process optimizes, and the live one
 # while it is being swapped out.
 OPTIMIZING = "shard.optimizing"
 OLD = "shard.old"
 
-# The child of optimize_offline(): optimize the shard copy at argv[1], flush, close, and
-# print whether optimize() changed anything. It dies with its parent (PR_SET_PDEATHSIG,
+# The child of optimize_offline(): optimize the shard copy at argv[1] (vectors of argv[3]
+# dimensions, indexed past argv[4] KiB per segment), flush, close, and print whether
+# optimize() changed anything. It dies with its parent (PR_SET_PDEATHSIG,
 # Linux) so that a killed server leaves no orphan writing into a folder the next open
 # removes; it imports only qdrant_edge, not clipsearch.
 _OPTIMIZE_CHILD = """
@@ -62,8 +100,10 @@ except Exception:
     pass
 if os.getppid() != parent:
     sys.exit("parent gone")
-import qdrant_edge
-shard = qdrant_edge.EdgeShard.load(sys.argv[1])
+import qdrant_edge as e
+config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=int(sys.argv[3]), distance=e.Distance.Cosine),
+                      optimizers=e.EdgeOptimizersConfig(indexing_threshold=int(sys.argv[4])))
+shard = e.EdgeShard.load(sys.argv[1], config)
 changed = shard.optimize()
 shard.flush()
 shard.close()
@@ -77,12 +117,126 @@ def _edge():
     return qdrant_edge
 
 
+def hnsw_min_points() -> int:
+    """The hnsw_min_points setting, read now (tests lower it through the environment);
+    unset, HNSW_MIN_POINTS (the table's default, which a test checks is the same)."""
+    from_env = config.env_value("hnsw_min_points")
+    return HNSW_MIN_POINTS if from_env is None else int(from_env)
+
+
+def indexing_threshold_kb(dim: int) -> int:
+    """The engine's per-segment indexing threshold that matches hnsw_min_points: a
+    segment of that many vectors is indexed. Never above the engine's default, which
+    the default setting reaches from 128 dimensions up (CLIP's 512 included): indexes
+    made before the setting existed keep the threshold they had."""
+    return max(1, min(ENGINE_INDEXING_THRESHOLD_KB, hnsw_min_points() * dim * 4 // 1024))
+
+
+def graph_pending(index: Index) -> bool:
+    """Whether an embedded index holds enough points for HNSW and vectors the graph
+    does not cover yet: what a run killed before or during its build leaves, so the
+    next ingest builds it even with nothing new to embed."""
+    return isinstance(index, EdgeIndex) and index.graph_pending()
+
+
+def _megabytes(n: int, up: bool = False) -> str:
+    """MiB to a tenth, rounded down (what is free) or up (what is needed): 63.9 free
+    of 64.0 needed, never 64.0 of 64.0."""
+    tenths = n * 10 / (1 << 20)
+    return f"{(math.ceil(tenths) if up else math.floor(tenths)) / 10:.1f} MB"
+
+
+def _is_disk_full(text: str) -> bool:
+    return "os error 28" in text or "No space left on device" in text
+
+
+def _free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def _filesystem_type(folder: Path) -> str:
+    """The type of the filesystem holding `folder` (Linux: /proc/self/mounts; the
+    last of stacked mounts wins), '' when unknown."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    target = os.path.realpath(folder)
+    best, kind = "", ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040 is a space
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
+def _holes(segments: Path) -> int:
+    """Bytes of the engine's files under `segments` that are not allocated yet, but
+    for the payload storage, which a load does not read whole (measured)."""
+    total = 0
+    for folder, dirs, files in os.walk(segments):
+        dirs[:] = [d for d in dirs if d != "payload_storage"]
+        for name in files:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            total += max(0, st.st_size - st.st_blocks * 512)
+    return total
+
+
+def _allocated(root: Path, apparent: bool = False) -> int:
+    """Bytes of the files under `root`: allocated, or (apparent) their full sizes, which
+    a plain copy writes out."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            total += st.st_size if apparent else st.st_blocks * 512
+    return total
+
+
 def _keyword_index():
     # On disk (mmap'd, paged in when a filter reads it) rather than Qdrant's default of
     # in memory: an in-memory keyword index on `path` (one distinct value per point) is
     # read whole at every shard load and freed at every close, about 0.45 s of a cold
     # one-shot query at 100k points (bench/COLD_QUERY_RESULTS.md); on disk it costs ~0.
     return _edge().KeywordIndexParams(on_disk=True)
+
+
+def _payload_index(kind: str):
+    """A payload index of `kind` (base.PAYLOAD_INDEXES), on disk like the keyword ones."""
+    e = _edge()
+    if kind == "datetime":
+        return e.DatetimeIndexParams(on_disk=True)
+    if kind == "geo":
+        return e.GeoIndexParams(on_disk=True)
+    return _keyword_index()
+
+
+def _where_conditions(where: Where | None) -> list:
+    """Where's photo filters as edge conditions (client.py says the same for a server)."""
+    if not where:
+        return []
+    e = _edge()
+    conditions = []
+    if where.taken_from or where.taken_before:
+        conditions.append(e.FieldCondition(key="taken", range=e.RangeDateTime(gte=where.taken_from,
+                                                                              lt=where.taken_before)))
+    conditions += [e.FieldCondition(key="camera_words", match=e.MatchValue(word)) for word in where.camera_words]
+    if where.near:
+        lat, lon, metres = where.near
+        conditions.append(e.FieldCondition(key="location", geo_radius=e.GeoRadius(e.GeoPoint(lon=lon, lat=lat),
+                                                                                  metres)))
+    return conditions
 
 
 def _vector_of(record) -> np.ndarray | None:
@@ -95,9 +249,15 @@ def _vector_of(record) -> np.ndarray | None:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
+    """Write, then rename over `path`. A failed write (a full disk) removes its
+    temporary file, which would otherwise make the folder look foreign to the next open."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -128,11 +288,17 @@ def _is_shard(path: Path) -> bool:
 class EdgeIndex(Index):
     backend = "edge"
 
-    def __init__(self, folder: str, collection: str, create: bool = False):
+    def __init__(self, folder: str, collection: str, create: bool = False, check: bool = False):
+        """Open (with `create`, make) the collection. Damage found at the open is raised
+        as one line; with `check` (`clipsearch status --check`) it is kept in
+        `open_problems` instead, so that the rest of the index can still be examined."""
         super().__init__(folder, collection)
         self.root = Path(folder)
         self._shard = None
         self._lock: ExclusiveLock | None = None
+        self._wrote = False  # anything written since the open: close() records the count
+        self._checking = check
+        self.open_problems: list[str] = []
         # Seconds of each step of the last optimize_offline() (for logs and benches): the
         # flush and the swap are the only times queries wait.
         self.last_offline_phases: dict[str, float] = {}
@@ -143,9 +309,10 @@ class EdgeIndex(Index):
         ).acquire()
         try:
             self._recover_swap()
-            if _is_shard(self._shard_dir):
-                self._shard = self._open_shard()
+            self._drop_unfinished_creation()
+            self._load_collection(check)
         except BaseException:
+            self._close_shard()
             self._lock.release()
             raise
 
@@ -156,6 +323,15 @@ class EdgeIndex(Index):
     @property
     def _shard_dir(self) -> Path:
         return self._collection_dir / "shard"
+
+    @property
+    def _creating_dir(self) -> Path:
+        return self.root / f".{self.collection}.creating"
+
+    def check_command(self) -> str:
+        """The command that examines this collection, for messages."""
+        named = "" if self.collection == DEFAULT_COLLECTION else f" --collection {self.collection}"
+        return f"`clipsearch status --check --index {self.root}{named}`"
 
     def _recover_swap(self) -> None:
         """Finish or undo an optimize_offline() that died (kill -9, power cut), under the
@@ -174,6 +350,12 @@ class EdgeIndex(Index):
             if leftover.exists():
                 shutil.rmtree(leftover)
 
+    def _drop_unfinished_creation(self) -> None:
+        """A creation killed before its rename left only its staging folder: no points
+        were ever written to it."""
+        if self._creating_dir.exists():
+            shutil.rmtree(self._creating_dir, ignore_errors=True)
+
     def _prepare_root(self, create: bool) -> bool:
         root = self.root
         if root.exists() and not root.is_dir():
@@ -181,6 +363,7 @@ class EdgeIndex(Index):
         marker = root / MARKER
         if root.is_dir():
             if marker.is_file():
+                self._check_marker(marker)
                 return True
             if any(root.iterdir()):
                 raise ClipsearchError(
@@ -192,16 +375,139 @@ class EdgeIndex(Index):
             root.mkdir(parents=True, exist_ok=True)
             _write_json_atomically(marker, {"format": FORMAT, "backend": "qdrant-edge"})
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ClipsearchError(f"cannot create index folder {root}: no space left on device; "
+                                      "free some space and run the command again") from None
             raise ClipsearchError(f"cannot create index folder {root}: {exc.strerror}") from None
         return True
 
-    def _open_shard(self):
+    @staticmethod
+    def _check_marker(marker: Path) -> None:
+        """The marker names the layout of the folder: a newer clipsearch may have
+        changed it, and this one must not read (or write) what it does not know."""
+        restore = f'if the folder is a clipsearch index, write {{"format": {FORMAT}}} into it'
         try:
-            return _edge().EdgeShard.load(str(self._shard_dir))
-        except Exception as exc:
+            found = json.loads(marker.read_text()).get("format")
+        except (OSError, ValueError, AttributeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not the JSON clipsearch writes"
+            raise ClipsearchError(f"index marker {marker} is damaged ({why}); {restore}") from None
+        if not isinstance(found, int) or isinstance(found, bool):
+            raise ClipsearchError(f"index marker {marker} is damaged (format {found!r}); {restore}")
+        if found > FORMAT:
+            raise ClipsearchError(f"index {marker.parent} was written by a newer clipsearch (index format {found}; "
+                                  f"this one reads format {FORMAT}): upgrade clipsearch")
+
+    def _load_collection(self, check: bool) -> None:
+        """Load the shard if the collection exists, and look for damage a load does not
+        report: a lost shard, a lost model record, points gone since the last close."""
+        collection = self._collection_dir
+        if not collection.is_dir() or not any(collection.iterdir()):
+            return  # no collection yet (an empty folder is none either)
+        if not _is_shard(self._shard_dir):
             raise ClipsearchError(
-                f"cannot open collection {self.collection!r} in {self.root}: {str(exc).splitlines()[0]}"
-            ) from None
+                f"collection {self.collection!r} in {self.root} has lost its shard ({self._shard_dir} is missing "
+                f"or incomplete): its points are gone; delete {collection} and ingest again")
+        self._require_space_to_load()
+        self._shard = self._open_shard()
+        problems = self._damage()
+        if problems and not check:
+            raise ClipsearchError(problems[0])
+        self.open_problems = problems
+
+    def _damage(self) -> list[str]:
+        problems = []
+        model = self._collection_dir / MODEL
+        if not model.exists():
+            problems.append(f"{model} is missing: the index no longer records which model made its vectors; "
+                            f"restore the file, or delete {self.root} and ingest again")
+        recorded = self._recorded_points()
+        if recorded is not None:
+            count = self.count()
+            if count < recorded:
+                problems.append(
+                    f"collection {self.collection!r} in {self.root} holds {count} points, but held {recorded} "
+                    f"when it was last closed: files of its shard are missing or damaged; delete {self.root} "
+                    "and ingest again")
+        return problems
+
+    def _recorded_points(self) -> int | None:
+        try:
+            points = json.loads((self._collection_dir / STATE).read_text()).get("points")
+        except (OSError, ValueError, AttributeError):
+            return None  # none yet, or unreadable: nothing to compare with
+        return points if isinstance(points, int) else None
+
+    def _record_points(self) -> None:
+        """After a clean close's flush: the count a later open must find at least. Only
+        deletes lower it, and delete() forgets the record first; a failed write leaves
+        an older, lower record, which is still true."""
+        try:
+            _write_json_atomically(self._collection_dir / STATE, {"points": self.count()})
+        except (OSError, ClipsearchError):
+            pass
+
+    def _forget_points(self) -> None:
+        try:
+            (self._collection_dir / STATE).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    # -- the engine ---------------------------------------------------------------
+    def _open_shard(self, config=None):
+        try:
+            return _edge().EdgeShard.load(str(self._shard_dir), config)
+        except BaseException as exc:
+            if not _engine_failure(exc):
+                raise
+            text = _first_line(exc)
+            if _is_disk_full(text):
+                raise self._disk_full_error("opening it", text) from None
+            raise ClipsearchError(
+                f"cannot open collection {self.collection!r} in {self.root}: {text}; the index is damaged: "
+                f"delete {self.root} and ingest again") from None
+
+    @contextmanager
+    def _engine(self, doing: str) -> Iterator[None]:
+        """Engine failures as one line: a full disk as such, anything else as damage,
+        with what to do. The engine raises plain Exception, or pyo3's PanicException
+        (a BaseException) when it panics on a file it cannot make sense of."""
+        try:
+            yield
+        except BaseException as exc:
+            if not _engine_failure(exc):
+                raise
+            text = _first_line(exc)
+            if _is_disk_full(text):
+                raise self._disk_full_error(doing, text) from None
+            advice = ("the index is damaged: delete the folder and ingest again" if self._checking else
+                      f"run {self.check_command()}, and if it finds damage, delete the folder and ingest again")
+            raise ClipsearchError(
+                f"index {self.root} (collection {self.collection!r}) failed {doing}: {text}; {advice}") from None
+
+    def _disk_full_error(self, doing: str, detail: str) -> ClipsearchError:
+        return ClipsearchError(f"no space left on device for index {self.root} ({doing}: {detail}); free some "
+                               "space and run the command again: everything committed so far is kept")
+
+    def _require_space(self, needed: int, doing: str) -> None:
+        """Refuse, before the engine writes, what it could not finish (module docstring)."""
+        try:
+            free = _free_bytes(self.root)
+        except OSError:
+            return  # cannot tell: let the engine try
+        if free < needed:
+            raise ClipsearchError(
+                f"no space left on device for index {self.root}: {_megabytes(free)} free, and {doing} needs "
+                f"{_megabytes(needed, up=True)}; free some space and run the command again: everything committed "
+                "so far is kept")
+
+    def _require_space_to_load(self) -> None:
+        needed = LOAD_MARGIN
+        if _filesystem_type(self.root) in MEMORY_FILESYSTEMS:
+            needed += _holes(self._shard_dir / "segments")
+        self._require_space(needed, "opening it")
+
+    def _require_space_to_write(self, extra: int = 0, doing: str = "writing to it") -> None:
+        self._require_space(WRITE_RESERVE + extra, doing)
 
     @property
     def shard(self):
@@ -209,35 +515,69 @@ class EdgeIndex(Index):
             self.require_collection()
         return self._shard
 
+    def _dim(self) -> int | None:
+        identity = self.stored_identity()
+        return identity.dim if identity else None
+
     # -- collection -------------------------------------------------------------
     def exists(self) -> bool:
         return self._shard is not None
 
     def stored_identity(self) -> ModelIdentity | None:
-        path = self._collection_dir / "model.json"
+        path = self._collection_dir / MODEL
         if not path.is_file():
             return None
         try:
             return ModelIdentity.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
-            raise ClipsearchError(f"cannot read {path}: {exc}") from None
+        except (OSError, ValueError, ClipsearchError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise ClipsearchError(f"cannot read the model record {path} ({why}); restore the file, "
+                                  f"or delete {self.root} and ingest again") from None
 
     def _create(self, identity: ModelIdentity) -> None:
+        """Build the collection in a staging folder and rename it into place: a kill at
+        any moment leaves the collection whole or absent, never a model record without
+        a shard (which would read as damage)."""
         if self._lock is None:  # opened read-only on a folder that did not exist
             raise ClipsearchError(f"index {self.root} was opened read-only")
-        e = _edge()
-        self._collection_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomically(self._collection_dir / "model.json", identity.to_dict())
-        config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=identity.dim, distance=e.Distance.Cosine))
-        if self._shard_dir.exists():  # a creation that died before its first flush
-            import shutil
+        self._require_space_to_write(doing="creating its collection")
+        staging = self._creating_dir
+        self._drop_unfinished_creation()
+        try:
+            staging.mkdir()
+            _write_json_atomically(staging / MODEL, identity.to_dict())
+            with self._engine("creating its collection"):
+                self._create_shard(staging / "shard", identity.dim)
+            _fsync_tree(staging)
+            if self._collection_dir.is_dir():  # empty (_load_collection found nothing in it)
+                self._collection_dir.rmdir()
+            os.rename(staging, self._collection_dir)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise self._disk_full_error("creating its collection", exc.strerror or "") from None
+            raise ClipsearchError(f"cannot create collection {self.collection!r} in {self.root}: "
+                                  f"{exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # there only if something failed
+        self._shard = self._open_shard()
+        self._wrote = True
 
-            shutil.rmtree(self._shard_dir)
-        shard = e.EdgeShard.create(str(self._shard_dir), config)
-        for name in KEYWORD_FIELDS:
-            shard.update(e.UpdateOperation.create_field_index(name, _keyword_index()))
-        shard.flush()
-        self._shard = shard
+    @staticmethod
+    def _create_shard(path: Path, dim: int) -> None:
+        e = _edge()
+        threshold = indexing_threshold_kb(dim)
+        config = e.EdgeConfig(
+            vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine),
+            optimizers=(None if threshold == ENGINE_INDEXING_THRESHOLD_KB
+                        else e.EdgeOptimizersConfig(indexing_threshold=threshold)))
+        shard = e.EdgeShard.create(str(path), config)
+        try:
+            for name, kind in PAYLOAD_INDEXES.items():
+                shard.update(e.UpdateOperation.create_field_index(name, _payload_index(kind)))
+            shard.flush()
+        finally:
+            shard.close()
 
     def ensure_collection(self, identity: ModelIdentity) -> None:
         super().ensure_collection(identity)
@@ -248,38 +588,63 @@ class EdgeIndex(Index):
         missing) are rebuilt once, on the first write-side open: a few seconds per
         million points, and every later cold query opens the shard faster."""
         e = _edge()
-        schema = self.shard.info().payload_schema
-        for name in KEYWORD_FIELDS:
+        with self._engine("reading its payload indexes"):
+            schema = self.shard.info().payload_schema
+        for name, kind in PAYLOAD_INDEXES.items():
             params = getattr(schema.get(name), "params", None)
             if not getattr(params, "on_disk", False):
-                self.shard.update(e.UpdateOperation.create_field_index(name, _keyword_index()))
+                self._require_space_to_write()
+                with self._engine("rebuilding a payload index"):
+                    self.shard.update(e.UpdateOperation.create_field_index(name, _payload_index(kind)))
+                self._wrote = True
 
     # -- points -----------------------------------------------------------------
-    def _filter(self, under: str | None = None, exclude_ids: Sequence[str] = ()):
+    def _filter(self, under: str | None = None, exclude_ids: Sequence[str] = (), where: Where | None = None):
         e = _edge()
-        must = [e.FieldCondition(key="dirs", match=e.MatchValue(under))] if under else None
+        must = [e.FieldCondition(key="dirs", match=e.MatchValue(under_value(under)))] if under else []
+        must += _where_conditions(where)
         must_not = [e.HasIdCondition({uuid.UUID(i) for i in exclude_ids})] if exclude_ids else None
         if not must and not must_not:
             return None
-        return e.Filter(must=must, must_not=must_not)
+        return e.Filter(must=must or None, must_not=must_not)
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
         e = _edge()
         vectors = np.asarray(vectors, dtype=np.float32)
         points = [e.Point(uuid.UUID(i), v.tolist(), p) for i, v, p in zip(ids, vectors, payloads)]
         if points:
-            self.shard.update(e.UpdateOperation.upsert_points(points))
+            shard = self.shard
+            self._require_space_to_write()
+            self._wrote = True
+            with self._engine("writing points"):
+                shard.update(e.UpdateOperation.upsert_points(points))
 
-    def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
+    def _hits(self, request) -> list[Hit]:
+        shard = self.shard
+        with self._engine("answering a query"):
+            points = shard.query(request)
+        hits = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+        for hit in hits:
+            if not hit.payload:
+                # Every point clipsearch writes has a payload; a hit without one is a
+                # payload storage that lost it (a truncated file loads as empty payloads).
+                raise ClipsearchError(
+                    f"index {self.root} (collection {self.collection!r}) returned point {hit.id} without its "
+                    f"payload: its payload storage is damaged; run {self.check_command()}, and delete the "
+                    "folder and ingest again")
+        return hits
+
+    def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF,
+              where=None) -> list[Hit]:
         e = _edge()
         request = e.QueryRequest(
             limit=k,
             query=e.Query.Nearest(np.asarray(vector, dtype=np.float32).ravel().tolist()),
-            filter=self._filter(under, exclude_ids),
+            filter=self._filter(under, exclude_ids, where),
             with_payload=True,
             params=e.SearchParams(exact=True) if exact else e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
         )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self.shard.query(request)]
+        return self._hits(request)
 
     def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
         e = _edge()
@@ -294,42 +659,108 @@ class EdgeIndex(Index):
             with_payload=True,
             params=e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
         )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self.shard.query(request)]
+        return self._hits(request)
 
     def count(self, under: str | None = None) -> int:
-        return int(self.shard.count(_edge().CountRequest(exact=True, filter=self._filter(under))))
+        shard = self.shard
+        with self._engine("counting points"):
+            return int(shard.count(_edge().CountRequest(exact=True, filter=self._filter(under))))
 
     def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None:
+        if not ids and not under:
+            return
         e = _edge()
-        if ids:
-            self.shard.update(e.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
-        if under:
-            self.shard.update(e.UpdateOperation.delete_points_by_filter(self._filter(under)))
+        shard = self.shard
+        self._require_space_to_write()
+        self._forget_points()  # the count goes down: a kill from here on must not look like lost points
+        self._wrote = True
+        with self._engine("deleting points"):
+            if ids:
+                shard.update(e.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
+            if under:
+                shard.update(e.UpdateOperation.delete_points_by_filter(self._filter(under)))
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         if not ids:
             return []
-        records = self.shard.retrieve([uuid.UUID(i) for i in ids], with_payload=True, with_vector=with_vectors)
+        shard = self.shard
+        with self._engine("reading points"):
+            records = shard.retrieve([uuid.UUID(i) for i in ids], with_payload=True, with_vector=with_vectors)
         return [Record(str(r.id), dict(r.payload or {}), _vector_of(r) if with_vectors else None) for r in records]
 
     def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
+        return self._scroll(self._filter(under), batch_size, with_vectors)
+
+    def find(self, field, values, with_vectors=False, limit=None) -> list[Record]:
         e = _edge()
+        if values is None:
+            matching = e.Filter(must_not=[e.IsEmptyCondition(field)])
+        elif not values:
+            return []
+        else:
+            matching = e.Filter(must=[e.FieldCondition(key=field, match=e.MatchAny(list(values)))])
+        batch = min(limit or 1000, 1000)
+        return list(itertools.islice(self._scroll(matching, batch, with_vectors), limit))
+
+    def _scroll(self, matching, batch_size: int, with_vectors: bool) -> Iterator[Record]:
+        e = _edge()
+        shard = self.shard
         offset = None
         while True:
-            records, offset = self.shard.scroll(e.ScrollRequest(
-                offset=offset, limit=batch_size, filter=self._filter(under),
-                with_payload=True, with_vector=with_vectors,
-            ))
+            with self._engine("reading points"):
+                records, offset = shard.scroll(e.ScrollRequest(
+                    offset=offset, limit=batch_size, filter=matching,
+                    with_payload=True, with_vector=with_vectors,
+                ))
             for r in records:
                 yield Record(str(r.id), dict(r.payload or {}), _vector_of(r) if with_vectors else None)
             if offset is None or not records:
                 return
 
+    # -- the HNSW graph -------------------------------------------------------------
+    def graph_pending(self) -> bool:
+        """Enough points for HNSW, and at least a segment's worth (the engine's
+        threshold) of vectors outside the graph."""
+        if self._shard is None:
+            return False
+        with self._engine("reading its state"):
+            info = self._shard.info()
+        dim = self._dim()
+        if dim is None or info.points_count < hnsw_min_points():
+            return False
+        outside = max(0, info.points_count - info.indexed_vectors_count)
+        return outside * dim * 4 >= indexing_threshold_kb(dim) * 1024
+
+    def _apply_indexing_threshold(self, dim: int) -> None:
+        """Reload the shard with the engine threshold hnsw_min_points asks for, if its
+        saved configuration has another (the engine reads it only at load)."""
+        wanted = indexing_threshold_kb(dim)
+        try:
+            saved = json.loads((self._shard_dir / "edge_config.json").read_text())
+            current = (saved.get("optimizers") or {}).get("indexing_threshold") or ENGINE_INDEXING_THRESHOLD_KB
+        except (OSError, ValueError, AttributeError):
+            current = None
+        if current == wanted:
+            return
+        e = _edge()
+        config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine),
+                              optimizers=e.EdgeOptimizersConfig(indexing_threshold=wanted))
+        self._close_shard()
+        self._shard = self._open_shard(config)
+
     def optimize(self) -> bool:
         """Build HNSW in this process: fastest, but no other Python thread runs meanwhile."""
-        if self._shard is None or self.count() < HNSW_MIN_POINTS:
+        if self._shard is None or self.count() < hnsw_min_points():
             return False
-        return bool(self._shard.optimize())
+        dim = self._dim()
+        if dim is None:
+            return False
+        # The build writes new segments beside the old ones before it drops them.
+        self._require_space_to_write(_allocated(self._shard_dir / "segments"), "building its HNSW graph")
+        self._apply_indexing_threshold(dim)
+        self._wrote = True
+        with self._engine("building its HNSW graph"):
+            return bool(self._shard.optimize())
 
     def optimize_offline(self, exclusive: AbstractContextManager | None = None) -> bool:
         """Build the HNSW graph in a child process on a copy of the shard, then swap the
@@ -341,12 +772,17 @@ class EdgeIndex(Index):
         nothing to do (too few points, or already optimized). A failed build raises
         ClipsearchError and leaves the live shard as it was."""
         exclusive = exclusive if exclusive is not None else nullcontext()
-        if self._shard is None or self.count() < HNSW_MIN_POINTS:
+        if self._shard is None or self.count() < hnsw_min_points():
             return False
+        dim = self._dim()
+        if dim is None:
+            return False
+        # The copy is written out whole (its sparse files too), then built on.
+        self._require_space_to_write(2 * _allocated(self._shard_dir, apparent=True), "building its HNSW graph")
         work = self._collection_dir / OPTIMIZING
         phases = self.last_offline_phases = {}
         t = time.perf_counter()
-        with exclusive:
+        with exclusive, self._engine("saving before its HNSW build"):
             self.shard.flush()
         phases["flush_s"], t = time.perf_counter() - t, time.perf_counter()
         try:
@@ -354,7 +790,7 @@ class EdgeIndex(Index):
                 shutil.rmtree(work)
             shutil.copytree(self._shard_dir, work)
             phases["copy_s"], t = time.perf_counter() - t, time.perf_counter()
-            if not self._optimize_copy(work):
+            if not self._optimize_copy(work, dim):
                 shutil.rmtree(work)
                 return False
             phases["build_s"], t = time.perf_counter() - t, time.perf_counter()
@@ -369,10 +805,11 @@ class EdgeIndex(Index):
         shutil.rmtree(self._collection_dir / OLD, ignore_errors=True)
         return True
 
-    def _optimize_copy(self, work: Path) -> bool:
+    def _optimize_copy(self, work: Path, dim: int) -> bool:
         """Run the child on the copy; True if it built anything."""
         try:
-            done = subprocess.run([sys.executable, "-c", _OPTIMIZE_CHILD, str(work), str(os.getpid())],
+            done = subprocess.run([sys.executable, "-c", _OPTIMIZE_CHILD, str(work), str(os.getpid()), str(dim),
+                                   str(indexing_threshold_kb(dim))],
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True)
         except OSError as exc:
             raise ClipsearchError(f"cannot start the HNSW build of {self.collection!r}: {exc}") from None
@@ -412,7 +849,8 @@ class EdgeIndex(Index):
     def describe(self) -> dict:
         facts = super().describe()
         if self._shard is not None:
-            info = self._shard.info()
+            with self._engine("reading its state"):
+                info = self._shard.info()
             facts["segments"] = info.segments_count
             facts["indexed_vectors"] = info.indexed_vectors_count
         return facts
@@ -423,13 +861,35 @@ class EdgeIndex(Index):
         if self._lock is not None:
             self._lock.note(note)
 
+    def _close_shard(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is not None:
+            shard.close()
+
     def close(self) -> None:
         try:
             if self._shard is not None:
-                self._shard.flush()
-                self._shard.close()
-                self._shard = None
+                with self._engine("saving its last writes"):
+                    self._shard.flush()
+                if self._wrote:
+                    self._record_points()
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            try:
+                self._close_shard()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
+
+
+def _engine_failure(exc: BaseException) -> bool:
+    """An error raised by the engine: not one of ours, nor an interrupt or an exit on
+    its way out."""
+    if isinstance(exc, ClipsearchError):
+        return False
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

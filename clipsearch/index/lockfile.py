@@ -3,7 +3,8 @@
 An edge shard opened by two processes at once fails in the second and corrupts the
 first one's next flush, so every open of an embedded collection takes this lock
 first. flock is released by the kernel when the holder dies, even by kill -9, so a
-crashed ingest never leaves a stale lock behind.
+crashed ingest never leaves a stale lock behind: the file it leaves (with a dead pid
+in it) is taken over by the next open.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ class ExclusiveLock:
         self._fd: int | None = None
 
     def acquire(self) -> "ExclusiveLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ClipsearchError(f"cannot open the lock file {self.path} of {self.what}: {exc.strerror}; "
+                                  "if no clipsearch is using the index, remove that path") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -34,18 +39,30 @@ class ExclusiveLock:
             if note:  # the holder said how to reach it instead (clipsearch serve)
                 raise InUseError(f"{self.what} is {note}") from None
             raise InUseError(f"{self.what} is in use by pid {holder}; wait for it to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a filesystem without locks (some network mounts)
+            os.close(fd)
+            raise ClipsearchError(f"cannot lock {self.path} of {self.what}: {exc.strerror}; "
+                                  "put the index on a local disk") from None
         self._fd = fd
+        self._write(f"{os.getpid()}\n")
         return self
 
     def note(self, text: str) -> None:
         """What a process that finds the lock taken is told, after the index's name:
         a long-running holder says how to reach it instead (one line)."""
-        if self._fd is not None:
+        self._write(f"{os.getpid()}\n{' '.join(text.split())}\n")
+
+    def _write(self, text: str) -> None:
+        """What the loser is told. Best effort: the lock is the flock, not this text, and
+        a full disk must not stop an open (the loser then reads "pid unknown")."""
+        if self._fd is None:
+            return
+        try:
             os.ftruncate(self._fd, 0)
             os.lseek(self._fd, 0, os.SEEK_SET)
-            os.write(self._fd, f"{os.getpid()}\n{' '.join(text.split())}\n".encode())
+            os.write(self._fd, text.encode())
+        except OSError:
+            pass
 
     @staticmethod
     def _read_holder(fd: int) -> tuple[str, str]:

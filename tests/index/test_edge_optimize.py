@@ -2,7 +2,7 @@
 the shard, swapped in, while queries from this process's threads keep answering.
 
 Real engine throughout. The collection is big enough for a real HNSW build: qdrant-edge
-indexes a segment only past 10,000 KiB of vectors, and HNSW_MIN_POINTS is 20k, so 21k
+indexes a segment only past 10,000 KiB of vectors, and hnsw_min_points is 20k, so 21k
 points of 128 dimensions (10.5 MiB), a build of 4-8 s on two shared cores. Uniform random
 vectors are HNSW's hard case: recall@10 is about 0.9 at hnsw_ef 256, not 0.99.
 """
@@ -184,6 +184,19 @@ def test_the_blocking_optimize_does_stall_queries(big_copy):
         assert index.describe()["indexed_vectors"] == N
 
 
+def test_the_threshold_is_a_setting_whose_default_is_the_constant(monkeypatch):
+    from clipsearch.config import BY_NAME
+
+    assert BY_NAME["hnsw_min_points"].default == edge.HNSW_MIN_POINTS == edge.hnsw_min_points()
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "300")
+    assert edge.hnsw_min_points() == 300
+    assert edge.indexing_threshold_kb(16) == 300 * 16 * 4 // 1024  # the engine's follows it
+    assert edge.indexing_threshold_kb(16_384) == edge.ENGINE_INDEXING_THRESHOLD_KB  # never above its default
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "many")
+    with pytest.raises(ClipsearchError, match="CLIPSEARCH_HNSW_MIN_POINTS='many' is not a whole number"):
+        edge.hnsw_min_points()
+
+
 def test_too_few_points_is_not_built(tmp_path):
     data = Data(300, dim=16)
     data.build(tmp_path / "index")
@@ -212,7 +225,7 @@ def assert_whole(data: Data, folder: Path) -> None:
         assert [h.id for h in index.query(q, 5, exact=True)] == data.truth(q, 5)
         assert index.retrieve([data.ids[3]])[0].payload == data.payloads[3]
     collection = folder / COLLECTION
-    assert sorted(p.name for p in collection.iterdir()) == ["model.json", "shard"]
+    assert sorted(p.name for p in collection.iterdir()) == ["model.json", "shard", "state.json"]
 
 
 def test_killed_between_the_two_renames_reopens_the_old_shard(small):
@@ -247,7 +260,7 @@ def test_a_stale_work_folder_is_removed(small):
 
 def test_a_failed_build_leaves_the_live_index_untouched(small, monkeypatch):
     data, folder = small
-    monkeypatch.setattr(edge, "HNSW_MIN_POINTS", 0)
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "1")
     real_copytree = shutil.copytree
 
     def corrupt_copy(src, dst, *args, **kwargs):
@@ -268,12 +281,31 @@ def test_a_failed_build_leaves_the_live_index_untouched(small, monkeypatch):
 
 
 def test_a_small_collection_goes_through_the_child_when_the_threshold_allows(small, monkeypatch):
-    """Below qdrant's own indexing threshold the child builds nothing: False, no swap."""
+    """A lower hnsw_min_points lowers the engine's own indexing threshold with it (the
+    child gets it): 500 points of 16 dimensions are built and swapped in, and a second
+    build has nothing to do."""
     data, folder = small
-    monkeypatch.setattr(edge, "HNSW_MIN_POINTS", 0)
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "400")
     with open_edge(folder) as index:
+        assert index.graph_pending()
+        assert index.optimize_offline() is True
+        assert index.describe()["indexed_vectors"] == len(data.ids)
+        assert not index.graph_pending()
         assert index.optimize_offline() is False
         assert index.count() == len(data.ids)
+    assert_whole(data, folder)
+
+
+def test_the_in_process_build_follows_the_setting_too(small, monkeypatch):
+    """optimize() reloads the shard with the threshold the setting asks for: the
+    engine saved the default when the shard was made."""
+    data, folder = small
+    with open_edge(folder) as index:
+        assert index.optimize() is False  # 500 points: below the default 20k
+        monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "400")
+        assert index.graph_pending()
+        assert index.optimize() is True
+        assert index.describe()["indexed_vectors"] == len(data.ids)
     assert_whole(data, folder)
 
 
@@ -328,4 +360,4 @@ def test_kill_9_during_the_build_leaves_a_whole_index_and_no_orphan(big_copy):
         assert index.describe()["indexed_vectors"] == 0
         q = data.vectors[11]
         assert [h.id for h in index.query(q, 10, exact=True)] == data.truth(q, 10)
-    assert sorted(p.name for p in (folder / COLLECTION).iterdir()) == ["model.json", "shard"]
+    assert sorted(p.name for p in (folder / COLLECTION).iterdir()) == ["model.json", "shard", "state.json"]

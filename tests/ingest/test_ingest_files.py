@@ -97,10 +97,11 @@ def test_optimize_false_builds_no_hnsw(tmp_path, encoder, index, monkeypatch):
     import clipsearch.index.edge as edge
 
     monkeypatch.setattr(edge, "HNSW_MIN_POINTS", 1)
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "1")
     calls = []
     monkeypatch.setattr(index, "optimize", lambda: calls.append(1) or True)
     draw_collection(tmp_path / "a", 2)
-    draw_collection(tmp_path / "b", 2)
+    draw_collection(tmp_path / "b", 3)  # not the same pictures as a/: new content, embedded, not copied
     assert not ingestor_for(encoder, index, optimize=False).run([str(tmp_path / "a")]).hnsw_built
     assert calls == []
     assert ingestor_for(encoder, index).run([str(tmp_path / "b")]).hnsw_built

@@ -1,0 +1,124 @@
+"""Helpers for the fault tests: the real console script in a child process, many tiny
+image files, and a look into an embedded index from this process.
+
+Every command runs as a user runs it: `.venv/bin/clipsearch`, the tiny CLIP the test
+session builds, a cache folder of the test's own (no CLIPSEARCH_* or QDRANT_* setting
+of the developer leaks in).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.config import Settings
+from clipsearch.index import open_index, point_id
+
+CLIPSEARCH = str(Path(sys.executable).parent / "clipsearch")
+
+
+def tiny_pngs(folder: Path, count: int, offset: int = 0) -> list[Path]:
+    """`count` small PNG files named by number, each of a colour of its own (distinct
+    content: ingest would reuse the vector of a file it has seen under another name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(offset, offset + count):
+        path = folder / f"{i:04d}.png"
+        Image.new("RGB", (24, 20), ((i * 37) % 256, i // 256 * 85 % 256, i % 256)).save(path)
+        paths.append(path)
+    return paths
+
+
+def child_env(cache: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without our settings, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPSEARCH_", "QDRANT_"))}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", CLIPSEARCH_CACHE_DIR=str(cache), **settings)
+    return env
+
+
+@dataclass
+class Cli:
+    """`clipsearch` as a child process, with the tiny model and a cache of its own."""
+
+    model: Path
+    cache: Path
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **settings: str) -> dict[str, str]:
+        return child_env(self.cache, **{**self.settings, **settings})
+
+    def run(self, *args: str, timeout: float = 300, **settings: str) -> subprocess.CompletedProcess:
+        return subprocess.run([CLIPSEARCH, *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.env(**settings))
+
+    def ingest(self, photos: Path, index: Path, *more: str, **settings: str) -> subprocess.CompletedProcess:
+        return self.run("ingest", str(photos), "--index", str(index), "--model", str(self.model),
+                        "--workers", "0", *more, **settings)
+
+    def search(self, index: Path, query: str = "a red square", k: int = 5) -> subprocess.CompletedProcess:
+        return self.run("search", query, "--index", str(index), "--model", str(self.model), "-k", str(k),
+                        "-f", "paths")
+
+    def status(self, index: Path, *more: str) -> subprocess.CompletedProcess:
+        return self.run("status", "--index", str(index), *more)
+
+
+def export_text_tower(cache: Path, model: Path, encoder) -> None:
+    """Export the model's text tower into `cache` from this process (its model is
+    loaded once per session): a `clipsearch search` then takes ~1 s instead of ~10."""
+    from support import fast_encoder_for
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CLIPSEARCH_CACHE_DIR", str(cache))
+        fast_encoder_for(model, encoder)
+
+
+@pytest.fixture
+def cli(tmp_path, tiny_model_dir, encoder) -> Cli:
+    export_text_tower(tmp_path / "cli-cache", tiny_model_dir, encoder)
+    return Cli(tiny_model_dir, tmp_path / "cli-cache")
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with exactly one line on stderr, `Error: ...`, naming each
+    of `needles` (case-insensitive), and no traceback. Returns the line."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+    return lines[0]
+
+
+@dataclass
+class Contents:
+    """What an embedded index holds, read through the Index API."""
+
+    count: int
+    paths: list[str]  # one per point read
+    ids: set[str]
+    ids_match_paths: bool
+    indexed_vectors: int
+    hits: int  # hits of a query for 5
+
+
+def read_index(index: Path, collection: str = "images") -> Contents:
+    settings = Settings(index=str(index), collection=collection).validated()
+    with open_index(settings) as opened:
+        records = list(opened.scroll(with_vectors=False))
+        facts = opened.describe()
+        query = np.random.default_rng(0).standard_normal(facts["model"]["dim"]).astype(np.float32)
+        hits = opened.query(query / np.linalg.norm(query), 5)
+        assert all(h.path for h in hits)
+        return Contents(count=opened.count(), paths=[r.payload.get("path", "") for r in records],
+                        ids={r.id for r in records},
+                        ids_match_paths=all(r.id == point_id(r.payload.get("path", "")) for r in records),
+                        indexed_vectors=int(facts.get("indexed_vectors", 0)), hits=len(hits))
