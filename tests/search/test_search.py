@@ -72,7 +72,7 @@ def test_text_query_matches_numpy_cosine(indexed, encoder):
     assert [h["path"] for h in hits] == paths
     assert np.allclose([h["score"] for h in hits], scores, atol=1e-4)
     assert [h["rank"] for h in hits] == list(range(1, K + 1))
-    assert set(hits[0]) == {"rank", "score", "path", "width", "height", "id"}
+    assert set(hits[0]) == {"rank", "score", "path", "width", "height", "id", "taken", "camera", "location"}
     assert hits[0]["id"] == point_id(hits[0]["path"])
     with Image.open(hits[0]["path"]) as img:
         assert (hits[0]["width"], hits[0]["height"]) == img.size
