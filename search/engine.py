@@ -11,7 +11,7 @@ from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.hits import SearchHit
 from clipsearch.index import Index, canonical_path, point_id
-from clipsearch.index.base import Where
+from clipsearch.index.where import Where
 
 from .terms import Term, image_term
 

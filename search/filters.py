@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.index.base import Where
+from clipsearch.index.where import Where
 from clipsearch.photo_facts import camera_words
 
 _PERIOD = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")

@@ -155,7 +155,8 @@ class FolderWatcher:
             elapsed = time.monotonic() - run_started
             rate = current.embedded / elapsed if elapsed > 0 else 0.0
             if ingestor.walk_done and rate > 0:
-                left = current.found - current.unchanged - current.skipped - current.embedded
+                left = (current.found - current.unchanged - current.skipped - current.embedded
+                        - current.moved - current.copied)
                 eta = max(left, 0) / rate
         errors = list(ingestor.report.recent) if ingestor is not None else []
         return {
@@ -163,6 +164,8 @@ class FolderWatcher:
             "state": phase,
             "found": totals.found if totals else 0,
             "embedded": totals.embedded if totals else 0,
+            "moved": totals.moved if totals else 0,  # found again under a new path: nothing embedded
+            "copied": totals.copied if totals else 0,
             "unchanged": totals.unchanged if totals else 0,
             "skipped": totals.skipped if totals else 0,
             "removed": totals.removed if totals else 0,
@@ -271,17 +274,20 @@ class FolderWatcher:
                     files.append(path)
                 else:
                     gone.append(path)
-            removed = ingestor.remove(gone) if gone else 0
-            embedded = skipped = 0
+            # New files first: a renamed file or folder is then recognised by its content and
+            # its points moved (ingest/relink.py), before the old paths' removal would drop them.
+            embedded = skipped = reused = 0
             for i in range(0, len(files), self.max_batch):  # a folder may bring many
                 if self._stopping:
                     break
                 summary = ingestor.run_files(files[i:i + self.max_batch])
                 embedded += summary.embedded
                 skipped += summary.skipped
+                reused += summary.moved + summary.copied
+            removed = ingestor.remove(gone) if gone else 0
             self.batches += 1
-            if not ingestor.options.quiet and (embedded or skipped or removed):
-                _say(f"watch: ingested {embedded}, skipped {skipped}, removed {removed}")
+            if not ingestor.options.quiet and (embedded or skipped or removed or reused):
+                _say(f"watch: ingested {embedded}, moved or copied {reused}, skipped {skipped}, removed {removed}")
         except Exception as exc:
             self._failed(f"a batch of {len(batch)} changed path{'s' * (len(batch) != 1)}", exc)
         finally:

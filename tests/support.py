@@ -22,8 +22,11 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 
-def draw_image(path: Path, colour: str = "red", shape: str = "circle", size=(96, 72), fmt=None) -> Path:
-    """A real image file: a coloured shape on a contrasting background."""
+def draw_image(path: Path, colour: str = "red", shape: str = "circle", size=(96, 72), fmt=None,
+               mark: int = 0) -> Path:
+    """A real image file: a coloured shape on a contrasting background. A non-zero
+    `mark` tints the top-left pixel with it, so that otherwise equal pictures differ in
+    their bytes (ingest recognises equal bytes as a copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.new("RGB", size, (255, 255, 255) if colour != "white" else (0, 0, 0))
     d = ImageDraw.Draw(img)
@@ -35,18 +38,21 @@ def draw_image(path: Path, colour: str = "red", shape: str = "circle", size=(96,
         d.rectangle(box, fill=COLOURS[colour])
     else:
         d.polygon([(w * 0.5, h * 0.15), (w * 0.85, h * 0.85), (w * 0.15, h * 0.85)], fill=COLOURS[colour])
+    if mark:
+        img.putpixel((0, 0), (mark % 251, mark // 251 % 251, 128))
     img.save(path, format=fmt)
     return path
 
 
 def draw_collection(folder: Path, count: int = 12, ext: str = ".png") -> list[Path]:
-    """`count` distinct images, every colour x shape in turn."""
+    """`count` distinct images, every colour x shape in turn. Pictures repeat every 120
+    (24 colour-shapes x 15 sizes); each repeat is marked, so no two files are byte-equal."""
     paths = []
     combos = [(c, s) for s in SHAPES for c in COLOURS]
     for i in range(count):
         colour, shape = combos[i % len(combos)]
         paths.append(draw_image(folder / f"{i:03d}-{colour}-{shape}{ext}", colour, shape,
-                                size=(80 + i % 5 * 8, 64 + i % 3 * 8)))
+                                size=(80 + i % 5 * 8, 64 + i % 3 * 8), mark=i // 120))
     return paths
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
 from ..names import name_bytes, path_of, stored
+from .where import Where
 
 # Fixed forever: changing it would change every point id and duplicate every index.
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clipsearch:image-path")
@@ -79,22 +80,6 @@ DEFAULT_HNSW_EF = 256
 # (it opens them once, not per query). A collection made before a field was added gets
 # its index when next opened for writing.
 KEYWORD_FIELDS = ("path", "dirs", "fingerprint")
-
-
-@dataclass(frozen=True)
-class Where:
-    """Photo filters that run inside the index, beside `under` (search --after, --before,
-    --camera, --near): on the payload's `taken`, `camera_words` and `location`, each
-    with a payload index suited to it (PHOTO_FIELDS). An image without the field does
-    not pass a filter on it."""
-
-    taken_from: str | None = None  # ISO 8601, inclusive
-    taken_before: str | None = None  # ISO 8601, exclusive
-    camera_words: tuple[str, ...] = ()  # every one of them
-    near: tuple[float, float, float] | None = None  # latitude, longitude, radius in metres
-
-    def __bool__(self) -> bool:
-        return bool(self.taken_from or self.taken_before or self.camera_words or self.near)
 
 
 # Payload indexes for the photo facts (clipsearch/photo_facts.py) that Where filters on.

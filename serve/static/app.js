@@ -207,9 +207,10 @@ async function pollIngest() {
   $("ingest-state").textContent = progress.state;
   const n = (key) => progress[key] ?? 0;
   const eta = progress.state === "embedding" ? `, ETA ${duration(progress.eta_seconds)}` : "";
-  $("ingest-counts").textContent = `· found ${n("found")}, embedded ${n("embedded")}, unchanged ${n("unchanged")}, ` +
+  const reused = n("moved") + n("copied") ? `, moved ${n("moved")}, copied ${n("copied")}` : "";
+  $("ingest-counts").textContent = `· found ${n("found")}, embedded ${n("embedded")}${reused}, unchanged ${n("unchanged")}, ` +
     `skipped ${n("skipped")}, removed ${n("removed")}, pending ${n("pending")} · ${(progress.rate || 0).toFixed(1)} img/s${eta}`;
-  const done = n("embedded") + n("unchanged") + n("skipped");
+  const done = n("embedded") + n("moved") + n("copied") + n("unchanged") + n("skipped");
   $("ingest-progress").max = Math.max(1, n("found"));
   $("ingest-progress").value = Math.min(done, n("found"));
   $("ingest-errors").replaceChildren(...(progress.errors || []).map((e) => {
@@ -217,7 +218,8 @@ async function pollIngest() {
     li.textContent = `${e.path}: ${e.reason}`;
     return li;
   }));
-  if (n("embedded") !== lastEmbedded) { lastEmbedded = n("embedded"); refreshStatus(); }
+  const changed = n("embedded") + n("moved") + n("copied") + n("removed");
+  if (changed !== lastEmbedded) { lastEmbedded = changed; refreshStatus(); }
   setTimeout(pollIngest, INGEST_POLL_MS);
 }
 

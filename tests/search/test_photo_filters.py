@@ -17,7 +17,7 @@ from PIL.TiffImagePlugin import IFDRational
 from clipsearch import IngestOptions, ingest
 from clipsearch.cli import cli
 from clipsearch.index import open_index
-from clipsearch.index.base import Where
+from clipsearch.index.where import Where
 from clipsearch.search.engine import Searcher
 from clipsearch.search.filters import build_where
 

@@ -127,7 +127,8 @@ def test_paths_and_json_match_the_local_search(serving, monkeypatch):
             == local(serving, monkeypatch, "blue square", "-f", "paths", "-k", "5"))
     remote = [json.loads(line) for line in thin(serving, monkeypatch, "blue square", "-f", "json").splitlines()]
     here = [json.loads(line) for line in local(serving, monkeypatch, "blue square", "-f", "json").splitlines()]
-    assert list(remote[0]) == list(here[0]) == ["rank", "score", "path", "width", "height", "id"]
+    assert list(remote[0]) == list(here[0]) == ["rank", "score", "path", "width", "height", "id",
+                                                "taken", "camera", "location"]
     same_json_hits(remote, here)
 
 
