@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .errors import ClipsearchError
 from .hits import SearchHit
@@ -44,15 +44,18 @@ class ServeClient:
 
     def search(self, query: str | None = None, add: Sequence[str] = (), subtract: Sequence[str] = (),
                k: int = 10, offset: int = 0, under: str | None = None,
-               min_score: float | None = None) -> list[SearchHit]:
-        """Text terms: the query, and `[W:]TEXT` terms added or subtracted."""
+               min_score: float | None = None, photo: Mapping[str, str | None] | None = None) -> list[SearchHit]:
+        """Text terms: the query, and `[W:]TEXT` terms added or subtracted. `photo`: the
+        photo filters as the search command's flags give them (after, before, camera,
+        near); the server parses them as `clipsearch search` does."""
         body = {"query": query, "add": list(add), "subtract": list(subtract), "k": k, "offset": offset,
-                "in": under, "min_score": min_score}
+                "in": under, "min_score": min_score, **_given(photo)}
         answer = self._json("POST", "/api/search", json.dumps(body).encode(), "application/json")
         return _hits(answer)
 
     def search_image(self, path: str, k: int = 10, offset: int = 0, under: str | None = None,
-                     min_score: float | None = None) -> list[SearchHit]:
+                     min_score: float | None = None, photo: Mapping[str, str | None] | None = None,
+                     ) -> list[SearchHit]:
         """Upload the image file at `path` and search by it (the server embeds it)."""
         try:
             with open(path, "rb") as handle:
@@ -64,6 +67,7 @@ class ServeClient:
             fields["in"] = under
         if min_score is not None:
             fields["min_score"] = repr(float(min_score))
+        fields.update(_given(photo))
         body, content_type = multipart(fields, "file", os.path.basename(path), data)
         return _hits(self._json("POST", "/api/search/image", body, content_type))
 
@@ -122,6 +126,11 @@ class ServeClient:
         if exc.code >= 500:
             return ClipsearchError(f"clipsearch serve at {self.url} failed: {message}")
         return ClipsearchError(f"clipsearch serve at {self.url}: {message}")
+
+
+def _given(photo: Mapping[str, str | None] | None) -> dict[str, str]:
+    """The photo filters that were given (after, before, camera, near), as sent."""
+    return {name: value for name, value in (photo or {}).items() if value is not None}
 
 
 def _hits(answer: Any) -> list[SearchHit]:

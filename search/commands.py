@@ -64,12 +64,10 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     from .filters import build_where
 
     where = build_where(after, before, camera, near)  # a bad value fails before anything loads
-    if server:
-        if where:
-            raise ClipsearchError("--after, --before, --camera and --near are not sent to clipsearch serve yet; "
-                                  "search the index here (without --server)")
+    if server:  # the server parses the filters' text again, as here
+        photo = {"after": after, "before": before, "camera": camera, "near": near}
         return search_remote(server, token, query, k, image, add, subtract, queries,
-                             under, min_score, fmt, gallery, verbose)
+                             under, min_score, fmt, gallery, verbose, photo)
     from clipsearch.timings import Timings
 
     timings = Timings()
@@ -140,7 +138,7 @@ def query_lines(queries, query, image) -> list[str]:
 
 
 def search_remote(server, token, query, k, image, add, subtract, queries, under, min_score, fmt, gallery,
-                  verbose) -> None:
+                  verbose, photo=None) -> None:
     """`search --server`: each query is one request to clipsearch serve (an image
     QUERY or --image uploads the file); printed as a local search prints."""
     import time
@@ -174,13 +172,14 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     for label, image_path in asks:
         if image_path is None:
             hits = client.search(query=label.strip() if label is not None else None, add=add, subtract=subtract,
-                                 k=k, under=folder, min_score=min_score)
+                                 k=k, under=folder, min_score=min_score, photo=photo)
         else:
             if add or subtract:
                 raise ClipsearchError("with --server, an example image cannot be mixed with --add/--subtract "
                                       "(the server searches by one uploaded image alone)")
             wanted = k + 1 if k < 1000 else k  # one more: the image itself may come back first
-            found = client.search_image(os.path.expanduser(image_path), k=wanted, under=folder, min_score=min_score)
+            found = client.search_image(os.path.expanduser(image_path), k=wanted, under=folder, min_score=min_score,
+                                        photo=photo)
             hits = _without_itself(found, image_path, k)
         results.append((label, hits))
     print_results(results, fmt, keyed=queries is not None)

@@ -33,7 +33,7 @@ def period_start(text: str, flag: str) -> str:
     return moment.isoformat()
 
 
-def parse_near(text: str) -> tuple[float, float, float]:
+def parse_near(text: str, flag: str = "--near") -> tuple[float, float, float]:
     """'LAT,LON,KM' as (latitude, longitude, metres)."""
     parts = [part.strip() for part in text.split(",")]
     try:
@@ -41,27 +41,30 @@ def parse_near(text: str) -> tuple[float, float, float]:
     except ValueError:
         lat = lon = km = None
     if lat is None or lon is None or km is None:
-        raise ClipsearchError(f"--near {text!r} must be LAT,LON,KM (e.g. --near 48.8566,2.3522,10)")
+        raise ClipsearchError(f"{flag} {text!r} must be LAT,LON,KM (e.g. 48.8566,2.3522,10)")
     if not -90 <= lat <= 90:
-        raise ClipsearchError(f"--near {text!r}: latitude {lat:g} is outside -90..90")
+        raise ClipsearchError(f"{flag} {text!r}: latitude {lat:g} is outside -90..90")
     if not -180 <= lon <= 180:
-        raise ClipsearchError(f"--near {text!r}: longitude {lon:g} is outside -180..180")
+        raise ClipsearchError(f"{flag} {text!r}: longitude {lon:g} is outside -180..180")
     if not 0 < km <= 20_040:  # half the Earth's circumference: everywhere
-        raise ClipsearchError(f"--near {text!r}: the radius must be more than 0 and at most 20040 km")
+        raise ClipsearchError(f"{flag} {text!r}: the radius must be more than 0 and at most 20040 km")
     return lat, lon, km * 1000
 
 
-def build_where(after: str | None, before: str | None, camera: str | None, near: str | None) -> Where:
+def build_where(after: str | None, before: str | None, camera: str | None, near: str | None,
+                prefix: str = "--") -> Where:
     """The filter the flags ask for (empty when none is given); a bad value is one line
-    naming its flag."""
-    taken_from = period_start(after, "--after") if after else None
-    taken_before = period_start(before, "--before") if before else None
+    naming its flag: `--after` for the CLI, `after=` for clipsearch serve's API (prefix)."""
+    flag = {name: f"{prefix}{name}" if prefix else f"{name}=" for name in ("after", "before", "camera", "near")}
+    taken_from = period_start(after, flag["after"]) if after else None
+    taken_before = period_start(before, flag["before"]) if before else None
     if taken_from and taken_before and taken_from >= taken_before:
-        raise ClipsearchError(f"--after {after} is not before --before {before}: no photo can match both")
+        raise ClipsearchError(f"{flag['after']} {after} is not before {flag['before']} {before}: "
+                              "no photo can match both")
     words: tuple[str, ...] = ()
     if camera is not None:
         words = tuple(camera_words(camera))
         if not words:
-            raise ClipsearchError(f"--camera {camera!r} has no letters or digits to match")
+            raise ClipsearchError(f"{flag['camera']} {camera!r} has no letters or digits to match")
     return Where(taken_from=taken_from, taken_before=taken_before, camera_words=words,
-                 near=parse_near(near) if near else None)
+                 near=parse_near(near, flag["near"]) if near else None)

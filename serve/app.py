@@ -66,6 +66,13 @@ class Hits(BaseModel):
     took_ms: float
 
 
+# The photo filters, as `clipsearch search` takes them (search/filters.py parses both).
+AFTER_HELP = "Only photos taken at or after the start of this date: 2023, 2023-07, 2023-07-14."
+BEFORE_HELP = "Only photos taken before the start of this date."
+CAMERA_HELP = "Only photos from a camera whose make and model hold every word of this, any case."
+NEAR_HELP = "Only photos taken within KM kilometres of LAT,LON (EXIF GPS): LAT,LON,KM."
+
+
 class SearchBody(BaseModel):
     query: str | None = Field(None, max_length=2000, description="Words to search for.")
     add: list[Annotated[str, Field(max_length=2000)]] = Field(
@@ -79,6 +86,10 @@ class SearchBody(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
     folder: str | None = Field(None, alias="in", max_length=4096, description="Only images under this folder.")
     min_score: float | None = None
+    after: str | None = Field(None, max_length=40, description=AFTER_HELP)
+    before: str | None = Field(None, max_length=40, description=BEFORE_HELP)
+    camera: str | None = Field(None, max_length=200, description=CAMERA_HELP)
+    near: str | None = Field(None, max_length=100, description=NEAR_HELP)
 
     model_config = {"populate_by_name": True}
 
@@ -106,6 +117,10 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="How many hits.")]
 OFFSET = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip, for paging.")]
 FOLDER = Annotated[str | None, Query(alias="in", max_length=4096, description="Only images under this folder.")]
 MIN_SCORE = Annotated[float | None, Query(description="Drop hits scoring below this.")]
+AFTER = Annotated[str | None, Query(max_length=40, description=AFTER_HELP)]
+BEFORE = Annotated[str | None, Query(max_length=40, description=BEFORE_HELP)]
+CAMERA = Annotated[str | None, Query(max_length=200, description=CAMERA_HELP)]
+NEAR = Annotated[str | None, Query(max_length=100, description=NEAR_HELP)]
 POINT = Annotated[uuid.UUID, "an image's point id"]
 
 
@@ -113,6 +128,13 @@ def shown(path: str) -> str:
     """A path for JSON, which holds text only: a name that is not valid UTF-8 shows each
     byte that is not as \\xNN (names.stored), as the index stores it."""
     return stored(path)
+
+
+def photo_filter(after: str | None, before: str | None, camera: str | None, near: str | None):
+    """The photo filters as the index takes them; a bad value is a 400 naming it."""
+    from clipsearch.search import build_where
+
+    return build_where(after, before, camera, near, prefix="") or None
 
 
 def one_line(text: str) -> str:
@@ -262,10 +284,12 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     def search_get(q: Annotated[str | None, Query(max_length=2000, description="Words to search for.")] = None,
                    k: K = 20, offset: OFFSET = 0, folder: FOLDER = None, min_score: MIN_SCORE = None,
                    add: Annotated[list[str], Query(max_length=32)] = [],  # noqa: B006 - FastAPI reads, never mutates
-                   subtract: Annotated[list[str], Query(max_length=32)] = []) -> JSONResponse:  # noqa: B006
+                   subtract: Annotated[list[str], Query(max_length=32)] = [],  # noqa: B006
+                   after: AFTER = None, before: BEFORE = None, camera: CAMERA = None,
+                   near: NEAR = None) -> JSONResponse:
         started = time.perf_counter()
         found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
-                                           min_score=min_score))
+                                           min_score=min_score, where=photo_filter(after, before, camera, near)))
         return hits_of(found, k, offset, started)
 
     @app.post("/api/search", response_model=Hits, responses=ERRORS)
@@ -275,7 +299,8 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
             query=body.query, add=body.add, subtract=body.subtract,
             image_ids=[str(body.image_id)] if body.image_id else [],
             liked=[str(i) for i in body.liked], disliked=[str(i) for i in body.disliked],
-            k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score))
+            k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score,
+            where=photo_filter(body.after, body.before, body.camera, body.near)))
         return hits_of(found, body.k, body.offset, started)
 
     @app.post("/api/search/image", response_model=Hits, responses=ERRORS)
@@ -283,21 +308,29 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                       k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
                       offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
                       folder: Annotated[str | None, Form(alias="in", max_length=4096)] = None,
-                      min_score: Annotated[float | None, Form()] = None) -> JSONResponse:
+                      min_score: Annotated[float | None, Form()] = None,
+                      after: Annotated[str | None, Form(max_length=40, description=AFTER_HELP)] = None,
+                      before: Annotated[str | None, Form(max_length=40, description=BEFORE_HELP)] = None,
+                      camera: Annotated[str | None, Form(max_length=200, description=CAMERA_HELP)] = None,
+                      near: Annotated[str | None, Form(max_length=100, description=NEAR_HELP)] = None,
+                      ) -> JSONResponse:
         started = time.perf_counter()
+        where = photo_filter(after, before, camera, near)  # a bad filter fails before the upload is decoded
         data = file.file.read(upload_bytes + 1)
         if len(data) > upload_bytes:
             raise UploadTooLarge(f"the upload is larger than {upload_bytes / 1e6:g} MB "
                                  "(--upload-megabytes / CLIPSEARCH_UPLOAD_MEGABYTES)")
         image = uploads.decode(data, service.encoder.image_size)
-        found = service.by_image(image, k=k, offset=offset, under=folder, min_score=min_score)
+        found = service.by_image(image, k=k, offset=offset, under=folder, min_score=min_score, where=where)
         return hits_of(found, k, offset, started)
 
     @app.get("/api/images/{point}/similar", response_model=Hits, responses=ERRORS)
     def similar(point: POINT, k: K = 20, offset: OFFSET = 0, folder: FOLDER = None,
-                min_score: MIN_SCORE = None) -> JSONResponse:
+                min_score: MIN_SCORE = None, after: AFTER = None, before: BEFORE = None, camera: CAMERA = None,
+                near: NEAR = None) -> JSONResponse:
         started = time.perf_counter()
-        found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score)
+        found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score,
+                                where=photo_filter(after, before, camera, near))
         return hits_of(found, k, offset, started)
 
     # -- images --------------------------------------------------------------------------

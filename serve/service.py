@@ -23,6 +23,7 @@ from clipsearch.config import Settings
 from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index
+from clipsearch.index.where import Where
 from clipsearch.search import Searcher, SearchHit, Term, parse_term
 
 # Deep pages are answered by asking the index for offset + k hits.
@@ -124,6 +125,7 @@ class Query:
     offset: int = 0
     under: str | None = None
     min_score: float | None = None
+    where: Where | None = None  # photo filters: when, with what camera, where taken
     exclude_ids: Sequence[str] = field(default_factory=tuple)
 
 
@@ -200,28 +202,31 @@ class SearchService:
                 raise ClipsearchError("a refinement needs a query or at least one liked image")
             negatives = self.stored_vectors(q.disliked)
             under = canonical_folder(q.under)
-            found = self.index.recommend(positives, negatives, wanted, under=under, exclude_ids=exclude)
+            found = self.index.recommend(positives, negatives, wanted, under=under, exclude_ids=exclude,
+                                         where=q.where or None)
             if q.min_score is not None:
                 found = [h for h in found if h.score >= q.min_score]
             hits = [SearchHit.from_hit(rank, h) for rank, h in enumerate(found, start=1)]
         else:
             if vector is None:
                 raise ClipsearchError("nothing to search for: give a query, an image or an add term")
-            hits = searcher.by_vector(vector, wanted, canonical_folder(q.under), q.min_score, exclude_ids=exclude)
+            hits = searcher.by_vector(vector, wanted, canonical_folder(q.under), q.min_score, exclude_ids=exclude,
+                                      where=q.where)
         return hits[q.offset:]
 
     def similar(self, point: str, k: int = 20, offset: int = 0, under: str | None = None,
-                min_score: float | None = None) -> list[SearchHit]:
+                min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
         """More like this: the image's stored vector, the image itself left out."""
-        return self.search(Query(image_ids=[point], k=k, offset=offset, under=under, min_score=min_score))
+        return self.search(Query(image_ids=[point], k=k, offset=offset, under=under, min_score=min_score,
+                                 where=where))
 
     def by_image(self, image, k: int = 20, offset: int = 0, under: str | None = None,
-                 min_score: float | None = None) -> list[SearchHit]:
+                 min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
         """Search by a decoded image that need not be in the index (an upload)."""
         check_window(k, offset)
         searcher = self.searcher()
         vector = l2_normalize(self.encoder.encode_images([image]))[0]
-        return searcher.by_vector(vector, offset + k, canonical_folder(under), min_score)[offset:]
+        return searcher.by_vector(vector, offset + k, canonical_folder(under), min_score, where=where)[offset:]
 
     # -- facts ------------------------------------------------------------------
     def record(self, point: str) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from PIL.TiffImagePlugin import IFDRational
 
 from clipsearch.config import Settings
 
@@ -54,6 +55,44 @@ def draw_collection(folder: Path, count: int = 12, ext: str = ".png") -> list[Pa
         paths.append(draw_image(folder / f"{i:03d}-{colour}-{shape}{ext}", colour, shape,
                                 size=(80 + i % 5 * 8, 64 + i % 3 * 8), mark=i // 120))
     return paths
+
+
+# Where the EXIF photos were taken (exif_photo).
+PARIS = (48.8566, 2.3522)
+LYON = (45.7640, 4.8357)
+
+
+def dms(value: float) -> tuple:
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = (value - degrees - minutes / 60) * 3600
+    return (IFDRational(degrees), IFDRational(minutes), IFDRational(round(seconds * 1000), 1000))
+
+
+def exif_photo(path: Path, colour: str, taken: str | None = None, make: str | None = None, model: str | None = None,
+          gps: tuple[float, float] | None = None, raw_gps: dict | None = None, original: bool = True) -> Path:
+    """A JPEG with the EXIF a camera writes: capture time (DateTimeOriginal, or DateTime
+    when not `original`), make, model, GPS position; `raw_gps` sets GPS tags as given."""
+    exif = Image.Exif()
+    if taken is not None:
+        if original:
+            exif.get_ifd(0x8769)[0x9003] = taken
+        else:
+            exif[0x0132] = taken
+    if make is not None:
+        exif[0x010F] = make
+    if model is not None:
+        exif[0x0110] = model
+    if gps is not None:
+        ifd = exif.get_ifd(0x8825)
+        ifd[1], ifd[2] = ("N" if gps[0] >= 0 else "S"), dms(gps[0])
+        ifd[3], ifd[4] = ("E" if gps[1] >= 0 else "W"), dms(gps[1])
+    if raw_gps is not None:
+        exif.get_ifd(0x8825).update(raw_gps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), colour).save(path, "JPEG", exif=exif.tobytes())
+    return path
 
 
 BACKENDS = ["edge", "memory", "rest", "grpc", pytest.param("server", marks=pytest.mark.server)]

@@ -174,10 +174,11 @@ class Index(ABC):
     @abstractmethod
     def recommend(self, positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], k: int,
                   under: str | None = None, exclude_ids: Sequence[str] = (),
-                  hnsw_ef: int | None = DEFAULT_HNSW_EF) -> list[Hit]:
+                  hnsw_ef: int | None = DEFAULT_HNSW_EF, where: Where | None = None) -> list[Hit]:
         """Qdrant's recommend query (best-score strategy): images near the positive
         examples and away from the negative ones. Examples are vectors, which both
-        backends take (edge takes no ids), so a text query can be one of them."""
+        backends take (edge takes no ids), so a text query can be one of them.
+        `under` and `where` filter as in query()."""
 
     @abstractmethod
     def count(self, under: str | None = None) -> int: ...

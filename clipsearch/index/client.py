@@ -309,7 +309,8 @@ class ClientIndex(Index):
         ))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
-    def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
+    def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF,
+                  where=None) -> list[Hit]:
         from qdrant_client import models
 
         self.require_collection()
@@ -321,7 +322,8 @@ class ClientIndex(Index):
             positive=listed(positives), negative=listed(negatives) or None,
             strategy=models.RecommendStrategy.BEST_SCORE))
         response = self._call("recommend", lambda: self.client.query_points(
-            self.collection, query=query, limit=k, query_filter=self._filter(under, exclude_ids), with_payload=True,
+            self.collection, query=query, limit=k, query_filter=self._filter(under, exclude_ids, where),
+            with_payload=True,
             search_params=(models.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None)
                            if self.backend == "server" else None),
         ))

@@ -646,7 +646,8 @@ class EdgeIndex(Index):
         )
         return self._hits(request)
 
-    def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF) -> list[Hit]:
+    def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF,
+                  where=None) -> list[Hit]:
         e = _edge()
 
         def listed(vectors):
@@ -655,7 +656,7 @@ class EdgeIndex(Index):
         request = e.QueryRequest(
             limit=k,
             query=e.Query.RecommendBestScore(e.RecommendQuery(listed(positives), listed(negatives))),
-            filter=self._filter(under, exclude_ids),
+            filter=self._filter(under, exclude_ids, where),
             with_payload=True,
             params=e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
         )

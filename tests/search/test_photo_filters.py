@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from clipsearch import IngestOptions, ingest
@@ -21,41 +19,8 @@ from clipsearch.index.where import Where
 from clipsearch.search.engine import Searcher
 from clipsearch.search.filters import build_where
 
-from support import BACKENDS, settings_for
-
-PARIS = (48.8566, 2.3522)
-LYON = (45.7640, 4.8357)
-
-
-def dms(value: float) -> tuple:
-    value = abs(value)
-    degrees = int(value)
-    minutes = int((value - degrees) * 60)
-    seconds = (value - degrees - minutes / 60) * 3600
-    return (IFDRational(degrees), IFDRational(minutes), IFDRational(round(seconds * 1000), 1000))
-
-
-def photo(path: Path, colour: str, taken: str | None = None, make: str | None = None, model: str | None = None,
-          gps: tuple[float, float] | None = None, raw_gps: dict | None = None, original: bool = True) -> Path:
-    exif = Image.Exif()
-    if taken is not None:
-        if original:
-            exif.get_ifd(0x8769)[0x9003] = taken
-        else:
-            exif[0x0132] = taken
-    if make is not None:
-        exif[0x010F] = make
-    if model is not None:
-        exif[0x0110] = model
-    if gps is not None:
-        ifd = exif.get_ifd(0x8825)
-        ifd[1], ifd[2] = ("N" if gps[0] >= 0 else "S"), dms(gps[0])
-        ifd[3], ifd[4] = ("E" if gps[1] >= 0 else "W"), dms(gps[1])
-    if raw_gps is not None:
-        exif.get_ifd(0x8825).update(raw_gps)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (64, 48), colour).save(path, "JPEG", exif=exif.tobytes())
-    return path
+from support import BACKENDS, LYON, PARIS, settings_for
+from support import exif_photo as photo
 
 
 @pytest.fixture(params=BACKENDS)
