@@ -529,3 +529,91 @@ def test_recommend_ranks_near_the_liked_and_away_from_the_disliked(loaded, corpu
     # The folder filter applies as in query().
     below_a = loaded.recommend([liked], [disliked], 5, under=corpus.folders["a"])
     assert below_a and all(h.path.startswith(corpus.folders["a"] + os.sep) for h in below_a)
+
+
+# -- photo facts: find by fingerprint, where filters --------------------------------------
+
+def photo_payloads(corpus: Corpus) -> list[dict]:
+    """Facts on some points, as ingest stores them: every third point shares a
+    fingerprint with the one before it (a copy), taken dates in 2021-2024, two cameras,
+    positions near Paris or Lyon; some points have none of it."""
+    payloads = []
+    for i, payload in enumerate(corpus.payloads):
+        facts = {"fingerprint": f"p1:{i - (i % 3 == 2):04d}"}
+        if i % 5:
+            facts["taken"] = f"{2021 + i % 4}-0{1 + i % 9}-1{i % 10}T12:00:00"
+            facts["camera_words"] = ["canon", "eos"] if i % 2 else ["nikon", "d750"]
+            facts["location"] = {"lat": 48.85, "lon": 2.35} if i % 3 else {"lat": 45.76, "lon": 4.84}
+        payloads.append({**payload, **facts})
+    return payloads
+
+
+@pytest.fixture
+def photo_index(index, corpus):
+    index.ensure_collection(IDENTITY)
+    corpus.payloads = photo_payloads(corpus)
+    index.upsert(corpus.ids, corpus.vectors, corpus.payloads)
+    return index
+
+
+def test_find_by_a_keyword_field(photo_index, corpus):
+    wanted = ["p1:0001", "p1:0007", "p1:9999"]
+    found = photo_index.find("fingerprint", wanted)
+    expected = {corpus.ids[i] for i, p in enumerate(corpus.payloads) if p["fingerprint"] in wanted}
+    assert {r.id for r in found} == expected and len(expected) == 4  # 1, 2 (its copy), 7, 8
+    assert all(r.vector is None for r in found)
+    with_vectors = {r.id: r.vector for r in photo_index.find("fingerprint", ["p1:0001"], with_vectors=True)}
+    for pid, vector in with_vectors.items():
+        assert np.allclose(vector, corpus.vectors[corpus.ids.index(pid)], atol=1e-6)
+    assert len(photo_index.find("fingerprint", None)) == len(corpus.ids)  # any value
+    assert len(photo_index.find("fingerprint", None, limit=7)) == 7
+    assert photo_index.find("fingerprint", []) == []
+
+
+def where_mask(corpus: Corpus, where) -> np.ndarray:
+    """numpy's answer to a Where over the corpus's payloads."""
+    from math import asin, cos, radians, sin, sqrt
+
+    def km(a, b):
+        la1, lo1, la2, lo2 = map(radians, (a[0], a[1], b[0], b[1]))
+        h = sin((la2 - la1) / 2) ** 2 + cos(la1) * cos(la2) * sin((lo2 - lo1) / 2) ** 2
+        return 2 * 6371.0088 * asin(sqrt(h))
+
+    keep = []
+    for p in corpus.payloads:
+        ok = True
+        if where.taken_from or where.taken_before:
+            ok = "taken" in p and (not where.taken_from or p["taken"] >= where.taken_from) and (
+                not where.taken_before or p["taken"] < where.taken_before)
+        if where.camera_words:
+            ok = ok and set(where.camera_words) <= set(p.get("camera_words", ()))
+        if where.near:
+            ok = ok and "location" in p and km(where.near[:2], (p["location"]["lat"], p["location"]["lon"])) * 1000 \
+                <= where.near[2]
+        keep.append(ok)
+    return np.array(keep)
+
+
+@pytest.mark.parametrize("where", [
+    dict(taken_from="2022-01-01T00:00:00", taken_before="2024-01-01T00:00:00"),
+    dict(camera_words=("canon",)),
+    dict(camera_words=("nikon", "d750"), taken_from="2023-01-01T00:00:00"),
+    dict(near=(48.8566, 2.3522, 50_000.0)),
+    dict(near=(48.8566, 2.3522, 500_000.0), under="a"),
+], ids=["dates", "camera", "camera-and-date", "near", "near-under"])
+def test_where_filters_query_and_recommend_before_top_k(photo_index, corpus, where):
+    from clipsearch.index.where import Where
+
+    folder = where.pop("under", None)
+    filters = Where(**where)
+    mask = where_mask(corpus, filters)
+    if folder:
+        mask &= corpus.below(corpus.folders[folder])
+    assert 0 < mask.sum() < len(mask)
+    query = unit_vectors(1, seed=77)[0]
+    under = corpus.folders[folder] if folder else None
+    for exact in (True, False):
+        hits = photo_index.query(query, 5, under=under, where=filters, exact=exact)
+        assert [h.id for h in hits] == [i for i, _ in corpus.truth(query, 5, mask)]
+    liked = photo_index.recommend([query], [], 5, under=under, where=filters)
+    assert [h.id for h in liked] == [i for i, _ in corpus.truth(query, 5, mask)]
