@@ -72,7 +72,8 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
                 megapixels = w * h / 1e6
                 if megapixels > max_megapixels:
                     raise SkipImage(
-                        f"too large: {w}x{h} is {megapixels:.0f} megapixels (limit --max-megapixels {max_megapixels:g})"
+                        f"too large: {w}x{h} is {megapixels:.{0 if megapixels >= 10 else 2}f} megapixels "
+                        f"(limit --max-megapixels {max_megapixels:g})"
                     )
                 if img.format == "JPEG" and min(w, h) > 2 * target:
                     scale = target / min(w, h)

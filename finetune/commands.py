@@ -13,7 +13,7 @@ import os
 import click
 
 from clipsearch import config
-from clipsearch.options import device_option, model_option
+from clipsearch.options import device_option, model_option, setting_option
 
 
 @click.command()
@@ -49,13 +49,15 @@ from clipsearch.options import device_option, model_option
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Where --skip-bad lists the rows it left out.  [default: OUTPUT/skipped_rows.jsonl]")
 @device_option
+@setting_option("max_megapixels", metavar="MP",
+                help="Rows whose image is larger than this are bad rows, as ingest skips such images.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes decoding training images; 0 decodes in this one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation record as JSON.")
 def finetune(data, output, model, epochs, batch_size, lr, seed, eval_split, eval_data, scale, freeze, warmup,
-             weight_decay, save_steps, resume, overwrite, keep_checkpoints, skip_bad, report, device, workers,
-             quiet, as_json):
+             weight_decay, save_steps, resume, overwrite, keep_checkpoints, skip_bad, report, device, max_megapixels,
+             workers, quiet, as_json):
     """Fine-tune CLIP on image/caption pairs in DATA and save it to --output.
 
     \b
@@ -77,7 +79,8 @@ def finetune(data, output, model, epochs, batch_size, lr, seed, eval_split, eval
 
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, scale=scale, freeze=freeze,
                              warmup=warmup, weight_decay=weight_decay, save_steps=save_steps,
-                             device=config.value("device", device), workers=workers)
+                             device=config.value("device", device), workers=workers,
+                             max_megapixels=config.value("max_megapixels", max_megapixels))
     record = run_finetune(FinetuneOptions(
         data=data, output=output, base=config.value("model", model), settings=settings, eval_split=eval_split,
         eval_data=eval_data, skip_bad=skip_bad, report=report, overwrite=overwrite, resume=resume,
@@ -106,8 +109,10 @@ def finetune(data, output, model, epochs, batch_size, lr, seed, eval_split, eval
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write the metrics to this JSON file.")
 @device_option
+@setting_option("max_megapixels", metavar="MP",
+                help="Rows whose image is larger than this are bad rows, as ingest skips such images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_command(data, model, batch_size, skip_bad, report, output, device, as_json):
+def eval_command(data, model, batch_size, skip_bad, report, output, device, max_megapixels, as_json):
     """Measure text -> image retrieval (recall@1/5/10, MRR) of a model on the pairs in DATA.
 
     Each distinct caption is a query over all of DATA's images; DATA takes any
@@ -117,7 +122,8 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
     from .loading import load_clip
     from .validation import load_pairs
 
-    pairs = load_pairs(data, skip_bad=skip_bad)
+    limit = config.value("max_megapixels", max_megapixels)
+    pairs = load_pairs(data, skip_bad=skip_bad, max_megapixels=limit)
     if pairs.problems:
         if report:
             pairs.write_report(report)
@@ -125,7 +131,8 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, as_j
         click.echo(f"left out {len(pairs.problems)} of {len(pairs.problems) + len(pairs.pairs)} rows with bad "
                    f"images or fields; {where}", err=True)
     encoder = load_clip(config.value("model", model), config.value("device", device))
-    metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size)
+    metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size,
+                       max_megapixels=limit)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if output:
         with open(output, "w", encoding="utf-8") as handle:

@@ -47,10 +47,10 @@ def retrieval_metrics(text_vectors: np.ndarray, image_vectors: np.ndarray, relev
 
 
 def _encode_images(st, paths: Sequence[str], image_size: int, batch_size: int,
-                   on_batch: Callable[[int], None] | None) -> np.ndarray:
+                   on_batch: Callable[[int], None] | None, max_megapixels: float | None = None) -> np.ndarray:
     chunks = []
     for start in range(0, len(paths), batch_size):
-        images = [load_rgb(p, image_size) for p in paths[start:start + batch_size]]
+        images = [load_rgb(p, image_size, max_megapixels) for p in paths[start:start + batch_size]]
         chunks.append(st.encode(images, batch_size=batch_size, convert_to_numpy=True,
                                 normalize_embeddings=True, show_progress_bar=False))
         if on_batch:
@@ -59,7 +59,7 @@ def _encode_images(st, paths: Sequence[str], image_size: int, batch_size: int,
 
 
 def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
-             on_batch: Callable[[int], None] | None = None) -> dict:
+             on_batch: Callable[[int], None] | None = None, max_megapixels: float | None = None) -> dict:
     """Metrics of the SentenceTransformer `st` on `pairs` (text -> image)."""
     import torch
 
@@ -74,7 +74,7 @@ def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
     st.eval()
     try:
         with torch.inference_mode():
-            image_vectors = _encode_images(st, images, image_size, batch_size, on_batch)
+            image_vectors = _encode_images(st, images, image_size, batch_size, on_batch, max_megapixels)
             text_vectors = st.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                                      normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
     finally:

@@ -33,26 +33,20 @@ CHECK_TARGET = 224
 POOL_FROM = 64
 
 
-def max_megapixels() -> float:
-    """Ingest's limit (CLIPSEARCH_MAX_MEGAPIXELS), so that a dataset never trains on an
-    image its model's index would refuse."""
-    return float(config.value("max_megapixels"))
+def max_megapixels(given: float | None = None) -> float:
+    """The limit ingest applies too (--max-megapixels, CLIPSEARCH_MAX_MEGAPIXELS), so
+    that a dataset never trains on an image its model's index would refuse."""
+    return float(config.value("max_megapixels", given))
 
 
-def load_rgb(path: str, target: int = 224) -> Image.Image:
+def load_rgb(path: str, target: int = 224, limit: float | None = None) -> Image.Image:
     """An RGB image whose shorter side is at most about `target` pixels. Called only on
-    images check_images passed."""
+    images check_images passed (with the same `limit`: None, the setting's value)."""
     try:
-        return load_image(path, target, max_megapixels()).image
+        return load_image(path, target, max_megapixels(limit)).image
     except SkipImage as exc:
-        raise ClipsearchError(f"cannot read image {shown(path)}: {_for_finetune(str(exc))} "
+        raise ClipsearchError(f"cannot read image {shown(path)}: {exc} "
                               "(it could be read when the rows were checked)") from None
-
-
-def _for_finetune(reason: str) -> str:
-    # clipsearch.images names ingest's flag; finetune and eval read the same setting from
-    # the environment (they have no --max-megapixels of their own).
-    return reason.replace("limit --max-megapixels ", "limit CLIPSEARCH_MAX_MEGAPIXELS=")
 
 
 def _verdict(job: tuple[str, int, float]) -> tuple[str, str | None]:
@@ -72,12 +66,13 @@ def _missing(path: str) -> str | None:
 
 
 def check_images(paths: Iterable[str], workers: int = 0,
-                 on_checked: Callable[[int, int], None] | None = None) -> dict[str, str | None]:
+                 on_checked: Callable[[int, int], None] | None = None,
+                 limit: float | None = None) -> dict[str, str | None]:
     """Why each image cannot be used (None: it decodes). `workers` > 0 decodes in that
     many processes when there are many images; the pool is ended on every way out,
     Ctrl-C included, so no worker outlives the check."""
     paths = list(dict.fromkeys(paths))
-    limit = max_megapixels()
+    limit = max_megapixels(limit)
     verdicts: dict[str, str | None] = {}
     jobs = []
     for path in paths:
@@ -88,7 +83,7 @@ def check_images(paths: Iterable[str], workers: int = 0,
 
     def record(path: str, reason: str | None) -> None:
         nonlocal done
-        verdicts[path] = f"unusable image: {_for_finetune(reason)}" if reason else None
+        verdicts[path] = f"unusable image: {reason}" if reason else None
         done += 1
         if on_checked:
             on_checked(done, len(paths))

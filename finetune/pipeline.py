@@ -86,7 +86,8 @@ def _load_data(opts: FinetuneOptions, progress: Progress) -> tuple[PairSet, Pair
             progress.update(f"checking the images of {label}: {done}/{total}", force=done == total)
 
         try:
-            return load_pairs(data, skip_bad=opts.skip_bad, workers=opts.settings.workers, on_checked=checked)
+            return load_pairs(data, skip_bad=opts.skip_bad, workers=opts.settings.workers, on_checked=checked,
+                              max_megapixels=opts.settings.max_megapixels)
         finally:
             progress.finish()
 
@@ -112,10 +113,11 @@ def _check_same_run(previous: dict, current: dict) -> None:
                               + "; ".join(differences))
 
 
-def _scorer(st, image_size: int, batch_size: int, progress: Progress, label: str):
+def _scorer(st, image_size: int, batch_size: int, progress: Progress, label: str,
+            max_megapixels: float | None = None):
     def score(pairs):
         total = len({p.image for p in pairs})
-        metrics = evaluate(st, pairs, image_size=image_size, batch_size=batch_size,
+        metrics = evaluate(st, pairs, image_size=image_size, batch_size=batch_size, max_megapixels=max_megapixels,
                            on_batch=lambda n: progress.update(f"evaluating ({label}): {n}/{total} images"))
         progress.finish()
         return metrics
@@ -146,7 +148,8 @@ def run_finetune(opts: FinetuneOptions) -> dict:
             "skipped": len(data.problems) + (len(held_set.problems) if held_set else 0),
         },
     }
-    score = _scorer(encoder.st, encoder.image_size, opts.eval_batch_size, progress, "before")
+    score = _scorer(encoder.st, encoder.image_size, opts.eval_batch_size, progress, "before",
+                    opts.settings.max_megapixels)
     if opts.resume:
         previous = json.loads((output / RUN_FILE).read_text())
         _check_same_run(previous, run)
@@ -171,7 +174,8 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         with interrupts.deferred():  # never a half-written model where ingest and search would load one
             encoder.st.save(str(output), create_model_card=False)
         trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
-        after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after")(held) if held else None
+        after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after",
+                        opts.settings.max_megapixels)(held) if held else None
     except BaseException as exc:
         progress.finish()
         kept = last_checkpoint(checkpoints)

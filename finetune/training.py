@@ -55,6 +55,7 @@ class TrainSettings:
     save_steps: int | None = None  # None: a checkpoint at the end of every epoch
     device: str = "auto"
     workers: int = 0
+    max_megapixels: float | None = None  # None: the setting's value (CLIPSEARCH_MAX_MEGAPIXELS)
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, for experiments
 
 
@@ -91,10 +92,11 @@ class ImagePathCollator(SentenceTransformerDataCollator):
     preprocesses as sentence-transformers does."""
 
     image_size: int = 224
+    max_megapixels: float | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         features = [
-            {key: load_rgb(image_path(value), self.image_size) if key == IMAGE_COLUMN else value
+            {key: load_rgb(image_path(value), self.image_size, self.max_megapixels) if key == IMAGE_COLUMN else value
              for key, value in row.items()}
             for row in features
         ]
@@ -220,7 +222,8 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         **settings.extra,
     )
     image_size = int(clip.config.vision_config.image_size)
-    collator = ImagePathCollator(preprocess_fn=st.preprocess, image_size=image_size)
+    collator = ImagePathCollator(preprocess_fn=st.preprocess, image_size=image_size,
+                                 max_megapixels=settings.max_megapixels)
     trainer = _Trainer(model=st, args=args, train_dataset=dataset, loss=clip_loss(st, scale), data_collator=collator)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

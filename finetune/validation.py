@@ -84,14 +84,15 @@ def _field_problem(row: Row) -> str | None:
 
 
 def check_rows(rows: list[Row], check_images_too: bool = True, workers: int = 0,
-               on_checked: Callable[[int, int], None] | None = None) -> tuple[list[Pair], list[Problem]]:
+               on_checked: Callable[[int, int], None] | None = None,
+               max_megapixels: float | None = None) -> tuple[list[Pair], list[Problem]]:
     """Every row's fields, then every distinct image (each decoded once, however many
     captions it has), then duplicates."""
     field_problems = [_field_problem(row) for row in rows]
     image_problem: dict[str, str | None] = {}
     if check_images_too:
         image_problem = check_images([row.image for row, problem in zip(rows, field_problems)
-                                      if problem is None and row.image], workers, on_checked)
+                                      if problem is None and row.image], workers, on_checked, max_megapixels)
     pairs: list[Pair] = []
     problems: list[Problem] = []
     first_seen: dict[tuple[str, str], str] = {}
@@ -124,13 +125,15 @@ def _first(problems: list[Problem]) -> str:
 
 
 def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bool = True, workers: int = 0,
-               on_checked: Callable[[int, int], None] | None = None) -> PairSet:
+               on_checked: Callable[[int, int], None] | None = None,
+               max_megapixels: float | None = None) -> PairSet:
     """Read and check a dataset. Raises ClipsearchError naming the first bad rows,
     unless `skip_bad`; raises as well when no usable pair is left. `workers`:
-    processes that decode the images for the check; `on_checked(done, total)` follows it."""
+    processes that decode the images for the check; `on_checked(done, total)` follows it;
+    `max_megapixels`: larger images are bad rows (None: the setting's value)."""
     fmt, rows = read_rows(data)
     source = str(Path(data).expanduser().resolve())
-    pairs, problems = check_rows(rows, check_images, workers, on_checked)
+    pairs, problems = check_rows(rows, check_images, workers, on_checked, max_megapixels)
     if problems and not skip_bad:
         raise ClipsearchError(
             f"{_count(problems)} in {shown(source)}: {_first(problems)}. "

@@ -179,3 +179,26 @@ def test_an_image_that_breaks_after_the_check_stops_training_with_one_line(tmp_p
     assert lines[0].startswith(f"Error: cannot read image {image}: corrupt or truncated: image file is truncated")
     assert lines[0].endswith("(it could be read when the rows were checked)")
     assert not out.exists()  # stopped before its first checkpoint: nothing to resume
+
+
+def test_max_megapixels_is_a_flag_of_eval_and_finetune_as_of_ingest(tmp_path, shapes, tiny_model_dir, monkeypatch):
+    """The limit ingest applies, given as a flag or its environment twin: a larger image
+    is a bad row naming the flag, the same in the check, eval and finetune."""
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (400, 300), "red").save(big)  # 0.12 megapixels
+    held = _with_rows(shapes[1], tmp_path / "held.csv", [(str(big), "a red field")])
+    assert _run("eval", held, "--model", tiny_model_dir, "--json").exit_code == 0  # under the default 100
+    refused = _run("eval", held, "--model", tiny_model_dir, "--max-megapixels", "0.1")
+    _one_error_line(refused, held, 20, big, "too large: 400x300 is 0.12 megapixels (limit --max-megapixels 0.1)")
+    monkeypatch.setenv("CLIPSEARCH_MAX_MEGAPIXELS", "0.1")
+    skipped = _run("eval", held, "--model", tiny_model_dir, "--skip-bad", "--json")
+    assert skipped.exit_code == 0 and json.loads(skipped.stdout)["skipped"] == 1, skipped.output
+    # the flag wins over the environment
+    assert json.loads(_run("eval", held, "--model", tiny_model_dir, "--max-megapixels", "1", "--json").stdout)[
+        "skipped"] == 0
+    data = _with_rows(shapes[0], tmp_path / "pairs.csv", [(str(big), "a red field")])
+    result = _run("finetune", data, "--base", tiny_model_dir, "-o", tmp_path / "out", "--max-megapixels", "0.1",
+                  "--epochs", 1, "--quiet")
+    _one_error_line(result, data, 38, big, "too large: 400x300")
