@@ -6,6 +6,7 @@ Layout of an index folder:
     <index>/<collection>.lock        exclusive lock, beside (not inside) the shard
     <index>/<collection>/model.json  identity of the model that made the vectors
     <index>/<collection>/state.json  the point count at the last clean close
+    <index>/<collection>/graph.json  points written since the HNSW graph was last built
     <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes)
 
     <index>/.<collection>.creating/          a collection being created, renamed into
@@ -62,6 +63,10 @@ MARKER = "clipsearch-index.json"
 FORMAT = 1
 MODEL = "model.json"
 STATE = "state.json"
+# Points written since the graph was last built (<collection>/graph.json): the engine's
+# own measure (points less indexed vectors) misses points that replaced deleted ones in
+# the graph, as a moved folder's do.
+GRAPH = "graph.json"
 # Below this many points a brute-force scan is about as fast as HNSW and building
 # the graph is wasted time. The default of the hnsw_min_points setting (config.py),
 # which tests lower to build a graph over a few hundred images: read hnsw_min_points().
@@ -297,6 +302,7 @@ class EdgeIndex(Index):
         self._shard = None
         self._lock: ExclusiveLock | None = None
         self._wrote = False  # anything written since the open: close() records the count
+        self._written_since_graph: int | None = None  # graph.json, read on first need
         self._checking = check
         self.open_problems: list[str] = []
         # Seconds of each step of the last optimize_offline() (for logs and benches): the
@@ -618,6 +624,8 @@ class EdgeIndex(Index):
             self._wrote = True
             with self._engine("writing points"):
                 shard.update(e.UpdateOperation.upsert_points(points))
+            # An upserted point lands outside the graph, a new one or one already in it.
+            self._written_since_graph = self._outside_graph_recorded() + len(points)
 
     def _hits(self, request) -> list[Hit]:
         shard = self.shard
@@ -729,8 +737,28 @@ class EdgeIndex(Index):
         dim = self._dim()
         if dim is None or info.points_count < hnsw_min_points():
             return False
-        outside = max(0, info.points_count - info.indexed_vectors_count)
+        outside = max(info.points_count - info.indexed_vectors_count,
+                      min(self._outside_graph_recorded(), info.points_count))
         return outside * dim * 4 >= indexing_threshold_kb(dim) * 1024
+
+    def _outside_graph_recorded(self) -> int:
+        """Points written since the last graph build, as graph.json and this process's
+        writes count them (a run killed before its close loses its own count; the
+        engine's measure still sees points that were added)."""
+        if self._written_since_graph is None:
+            try:
+                recorded = json.loads((self._collection_dir / GRAPH).read_text()).get("written_since_build")
+            except (OSError, ValueError, AttributeError):
+                recorded = None
+            self._written_since_graph = recorded if isinstance(recorded, int) and recorded >= 0 else 0
+        return self._written_since_graph
+
+    def _record_graph(self, written_since_build: int) -> None:
+        self._written_since_graph = written_since_build
+        try:
+            _write_json_atomically(self._collection_dir / GRAPH, {"written_since_build": written_since_build})
+        except (OSError, ClipsearchError):
+            pass  # an older count, or none: the next build is at worst a run late
 
     def _apply_indexing_threshold(self, dim: int) -> None:
         """Reload the shard with the engine threshold hnsw_min_points asks for, if its
@@ -761,7 +789,9 @@ class EdgeIndex(Index):
         self._apply_indexing_threshold(dim)
         self._wrote = True
         with self._engine("building its HNSW graph"):
-            return bool(self._shard.optimize())
+            built = bool(self._shard.optimize())
+        self._record_graph(0)  # built, or nothing the engine found worth building
+        return built
 
     def optimize_offline(self, exclusive: AbstractContextManager | None = None) -> bool:
         """Build the HNSW graph in a child process on a copy of the shard, then swap the
@@ -793,6 +823,7 @@ class EdgeIndex(Index):
             phases["copy_s"], t = time.perf_counter() - t, time.perf_counter()
             if not self._optimize_copy(work, dim):
                 shutil.rmtree(work)
+                self._record_graph(0)  # nothing the engine found worth building
                 return False
             phases["build_s"], t = time.perf_counter() - t, time.perf_counter()
             _fsync_tree(work)
@@ -802,6 +833,7 @@ class EdgeIndex(Index):
             raise
         with exclusive:
             self._swap_in(work)
+            self._record_graph(0)
         phases["swap_s"] = time.perf_counter() - t
         shutil.rmtree(self._collection_dir / OLD, ignore_errors=True)
         return True
@@ -874,6 +906,8 @@ class EdgeIndex(Index):
                     self._shard.flush()
                 if self._wrote:
                     self._record_points()
+                    if self._written_since_graph is not None:
+                        self._record_graph(self._written_since_graph)
         finally:
             try:
                 self._close_shard()

@@ -225,7 +225,7 @@ def assert_whole(data: Data, folder: Path) -> None:
         assert [h.id for h in index.query(q, 5, exact=True)] == data.truth(q, 5)
         assert index.retrieve([data.ids[3]])[0].payload == data.payloads[3]
     collection = folder / COLLECTION
-    assert sorted(p.name for p in collection.iterdir()) == ["model.json", "shard", "state.json"]
+    assert sorted(p.name for p in collection.iterdir()) == ["graph.json", "model.json", "shard", "state.json"]
 
 
 def test_killed_between_the_two_renames_reopens_the_old_shard(small):
@@ -360,4 +360,33 @@ def test_kill_9_during_the_build_leaves_a_whole_index_and_no_orphan(big_copy):
         assert index.describe()["indexed_vectors"] == 0
         q = data.vectors[11]
         assert [h.id for h in index.query(q, 10, exact=True)] == data.truth(q, 10)
-    assert sorted(p.name for p in (folder / COLLECTION).iterdir()) == ["model.json", "shard", "state.json"]
+    # no copy (optimizing/) nor old shard (shard.old/) left behind
+    assert sorted(p.name for p in (folder / COLLECTION).iterdir()) == ["graph.json", "model.json", "shard",
+                                                                      "state.json"]
+
+
+@pytest.mark.parametrize("build", ["optimize", "optimize_offline"])
+def test_points_that_replace_deleted_ones_in_the_graph_are_built_again(small, monkeypatch, build):
+    """A moved folder: every point deleted and upserted under a new id. The engine still
+    counts the deleted points as indexed, so only the written-since-build count (kept
+    across processes in graph.json) says the graph is stale; the next build covers the
+    new points, and the count survives a reopen."""
+    data, folder = small
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "400")
+    with open_edge(folder) as index:
+        assert getattr(index, build)() is True and not index.graph_pending()
+        moved = [point_id(p.replace("/photos/", "/archive/")) for p in data.paths]
+        index.delete(ids=data.ids)
+        index.upsert(moved, data.vectors, [{**p, "path": p["path"].replace("/photos/", "/archive/")}
+                                           for p in data.payloads])
+        info = index.shard.info()
+        assert info.indexed_vectors_count >= info.points_count  # the engine's measure sees nothing to do
+        assert index.graph_pending()
+    with open_edge(folder) as index:  # another process, as the next ingest is
+        assert index.graph_pending()
+        assert getattr(index, build)() is True
+        assert not index.graph_pending()
+        q = data.vectors[9]
+        assert [h.id for h in index.query(q, 5)] == [moved[data.ids.index(i)] for i in data.truth(q, 5)]
+    with open_edge(folder) as index:
+        assert not index.graph_pending()
