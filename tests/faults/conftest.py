@@ -122,3 +122,36 @@ def read_index(index: Path, collection: str = "images") -> Contents:
                         ids={r.id for r in records},
                         ids_match_paths=all(r.id == point_id(r.payload.get("path", "")) for r in records),
                         indexed_vectors=int(facts.get("indexed_vectors", 0)), hits=len(hits))
+
+
+class SmallDisk:
+    """A tmpfs of `size` at `path`, which `fill` leaves only `leave` bytes of."""
+
+    def __init__(self, path: Path, size: str):
+        self.path = path
+        path.mkdir(parents=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr.strip()}")
+        self.filler = path / "filler"
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+    def fill(self, leave: int = 0) -> None:
+        with open(self.filler, "ab") as out:
+            out.write(b"\0" * max(0, self.free_bytes() - leave))
+        assert self.free_bytes() <= leave + 4096  # tmpfs may keep part of a page
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+    def files(self) -> list[Path]:
+        """Every file on the disk but the filler (leftovers show up here)."""
+        return sorted(p for p in self.path.rglob("*") if p.is_file() and p != self.filler)
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.path)], check=True)  # a process still holds a file

@@ -14,46 +14,15 @@ tests skip, saying why.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from clipsearch.index.edge import MARKER, WRITE_RESERVE
 
-from faults.conftest import one_line_error, read_index, tiny_pngs
+from faults.conftest import SmallDisk, one_line_error, read_index, tiny_pngs
 
 pytestmark = pytest.mark.slow
-
-
-class SmallDisk:
-    """A tmpfs of `size` at `path`; fill() leaves `leave` bytes of it free."""
-
-    def __init__(self, path: Path, size: str):
-        self.path = path
-        path.mkdir(parents=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                 capture_output=True, text=True)
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr.strip()}")
-        self.filler = path / "filler"
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
-
-    def fill(self, leave: int = 0) -> None:
-        with open(self.filler, "ab") as out:
-            out.write(b"\0" * max(0, self.free_bytes() - leave))
-        assert self.free_bytes() <= leave + 4096
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-    def unmount(self) -> None:
-        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(self.path)], check=True)  # a process still holds a file
 
 
 @pytest.fixture
