@@ -64,13 +64,13 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    for kind in ("640x480", "4000x3000"):
+    for kind, label in (("small", "640x480"), ("large", "4000x3000")):
         folder = make_photos(kind, args.files)
         files = sorted(str(p) for p in folder.iterdir() if p.suffix == ".jpg")[:args.files]
         mean_bytes = sum(os.path.getsize(f) for f in files) / len(files)
         for path in files:  # warm the page cache once
             fingerprint(path)
-        result: dict = {"photos": kind, "files": len(files), "mean_file_bytes": round(mean_bytes),
+        result: dict = {"photos": label, "files": len(files), "mean_file_bytes": round(mean_bytes),
                         "load_average": os.getloadavg()[0]}
         for name, scheme in SCHEMES.items():
             warm = min(per_file_ms(scheme, files, cold=False) for _ in range(args.runs))

@@ -96,6 +96,16 @@ def index_options(fn: F) -> F:
     return wrapper
 
 
+# How commands that list images print them (search, duplicates): the same four ways.
+OUTPUT_FORMATS = ("table", "paths", "paths0", "json")
+
+
+def format_option(help: str) -> Callable[[F], F]:
+    """-f/--format, passed as `fmt`; `help` says what each format holds for this command."""
+    return click.option("--format", "-f", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
+                        show_default=True, help=help)
+
+
 def quiet_option(fn: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")(fn)
 

@@ -12,7 +12,7 @@ import click
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import has_control, name_bytes, shown
-from clipsearch.options import index_options, server_options
+from clipsearch.options import format_option, index_options, server_options
 
 LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grpc/--rest are ignored: "
               "the server answers with its own.")
@@ -44,8 +44,7 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
                    "(--camera canon, --camera \"eos 5d\").")
 @click.option("--near", metavar="LAT,LON,KM", default=None,
               help="Only photos taken within KM kilometres of LAT,LON (EXIF GPS).")
-@click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "paths0", "json"]), default="table",
-              show_default=True,
+@format_option(
               help="table: rank, score, path; paths: bare paths, one a line; paths0: paths ending in NUL, "
                    "exact for `xargs -0`; json: one object per hit (with --queries: one object keyed by query). "
                    "Names with control characters are quoted $'...' in table and paths.")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import click
 
 from clipsearch.names import has_control, name_bytes, shown
-from clipsearch.options import index_options, quiet_option
+from clipsearch.options import format_option, index_options, quiet_option
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipsearch.progress import Progress
@@ -28,8 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
                    "nearest-neighbour query per image.")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (a copy outside it is not counted).")
-@click.option("--format", "-f", "fmt", type=click.Choice(["table", "paths", "paths0", "json"]), default="table",
-              show_default=True,
+@format_option(
               help="table: each group with its kind, scores and paths; paths: one path a line, a blank line "
                    "between groups; paths0: each path ending in NUL, and one more NUL after each group; "
                    "json: one object per group.")
