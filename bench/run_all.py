@@ -20,6 +20,9 @@ SCRIPTS = [
     ["serve_speed.py"],  # warm HTTP queries, throughput, queries during a watched ingest
     ["serve_cold_query.py"],  # the thin client's cold query beside the standalone one
     ["optimize_stall.py"],  # queries during the HNSW build: in-process against off-process
+    ["fingerprint_cost.py"],  # the content fingerprint per file, warm and cold
+    ["reingest_moved.py", "--files", "100000"],  # a renamed top folder: vectors reused
+    ["duplicates_speed.py", "--points", "100000"],  # duplicates --similar 0.95
 ]
 
 if __name__ == "__main__":
