@@ -25,6 +25,9 @@ from clipsearch.options import device_option, model_option, setting_option
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
               help="Pairs per step; each pair's in-batch negatives are the other pairs of its batch.")
+@click.option("--mini-batch-size", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Embed the batch M pairs at a time with cached gradients (GradCache): the loss and "
+                   "negatives of --batch-size in the memory of M.  [default: the whole batch at once]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Peak learning rate (cosine schedule after warm-up).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, the order and the init.")
@@ -55,9 +58,9 @@ from clipsearch.options import device_option, model_option, setting_option
               help="Processes decoding training images; 0 decodes in this one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation record as JSON.")
-def finetune(data, output, model, epochs, batch_size, lr, seed, eval_split, eval_data, scale, freeze, warmup,
-             weight_decay, save_steps, resume, overwrite, keep_checkpoints, skip_bad, report, device, max_megapixels,
-             workers, quiet, as_json):
+def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed, eval_split, eval_data, scale, freeze,
+             warmup, weight_decay, save_steps, resume, overwrite, keep_checkpoints, skip_bad, report, device,
+             max_megapixels, workers, quiet, as_json):
     """Fine-tune CLIP on image/caption pairs in DATA and save it to --output.
 
     \b
@@ -77,7 +80,8 @@ def finetune(data, output, model, epochs, batch_size, lr, seed, eval_split, eval
     from .pipeline import FinetuneOptions, run_finetune
     from .training import TrainSettings
 
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, scale=scale, freeze=freeze,
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, mini_batch_size=mini_batch_size, lr=lr, seed=seed,
+                             scale=scale, freeze=freeze,
                              warmup=warmup, weight_decay=weight_decay, save_steps=save_steps,
                              device=config.value("device", device), workers=workers,
                              max_megapixels=config.value("max_megapixels", max_megapixels))

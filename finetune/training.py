@@ -25,7 +25,10 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MultipleNegativesRankingLoss,
+)
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -55,6 +58,10 @@ class TrainSettings:
     save_steps: int | None = None  # None: a checkpoint at the end of every epoch
     device: str = "auto"
     workers: int = 0
+    # Gradient caching (GradCache): the batch's embeddings are computed mini_batch_size
+    # at a time without activations, the loss over the whole batch, then each mini
+    # batch again with gradients. Memory of mini_batch_size, negatives of batch_size.
+    mini_batch_size: int | None = None
     max_megapixels: float | None = None  # None: the setting's value (CLIPSEARCH_MAX_MEGAPIXELS)
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, for experiments
 
@@ -65,9 +72,14 @@ def model_scale(clip) -> float:
     return float(min(100.0, math.exp(float(scale.detach())))) if scale is not None else 100.0
 
 
-def clip_loss(st, scale: float) -> MultipleNegativesRankingLoss:
-    return MultipleNegativesRankingLoss(st, scale=scale, directions=("query_to_doc", "doc_to_query"),
-                                        partition_mode="per_direction")
+def clip_loss(st, scale: float, mini_batch_size: int | None = None) -> MultipleNegativesRankingLoss:
+    """CLIP's symmetric InfoNCE; with `mini_batch_size`, the same loss with cached
+    gradients (sentence-transformers' CachedMultipleNegativesRankingLoss): equal loss
+    and gradients, in the memory of a mini batch."""
+    symmetric = dict(scale=scale, directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
+    if mini_batch_size:
+        return CachedMultipleNegativesRankingLoss(st, mini_batch_size=mini_batch_size, **symmetric)
+    return MultipleNegativesRankingLoss(st, **symmetric)
 
 
 def freeze_tower(clip, which: str) -> int:
@@ -224,7 +236,8 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     image_size = int(clip.config.vision_config.image_size)
     collator = ImagePathCollator(preprocess_fn=st.preprocess, image_size=image_size,
                                  max_megapixels=settings.max_megapixels)
-    trainer = _Trainer(model=st, args=args, train_dataset=dataset, loss=clip_loss(st, scale), data_collator=collator)
+    trainer = _Trainer(model=st, args=args, train_dataset=dataset, loss=clip_loss(st, scale, settings.mini_batch_size),
+                       data_collator=collator)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     callback = _ProgressCallback(progress)
