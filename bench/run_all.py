@@ -23,6 +23,7 @@ SCRIPTS = [
     ["fingerprint_cost.py"],  # the content fingerprint per file, warm and cold
     ["reingest_moved.py", "--files", "100000"],  # a renamed top folder: vectors reused
     ["duplicates_speed.py", "--points", "100000"],  # duplicates --similar 0.95
+    ["finetune_batch_memory.py", "--batch", "256", "--mini", "32"],  # cached gradients: memory and time
 ]
 
 if __name__ == "__main__":
