@@ -53,6 +53,16 @@ def parse_device(text: str) -> str:
     raise ValueError("is not one of auto, cpu, cuda, cuda:N, mps")
 
 
+PRECISIONS = ("fp32", "int8")  # as clipsearch/encoders/identity.py names them
+
+
+def parse_precision(text: str) -> str:
+    word = text.strip().lower()
+    if word in PRECISIONS:
+        return word
+    raise ValueError(f"is not one of {', '.join(PRECISIONS)}")
+
+
 def _number(kind: Callable[[str], Any], what: str, low: float, low_open: bool = False) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -121,6 +131,20 @@ def parse_path(text: str) -> str:
     return str(Path(text).expanduser())
 
 
+# A server collection's layout (clipsearch/index/layout.py reads these rows).
+QUANTIZATIONS = ("none", "int8", "binary")
+parse_count = _number(int, "a whole number of 1 or more", 1)
+parse_hnsw = _number(int, "a whole number of 4 or more", 4)  # Qdrant refuses an ef_construct below 4
+parse_oversampling = _number(float, "a number of 1 or more", 1)
+
+
+def parse_quantization(text: str) -> str:
+    word = text.strip().lower()
+    if word in QUANTIZATIONS:
+        return word
+    raise ValueError(f"is not one of {', '.join(QUANTIZATIONS)}")
+
+
 # -- the table --------------------------------------------------------------------------------
 
 
@@ -179,6 +203,35 @@ SETTINGS: tuple[Setting, ...] = (
             "(at most 10 s until the server has first answered; 0: no retries)."),
     Setting("grpc_port", ("CLIPSEARCH_GRPC_PORT",), 6334, parse_port,
             "The server's gRPC port, where a proxy or port mapping moved it."),
+    # A server collection's layout: applied when clipsearch creates the collection (ingest,
+    # migrate); an existing one keeps its own. None: Qdrant's default. Refused on an embedded index.
+    Setting("shards", ("CLIPSEARCH_SHARDS",), None, parse_count,
+            "Qdrant shards of a new server collection, spread over the cluster's nodes (not --shard, "
+            "which splits the files among ingest machines).", flag="--shards", default_text="Qdrant's: 1"),
+    Setting("replicas", ("CLIPSEARCH_REPLICAS",), None, parse_count,
+            "Copies of each shard of a new server collection, on different nodes of a cluster.",
+            flag="--replicas", default_text="Qdrant's: 1"),
+    Setting("write_consistency", ("CLIPSEARCH_WRITE_CONSISTENCY",), None, parse_count,
+            "Replicas that must confirm a write to a new server collection before it succeeds.",
+            flag="--write-consistency", default_text="Qdrant's: 1"),
+    Setting("quantization", ("CLIPSEARCH_QUANTIZATION",), None, parse_quantization,
+            "Quantized copies of a new server collection's vectors, kept in RAM (always_ram): int8 (4x "
+            "smaller) or binary (32x); searches rescore the best candidates with the original vectors "
+            "(CLIPSEARCH_OVERSAMPLING).", flag="--quantization", default_text="Qdrant's: none"),
+    Setting("vectors_on_disk", ("CLIPSEARCH_VECTORS_ON_DISK",), None, parse_bool,
+            "Keep a new server collection's original vectors on disk (mmap) instead of in RAM: with "
+            "--quantization, RAM holds only the quantized ones.", flag="--vectors-on-disk",
+            default_text="Qdrant's: off (in RAM)"),
+    Setting("hnsw_m", ("CLIPSEARCH_HNSW_M",), None, parse_hnsw,
+            "HNSW links per node of a new server collection's graph: more is better recall, more RAM.",
+            flag="--hnsw-m", default_text="Qdrant's: 16"),
+    Setting("hnsw_ef_construct", ("CLIPSEARCH_HNSW_EF_CONSTRUCT",), None, parse_hnsw,
+            "HNSW beam width while a new server collection's graph is built: more is a better graph, "
+            "built slower.", flag="--hnsw-ef-construct", default_text="Qdrant's: 100"),
+    Setting("oversampling", ("CLIPSEARCH_OVERSAMPLING",), 2.0, parse_oversampling,
+            "Searching a quantized server collection: fetch this many times k candidates by the quantized "
+            "vectors, then rank them by the original ones (int8 at 1M: recall@10 0.97 at 1, 1.0 from 1.5; "
+            "bench/quantization_rescore.py)."),
     # ingest
     Setting("batch_size", ("CLIPSEARCH_BATCH_SIZE",), 32, parse_batch_size,
             "Images per model batch.", flag="--batch-size"),
@@ -191,6 +244,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shard", ("CLIPSEARCH_SHARD",), None, parse_shard,
             "Take only shard I of N (by a stable hash of each path): N machines fill one server "
             "collection with no overlap.", flag="--shard", default_text="none: all files"),
+    Setting("precision", ("CLIPSEARCH_PRECISION",), "fp32", parse_precision,
+            "Image vectors from the fp32 model, or from its int8-quantized ONNX image tower (about 2x faster "
+            "on a CPU, vectors slightly different). A collection holds one precision: it is part of the "
+            "collection's model identity.", flag="--precision"),
     Setting("known_bad", ("CLIPSEARCH_KNOWN_BAD",), True, parse_bool,
             "Remember files that could not be used, so that a re-run reports them without reading "
             "them again (until they change).", default_text="on"),
@@ -199,11 +256,12 @@ SETTINGS: tuple[Setting, ...] = (
             "(below, an exact scan is about as fast); ingest builds it at the end of a run."),
     # queries and the model cache
     Setting("cache_dir", ("CLIPSEARCH_CACHE_DIR",), default_cache_dir, parse_path,
-            "Where exported text towers, model identities, query vectors and known bad files are kept.",
+            "Where exported text and image towers, model identities, query vectors and known bad files are kept.",
             default_text="the user cache dir (~/.cache/clipsearch)"),
     Setting("fast_path", ("CLIPSEARCH_FAST_PATH",), True, parse_bool,
-            "Answer text queries with the cached ONNX text tower (no torch), and take the model's "
-            "identity from the cache when an ingest has nothing to embed.", default_text="on"),
+            "Answer text queries with the cached ONNX text tower (no torch), encode images on a CPU with "
+            "the cached ONNX image tower (exported once), and take the model's identity from the cache when "
+            "an ingest has nothing to embed. Off: torch everywhere.", default_text="on"),
     Setting("query_cache", ("CLIPSEARCH_QUERY_CACHE",), True, parse_bool,
             "Answer repeated queries from a small cache of query vectors.", default_text="on"),
     # clipsearch serve, and the thin clients that answer through it
@@ -305,6 +363,15 @@ class Settings:
     retry_seconds: float = _table_default("retry_seconds")
     grpc: bool = _table_default("grpc")
     grpc_port: int = _table_default("grpc_port")
+    # A new server collection's layout (None: Qdrant's default) and the search of a quantized one.
+    shards: int | None = _table_default("shards")
+    replicas: int | None = _table_default("replicas")
+    write_consistency: int | None = _table_default("write_consistency")
+    quantization: str | None = _table_default("quantization")
+    vectors_on_disk: bool | None = _table_default("vectors_on_disk")
+    hnsw_m: int | None = _table_default("hnsw_m")
+    hnsw_ef_construct: int | None = _table_default("hnsw_ef_construct")
+    oversampling: float = _table_default("oversampling")
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **flags: Any) -> "Settings":

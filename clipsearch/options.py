@@ -96,6 +96,33 @@ def index_options(fn: F) -> F:
     return wrapper
 
 
+# A server collection's layout, set where a command creates one (ingest, migrate).
+LAYOUT_SETTINGS = ("shards", "replicas", "write_consistency", "quantization", "vectors_on_disk", "hnsw_m",
+                   "hnsw_ef_construct")
+
+
+def layout_options(fn: F) -> F:
+    """--shards, --replicas, --write-consistency, --quantization, --vectors-on-disk,
+    --hnsw-m, --hnsw-ef-construct. Goes below @index_options: the flags given replace
+    the environment's values in the command's `settings`, which open_index applies
+    when it creates a server collection."""
+
+    @setting_option("shards", metavar="N")
+    @setting_option("replicas", metavar="N")
+    @setting_option("write_consistency", metavar="N")
+    @setting_option("quantization", metavar="none|int8|binary")
+    @setting_option("vectors_on_disk", "--vectors-on-disk/--vectors-in-ram")
+    @setting_option("hnsw_m", metavar="M")
+    @setting_option("hnsw_ef_construct", metavar="N")
+    @functools.wraps(fn)
+    def wrapper(settings: Settings, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in LAYOUT_SETTINGS}
+        given = {name: value for name, value in given.items() if value is not None}
+        return fn(settings=settings.with_overrides(**given) if given else settings, **kwargs)
+
+    return wrapper
+
+
 # How commands that list images print them (search, duplicates): the same four ways.
 OUTPUT_FORMATS = ("table", "paths", "paths0", "json")
 

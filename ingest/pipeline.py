@@ -29,6 +29,7 @@ from clipsearch.index import Index, canonical_path  # walk yields canonical path
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.progress import Progress
 
+from .cores import plan_cores
 from .known_bad import KnownBadFiles, decoder_fingerprint
 from .relink import Relinker, place_payload
 from .report import SkipReport, check_report_path
@@ -46,7 +47,7 @@ IN_PROCESS_BELOW = 2
 @dataclass
 class IngestOptions:
     batch_size: int = 32
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: plan_cores().workers)
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     exclude: Sequence[str] = ()
     prune: bool = False
@@ -56,6 +57,11 @@ class IngestOptions:
     # Build the HNSW index at the end of run() (edge). serve builds it elsewhere, without
     # blocking its queries, and turns this off.
     optimize: bool = True
+    # The model's encoder, when ingest() builds it: fp32 or int8 image vectors (int8 only
+    # through the ONNX image tower), and whether to say on stderr which image path the
+    # run takes and why (--verbose).
+    precision: str = "fp32"
+    verbose: bool = False
 
 
 @dataclass
@@ -493,6 +499,23 @@ def _add(total: IngestSummary, part: IngestSummary) -> None:
         total.first_batch_seconds = part.first_batch_seconds
 
 
+def lazy_encoder(settings: Settings, options: IngestOptions):
+    """The encoder ingest() uses: loads the model only when a file needs embedding,
+    and encodes images with the ONNX image tower on a CPU, with onnxruntime's threads
+    chosen together with the decoding workers (ingest/cores.py)."""
+    from clipsearch.encoders import LazyEncoder
+    from clipsearch.encoders.image_towers import stderr_line
+
+    def quiet(_: str) -> None:
+        pass
+
+    plan = plan_cores(options.workers)
+    # The one line a first-time export prints is progress, which --quiet leaves out.
+    return LazyEncoder(settings.model, settings.device, precision=options.precision,
+                       say=stderr_line if options.verbose else None, tell=quiet if options.quiet else stderr_line,
+                       threads=plan.threads, spin=plan.spin)
+
+
 def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, options: IngestOptions | None = None,
            progress: Progress | None = None, *, settings: Settings | None = None) -> IngestSummary:
     """Embed the images under `folders` into an index; returns the run's summary.
@@ -508,9 +531,7 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
     if encoder is None:
-        from clipsearch.encoders import LazyEncoder
-
-        encoder = LazyEncoder(settings.model, settings.device)
+        encoder = lazy_encoder(settings, options or IngestOptions())
     if index is not None:
         return Ingestor(encoder, index, options, progress).run(folders)
     from clipsearch.index import open_index

@@ -1,4 +1,4 @@
-"""The on-disk model cache: exported text towers and model identity records.
+"""The on-disk model cache: exported text and image towers, and model identity records.
 
 Layout (under the cache_dir setting, CLIPSEARCH_CACHE_DIR: by default the user cache dir, e.g.
 ~/.cache/clipsearch):
@@ -6,6 +6,9 @@ Layout (under the cache_dir setting, CLIPSEARCH_CACHE_DIR: by default the user c
     text-towers/<key>/manifest.json     what was exported: model identity, tokenizer facts
     text-towers/<key>/text.onnx(.data)  the text tower as ONNX, weights in the .data file
     text-towers/<key>/tokenizer.json    the model's tokenizer, for the `tokenizers` library
+    image-towers/<key>/manifest.json    the image tower (encoders/image_export.py): identity,
+    image-towers/<key>/image.onnx(.data)  preprocessing, probe; ingest encodes with it
+    image-towers-int8/<key>/...         the same tower quantized to int8 (--precision int8)
     query-vectors/<model>/<text>.f32    one cached query vector (encoders/query_vectors.py)
     identities/<key>.json               a model identity alone, recorded by ingest for a
                                         model no query has exported a text tower of yet
@@ -24,6 +27,11 @@ warning line naming the file and the reason (`warn_unwritable`); what was half w
 is removed, and a tower whose export ran out of space is not recorded as a model that
 cannot be exported: it is exported again once there is room.
 
+Every kind of tower (`TowerKind`: TEXT, IMAGE, IMAGE_INT8) lives in its own folder
+under the same key, and goes through the same functions: read_entry checks a manifest
+and the files it names, commit_entry publishes a whole entry in one rename,
+write_failure remembers a model that cannot be exported, prune keeps a few of each.
+
 This module imports only the standard library.
 """
 
@@ -36,6 +44,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import cache_root
@@ -47,12 +56,17 @@ ONNX_FILE = "text.onnx"
 ONNX_DATA = "text.onnx.data"
 TOKENIZER_FILE = "tokenizer.json"
 TOWERS = "text-towers"
+IMAGE_TOWERS = "image-towers"
+IMAGE_INT8_TOWERS = "image-towers-int8"
 VECTORS = "query-vectors"
 IDENTITIES = "identities"
 
 # Exported towers kept at most (a ViT-B/32 text tower is about 150-250 MB); the least
 # recently used go first, and entries whose model folder is gone go always.
 MAX_TOWERS = 4
+# Image towers kept at most, per precision (a ViT-B/32 image tower is about 350 MB in
+# fp32, 90 MB in int8).
+MAX_IMAGE_TOWERS = 2
 # Identity records kept at most (a few hundred bytes each), least recently used first.
 MAX_IDENTITIES = 64
 
@@ -149,7 +163,32 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-# -- exported text towers ------------------------------------------------------------------
+# -- exported towers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TowerKind:
+    """One kind of exported tower: its folder under the cache root and what a usable
+    entry of it holds."""
+
+    folder: str
+    what: str  # for messages: "text tower"
+    onnx_file: str
+    required: tuple[str, ...]  # manifest fields besides identity and onnx_sizes
+    files: tuple[str, ...] = ()  # other files the entry must have
+    keep: int = MAX_TOWERS  # entries kept at most (prune)
+
+
+TEXT = TowerKind(TOWERS, "text tower", ONNX_FILE, ("max_length", "pad_id", "tokenizer_sha256", "probe"),
+                 (TOKENIZER_FILE,))
+_IMAGE_FIELDS = ("image_size", "preprocess", "probe", "precision")
+IMAGE = TowerKind(IMAGE_TOWERS, "image tower", "image.onnx", _IMAGE_FIELDS, keep=MAX_IMAGE_TOWERS)
+IMAGE_INT8 = TowerKind(IMAGE_INT8_TOWERS, "int8 image tower", "image.onnx", _IMAGE_FIELDS, keep=MAX_IMAGE_TOWERS)
+KINDS = (TEXT, IMAGE, IMAGE_INT8)
+
+
+def image_kind(precision: str) -> TowerKind:
+    return IMAGE_INT8 if precision == "int8" else IMAGE
 
 
 class DamagedEntry(Exception):
@@ -157,11 +196,13 @@ class DamagedEntry(Exception):
 
 
 class TowerEntry:
-    """One exported text tower: a folder with a manifest, the ONNX files and the tokenizer."""
+    """One exported tower: a folder with a manifest, the ONNX files and (for a text
+    tower) the tokenizer."""
 
-    def __init__(self, folder: Path, manifest: dict):
+    def __init__(self, folder: Path, manifest: dict, kind: TowerKind = TEXT):
         self.folder = folder
         self.manifest = manifest
+        self.kind = kind
 
     @property
     def failed(self) -> str | None:
@@ -175,7 +216,7 @@ class TowerEntry:
 
     @property
     def onnx_path(self) -> Path:
-        return self.folder / ONNX_FILE
+        return self.folder / self.kind.onnx_file
 
     @property
     def tokenizer_path(self) -> Path:
@@ -197,19 +238,19 @@ class TowerEntry:
             pass
 
 
-def towers_dir() -> Path:
-    return cache_root() / TOWERS
+def towers_dir(kind: TowerKind = TEXT) -> Path:
+    return cache_root() / kind.folder
 
 
-def read_entry(key: str) -> TowerEntry | None:
+def read_entry(key: str, kind: TowerKind = TEXT) -> TowerEntry | None:
     """The entry for `key`: None when there is none; DamagedEntry when it is unusable."""
-    folder = towers_dir() / key
+    folder = towers_dir(kind) / key
     path = folder / MANIFEST
     try:
         text = path.read_text()
     except FileNotFoundError:
         if folder.exists():  # entries are published whole, manifest included
-            raise DamagedEntry(f"text tower cache {folder} is damaged (its manifest is missing)") from None
+            raise DamagedEntry(f"{kind.what} cache {folder} is damaged (its manifest is missing)") from None
         return None
     except OSError as exc:
         raise DamagedEntry(f"cannot read {path}: {exc}") from None
@@ -217,30 +258,33 @@ def read_entry(key: str) -> TowerEntry | None:
         manifest = json.loads(text)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError(f"format {manifest.get('format') if isinstance(manifest, dict) else '?'} is not {FORMAT}")
-        entry = TowerEntry(folder, manifest)
+        entry = TowerEntry(folder, manifest, kind)
         if entry.failed:
             return entry
         entry.identity  # noqa: B018 - validates the identity record
-        for field in ("max_length", "pad_id", "tokenizer_sha256", "onnx_sizes", "probe"):
+        for field in ("onnx_sizes", *kind.required):
             if field not in manifest:
                 raise ValueError(f"no {field!r}")
+        if kind.onnx_file not in manifest["onnx_sizes"]:
+            raise ValueError(f"{kind.onnx_file} is not listed")
         for name, size in manifest["onnx_sizes"].items():
             actual = (folder / name).stat().st_size
             if actual != size:
                 raise ValueError(f"{name} has {actual} bytes, expected {size}")
-        if not entry.tokenizer_path.is_file():
-            raise ValueError(f"{TOKENIZER_FILE} is missing")
+        for name in kind.files:
+            if not (folder / name).is_file():
+                raise ValueError(f"{name} is missing")
     except Exception as exc:  # JSON, types, missing files: all mean "rebuild"
-        raise DamagedEntry(f"text tower cache {folder} is damaged ({exc})") from None
+        raise DamagedEntry(f"{kind.what} cache {folder} is damaged ({exc})") from None
     return entry
 
 
-def read_or_discard(key: str) -> tuple[TowerEntry | None, str]:
+def read_or_discard(key: str, kind: TowerKind = TEXT) -> tuple[TowerEntry | None, str]:
     """(the entry for `key` or None, and why a damaged one was removed, or "")."""
     try:
-        return read_entry(key), ""
+        return read_entry(key, kind), ""
     except DamagedEntry as exc:
-        remove_entry(towers_dir() / key)
+        remove_entry(towers_dir(kind) / key)
         return None, str(exc)
 
 
@@ -248,16 +292,16 @@ def remove_entry(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def new_entry_dir(key: str) -> Path:
+def new_entry_dir(key: str, kind: TowerKind = TEXT) -> Path:
     """A private temporary folder to build an entry in; `commit_entry` publishes it."""
-    root = towers_dir()
+    root = towers_dir(kind)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{key}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     return tmp
 
 
-def commit_entry(tmp: Path, key: str, manifest: dict) -> Path:
+def commit_entry(tmp: Path, key: str, manifest: dict, kind: TowerKind = TEXT) -> Path:
     """Write the manifest last and move the folder into place in one rename, so a
     reader sees a whole entry or none. Another process that published the same key
     first wins. A manifest that cannot be written takes the folder with it: the
@@ -268,7 +312,7 @@ def commit_entry(tmp: Path, key: str, manifest: dict) -> Path:
     except BaseException:
         remove_entry(tmp)
         raise
-    final = towers_dir() / key
+    final = towers_dir(kind) / key
     if final.exists():  # a damaged or stale entry of the same key
         remove_entry(final)
     try:
@@ -279,34 +323,58 @@ def commit_entry(tmp: Path, key: str, manifest: dict) -> Path:
     return final
 
 
-# Keys whose latest export in this process ran out of space (text_export.py): that
-# failure is the machine's, so the write_failure that follows it records nothing.
-_out_of_space_keys: set[str] = set()
+# (kind folder, key) of the exports in this process whose latest run ran out of space
+# (tower_export.py): that failure is the machine's, so the write_failure that follows
+# it records nothing.
+_out_of_space_keys: set[tuple[str, str]] = set()
 
 
-def export_ran_out_of_space(key: str) -> None:
-    _out_of_space_keys.add(key)
+def export_ran_out_of_space(key: str, kind: TowerKind = TEXT) -> None:
+    _out_of_space_keys.add((kind.folder, key))
 
 
-def write_failure(key: str, model: str, folder: Path, reason: str) -> None:
+def write_failure(key: str, model: str, folder: Path, reason: str, kind: TowerKind = TEXT) -> None:
     """Remember that this model (as its files are now) cannot be exported. Not when
     the export ran out of space: that says nothing about the model, and a record
     would keep every later query on the full path after the space is freed."""
-    if key in _out_of_space_keys:
-        _out_of_space_keys.discard(key)  # this failure only: a later one may be the model's
+    if (kind.folder, key) in _out_of_space_keys:
+        _out_of_space_keys.discard((kind.folder, key))  # this failure only: a later one may be the model's
         return
-    tmp = new_entry_dir(key)
-    commit_entry(tmp, key, {"failed": reason, "model": model, "folder": str(folder), "created": time.time()})
+    tmp = new_entry_dir(key, kind)
+    commit_entry(tmp, key, {"failed": reason, "model": model, "folder": str(folder), "created": time.time()}, kind)
 
 
 def prune(keep: str | None = None, max_towers: int = MAX_TOWERS) -> None:
     """Drop entries and identity records whose model folder is gone, leftovers of
-    interrupted exports, towers beyond `max_towers` and identity records beyond
-    MAX_IDENTITIES (least recently used first), and vectors no tower uses."""
+    interrupted exports, text towers beyond `max_towers`, image towers beyond their
+    kind's `keep`, identity records beyond MAX_IDENTITIES (least recently used
+    first), and vectors no text tower uses."""
     _prune_identities(keep)
-    root = towers_dir()
-    if not root.is_dir():
+    for kind in (IMAGE, IMAGE_INT8):
+        _prune_towers(kind, keep, kind.keep)
+    live = _prune_towers(TEXT, keep, max_towers)
+    if live is None:
         return
+    kept_vector_keys = set()
+    for _, folder, manifest in live:
+        if folder.exists() and not manifest.get("failed"):
+            try:
+                kept_vector_keys.add(TowerEntry(folder, manifest).vector_key)
+            except (KeyError, TypeError):
+                pass
+    vectors = cache_root() / VECTORS
+    if vectors.is_dir():
+        for folder in vectors.iterdir():
+            if folder.name not in kept_vector_keys:
+                remove_entry(folder)
+
+
+def _prune_towers(kind: TowerKind, keep: str | None, max_towers: int) -> list[tuple[float, Path, dict]] | None:
+    """Prune one kind's folder; its entries left (failed records included), or None
+    when it has no folder."""
+    root = towers_dir(kind)
+    if not root.is_dir():
+        return None
     live: list[tuple[float, Path, dict]] = []
     for folder in root.iterdir():
         if folder.name.startswith(".tmp-"):
@@ -332,18 +400,7 @@ def prune(keep: str | None = None, max_towers: int = MAX_TOWERS) -> None:
     for _, folder, _ in towers[max_towers:]:
         if folder.name != keep:
             remove_entry(folder)
-    kept_vector_keys = set()
-    for _, folder, manifest in live:
-        if folder.exists() and not manifest.get("failed"):
-            try:
-                kept_vector_keys.add(TowerEntry(folder, manifest).vector_key)
-            except (KeyError, TypeError):
-                pass
-    vectors = cache_root() / VECTORS
-    if vectors.is_dir():
-        for folder in vectors.iterdir():
-            if folder.name not in kept_vector_keys:
-                remove_entry(folder)
+    return live
 
 
 # -- identities recorded by ingest --------------------------------------------------------

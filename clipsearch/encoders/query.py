@@ -60,7 +60,7 @@ class FastTextEncoder:
     def __init__(self, entry: cache.TowerEntry, owner: "QueryEncoders"):
         self.entry = entry
         self.owner = owner
-        self._identity = entry.identity
+        self._identity = entry.identity.for_queries()  # answers a collection of any image precision
         self.dim = self._identity.dim
         self.location = self._identity.name
         self.vectors = VectorCache(entry.vector_key, self.dim) if config.enabled("query_cache") else None
@@ -340,7 +340,7 @@ class _TimedEncoder:
 
     @property
     def identity(self):
-        return self.encoder.identity
+        return self.encoder.identity.for_queries()  # a query reads a collection of any image precision
 
     @property
     def dim(self) -> int:

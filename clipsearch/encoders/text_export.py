@@ -6,32 +6,25 @@ exporter, optimized once by onnxruntime (basic, portable graph rewrites) and sav
 with its weights in a separate file, which onnxruntime maps instead of parsing. The
 result is checked against the full model on a fixed set of texts before it is kept.
 
-The entry is built in a private temporary folder and published by one rename with its
-manifest written last (cache.commit_entry): an export cut short (killed, or out of
-space) is never found by a query, and leaves no half-built folder behind when it fails
-here. An export that runs out of space says so in one warning line and raises
-cache.CacheFull: the query it follows has been answered, the cache only makes the next
-one faster, so failing the command would turn a slower next query into a broken
-script; and since a full disk says nothing about the model, it is tried again by the
-next query rather than remembered as a model that cannot be exported.
+Tracing, optimizing and publishing the entry are tower_export.py's, shared with the
+image tower: an export cut short is never found by a query, and one that runs out of
+space raises cache.CacheFull after one warning line. The query it follows has been
+answered, the cache only makes the next one faster, so failing the command would turn
+a slower next query into a broken script.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
-import os
-import sys
 import time
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 from . import cache
 from .cache import ONNX_DATA, ONNX_FILE, TOKENIZER_FILE
 from .onnx_text import OnnxTextTower, load_tokenizer, tokenize
+from .tower_export import ExportError, build_entry, largest_cosine_distance, onnx_sizes, optimize, trace
+
+__all__ = ["ExportError", "export_text_tower"]
 
 # Texts the export is checked on: short, long, punctuation, non-ASCII, repeated words.
 PARITY_TEXTS = (
@@ -46,11 +39,6 @@ PARITY_TEXTS = (
 PARITY_TOLERANCE = 1e-5
 # Checked on every load of the tower (see onnx_text.OnnxTextTower).
 PROBE_TEXT = "a photo"
-OPSET = 17
-
-
-class ExportError(Exception):
-    pass
 
 
 def _tokenizer_of(encoder):
@@ -89,35 +77,19 @@ def _text_tower(clip):
     return TextTower(clip).eval()
 
 
-def _optimize(raw: Path, out: Path, data_name: str) -> None:
-    """onnxruntime's basic graph optimizations, applied once and saved, so that
-    loading the model later can skip them; weights go to `data_name`."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(out)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_name)
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
-
-
 def export_text_tower(encoder, key: str, folder: Path, model: str) -> tuple[Path, float]:
     """Write the cache entry `key` for `encoder`'s text tower; return its folder and
     the largest cosine distance to the full model seen on PARITY_TEXTS."""
+    import onnxruntime
     import torch
 
     tokenizer, backend = _tokenizer_of(encoder)
     max_length = _max_length(encoder, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     identity = encoder.identity  # hashes the weights: the fast path never has to
-    try:
-        tmp = cache.new_entry_dir(key)
-    except OSError as exc:
-        if cache.is_out_of_space(exc):
-            raise _out_of_space(key, cache.towers_dir(), exc) from exc
-        raise
-    try:
+    measured: dict[str, float] = {}
+
+    def build(tmp: Path) -> dict:
         backend.save(str(tmp / TOKENIZER_FILE))
         fast_tokenizer = load_tokenizer(tmp / TOKENIZER_FILE, max_length)
         # Two texts of different lengths: the traced graph handles padding.
@@ -125,70 +97,33 @@ def export_text_tower(encoder, key: str, folder: Path, model: str) -> tuple[Path
         clip = encoder.clip
         device = next(clip.parameters()).device
         raw = tmp / "raw.onnx"
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _text_tower(clip),
-                (torch.from_numpy(sample_ids).to(device), torch.from_numpy(sample_mask).to(device)),
-                str(raw),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["text_embeds"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                              "attention_mask": {0: "batch", 1: "sequence"},
-                              "text_embeds": {0: "batch"}},
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        _optimize(raw, tmp / ONNX_FILE, ONNX_DATA)
+        trace(_text_tower(clip), (torch.from_numpy(sample_ids).to(device), torch.from_numpy(sample_mask).to(device)),
+              raw, input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
+              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                            "text_embeds": {0: "batch"}})
+        optimize(raw, tmp / ONNX_FILE, ONNX_DATA)
         raw.unlink()
 
         tower = OnnxTextTower(tmp / ONNX_FILE, fast_tokenizer, max_length, pad_id)
         fast = tower.encode(list(PARITY_TEXTS))
         probe = tower.encode([PROBE_TEXT])[0]
         del tower
-        full = encoder.encode_texts(list(PARITY_TEXTS))
-        distance = float(np.max(1.0 - np.sum(fast * full, axis=1)))
+        distance = measured["distance"] = largest_cosine_distance(fast, encoder.encode_texts(list(PARITY_TEXTS)))
         if not distance <= PARITY_TOLERANCE:
             raise ExportError(f"the exported text tower differs from the model (cosine distance {distance:.2e})")
-        import onnxruntime
-
-        manifest = {
+        return {
             "model": model,
             "folder": str(folder),
             "identity": identity.to_dict(),
             "max_length": max_length,
             "pad_id": int(pad_id),
             "tokenizer_sha256": hashlib.sha256((tmp / TOKENIZER_FILE).read_bytes()).hexdigest(),
-            "onnx_sizes": {name: (tmp / name).stat().st_size for name in (ONNX_FILE, ONNX_DATA)
-                           if (tmp / name).exists()},
+            "onnx_sizes": onnx_sizes(tmp, ONNX_FILE, ONNX_DATA),
             "parity_max_cosine_distance": distance,
             "probe": {"text": PROBE_TEXT, "vector": [float(x) for x in probe]},
             "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__,
             "created": time.time(),
         }
-    except BaseException as exc:
-        # Measured before the partial export is removed, which frees what it took.
-        full = isinstance(exc, Exception) and cache.is_out_of_space(exc, where=tmp)
-        cache.remove_entry(tmp)
-        if full:
-            raise _out_of_space(key, tmp.parent, exc) from exc
-        raise
-    try:
-        return cache.commit_entry(tmp, key, manifest), distance  # removes tmp if it fails
-    except OSError as exc:
-        if cache.is_out_of_space(exc, where=tmp.parent):
-            raise _out_of_space(key, tmp.parent, exc) from exc
-        raise
 
-
-def _out_of_space(key: str, folder: Path, exc: BaseException) -> cache.CacheFull:
-    """Say once that the cache is full, and keep the failure from being recorded. The
-    libraries' own words for it vary (onnxruntime: "Failed to write external
-    initializers"), so the line and the error give the errno's."""
-    code = exc.errno if isinstance(exc, OSError) and exc.errno in cache.OUT_OF_SPACE else errno.ENOSPC
-    full = cache.CacheFull(code, os.strerror(code), str(folder))
-    cache.export_ran_out_of_space(key)
-    cache.warn_unwritable(folder, full)
-    return full
+    return build_entry(cache.TEXT, key, build), measured["distance"]
