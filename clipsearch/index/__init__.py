@@ -3,6 +3,7 @@
     base.py      the Index contract, Hit and Record, point ids from paths
     edge.py      the embedded default: qdrant-edge in this process, one folder
     client.py    a Qdrant server (REST or gRPC), or qdrant-client's :memory: engine
+    layout.py    a server collection's layout: shards, replicas, quantization, HNSW
     lockfile.py  one process owns an embedded index
     migrate.py   copy a collection to another index
     commands.py  `clipsearch status`, `clipsearch migrate`

@@ -23,6 +23,7 @@ import numpy as np
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
+from .layout import Layout, cluster_facts, layout_facts
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
@@ -83,9 +84,13 @@ class _Transient(Exception):
 
 class ClientIndex(Index):
     def __init__(self, location: str, collection: str, api_key: str | None = None,
-                 retry_seconds: float = 30.0, timeout: int = 30, grpc: bool = False, grpc_port: int = 6334):
+                 retry_seconds: float = 30.0, timeout: int = 30, grpc: bool = False, grpc_port: int = 6334,
+                 layout: Layout | None = None, oversampling: float = 2.0):
         super().__init__(location, collection)
         self.retry_seconds = retry_seconds
+        self.layout = layout or Layout()  # how a collection this index creates is laid out
+        self.oversampling = oversampling
+        self._layout_checked = False
         if location == ":memory:":
             self.backend = "memory"
             self.client = _shared_memory_client()
@@ -222,12 +227,10 @@ class ClientIndex(Index):
         return dict((info.config.metadata or {}).get(METADATA_KEY) or {})
 
     def _create(self, identity: ModelIdentity) -> None:
-        from qdrant_client import models
 
         def create():
             self.client.create_collection(
-                self.collection,
-                vectors_config=models.VectorParams(size=identity.dim, distance=models.Distance.COSINE),
+                self.collection, **self.layout.create_arguments(identity.dim),
                 metadata={METADATA_KEY: {"format": 1, "model": identity.to_dict()}},
             )
             self._create_payload_indexes(PAYLOAD_INDEXES)
@@ -241,7 +244,22 @@ class ClientIndex(Index):
             if not self.exists():
                 raise
             self.check_identity(identity)
+            self.warn_if_layout_differs()
         self._exists = True
+
+    def warn_if_layout_differs(self) -> None:
+        """Where the collection exists and its layout is not the one asked for: one line
+        on stderr, and the collection used as it is. Never recreated: that would drop
+        every point, and Qdrant cannot reshard one in place. qdrant-client's local engine
+        (:memory:) keeps no layout to compare."""
+        if self._layout_checked or self.backend != "server" or not self.layout.asked() or not self.exists():
+            return
+        self._layout_checked = True
+        differences = self.layout.differences(Layout.of_collection(self._info()))
+        if differences:
+            sys.stderr.write(f"clipsearch: collection {self.collection!r} at {self.where} exists with another "
+                             f"layout; using it as it is, without {', '.join(differences)} (a layout is set "
+                             "only when a collection is created)\n")
 
     def _create_payload_indexes(self, fields: dict[str, str]) -> None:
         """Payload indexes of the given kinds (base.PAYLOAD_INDEXES); a server makes an
@@ -304,7 +322,8 @@ class ClientIndex(Index):
             limit=k,
             query_filter=self._filter(under, exclude_ids, where),
             with_payload=True,
-            search_params=(models.SearchParams(exact=exact, hnsw_ef=None if exact else max(hnsw_ef or 0, k) or None)
+            search_params=(models.SearchParams(exact=exact, hnsw_ef=None if exact else max(hnsw_ef or 0, k) or None,
+                                               quantization=self._rescoring(exact))
                            if self.backend == "server" else None),  # local mode always scans exactly
         ))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
@@ -324,10 +343,22 @@ class ClientIndex(Index):
         response = self._call("recommend", lambda: self.client.query_points(
             self.collection, query=query, limit=k, query_filter=self._filter(under, exclude_ids, where),
             with_payload=True,
-            search_params=(models.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None)
+            search_params=(models.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None,
+                                               quantization=self._rescoring(False))
                            if self.backend == "server" else None),
         ))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def _rescoring(self, exact: bool):
+        """How a search uses quantized vectors, where the collection has them (the server
+        ignores this otherwise, which spares asking the collection's layout per query):
+        oversampling x k candidates by the quantized vectors, ranked again by the
+        originals; an exact search reads the originals alone."""
+        from qdrant_client import models
+
+        if exact:
+            return models.QuantizationSearchParams(ignore=True)
+        return models.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
 
     def count(self, under: str | None = None) -> int:
         self.require_collection()
@@ -437,7 +468,26 @@ class ClientIndex(Index):
             facts["indexed_vectors"] = info.indexed_vectors_count or 0
             if self.backend == "server" and info.config.optimizer_config.indexing_threshold == 0:
                 facts["indexing_paused"] = True
+            if self.backend == "server":
+                facts["layout"] = layout_facts(info)
+                cluster = self._cluster()
+                if cluster is not None:
+                    facts["cluster"] = cluster
         return facts
+
+    def _cluster(self) -> dict | None:
+        """The cluster's peers and this collection's shard states, or None where the
+        server runs without cluster mode or does not answer these calls (the test
+        doubles, a proxy that does not pass /cluster): status is facts, never a failure."""
+        try:
+            status = self._call("cluster status", lambda: self.client.cluster_status())
+            if getattr(status, "status", None) != "enabled":
+                return None
+            shards = self._call("collection cluster info", lambda: self.client.collection_cluster_info(
+                self.collection))
+        except ClipsearchError:
+            return None
+        return cluster_facts(status, shards)
 
     def close(self) -> None:
         if self.backend == "server":

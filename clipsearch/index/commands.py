@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import ClipsearchError
-from ..options import index_options, quiet_option, server_options
+from ..options import index_options, layout_options, quiet_option, server_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Index
@@ -65,6 +65,7 @@ def status(settings, as_json, check, server, token):
 
 @click.command()
 @index_options
+@layout_options
 @click.option("--to", "to", required=True, metavar="URL|DIR",
               help="Target index: a Qdrant server URL (the usual case), another folder, or :memory:.")
 @click.option("--to-collection", default=None, help="Target collection name. Default: the source's name.")
@@ -73,7 +74,8 @@ def status(settings, as_json, check, server, token):
 @quiet_option
 def migrate(settings, to, to_collection, batch_size, quiet):
     """Copy a collection (vectors, payloads, model identity) to another index, e.g. a
-    Qdrant server. Resumable: run it again after an interruption."""
+    Qdrant server. Resumable: run it again after an interruption. The layout options
+    (--shards, --quantization...) shape the target collection where migrate creates it."""
     from ..progress import Progress
     from .migrate import migrate as run_migrate
     from .open import open_index
@@ -110,6 +112,14 @@ def format_status(facts: dict) -> str:
             state += ("; indexing paused by an ingest (running now, or stopped before it finished: "
                       "the next ingest restores it)")
         lines.append(f"search index: {state}")
+    if facts.get("layout"):
+        from .layout import format_layout
+
+        lines.append(f"layout:       {format_layout(facts['layout'])}")
+    if facts.get("cluster"):
+        from .layout import format_cluster
+
+        lines += format_cluster(facts["cluster"])
     return "\n".join(lines)
 
 

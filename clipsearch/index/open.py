@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..config import Settings
+from .layout import Layout, refuse_on_embedded
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Index
@@ -14,12 +15,27 @@ def open_index(settings: Settings, create: bool = False, check: bool = False) ->
     """Open the collection named by `settings`. `create=True` (ingest) may create an
     embedded index folder; reads never create anything. `check=True` (`clipsearch
     status --check`) opens a damaged embedded index that a plain open refuses, keeping
-    what is wrong in its `open_problems`."""
+    what is wrong in its `open_problems`.
+
+    The settings' collection layout (--shards, --quantization...) applies where a
+    server collection may be created (`create=True`); an existing one is used as it is,
+    with one line on stderr where its layout differs. An embedded index refuses it."""
+    layout = Layout.from_settings(settings)
     if settings.backend == "edge":
         from .edge import EdgeIndex
 
+        if create:
+            refuse_on_embedded(layout, settings.index)
         return EdgeIndex(settings.index, settings.collection, create=create, check=check)
     from .client import ClientIndex
 
-    return ClientIndex(settings.index, settings.collection, api_key=settings.api_key,
-                       retry_seconds=settings.retry_seconds, grpc=settings.grpc, grpc_port=settings.grpc_port)
+    index = ClientIndex(settings.index, settings.collection, api_key=settings.api_key,
+                        retry_seconds=settings.retry_seconds, grpc=settings.grpc, grpc_port=settings.grpc_port,
+                        layout=layout if create else Layout(), oversampling=settings.oversampling)
+    if create and layout.asked():
+        try:
+            index.warn_if_layout_differs()
+        except BaseException:
+            index.close()
+            raise
+    return index

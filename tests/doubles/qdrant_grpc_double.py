@@ -72,6 +72,13 @@ class _Collections(grpc.CollectionsServicer):
 
     def Create(self, request, context):
         body = {"vectors": _json(GrpcToRest.convert_vectors_config(request.vectors_config))}
+        for field in ("shard_number", "replication_factor", "write_consistency_factor"):
+            if request.HasField(field):
+                body[field] = getattr(request, field)
+        if request.HasField("hnsw_config"):
+            body["hnsw_config"] = _json(GrpcToRest.convert_hnsw_config_diff(request.hnsw_config))
+        if request.HasField("quantization_config"):
+            body["quantization_config"] = _json(GrpcToRest.convert_quantization_config(request.quantization_config))
         if request.metadata:
             body["metadata"] = GrpcToRest.convert_payload(request.metadata)
         result = self.calls(context, self.double._create_collection, request.collection_name, body)

@@ -11,7 +11,10 @@ no HNSW, no optimizer). The legs that need the real thing run when QDRANT_URL is
 (`make test-server`).
 
 Besides an API key, it can fail on purpose: `fail_next(n, status)` answers the next n
-requests with that HTTP status (a server that is restarting, or overloaded).
+requests with that HTTP status (a server that is restarting, or overloaded). It records
+every request it serves in `received` (as REST bodies, whichever protocol brought them),
+and keeps a new collection's layout (shards, replicas, HNSW, quantization), which the
+local engine drops, to report it back as a server does.
 
     python tests/doubles/qdrant_rest_double.py --port 6333 --api-key KEY    (by hand)
 """
@@ -24,6 +27,8 @@ import re
 import threading
 import time
 import warnings
+from collections import deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -48,6 +53,18 @@ def _dump(value: Any) -> Any:
 _insert_points = TypeAdapter(models.PointInsertOperations)
 _points_selector = TypeAdapter(models.PointsSelector)
 _UPDATED = {"operation_id": 0, "status": "completed"}
+# What a single-node server reports for what a create request left out.
+_SERVER_DEFAULTS = {"shard_number": 1, "replication_factor": 1, "write_consistency_factor": 1}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request the double served: the handler's name (`create_collection`,
+    `upsert`...), the collection and the body as REST would carry it."""
+
+    route: str
+    collection: str | None
+    body: dict
 
 
 class QdrantRestDouble:
@@ -60,6 +77,9 @@ class QdrantRestDouble:
         self.requests = 0
         self.optimizers: dict[str, dict] = {}  # collection -> optimizer settings changed by PATCH
         self.optimizer_changes: list[tuple[str, dict]] = []  # every PATCH, in order
+        self.layouts: dict[str, dict] = {}  # collection -> the layout its create request gave
+        # Bounded: one double serves a whole test session, and tests read what they just sent.
+        self.received: deque[Received] = deque(maxlen=10_000)
         self._failures: list[int] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self.server.daemon_threads = True
@@ -109,16 +129,33 @@ class QdrantRestDouble:
         info = self.engine.get_collection(name)
         if name in self.optimizers:
             info.config.optimizer_config = info.config.optimizer_config.model_copy(update=self.optimizers[name])
+        layout = self.layouts.get(name, {})
+        params = {key: layout.get(key, default) for key, default in _SERVER_DEFAULTS.items()}
+        info.config.params = info.config.params.model_copy(update=params)
+        if layout.get("hnsw_config"):
+            info.config.hnsw_config = info.config.hnsw_config.model_copy(update=layout["hnsw_config"])
+        info.config.quantization_config = layout.get("quantization_config")
         return info
+
+    def received_for(self, route: str, collection: str) -> list[dict]:
+        """The bodies of the requests of one route to one collection, in order."""
+        return [r.body for r in self.received if r.route == route and r.collection == collection]
 
     def _delete_collection(self, name, body):
         self.optimizers.pop(name, None)
+        self.layouts.pop(name, None)
         return self.engine.delete_collection(name)
 
     def _create_collection(self, name, body):
         if self.engine.collection_exists(name):
             raise ValueError(f"Wrong input: Collection `{name}` already exists!")
         request = models.CreateCollection.model_validate(body)
+        # The local engine keeps none of these: kept here for get_collection.
+        self.layouts[name] = {key: value for key, value in (
+            ("shard_number", request.shard_number), ("replication_factor", request.replication_factor),
+            ("write_consistency_factor", request.write_consistency_factor),
+            ("hnsw_config", request.hnsw_config.model_dump(exclude_none=True) if request.hnsw_config else None),
+            ("quantization_config", request.quantization_config)) if value is not None}
         return self.engine.create_collection(name, vectors_config=request.vectors,
                                              metadata=request.metadata)
 
@@ -191,7 +228,9 @@ class QdrantRestDouble:
             return self._failures.pop(0) if self._failures else None
 
     def call(self, handler, name: str | None, body: dict) -> Any:
+        route = getattr(handler, "__name__", "").lstrip("_") or "call"
         with self.lock, warnings.catch_warnings():
+            self.received.append(Received(route, name, body))
             # The local engine's notes that payload indexes and search params do nothing
             # in it: true, and known (see the module's docstring).
             warnings.simplefilter("ignore", UserWarning)

@@ -1,4 +1,5 @@
-"""docker-compose.yml: a Qdrant server pinned to the client's minor version.
+"""docker-compose.yml: a Qdrant server pinned to the client's minor version;
+docker-compose.cluster.yml: three of them as one cluster.
 
 No Docker engine runs where these tests run; the file is checked statically, and
 with `docker-compose config` where that validator is installed.
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+CLUSTER = COMPOSE.with_name("docker-compose.cluster.yml")
 
 
 def test_qdrant_image_matches_client_minor_version():
@@ -33,11 +35,39 @@ def test_qdrant_image_matches_client_minor_version():
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose validator not installed")
-def test_compose_file_validates():
+@pytest.mark.parametrize("compose", [COMPOSE, CLUSTER], ids=lambda path: path.name)
+def test_compose_file_validates(compose):
     env = dict(os.environ, QDRANT_API_KEY="test-key")
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], env=env,
+    result = subprocess.run(["docker-compose", "-f", str(compose), "config", "-q"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cluster_is_three_nodes_of_the_pinned_image_joined_through_a_bootstrap_peer():
+    single = yaml.safe_load(COMPOSE.read_text())["services"]["qdrant"]
+    cluster = yaml.safe_load(CLUSTER.read_text())
+    nodes = cluster["services"]
+    assert sorted(nodes) == ["qdrant-1", "qdrant-2", "qdrant-3"]
+    first = nodes["qdrant-1"]["command"]
+    assert first == ["./qdrant", "--uri", "http://qdrant-1:6335"]  # the bootstrap peer bootstraps nothing
+    volumes, host_ports = set(), []
+    for name, node in nodes.items():
+        assert node["image"] == single["image"]  # the same pinned image as the single server
+        assert node["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
+        assert node["environment"]["QDRANT__SERVICE__API_KEY"] == single["environment"]["QDRANT__SERVICE__API_KEY"]
+        assert node["healthcheck"]["test"] == single["healthcheck"]["test"]
+        command = node["command"]
+        assert command[command.index("--uri") + 1] == f"http://{name}:6335"  # its own address for its peers
+        if name != "qdrant-1":
+            assert command[command.index("--bootstrap") + 1] == "http://qdrant-1:6335"
+            assert node["depends_on"] == {"qdrant-1": {"condition": "service_healthy"}}
+        volume, target = node["volumes"][0].split(":")
+        assert target == "/qdrant/storage" and len(node["volumes"]) == 1
+        volumes.add(volume)
+        host_ports += [port.split(":")[0] for port in node["ports"]]
+        assert not any(port.endswith(":6335") for port in node["ports"])  # peer traffic stays inside
+    assert len(volumes) == 3 and volumes == set(cluster["volumes"])  # one volume per node
+    assert len(set(host_ports)) == len(host_ports) and {"6333", "6334"} <= set(host_ports)
 
 
 class _Readiness(http.server.BaseHTTPRequestHandler):
