@@ -95,7 +95,11 @@ def run(settings: Settings, options: ServeOptions) -> None:
         if not roots and not index.exists():
             raise ClipsearchError(f"collection {settings.collection!r} does not exist at {index.location}; "
                                   "ingest a folder first, or give --watch DIR")
-        encoder = load_encoder(settings, say if not options.quiet else (lambda _: None), busy=bool(roots))
+        stored = index.stored_identity() if index.exists() else None
+        # An existing collection's precision, else the setting's (a watched ingest makes the collection).
+        precision = stored.precision if stored is not None and stored.precision else config.value("precision")
+        encoder = load_encoder(settings, say if not options.quiet else (lambda _: None), busy=bool(roots),
+                               precision=precision)
         if index.exists():
             index.check_identity(encoder.identity)
         sock = bind(options.host, options.port)

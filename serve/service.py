@@ -66,10 +66,11 @@ class SharedEncoder:
     the full model, loaded on first need and shared with the watcher. One lock each:
     neither encoder keeps its state safe across threads."""
 
-    def __init__(self, text, images):
+    def __init__(self, text, images, precision: str = "fp32"):
         self.text = text
         self.images = images
-        self.identity = text.identity
+        # The images' precision: what a watched ingest writes, and checks the collection for.
+        self.identity = text.identity.with_precision(precision)
         self.dim = text.dim
         self._text_lock = threading.Lock()
         self._image_lock = threading.RLock()
@@ -88,11 +89,14 @@ class SharedEncoder:
             return self.images.encode_images(images, batch_size)
 
 
-def load_encoder(settings: Settings, say: Callable[[str], None], busy: bool = False) -> SharedEncoder:
+def load_encoder(settings: Settings, say: Callable[[str], None], busy: bool = False,
+                 precision: str = "fp32") -> SharedEncoder:
     """The warm query encoder: the exported text tower (exported now, once, when the
-    cache has none), and a lazily loaded full model for images. `busy`: the process
-    has other work for the cores (a watched ingest), so the tower's threads must not
-    spin between queries."""
+    cache has none), and an image encoder loaded on first need (ingest's: the ONNX
+    image tower on a CPU) at `precision`, the collection's: a watched ingest into an
+    int8 collection writes int8 vectors, and an uploaded query image is encoded as the
+    collection's images were. `busy`: the process has other work for the cores (a
+    watched ingest), so the tower's threads must not spin between queries."""
     from clipsearch.encoders import LazyEncoder, QueryEncoders
 
     queries = QueryEncoders(settings, say=say)
@@ -105,10 +109,11 @@ def load_encoder(settings: Settings, say: Callable[[str], None], busy: bool = Fa
             text = fast
     if hasattr(text, "warm"):
         text.warm(spin=not busy)
-        images: Any = LazyEncoder(settings.model, settings.device)
-    else:  # the full model answers text: let it answer images too, one model in memory
+    if hasattr(text, "warm") or precision != "fp32":
+        images: Any = LazyEncoder(settings.model, settings.device, precision=precision, spin=not busy)
+    else:  # the full model answers text: let it answer fp32 images too, one model in memory
         images = text
-    return SharedEncoder(text, images)
+    return SharedEncoder(text, images, precision)
 
 
 @dataclass
