@@ -169,10 +169,13 @@ def _wait_for_progress(proc, timeout=120):
 
 
 def test_second_ingest_on_an_embedded_index_is_refused_and_the_first_finishes(tmp_path, tiny_model_dir):
-    first_set = many_images(tmp_path / "photos" / "one", 300)
-    many_images(tmp_path / "photos" / "two", 20, offset=300)
+    first_set = many_images(tmp_path / "photos" / "one", 600)
+    many_images(tmp_path / "photos" / "two", 20, offset=600)
     index = tmp_path / "index"
-    first = _start_ingest(tmp_path / "photos" / "one", index, tiny_model_dir)
+    # Through torch, in batches of 4: still embedding when the second process reaches the
+    # lock a second or two later (the ONNX tower would finish the tiny model's 600 first).
+    first = _start_ingest(tmp_path / "photos" / "one", index, tiny_model_dir,
+                          extra_env={"CLIPSEARCH_FAST_PATH": "0"})
     _wait_for_progress(first)
     second = subprocess.run([CLIPSEARCH, "ingest", str(tmp_path / "photos"), "--index", str(index),
                              "--model", str(tiny_model_dir), "-q"], capture_output=True, text=True, timeout=120)
