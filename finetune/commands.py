@@ -15,6 +15,12 @@ import click
 from clipsearch import config
 from clipsearch.options import device_option, model_option, setting_option
 
+template_option = click.option(
+    "--template", "templates", multiple=True, metavar="TEXT",
+    help='For a labelled folder: how a label becomes a caption, {label} marking its place; repeat it for '
+         'several (training picks one per image per step, evaluation averages them).  '
+         '[default: "a photo of a {label}."]')
+
 
 @click.command()
 @click.argument("data", type=click.Path(exists=False))
@@ -57,10 +63,11 @@ from clipsearch.options import device_option, model_option, setting_option
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes decoding training images; 0 decodes in this one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@template_option
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation record as JSON.")
 def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed, eval_split, eval_data, scale, freeze,
              warmup, weight_decay, save_steps, resume, overwrite, keep_checkpoints, skip_bad, report, device,
-             max_megapixels, workers, quiet, as_json):
+             max_megapixels, workers, quiet, templates, as_json):
     """Fine-tune CLIP on image/caption pairs in DATA and save it to --output.
 
     \b
@@ -69,11 +76,17 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
       a pipe table:  image_path | text_description
       a TSV with that header, or JSON lines with those keys
       a folder of images, each with a same-name .txt caption
-    Relative image paths resolve against DATA's folder.
+      a labelled folder: class subfolders of images (birds/heron/*.jpg),
+        labelled by DATA/labels.txt (FOLDER<TAB>LABEL lines) or by the
+        folder's own name (heron), captioned by --template
+    Relative image paths resolve against DATA's folder. The four files may add
+    a negative column: a caption that does not describe the image, which the
+    loss then ranks below the image's own (all rows or none).
 
     Every row is checked first (columns, captions, images, duplicates). Recall@1/5/10
     and MRR on held-out images are measured before and after training and saved in
-    OUTPUT/eval.json and OUTPUT/README.md.
+    OUTPUT/eval.json and OUTPUT/README.md; for a labelled folder, zero-shot
+    classification accuracy (top-1, top-5) among its labels too.
     """
     _require_training_extras()
     from .evaluation import format_table
@@ -88,7 +101,7 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
     record = run_finetune(FinetuneOptions(
         data=data, output=output, base=config.value("model", model), settings=settings, eval_split=eval_split,
         eval_data=eval_data, skip_bad=skip_bad, report=report, overwrite=overwrite, resume=resume,
-        keep_checkpoints=keep_checkpoints, quiet=quiet or as_json,
+        keep_checkpoints=keep_checkpoints, quiet=quiet or as_json, templates=templates,
     ))
     if as_json:
         click.echo(json.dumps(record))
@@ -115,19 +128,24 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
 @device_option
 @setting_option("max_megapixels", metavar="MP",
                 help="Rows whose image is larger than this are bad rows, as ingest skips such images.")
+@template_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_command(data, model, batch_size, skip_bad, report, output, device, max_megapixels, as_json):
+def eval_command(data, model, batch_size, skip_bad, report, output, device, max_megapixels, templates, as_json):
     """Measure text -> image retrieval (recall@1/5/10, MRR) of a model on the pairs in DATA.
 
     Each distinct caption is a query over all of DATA's images; DATA takes any
-    layout `finetune` reads.
+    layout `finetune` reads. For a labelled folder each label's captions are the
+    queries, and each image is also classified among all the labels (zero-shot
+    accuracy@1 and accuracy@5, each label's templates averaged as CLIP does).
     """
     from .evaluation import evaluate, format_table
     from .loading import load_clip
+    from .templates import templates_for
     from .validation import load_pairs
 
     limit = config.value("max_megapixels", max_megapixels)
     pairs = load_pairs(data, skip_bad=skip_bad, max_megapixels=limit)
+    chosen = templates_for(templates, pairs.labelled, pairs.source, pairs.format)
     if pairs.problems:
         if report:
             pairs.write_report(report)
@@ -136,7 +154,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
                    f"images or fields; {where}", err=True)
     encoder = load_clip(config.value("model", model), config.value("device", device))
     metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size,
-                       max_megapixels=limit)
+                       max_megapixels=limit, labels=pairs.labels, templates=chosen)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if output:
         with open(output, "w", encoding="utf-8") as handle:

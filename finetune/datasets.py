@@ -1,7 +1,7 @@
 """Read image/caption pairs from the layouts people keep them in.
 
-Five layouts, one result: a list of `Row`s, each remembering the file and line it
-came from so that validation can point at it.
+Six layouts, one result: a list of `Row`s, each remembering the file and line it
+came from (or, in a labelled folder, the class folder) so that validation can point at it.
 
 - CSV with the header `image_path,text_description` (other columns are ignored);
 - the pipe-separated table of the original project's README
@@ -11,7 +11,13 @@ came from so that validation can point at it.
 - JSON lines, one `{"image_path": ..., "text_description": ...}` object a line;
 - a folder in which each image has a same-name `.txt` beside it whose first
   non-empty line is its caption (Tux Paint's stamps are laid out this way; later
-  lines, e.g. translations, are ignored).
+  lines, e.g. translations, are ignored);
+- a labelled folder: class subfolders of images, a label each (labelled.py).
+
+The four files may have a `negative` column (JSON lines: key): a caption that does
+not describe the row's image, a hard negative for the loss. The column is all or
+none: where the header has it, a row with an empty one is a bad row (the trainer
+takes the same columns for every row of a batch); validation.py says so.
 
 Relative image paths resolve against the folder of the data file. One image may
 appear on several rows with different captions. Nothing here opens an image:
@@ -39,18 +45,20 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import shown
 
+from .labelled import is_labelled_folder, read_labelled_folder
+from .rows import IMAGE_EXTENSIONS, Row
+
 IMAGE_COLUMN = "image_path"
 TEXT_COLUMN = "text_description"
 COLUMNS = (IMAGE_COLUMN, TEXT_COLUMN)
-# Raster formats Pillow reads; a folder dataset pairs only these with captions.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
-FORMATS = ("csv", "pipe", "tsv", "jsonl", "folder")
+NEGATIVE_COLUMN = "negative"  # optional
+FORMATS = ("csv", "pipe", "tsv", "jsonl", "folder", "labelled")
 
 _RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -62,23 +70,6 @@ _UNPARSED = {
          'of the line; write a " inside it as ""',
     "\t": "the csv module could not split it at its tabs",
 }
-
-
-@dataclass(frozen=True)
-class Row:
-    """One pair as written in the data file. `problem` is set when the row could
-    not even be parsed; `image` is an absolute path, or None when absent."""
-
-    source: str  # the data file (or caption file) the row came from
-    line: int  # 1-based line number in `source`
-    image: str | None
-    text: str | None
-    problem: str | None = None
-
-    @property
-    def where(self) -> str:
-        """FILE:LINE for a person: a name with a line break in it is quoted (names.shown)."""
-        return f"{shown(self.source)}:{self.line}"
 
 
 def _resolve(image: str, base: Path) -> str:
@@ -99,7 +90,7 @@ def _missing_columns(found: list[str], source: Path) -> ClipsearchError:
 def detect_format(path: Path) -> str:
     """By extension where it is unambiguous, else by the first non-blank line."""
     if path.is_dir():
-        return "folder"
+        return "labelled" if is_labelled_folder(path) else "folder"
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -222,6 +213,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
     if any(c not in header for c in COLUMNS):
         raise _missing_columns(header, path)
     image_at, text_at = header.index(IMAGE_COLUMN), header.index(TEXT_COLUMN)
+    negative_at = header.index(NEGATIVE_COLUMN) if NEGATIVE_COLUMN in header else None
     rows: list[Row] = []
     expected = parsed[0][0] + breaks + 1  # where the next row should start
 
@@ -243,7 +235,8 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
                             f"has {len(cells)} fields, the header has {len(header)}{hint}"))
             continue
         image = cells[image_at].strip()
-        rows.append(Row(str(path), line, _resolve(image, base) if image else None, cells[text_at].strip()))
+        rows.append(Row(str(path), line, _resolve(image, base) if image else None, cells[text_at].strip(),
+                        negative=_negative(cells, negative_at)))
     dropped(lines[-1][0] + 1)
     return rows
 
@@ -273,8 +266,9 @@ def _read_pipe_table(path: Path) -> list[Row]:
                             f"has {len(cells)} cells, the header has {len(header)} (write a | in a caption as \\|)"))
             continue
         image = cells[header.index(IMAGE_COLUMN)]
+        negative_at = header.index(NEGATIVE_COLUMN) if NEGATIVE_COLUMN in header else None
         rows.append(Row(str(path), number, _resolve(image, base) if image else None,
-                        cells[header.index(TEXT_COLUMN)]))
+                        cells[header.index(TEXT_COLUMN)], negative=_negative(cells, negative_at)))
     if header is None:
         raise _missing_columns([], path)
     return rows
@@ -300,18 +294,27 @@ def _read_jsonl(path: Path) -> list[Row]:
             continue
         objects += 1
         keys_seen.update(record)
-        image, text = record.get(IMAGE_COLUMN), record.get(TEXT_COLUMN)
+        image, text, negative = record.get(IMAGE_COLUMN), record.get(TEXT_COLUMN), record.get(NEGATIVE_COLUMN, "")
         absent = [c for c in COLUMNS if c not in record]
         if absent:
             rows.append(Row(str(path), number, None, None, f"has no {' or '.join(absent)}"))
         elif not isinstance(image, str) or not isinstance(text, str):
             rows.append(Row(str(path), number, None, None, f"{IMAGE_COLUMN} and {TEXT_COLUMN} must be strings"))
+        elif not isinstance(negative, str):
+            rows.append(Row(str(path), number, None, None, f"{NEGATIVE_COLUMN} must be a string"))
         else:
-            rows.append(Row(str(path), number, _resolve(image, base) if image.strip() else None, text.strip()))
+            rows.append(Row(str(path), number, _resolve(image, base) if image.strip() else None, text.strip(),
+                            negative=negative.strip()))
     # A file whose lines are all broken JSON has no "columns" to miss: its rows say why.
     if objects and any(c not in keys_seen for c in COLUMNS):
         raise _missing_columns(sorted(keys_seen), path)
+    if NEGATIVE_COLUMN not in keys_seen:  # no line has the key: no negative column at all
+        rows = [replace(row, negative=None) for row in rows]
     return rows
+
+
+def _negative(cells: list[str], at: int | None) -> str | None:
+    return cells[at].strip() if at is not None else None
 
 
 def _read_folder(folder: Path) -> list[Row]:
@@ -356,6 +359,8 @@ def read_rows(data: str | os.PathLike) -> tuple[str, list[Row]]:
         fmt = detect_format(path)
         if fmt == "folder":
             return fmt, _read_folder(path)
+        if fmt == "labelled":
+            return fmt, read_labelled_folder(path)
         if fmt == "jsonl":
             return fmt, _read_jsonl(path)
         if fmt == "pipe":

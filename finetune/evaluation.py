@@ -1,4 +1,5 @@
-"""Text -> image retrieval quality: recall@1/5/10 and MRR over a set of pairs.
+"""Text -> image retrieval quality: recall@1/5/10 and MRR over a set of pairs; for a
+labelled folder, zero-shot classification accuracy too.
 
 Each distinct caption is a query; the corpus is every distinct image of the set;
 an image is relevant to a query when some pair joins them (several images may
@@ -6,6 +7,12 @@ share a caption, and one image may have several captions). A query's rank is the
 position of its best-ranked relevant image. Exact score ties, which only a
 degenerate model produces, count as broken at random (the expected rank), so a
 model that gives every image the same vector scores chance, not a lucky 1.0.
+
+A labelled folder's pairs hold labels: each label with each template is a caption,
+a query of its own for recall@k, relevant to every image of its class. Zero-shot
+classification (accuracy@1, accuracy@5) then sorts each image among all the labels
+of the label set, scoring a label as CLIP does: the mean of its templates' caption
+vectors, normalized again, against the image's vector. Ties count as for recall.
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .images import load_rgb
+from .templates import caption
 from .validation import Pair
 
 KS = (1, 5, 10)
 METRICS = tuple(f"recall@{k}" for k in KS) + ("mrr",)
+ACCURACY_KS = (1, 5)
+ACCURACY_METRICS = tuple(f"accuracy@{k}" for k in ACCURACY_KS)  # zero-shot classification, labelled folders only
 
 
 def ranks_of_first_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
@@ -46,6 +56,21 @@ def retrieval_metrics(text_vectors: np.ndarray, image_vectors: np.ndarray, relev
     return metrics
 
 
+def classification_metrics(caption_vectors: np.ndarray, image_vectors: np.ndarray, truth: np.ndarray) -> dict:
+    """caption_vectors: (labels, templates, dim), normalized; truth: each image's label
+    index. Top-1 and top-5 accuracy over the labels, and what chance scores."""
+    classes = caption_vectors.mean(axis=1)
+    classes /= np.maximum(np.linalg.norm(classes, axis=1, keepdims=True), 1e-12)
+    scores = image_vectors @ classes.T
+    relevant = np.zeros(scores.shape, dtype=bool)
+    relevant[np.arange(len(truth)), truth] = True
+    ranks = ranks_of_first_relevant(scores, relevant)
+    metrics = {f"accuracy@{k}": float(np.mean(ranks <= k)) for k in ACCURACY_KS}
+    metrics["classes"] = int(len(classes))
+    metrics["chance_accuracy@1"] = 1.0 / len(classes)
+    return metrics
+
+
 def _encode_images(st, paths: Sequence[str], image_size: int, batch_size: int,
                    on_batch: Callable[[int], None] | None, max_megapixels: float | None = None) -> np.ndarray:
     chunks = []
@@ -59,17 +84,23 @@ def _encode_images(st, paths: Sequence[str], image_size: int, batch_size: int,
 
 
 def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
-             on_batch: Callable[[int], None] | None = None, max_megapixels: float | None = None) -> dict:
-    """Metrics of the SentenceTransformer `st` on `pairs` (text -> image)."""
+             on_batch: Callable[[int], None] | None = None, max_megapixels: float | None = None,
+             labels: Sequence[str] | None = None, templates: Sequence[str] | None = None) -> dict:
+    """Metrics of the SentenceTransformer `st` on `pairs` (text -> image). With `templates`,
+    the pairs' texts are labels: captions are made of them, and zero-shot classification
+    among `labels` (the whole label set; default: the pairs' own) is measured too."""
     import torch
 
     images = sorted({p.image for p in pairs})
-    texts = sorted({p.text for p in pairs})
     image_at = {path: i for i, path in enumerate(images)}
+    label_set = sorted(set(labels or ()) | {p.text for p in pairs}) if templates else []
+    texts = ([caption(t, label) for label in label_set for t in templates] if templates
+             else sorted({p.text for p in pairs}))
     text_at = {text: i for i, text in enumerate(texts)}
     relevant = np.zeros((len(texts), len(images)), dtype=bool)
     for p in pairs:
-        relevant[text_at[p.text], image_at[p.image]] = True
+        for text in ([caption(t, p.text) for t in templates] if templates else [p.text]):
+            relevant[text_at[text], image_at[p.image]] = True
     was_training = st.training
     st.eval()
     try:
@@ -79,7 +110,23 @@ def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
                                      normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
     finally:
         st.train(was_training)
-    return retrieval_metrics(text_vectors, image_vectors, relevant)
+    if not templates:
+        return retrieval_metrics(text_vectors, image_vectors, relevant)
+    # Queries are the captions of the labels the pairs have; the other labels' only compete in classification.
+    queried = relevant.any(axis=1)
+    metrics = retrieval_metrics(text_vectors[queried], image_vectors, relevant[queried])
+    label_at = {label: i for i, label in enumerate(label_set)}
+    truth = np.array([label_at[label] for label in _label_of_images(pairs, images)])
+    by_label = text_vectors.reshape(len(label_set), len(templates), -1)
+    metrics.update(classification_metrics(by_label, image_vectors, truth))
+    metrics["templates"] = len(templates)
+    return metrics
+
+
+def _label_of_images(pairs: list[Pair], images: list[str]) -> list[str]:
+    """Each image's label, in `images`' order (a labelled folder gives an image one class)."""
+    label = {p.image: p.text for p in pairs}
+    return [label[image] for image in images]
 
 
 def format_table(columns: dict[str, dict]) -> str:
@@ -90,6 +137,13 @@ def format_table(columns: dict[str, dict]) -> str:
     for metric in METRICS:
         lines.append(f"{metric:<10}" + "".join(f"{columns[n][metric]:>{width + 2}.3f}" for n in names))
     first = columns[names[0]]
+    classified = all("accuracy@1" in columns[n] for n in names)
+    for metric in ACCURACY_METRICS if classified else ():
+        lines.append(f"{metric:<10}" + "".join(f"{columns[n][metric]:>{width + 2}.3f}" for n in names))
     lines.append(f"{first['queries']} queries over {first['images']} images; "
                  f"chance recall@1 {first['chance_recall@1']:.3f}")
+    if classified:
+        lines.append(f"zero-shot classification among {first['classes']} labels ({first['templates']} template"
+                     f"{'s' if first['templates'] != 1 else ''} each); chance accuracy@1 "
+                     f"{first['chance_accuracy@1']:.3f}")
     return "\n".join(lines)

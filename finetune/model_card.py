@@ -1,22 +1,42 @@
 """The README.md written beside a fine-tuned model: where it came from, how it was
-trained, how well it retrieves before and after, and how to use it."""
+trained, how well it retrieves (and, trained on a labelled folder, classifies) before
+and after, and how to use it."""
 
 from __future__ import annotations
 
 from clipsearch.names import stored
 
-from .evaluation import METRICS
+from .evaluation import ACCURACY_METRICS, METRICS
 
 
 def _metric_rows(before: dict | None, after: dict | None) -> list[str]:
     if not (before and after):
         return ["No held-out evaluation was run (--eval-split 0 and no --eval-data)."]
     rows = ["| metric | before | after |", "|---|---:|---:|"]
-    rows += [f"| {m} | {before[m]:.3f} | {after[m]:.3f} |" for m in METRICS]
+    classified = "accuracy@1" in before and "accuracy@1" in after
+    rows += [f"| {m} | {before[m]:.3f} | {after[m]:.3f} |" for m in METRICS + (ACCURACY_METRICS if classified else ())]
     rows.append("")
     rows.append(f"Text -> image retrieval over the held-out split: {after['queries']} distinct captions as queries, "
                 f"{after['images']} images as the corpus (chance recall@1: {after['chance_recall@1']:.3f}).")
+    if classified:
+        rows.append(f"Zero-shot classification (accuracy@1, accuracy@5) of the held-out images among "
+                    f"{after['classes']} labels, each label's {after['templates']} template caption(s) averaged "
+                    f"(chance accuracy@1: {after['chance_accuracy@1']:.3f}).")
     return rows
+
+
+def _data_lines(run: dict) -> list[str]:
+    """What the training data held beyond pairs: classes and templates, hard negatives."""
+    data, templates = run["data"], run["settings"].get("templates")
+    lines = []
+    if data.get("classes") and templates:
+        shown = ", ".join(f"`{t}`" for t in templates)
+        lines.append(f"- Labelled folder of {data['classes']} classes; captions from the template(s) {shown}, "
+                     "one drawn per image per step; at most one image per class in a batch.")
+    if data.get("negatives"):
+        lines.append("- Hard negatives: each row's negative caption is one more candidate in its image's "
+                     "image->text softmax.")
+    return lines
 
 
 def render(run: dict, evaluation: dict) -> str:
@@ -57,6 +77,7 @@ def render(run: dict, evaluation: dict) -> str:
         f"- Epochs {s['epochs']:g}, batch size {s['batch_size']}, learning rate {s['lr']:g} (cosine schedule, "
         f"{s['warmup']:g} warm-up), weight decay {s['weight_decay']:g}, seed {s['seed']}.",
         f"- Frozen tower: {freeze}.",
+        *_data_lines(run),
         f"- Held out for evaluation: {data['eval_pairs']} pairs ({data['eval_images']} images), "
         + (f"from `{stored(data['eval_source'])}`." if data.get("eval_source") else
            f"{s['eval_split']:g} of the images, split by image (seed {s['seed']})."),

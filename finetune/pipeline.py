@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
@@ -31,6 +31,7 @@ from . import interrupts, model_card
 from .evaluation import evaluate
 from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
+from .templates import templates_for
 from .training import TrainSettings, last_checkpoint, train
 from .validation import PairSet, load_pairs
 
@@ -57,6 +58,7 @@ class FinetuneOptions:
     keep_checkpoints: bool = False
     eval_batch_size: int = 64
     quiet: bool = False
+    templates: tuple[str, ...] = ()  # --template: captions for a labelled folder's labels
 
 
 def check_output(output: Path, overwrite: bool, resume: bool) -> None:
@@ -114,14 +116,26 @@ def _check_same_run(previous: dict, current: dict) -> None:
 
 
 def _scorer(st, image_size: int, batch_size: int, progress: Progress, label: str,
-            max_megapixels: float | None = None):
+            max_megapixels: float | None = None, scored: PairSet | None = None, templates: list[str] | None = None):
+    """`scored`: the set the held-out pairs come from; a labelled one is classified among
+    all its labels, with `templates`."""
+    labelled = scored is not None and scored.labelled
+
     def score(pairs):
         total = len({p.image for p in pairs})
         metrics = evaluate(st, pairs, image_size=image_size, batch_size=batch_size, max_megapixels=max_megapixels,
-                           on_batch=lambda n: progress.update(f"evaluating ({label}): {n}/{total} images"))
+                           on_batch=lambda n: progress.update(f"evaluating ({label}): {n}/{total} images"),
+                           labels=scored.labels if labelled and scored else None,
+                           templates=templates if labelled else None)
         progress.finish()
         return metrics
     return score
+
+
+def _templates(opts: FinetuneOptions, data: PairSet, held_set: PairSet | None) -> list[str] | None:
+    """Templates where DATA or --eval-data is a labelled folder."""
+    labelled = data.labelled or bool(held_set and held_set.labelled)
+    return templates_for(opts.templates, labelled, data.source, data.format)
 
 
 def run_finetune(opts: FinetuneOptions) -> dict:
@@ -130,10 +144,12 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     check_output(output, opts.overwrite, opts.resume)
     progress = Progress(quiet=opts.quiet)
     data, held_set, train_pairs, held = _load_data(opts, progress)
+    templates = _templates(opts, data, held_set)
+    opts.settings = replace(opts.settings, templates=templates if data.labelled else None)
     encoder = load_clip(opts.base, opts.settings.device)
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
-    settings.update(eval_split=opts.eval_split if not opts.eval_data else None)
+    settings.update(eval_split=opts.eval_split if not opts.eval_data else None, templates=templates)
     run = {
         "status": "training",
         "base": encoder.location,
@@ -146,10 +162,13 @@ def run_finetune(opts: FinetuneOptions) -> dict:
             "train_pairs": len(train_pairs), "train_images": len({p.image for p in train_pairs}),
             "eval_pairs": len(held), "eval_images": len({p.image for p in held}),
             "skipped": len(data.problems) + (len(held_set.problems) if held_set else 0),
+            "classes": len(data.labels) or None,
+            "negatives": any(p.negative is not None for p in data.pairs),
         },
     }
+    scored = held_set or data
     score = _scorer(encoder.st, encoder.image_size, opts.eval_batch_size, progress, "before",
-                    opts.settings.max_megapixels)
+                    opts.settings.max_megapixels, scored, templates)
     if opts.resume:
         previous = json.loads((output / RUN_FILE).read_text())
         _check_same_run(previous, run)
@@ -175,7 +194,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
             encoder.st.save(str(output), create_model_card=False)
         trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
         after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after",
-                        opts.settings.max_megapixels)(held) if held else None
+                        opts.settings.max_megapixels, scored, templates)(held) if held else None
     except BaseException as exc:
         progress.finish()
         kept = last_checkpoint(checkpoints)
@@ -186,7 +205,8 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         raise
     identity = trained.identity
     evaluation = {
-        "task": "text-to-image retrieval on the held-out split",
+        "task": "text-to-image retrieval on the held-out split"
+                + (", and zero-shot classification of its images among the labels" if scored.labelled else ""),
         "held_out": {"pairs": len(held), "images": len({p.image for p in held}),
                      "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}"},
         "before": before,

@@ -45,7 +45,9 @@ def check_disjoint(train: list[Pair], held: list[Pair]) -> None:
 
 def fingerprint(pairs: list[Pair]) -> str:
     """Identifies a set of pairs, so that --resume can tell it is the same data."""
-    payload = json.dumps(sorted((p.image, p.text) for p in pairs), ensure_ascii=False)
+    # A negative joins a pair's entry only where there is one: data without them hashes as before.
+    payload = json.dumps(sorted((p.image, p.text) if p.negative is None else (p.image, p.text, p.negative)
+                                for p in pairs), ensure_ascii=False)
     # surrogateescape: a file name that is not UTF-8 hashes as its bytes (and the same
     # as before for every name that is text)
     return hashlib.sha256(payload.encode("utf-8", "surrogateescape")).hexdigest()[:16]

@@ -9,21 +9,40 @@ sentence-transformers' MultipleNegativesRankingLoss computes exactly that with
 is the base model's own learned logit scale: 100 for OpenAI's CLIPs, 1/0.07 for a
 freshly initialised one.
 
+The columns are (image, text[, negative]): the image is the loss's anchor and
+the caption its positive, so that a hard negative caption joins the image->text
+softmax as one more candidate caption for its own image (the loss puts the
+columns after the anchor on the candidate side of query_to_doc; doc_to_query,
+text->image, compares each positive caption with the batch's images only). With
+the two directions averaged per direction, which column is the anchor does not
+change the loss of plain pairs: it is the same two softmaxes over the same matrix.
+
 Rows hold image paths; the collator decodes a batch's images when it is built,
 so memory holds one batch of pixels, not the dataset. The no-duplicates batch
 sampler keeps an image or a caption from appearing twice in one batch, where the
-second copy would be a false negative.
+second copy would be a false negative. It does not look at negatives: a hard
+negative is often another row's caption, and meeting it in the same batch is no
+false negative (it only weighs twice in its image's softmax).
+
+A labelled folder's rows hold their label as text. The sampler then keeps two
+images of one class out of one batch (each would be the other's false negative):
+a batch holds at most one image per class, so the batch size is capped at the
+number of classes. The collator turns each label into a caption with one of the
+templates, drawn per image per step, rather than a row per template: rows of the
+same image with two templates could share a batch as each other's negatives.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -39,9 +58,11 @@ from clipsearch.progress import Progress, format_duration
 
 from . import interrupts
 from .images import load_rgb
+from .templates import caption
 from .validation import Pair
 
-TEXT_COLUMN, IMAGE_COLUMN = "text", "image"  # the text is the anchor: text->image is what search does
+# Anchor first, then candidates: see the module's docstring for why the image is the anchor.
+IMAGE_COLUMN, TEXT_COLUMN, NEGATIVE_COLUMN = "image", "text", "negative"
 FREEZE_CHOICES = ("none", "vision", "text")
 
 
@@ -63,6 +84,8 @@ class TrainSettings:
     # batch again with gradients. Memory of mini_batch_size, negatives of batch_size.
     mini_batch_size: int | None = None
     max_megapixels: float | None = None  # None: the setting's value (CLIPSEARCH_MAX_MEGAPIXELS)
+    # Set when training on a labelled folder: the pairs' texts are labels, captioned by these.
+    templates: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, for experiments
 
 
@@ -105,14 +128,33 @@ class ImagePathCollator(SentenceTransformerDataCollator):
 
     image_size: int = 224
     max_megapixels: float | None = None
+    templates: list[str] | None = None  # a labelled folder's: the text column holds labels
+    seed: int = 0
+    _rng: random.Random | None = field(default=None, init=False, repr=False)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        features = [
-            {key: load_rgb(image_path(value), self.image_size, self.max_megapixels) if key == IMAGE_COLUMN else value
-             for key, value in row.items()}
-            for row in features
-        ]
+        features = [{key: self._value(key, value) for key, value in row.items()} for row in features]
         return super().__call__(features)
+
+    def _value(self, key: str, value: Any) -> Any:
+        if key == IMAGE_COLUMN:
+            return load_rgb(image_path(value), self.image_size, self.max_megapixels)
+        if key == TEXT_COLUMN and self.templates:
+            return caption(self._pick(), value)
+        return value
+
+    def _pick(self) -> str:
+        assert self.templates
+        if len(self.templates) == 1:
+            return self.templates[0]
+        if self._rng is None:
+            # A DataLoader worker has its own seed, drawn anew each epoch: its draws differ
+            # from the other workers' and from the last epoch's.
+            import torch.utils.data
+
+            worker = torch.utils.data.get_worker_info()
+            self._rng = random.Random(worker.seed if worker else self.seed)
+        return self._rng.choice(self.templates)
 
 
 # The dataset's image column is Arrow text, which must be UTF-8: a file name that is not
@@ -165,6 +207,15 @@ class _Trainer(SentenceTransformerTrainer):
         with interrupts.deferred():
             super()._save_checkpoint(model, trial)
 
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        """No duplicates among images and captions; negatives are left out of the check
+        (the module's docstring says why). The sampler yields row numbers, which are the
+        same with or without the column."""
+        if NEGATIVE_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns([NEGATIVE_COLUMN])
+        return NoDuplicatesBatchSampler(dataset, batch_size=batch_size, drop_last=drop_last,
+                                        valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+
     def _save(self, output_dir=None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -201,27 +252,50 @@ def last_checkpoint(checkpoint_dir: str) -> str | None:
     return os.path.join(checkpoint_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
+def training_rows(pairs: list[Pair]):
+    """The trainer's dataset: (image, text) columns, and negative where the pairs have one.
+    Validation let through only data whose rows all have one or none."""
+    from datasets import Dataset
+
+    columns = {IMAGE_COLUMN: [image_key(p.image) for p in pairs], TEXT_COLUMN: [p.text for p in pairs]}
+    if any(p.negative is not None for p in pairs):
+        columns[NEGATIVE_COLUMN] = [p.negative or "" for p in pairs]
+    return Dataset.from_dict(columns)
+
+
+def _batch_size(pairs: list[Pair], settings: TrainSettings, progress: Progress) -> int:
+    """--batch-size, or for a labelled folder the number of classes where that is smaller:
+    the no-duplicates sampler puts at most one image of a class in a batch."""
+    if not settings.templates:
+        return settings.batch_size
+    classes = len({p.text for p in pairs})
+    if classes < 2:
+        raise ClipsearchError(f"the training images hold {classes} class: training compares classes and needs two "
+                              "or more; add images to the other classes or lower --eval-split")
+    if classes < settings.batch_size:
+        progress.message(f"batch size {classes}: the training images hold {classes} classes, and a batch holds one "
+                         "image of each at most (two of one class would be each other's false negatives)")
+    return min(settings.batch_size, classes)
+
+
 def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: str, resume: bool,
           progress: Progress) -> dict:
     """Train `st` in place. Returns facts about the run (seconds, steps, final loss)."""
-    from datasets import Dataset
-
     scale = settings.scale if settings.scale is not None else model_scale(clip)
     freeze_tower(clip, settings.freeze)
-    dataset = Dataset.from_dict({TEXT_COLUMN: [p.text for p in pairs],
-                                 IMAGE_COLUMN: [image_key(p.image) for p in pairs]})
-    steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
+    batch_size = _batch_size(pairs, settings, progress)
+    steps_per_epoch = math.ceil(len(pairs) / batch_size)
     args = SentenceTransformerTrainingArguments(
         output_dir=checkpoint_dir,
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=batch_size,
         learning_rate=settings.lr,
         warmup_steps=settings.warmup,
         weight_decay=settings.weight_decay,
         lr_scheduler_type="cosine",
         seed=settings.seed,
         data_seed=settings.seed,
-        batch_sampler="no_duplicates",
+        batch_sampler="no_duplicates",  # with negatives left out: _Trainer.get_batch_sampler
         save_strategy="steps",
         save_steps=settings.save_steps or steps_per_epoch,
         save_total_limit=2,
@@ -235,8 +309,10 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     )
     image_size = int(clip.config.vision_config.image_size)
     collator = ImagePathCollator(preprocess_fn=st.preprocess, image_size=image_size,
-                                 max_megapixels=settings.max_megapixels)
-    trainer = _Trainer(model=st, args=args, train_dataset=dataset, loss=clip_loss(st, scale, settings.mini_batch_size),
+                                 max_megapixels=settings.max_megapixels, templates=settings.templates,
+                                 seed=settings.seed)
+    trainer = _Trainer(model=st, args=args, train_dataset=training_rows(pairs),
+                       loss=clip_loss(st, scale, settings.mini_batch_size),
                        data_collator=collator)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -250,7 +326,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         result = trainer.train(resume_from_checkpoint=checkpoint)
     except (RuntimeError, MemoryError) as exc:
         if _out_of_memory(exc):
-            raise oom_error(settings.batch_size) from None
+            raise oom_error(batch_size) from None
         raise
     except ClipsearchError as exc:
         raise _one_line(exc) from None
@@ -261,5 +337,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         "train_loss": float(result.training_loss),
         "final_loss": callback.loss,
         "scale": scale,
+        "batch_size": batch_size,
+        "negatives": any(p.negative is not None for p in pairs),
         "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
     }

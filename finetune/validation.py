@@ -2,9 +2,12 @@
 
 A bad row is one that could not be parsed, has an empty caption, names an image
 that is missing or that ingest's decoder would skip (corrupt, cut short, too many
-megapixels: images.check_images), or repeats an earlier (image, caption) pair. By
-default any bad row stops the run with a message that names the first few by
-file and line; with `skip_bad` they are left out and listed in a JSON-lines report.
+megapixels: images.check_images), or repeats an earlier (image, caption, negative)
+row. Where the data has a negative column, a row whose negative is empty, or is a
+caption of the row's own image, is bad too. By default any bad row stops the run
+with a message that names the first few by file and line (a labelled folder's by
+class folder); with `skip_bad` they are left out and listed in a JSON-lines report.
+A labelled folder must keep at least two classes: fewer stops the run either way.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ def json_line(value: dict) -> str:
 @dataclass(frozen=True)
 class Pair:
     image: str  # absolute path
-    text: str
-    where: str  # file:line it came from
+    text: str  # the caption; in a labelled folder, the label (templates.py makes captions of it)
+    where: str  # file:line (or class folder) it came from
+    negative: str | None = None  # a caption that does not describe the image, where the data has them
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,15 @@ class PairSet:
     def images(self) -> list[str]:
         return sorted({p.image for p in self.pairs})
 
+    @property
+    def labelled(self) -> bool:
+        return self.format == "labelled"
+
+    @property
+    def labels(self) -> list[str]:
+        """A labelled folder's label set (its classes' texts); empty for the other layouts."""
+        return sorted({p.text for p in self.pairs}) if self.labelled else []
+
     def write_report(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
@@ -78,9 +91,15 @@ def _field_problem(row: Row) -> str | None:
         return "empty image path"
     if not (row.text or "").strip():
         return "empty caption"
-    if "\x00" in row.image or "\x00" in (row.text or ""):
+    if row.negative is not None and not row.negative.strip():
+        return "empty negative (where the data has a negative column, every row needs one)"
+    if any("\x00" in (value or "") for value in (row.image, row.text, row.negative)):
         return "holds a NUL character (a damaged file?)"
     return None
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())
 
 
 def check_rows(rows: list[Row], check_images_too: bool = True, workers: int = 0,
@@ -95,19 +114,24 @@ def check_rows(rows: list[Row], check_images_too: bool = True, workers: int = 0,
                                       if problem is None and row.image], workers, on_checked, max_megapixels)
     pairs: list[Pair] = []
     problems: list[Problem] = []
-    first_seen: dict[tuple[str, str], str] = {}
+    first_seen: dict[tuple[str, str, str | None], str] = {}
+    captions = {(row.image, _normal(row.text or "")): row.where for row, problem in zip(rows, field_problems)
+                if problem is None}
     for row, reason in zip(rows, field_problems):
         image, text = row.image or "", row.text or ""  # both set when no field problem was found
+        negative = row.negative.strip() if row.negative is not None else None
         if reason is None and image_problem.get(image):
             reason = f"{image_problem[image]}: {shown(image)}"
+        if reason is None and negative is not None and (image, _normal(negative)) in captions:
+            reason = f"the negative is a caption of this image (at {captions[(image, _normal(negative))]})"
         if reason is None:
-            key = (image, " ".join(text.split()))
+            key = (image, _normal(text), None if negative is None else _normal(negative))
             if key in first_seen:
                 reason = f"duplicate of {first_seen[key]}"
             else:
                 first_seen[key] = row.where
         if reason is None:
-            pairs.append(Pair(image, text.strip(), row.where))
+            pairs.append(Pair(image, text.strip(), row.where, negative))
         else:
             problems.append(Problem(row.where, row.image, row.text, reason))
     return pairs, problems
@@ -144,4 +168,10 @@ def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bo
             raise ClipsearchError(f"{shown(source)} holds no image/caption pairs")
         raise ClipsearchError(f"{shown(source)} has no usable image/caption pairs: {_count(problems)}: "
                               f"{_first(problems)}")
-    return PairSet(source, fmt, pairs, problems)
+    pair_set = PairSet(source, fmt, pairs, problems)
+    if pair_set.labelled and len(pair_set.labels) < 2:
+        kept = " kept" if problems else ""
+        raise ClipsearchError(f"{shown(source)} holds one class{kept} ({pair_set.labels[0]!r} in "
+                              f"{shown(os.path.dirname(pairs[0].image))}): a labelled folder needs two class "
+                              "folders or more, as contrastive training and classification compare classes")
+    return pair_set
