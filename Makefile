@@ -14,7 +14,7 @@ QUERY       ?= a cat
 QDRANT_API_KEY ?= clipsearch-dev-key
 export QDRANT_API_KEY
 
-.PHONY: setup demo test lint browser test-server bench clean help
+.PHONY: setup demo test lint browser compose test-server bench clean help
 
 help:
 	@echo "make demo | test | lint | test-server (needs Docker) | bench | clean"
@@ -40,6 +40,12 @@ test: $(BIN)/.installed
 # why, where it is missing.
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
+# The compose files' validator for tests/project/test_compose.py: Debian's docker-compose
+# (`docker-compose config` parses and checks a file offline; no Docker engine needed).
+# Needs root; the tests skip, saying why, where it is missing.
+compose:
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
 
 # Style (ruff), the kernel's types (mypy) and the architecture (import-linter's
 # contracts in pyproject.toml, checked on the installed layout).

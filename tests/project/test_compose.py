@@ -37,7 +37,7 @@ def test_qdrant_image_matches_client_minor_version():
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose validator not installed")
 @pytest.mark.parametrize("compose", [COMPOSE, CLUSTER], ids=lambda path: path.name)
 def test_compose_file_validates(compose):
-    env = dict(os.environ, QDRANT_API_KEY="test-key")
+    env = dict(os.environ, QDRANT_API_KEY="test-key", CLIPSEARCH_TOKEN="test-token-0123456789")
     result = subprocess.run(["docker-compose", "-f", str(compose), "config", "-q"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
