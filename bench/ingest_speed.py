@@ -14,6 +14,23 @@ For each photo set (full-size 4000x3000 JPEGs, small 640x480 JPEGs), all in one 
   (`first_batch_seconds`): (N - B) / (seconds - first_batch_seconds), B = one batch.
 Reports efficiency (full/ideal), speed-up (full/naive) and full/model-only, on the
 steady rate (what a folder of thousands of photos sees), and the whole-run figures.
+
+Issue 19 (`--tree-runs N`, with `--baseline-tree DIR`, a checkout of the revision to
+compare against, as bench/ingest_startup.py keeps one): the whole command from this
+tree and from the baseline tree, interleaved, N times each, on the ONNX path and on
+the torch path (CLIPSEARCH_FAST_PATH=0), with for each run:
+- cores used: the process tree's CPU time over wall time, for the whole run and for
+  its steady part (from its first encoded batch to its end), sampled from /proc
+  every 0.5 s (the ingest process and its decoding workers);
+- peak memory: the largest sum over the process tree of each process's proportional
+  set size (PSS, /proc/PID/smaps_rollup; RSS where that cannot be read), sampled every
+  0.5 s;
+- the steady rate, and this tree's over the baseline's;
+- whether the decoding workers mapped torch or onnxruntime (their /proc/PID/maps).
+And, in this process, the encode step's CPU cost per image against the model alone:
+the whole images path (image processor + model, what the encoding process did before)
+and the crops path (normalize + model) against the model on ready tensors.
+`--smoke` runs everything on a handful of photos, once, to check the script.
 """
 
 from __future__ import annotations
@@ -22,19 +39,25 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.photos import make_photos, vit_b_32_model  # noqa: E402
 
 BATCH = 32
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).resolve().parent / "out"
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> float:
@@ -96,6 +119,189 @@ def full_rate(model: Path, folder: Path, extra_env: dict | None = None) -> tuple
     return summary["embedded"] / summary["seconds"], summary
 
 
+# -- the process tree (issue 19) -------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            kids.setdefault(int(fields[1]), []).append(int(name))
+    return kids
+
+
+def process_tree(root: int) -> list[int]:
+    kids, tree, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(kids.get(pid, []))
+    return tree
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / TICK
+
+
+def memory_kb(pid: int) -> tuple[int, str]:
+    """(kB, "pss") from smaps_rollup, or (kB, "rss") where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]), "pss"
+    except OSError:
+        pass
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]), "rss"
+    except OSError:
+        pass
+    return 0, "rss"
+
+
+def heavy_libraries(pid: int) -> list[str]:
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    return sorted({lib for lib in ("libtorch", "onnxruntime") if lib in maps})
+
+
+class TreeSampler(threading.Thread):
+    """Every `interval` s: the tree's CPU seconds and memory; the workers' libraries."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []  # (monotonic, tree CPU seconds)
+        self.peak_kb, self.kinds, self.worker_libraries = 0, set(), set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            pids = process_tree(self.pid)
+            now = time.monotonic()
+            self.samples.append((now, tree_cpu_seconds(pids)))
+            total = 0
+            for pid in pids:
+                kb, kind = memory_kb(pid)
+                total += kb
+                self.kinds.add(kind)
+                if pid != self.pid:
+                    self.worker_libraries.update(heavy_libraries(pid))
+            self.peak_kb = max(self.peak_kb, total)
+            self.done.wait(self.interval)
+
+
+def tree_run(tree: Path, model: Path, folder: Path, env: dict) -> dict:
+    """The whole `clipsearch ingest` command from `tree`, with its process tree watched."""
+    with tempfile.TemporaryDirectory() as index:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "ingest", str(folder), "--index", index,
+                                 "--model", str(model), "--batch-size", str(BATCH), "--json", "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tree,
+                                env=dict(env, PYTHONPATH=str(tree)))
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        out, err = proc.communicate()
+        ended = time.monotonic()
+        sampler.done.set()
+        sampler.join()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ingest from {tree} failed: {err[-2000:]}")
+    summary = json.loads(out.splitlines()[-1])
+    wall = ended - started
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # every process, waited for
+    # The steady part: from the first encoded batch to the end of the run (the summary's clock).
+    steady_from = ended - (summary["seconds"] - summary["first_batch_seconds"])
+    window = [s for s in sampler.samples if s[0] >= steady_from]
+    steady_cores = None
+    if len(window) >= 2 and window[-1][0] > window[0][0]:
+        steady_cores = round((window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]), 3)
+    steady_rate = (summary["embedded"] - BATCH) / max(1e-9, summary["seconds"] - summary["first_batch_seconds"])
+    return {"wall_s": round(wall, 2), "cores_whole_run": round(cpu / wall, 3), "cores_steady": steady_cores,
+            "steady_img_s": round(steady_rate, 2), "peak_tree_mb": round(sampler.peak_kb / 1024, 1),
+            "memory_measure": "+".join(sorted(sampler.kinds)),
+            "worker_libraries": sorted(sampler.worker_libraries), "embedded": summary["embedded"]}
+
+
+def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int) -> dict:
+    """CPU seconds an image of the encode step, in this process: whole images (the
+    image processor + the model, as before issue 19), crops (normalize + the model),
+    and the model alone on ready tensors."""
+    from clipsearch.encoders.lazy import LazyEncoder
+    from clipsearch.images import load_image
+
+    os.environ["CLIPSEARCH_FAST_PATH"] = "1" if fast_path else "0"
+    encoder = LazyEncoder(str(model), "cpu", threads=os.cpu_count(), spin=False)
+    files = sorted(folder.iterdir())[:n]
+    images = [load_image(str(f), encoder.image_size).image for f in files]
+    encoder.encode_images(images[:2])  # decides the path, loads (and warms) the model
+    preprocess = encoder.preprocess
+    crops = np.stack([preprocess.crop_pixels(image) for image in images])
+    pixels = preprocess.normalize(crops)
+    towers = encoder.towers
+
+    def model_alone(batch):
+        if towers._tower is not None:
+            return towers._tower.run(batch)
+        return encoder.full().encode_pixels(batch, BATCH)
+
+    def cost(step, items) -> float:
+        start = cpu_seconds()
+        for i in range(0, len(items), BATCH):
+            step(items[i:i + BATCH])
+        return (cpu_seconds() - start) / len(items)
+
+    costs = {"images": cost(lambda b: encoder.encode_images(b, BATCH), images),
+             "crops": cost(lambda b: encoder.encode_crops(b, preprocess.geometry, BATCH), crops),
+             "model_alone": cost(model_alone, pixels)}
+    os.environ.pop("CLIPSEARCH_FAST_PATH", None)
+    return {"path": towers.path, **{f"{k}_core_ms_per_image": round(v * 1000, 2) for k, v in costs.items()},
+            "images_over_model": round(costs["images"] / costs["model_alone"], 3),
+            "crops_over_model": round(costs["crops"] / costs["model_alone"], 3)}
+
+
+def compare_trees(model: Path, folder: Path, baseline: Path | None, runs: int) -> dict:
+    trees = {"this tree": ROOT, **({"baseline": baseline.resolve()} if baseline else {})}
+    cache = OUT / "ingest-speed-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    results: dict = {}
+    for path, fast in (("onnx", "1"), ("torch", "0")):
+        env = dict(os.environ, CLIPSEARCH_CACHE_DIR=str(cache), CLIPSEARCH_FAST_PATH=fast)
+        for tree in trees.values():  # exports the tower and records the identity: not timed
+            tree_run(tree, model, make_photos("small", 4), env)
+        runs_of: dict[str, list[dict]] = {name: [] for name in trees}
+        for _ in range(runs):
+            for name, tree in trees.items():
+                runs_of[name].append(tree_run(tree, model, folder, env))
+        summary: dict = {}
+        for name, made in runs_of.items():
+            summary[name] = {key: float(np.median([r[key] for r in made])) for key in
+                             ("cores_whole_run", "cores_steady", "steady_img_s", "peak_tree_mb", "wall_s")
+                             if all(r[key] is not None for r in made)}
+            summary[name]["runs"] = made
+        if baseline:
+            summary["steady_rate_this_over_baseline"] = round(
+                summary["this tree"]["steady_img_s"] / summary["baseline"]["steady_img_s"], 3)
+            summary["peak_memory_this_over_baseline"] = round(
+                summary["this tree"]["peak_tree_mb"] / summary["baseline"]["peak_tree_mb"], 3)
+        results[path] = summary
+    return results
+
+
 def measure(encoder, model: Path, folder: Path, cores: int) -> dict:
     files = sorted(folder.iterdir())
     sample = files[: min(len(files), 48)]
@@ -132,18 +338,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", type=int, default=96)
     parser.add_argument("--small", type=int, default=256)
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="a checkout of the revision to compare against (git worktree add DIR REV)")
+    parser.add_argument("--tree-runs", type=int, default=0,
+                        help="issue 19: runs of the whole command per tree and path (0: not measured)")
+    parser.add_argument("--encode-sample", type=int, default=64)
+    parser.add_argument("--skip-classic", action="store_true",
+                        help="only the issue-19 figures (no ideal, naive, decode cost)")
+    parser.add_argument("--smoke", action="store_true", help="a few photos, once: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.large, args.small, args.tree_runs, args.encode_sample = 4, 40, max(args.tree_runs, 1), 8
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     from clipsearch.encoders import Encoder
 
     cores = os.cpu_count() or 1
     model = vit_b_32_model()
     encoder = Encoder(str(model), device="cpu")
-    results = {"cores": cores, "model": "random-init CLIP ViT-B/32", "batch_size": BATCH}
+    results: dict = {"cores": cores, "model": "random-init CLIP ViT-B/32", "batch_size": BATCH}
     for kind, count in (("large", args.large), ("small", args.small)):
+        if not count:
+            continue
         folder = make_photos(kind, count)
-        results[kind] = measure(encoder, model, folder, cores)
-        print(kind, json.dumps(results[kind]), flush=True)
+        if not args.skip_classic:
+            results[kind] = measure(encoder, model, folder, cores)
+            print(kind, json.dumps(results[kind]), flush=True)
+        if args.tree_runs:
+            cache = OUT / "ingest-speed-cache"
+            os.environ["CLIPSEARCH_CACHE_DIR"] = str(cache)
+            results[f"{kind}_trees"] = compare_trees(model, folder, args.baseline_tree, args.tree_runs)
+            print(kind, "trees", json.dumps(results[f"{kind}_trees"]), flush=True)
+            results[f"{kind}_encode_step"] = [encode_step_costs(model, folder, fast, args.encode_sample)
+                                              for fast in (True, False)]
+            print(kind, "encode step", json.dumps(results[f"{kind}_encode_step"]), flush=True)
     results["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(json.dumps(results, indent=2))
 

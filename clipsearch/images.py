@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, ImageOps
 
 from .fingerprint import content_hash, covers_whole, fingerprint
 from .photo_facts import photo_facts
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
@@ -169,6 +173,85 @@ def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str |
         return path, None, str(exc), exc.lasting
     except Exception as exc:  # a Pillow plugin bug must not end a 10-hour run
         return path, None, f"decoder error: {type(exc).__name__}: {exc}", False
+
+
+@dataclass
+class Prepared:
+    """What ingest's decoders hand the encoding process (prepare_job): a Decoded's facts
+    about the file, and instead of its image the model's input itself, `pixels`: the
+    (height, width, 3) uint8 crop the model's preprocessing makes of it (resized and
+    centre-cropped; rescale and normalize are left to the encoding process, one
+    vectorized table lookup per batch). `geometry`: the resize and crop that made it
+    (encoders/onnx_image.Preprocess.geometry), so a crop made for another preprocessing
+    is recognised and redone, never encoded.
+
+    uint8, not the float32 tensor: measured with 2 spawn workers and 640 crops of
+    224x224 (bench scratch, load average 3), receiving float32 tensors (600 KB each)
+    cost the ingest process 1.7-2.5 ms of CPU an image, uint8 crops (150 KB) plus
+    their normalize there 0.7-1.1 ms (the normalize alone, vectorized over a batch,
+    0.36-0.4 ms): a quarter of the bytes through the pipe and in the results held in
+    flight, and less work on the core the model needs."""
+
+    path: str
+    pixels: "np.ndarray"
+    geometry: tuple
+    width: int
+    height: int
+    warnings: tuple[str, ...] = ()
+    facts: dict = field(default_factory=dict)
+    fingerprint: str | None = None
+    content_hash: str | None = None
+
+
+def decoder_init() -> None:
+    """Pool initializer for ingest's decoding processes: they ignore Ctrl-C, which a
+    terminal sends to the whole process group (the ingest process stops them once it
+    has committed what it holds, and no worker prints a traceback meanwhile)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_preprocess_cache: dict = {}
+
+
+def _preprocess(plain: tuple):
+    """The Preprocess that plain data (Preprocess.to_dict() items, as a job carries it)
+    describe; built once per worker. Imports numpy only: no torch, transformers or
+    onnxruntime in a decoding process."""
+    preprocess = _preprocess_cache.get(plain)
+    if preprocess is None:
+        from .encoders.onnx_image import Preprocess
+
+        preprocess = _preprocess_cache[plain] = Preprocess.from_dict(dict(plain))
+    return preprocess
+
+
+def plain_preprocess(preprocess) -> tuple:
+    """A Preprocess as the plain, hashable data prepare_job takes."""
+    def frozen(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    return tuple(sorted((key, frozen(value)) for key, value in preprocess.to_dict().items()))
+
+
+def prepare_job(args: tuple[str, int, float, tuple]) -> tuple[str, Prepared | None, str | None, bool]:
+    """Pool entry point for ingest: decode_job, then the model's resize and centre crop
+    (args[3]: plain_preprocess(the model's Preprocess)). Same outcome shape as
+    decode_job, with a Prepared for a Decoded. Never raises."""
+    path, target, max_megapixels, plain = args
+    outcome_path, decoded, reason, lasting = decode_job((path, target, max_megapixels))
+    if decoded is None:
+        return outcome_path, None, reason, lasting
+    try:
+        preprocess = _preprocess(plain)
+        pixels = preprocess.crop_pixels(decoded.image)
+    except MemoryError:
+        return path, None, "out of memory while decoding", False
+    except Exception as exc:
+        return path, None, f"decoder error: {type(exc).__name__}: {exc}", False
+    return path, Prepared(path, pixels, preprocess.geometry, decoded.width, decoded.height, decoded.warnings,
+                          decoded.facts, decoded.fingerprint, decoded.content_hash), None, False
 
 
 # Truncated JPEGs are errors, not half-grey pictures in the index.

@@ -17,6 +17,13 @@ starves the other:
   process). They sleep once their window of work is full, so the encoder has the
   cores whenever it is the bottleneck.
 
+- the decoders also do the model's resize and centre crop (clipsearch/images.py
+  prepare_job), so the encoding process runs only the model and a vectorized
+  normalize (about 0.4 ms an image): its serial work between two onnxruntime runs,
+  which left a core idle (the image processor, about 13 ms an image on 640x480
+  photos, issue 19), is gone. bench/ingest_speed.py --tree-runs measures the cores
+  the process tree keeps busy, against a baseline tree.
+
 bench/onnx_ingest.py --plans measures the alternatives (threads and workers of 1..cores)
 on the steady ingest rate; the rule above is what it supports (BENCHMARKS.md).
 """

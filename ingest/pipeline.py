@@ -1,9 +1,11 @@
 """The ingest worker: walk -> skip unchanged -> decode pool -> batched encode -> upsert.
 
 Decoding runs in worker processes while the model encodes the previous batch in this
-one; each batch is upserted as soon as it is encoded, so a run killed at any moment
-has committed every finished batch, and a re-run skips those files because their
-size and mtime match their points.
+one. The workers also make the model's input (its resize and centre crop, as uint8:
+clipsearch/images.py prepare_job), so this process only normalizes it and runs the
+model, with no image-processor pass (issue 19). Each batch is upserted as soon as it
+is encoded, so a run killed at any moment has committed every finished batch, and a
+re-run skips those files because their size and mtime match their points.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections import deque
@@ -23,8 +24,17 @@ import numpy as np
 
 from clipsearch import config
 from clipsearch.config import Settings
+from clipsearch.encoders.onnx_image import CropsMismatch
 from clipsearch.errors import ClipsearchError
-from clipsearch.images import DEFAULT_MAX_MEGAPIXELS, Decoded, decode_job
+from clipsearch.images import (
+    DEFAULT_MAX_MEGAPIXELS,
+    Decoded,
+    Prepared,
+    decode_job,
+    decoder_init,
+    plain_preprocess,
+    prepare_job,
+)
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.progress import Progress
@@ -99,7 +109,7 @@ class IngestSummary:
                 f"removed {self.removed} in {self.seconds:.1f} s")
 
 
-def payload_for(entry: FileEntry, decoded: Decoded) -> dict:
+def payload_for(entry: FileEntry, decoded: Decoded | Prepared) -> dict:
     return {
         **place_payload(entry),  # path (a name that is not UTF-8 keeps its bytes), dirs, size, mtime
         "width": decoded.width,
@@ -171,6 +181,9 @@ class Ingestor:
         self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
         self._target: int | None = None
+        self._preprocess = None
+        self._plain: tuple | None = None
+        self._preprocess_known = False
         self._finished = IngestSummary()  # the sum of the calls that have returned
         self._counts_lock = threading.Lock()
         self._collection_ready = False
@@ -185,6 +198,29 @@ class Ingestor:
         if self._target is None:
             self._target = int(self.encoder.image_size)
         return self._target
+
+    @property
+    def preprocess(self):
+        """What the decoders make of each image for the model (Preprocess): its uint8
+        crop, which this process only normalizes and encodes (encode_crops), so the
+        image processor's work runs on the decoders' cores, once. None: whole images
+        (an encoder without encode_crops, or a model whose preprocessing the decoders
+        cannot reproduce). Asked for, like `target`, when the first file is decoded."""
+        if not self._preprocess_known:
+            self._preprocess_known = True
+            if callable(getattr(self.encoder, "encode_crops", None)):
+                self._set_preprocess(getattr(self.encoder, "preprocess", None))
+        return self._preprocess
+
+    def _set_preprocess(self, preprocess) -> None:
+        self._preprocess = preprocess
+        self._plain = plain_preprocess(preprocess) if preprocess is not None else None
+
+    def _job(self, path: str):
+        """(pool function, its argument) that decodes `path` for the model."""
+        if self.preprocess is None:
+            return decode_job, (path, self.target, self.options.max_megapixels)
+        return prepare_job, (path, self.target, self.options.max_megapixels, self._plain)
 
     def totals(self) -> IngestSummary:
         """Every call's counters added up, the call in progress included (safe to read
@@ -256,7 +292,7 @@ class Ingestor:
             yield from flush()
         self.walk_done = True
 
-    def _decoded(self, entries: Iterable[FileEntry]) -> Iterator[tuple[FileEntry, Decoded]]:
+    def _decoded(self, entries: Iterable[FileEntry]) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         """Decode in a process pool, in order, with a bounded number in flight; in this
         process when there are no workers or only a few files (under IN_PROCESS_BELOW
         batches), which then do not wait for the pool to start."""
@@ -264,24 +300,25 @@ class Ingestor:
         entries = iter(entries)
         few = list(itertools.islice(entries, opts.batch_size * IN_PROCESS_BELOW))
         in_process = opts.workers == 0 or len(few) < opts.batch_size * IN_PROCESS_BELOW
-        jobs = ((e, (e.path, self.target, opts.max_megapixels)) for e in itertools.chain(few, entries))
+        jobs = ((e, self._job(e.path)) for e in itertools.chain(few, entries))
         if in_process:
-            for entry, job in jobs:
-                yield from self._accept(entry, decode_job(job))
+            for entry, (function, job) in jobs:
+                yield from self._accept(entry, function(job))
             return
         pool = None
         pending: deque = deque()
         window = max(opts.workers * 4, opts.batch_size * 2)
         try:
-            for entry, job in jobs:
+            for entry, (function, job) in jobs:
                 if pool is None:  # spawn only when there is something to decode
                     # spawn, not fork: forking a process that holds torch threads can deadlock.
-                    # The decoders ignore Ctrl-C, which a terminal sends to the whole process
-                    # group: this process stops them (terminate, below) once it has
-                    # committed what it holds, and no worker prints a traceback meanwhile.
-                    pool = multiprocessing.get_context("spawn").Pool(
-                        opts.workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-                pending.append((entry, pool.apply_async(decode_job, (job,))))
+                    # The decoders ignore Ctrl-C (decoder_init), which a terminal sends to the
+                    # whole process group: this process stops them (terminate, below) once it
+                    # has committed what it holds, and no worker prints a traceback meanwhile.
+                    # They import only PIL, numpy and the kernel's light modules: no torch,
+                    # transformers or onnxruntime (tests/ingest/test_decoder_crops.py).
+                    pool = multiprocessing.get_context("spawn").Pool(opts.workers, initializer=decoder_init)
+                pending.append((entry, pool.apply_async(function, (job,))))
                 while len(pending) >= window or (pending and pending[0][1].ready()):
                     first, result = pending.popleft()
                     yield from self._accept(first, result.get())
@@ -293,7 +330,7 @@ class Ingestor:
                 pool.terminate()
                 pool.join()
 
-    def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded]]:
+    def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         _, decoded, reason, lasting = outcome
         if decoded is None:
             self._skip(entry.path, reason or "unknown error")
@@ -307,10 +344,12 @@ class Ingestor:
                 self.report.warn(entry.path, decoded.warnings)
             yield entry, decoded
 
-    def _commit(self, batch: list[tuple[FileEntry, Decoded]]) -> None:
+    def _commit(self, batch: list[tuple[FileEntry, Decoded | Prepared]]) -> None:
         """Encode a batch here, upsert it on the writer thread, so the next batch's
         encoding overlaps this one's write (a server round trip, or edge's WAL)."""
-        vectors = self.encoder.encode_images([d.image for _, d in batch], batch_size=self.options.batch_size)
+        batch, vectors = self._encode(batch)
+        if not batch:
+            return
         if self.summary.first_batch_seconds is None:
             self.summary.first_batch_seconds = round(time.monotonic() - self._started, 3)
         ids = [point_id(e.path) for e, _ in batch]
@@ -319,6 +358,43 @@ class Ingestor:
         while len(self._writes) >= 2:  # bound memory: at most two batches in flight
             self._finish_write()
         self._writes.append((self._writer.submit(self.index.upsert, ids, vectors, payloads), len(batch)))
+
+    def _encode(self, batch: list[tuple[FileEntry, Decoded | Prepared]]):
+        """(the batch, its vectors). The decoders' crops go to the model as they are;
+        a crop made for another resize or crop than the model's (the decoders started
+        from the model folder's files, and the loaded model says otherwise), or a
+        whole image where crops are wanted (or the reverse), is made again here, and
+        later jobs use the model's own preprocessing. A file that cannot be read again
+        is skipped."""
+        while True:
+            preprocess = self.preprocess
+            geometry = preprocess.geometry if preprocess is not None else None
+            redone = []
+            for entry, item in batch:
+                fits = (isinstance(item, Prepared) and item.geometry == geometry) if geometry is not None \
+                    else isinstance(item, Decoded)
+                if not fits:
+                    function, job = self._job(entry.path)
+                    outcome = function(job)
+                    if outcome[1] is None:  # gone or changed since: skipped, as the decoders would
+                        list(self._accept(entry, outcome))
+                        continue
+                    item = outcome[1]  # its warnings were reported the first time
+                redone.append((entry, item))
+            batch = redone
+            if not batch:
+                return batch, None
+            if geometry is None:
+                return batch, self.encoder.encode_images([d.image for _, d in batch],  # type: ignore[union-attr]
+                                                         batch_size=self.options.batch_size)
+            try:
+                crops = np.stack([d.pixels for _, d in batch])  # type: ignore[union-attr]
+                return batch, self.encoder.encode_crops(crops, geometry, batch_size=self.options.batch_size)
+            except CropsMismatch:
+                model_preprocess = getattr(self.encoder, "preprocess", None)
+                if model_preprocess == preprocess:  # pragma: no cover - the encoder contradicts itself
+                    raise
+                self._set_preprocess(model_preprocess)
 
     def _finish_write(self) -> None:
         future, size = self._writes.popleft()
@@ -381,7 +457,7 @@ class Ingestor:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-upsert")
         self._writes: deque = deque()
         try:
-            batch: list[tuple[FileEntry, Decoded]] = []
+            batch: list[tuple[FileEntry, Decoded | Prepared]] = []
             decoded = self._decoded(self._unchanged_filtered(entries))
             try:
                 for item in decoded:

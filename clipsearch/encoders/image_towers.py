@@ -10,6 +10,8 @@ an ingest imports neither torch nor sentence-transformers.
     towers = ImageTowers(model, device, precision, load_full, say=..., tell=...)
     towers.image_size                  # from the export's manifest, or the loaded model
     towers.encode_images(images)       # onnxruntime, or the full model
+    towers.preprocess                  # what the decoders do to each image (None: nothing)
+    towers.encode_crops(crops, geometry)  # their uint8 crops: normalize, then the model alone
 
 The first ingest of a model with files to embed loads the full model once to export
 (one line on stderr says so and how long it took), then encodes with the export. The
@@ -40,7 +42,7 @@ from ..errors import ClipsearchError
 from . import cache
 from .identity import INT8, ModelIdentity
 from .location import locate
-from .onnx_image import OnnxImageTower, Preprocess
+from .onnx_image import OnnxImageTower, Preprocess, check_geometry, preprocess_from_folder
 
 Say = Callable[[str], None]
 
@@ -255,6 +257,47 @@ class ImageTowers:
         if self._entry is not None:
             return int(self._entry.manifest["image_size"])
         return int(self.load_full().image_size)
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """The preprocessing ingest's decoders apply, up to the uint8 crop, so that
+        this process only runs the model (encode_crops); None: hand over whole images
+        (encode_images). Once the path is decided, the model's own (the export's
+        manifest, or the loaded model's processor); before, asked for before the first
+        file is decoded, an existing export's manifest, else the model folder's
+        processor files, read without loading anything."""
+        if self.path:
+            return self._model_preprocess()
+        if self.blocker() is None and self._key is not None:
+            try:
+                entry = cache.read_entry(self._key, self.kind)
+            except cache.DamagedEntry:
+                entry = None
+            if entry is not None and not entry.failed:
+                try:
+                    return Preprocess.from_dict(entry.manifest["preprocess"])
+                except (KeyError, TypeError, ValueError):
+                    pass
+        folder = self._folder if self._folder is not None else locate(self.model)[0]
+        return preprocess_from_folder(folder) if folder is not None else None
+
+    def _model_preprocess(self) -> Preprocess | None:
+        if self._tower is not None:
+            return self._tower.preprocess
+        return getattr(self.load_full(), "preprocess", None)
+
+    def encode_crops(self, crops: np.ndarray, geometry: tuple, batch_size: int = 32) -> np.ndarray:
+        """Unit vectors for (n, height, width, 3) uint8 crops made with `geometry`
+        (Preprocess.geometry): rescaled and normalized here, with the model's own
+        parameters, in one vectorized step, then the model alone. CropsMismatch when
+        the model's resize and crop are not `geometry` (or it takes only images)."""
+        self.decide()
+        if self._tower is None:
+            return self.load_full().encode_crops(crops, geometry, batch_size)
+        preprocess = check_geometry(self._tower.preprocess, geometry)
+        out = [self._tower.run(preprocess.normalize(crops[start:start + batch_size]))
+               for start in range(0, len(crops), batch_size)]
+        return np.concatenate(out) if out else self.encode_images([], batch_size)
 
     def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
         self.decide()

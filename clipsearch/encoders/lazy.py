@@ -132,5 +132,15 @@ class LazyEncoder:
     def encode_images(self, images, batch_size: int = 32):
         return self.towers.encode_images(images, batch_size)
 
+    @property
+    def preprocess(self):
+        """What ingest's decoders make of each image (encoders/image_towers.py):
+        a Preprocess, or None for whole images."""
+        return self.towers.preprocess
+
+    def encode_crops(self, crops, geometry: tuple, batch_size: int = 32):
+        """Unit vectors for the decoders' uint8 crops: the model alone, no image processor."""
+        return self.towers.encode_crops(crops, geometry, batch_size)
+
     def encode_texts(self, texts, batch_size: int = 64):
         return self.full().encode_texts(texts, batch_size)

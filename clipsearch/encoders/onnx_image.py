@@ -105,18 +105,123 @@ class Preprocess:
         pixels = np.asarray(image)
         return pixels if self.crop is None else center_crop(pixels, self.crop)
 
+    @property
+    def geometry(self) -> tuple:
+        """What decides the pixels a decoder hands over (resize and crop): two
+        preprocessings with the same geometry take the same uint8 crops, and differ at
+        most in rescale and normalize, which the encoding process applies."""
+        return (self.shortest_edge, self.size, self.resample, self.crop)
+
+    def crop_pixels(self, image: "Image.Image") -> np.ndarray:
+        """(height, width, 3) uint8, contiguous: the tower's input before rescale and
+        normalize. What a decoding worker hands the encoding process (ingest/pipeline.py)."""
+        pixels = self.resized(image)
+        if pixels.shape[:2] != self.output_size:
+            raise ValueError(f"preprocessing gave {pixels.shape[:2]}, the tower takes {self.output_size}")
+        return np.ascontiguousarray(pixels)
+
+    def normalize(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """(n, height, width, 3) uint8 crops -> (n, 3, height, width) float32, the
+        tower's input: one table lookup per channel over the whole batch (the same
+        values as transformers' per-pixel arithmetic, see `tables`)."""
+        crops = np.asarray(crops, dtype=np.uint8)
+        if crops.ndim != 4 or crops.shape[3] != 3:
+            raise ValueError(f"expected (n, height, width, 3) uint8 crops, got shape {crops.shape}")
+        tables = self.tables
+        planes = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # channels first, still bytes
+        out = np.empty(planes.shape, dtype=np.float32)
+        for channel in range(3):  # 0.36 ms an image for 224x224 (np.take, or one flat table: slower)
+            out[:, channel] = tables[channel][planes[:, channel]]
+        return out
+
     def __call__(self, images: Sequence["Image.Image"]) -> np.ndarray:
         """(n, 3, height, width) float32, the tower's input."""
-        tables = self.tables
         height, width = self.output_size
-        out = np.empty((len(images), 3, height, width), dtype=np.float32)
-        for row, image in enumerate(images):
-            pixels = self.resized(image)
-            if pixels.shape[:2] != (height, width):
-                raise ValueError(f"preprocessing gave {pixels.shape[:2]}, the tower takes {(height, width)}")
-            for channel in range(3):
-                out[row, channel] = tables[channel][pixels[:, :, channel]]
-        return out
+        if not images:
+            return np.empty((0, 3, height, width), dtype=np.float32)
+        return self.normalize([self.crop_pixels(image) for image in images])
+
+
+# transformers' CLIPImageProcessor defaults (OPENAI_CLIP_MEAN and _STD), for the keys a
+# saved processor leaves out.
+CLIP_DEFAULTS = {"do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
+                 "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+                 "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                 "image_std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, dict) and value.get("height") and value.get("width"):
+        return int(value["height"]), int(value["width"])
+    raise ValueError(f"size {value!r}")
+
+
+def preprocess_from_config(config: dict) -> Preprocess:
+    """A CLIP image processor's saved settings (its preprocessor_config.json, or the
+    "image_processor" of a processor_config.json) as a Preprocess, the way transformers
+    reads them; ValueError for a processor that is not CLIP's or not reproducible."""
+    kind = str(config.get("image_processor_type", "CLIPImageProcessor"))
+    if not kind.startswith("CLIPImageProcessor"):
+        raise ValueError(f"the image processor {kind} is not CLIP's")
+    config = {**CLIP_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    shortest_edge = size = crop = None
+    if config["do_resize"]:
+        given = config["size"]
+        if isinstance(given, dict) and given.get("shortest_edge") and not given.get("longest_edge"):
+            shortest_edge = int(given["shortest_edge"])
+        elif isinstance(given, int) and not config.get("default_to_square", False):
+            shortest_edge = given
+        else:
+            size = _pair(given)
+    if config["do_center_crop"]:
+        crop = _pair(config["crop_size"])
+    mean = std = None
+    if config["do_normalize"]:
+        mean = tuple(float(v) for v in config["image_mean"])
+        std = tuple(float(v) for v in config["image_std"])
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("the image processor does not normalize three channels")
+    return Preprocess(shortest_edge=shortest_edge, size=size, resample=int(config["resample"]), crop=crop,
+                      rescale=float(config["rescale_factor"]) if config["do_rescale"] else None,
+                      mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def preprocess_from_folder(folder: Path) -> Preprocess | None:
+    """The preprocessing a model folder's processor files describe (a transformers CLIP
+    folder, or the first module of a sentence-transformers one), read without
+    transformers; None where the files do not say or describe something else. Used
+    to start the decoders before the model is loaded; the encoding process checks it
+    against the model's own (ingest/pipeline.py redoes any crop that differs)."""
+    import json
+
+    try:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() and (folder / "modules.json").is_file():
+            modules = json.loads((folder / "modules.json").read_text())
+            folder = folder / str(modules[0]["path"])
+        if (folder / "preprocessor_config.json").is_file():
+            config = json.loads((folder / "preprocessor_config.json").read_text())
+        else:
+            config = json.loads((folder / "processor_config.json").read_text())["image_processor"]
+        return preprocess_from_config(config)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+class CropsMismatch(ValueError):
+    """Crops made with a resize and crop other than the model's (ingest's decoders
+    started from the model folder's files before the model was loaded, and the two
+    differ), or a model that takes only whole images: the caller makes them again."""
+
+
+def check_geometry(preprocess: Preprocess | None, geometry: tuple) -> Preprocess:
+    """`preprocess` when crops made with `geometry` are its own; else CropsMismatch."""
+    if preprocess is None or preprocess.geometry != tuple(geometry):
+        raise CropsMismatch(f"crops made with {tuple(geometry)}, the model's preprocessing is "
+                            f"{preprocess.geometry if preprocess is not None else 'whole images only'}")
+    return preprocess
 
 
 def center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -25,6 +25,8 @@ from .vectors import l2_normalize
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+    from .onnx_image import Preprocess
+
 # Parameter name prefixes of the two towers inside transformers' CLIPModel.
 IMAGE_PREFIXES = ("vision_model.", "visual_projection.")
 TEXT_PREFIXES = ("text_model.", "text_projection.")
@@ -87,6 +89,8 @@ class Encoder:
         # The model's input side: decoders shrink images to about this before encoding.
         self.image_size = int(self.clip.config.vision_config.image_size)
         self._identity: ModelIdentity | None = None
+        self._pixel_preprocess: Preprocess | None = None
+        self._preprocess_known = False
 
     @staticmethod
     def _load(SentenceTransformer, location: str, is_local: bool, device: str):
@@ -147,6 +151,53 @@ class Encoder:
             list(images), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
         )
         return l2_normalize(vectors)
+
+    @property
+    def preprocess(self) -> "Preprocess | None":
+        """The model's image preprocessing as data (onnx_image.Preprocess), when pixels
+        made by it can go straight into the image tower (encode_pixels) with the same
+        vectors as encode_images: a CLIP image processor that Preprocess reproduces, and
+        no module after the CLIP one but a Normalize. None otherwise."""
+        if not self._preprocess_known:
+            self._preprocess_known = True
+            from .image_export import preprocess_of
+
+            # By name: sentence-transformers moved the class between versions.
+            if all(type(module).__name__ == "Normalize" for module in list(self.st)[1:]):
+                try:
+                    self._pixel_preprocess = preprocess_of(self)
+                except Exception:  # a processor Preprocess does not reproduce: encode_images only
+                    pass
+        return self._pixel_preprocess
+
+    def encode_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Unit vectors for (n, 3, height, width) float32 pixels, already preprocessed
+        (preprocess): the CLIP vision model and its projection, as
+        sentence-transformers runs them for an image, without its image processor."""
+        import torch
+
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        param = next(self.clip.parameters())
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+                features = self.clip.get_image_features(pixel_values=batch.to(device=param.device, dtype=param.dtype))
+                if not torch.is_tensor(features):  # transformers 5: a BaseModelOutputWithPooling
+                    features = features.pooler_output
+                out.append(features.float().cpu().numpy())
+        return l2_normalize(np.concatenate(out))
+
+    def encode_crops(self, crops: np.ndarray, geometry: tuple, batch_size: int = 32) -> np.ndarray:
+        """Unit vectors for (n, height, width, 3) uint8 crops made with `geometry`
+        (ingest's decoders, clipsearch/images.py prepare_job): rescaled and normalized
+        in one vectorized step, then the model alone. CropsMismatch (onnx_image.py)
+        when they are not what this model's preprocessing makes."""
+        from .onnx_image import check_geometry
+
+        preprocess = check_geometry(self.preprocess, geometry)
+        return self.encode_pixels(preprocess.normalize(crops), batch_size)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if len(texts) == 0:
