@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,9 +34,12 @@ def child(batch: int, mini: int | None, steps: int, workdir: Path) -> dict:
     from clipsearch.finetune.validation import load_pairs
     from clipsearch.progress import Progress
 
-    per_train = -(-batch * steps // 54)  # 54 training pairs per copy of the synthetic set
+    per_train = -(-batch * steps // 36) + 1  # 36 training pairs per copy of the synthetic set
     train_csv, _ = write_dataset(workdir / "shapes", per_train=per_train, per_heldout=1, size=224)
-    pairs = load_pairs(train_csv).pairs[:batch * steps]
+    # Every caption its own: the no-duplicates sampler would otherwise fill a batch with
+    # at most one pair per distinct caption (the synthetic set has 54).
+    pairs = [replace(p, text=f"{p.text}, photo {i}") for i, p in enumerate(load_pairs(train_csv).pairs[:batch * steps])]
+    assert len(pairs) == batch * steps
     encoder = load_clip(str(vit_b_32_model()), "cpu")
     settings = TrainSettings(epochs=1, batch_size=batch, mini_batch_size=mini, device="cpu", save_steps=10**9)
     started = time.perf_counter()
