@@ -11,35 +11,53 @@ from clipsearch import config
 from clipsearch.options import index_options, layout_options, quiet_option, setting_option
 
 
+def pipeline_options(fn):
+    """--batch-size, --workers, --max-megapixels: how images are decoded and encoded,
+    for every command that embeds files (ingest, reindex)."""
+    for decorate in reversed((setting_option("batch_size", "--batch-size", "-b", metavar="N"),
+                              setting_option("workers", "--workers", "-w", metavar="N"),
+                              setting_option("max_megapixels", metavar="MP"))):
+        fn = decorate(fn)
+    return fn
+
+
+def report_options(fn):
+    """--report, --quiet, --verbose, --json: what a command that embeds files says."""
+    for decorate in reversed((
+            click.option("--report", type=click.Path(dir_okay=False), default=None,
+                         help="Append skipped files to this JSON-lines file (path, reason)."),
+            quiet_option,
+            click.option("--verbose", "-v", is_flag=True,
+                         help="Say on stderr how images are encoded (ONNX image tower or torch) and why."),
+            click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."))):
+        fn = decorate(fn)
+    return fn
+
+
+def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
+    return {"batch_size": config.value("batch_size", batch_size), "workers": config.value("workers", workers),
+            "max_megapixels": config.value("max_megapixels", max_megapixels)}
+
+
 @click.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
 @index_options
 @layout_options
-@setting_option("batch_size", "--batch-size", "-b", metavar="N")
-@setting_option("workers", "--workers", "-w", metavar="N")
-@setting_option("max_megapixels", metavar="MP")
+@pipeline_options
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching GLOB (repeatable).")
 @setting_option("shard", metavar="I/N")
 @setting_option("precision", metavar="fp32|int8")
 @click.option("--prune", is_flag=True, help="Remove points whose files are gone under FOLDERS.")
-@click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="Append skipped files to this JSON-lines file (path, reason).")
-@quiet_option
-@click.option("--verbose", "-v", is_flag=True,
-              help="Say on stderr how images are encoded (ONNX image tower or torch) and why.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@report_options
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, report, quiet,
            verbose, as_json):
     """Embed the images under FOLDERS into the index (incremental: unchanged files are skipped)."""
     from .pipeline import IngestOptions
     from .pipeline import ingest as run_ingest
 
-    options = IngestOptions(batch_size=config.value("batch_size", batch_size),
-                            workers=config.value("workers", workers),
-                            max_megapixels=config.value("max_megapixels", max_megapixels),
-                            exclude=exclude, prune=prune, report=report, quiet=quiet,
-                            shard=config.value("shard", shard), precision=config.value("precision", precision),
-                            verbose=verbose)
+    options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), exclude=exclude, prune=prune,
+                            report=report, quiet=quiet, shard=config.value("shard", shard),
+                            precision=config.value("precision", precision), verbose=verbose)
     # The model loads only when a file needs embedding: an unchanged re-run takes
     # the model's identity from the model cache and imports no torch; on a CPU, the
     # images go through the ONNX image tower, exported by the first run that needs it.
@@ -50,4 +68,42 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
         click.echo(summary.line())
 
 
-COMMANDS = [ingest]
+@click.command()
+@index_options
+@layout_options
+@pipeline_options
+@click.option("--precision", type=click.Choice(config.PRECISIONS), default=None,
+              help="Image vectors of the new collection: fp32 or int8.  [default: the old collection's]")
+@click.option("--keep-old/--drop-old", default=True, show_default=True,
+              help="After the switch, keep the old collection (under the name printed, to switch back by "
+                   "reindexing with its model, or to compare) or delete it, with any other version of the name.")
+@report_options
+def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, report, quiet, verbose, as_json):
+    """Embed the collection's images again with --model (after a fine-tune), then switch to them.
+
+    \b
+    The images come from the paths the collection stores (no folder walk). The new
+    vectors fill a new collection, <collection>-<key>, while searches keep reading the
+    old one; when it holds every image, one switch makes the collection's name mean it
+    (an alias on a Qdrant server; on the embedded index, a record in the index folder).
+    Stopped or killed, the same command resumes. A model whose image tower is the
+    collection's (fine-tuned with --freeze vision) needs no new vectors: reindex only
+    records it. On a server, the new collection takes the old one's layout (shards,
+    replicas, quantization...) unless layout flags are given. Then search with the
+    same --model.
+    """
+    from .pipeline import IngestOptions
+    from .reindex import reindex as run_reindex
+
+    options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), report=report, quiet=quiet,
+                            precision=precision or "", verbose=verbose)
+    summary = run_reindex(settings, options, keep_old=keep_old)
+    if as_json:
+        click.echo(json.dumps(summary.__dict__))
+    elif not summary.switched:
+        click.echo(summary.line() + "; stopped before the switch: run the same command to resume")
+    else:
+        click.echo(summary.line())
+
+
+COMMANDS = [ingest, reindex]

@@ -452,13 +452,15 @@ class Ingestor:
             self.index.ensure_collection(self.encoder.identity)
             self._collection_ready = True
 
-    def _load(self, entries: Iterable[FileEntry]) -> None:
-        """Decode, encode and upsert `entries` (already walked), batch by batch."""
+    def _load(self, entries: Iterable[FileEntry], filtered: bool = True) -> None:
+        """Decode, encode and upsert `entries` (already walked), batch by batch; unless
+        `filtered` is False (a reindex, which knows what it needs), after dropping the
+        unchanged, known bad and moved ones."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-upsert")
         self._writes: deque = deque()
         try:
             batch: list[tuple[FileEntry, Decoded | Prepared]] = []
-            decoded = self._decoded(self._unchanged_filtered(entries))
+            decoded = self._decoded(self._unchanged_filtered(entries) if filtered else entries)
             try:
                 for item in decoded:
                     batch.append(item)
@@ -481,12 +483,25 @@ class Ingestor:
         """Ingest every image file under `roots`; the run's summary. No image file at
         all is an error (a typo'd folder, most likely) unless `allow_empty`."""
         roots = resolve_roots(roots)
+        return self._run(walk_images(roots, self.options.exclude, on_error=self._skip), roots, allow_empty)
+
+    def run_entries(self, entries: Sequence[FileEntry]) -> IngestSummary:
+        """Embed exactly these files (a reindex's: stored paths, stat'ed), as run() does
+        (bulk load, progress with an ETA, the skip report, the HNSW build at the end),
+        with no walk and no lookups: none is checked against the index."""
+        return self._run(entries, (), allow_empty=True, counted=len(entries))
+
+    def _run(self, entries: Iterable[FileEntry], roots: Sequence[str], allow_empty: bool,
+             counted: int | None = None) -> IngestSummary:
         self._ensure_collection()
         started = self._begin()
+        if counted is not None:  # the whole list is known: found and the ETA from the start
+            self.summary.found = self.walked = counted
+            self.walk_done = True
         try:
             try:
                 with self.index.bulk_load():
-                    self._load(walk_images(roots, self.options.exclude, on_error=self._skip))
+                    self._load(entries, filtered=counted is None)
                 if self.options.prune and not self._stopped.is_set():
                     self._prune(roots)
                 self._show(force=True)

@@ -127,6 +127,9 @@ class Index(ABC):
 
     def __init__(self, location: str, collection: str):
         self.location = location  # a folder, ':memory:' or a URL; never holds a key
+        # The name asked for; `collection` is what it means where the backend resolves
+        # it here (an embedded index's aliases.json: versions.py), else the same name.
+        self.name = collection
         self.collection = collection
 
     # -- collection -------------------------------------------------------------
@@ -166,6 +169,31 @@ class Index(ABC):
                 f"collection {self.collection!r} does not exist at {self.location}; "
                 "run `clipsearch ingest DIR` first"
             )
+
+    # -- versions (clipsearch reindex: versions.py) ------------------------------
+    def meant(self) -> str:
+        """The collection the name means now: itself, or the version it was switched to."""
+        return self.collection
+
+    @abstractmethod
+    def versions(self) -> list[str]:
+        """The other collections of this name: versions kept after a switch, or being
+        built by a reindex, and an original that a switch could not rename."""
+
+    @abstractmethod
+    def record_identity(self, identity: ModelIdentity) -> None:
+        """Record `identity` as the collection's model, its vectors kept: for a model
+        whose image tower is the one recorded (a text-only fine-tune)."""
+
+    @abstractmethod
+    def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
+        """Make the name mean `target`, a complete version. The collection it meant is
+        kept (the name it can be reached by is returned) or dropped (None). The index
+        is closed afterwards."""
+
+    @abstractmethod
+    def drop(self, collection: str) -> None:
+        """Delete another collection of this index (a version of this name)."""
 
     # -- points -----------------------------------------------------------------
     @abstractmethod
@@ -233,7 +261,8 @@ class Index(ABC):
         return {
             "backend": self.backend,
             "location": self.location,
-            "collection": self.collection,
+            "collection": self.name,
+            **({"means": self.meant()} if self.meant() != self.name else {}),
             "exists": self.exists(),
             "points": self.count() if self.exists() else 0,
             "model": identity.to_dict() if identity else None,

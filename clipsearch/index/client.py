@@ -24,6 +24,7 @@ from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
 from .layout import Layout, cluster_facts, layout_facts
+from .versions import is_version_of, version_name
 
 T = TypeVar("T")
 METADATA_KEY = "clipsearch"
@@ -246,6 +247,79 @@ class ClientIndex(Index):
             self.check_identity(identity)
             self.warn_if_layout_differs()
         self._exists = True
+
+    # -- versions: a Qdrant alias is the name (versions.py) --------------------------
+    def _aliases(self) -> dict[str, str]:
+        answer = self._call("list aliases", lambda: self.client.get_aliases())
+        return {alias.alias_name: alias.collection_name for alias in answer.aliases}
+
+    def meant(self) -> str:
+        return self._aliases().get(self.name, self.name)
+
+    def versions(self) -> list[str]:
+        answer = self._call("list collections", lambda: self.client.get_collections())
+        meant = self.meant()
+        return sorted(c.name for c in answer.collections if c.name != meant and is_version_of(c.name, self.name))
+
+    def record_identity(self, identity: ModelIdentity) -> None:
+        ours = self._clipsearch_metadata(self._info())
+        ours["model"] = identity.to_dict()
+        meant = self.meant()
+        self._call("record the model", lambda: self.client.update_collection(meant, metadata={METADATA_KEY: ours}))
+
+    def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
+        """One alias update moves the name, atomically for every client. The first
+        switch of a name finds it a collection, which must go first (an alias cannot
+        share a collection's name, nor can a collection be renamed): kept, it is
+        first copied to its version name (vectors as they are, nothing embedded)."""
+        from qdrant_client import models
+
+        from .migrate import migrate
+
+        old = self._aliases().get(self.name)
+        create = models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target,
+                                                                             alias_name=self.name))
+        kept = None
+        try:
+            if old is None:
+                if keep_old:
+                    kept = version_name(self.name, old_identity)
+                    migrate(self, self._sibling(kept, self.current_layout() or Layout()))
+                self._call("drop the old collection", lambda: self.client.delete_collection(self.name))
+                actions: list = [create]
+            else:
+                actions = [models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.name)), create]
+            self._call("switch the alias", lambda: self.client.update_collection_aliases(
+                change_aliases_operations=actions))
+            self._exists = None
+            if old is not None:
+                if keep_old:
+                    kept = old
+                else:
+                    self.drop(old)
+            return kept
+        finally:
+            self.close()
+
+    def drop(self, collection: str) -> None:
+        if collection == self.name:
+            raise ClipsearchError(f"collection {collection!r} is the one in use; refusing to drop it")
+        self._call("drop a collection", lambda: self.client.delete_collection(collection))
+
+    def current_layout(self) -> Layout | None:
+        """The layout the server reports for the collection (None in :memory:, which keeps none)."""
+        return Layout.of_collection(self._info()) if self.backend == "server" else None
+
+    def _sibling(self, collection: str, layout: Layout) -> "ClientIndex":
+        """Another collection over this connection (not to be closed on its own)."""
+        import copy
+
+        sibling = copy.copy(self)
+        sibling.name = sibling.collection = collection
+        sibling.layout = layout
+        sibling._exists = None
+        sibling._layout_checked = True
+        return sibling
 
     def warn_if_layout_differs(self) -> None:
         """Where the collection exists and its layout is not the one asked for: one line

@@ -97,7 +97,9 @@ def format_status(facts: dict) -> str:
     if "server_version" in facts:
         lines.append(f"server:       Qdrant {facts['server_version']}")
     lines += [
-        f"collection:   {facts['collection']}" + ("" if facts["exists"] else " (does not exist yet)"),
+        f"collection:   {facts['collection']}" + (f" (means {facts['means']}, switched by reindex)"
+                                                  if facts.get("means") else "")
+        + ("" if facts["exists"] else " (does not exist yet)"),
         f"points:       {facts['points']}",
         "model:        " + (f"{model['name']} (image {model['image_fingerprint'][:12]}, dim {model['dim']})"
                             if model else "-"),

@@ -57,7 +57,8 @@ from ..config import DEFAULT_COLLECTION
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
-from .lockfile import ExclusiveLock
+from .lockfile import ExclusiveLock, InUseError
+from .versions import is_version_of, read_aliases, version_name, write_aliases
 
 MARKER = "clipsearch-index.json"
 FORMAT = 1
@@ -310,9 +311,7 @@ class EdgeIndex(Index):
         self.last_offline_phases: dict[str, float] = {}
         if not self._prepare_root(create):
             return  # nothing there yet: exists() is False, reads say so
-        self._lock = ExclusiveLock(
-            str(self.root / f"{collection}.lock"), f"index {self.root} (collection {collection!r})"
-        ).acquire()
+        self._lock = self._lock_meant()
         try:
             self._recover_swap()
             self._drop_unfinished_creation()
@@ -321,6 +320,26 @@ class EdgeIndex(Index):
             self._close_shard()
             self._lock.release()
             raise
+
+    def _lock_meant(self) -> ExclusiveLock:
+        """Lock the collection the name means (aliases.json), taking `collection` from
+        it. A reindex switches the name while holding the old collection's lock: an open
+        that lost that race reads the table again and locks the new one."""
+        for _ in range(3):
+            self.collection = read_aliases(self.root).get(self.name, self.name)
+            lock = ExclusiveLock(str(self.root / f"{self.collection}.lock"),
+                                 f"index {self.root} (collection {self.collection!r})")
+            try:
+                lock.acquire()
+            except InUseError:
+                if read_aliases(self.root).get(self.name, self.name) != self.collection:
+                    continue
+                raise
+            if read_aliases(self.root).get(self.name, self.name) == self.collection:
+                return lock
+            lock.release()
+        raise InUseError(f"index {self.root}: the collection {self.name!r} means was switched three times while "
+                         "opening it; try again")
 
     @property
     def _collection_dir(self) -> Path:
@@ -336,7 +355,7 @@ class EdgeIndex(Index):
 
     def check_command(self) -> str:
         """The command that examines this collection, for messages."""
-        named = "" if self.collection == DEFAULT_COLLECTION else f" --collection {self.collection}"
+        named = "" if self.name == DEFAULT_COLLECTION else f" --collection {self.name}"
         return f"`clipsearch status --check --index {self.root}{named}`"
 
     def _recover_swap(self) -> None:
@@ -539,6 +558,68 @@ class EdgeIndex(Index):
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise ClipsearchError(f"cannot read the model record {path} ({why}); restore the file, "
                                   f"or delete {self.root} and ingest again") from None
+
+    def record_identity(self, identity: ModelIdentity) -> None:
+        self.require_collection()
+        _write_json_atomically(self._collection_dir / MODEL, identity.to_dict())
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = sorted(d.name for d in self.root.iterdir()
+                       if d.name != self.collection and is_version_of(d.name, self.name) and (d / MODEL).is_file())
+        if self.collection != self.name and (self.root / self.name / MODEL).is_file():
+            found.insert(0, self.name)  # the original, where a switch died before renaming it
+        return found
+
+    def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
+        """The table first, then the old folder renamed or removed, all under the old
+        collection's lock (kept while the shard closes): a kill between leaves the name
+        on the complete new version and the old folder where versions() finds it."""
+        if not (self.root / target / MODEL).is_file():
+            raise ClipsearchError(f"index {self.root} has no collection {target!r} to switch {self.name!r} to")
+        lock, self._lock = self._lock, None
+        try:
+            self.close()
+            old = self.collection
+            aliases = read_aliases(self.root)
+            aliases[self.name] = target
+            write_aliases(self.root, aliases)
+            self.collection = target
+            if not keep_old:
+                self._remove_collection(old)
+                return None
+            if old != self.name:
+                return old
+            kept = version_name(self.name, old_identity)  # so that it has a name of its own
+            if (self.root / kept).exists():
+                raise ClipsearchError(f"index {self.root}: cannot keep {old!r} as {kept!r}, which exists; "
+                                      f"{self.name!r} now means {target!r}, the old collection is still in {old!r}")
+            os.rename(self.root / old, self.root / kept)
+            _fsync_dir(self.root)
+            return kept
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def drop(self, collection: str) -> None:
+        if collection == self.collection or not (self.root / collection).is_dir():
+            raise ClipsearchError(f"index {self.root} has no other collection {collection!r} to drop")
+        lock = ExclusiveLock(str(self.root / f"{collection}.lock"),
+                             f"index {self.root} (collection {collection!r})").acquire()
+        try:
+            self._remove_collection(collection)
+        finally:
+            lock.release()
+
+    def _remove_collection(self, collection: str) -> None:
+        """Its folder, renamed aside first so that a kill mid-way leaves no half of it."""
+        doomed = self.root / f".{collection}.dropping"
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.rename(self.root / collection, doomed)
+        _fsync_dir(self.root)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _create(self, identity: ModelIdentity) -> None:
         """Build the collection in a staging folder and rename it into place: a kill at

@@ -97,6 +97,24 @@ class _Collections(grpc.CollectionsServicer):
         result = self.calls(context, self.double._delete_collection, request.collection_name, {})
         return grpc.CollectionOperationResponse(result=bool(result))
 
+    def List(self, request, context):
+        result = self.calls(context, self.double._list_collections, None, {})
+        return grpc.ListCollectionsResponse(
+            collections=[RestToGrpc.convert_collection_description(c) for c in result.collections])
+
+    def ListAliases(self, request, context):
+        result = self.calls(context, self.double._list_aliases, None, {})
+        return grpc.ListAliasesResponse(aliases=[RestToGrpc.convert_alias_description(a) for a in result.aliases])
+
+    def ListCollectionAliases(self, request, context):
+        result = self.calls(context, self.double._collection_aliases, request.collection_name, {})
+        return grpc.ListAliasesResponse(aliases=[RestToGrpc.convert_alias_description(a) for a in result.aliases])
+
+    def UpdateAliases(self, request, context):
+        body = {"actions": [_json(GrpcToRest.convert_alias_operations(a)) for a in request.actions]}
+        result = self.calls(context, self.double._update_aliases, None, body)
+        return grpc.CollectionOperationResponse(result=bool(result))
+
 
 def _with_payload(request) -> object:
     return GrpcToRest.convert_with_payload_selector(request.with_payload) if request.HasField("with_payload") else None

@@ -16,6 +16,10 @@ every request it serves in `received` (as REST bodies, whichever protocol brough
 and keeps a new collection's layout (shards, replicas, HNSW, quantization), which the
 local engine drops, to report it back as a server does.
 
+Collection aliases are the engine's own (it resolves them in every collection call): an
+alias name serves the point routes, `exists` and `get` as its collection does; the
+layout and optimizer settings kept here are looked up under the collection it names.
+
     python tests/doubles/qdrant_rest_double.py --port 6333 --api-key KEY    (by hand)
 """
 
@@ -102,8 +106,14 @@ class QdrantRestDouble:
     # -- routes -------------------------------------------------------------------
     def _routes(self) -> list[tuple[str, re.Pattern, Callable[[str, dict], Any]]]:
         e = self.engine
+        # Exact paths first: `/collections/aliases` is the alias API, not a collection
+        # named "aliases" (the first route whose method and path match serves a request).
         table = [
             ("GET", r"/", lambda c, b: e.info()),  # qdrant-client's version
+            ("GET", r"/collections", self._list_collections),
+            ("GET", r"/aliases", self._list_aliases),
+            ("POST", r"/collections/aliases", self._update_aliases),
+            ("GET", r"/collections/{c}/aliases", self._collection_aliases),
             ("GET", r"/collections/{c}/exists", lambda c, b: {"exists": e.collection_exists(c)}),
             ("GET", r"/collections/{c}", self._get_collection),
             ("PUT", r"/collections/{c}", self._create_collection),
@@ -124,9 +134,34 @@ class QdrantRestDouble:
             raise NotFound(f"Collection `{name}` doesn't exist!")
         return True
 
+    def _collection_of(self, name: str) -> str:
+        """The collection `name` stands for: the one it names when it is an alias, else itself."""
+        return {a.alias_name: a.collection_name for a in self.engine.get_aliases().aliases}.get(name, name)
+
+    def _list_collections(self, name, body):
+        return self.engine.get_collections()
+
+    def _list_aliases(self, name, body):
+        return self.engine.get_aliases()
+
+    def _collection_aliases(self, name, body):
+        # As the server: the aliases naming that collection (none for an alias or an unknown name).
+        return self.engine.get_collection_aliases(name)
+
+    def _update_aliases(self, name, body):
+        request = models.ChangeAliasesOperation.model_validate(body)
+        collections = {c.name for c in self.engine.get_collections().collections}
+        for action in request.actions:
+            target = action.create_alias.collection_name if isinstance(action, models.CreateAliasOperation) else None
+            if target is not None and target not in collections:
+                raise NotFound(f"Collection `{target}` doesn't exist!")
+        # All the actions or none: the engine applies them to a copy and keeps it only whole.
+        return self.engine.update_collection_aliases(change_aliases_operations=request.actions)
+
     def _get_collection(self, name, body):
         self._existing(name)
         info = self.engine.get_collection(name)
+        name = self._collection_of(name)  # what is kept here is kept under the collection's name
         if name in self.optimizers:
             info.config.optimizer_config = info.config.optimizer_config.model_copy(update=self.optimizers[name])
         layout = self.layouts.get(name, {})
@@ -142,25 +177,30 @@ class QdrantRestDouble:
         return [r.body for r in self.received if r.route == route and r.collection == collection]
 
     def _delete_collection(self, name, body):
+        # As the server: an alias name deletes nothing (the engine answers False), and
+        # deleting a collection drops the aliases naming it (the engine does).
         self.optimizers.pop(name, None)
         self.layouts.pop(name, None)
         return self.engine.delete_collection(name)
 
     def _create_collection(self, name, body):
+        if self._collection_of(name) != name:
+            raise ValueError(f"Wrong input: Alias `{name}` already exists!")
         if self.engine.collection_exists(name):
             raise ValueError(f"Wrong input: Collection `{name}` already exists!")
         request = models.CreateCollection.model_validate(body)
+        created = self.engine.create_collection(name, vectors_config=request.vectors, metadata=request.metadata)
         # The local engine keeps none of these: kept here for get_collection.
         self.layouts[name] = {key: value for key, value in (
             ("shard_number", request.shard_number), ("replication_factor", request.replication_factor),
             ("write_consistency_factor", request.write_consistency_factor),
             ("hnsw_config", request.hnsw_config.model_dump(exclude_none=True) if request.hnsw_config else None),
             ("quantization_config", request.quantization_config)) if value is not None}
-        return self.engine.create_collection(name, vectors_config=request.vectors,
-                                             metadata=request.metadata)
+        return created
 
     def _update_collection(self, name, body):
         self._existing(name)
+        name = self._collection_of(name)
         request = models.UpdateCollection.model_validate(body)
         # The local engine keeps no optimizer settings: they are kept here, read back by
         # get_collection as the server does, and logged for the tests.

@@ -9,8 +9,12 @@ of the developer leaks in).
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +72,48 @@ class Cli:
 
     def status(self, index: Path, *more: str) -> subprocess.CompletedProcess:
         return self.run("status", "--index", str(index), *more)
+
+
+class ChildRun:
+    """A `clipsearch` command (ingest, reindex) in a child process; a thread reads its
+    progress lines: the count it has reported embedded, and whether it builds HNSW."""
+
+    def __init__(self, cli: Cli, args: list[str]):
+        self.process = subprocess.Popen([CLIPSEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=cli.env())
+        self.embedded = 0  # the last count the run reported committed (by this run)
+        self.building = threading.Event()
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+            if found := re.search(r"embedded (\d+)", line):
+                self.embedded = int(found.group(1))
+            if "building the HNSW" in line:
+                self.building.set()
+
+    def wait_for(self, ready, what: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert self.process.poll() is None, f"the run ended before {what}:\n{''.join(self.stderr)}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.002)
+
+    def wait_for_embedded(self, count: int) -> None:
+        self.wait_for(lambda: self.embedded >= count, f"{count} images embedded")
+
+    def kill(self) -> int:
+        """kill -9; the count the run had reported committed by then."""
+        reported = self.embedded
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=60)
+        self._reader.join(timeout=10)
+        assert self.process.returncode == -signal.SIGKILL, "".join(self.stderr)
+        return reported
 
 
 def export_text_tower(cache: Path, model: Path, encoder) -> None:

@@ -13,13 +13,8 @@ job: every image once, and the graph built.
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
 import shutil
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +22,7 @@ import pytest
 
 from clipsearch.index import canonical_path
 
-from faults.conftest import CLIPSEARCH, Cli, export_text_tower, read_index, tiny_pngs
+from faults.conftest import ChildRun, Cli, export_text_tower, read_index, tiny_pngs
 
 IMAGES = 600
 BATCH = 4
@@ -51,47 +46,12 @@ def module_cli(tmp_path_factory, tiny_model_dir, encoder) -> Cli:
                                        "CLIPSEARCH_PROGRESS_SECONDS": "0.02"})
 
 
-class Run:
+class Run(ChildRun):
     """A `clipsearch ingest` in a child process; a thread reads its progress lines."""
 
     def __init__(self, cli: Cli, photos: Path, index: Path):
-        self.process = subprocess.Popen(
-            [CLIPSEARCH, "ingest", str(photos), "--index", str(index), "--model", str(cli.model), "--workers", "0",
-             "--batch-size", str(BATCH), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env())
-        self.embedded = 0  # the last count the run reported committed (by this run)
-        self.building = threading.Event()
-        self.stderr: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr.append(line)
-            if found := re.search(r"embedded (\d+)", line):
-                self.embedded = int(found.group(1))
-            if "building the HNSW" in line:
-                self.building.set()
-
-    def wait_for(self, ready, what: str, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            assert self.process.poll() is None, f"the run ended before {what}:\n{''.join(self.stderr)}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.002)
-
-    def wait_for_embedded(self, count: int) -> None:
-        self.wait_for(lambda: self.embedded >= count, f"{count} images embedded")
-
-    def kill(self) -> int:
-        """kill -9; the count the run had reported committed by then."""
-        reported = self.embedded
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=60)
-        self._reader.join(timeout=10)
-        assert self.process.returncode == -signal.SIGKILL, "".join(self.stderr)
-        return reported
+        super().__init__(cli, ["ingest", str(photos), "--index", str(index), "--model", str(cli.model),
+                               "--workers", "0", "--batch-size", str(BATCH), "--json"])
 
 
 def check_after_kill(cli: Cli, index: Path, photos: set[str], at_least: int) -> int:

@@ -1,0 +1,189 @@
+"""`clipsearch reindex --model NEW`: a collection embedded again by another model,
+without a moment in which searches find nothing.
+
+The new vectors go into a version of the collection (clipsearch/index/versions.py)
+while searches keep reading the old one; when the version holds every image, one
+switch makes the collection's name mean it. The images come from the stored paths,
+not from a walk, and go through the ingest pipeline (decoders, encoder, upserts, the
+skip report, the HNSW build) without its lookups: nothing is checked against the
+index one file at a time.
+
+A killed reindex resumes: the version keeps what it holds, and a point whose file has
+not changed since (size, mtime) is not embedded again. Images ingested into the old
+collection while the reindex ran are caught up just before the switch, under the old
+collection's lock on the embedded index (so none is lost); a Qdrant server has no
+such lock, so a write in the last moments before the switch can miss the new version
+(the next ingest of that folder adds it). A model whose image tower is the recorded
+one (fine-tuned with --freeze vision) needs no new vectors: the collection only
+records it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields, replace
+
+from clipsearch.config import Settings
+from clipsearch.errors import ClipsearchError
+from clipsearch.index import Index, Record, open_index
+from clipsearch.index.layout import Layout
+from clipsearch.index.versions import version_name
+from clipsearch.progress import Progress
+
+from .pipeline import IngestOptions, Ingestor, lazy_encoder
+from .report import check_report_path
+from .walk import FileEntry
+
+
+@dataclass
+class ReindexSummary:
+    collection: str = ""  # the name, which means `new` now
+    old: str = ""  # the collection the name meant
+    new: str = ""
+    total: int = 0  # images of the old collection
+    embedded: int = 0
+    resumed: int = 0  # already in the version, from an earlier run that was stopped
+    skipped: int = 0  # gone since they were indexed, or unreadable
+    removed: int = 0  # points of the version whose images are no longer in the collection
+    caught_up: int = 0  # ingested into the old collection while this ran
+    reembedded: bool = True  # False: the same image tower; only the model record changed
+    switched: bool = False
+    kept: str | None = None  # the old collection, kept under this name; None when dropped
+    dropped: list[str] = field(default_factory=list)  # other versions removed by --drop-old
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        if not self.reembedded:
+            text = (f"{self.new!r} keeps its {self.total} vectors: the new model has the same image tower; "
+                    "the collection now records it")
+        else:
+            resumed = f", {self.resumed} from an earlier run" if self.resumed else ""
+            caught = f", {self.caught_up} ingested meanwhile" if self.caught_up else ""
+            text = (f"reindexed {self.embedded} of {self.total} images{resumed}{caught}, skipped {self.skipped}, "
+                    f"in {self.seconds:.1f} s; ")
+            if not self.switched:
+                return text + f"not switched yet: {self.collection!r} still means {self.old!r}"
+            text += f"{self.collection!r} now means {self.new!r}"
+            if self.kept:
+                text += f"; the old collection is kept as {self.kept!r}"
+            elif self.old:
+                text += "; the old collection is dropped"
+        if self.dropped:
+            text += f"; dropped {', '.join(repr(name) for name in self.dropped)}"
+        return text
+
+
+def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: bool = True,
+            progress: Progress | None = None) -> ReindexSummary:
+    """Re-embed the collection `settings` names with the model `settings.model`, then
+    switch the name to the new vectors. `keep_old=False` drops the old collection at the
+    switch, and any other version of the name. The precision is the old collection's
+    unless `options` gives one."""
+    options = options or IngestOptions(precision="")
+    progress = progress or Progress(quiet=options.quiet)
+    if options.report:
+        check_report_path(options.report)
+    started = time.monotonic()
+    summary = ReindexSummary(collection=settings.collection)
+    with open_index(settings) as old:
+        old.require_collection()
+        old_identity = old.stored_identity()
+        if old_identity is None:
+            raise ClipsearchError(f"collection {settings.collection!r} at {old.location} has no clipsearch model "
+                                  "record; it was not made by clipsearch")
+        summary.old = old.meant()
+        options = replace(options, precision=options.precision or old_identity.precision or "fp32")
+        encoder = lazy_encoder(settings, options)
+        identity = encoder.identity
+        if identity.is_compatible_with(old_identity):
+            summary.reembedded, summary.new, summary.total = False, summary.old, old.count()
+            summary.switched = True
+            old.record_identity(identity)
+            if not keep_old:
+                summary.dropped = _drop_versions(old)
+            summary.seconds = time.monotonic() - started
+            return summary
+        records = {r.id: r for r in old.scroll()}
+        layout = _layout_for_version(settings, old)
+    summary.new = target = version_name(settings.collection, identity)
+    summary.total = len(records)
+    with open_index(settings.with_overrides(collection=target, **layout), create=True) as version:
+        version.ensure_collection(identity)  # or, made by a run that was stopped, checked
+        ingestor = Ingestor(encoder, version, options, progress)
+        _fill(ingestor, version, records, summary)
+        if ingestor.stopped:
+            summary.seconds = time.monotonic() - started
+            return summary
+        # From here to the switch the old collection is held (on the embedded index):
+        # nothing can be written to it that the version would miss.
+        with open_index(settings) as old:
+            if old.meant() != summary.old:
+                raise ClipsearchError(f"{settings.collection!r} was switched to {old.meant()!r} by another "
+                                      "reindex meanwhile; nothing was switched by this one")
+            now = {r.id: r for r in old.scroll()}
+            later = {pid: r for pid, r in now.items() if pid not in records or records[pid].payload != r.payload}
+            summary.caught_up = len(later)
+            if later or now.keys() != records.keys():
+                _fill(ingestor, version, now, summary, only=later)
+            if ingestor.stopped:
+                summary.seconds = time.monotonic() - started
+                return summary
+            summary.total = len(now)
+            summary.kept = old.switch(target, keep_old, old_identity)
+            summary.switched = True
+    if not keep_old:
+        with open_index(settings) as current:
+            summary.dropped = _drop_versions(current)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _fill(ingestor: Ingestor, version: Index, records: dict[str, Record], summary: ReindexSummary,
+          only: dict[str, Record] | None = None) -> None:
+    """Make the version hold an up-to-date point for each of `records`, and nothing
+    else; with `only`, just those of `records` are looked at (the catch-up)."""
+    held = {r.id: r.payload for r in version.scroll()}
+    extra = [pid for pid in held if pid not in records]
+    entries: list[FileEntry] = []
+    for pid, record in (only if only is not None else records).items():
+        path = record.path
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            gone = isinstance(exc, FileNotFoundError)
+            reason = "gone since it was indexed" if gone else f"cannot stat: {exc.strerror}"
+            ingestor.report.add(path, reason)
+            summary.skipped += 1
+            if pid in held:  # embedded by a run that was stopped, gone since
+                extra.append(pid)
+            continue
+        stored = held.get(pid)
+        if stored is not None and stored.get("size") == st.st_size and stored.get("mtime_ns") == st.st_mtime_ns:
+            summary.resumed += 1
+            continue
+        entries.append(FileEntry(path, st.st_size, st.st_mtime_ns))
+    for start in range(0, len(extra), 1000):
+        version.delete(ids=extra[start:start + 1000])
+    summary.removed += len(extra)
+    done = ingestor.run_entries(entries)
+    summary.embedded += done.embedded
+    summary.skipped += done.skipped
+
+
+def _layout_for_version(settings: Settings, old: Index) -> dict:
+    """The layout flags given, else the old collection's own (shards, replicas,
+    quantization... on a server): a reindex keeps a cluster's layout."""
+    asked = Layout.from_settings(settings)
+    current = getattr(old, "current_layout", None)
+    found = current() if current is not None and not asked.asked() else None
+    if found is None:
+        return {}
+    return {f.name: getattr(found, f.name) for f in fields(Layout) if getattr(found, f.name) is not None}
+
+
+def _drop_versions(current: Index) -> list[str]:
+    dropped = current.versions()
+    for name in dropped:
+        current.drop(name)
+    return dropped

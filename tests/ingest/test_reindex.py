@@ -1,0 +1,157 @@
+"""`clipsearch reindex --model NEW` on every backend: the collection's images embedded
+again by another model into a version of the collection, then one switch of the name;
+the old collection kept (and found again by a reindex back) or dropped; a model with
+the same image tower only recorded. The kill and the fine-tune -> reindex -> search
+loop are in tests/faults/test_kill_reindex.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from clipsearch.cli import cli
+from clipsearch.encoders import Encoder
+from clipsearch.errors import ClipsearchError
+from clipsearch.index import open_index
+from clipsearch.index.versions import version_name
+from clipsearch.ingest import IngestOptions, ingest
+from clipsearch.ingest.reindex import reindex
+from clipsearch.search import search
+
+from support import draw_collection, draw_image
+
+QUIET = IngestOptions(workers=0, quiet=True, batch_size=8, precision="")
+
+
+@pytest.fixture
+def indexed(backend_settings, tmp_path):
+    """A collection of 20 drawings made with the tiny model."""
+    photos = draw_collection(tmp_path / "photos", 20)
+    ingest([str(tmp_path / "photos")], settings=backend_settings, options=IngestOptions(workers=0, quiet=True))
+    return backend_settings, photos
+
+
+def _identity(settings):
+    with open_index(settings) as index:
+        return index.stored_identity(), index.meant(), index.count()
+
+
+def _vectors(settings) -> dict[str, np.ndarray]:
+    with open_index(settings) as index:
+        return {r.path: r.vector for r in index.scroll(with_vectors=True)}
+
+
+def test_reindex_switches_the_name_to_the_new_models_vectors(indexed, other_model_dir, tiny_model_dir):
+    settings, photos = indexed
+    before = _vectors(settings)
+    new = settings.with_overrides(model=str(other_model_dir))
+    summary = reindex(new, QUIET)
+
+    assert summary.switched and summary.embedded == 20 and summary.total == 20 and summary.skipped == 0
+    other = Encoder(str(other_model_dir), "cpu")
+    identity, meant, count = _identity(settings)
+    assert meant == summary.new == version_name(settings.collection, other.identity)
+    assert identity.image_fingerprint == other.identity.image_fingerprint and count == 20
+    after = _vectors(settings)
+    assert set(after) == set(before) == {str(p) for p in photos}
+    # The new model's own vectors for the files, not the old ones copied.
+    assert all(abs(float(np.dot(after[p], before[p]))) < 0.999 for p in after)
+
+    hits = search("a red circle", k=5, settings=new)
+    assert len(hits) == 5 and {h.path for h in hits} <= set(after)
+    with pytest.raises(ClipsearchError, match="model mismatch"):  # the old model no longer fits the name
+        search("a red circle", k=5, settings=settings)
+
+    # The old collection is kept, whole, under its own version name.
+    old_identity = Encoder(str(tiny_model_dir), "cpu").identity
+    assert summary.kept == version_name(settings.collection, old_identity)
+    kept = settings.with_overrides(collection=summary.kept)
+    kept_identity, kept_meant, kept_count = _identity(kept)
+    assert kept_identity.image_fingerprint == old_identity.image_fingerprint and kept_count == 20
+    assert all(np.allclose(v, before[p], atol=1e-6) for p, v in _vectors(kept).items())
+
+    # Ingest follows the name: a new photo goes into the new version, embedded by the new model.
+    for i in range(3):
+        draw_image(Path(photos[0]).parent / "more" / f"new-{i}.png", "green", "square", mark=200 + i)
+    more = ingest([str(Path(photos[0]).parent / "more")], settings=new, options=IngestOptions(workers=0, quiet=True))
+    assert more.embedded == 3 and _identity(settings)[2] == 23 and _identity(kept)[2] == 20
+
+    # Back to the old model: the kept version is found, and only the 3 new photos are embedded.
+    back = reindex(settings, QUIET)
+    assert back.switched and back.new == summary.kept and back.resumed == 20 and back.embedded == 3
+    assert back.kept == summary.new
+    assert _identity(settings)[1:] == (summary.kept, 23)
+    assert len(search("a blue square", k=3, settings=settings)) == 3
+
+
+def test_drop_old_removes_the_old_collection_and_other_versions(indexed, other_model_dir, tiny_model_dir):
+    settings, photos = indexed
+    new = settings.with_overrides(model=str(other_model_dir))
+    first = reindex(new, QUIET)  # keeps the original as a version
+    assert first.kept
+    back = reindex(settings, QUIET, keep_old=False)
+    assert back.kept is None and back.old == first.new and back.new == first.kept and back.embedded == 0
+    with open_index(settings) as index:
+        assert index.versions() == [] and index.count() == 20
+    with open_index(settings.with_overrides(collection=first.new)) as gone:
+        assert not gone.exists()
+
+
+def test_a_model_with_the_same_image_tower_is_only_recorded(indexed, tiny_model_dir, tmp_path):
+    """A text-only fine-tune (--freeze vision): nothing embedded, no new collection,
+    the collection records the new model and answers it."""
+    settings, photos = indexed
+    before = _vectors(settings)
+    text_tuned = _with_new_text_tower(tiny_model_dir, tmp_path / "text-tuned")
+    summary = reindex(settings.with_overrides(model=str(text_tuned)), QUIET)
+    assert not summary.reembedded and summary.embedded == 0 and summary.switched
+    identity, meant, count = _identity(settings)
+    assert meant == summary.old and identity.name == str(text_tuned) and count == 20
+    assert all(np.array_equal(v, before[p]) for p, v in _vectors(settings).items())
+    assert "same image tower" in summary.line()
+
+
+def test_files_gone_since_indexing_are_skipped_and_reported(indexed, other_model_dir, tmp_path):
+    settings, photos = indexed
+    photos[0].unlink()
+    report = tmp_path / "skipped.jsonl"
+    options = IngestOptions(workers=0, quiet=True, batch_size=8, precision="", report=str(report))
+    summary = reindex(settings.with_overrides(model=str(other_model_dir)), options)
+    assert summary.switched and summary.embedded == 19 and summary.skipped == 1
+    assert _identity(settings)[2] == 19
+    assert "gone since it was indexed" in report.read_text() and photos[0].name in report.read_text()
+
+
+def test_reindex_cli(tmp_path, tiny_model_dir, other_model_dir):
+    draw_collection(tmp_path / "photos", 6)
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+    common = ["--index", index, "--workers", "0"]
+    result = runner.invoke(cli, ["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), *common, "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["reindex", "--model", str(other_model_dir), *common, "-q", "--drop-old"])
+    assert result.exit_code == 0, result.output
+    assert "reindexed 6 of 6 images" in result.output and "the old collection is dropped" in result.output
+    status = runner.invoke(cli, ["status", "--index", index])
+    assert "means images-" in status.output and "other-clip" in status.output
+    version = "images-" + status.output.split("means images-")[1][:12]
+    assert sorted(p.name for p in Path(index).iterdir() if p.is_dir()) == [version]
+    missing = runner.invoke(cli, ["reindex", "--model", str(other_model_dir), "--index", str(tmp_path / "none")])
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def _with_new_text_tower(model_dir: Path, out: Path) -> Path:
+    """The model with its text tower's weights nudged: what --freeze vision makes."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        for parameter in model.text_model.parameters():
+            parameter.add_(0.01)
+    model.save_pretrained(str(out))
+    CLIPProcessor.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    return out
