@@ -8,10 +8,12 @@
                    and the same rules for one path (walked_path, image_file)
     pipeline.py    walk -> skip unchanged -> decode pool -> batched encode -> upsert;
                    Ingestor.run(roots), run_files(paths) and remove(paths) for a watcher
+    reindex.py     `clipsearch reindex`: the stored paths, embedded by another model
+                   into a version of the collection, then the switch of its name
     cores.py       decoding workers and onnxruntime threads, chosen together
     known_bad.py   files an earlier run found unusable, not read again until they change
     report.py      the --report JSON lines of skipped files
-    commands.py    `clipsearch ingest`
+    commands.py    `clipsearch ingest`, `clipsearch reindex`
 """
 
 from __future__ import annotations

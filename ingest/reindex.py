@@ -28,6 +28,7 @@ from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index, Record, open_index
 from clipsearch.index.layout import Layout
+from clipsearch.index.lockfile import InUseError
 from clipsearch.index.versions import version_name
 from clipsearch.progress import Progress
 
@@ -86,7 +87,7 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
         check_report_path(options.report)
     started = time.monotonic()
     summary = ReindexSummary(collection=settings.collection)
-    with open_index(settings) as old:
+    with _open_old(settings) as old:
         old.require_collection()
         old_identity = old.stored_identity()
         if old_identity is None:
@@ -117,7 +118,7 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             return summary
         # From here to the switch the old collection is held (on the embedded index):
         # nothing can be written to it that the version would miss.
-        with open_index(settings) as old:
+        with _open_old(settings) as old:
             if old.meant() != summary.old:
                 raise ClipsearchError(f"{settings.collection!r} was switched to {old.meant()!r} by another "
                                       "reindex meanwhile; nothing was switched by this one")
@@ -137,6 +138,17 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             summary.dropped = _drop_versions(current)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _open_old(settings: Settings) -> Index:
+    """The collection the name means now. An embedded one held by another process
+    (clipsearch serve, an ingest) is refused as any open is, with what to do here."""
+    try:
+        return open_index(settings)
+    except InUseError as exc:
+        raise InUseError(f"{exc}. Reindex reads the collection at its start and switches it at its end: run it "
+                         "when that process has finished (clipsearch serve: stop it, reindex, start it again, "
+                         "and it serves the new collection)") from None
 
 
 def _fill(ingestor: Ingestor, version: Index, records: dict[str, Record], summary: ReindexSummary,

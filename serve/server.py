@@ -88,7 +88,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
         from clipsearch.ingest.pipeline import resolve_roots
 
         roots = resolve_roots(options.watch)
-    index = open_index(settings, create=bool(roots))
+    index = open_index(settings, create=bool(roots), pin=True)
     service: SearchService | None = None
     uploads: UploadDecoder | None = None
     try:

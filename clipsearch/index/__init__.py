@@ -4,6 +4,7 @@
     edge.py      the embedded default: qdrant-edge in this process, one folder
     client.py    a Qdrant server (REST or gRPC), or qdrant-client's :memory: engine
     layout.py    a server collection's layout: shards, replicas, quantization, HNSW
+    versions.py  a collection's versions (reindex) and the name that switches to one
     lockfile.py  one process owns an embedded index
     migrate.py   copy a collection to another index
     commands.py  `clipsearch status`, `clipsearch migrate`

@@ -13,6 +13,7 @@ import itertools
 import json
 import sys
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from datetime import datetime
@@ -255,6 +256,36 @@ class ClientIndex(Index):
 
     def meant(self) -> str:
         return self._aliases().get(self.name, self.name)
+
+    # How often a pinned index whose collection bears the name itself checks that the
+    # name was not switched over to another model's vectors (see pin()).
+    PIN_CHECK_SECONDS = 5.0
+    _pinned: ModelIdentity | None = None
+    _pin_checked = 0.0
+
+    def pin(self) -> None:
+        """Keep the collection the name means now (open_index(pin=True)). A version is
+        kept by its own name, which no switch moves. A collection that bears the name
+        itself cannot be kept so: the first switch of a name on a server replaces the
+        collection with an alias (a collection cannot be renamed). So its model is
+        noted, and every few seconds a search or write (require_collection) checks
+        that it is still the one there: another model's vectors are refused, not
+        searched with this model's queries or mixed with its writes."""
+        self.collection = self.meant()
+        if self.collection == self.name and self.exists():
+            self._pinned = self.stored_identity()
+            self._pin_checked = time.monotonic()
+
+    def require_collection(self) -> None:
+        super().require_collection()
+        if self._pinned is not None and time.monotonic() - self._pin_checked >= self.PIN_CHECK_SECONDS:
+            self._pin_checked = time.monotonic()
+            now = self.stored_identity()
+            if now is not None and not now.is_compatible_with(self._pinned):
+                raise ClipsearchError(
+                    f"collection {self.name!r} at {self.where} now holds {now.short()}'s vectors (switched by "
+                    f"clipsearch reindex); this process runs {self._pinned.short()}: restart it with --model for "
+                    "the new one")
 
     def versions(self) -> list[str]:
         answer = self._call("list collections", lambda: self.client.get_collections())

@@ -10,7 +10,7 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "finetune_and_search.ipynb"
 
 
-def test_notebook_runs_finetune_evaluate_ingest_search(tmp_path, monkeypatch, tiny_model_dir):
+def test_notebook_runs_finetune_evaluate_reindex_search(tmp_path, monkeypatch, tiny_model_dir):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
 
@@ -29,6 +29,8 @@ def test_notebook_runs_finetune_evaluate_ingest_search(tmp_path, monkeypatch, ti
     assert record["before"]["queries"] == 18 and record["after"]["queries"] == 18
     printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
     assert "$ clipsearch finetune" in printed and "$ clipsearch ingest" in printed
+    assert "$ clipsearch reindex" in printed and "'images' now means 'images-" in printed
+    assert "means images-" in printed and str(work / "model") in printed  # status: the fine-tuned model's version
     last = notebook.cells[-2]
     assert last.cell_type == "code" and "search" in last.source
     assert any(" /" in out.get("text", "") or "png" in out.get("text", "") for out in last.outputs)
