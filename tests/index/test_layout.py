@@ -131,6 +131,35 @@ def test_migrate_creates_its_target_with_the_layout(tmp_path, tiny_model_dir, mo
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_reindex_makes_the_new_collection_with_the_old_layout_or_the_one_asked(protocol, tmp_path, tiny_model_dir,
+                                                                              other_model_dir, monkeypatch):
+    """A reindex keeps a cluster's layout (shards, replicas, quantization...) without
+    being told; flags given replace it. The first switch keeps the original under its
+    version name in its own layout too."""
+    photos = tmp_path / "photos"
+    draw_collection(photos, 3)
+    settings = settings_for(protocol, tmp_path, tiny_model_dir)
+    export_server(protocol, monkeypatch)
+    name = ["--collection", settings.collection, "-w", "0", "-q"]
+    result = CliRunner().invoke(cli, ["ingest", str(photos), "--model", str(tiny_model_dir), *name, "--shards", "3",
+                                      "--replicas", "2", "--quantization", "int8", "--hnsw-m", "24"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["reindex", "--model", str(other_model_dir), *name, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+    for collection in (summary["new"], summary["kept"]):
+        body, = rest_double().received_for("create_collection", collection)
+        assert (body["shard_number"], body["replication_factor"], body["hnsw_config"]["m"]) == (3, 2, 24)
+        assert body["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
+    result = CliRunner().invoke(cli, ["reindex", "--model", str(tiny_model_dir), *name, "--json", "--shards", "5"])
+    assert result.exit_code == 0, result.output
+    # Back to the kept original: it exists, so it is used as it is (one line says so), not recreated.
+    assert json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))["new"] \
+        == summary["kept"]
+    assert "exists with another layout; using it as it is, without --shards 5 (it has 3)" in result.output
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_an_existing_collection_of_another_layout_is_used_as_it_is(protocol, tmp_path, tiny_model_dir, capsys):
     settings = settings_for(protocol, tmp_path, tiny_model_dir)
     created(settings, shards=2, quantization="int8")
