@@ -215,21 +215,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Replicas that must confirm a write to a new server collection before it succeeds.",
             flag="--write-consistency", default_text="Qdrant's: 1"),
     Setting("quantization", ("CLIPSEARCH_QUANTIZATION",), None, parse_quantization,
-            "Quantized copies of a new server collection's vectors, kept in RAM (always_ram): int8 (4x "
+            "Quantized copies of a new collection's vectors (server or embedded), kept in RAM (always_ram): int8 (4x "
             "smaller) or binary (32x); searches rescore the best candidates with the original vectors "
             "(CLIPSEARCH_OVERSAMPLING).", flag="--quantization", default_text="Qdrant's: none"),
     Setting("vectors_on_disk", ("CLIPSEARCH_VECTORS_ON_DISK",), None, parse_bool,
-            "Keep a new server collection's original vectors on disk (mmap) instead of in RAM: with "
+            "Keep a new collection's original vectors on disk (mmap; server or embedded) instead of in RAM: with "
             "--quantization, RAM holds only the quantized ones.", flag="--vectors-on-disk",
             default_text="Qdrant's: off (in RAM)"),
     Setting("hnsw_m", ("CLIPSEARCH_HNSW_M",), None, parse_hnsw,
-            "HNSW links per node of a new server collection's graph: more is better recall, more RAM.",
+            "HNSW links per node of a new collection's graph (server or embedded): more is better recall, more RAM.",
             flag="--hnsw-m", default_text="Qdrant's: 16"),
     Setting("hnsw_ef_construct", ("CLIPSEARCH_HNSW_EF_CONSTRUCT",), None, parse_hnsw,
-            "HNSW beam width while a new server collection's graph is built: more is a better graph, "
+            "HNSW beam width while a new collection's graph is built (server or embedded): more is a better graph, "
             "built slower.", flag="--hnsw-ef-construct", default_text="Qdrant's: 100"),
     Setting("oversampling", ("CLIPSEARCH_OVERSAMPLING",), 2.0, parse_oversampling,
-            "Searching a quantized server collection: fetch this many times k candidates by the quantized "
+            "Searching a quantized collection: fetch this many times k candidates by the quantized "
             "vectors, then rank them by the original ones (int8 at 1M: recall@10 0.97 at 1, 1.0 from 1.5; "
             "bench/quantization_rescore.py)."),
     # ingest

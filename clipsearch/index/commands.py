@@ -114,6 +114,10 @@ def format_status(facts: dict) -> str:
             state += ("; indexing paused by an ingest (running now, or stopped before it finished: "
                       "the next ingest restores it)")
         lines.append(f"search index: {state}")
+    if facts.get("embedded_layout"):
+        from .layout import format_embedded_layout
+
+        lines.append(f"layout:       {format_embedded_layout(facts['embedded_layout'])}")
     if facts.get("layout"):
         from .layout import format_layout
 

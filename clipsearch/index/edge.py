@@ -7,6 +7,7 @@ Layout of an index folder:
     <index>/<collection>/model.json  identity of the model that made the vectors
     <index>/<collection>/state.json  the point count at the last clean close
     <index>/<collection>/graph.json  points written since the HNSW graph was last built
+    <index>/<collection>/layout.json quantization, vectors on disk, HNSW m: as created
     <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes)
 
     <index>/.<collection>.creating/          a collection being created, renamed into
@@ -57,6 +58,7 @@ from ..config import DEFAULT_COLLECTION
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
+from .layout import Layout
 from .lockfile import ExclusiveLock, InUseError
 from .versions import is_version_of, read_aliases, version_name, write_aliases
 
@@ -68,6 +70,11 @@ STATE = "state.json"
 # own measure (points less indexed vectors) misses points that replaced deleted ones in
 # the graph, as a moved folder's do.
 GRAPH = "graph.json"
+# The layout a collection was created with (--quantization, --vectors-on-disk, --hnsw-m,
+# --hnsw-ef-construct), which every load of its shard must pass again (_shard_config).
+LAYOUT = "layout.json"
+# Qdrant's defaults, for an HNSW configuration that sets only some of them.
+QDRANT_HNSW_M, QDRANT_HNSW_EF_CONSTRUCT, QDRANT_FULL_SCAN_THRESHOLD_KB = 16, 100, 10_000
 # Below this many points a brute-force scan is about as fast as HNSW and building
 # the graph is wasted time. The default of the hnsw_min_points setting (config.py),
 # which tests lower to build a graph over a few hundred images: read hnsw_min_points().
@@ -91,9 +98,9 @@ MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 OPTIMIZING = "shard.optimizing"
 OLD = "shard.old"
 
-# The child of optimize_offline(): optimize the shard copy at argv[1] (vectors of argv[3]
-# dimensions, indexed past argv[4] KiB per segment), flush, close, and print whether
-# optimize() changed anything. It dies with its parent (PR_SET_PDEATHSIG,
+# The child of optimize_offline(): optimize the shard copy at argv[1] with the
+# configuration saved in it (the parent saved its indexing threshold and layout
+# there), flush, close, and print whether optimize() changed anything. It dies with its parent (PR_SET_PDEATHSIG,
 # Linux) so that a killed server leaves no orphan writing into a folder the next open
 # removes; it imports only qdrant_edge, not clipsearch.
 _OPTIMIZE_CHILD = """
@@ -107,9 +114,7 @@ except Exception:
 if os.getppid() != parent:
     sys.exit("parent gone")
 import qdrant_edge as e
-config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=int(sys.argv[3]), distance=e.Distance.Cosine),
-                      optimizers=e.EdgeOptimizersConfig(indexing_threshold=int(sys.argv[4])))
-shard = e.EdgeShard.load(sys.argv[1], config)
+shard = e.EdgeShard.load(sys.argv[1], None)
 changed = shard.optimize()
 shard.flush()
 shard.close()
@@ -228,6 +233,25 @@ def _payload_index(kind: str):
     return _keyword_index()
 
 
+def _shard_config(dim: int, indexing_threshold_kb: int | None, layout: Layout):
+    """The shard's whole configuration: qdrant-edge replaces the saved one with the one
+    a load is given, so every load that passes one passes all of it."""
+    e = _edge()
+    quantization = {
+        "int8": lambda: e.ScalarQuantizationConfig(type=e.ScalarType.Int8, always_ram=True),
+        "binary": lambda: e.BinaryQuantizationConfig(always_ram=True),
+    }.get(layout.quantization or "none", lambda: None)()
+    hnsw = (e.HnswIndexConfig(m=layout.hnsw_m or QDRANT_HNSW_M, ef_construct=layout.hnsw_ef_construct or
+                              QDRANT_HNSW_EF_CONSTRUCT, full_scan_threshold=QDRANT_FULL_SCAN_THRESHOLD_KB)
+            if layout.hnsw_m is not None or layout.hnsw_ef_construct is not None else None)
+    return e.EdgeConfig(
+        vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine, on_disk=layout.vectors_on_disk,
+                                   quantization_config=quantization),
+        hnsw_config=hnsw,
+        optimizers=None if indexing_threshold_kb is None else e.EdgeOptimizersConfig(
+            indexing_threshold=indexing_threshold_kb))
+
+
 def _where_conditions(where: Where | None) -> list:
     """Where's photo filters as edge conditions (client.py says the same for a server)."""
     if not where:
@@ -294,12 +318,15 @@ def _is_shard(path: Path) -> bool:
 class EdgeIndex(Index):
     backend = "edge"
 
-    def __init__(self, folder: str, collection: str, create: bool = False, check: bool = False):
+    def __init__(self, folder: str, collection: str, create: bool = False, check: bool = False,
+                 layout: Layout | None = None, oversampling: float = 2.0):
         """Open (with `create`, make) the collection. Damage found at the open is raised
         as one line; with `check` (`clipsearch status --check`) it is kept in
         `open_problems` instead, so that the rest of the index can still be examined."""
         super().__init__(folder, collection)
         self.root = Path(folder)
+        self.layout = layout or Layout()  # how a collection this index creates is laid out (the embedded part)
+        self.oversampling = oversampling  # searches of a quantized collection: candidates per hit, rescored
         self._shard = None
         self._lock: ExclusiveLock | None = None
         self._wrote = False  # anything written since the open: close() records the count
@@ -316,6 +343,7 @@ class EdgeIndex(Index):
             self._recover_swap()
             self._drop_unfinished_creation()
             self._load_collection(check)
+            self._warn_if_layout_differs()
         except BaseException:
             self._close_shard()
             self._lock.release()
@@ -559,6 +587,27 @@ class EdgeIndex(Index):
             raise ClipsearchError(f"cannot read the model record {path} ({why}); restore the file, "
                                   f"or delete {self.root} and ingest again") from None
 
+    def stored_layout(self) -> Layout:
+        """The layout the collection was created with (layout.json; none: the defaults)."""
+        path = self._collection_dir / LAYOUT
+        try:
+            return Layout(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return Layout()
+        except (OSError, ValueError, TypeError, ClipsearchError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not the JSON clipsearch writes"
+            raise ClipsearchError(f"the layout record {path} is damaged ({why}); it says how the vectors are "
+                                  f"stored (--quantization, --vectors-on-disk): restore it from a backup") from None
+
+    def _warn_if_layout_differs(self) -> None:
+        if not self.layout.asked() or self._shard is None:
+            return
+        differences = self.layout.differences(self.stored_layout())
+        if differences:
+            sys.stderr.write(f"clipsearch: collection {self.collection!r} in {self.root} exists with another "
+                             f"layout; using it as it is, without {', '.join(differences)} (a layout is set "
+                             "only when a collection is created)\n")
+
     def record_identity(self, identity: ModelIdentity) -> None:
         self.require_collection()
         _write_json_atomically(self._collection_dir / MODEL, identity.to_dict())
@@ -633,8 +682,10 @@ class EdgeIndex(Index):
         try:
             staging.mkdir()
             _write_json_atomically(staging / MODEL, identity.to_dict())
+            if self.layout.asked():
+                _write_json_atomically(staging / LAYOUT, self.layout.asked())
             with self._engine("creating its collection"):
-                self._create_shard(staging / "shard", identity.dim)
+                self._create_shard(staging / "shard", identity.dim, self.layout)
             _fsync_tree(staging)
             if self._collection_dir.is_dir():  # empty (_load_collection found nothing in it)
                 self._collection_dir.rmdir()
@@ -651,14 +702,11 @@ class EdgeIndex(Index):
         self._wrote = True
 
     @staticmethod
-    def _create_shard(path: Path, dim: int) -> None:
+    def _create_shard(path: Path, dim: int, layout: Layout) -> None:
         e = _edge()
         threshold = indexing_threshold_kb(dim)
-        config = e.EdgeConfig(
-            vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine),
-            optimizers=(None if threshold == ENGINE_INDEXING_THRESHOLD_KB
-                        else e.EdgeOptimizersConfig(indexing_threshold=threshold)))
-        shard = e.EdgeShard.create(str(path), config)
+        shard = e.EdgeShard.create(str(path), _shard_config(dim, None if threshold == ENGINE_INDEXING_THRESHOLD_KB
+                                                            else threshold, layout))
         try:
             for name, kind in PAYLOAD_INDEXES.items():
                 shard.update(e.UpdateOperation.create_field_index(name, _payload_index(kind)))
@@ -732,9 +780,29 @@ class EdgeIndex(Index):
             query=e.Query.Nearest(np.asarray(vector, dtype=np.float32).ravel().tolist()),
             filter=self._filter(under, exclude_ids, where),
             with_payload=True,
-            params=e.SearchParams(exact=True) if exact else e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
+            params=self._search_params(k, hnsw_ef, exact),
         )
         return self._hits(request)
+
+    def _search_params(self, k: int, hnsw_ef: int | None, exact: bool = False):
+        """As a server searches a quantized collection (client.py): oversampling x k
+        candidates by the quantized vectors, ranked again by the originals; an exact
+        search reads the originals alone."""
+        e = _edge()
+        quantized = self._shard is not None and self._quantized()
+        if exact:
+            return e.SearchParams(exact=True, quantization=e.QuantizationSearchParams(ignore=True) if quantized
+                                  else None)
+        return e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None,
+                              quantization=e.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
+                              if quantized else None)
+
+    def _quantized(self) -> bool:
+        if self._quantization is None:
+            self._quantization = self.stored_layout().quantization or "none"
+        return self._quantization != "none"
+
+    _quantization: str | None = None
 
     def recommend(self, positives, negatives, k, under=None, exclude_ids=(), hnsw_ef=DEFAULT_HNSW_EF,
                   where=None) -> list[Hit]:
@@ -748,7 +816,7 @@ class EdgeIndex(Index):
             query=e.Query.RecommendBestScore(e.RecommendQuery(listed(positives), listed(negatives))),
             filter=self._filter(under, exclude_ids, where),
             with_payload=True,
-            params=e.SearchParams(hnsw_ef=max(hnsw_ef or 0, k) or None),
+            params=self._search_params(k, hnsw_ef),
         )
         return self._hits(request)
 
@@ -853,9 +921,7 @@ class EdgeIndex(Index):
             current = None
         if current == wanted:
             return
-        e = _edge()
-        config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine),
-                              optimizers=e.EdgeOptimizersConfig(indexing_threshold=wanted))
+        config = _shard_config(dim, wanted, self.stored_layout())
         self._close_shard()
         self._shard = self._open_shard(config)
 
@@ -896,6 +962,7 @@ class EdgeIndex(Index):
         phases = self.last_offline_phases = {}
         t = time.perf_counter()
         with exclusive, self._engine("saving before its HNSW build"):
+            self._apply_indexing_threshold(dim)  # saved in the shard's config, which the child loads as it is
             self.shard.flush()
         phases["flush_s"], t = time.perf_counter() - t, time.perf_counter()
         try:
@@ -923,8 +990,7 @@ class EdgeIndex(Index):
     def _optimize_copy(self, work: Path, dim: int) -> bool:
         """Run the child on the copy; True if it built anything."""
         try:
-            done = subprocess.run([sys.executable, "-c", _OPTIMIZE_CHILD, str(work), str(os.getpid()), str(dim),
-                                   str(indexing_threshold_kb(dim))],
+            done = subprocess.run([sys.executable, "-c", _OPTIMIZE_CHILD, str(work), str(os.getpid())],
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True)
         except OSError as exc:
             raise ClipsearchError(f"cannot start the HNSW build of {self.collection!r}: {exc}") from None
@@ -968,6 +1034,8 @@ class EdgeIndex(Index):
                 info = self._shard.info()
             facts["segments"] = info.segments_count
             facts["indexed_vectors"] = info.indexed_vectors_count
+            if self.stored_layout().asked():
+                facts["embedded_layout"] = self.stored_layout().asked()
         return facts
 
     def announce(self, note: str) -> None:

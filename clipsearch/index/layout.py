@@ -122,14 +122,24 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+# What qdrant-edge applies to the embedded index's one shard (clipsearch/index/edge.py):
+# the vectors' storage and search structures. Distribution has no meaning in one folder.
+EMBEDDED_FIELDS = ("quantization", "vectors_on_disk", "hnsw_m", "hnsw_ef_construct")
+
+
 def refuse_on_embedded(layout: Layout, location: str) -> None:
-    """The embedded index (qdrant-edge, one folder) has one layout: a layout option
-    there is a mistake, said in one line naming the first one given."""
-    asked = layout.asked()
-    if asked:
-        name = next(iter(asked))
-        raise ClipsearchError(f"{option_name(name)} applies to a Qdrant server collection (--index http://...); "
-                              f"the embedded index {location} cannot take it")
+    """The embedded index (qdrant-edge, one folder) is one shard on one machine: shards,
+    replicas and write consistency there are a mistake, said in one line naming the
+    first one given."""
+    refused = [name for name in layout.asked() if name not in EMBEDDED_FIELDS]
+    if refused:
+        raise ClipsearchError(f"{option_name(refused[0])} applies to a Qdrant server collection (--index http://...); "
+                              f"the embedded index {location} is one shard on one machine")
+
+
+def embedded_part(layout: Layout) -> "Layout":
+    """The part of `layout` the embedded index applies."""
+    return Layout(**{name: getattr(layout, name) for name in EMBEDDED_FIELDS})
 
 
 # -- `clipsearch status` -------------------------------------------------------------------
@@ -177,6 +187,20 @@ def format_layout(layout: dict[str, Any]) -> str:
     parts.append("vectors on disk" if layout["vectors_on_disk"] else "vectors in RAM")
     if layout["hnsw_m"] is not None:
         parts.append(f"HNSW m {layout['hnsw_m']}, ef_construct {layout['hnsw_ef_construct']}")
+    return "; ".join(parts)
+
+
+def format_embedded_layout(layout: dict[str, Any]) -> str:
+    """One line for an embedded collection created with a layout (edge.py layout.json):
+    `int8 quantization in RAM; vectors on disk; HNSW m 24`."""
+    parts = []
+    if layout.get("quantization") not in (None, "none"):
+        parts.append(f"{layout['quantization']} quantization in RAM")
+    parts.append("vectors on disk" if layout.get("vectors_on_disk") else "vectors in RAM")
+    hnsw = [f"{name} {layout[key]}" for name, key in (("m", "hnsw_m"), ("ef_construct", "hnsw_ef_construct"))
+            if layout.get(key) is not None]
+    if hnsw:
+        parts.append("HNSW " + ", ".join(hnsw))
     return "; ".join(parts)
 
 

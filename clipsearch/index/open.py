@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from .layout import Layout, refuse_on_embedded
+from .layout import Layout, embedded_part, refuse_on_embedded
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Index
@@ -18,8 +18,9 @@ def open_index(settings: Settings, create: bool = False, check: bool = False, pi
     what is wrong in its `open_problems`.
 
     The settings' collection layout (--shards, --quantization...) applies where a
-    server collection may be created (`create=True`); an existing one is used as it is,
-    with one line on stderr where its layout differs. An embedded index refuses it.
+    collection may be created (`create=True`); an existing one is used as it is, with
+    one line on stderr where its layout differs. An embedded index takes the part
+    qdrant-edge applies (quantization, vectors on disk, HNSW) and refuses the rest.
 
     A name switched by `clipsearch reindex` (versions.py) is resolved at every request
     on a server, which suits a command that opens, checks the model and ends. `pin=True`
@@ -33,7 +34,8 @@ def open_index(settings: Settings, create: bool = False, check: bool = False, pi
 
         if create:
             refuse_on_embedded(layout, settings.index)
-        return EdgeIndex(settings.index, settings.collection, create=create, check=check)
+        return EdgeIndex(settings.index, settings.collection, create=create, check=check,
+                         layout=embedded_part(layout) if create else Layout(), oversampling=settings.oversampling)
     from .client import ClientIndex
 
     index = ClientIndex(settings.index, settings.collection, api_key=settings.api_key,

@@ -2,7 +2,8 @@
 collections created quantized (int8, originals on disk), so that the same calls give
 the same answers there: in qdrant-client's :memory: engine (which keeps no quantized
 copy: the create call is what runs) and through the REST double, where each search also
-carries the rescoring parameters (clipsearch/index/layout.py, client.py)."""
+carries the rescoring parameters (clipsearch/index/layout.py, client.py), and in the
+embedded engine, which keeps int8 copies and rescores with the originals (edge.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from support import BACKENDS, settings_for
 
-QUANTIZED = {"memory-int8": "memory", "rest-int8": "rest"}
+QUANTIZED = {"memory-int8": "memory", "rest-int8": "rest", "edge-int8": "edge"}
 
 
 @pytest.fixture(params=[*BACKENDS, *QUANTIZED])

@@ -3,7 +3,8 @@
 
 The create request is read back from the doubles (tests/doubles/), which record what
 they receive, over REST and gRPC: it carries exactly the layout asked for and nothing
-else. An existing collection is used as it is, an embedded index refuses the options,
+else. An existing collection is used as it is, an embedded index applies quantization,
+vectors on disk and HNSW and refuses shards and replicas,
 searches of a quantized collection rescore, and status shows the layout.
 """
 
@@ -181,11 +182,11 @@ def test_an_existing_collection_of_another_layout_is_used_as_it_is(protocol, tmp
 
 
 @pytest.mark.parametrize("flag, variable", [("--shards", "CLIPSEARCH_SHARDS"),
-                                            ("--quantization", "CLIPSEARCH_QUANTIZATION")])
-def test_the_embedded_index_refuses_the_layout_in_one_line(flag, variable, tmp_path, tiny_model_dir):
+                                            ("--replicas", "CLIPSEARCH_REPLICAS")])
+def test_the_embedded_index_refuses_distribution_in_one_line(flag, variable, tmp_path, tiny_model_dir):
     photos = tmp_path / "photos"
     draw_collection(photos, 2)
-    value = "int8" if flag == "--quantization" else "2"
+    value = "2"
     for args, env in (([flag, value], {}), ([], {variable: value})):
         result = CliRunner().invoke(cli, ["ingest", str(photos), "--index", str(tmp_path / "index"), "--model",
                                           str(tiny_model_dir), "-w", "0", "-q", *args], env=env)
@@ -196,6 +197,56 @@ def test_the_embedded_index_refuses_the_layout_in_one_line(flag, variable, tmp_p
     # Reading the embedded index with a layout in the environment is no mistake: nothing is created.
     result = CliRunner().invoke(cli, ["status", "--index", str(tmp_path / "index")], env={variable: value})
     assert result.exit_code == 0, result.output
+
+
+def test_the_embedded_index_applies_quantization_vectors_on_disk_and_hnsw(tmp_path, tiny_model_dir, capsys):
+    """qdrant-edge keeps int8 copies (in RAM), the originals on disk and the HNSW
+    parameters asked: in the shard's own configuration, through every reload (the
+    indexing threshold's and the offline HNSW build's), and status says so."""
+    from clipsearch.index.edge import hnsw_min_points
+
+    settings = settings_for("edge", tmp_path, tiny_model_dir).with_overrides(
+        quantization="int8", vectors_on_disk=True, hnsw_m=24)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(300)]
+
+    def saved() -> dict:
+        shard = tmp_path / "index" / settings.collection / "shard" / "edge_config.json"
+        return json.loads(shard.read_text())
+
+    with open_index(settings, create=True) as index:
+        index.ensure_collection(IDENTITY)
+        index.upsert(ids, vectors, [{"path": f"/p/{i}.jpg"} for i in range(300)])
+    for round_, build in enumerate(("optimize", "optimize_offline")):
+        vectors_config = saved()["vectors"][""]
+        assert vectors_config["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
+        assert vectors_config["on_disk"] is True and saved()["hnsw_config"]["m"] == 24
+        with pytest.MonkeyPatch.context() as env, open_index(settings) as index:
+            env.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "100")
+            assert hnsw_min_points() == 100
+            more = [f"00000000-0000-0000-0001-{round_ * 300 + i:012d}" for i in range(300)]
+            extra = rng.standard_normal((300, DIM)).astype(np.float32)
+            extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+            index.upsert(more, extra, [{"path": f"/q/{i}.jpg"} for i in more])  # something to build
+            assert getattr(index, build)() is True
+            exact = index.query(vectors[7], 10, exact=True)
+            approximate = index.query(vectors[7], 10)
+            assert exact[0].id == approximate[0].id == ids[7]
+            assert len({h.id for h in exact} & {h.id for h in approximate}) >= 9  # rescored with the originals
+    assert saved()["vectors"][""]["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
+    status = CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection,
+                                      "--json"])
+    assert json.loads(status.output)["embedded_layout"] == {"quantization": "int8", "vectors_on_disk": True,
+                                                            "hnsw_m": 24}
+    status = CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection])
+    assert "layout:       int8 quantization in RAM; vectors on disk; HNSW m 24" in status.output
+    capsys.readouterr()
+    with open_index(settings.with_overrides(quantization="binary", hnsw_m=None, vectors_on_disk=None), create=True):
+        pass
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--quantization binary (it has int8)" in err and "using it as it is" in err
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
