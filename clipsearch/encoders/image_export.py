@@ -31,7 +31,7 @@ import numpy as np
 
 from . import cache
 from .identity import FP32, INT8
-from .onnx_image import OnnxImageTower, Preprocess, probe_image
+from .onnx_image import OnnxImageTower, Preprocess, preprocess_from_config, probe_image
 from .tower_export import ExportError, build_entry, largest_cosine_distance, onnx_sizes, optimize, trace
 
 ONNX_FILE = "image.onnx"
@@ -54,43 +54,21 @@ def _image_processor(encoder):
     return getattr(processor, "image_processor", processor)
 
 
-def _pair(value, what: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, dict) and value.get("height") and value.get("width"):
-        return int(value["height"]), int(value["width"])
-    raise ExportError(f"the image processor's {what} {value!r} is not a size this export reproduces")
-
-
 def preprocess_of(encoder) -> Preprocess:
     """The model's image preprocessing as data, or ExportError for a processor whose
-    steps onnx_image.Preprocess does not reproduce."""
+    steps onnx_image.Preprocess does not reproduce: the loaded processor's settings,
+    read as the decoders read a model folder's (onnx_image.preprocess_from_config)."""
     processor = _image_processor(encoder)
     if processor is None or not hasattr(processor, "to_dict"):
         raise ExportError("the model has no image processor to reproduce")
     config = processor.to_dict()
-    kind = str(config.get("image_processor_type", type(processor).__name__))
-    if not kind.startswith("CLIPImageProcessor"):
-        raise ExportError(f"the image processor {kind} is not CLIP's")
-    shortest_edge = size = crop = None
-    if config.get("do_resize", True):
-        given = config.get("size")
-        if isinstance(given, dict) and given.get("shortest_edge") and not given.get("longest_edge"):
-            shortest_edge = int(given["shortest_edge"])
-        elif isinstance(given, int) and not config.get("default_to_square", False):
-            shortest_edge = given
-        else:
-            size = _pair(given, "size")
-    if config.get("do_center_crop", True):
-        crop = _pair(config.get("crop_size"), "crop size")
-    mean = std = None
-    if config.get("do_normalize", True):
-        mean, std = tuple(config["image_mean"]), tuple(config["image_std"])
-        if len(mean) != 3 or len(std) != 3:
-            raise ExportError("the image processor does not normalize three channels")
-    return Preprocess(shortest_edge=shortest_edge, size=size, resample=int(config.get("resample", 3)), crop=crop,
-                      rescale=float(config["rescale_factor"]) if config.get("do_rescale", True) else None,
-                      mean=mean, std=std)
+    config["image_processor_type"] = config.get("image_processor_type") or type(processor).__name__
+    try:
+        return preprocess_from_config(config)
+    except ValueError as exc:  # its message names the step
+        raise ExportError(str(exc)) from None
+    except (KeyError, TypeError) as exc:
+        raise ExportError(f"the image processor's settings are not ones this export reproduces ({exc!r})") from None
 
 
 def parity_images(side: int) -> list:

@@ -155,7 +155,7 @@ def _pair(value) -> tuple[int, int]:
         return value, value
     if isinstance(value, dict) and value.get("height") and value.get("width"):
         return int(value["height"]), int(value["width"])
-    raise ValueError(f"size {value!r}")
+    raise ValueError(f"the image processor's size {value!r} is not a size this reproduces")
 
 
 def preprocess_from_config(config: dict) -> Preprocess:
