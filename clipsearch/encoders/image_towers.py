@@ -43,16 +43,14 @@ from . import cache
 from .identity import INT8, ModelIdentity
 from .location import locate
 from .onnx_image import OnnxImageTower, Preprocess, check_geometry, preprocess_from_folder
+from .tower_export import export_once
+from .tower_export import first_line as _first_line
 
 Say = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def stderr_line(text: str) -> None:
@@ -220,23 +218,15 @@ class ImageTowers:
         kind = self.kind
         encoder = self.load_full()
         start = time.perf_counter()
-        try:
-            folder, distance = export_image_tower(encoder, self._key, self._folder, self.model, self.precision)
-        except cache.CacheFull as exc:  # this machine's disk, not the model: not remembered
-            return f"could not export the {kind.what}: {_first_line(exc)}; it is exported again once there is room"
-        except Exception as exc:  # a model the exporter cannot handle: remember, use the full path
-            reason = _first_line(exc)
-            try:
-                cache.write_failure(self._key, self.model, self._folder, reason, kind)
-            except OSError:
-                pass
-            return f"could not export the {kind.what}: {reason}"
+        key, model_folder = self._key, self._folder
+        outcome = export_once(lambda: export_image_tower(encoder, key, model_folder, self.model, self.precision),
+                              key, self.model, model_folder, kind)
+        if outcome.failure is not None:  # the model's failure is remembered: the full path from now on
+            return f"could not export the {kind.what}: {outcome.failure}" + (
+                "" if outcome.lasting else "; it is exported again once there is room")
+        folder, distance = outcome.result
         self.tell(f"exported the {kind.what} to ONNX in {time.perf_counter() - start:.1f} s, once (this needed torch; "
                   f"later ingests of this model do not); largest cosine distance to the model {distance:.1e}")
-        try:
-            cache.prune(keep=self._key)
-        except OSError:
-            pass
         entry, damaged = cache.read_or_discard(self._key, kind)
         if entry is None or entry.failed:
             return f"the new {kind.what} export could not be read back ({damaged or 'gone'})"

@@ -37,6 +37,8 @@ from .identity import ModelIdentity
 from .location import locate
 from .onnx_text import OnnxTextTower, load_tokenizer
 from .query_vectors import VectorCache
+from .tower_export import export_once
+from .tower_export import first_line as _first_line
 
 # Up to this many texts, one thread and no weight pre-packing load and answer
 # fastest; a long --queries file gets all cores and pre-packed weights.
@@ -47,10 +49,6 @@ Say = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class FastTextEncoder:
@@ -307,22 +305,20 @@ class QueryEncoders:
             return
         self._export_due = False
         start = time.perf_counter()
-        try:
-            from .text_export import export_text_tower
+        encoder, key, folder = self._full.encoder, self._key, self._folder
 
-            with self.timings.phase("export"):
-                folder, distance = export_text_tower(self._full.encoder, self._key, self._folder,
-                                                     self.settings.model)
-        except cache.CacheFull as exc:  # this machine's disk, not the model: not remembered
-            self.say(f"could not export the text tower: {_first_line(exc)}; it is exported again once there is room")
+        def export():
+            from .text_export import export_text_tower  # onnx missing: a failure of this model's export too
+
+            return export_text_tower(encoder, key, folder, self.settings.model)
+
+        with self.timings.phase("export"):
+            outcome = export_once(export, key, self.settings.model, folder, cache.TEXT)
+        if outcome.failure is not None:  # the model's failure is remembered: the full path from now on
+            self.say(f"could not export the text tower for the fast path: {outcome.failure}" if outcome.lasting else
+                     f"could not export the text tower: {outcome.failure}; it is exported again once there is room")
             return
-        except Exception as exc:  # a model the exporter cannot handle: remember, use the full path
-            self.say(f"could not export the text tower for the fast path: {_first_line(exc)}")
-            try:
-                cache.write_failure(self._key, self.settings.model, self._folder, _first_line(exc))
-            except OSError:
-                pass
-            return
+        folder, distance = outcome.result
         self.say(f"exported the text tower to {folder} in {time.perf_counter() - start:.1f} s "
                  f"(largest cosine distance to the full model {distance:.1e}); later queries take the fast path")
         try:

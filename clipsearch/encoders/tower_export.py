@@ -28,7 +28,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -113,3 +113,36 @@ def out_of_space(key: str, kind: cache.TowerKind, folder: Path, exc: BaseExcepti
     cache.export_ran_out_of_space(key, kind)
     cache.warn_unwritable(folder, full)
     return full
+
+
+class ExportOutcome(NamedTuple):
+    result: Any  # what the export returned; None when it failed
+    failure: str | None = None  # why it failed, one line
+    lasting: bool = False  # the failure is the model's, remembered (not the disk's)
+
+
+def export_once(export: Callable[[], Any], key: str, model: str, folder: Path, kind: cache.TowerKind
+                ) -> ExportOutcome:
+    """Run an export of a tower (text or image) the way both are run: a full cache is
+    this machine's disk, not the model, so it is not remembered and the export is tried
+    again once there is room; any other failure is the model's, remembered in the cache
+    so that later runs take the full model without trying again. After a success the
+    exports of older versions of the model's files are pruned."""
+    try:
+        result = export()
+    except cache.CacheFull as exc:
+        return ExportOutcome(None, first_line(exc))
+    except Exception as exc:
+        reason = first_line(exc)
+        with contextlib.suppress(OSError):
+            cache.write_failure(key, model, folder, reason, kind)
+        return ExportOutcome(None, reason, lasting=True)
+    with contextlib.suppress(OSError):
+        cache.prune(keep=key)
+    return ExportOutcome(result)
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing), for one-line messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
