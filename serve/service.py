@@ -88,6 +88,17 @@ class SharedEncoder:
         with self._image_lock:
             return self.images.encode_images(images, batch_size)
 
+    # A watched ingest's decoders make the model's crops, as ingest's do (issue 19), when
+    # the image encoder can take them; None sends whole images (ingest/pipeline.py).
+    @property
+    def preprocess(self):
+        with self._image_lock:
+            return getattr(self.images, "preprocess", None) if hasattr(self.images, "encode_crops") else None
+
+    def encode_crops(self, crops: np.ndarray, geometry, batch_size: int = 32) -> np.ndarray:
+        with self._image_lock:
+            return self.images.encode_crops(crops, geometry, batch_size)
+
 
 def load_encoder(settings: Settings, say: Callable[[str], None], busy: bool = False,
                  precision: str = "fp32") -> SharedEncoder:
