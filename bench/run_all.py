@@ -24,6 +24,8 @@ SCRIPTS = [
     ["reingest_moved.py", "--files", "100000"],  # a renamed top folder: vectors reused
     ["duplicates_speed.py", "--points", "100000"],  # duplicates --similar 0.95
     ["finetune_batch_memory.py", "--batch", "256", "--mini", "32"],  # cached gradients: memory and time
+    ["reindex_speed.py", "--photos", "1000", "--runs", "3"],  # reindex against ingest of the same images
+    ["embedded_quantization.py", "--points", "1000000"],  # int8 on the embedded index: recall, latency, memory
 ]
 
 if __name__ == "__main__":
