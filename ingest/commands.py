@@ -77,8 +77,12 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
 @click.option("--keep-old/--drop-old", default=True, show_default=True,
               help="After the switch, keep the old collection (under the name printed, to switch back by "
                    "reindexing with its model, or to compare) or delete it, with any other version of the name.")
+@click.option("--allow-missing", is_flag=True,
+              help="Switch even if more than 1% of the images (or 10) are gone or unreadable (without it, a "
+                   "drive or share that is not mounted stops the reindex before the switch).")
 @report_options
-def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, report, quiet, verbose, as_json):
+def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, allow_missing, report, quiet, verbose,
+            as_json):
     """Embed the collection's images again with --model (after a fine-tune), then switch to them.
 
     \b
@@ -97,7 +101,7 @@ def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, 
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), report=report, quiet=quiet,
                             precision=precision or "", verbose=verbose)
-    summary = run_reindex(settings, options, keep_old=keep_old)
+    summary = run_reindex(settings, options, keep_old=keep_old, allow_missing=allow_missing)
     if as_json:
         click.echo(json.dumps(summary.__dict__))
     elif not summary.switched:

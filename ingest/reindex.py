@@ -13,23 +13,26 @@ not changed since (size, mtime) is not embedded again. Images ingested into the 
 collection while the reindex ran are caught up just before the switch, under the old
 collection's lock on the embedded index (so none is lost); a Qdrant server has no
 such lock, so a write in the last moments before the switch can miss the new version
-(the next ingest of that folder adds it). A model whose image tower is the recorded
+(the next ingest of that folder adds it). Images gone or unreadable (a share not
+mounted) stop the reindex before the switch, beyond a few. A model whose image tower is the recorded
 one (fine-tuned with --freeze vision) needs no new vectors: the collection only
 records it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field, fields, replace
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
-from clipsearch.index import Index, Record, open_index
+from clipsearch.index import Index, open_index
 from clipsearch.index.layout import Layout
 from clipsearch.index.lockfile import InUseError
-from clipsearch.index.versions import version_name
+from clipsearch.index.versions import identity_key, version_name
 from clipsearch.progress import Progress
 
 from .pipeline import IngestOptions, Ingestor, lazy_encoder
@@ -52,6 +55,7 @@ class ReindexSummary:
     switched: bool = False
     kept: str | None = None  # the old collection, kept under this name; None when dropped
     dropped: list[str] = field(default_factory=list)  # other versions removed by --drop-old
+    not_dropped: list[str] = field(default_factory=list)  # why a version could not be dropped
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -72,15 +76,34 @@ class ReindexSummary:
                 text += "; the old collection is dropped"
         if self.dropped:
             text += f"; dropped {', '.join(repr(name) for name in self.dropped)}"
+        if self.not_dropped:
+            text += f"; not dropped: {'; '.join(self.not_dropped)}"
         return text
 
 
+# A reindex switches only if it could read nearly every image: a share above this (or
+# more than MISSING_FLOOR files), gone or unreadable, means a drive or share that is not
+# mounted, most likely, and a switch would leave those images out of the collection.
+MISSING_SHARE = 0.01
+MISSING_FLOOR = 10
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a reindex keeps of a point of the old collection: its file, and a digest
+    of its payload to see that it changed (not the payload: a library of millions)."""
+
+    path: str
+    digest: str
+
+
 def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: bool = True,
-            progress: Progress | None = None) -> ReindexSummary:
+            progress: Progress | None = None, allow_missing: bool = False) -> ReindexSummary:
     """Re-embed the collection `settings` names with the model `settings.model`, then
     switch the name to the new vectors. `keep_old=False` drops the old collection at the
     switch, and any other version of the name. The precision is the old collection's
-    unless `options` gives one."""
+    unless `options` gives one. Images gone or unreadable (more than 1%, or 10) stop it
+    before the switch unless `allow_missing`."""
     options = options or IngestOptions(precision="")
     progress = progress or Progress(quiet=options.quiet)
     if options.report:
@@ -97,15 +120,15 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
         options = replace(options, precision=options.precision or old_identity.precision or "fp32")
         encoder = lazy_encoder(settings, options)
         identity = encoder.identity
-        if identity.is_compatible_with(old_identity):
+        if identity_key(identity) == identity_key(old_identity):  # the same image vectors, precision included
             summary.reembedded, summary.new, summary.total = False, summary.old, old.count()
             summary.switched = True
             old.record_identity(identity)
             if not keep_old:
-                summary.dropped = _drop_versions(old)
+                summary.dropped = _drop_versions(old, summary)
             summary.seconds = time.monotonic() - started
             return summary
-        records = {r.id: r for r in old.scroll()}
+        records = _stored(old)
         layout = _layout_for_version(settings, old)
     summary.new = target = version_name(settings.collection, identity)
     summary.total = len(records)
@@ -122,8 +145,9 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             if old.meant() != summary.old:
                 raise ClipsearchError(f"{settings.collection!r} was switched to {old.meant()!r} by another "
                                       "reindex meanwhile; nothing was switched by this one")
-            now = {r.id: r for r in old.scroll()}
-            later = {pid: r for pid, r in now.items() if pid not in records or records[pid].payload != r.payload}
+            old.prepare_switch(keep_old, old_identity, progress)  # a server's copy of what it must drop
+            now = _stored(old)
+            later = {pid: r for pid, r in now.items() if records.get(pid) != r}
             summary.caught_up = len(later)
             if later or now.keys() != records.keys():
                 _fill(ingestor, version, now, summary, only=later)
@@ -131,13 +155,36 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
                 summary.seconds = time.monotonic() - started
                 return summary
             summary.total = len(now)
+            _refuse_missing(summary, ingestor, allow_missing)
             summary.kept = old.switch(target, keep_old, old_identity)
             summary.switched = True
     if not keep_old:
-        with open_index(settings) as current:
-            summary.dropped = _drop_versions(current)
+        try:
+            with open_index(settings) as current:
+                summary.dropped = _drop_versions(current, summary)
+        except ClipsearchError as exc:  # switched all the same: said, not raised
+            summary.not_dropped.append(str(exc))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _stored(index: Index) -> dict[str, Stored]:
+    return {r.id: Stored(r.path, _digest(r.payload)) for r in index.scroll()}
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.blake2b(json.dumps(payload, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def _refuse_missing(summary: ReindexSummary, ingestor: Ingestor, allow_missing: bool) -> None:
+    if allow_missing or summary.skipped <= max(MISSING_FLOOR, MISSING_SHARE * summary.total):
+        return
+    first = next(iter(ingestor.report.examples), None)
+    example = f" (first: {first[0]}: {first[1]})" if first else ""
+    raise ClipsearchError(
+        f"{summary.skipped} of {summary.total} images could not be read{example}; not switched, "
+        f"{summary.collection!r} still means {summary.old!r}: mount or restore them and run the same command "
+        "(what was embedded is kept), or give --allow-missing to switch without them")
 
 
 def _open_old(settings: Settings) -> Index:
@@ -151,30 +198,29 @@ def _open_old(settings: Settings) -> Index:
                          "and it serves the new collection)") from None
 
 
-def _fill(ingestor: Ingestor, version: Index, records: dict[str, Record], summary: ReindexSummary,
-          only: dict[str, Record] | None = None) -> None:
+def _fill(ingestor: Ingestor, version: Index, records: dict[str, Stored], summary: ReindexSummary,
+          only: dict[str, Stored] | None = None) -> None:
     """Make the version hold an up-to-date point for each of `records`, and nothing
-    else; with `only`, just those of `records` are looked at (the catch-up)."""
-    held = {r.id: r.payload for r in version.scroll()}
+    else; with `only`, just those of `records` are looked at (the catch-up). A file
+    that is gone takes its point in the version with it; one that cannot be read now
+    (a permission, a share that hiccups) keeps it."""
+    held = {r.id: (r.payload.get("size"), r.payload.get("mtime_ns")) for r in version.scroll()}
     extra = [pid for pid in held if pid not in records]
     entries: list[FileEntry] = []
     for pid, record in (only if only is not None else records).items():
-        path = record.path
         try:
-            st = os.stat(path)
+            st = os.stat(record.path)
         except OSError as exc:
             gone = isinstance(exc, FileNotFoundError)
-            reason = "gone since it was indexed" if gone else f"cannot stat: {exc.strerror}"
-            ingestor.report.add(path, reason)
+            ingestor.report.add(record.path, "gone since it was indexed" if gone else f"cannot stat: {exc.strerror}")
             summary.skipped += 1
-            if pid in held:  # embedded by a run that was stopped, gone since
+            if gone and pid in held:  # embedded by a run that was stopped, gone since
                 extra.append(pid)
             continue
-        stored = held.get(pid)
-        if stored is not None and stored.get("size") == st.st_size and stored.get("mtime_ns") == st.st_mtime_ns:
+        if held.get(pid) == (st.st_size, st.st_mtime_ns):
             summary.resumed += 1
             continue
-        entries.append(FileEntry(path, st.st_size, st.st_mtime_ns))
+        entries.append(FileEntry(record.path, st.st_size, st.st_mtime_ns))
     for start in range(0, len(extra), 1000):
         version.delete(ids=extra[start:start + 1000])
     summary.removed += len(extra)
@@ -184,18 +230,24 @@ def _fill(ingestor: Ingestor, version: Index, records: dict[str, Record], summar
 
 
 def _layout_for_version(settings: Settings, old: Index) -> dict:
-    """The layout flags given, else the old collection's own (shards, replicas,
-    quantization... on a server): a reindex keeps a cluster's layout."""
-    asked = Layout.from_settings(settings)
+    """The old collection's layout (shards, replicas, quantization... on a server; the
+    embedded part on an embedded index), with the layout flags given over it: a
+    reindex keeps a collection's layout unless told otherwise."""
     current = getattr(old, "current_layout", None)
-    found = current() if current is not None and not asked.asked() else None
-    if found is None:
-        return {}
-    return {f.name: getattr(found, f.name) for f in fields(Layout) if getattr(found, f.name) is not None}
+    found = current() if current is not None else None
+    kept = {f.name: getattr(found, f.name) for f in fields(Layout)} if found is not None else {}
+    asked = Layout.from_settings(settings).asked()
+    return {name: value for name, value in {**kept, **asked}.items() if value is not None}
 
 
-def _drop_versions(current: Index) -> list[str]:
-    dropped = current.versions()
-    for name in dropped:
-        current.drop(name)
+def _drop_versions(current: Index, summary: ReindexSummary) -> list[str]:
+    """Every other version of the name; one that cannot be dropped now (held by another
+    process) is said in the summary, and the others go."""
+    dropped = []
+    for name in current.versions():
+        try:
+            current.drop(name)
+            dropped.append(name)
+        except ClipsearchError as exc:
+            summary.not_dropped.append(str(exc))
     return dropped

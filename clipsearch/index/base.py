@@ -185,6 +185,11 @@ class Index(ABC):
         """Record `identity` as the collection's model, its vectors kept: for a model
         whose image tower is the one recorded (a text-only fine-tune)."""
 
+    def prepare_switch(self, keep_old: bool, old_identity: ModelIdentity, progress=None) -> None:
+        """What must happen before the last catch-up of a reindex (a server copies a
+        collection that bears the name itself, to keep it). Default: nothing."""
+        return None
+
     @abstractmethod
     def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
         """Make the name mean `target`, a complete version. The collection it meant is

@@ -210,7 +210,34 @@ class ClientIndex(Index):
     def exists(self) -> bool:
         if self._exists is None or not self._exists:
             self._exists = bool(self._call("collection lookup", lambda: self.client.collection_exists(self.collection)))
+            if not self._exists and self.collection == self.name:
+                self._exists = self._finish_switch()
         return self._exists
+
+    def _finish_switch(self) -> bool:
+        """A server's first switch of a name drops the collection that bore it before the
+        name can become its version's alias (switch()). A reindex killed in between
+        left the name on nothing; the version it was switching to says so in its
+        metadata (`completes`), and whichever client finds the name missing first makes
+        the alias. True when the name now exists."""
+        from qdrant_client import models
+
+        answer = self._call("list collections", lambda: self.client.get_collections())
+        for candidate in sorted(c.name for c in answer.collections if is_version_of(c.name, self.name)):
+            info = self._call("collection info", functools.partial(self.client.get_collection, candidate))
+            if self._clipsearch_metadata(info).get("completes") != self.name:
+                continue
+            create = models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=candidate,
+                                                                                 alias_name=self.name))
+            try:
+                self._call("finish a switch", functools.partial(self.client.update_collection_aliases,
+                                                                change_aliases_operations=[create]))
+                sys.stderr.write(f"clipsearch: {self.name!r} at {self.where} now means {candidate!r}, finishing "
+                                 "a reindex that was stopped while it switched\n")
+            except ClipsearchError:
+                pass  # another client made it first
+            return bool(self._call("collection lookup", lambda: self.client.collection_exists(self.name)))
+        return False
 
     def stored_identity(self) -> ModelIdentity | None:
         if not self.exists():
@@ -239,6 +266,8 @@ class ClientIndex(Index):
 
         try:
             self._call("create collection", create)
+            if self._pin_requested and self.collection == self.name:  # made by a pinned process (serve --watch)
+                self._pinned, self._pin_checked = identity, time.monotonic()
         except Exception:  # the server's refusal arrives as a ClipsearchError naming its reason
             # Another writer created it between our check and our create ("already
             # exists"): fine if its model matches, which check_identity decides.
@@ -263,6 +292,8 @@ class ClientIndex(Index):
     _pinned: ModelIdentity | None = None
     _pin_checked = 0.0
 
+    _pin_requested = False
+
     def pin(self) -> None:
         """Keep the collection the name means now (open_index(pin=True)). A version is
         kept by its own name, which no switch moves. A collection that bears the name
@@ -271,6 +302,7 @@ class ClientIndex(Index):
         noted, and every few seconds a search or write (require_collection) checks
         that it is still the one there: another model's vectors are refused, not
         searched with this model's queries or mixed with its writes."""
+        self._pin_requested = True
         self.collection = self.meant()
         if self.collection == self.name and self.exists():
             self._pinned = self.stored_identity()
@@ -278,7 +310,12 @@ class ClientIndex(Index):
 
     def require_collection(self) -> None:
         super().require_collection()
-        if self._pinned is not None and time.monotonic() - self._pin_checked >= self.PIN_CHECK_SECONDS:
+        self._check_pin()
+
+    def _check_pin(self, always: bool = False) -> None:
+        """Searches check every PIN_CHECK_SECONDS; writes (always) before each batch:
+        another model's vectors must never be mixed with this one's."""
+        if self._pinned is not None and (always or time.monotonic() - self._pin_checked >= self.PIN_CHECK_SECONDS):
             self._pin_checked = time.monotonic()
             now = self.stored_identity()
             if now is not None and not now.is_compatible_with(self._pinned):
@@ -298,24 +335,36 @@ class ClientIndex(Index):
         meant = self.meant()
         self._call("record the model", lambda: self.client.update_collection(meant, metadata={METADATA_KEY: ours}))
 
+    def prepare_switch(self, keep_old: bool, old_identity: ModelIdentity, progress=None) -> None:
+        """Before the catch-up: a collection that bears the name itself, to be kept, is
+        copied to its version name now (vectors as they are, nothing embedded), since
+        the switch must drop it (an alias cannot share a collection's name, nor can a
+        collection be renamed). What is ingested during the copy is caught up into the
+        new version after it."""
+        from .migrate import migrate
+
+        if keep_old and self.name not in self._aliases():
+            kept = self._sibling(version_name(self.name, old_identity), self.current_layout() or Layout())
+            migrate(self, kept, progress=progress)
+
     def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
         """One alias update moves the name, atomically for every client. The first
-        switch of a name finds it a collection, which must go first (an alias cannot
-        share a collection's name, nor can a collection be renamed): kept, it is
-        first copied to its version name (vectors as they are, nothing embedded)."""
+        switch of a name finds it a collection, which must go first: the version is
+        marked as completing the name before, so that a kill between the drop and the
+        alias leaves a name that the next open finishes (_finish_switch)."""
         from qdrant_client import models
-
-        from .migrate import migrate
 
         old = self._aliases().get(self.name)
         create = models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target,
                                                                              alias_name=self.name))
+        version = self._sibling(target, Layout())
         kept = None
         try:
             if old is None:
                 if keep_old:
                     kept = version_name(self.name, old_identity)
-                    migrate(self, self._sibling(kept, self.current_layout() or Layout()))
+                    self.prepare_switch(keep_old, old_identity)  # a no-op where the caller did it
+                version._mark(completes=self.name)
                 self._call("drop the old collection", lambda: self.client.delete_collection(self.name))
                 actions: list = [create]
             else:
@@ -323,14 +372,27 @@ class ClientIndex(Index):
             self._call("switch the alias", lambda: self.client.update_collection_aliases(
                 change_aliases_operations=actions))
             self._exists = None
-            if old is not None:
-                if keep_old:
-                    kept = old
-                else:
-                    self.drop(old)
+            if old is None:
+                version._mark(completes=None)
+            elif keep_old:
+                kept = old
+            else:
+                self.drop(old)
             return kept
         finally:
             self.close()
+
+    def _mark(self, **fields) -> None:
+        """Set (or, with None, remove) fields of clipsearch's metadata of the collection."""
+        ours = self._clipsearch_metadata(self._info())
+        for name, value in fields.items():
+            if value is None:
+                ours.pop(name, None)
+            else:
+                ours[name] = value
+        collection = self.collection
+        self._call("record in the collection", lambda: self.client.update_collection(
+            collection, metadata={METADATA_KEY: ours}))
 
     def drop(self, collection: str) -> None:
         if collection == self.name:
@@ -410,6 +472,7 @@ class ClientIndex(Index):
         from qdrant_client import models
 
         self.require_collection()
+        self._check_pin(always=True)
 
         vectors = np.asarray(vectors, dtype=np.float32)
         batch = models.Batch(ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads))
@@ -475,6 +538,7 @@ class ClientIndex(Index):
         from qdrant_client import models
 
         self.require_collection()
+        self._check_pin(always=True)
 
         if ids:
             by_id = models.PointIdsList(points=list(ids))

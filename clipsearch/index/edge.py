@@ -7,8 +7,11 @@ Layout of an index folder:
     <index>/<collection>/model.json  identity of the model that made the vectors
     <index>/<collection>/state.json  the point count at the last clean close
     <index>/<collection>/graph.json  points written since the HNSW graph was last built
-    <index>/<collection>/layout.json quantization, vectors on disk, HNSW m: as created
-    <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes)
+    <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes; its
+                                     edge_config.json holds the layout: quantization,
+                                     vectors on disk, HNSW)
+    <index>/aliases.json             which collection a name means, after a reindex
+    <index>/aliases.lock             held while aliases.json is rewritten
 
     <index>/.<collection>.creating/          a collection being created, renamed into
                                              place whole (collection names never start
@@ -70,11 +73,10 @@ STATE = "state.json"
 # own measure (points less indexed vectors) misses points that replaced deleted ones in
 # the graph, as a moved folder's do.
 GRAPH = "graph.json"
-# The layout a collection was created with (--quantization, --vectors-on-disk, --hnsw-m,
-# --hnsw-ef-construct), which every load of its shard must pass again (_shard_config).
-LAYOUT = "layout.json"
 # Qdrant's defaults, for an HNSW configuration that sets only some of them.
 QDRANT_HNSW_M, QDRANT_HNSW_EF_CONSTRUCT, QDRANT_FULL_SCAN_THRESHOLD_KB = 16, 100, 10_000
+DEFAULT_EMBEDDED_LAYOUT = Layout(quantization="none", vectors_on_disk=False, hnsw_m=QDRANT_HNSW_M,
+                                 hnsw_ef_construct=QDRANT_HNSW_EF_CONSTRUCT)
 # Below this many points a brute-force scan is about as fast as HNSW and building
 # the graph is wasted time. The default of the hnsw_min_points setting (config.py),
 # which tests lower to build a graph over a few hundred images: read hnsw_min_points().
@@ -405,9 +407,13 @@ class EdgeIndex(Index):
 
     def _drop_unfinished_creation(self) -> None:
         """A creation killed before its rename left only its staging folder: no points
-        were ever written to it."""
+        were ever written to it. A drop killed before its end left the collection's
+        folder renamed aside (_remove_collection): it finishes here."""
         if self._creating_dir.exists():
             shutil.rmtree(self._creating_dir, ignore_errors=True)
+        dropping = self.root / f".{self.collection}.dropping"
+        if dropping.exists():
+            shutil.rmtree(dropping, ignore_errors=True)
 
     def _prepare_root(self, create: bool) -> bool:
         root = self.root
@@ -588,16 +594,28 @@ class EdgeIndex(Index):
                                   f"or delete {self.root} and ingest again") from None
 
     def stored_layout(self) -> Layout:
-        """The layout the collection was created with (layout.json; none: the defaults)."""
-        path = self._collection_dir / LAYOUT
+        """The collection's layout, from the shard's own saved configuration (what the
+        engine runs with): quantization, vectors on disk, HNSW m and ef_construct, each
+        with the engine's default where it says nothing."""
         try:
-            return Layout(**json.loads(path.read_text()))
+            saved = json.loads((self._shard_dir / "edge_config.json").read_text())
+            vectors = saved["vectors"][""]
         except FileNotFoundError:
             return Layout()
-        except (OSError, ValueError, TypeError, ClipsearchError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not the JSON clipsearch writes"
-            raise ClipsearchError(f"the layout record {path} is damaged ({why}); it says how the vectors are "
-                                  f"stored (--quantization, --vectors-on-disk): restore it from a backup") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not the engine's JSON"
+            raise ClipsearchError(f"the shard configuration {self._shard_dir / 'edge_config.json'} is damaged "
+                                  f"({why}); run {self.check_command()}") from None
+        quantization = vectors.get("quantization_config") or {}
+        hnsw = saved.get("hnsw_config") or {}
+        return Layout(quantization="int8" if "scalar" in quantization else "binary" if "binary" in quantization
+                      else "none", vectors_on_disk=bool(vectors.get("on_disk")),
+                      hnsw_m=int(hnsw.get("m", QDRANT_HNSW_M)),
+                      hnsw_ef_construct=int(hnsw.get("ef_construct", QDRANT_HNSW_EF_CONSTRUCT)))
+
+    def current_layout(self) -> Layout:
+        """What a reindex gives the new version unless told otherwise (ingest/reindex.py)."""
+        return self.stored_layout()
 
     def _warn_if_layout_differs(self) -> None:
         if not self.layout.asked() or self._shard is None:
@@ -631,12 +649,14 @@ class EdgeIndex(Index):
         try:
             self.close()
             old = self.collection
-            aliases = read_aliases(self.root)
-            aliases[self.name] = target
-            write_aliases(self.root, aliases)
+            with self._aliases_locked():
+                aliases = read_aliases(self.root)
+                aliases[self.name] = target
+                self._write(lambda: write_aliases(self.root, aliases), f"switching {self.name!r} to {target!r}")
             self.collection = target
             if not keep_old:
-                self._remove_collection(old)
+                self._write(lambda: self._remove_collection(old),
+                            f"{self.name!r} now means {target!r}; removing the old collection {old!r}")
                 return None
             if old != self.name:
                 return old
@@ -644,12 +664,37 @@ class EdgeIndex(Index):
             if (self.root / kept).exists():
                 raise ClipsearchError(f"index {self.root}: cannot keep {old!r} as {kept!r}, which exists; "
                                       f"{self.name!r} now means {target!r}, the old collection is still in {old!r}")
-            os.rename(self.root / old, self.root / kept)
-            _fsync_dir(self.root)
+            def rename() -> None:
+                os.rename(self.root / old, self.root / kept)
+                _fsync_dir(self.root)
+
+            self._write(rename, f"{self.name!r} now means {target!r}; renaming the old collection to {kept!r}")
             return kept
         finally:
             if lock is not None:
                 lock.release()
+
+    def _aliases_locked(self):
+        """aliases.json is one file for every name of the index: its rewrites take turns
+        (flock, blocking: a rewrite takes milliseconds)."""
+        import fcntl
+
+        @contextmanager
+        def held():
+            descriptor = os.open(self.root / "aliases.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(descriptor)
+        return held()
+
+    def _write(self, action, doing: str):
+        """A file operation of a switch or a drop, with a failure said in one line."""
+        try:
+            return action()
+        except OSError as exc:
+            raise ClipsearchError(f"index {self.root}: {doing} failed: {exc.strerror or exc}") from None
 
     def drop(self, collection: str) -> None:
         if collection == self.collection or not (self.root / collection).is_dir():
@@ -657,7 +702,7 @@ class EdgeIndex(Index):
         lock = ExclusiveLock(str(self.root / f"{collection}.lock"),
                              f"index {self.root} (collection {collection!r})").acquire()
         try:
-            self._remove_collection(collection)
+            self._write(lambda: self._remove_collection(collection), f"dropping {collection!r}")
         finally:
             lock.release()
 
@@ -682,8 +727,6 @@ class EdgeIndex(Index):
         try:
             staging.mkdir()
             _write_json_atomically(staging / MODEL, identity.to_dict())
-            if self.layout.asked():
-                _write_json_atomically(staging / LAYOUT, self.layout.asked())
             with self._engine("creating its collection"):
                 self._create_shard(staging / "shard", identity.dim, self.layout)
             _fsync_tree(staging)
@@ -800,7 +843,7 @@ class EdgeIndex(Index):
     def _quantized(self) -> bool:
         if self._quantization is None:
             self._quantization = self.stored_layout().quantization or "none"
-        return self._quantization != "none"
+        return self._quantization != "none"  # read once: a collection's layout never changes
 
     _quantization: str | None = None
 
@@ -1034,8 +1077,9 @@ class EdgeIndex(Index):
                 info = self._shard.info()
             facts["segments"] = info.segments_count
             facts["indexed_vectors"] = info.indexed_vectors_count
-            if self.stored_layout().asked():
-                facts["embedded_layout"] = self.stored_layout().asked()
+            layout = self.stored_layout()
+            if layout != DEFAULT_EMBEDDED_LAYOUT:
+                facts["embedded_layout"] = layout.asked()
         return facts
 
     def announce(self, note: str) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..encoders.identity import FP32, ModelIdentity
@@ -62,14 +63,19 @@ def read_aliases(root: Path) -> dict[str, str]:
 
 
 def write_aliases(root: Path, aliases: dict[str, str]) -> None:
-    """Atomically (rename over), and durably: a kill leaves the old table or the new."""
+    """Atomically (rename over), and durably: a kill leaves the old table or the new.
+    The caller holds the index's aliases lock (edge.py)."""
     path = root / ALIASES
-    staging = root / f".{ALIASES}.tmp"
-    with open(staging, "w") as out:
-        json.dump({"format": 1, "aliases": aliases}, out, indent=1, sort_keys=True)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(staging, path)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{ALIASES}.", dir=root)
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            json.dump({"format": 1, "aliases": aliases}, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
     descriptor = os.open(root, os.O_RDONLY)
     try:
         os.fsync(descriptor)

@@ -239,14 +239,24 @@ def test_the_embedded_index_applies_quantization_vectors_on_disk_and_hnsw(tmp_pa
     status = CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection,
                                       "--json"])
     assert json.loads(status.output)["embedded_layout"] == {"quantization": "int8", "vectors_on_disk": True,
-                                                            "hnsw_m": 24}
+                                                            "hnsw_m": 24, "hnsw_ef_construct": 100}
     status = CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection])
-    assert "layout:       int8 quantization in RAM; vectors on disk; HNSW m 24" in status.output
+    assert "layout:       int8 quantization in RAM; vectors on disk; HNSW m 24, ef_construct 100" in status.output
     capsys.readouterr()
     with open_index(settings.with_overrides(quantization="binary", hnsw_m=None, vectors_on_disk=None), create=True):
         pass
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--quantization binary (it has int8)" in err and "using it as it is" in err
+    # A collection made without a layout has the engine's: asking for one there is said too.
+    plain = settings_for("edge", tmp_path, tiny_model_dir)
+    with open_index(plain, create=True) as index:
+        index.ensure_collection(IDENTITY)
+    capsys.readouterr()
+    with open_index(plain.with_overrides(quantization="int8"), create=True):
+        pass
+    assert "--quantization int8 (it has none)" in capsys.readouterr().err
+    status = CliRunner().invoke(cli, ["status", "--index", plain.index, "--collection", plain.collection, "--json"])
+    assert "embedded_layout" not in json.loads(status.output)  # the defaults: nothing to say
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])

@@ -126,6 +126,24 @@ def test_files_gone_since_indexing_are_skipped_and_reported(indexed, other_model
     assert "gone since it was indexed" in report.read_text() and photos[0].name in report.read_text()
 
 
+def test_an_unmounted_library_stops_the_reindex_before_the_switch(indexed, other_model_dir, tmp_path):
+    """Every image gone (a share that is not mounted): nothing switched, the old
+    collection whole, one line; with allow_missing the switch goes ahead without them."""
+    settings, photos = indexed
+    meant = _identity(settings)[1]
+    mounted = photos[0].parent
+    mounted.rename(tmp_path / "unmounted")
+    new = settings.with_overrides(model=str(other_model_dir))
+    with pytest.raises(ClipsearchError, match=r"20 of 20 images could not be read \(first: .*gone since it was "
+                                              r"indexed\); not switched.*--allow-missing"):
+        reindex(new, QUIET)
+    assert _identity(settings)[1:] == (meant, 20)
+    assert _identity(settings)[0].image_fingerprint != Encoder(str(other_model_dir), "cpu").identity.image_fingerprint
+    (tmp_path / "unmounted").rename(mounted)  # mounted again: the same command finishes the job
+    summary = reindex(new, QUIET)
+    assert summary.switched and summary.embedded == 20 and _identity(settings)[2] == 20
+
+
 def test_reindex_cli(tmp_path, tiny_model_dir, other_model_dir):
     draw_collection(tmp_path / "photos", 6)
     index = str(tmp_path / "index")
@@ -215,3 +233,63 @@ def test_a_damaged_aliases_record_is_one_line_naming_it(tmp_path, tiny_model_dir
     assert {p.name for p in (tmp_path / "index").iterdir() if p.is_dir()} == {
         version_name(settings.collection, Encoder(str(tiny_model_dir), "cpu").identity),
         version_name(settings.collection, Encoder(str(other_model_dir), "cpu").identity)}
+
+
+def test_a_server_switch_killed_between_drop_and_alias_is_finished_by_the_next_open(
+        indexed, other_model_dir, monkeypatch):
+    """A server's first switch drops the collection that bears the name, then makes
+    the name an alias: a kill between leaves the name on nothing, which the next
+    client to open it finishes, from the mark the version carries."""
+    settings, photos = indexed
+    if settings.backend == "edge":
+        pytest.skip("the embedded index switches by one atomic rename of aliases.json")
+    from qdrant_client import QdrantClient
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # as a kill -9 would stop it: nothing after this runs
+
+    with monkeypatch.context() as patch:
+        patch.setattr(QdrantClient, "update_collection_aliases", killed)
+        with pytest.raises(KeyboardInterrupt):
+            reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
+    other = Encoder(str(other_model_dir), "cpu").identity
+    with open_index(settings) as index:  # the name: healed at the open
+        assert index.exists() and index.meant() == version_name(settings.collection, other)
+        assert index.stored_identity().image_fingerprint == other.image_fingerprint and index.count() == 20
+    hits = search("a red circle", k=3, settings=settings.with_overrides(model=str(other_model_dir)))
+    assert len(hits) == 3
+
+
+def test_a_pinned_process_that_made_its_collection_refuses_writes_after_a_switch(
+        backend_settings, tmp_path, tiny_model_dir, other_model_dir):
+    """serve --watch on a server with no collection yet makes it, pinned: a later
+    switch to another model's vectors stops its very next write."""
+    settings = backend_settings
+    if settings.backend == "edge":
+        pytest.skip("an embedded collection is locked by its holder")
+    tiny = Encoder(str(tiny_model_dir), "cpu")
+    draw_collection(tmp_path / "photos", 6)
+    with open_index(settings, create=True, pin=True) as pinned:
+        pinned.ensure_collection(tiny.identity)
+        vectors = np.eye(2, tiny.dim, dtype=np.float32)
+        pinned.upsert(["00000000-0000-0000-0000-000000000001"], vectors[:1], [{"path": "/x/1.png"}])
+        ingest([str(tmp_path / "photos")], settings=settings, options=IngestOptions(workers=0, quiet=True))
+        assert reindex(settings.with_overrides(model=str(other_model_dir)), QUIET).switched
+        with pytest.raises(ClipsearchError, match="switched by clipsearch reindex"):
+            pinned.upsert(["00000000-0000-0000-0000-000000000002"], vectors[1:], [{"path": "/x/2.png"}])
+    with open_index(settings) as index:
+        assert index.count() == 6  # the version: the photos, and nothing the pinned process wrote after
+
+
+def test_reindex_keeps_an_embedded_collections_quantization(tmp_path, tiny_model_dir, other_model_dir):
+    from support import settings_for
+
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 4)
+    ingest([str(tmp_path / "photos")], settings=settings.with_overrides(quantization="int8", vectors_on_disk=True),
+           options=IngestOptions(workers=0, quiet=True))
+    summary = reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
+    with open_index(settings) as index:
+        assert index.meant() == summary.new
+        layout = index.stored_layout()
+        assert (layout.quantization, layout.vectors_on_disk) == ("int8", True)
