@@ -79,8 +79,10 @@ def under_value(folder: str) -> str:
 # HNSW beam width at query time. Text queries sit apart from the image vectors they
 # look for (CLIP's modality gap), and HNSW's recall on such out-of-distribution queries
 # falls well below its recall on image-like ones at Qdrant's default; a wider beam buys
-# it back for a few milliseconds (bench/hnsw_ef.py, BENCHMARKS.md).
-DEFAULT_HNSW_EF = 256
+# it back for a few milliseconds. 256 was enough at 100k (recall@10 0.9975); at 1M it
+# kept 0.82 of a text query's neighbours, 1024 keeps 0.974 for about 0.4 ms more
+# (bench/hnsw_ef.py, bench/embedded_quantization.py, BENCHMARKS.md).
+DEFAULT_HNSW_EF = 1024
 
 # Payload fields that get a keyword index at collection creation: `dirs` serves
 # `--in FOLDER`, `path` lookups by path, `fingerprint` finding a moved file's point.
