@@ -363,7 +363,8 @@ class ClientIndex(Index):
             if old is None:
                 if keep_old:
                     kept = version_name(self.name, old_identity)
-                    self.prepare_switch(keep_old, old_identity)  # a no-op where the caller did it
+                    if not self._call("collection lookup", functools.partial(self.client.collection_exists, kept)):
+                        self.prepare_switch(keep_old, old_identity)  # a caller that did not prepare: copied now
                 version._mark(completes=self.name)
                 self._call("drop the old collection", lambda: self.client.delete_collection(self.name))
                 actions: list = [create]

@@ -674,20 +674,18 @@ class EdgeIndex(Index):
             if lock is not None:
                 lock.release()
 
-    def _aliases_locked(self):
+    @contextmanager
+    def _aliases_locked(self) -> Iterator[None]:
         """aliases.json is one file for every name of the index: its rewrites take turns
         (flock, blocking: a rewrite takes milliseconds)."""
         import fcntl
 
-        @contextmanager
-        def held():
-            descriptor = os.open(self.root / "aliases.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(descriptor)
-        return held()
+        descriptor = os.open(self.root / "aliases.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)
 
     def _write(self, action, doing: str):
         """A file operation of a switch or a drop, with a failure said in one line."""
