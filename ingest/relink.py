@@ -18,13 +18,16 @@ import numpy as np
 from clipsearch.fingerprint import content_hash, covers_whole, fingerprint
 from clipsearch.index import Index, ancestor_dirs
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.names import path_fields
+from clipsearch.names import PATH_BYTES, path_fields
 from clipsearch.photo_facts import photo_facts
 
 from .walk import FileEntry
 
 # Payload that describes the picture, not where it is: kept by a moved or copied file.
 CONTENT_FIELDS = ("width", "height", "taken", "camera", "camera_words", "location", "fingerprint", "content_hash")
+# What a lookup by fingerprint reads of each point: its content and where it is. Not the
+# rest (`dirs`, a list of every ancestor folder, costs more to read than the vector).
+LOOKUP_FIELDS = (*CONTENT_FIELDS, "path", PATH_BYTES)
 
 
 def place_payload(entry: FileEntry) -> dict:
@@ -58,28 +61,35 @@ class Relinker:
         if not prints:
             return list(entries)
         sources: dict[str, list] = {}
-        for record in self.index.find("fingerprint", sorted(set(prints.values())), with_vectors=True):
-            if record.vector is not None:
-                sources.setdefault(record.payload.get("fingerprint"), []).append(record)
-        left, ids, vectors, payloads, gone = [], [], [], [], set()
+        for record in self.index.find("fingerprint", sorted(set(prints.values())), fields=LOOKUP_FIELDS):
+            sources.setdefault(record.payload.get("fingerprint"), []).append(record)
+        left, ids, copied_from, payloads, gone = [], [], [], [], set()
+        moved = copied = 0
         for entry in entries:
             candidates = _same_content(entry, sources.get(prints.get(entry.path), []))
             if not candidates:
                 left.append(entry)
                 continue
             # The point of a file that is gone first: that is the move this copy is.
-            source = min(candidates, key=lambda r: (r.id in gone or os.path.lexists(r.path), r.path))
-            if not os.path.lexists(source.path) and source.id not in gone and source.path != entry.path:
+            source = candidates[0] if len(candidates) == 1 else min(
+                candidates, key=lambda r: (r.id in gone or os.path.lexists(r.path), r.path))
+            if source.id not in gone and source.path != entry.path and not os.path.lexists(source.path):
                 gone.add(source.id)
-                self.counts.moved += 1
+                moved += 1
             else:
-                self.counts.copied += 1
+                copied += 1
             ids.append(point_id(entry.path))
-            vectors.append(np.asarray(source.vector, dtype=np.float32))
+            copied_from.append(source.id)
             content = {k: source.payload[k] for k in CONTENT_FIELDS if k in source.payload}
             payloads.append({**place_payload(entry), **content})
         if ids:
-            self.index.upsert(ids, np.stack(vectors), payloads)
+            missing = self.index.copy_points(copied_from, ids, payloads)
+            if missing:  # a source deleted since the lookup (another writer): embed those files
+                left += [entry for entry in entries if point_id(entry.path) in missing]
+                gone -= {source for source, i in zip(copied_from, ids) if i in missing}
+                moved, copied = len(gone), len(ids) - len(missing) - len(gone)
+            self.counts.moved += moved
+            self.counts.copied += copied
         if gone:  # after the new points are written: a kill between leaves both, never neither
             self.index.delete(ids=sorted(gone - set(ids)))
         return left

@@ -233,20 +233,38 @@ class Index(ABC):
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]: ...
 
     def find(self, field: str, values: Sequence[str] | None, with_vectors: bool = False,
-             limit: int | None = None) -> list[Record]:
+             limit: int | None = None, fields: Sequence[str] | None = None) -> list[Record]:
         """Points whose keyword payload `field` is one of `values` (or, with None, has
         any value): how ingest finds a moved file's point by its content fingerprint.
-        At most `limit` of them. Backends answer through the field's payload index;
-        this reference version scans."""
+        At most `limit` of them; with `fields`, each payload holds only those keys
+        (reading fewer is most of the cost of a large lookup). Backends answer through
+        the field's payload index; this reference version scans."""
         wanted = None if values is None else set(values)
         found = []
         for record in self.scroll(with_vectors=with_vectors):
             value = record.payload.get(field)
             if value is not None and (wanted is None or value in wanted):
+                if fields is not None:
+                    record = Record(record.id, {k: record.payload[k] for k in fields if k in record.payload},
+                                    record.vector)
                 found.append(record)
                 if limit is not None and len(found) >= limit:
                     break
         return found
+
+    def copy_points(self, sources: Sequence[str], ids: Sequence[str], payloads: Sequence[dict]) -> set[str]:
+        """Write points `ids` with `payloads`, each with the vector of the point
+        `sources[i]`: how a moved or copied file keeps its vector. A source that is not
+        there (deleted meanwhile) writes nothing; its id is in the set returned. Backends
+        may pass the vectors through without converting them; this reference version
+        reads them."""
+        vectors = {r.id: r.vector for r in self.retrieve(list(dict.fromkeys(sources)), with_vectors=True)
+                   if r.vector is not None}
+        kept = [i for i, source in enumerate(sources) if source in vectors]
+        if kept:
+            self.upsert([ids[i] for i in kept], np.stack([vectors[sources[i]] for i in kept]),
+                        [payloads[i] for i in kept])
+        return {i for i, source in zip(ids, sources) if source not in vectors}
 
     @abstractmethod
     def scroll(self, batch_size: int = 1000, with_vectors: bool = False,

@@ -561,7 +561,7 @@ class ClientIndex(Index):
     def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
         return self._scroll(self._filter(under), batch_size, with_vectors)
 
-    def find(self, field, values, with_vectors=False, limit=None) -> list[Record]:
+    def find(self, field, values, with_vectors=False, limit=None, fields=None) -> list[Record]:
         from qdrant_client import models
 
         if values is None:
@@ -570,14 +570,15 @@ class ClientIndex(Index):
             return []
         else:
             matching = models.Filter(must=[models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))])
-        return list(itertools.islice(self._scroll(matching, min(limit or 1000, 1000), with_vectors), limit))
+        payload = True if fields is None else list(fields)
+        return list(itertools.islice(self._scroll(matching, min(limit or 1000, 1000), with_vectors, payload), limit))
 
-    def _scroll(self, matching, batch_size: int, with_vectors: bool) -> Iterator[Record]:
+    def _scroll(self, matching, batch_size: int, with_vectors: bool, payload=True) -> Iterator[Record]:
         self.require_collection()
         offset = None
         while True:
             page = functools.partial(self.client.scroll, self.collection, scroll_filter=matching,
-                                     limit=batch_size, offset=offset, with_payload=True, with_vectors=with_vectors)
+                                     limit=batch_size, offset=offset, with_payload=payload, with_vectors=with_vectors)
             records, offset = self._call("scroll", page)
             for r in records:
                 yield Record(str(r.id), dict(r.payload or {}),

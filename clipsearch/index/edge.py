@@ -271,12 +271,16 @@ def _where_conditions(where: Where | None) -> list:
     return conditions
 
 
-def _vector_of(record) -> np.ndarray | None:
+def _raw_vector(record) -> list[float] | None:
+    """A record's vector as the engine gives it (a list of floats)."""
     vector = record.vector
-    if vector is None:
-        return None
     if isinstance(vector, dict):  # the default vector is named ""
         vector = vector.get("", next(iter(vector.values()), None))
+    return vector
+
+
+def _vector_of(record) -> np.ndarray | None:
+    vector = _raw_vector(record)
     return None if vector is None else np.asarray(vector, dtype=np.float32)
 
 
@@ -788,7 +792,10 @@ class EdgeIndex(Index):
         e = _edge()
         # One tolist() for the batch: a row at a time cost as much as the engine's write.
         rows = np.asarray(vectors, dtype=np.float32).tolist()
-        points = [e.Point(uuid.UUID(i), row, p) for i, row, p in zip(ids, rows, payloads)]
+        self._write_points([e.Point(uuid.UUID(i), row, p) for i, row, p in zip(ids, rows, payloads)])
+
+    def _write_points(self, points: list) -> None:
+        e = _edge()
         if points:
             shard = self.shard
             self._require_space_to_write()
@@ -891,7 +898,7 @@ class EdgeIndex(Index):
     def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
         return self._scroll(self._filter(under), batch_size, with_vectors)
 
-    def find(self, field, values, with_vectors=False, limit=None) -> list[Record]:
+    def find(self, field, values, with_vectors=False, limit=None, fields=None) -> list[Record]:
         e = _edge()
         if values is None:
             matching = e.Filter(must_not=[e.IsEmptyCondition(field)])
@@ -900,9 +907,24 @@ class EdgeIndex(Index):
         else:
             matching = e.Filter(must=[e.FieldCondition(key=field, match=e.MatchAny(list(values)))])
         batch = min(limit or 1000, 1000)
-        return list(itertools.islice(self._scroll(matching, batch, with_vectors), limit))
+        payload = True if fields is None else e.PayloadSelector.Include(list(fields))
+        return list(itertools.islice(self._scroll(matching, batch, with_vectors, payload), limit))
 
-    def _scroll(self, matching, batch_size: int, with_vectors: bool) -> Iterator[Record]:
+    def copy_points(self, sources, ids, payloads) -> set[str]:
+        # The engine's vectors go straight back into it as the lists it gave: no numpy
+        # round trip, which cost a moved file more than writing its point.
+        e = _edge()
+        shard = self.shard
+        with self._engine("reading points"):
+            records = shard.retrieve([uuid.UUID(i) for i in dict.fromkeys(sources)], with_payload=False,
+                                     with_vector=True)
+        vectors = {str(r.id): _raw_vector(r) for r in records}
+        points = [e.Point(uuid.UUID(i), vectors[source], payload)
+                  for source, i, payload in zip(sources, ids, payloads) if vectors.get(source) is not None]
+        self._write_points(points)
+        return {i for i, source in zip(ids, sources) if vectors.get(source) is None}
+
+    def _scroll(self, matching, batch_size: int, with_vectors: bool, payload=True) -> Iterator[Record]:
         e = _edge()
         shard = self.shard
         offset = None
@@ -910,7 +932,7 @@ class EdgeIndex(Index):
             with self._engine("reading points"):
                 records, offset = shard.scroll(e.ScrollRequest(
                     offset=offset, limit=batch_size, filter=matching,
-                    with_payload=True, with_vector=with_vectors,
+                    with_payload=payload, with_vector=with_vectors,
                 ))
             for r in records:
                 yield Record(str(r.id), dict(r.payload or {}), _vector_of(r) if with_vectors else None)

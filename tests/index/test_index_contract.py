@@ -570,6 +570,40 @@ def test_find_by_a_keyword_field(photo_index, corpus):
     assert photo_index.find("fingerprint", []) == []
 
 
+def test_find_reads_only_the_fields_asked_for(photo_index, corpus):
+    found = photo_index.find("fingerprint", ["p1:0001"], fields=("fingerprint", "path", "taken"))
+    assert {r.id for r in found} == {corpus.ids[1], corpus.ids[2]}
+    for record in found:
+        full = corpus.payloads[corpus.ids.index(record.id)]
+        assert record.payload == {k: full[k] for k in ("fingerprint", "path", "taken") if k in full}
+        assert "dirs" not in record.payload and record.vector is None
+
+
+def test_copy_points_gives_new_points_the_vectors_of_others(photo_index, corpus, tmp_path):
+    sources = [corpus.ids[0], corpus.ids[5], corpus.ids[0]]  # one source copied twice
+    paths = [str(tmp_path / "moved" / f"copy{i}.jpg") for i in range(3)]
+    new_ids = [point_id(p) for p in paths]
+    payloads = [payload_for(p, 100 + i) for i, p in enumerate(paths)]
+    assert photo_index.copy_points(sources, new_ids, payloads) == set()
+    assert photo_index.count() == len(corpus.ids) + 3
+    copies = {r.id: r for r in photo_index.retrieve(new_ids, with_vectors=True)}
+    for source, new_id, payload in zip(sources, new_ids, payloads):
+        assert np.allclose(copies[new_id].vector, corpus.vectors[corpus.ids.index(source)], atol=1e-6)
+        assert copies[new_id].payload == payload
+    hit = photo_index.query(corpus.vectors[5], 2)  # the copy is searchable like its source
+    assert {h.id for h in hit} == {corpus.ids[5], new_ids[1]}
+    assert photo_index.retrieve([corpus.ids[0]])[0].payload == corpus.payloads[0]  # the source is untouched
+
+
+def test_copy_points_reports_sources_that_are_gone(photo_index, corpus, tmp_path):
+    photo_index.delete(ids=[corpus.ids[3]])
+    paths = [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
+    new_ids = [point_id(p) for p in paths]
+    missing = photo_index.copy_points([corpus.ids[3], corpus.ids[4]], new_ids, [payload_for(p) for p in paths])
+    assert missing == {new_ids[0]}
+    assert [r.id for r in photo_index.retrieve(new_ids)] == [new_ids[1]]
+
+
 def where_mask(corpus: Corpus, where) -> np.ndarray:
     """numpy's answer to a Where over the corpus's payloads."""
     from math import asin, cos, radians, sin, sqrt

@@ -114,3 +114,45 @@ def test_a_large_file_differing_only_in_the_middle_is_not_taken_for_a_move(tmp_p
     assert fingerprint(str(photos / "retouched.bmp")) == stored["scan.bmp"]["fingerprint"]
     summary, _ = ingest_in_fresh_process(args, env)
     assert (summary["embedded"], summary["moved"], summary["copied"]) == (1, 1, 0), summary
+
+
+def test_a_source_deleted_after_the_lookup_leaves_the_file_to_embed(tmp_path):
+    """Another writer (a server's) deletes the matched point between the lookup and the
+    copy: the file is handed back to be embedded, nothing is counted, nothing deleted."""
+    from types import SimpleNamespace
+
+    from clipsearch.encoders.identity import ModelIdentity
+    from clipsearch.fingerprint import fingerprint
+    from clipsearch.ingest.relink import Relinker, place_payload
+    from clipsearch.ingest.walk import walk_images
+
+    photos = tmp_path / "photos"
+    draw_collection(photos / "a", 2)
+    shutil.copytree(photos / "a", photos / "b")
+    first, second = sorted(walk_images([str(photos / "a")]), key=lambda e: e.path)
+    identity = ModelIdentity(name="m", image_fingerprint="i" * 64, text_fingerprint="t" * 64, dim=4)
+
+    class DeletesAfterFind:  # the other writer, acting between find and copy_points
+        def __init__(self, index):
+            self.index = index
+
+        def __getattr__(self, name):
+            return getattr(self.index, name)
+
+        def find(self, *args, **kwargs):
+            found = self.index.find(*args, **kwargs)
+            self.index.delete(ids=[r.id for r in found if r.path == first.path])
+            return found
+
+    with open_index(Settings.resolve(index=str(tmp_path / "index")), create=True) as index:
+        index.ensure_collection(identity)
+        index.upsert([point_id(e.path) for e in (first, second)], np.eye(4, dtype=np.float32)[:2],
+                     [{**place_payload(e), "fingerprint": fingerprint(e.path)} for e in (first, second)])
+        counts = SimpleNamespace(moved=0, copied=0, upgraded=0)
+        copies = sorted(walk_images([str(photos / "b")]), key=lambda e: e.path)
+        left = Relinker(DeletesAfterFind(index), print, counts).relink(copies)
+        assert [e.path for e in left] == [copies[0].path]  # its source went: embed it
+        assert (counts.moved, counts.copied) == (0, 1)
+        kept = {r.path: r.vector for r in index.scroll(with_vectors=True)}
+    assert set(kept) == {second.path, copies[1].path}
+    assert np.allclose(kept[copies[1].path], kept[second.path])
