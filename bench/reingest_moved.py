@@ -3,14 +3,17 @@
     python bench/reingest_moved.py --files 100000 [--runs 3]
 
 Makes N small, distinct image files, records them in an embedded index as ingest
-would (same ids and payloads, fingerprints included; random vectors), then times the
-whole `clipsearch ingest` command, cold process included, in two ways, interleaved:
+would (same ids and payloads, fingerprints included; vectors clustered like image
+embeddings, as in bench/index_scale.py: the HNSW build's cost depends on it), then times the
+whole `clipsearch ingest` command, cold process included, in three ways, interleaved:
 
 - unchanged: the folder as it is, every file unchanged (the baseline, 6.6 s at 100k in
   bench/reingest_unchanged.py);
 - moved: the top folder renamed first, so every file is a new path whose content is
   indexed: its point's vector is copied and the old point removed. Nothing may be
-  decoded or embedded (asserted from the summary).
+  decoded or embedded (asserted from the summary). The HNSW graph is then rebuilt
+  over the new point ids, as a user's run does;
+- moved, the graph left for later: the same, what relinking alone costs.
 
 Also: the time to fingerprint every file alone (the reading share of a moved run), and
 what embedding the files again would cost at --encode-ms per image (the model alone,
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--encode-ms", type=float, default=53.4)
     args = parser.parse_args()
 
+    from bench.embedded_quantization import _centers
+    from bench.index_scale import clustered
     from bench.photos import vit_b_32_model
     from clipsearch.config import Settings
     from clipsearch.encoders.lazy import LazyEncoder
@@ -75,13 +80,14 @@ def main() -> None:
     settings = Settings.resolve(index=str(index_dir), model=str(model))
     identity = LazyEncoder(str(model), device="cpu").identity  # loads the model once; caches its identity
     rng = np.random.default_rng(0)
+    centers = _centers(args.files)
     started = time.perf_counter()
     with open_index(settings, create=True) as index:
         index.ensure_collection(identity)
         batch: list = []
 
         def flush():
-            vectors = rng.normal(size=(len(batch), identity.dim)).astype(np.float32)
+            vectors = clustered(len(batch), rng, centers)
             index.upsert([point_id(e.path) for e in batch], vectors,
                          [{**place_payload(e), "width": 8, "height": 8, "fingerprint": fingerprint(e.path, e.size)}
                           for e in batch])
