@@ -274,6 +274,9 @@ class Ingestor:
             chunk.clear()
             self._relinker.upgrade(older)
             yield from self._relinker.relink(new)  # moved or copied files keep their vectors
+            # A walk of unchanged, moved or copied files embeds nothing for minutes on a
+            # large library: its counts are the progress.
+            self._show()
 
         shard = self.options.shard
         for entry in entries:
@@ -412,8 +415,9 @@ class Ingestor:
         to_embed = (s.found - s.unchanged - s.skipped - s.moved - s.copied) if self.walk_done else None
         rate, eta = self.progress.rate_and_eta(s.embedded, to_embed)
         found = f"{s.found}" + ("" if self.walk_done else "+")  # + while still walking
+        relinked = "".join(f", {name} {count}" for name, count in (("moved", s.moved), ("copied", s.copied)) if count)
         self.progress.update(
-            f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}, skipped {s.skipped}, "
+            f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}{relinked}, skipped {s.skipped}, "
             f"{rate:.1f} img/s, ETA {eta}", force=force)
 
     def _prune(self, roots: Sequence[str]) -> None:

@@ -45,6 +45,25 @@ def test_a_renamed_folder_is_relinked_without_the_model(tmp_path, tiny_model_dir
         assert after[new].payload["dirs"][0] == os.path.dirname(new)  # filters see the new folder
 
 
+def test_a_move_shows_its_progress_while_it_walks(tmp_path, tiny_model_dir, monkeypatch):
+    """A library-wide move embeds nothing for minutes: the progress line counts the
+    moved files while the walk goes on, not only at the end."""
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    photos = tmp_path / "photos"
+    draw_collection(photos / "2023", 10)
+    args = ["ingest", str(photos), "--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "-w", "0"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    os.rename(photos / "2023", photos / "archive-2023")
+    monkeypatch.setenv("CLIPSEARCH_PROGRESS_SECONDS", "0")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    during = [line for line in result.stderr.splitlines() if line.startswith("found 10+")]
+    assert any("embedded 0, unchanged 0, moved 10, skipped 0" in line for line in during), result.stderr
+
+
 def test_a_copy_keeps_both_points(tmp_path, tiny_model_dir):
     photos = tmp_path / "photos"
     draw_collection(photos / "card", 6)
