@@ -280,6 +280,9 @@ SETTINGS: tuple[Setting, ...] = (
             "otherwise.", flag="--cors-origin", default_text="none"),
     Setting("upload_megabytes", ("CLIPSEARCH_UPLOAD_MEGABYTES",), 20.0, parse_megabytes,
             "The largest query image serve accepts as an upload.", flag="--upload-megabytes"),
+    Setting("thumbnail_megabytes", ("CLIPSEARCH_THUMBNAIL_MEGABYTES",), 2000.0, parse_megabytes,
+            "Disk space serve's thumbnail cache may use; beyond it, the thumbnails served least recently "
+            "are removed.", flag="--thumbnail-megabytes"),
     # output
     Setting("progress_seconds", ("CLIPSEARCH_PROGRESS_SECONDS",), None, parse_interval,
             "Seconds between progress updates.", default_text="0.25 on a terminal, 10 into a log"),

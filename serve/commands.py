@@ -18,11 +18,13 @@ from clipsearch.options import index_options, quiet_option, setting_option
                    "(repeatable).")
 @setting_option("cors_origins", "--cors-origin", metavar="ORIGIN[,ORIGIN...]")
 @setting_option("upload_megabytes", metavar="MB")
+@setting_option("thumbnail_megabytes", metavar="MB")
 @setting_option("workers", "--workers", "-w", metavar="N",
                 help="Decoding processes for the watched ingest; 0 decodes in the serving process.")
 @setting_option("batch_size", "--batch-size", "-b", metavar="N")
 @quiet_option
-def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, workers, batch_size, quiet):
+def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, thumbnail_megabytes, workers,
+          batch_size, quiet):
     """Serve the index to many clients: an HTTP API, a web page, thin clients
     (`clipsearch search --server URL`), and with --watch a live index."""
     from .server import ServeOptions, run
@@ -31,6 +33,7 @@ def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, wo
         host=config.value("host", host), port=config.value("port", port), token=config.value("token", token),
         watch=list(watch), cors_origins=tuple(config.value("cors_origins", cors_origins)),
         upload_megabytes=config.value("upload_megabytes", upload_megabytes),
+        thumbnail_megabytes=config.value("thumbnail_megabytes", thumbnail_megabytes),
         workers=config.value("workers", workers), batch_size=config.value("batch_size", batch_size), quiet=quiet)
     run(settings, options)
 

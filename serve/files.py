@@ -10,7 +10,10 @@ again.
 
 Thumbnails are JPEGs of a few fixed sizes, made once and kept in the user cache,
 named by the point, the size and the file's size and mtime, so that an edited file
-gets a new one; the same facts make the ETag.
+gets a new one; the same facts make the ETag. The cache is bounded (at 500k photos it
+would otherwise grow by gigabytes per size): a file's mtime is the last time it was
+served, and beyond the limit the least recently served go, down to 90% of it, so that
+one removal pass makes room for many thumbnails.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import io
 import mimetypes
 import os
 import stat
+import threading
 from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
@@ -71,8 +75,11 @@ def etag(point: str, payload: dict, size: int | None = None) -> str:
 
 
 class Thumbnails:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, limit_bytes: int = 2_000_000_000):
         self.folder = folder
+        self.limit_bytes = limit_bytes
+        self._lock = threading.Lock()
+        self._total: int | None = None  # bytes in the cache; counted at the first write
 
     def _file(self, point: str, size: int, payload: dict) -> Path:
         name = f"{point}-{size}-{payload.get('size')}-{payload.get('mtime_ns', 0)}.jpg"
@@ -82,9 +89,17 @@ class Thumbnails:
         """The JPEG of `size` (one of THUMBNAIL_SIZES). `fd`: the indexed file, opened
         and checked by open_indexed (every time, cached or not); closed here."""
         cached = self._file(point, size, payload)
-        if cached.is_file():
+        try:
+            data = cached.read_bytes()
+        except OSError:  # not made yet, or removed (the limit, or a user): make it
+            pass
+        else:
             os.close(fd)
-            return cached.read_bytes()
+            try:
+                os.utime(cached)  # served now: the last to go
+            except OSError:
+                pass
+            return data
         try:
             data = make_thumbnail(fd, size)
         except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
@@ -92,12 +107,50 @@ class Thumbnails:
             raise Gone(f"cannot make a thumbnail of the indexed file: {reason}") from None
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per request
             tmp.write_bytes(data)
             os.replace(tmp, cached)
+            self._added(len(data))
         except OSError:
             pass  # a cache that cannot be written only costs the next request a decode
         return data
+
+    def _added(self, size: int) -> None:
+        with self._lock:
+            if self._total is None:
+                self._total = sum(size for _, size, _ in self._files())
+            else:
+                self._total += size
+            if self._total > self.limit_bytes:
+                self._total = self._shrink(int(self.limit_bytes * 0.9))
+
+    def _files(self) -> list[tuple[float, int, str]]:
+        """(last served, bytes, path) of every thumbnail in the cache."""
+        found = []
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue  # removed meanwhile
+                found.append((st.st_mtime, st.st_size, path))
+        return found
+
+    def _shrink(self, target: int) -> int:
+        """Remove the least recently served thumbnails until at most `target` bytes
+        remain; the bytes that remain."""
+        files = sorted(self._files())
+        total = sum(size for _, size, _ in files)
+        for _, size, path in files:
+            if total <= target:
+                break
+            try:
+                os.remove(path)
+                total -= size
+            except OSError:
+                pass  # gone already
+        return total
 
 
 def make_thumbnail(fd: int, size: int) -> bytes:

@@ -27,6 +27,7 @@ class ServeOptions:
     watch: list[str] = field(default_factory=list)
     cors_origins: tuple[str, ...] = ()
     upload_megabytes: float = 20.0
+    thumbnail_megabytes: float = 2000.0
     workers: int = 1
     batch_size: int = 32
     quiet: bool = False
@@ -113,7 +114,8 @@ def run(settings: Settings, options: ServeOptions) -> None:
 
         from .app import create_app
 
-        app = create_app(service, Guard(token), Thumbnails(thumbnail_folder(settings)), uploads,
+        thumbnails = Thumbnails(thumbnail_folder(settings), int(options.thumbnail_megabytes * 1e6))
+        app = create_app(service, Guard(token), thumbnails, uploads,
                          int(options.upload_megabytes * 1e6), options.cors_origins, version("clipsearch"))
         if roots:
             service.watcher = start_watcher(service, roots, options)
