@@ -124,6 +124,14 @@ def _with_vector(request) -> object:
     return GrpcToRest.convert_with_vectors_selector(request.with_vectors) if request.HasField("with_vectors") else None
 
 
+def _record(record) -> grpc.RetrievedPoint:
+    # Asked without payload, the engine leaves it None, which the converter cannot take;
+    # a real server answers with an empty map.
+    if record.payload is None:
+        record = record.model_copy(update={"payload": {}})
+    return RestToGrpc.convert_record(record)
+
+
 def _updated(result) -> grpc.PointsOperationResponse:
     return grpc.PointsOperationResponse(result=grpc.UpdateResult(operation_id=result["operation_id"],
                                                                  status=grpc.UpdateStatus.Completed))
@@ -142,7 +150,7 @@ class _Points(grpc.PointsServicer):
         body = {"ids": [GrpcToRest.convert_point_id(i) for i in request.ids],
                 "with_payload": _with_payload(request), "with_vector": _with_vector(request)}
         records = self.calls(context, self.double._retrieve, request.collection_name, body)
-        return grpc.GetResponse(result=[RestToGrpc.convert_record(r) for r in records])
+        return grpc.GetResponse(result=[_record(r) for r in records])
 
     def Delete(self, request, context):
         selector = request.points
@@ -166,7 +174,7 @@ class _Points(grpc.PointsServicer):
         if request.HasField("offset"):
             body["offset"] = GrpcToRest.convert_point_id(request.offset)
         page = self.calls(context, self.double._scroll, request.collection_name, body)
-        reply = grpc.ScrollResponse(result=[RestToGrpc.convert_record(r) for r in page.points])
+        reply = grpc.ScrollResponse(result=[_record(r) for r in page.points])
         if page.next_page_offset is not None:
             reply.next_page_offset.CopyFrom(RestToGrpc.convert_extended_point_id(page.next_page_offset))
         return reply

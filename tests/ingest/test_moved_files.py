@@ -137,7 +137,8 @@ def test_a_large_file_differing_only_in_the_middle_is_not_taken_for_a_move(tmp_p
 
 def test_a_source_deleted_after_the_lookup_leaves_the_file_to_embed(tmp_path):
     """Another writer (a server's) deletes the matched point between the lookup and the
-    copy: the file is handed back to be embedded, nothing is counted, nothing deleted."""
+    copy: the file is handed back to be embedded and not counted; a move whose source
+    went that way deletes nothing else."""
     from types import SimpleNamespace
 
     from clipsearch.encoders.identity import ModelIdentity
@@ -146,32 +147,40 @@ def test_a_source_deleted_after_the_lookup_leaves_the_file_to_embed(tmp_path):
     from clipsearch.ingest.walk import walk_images
 
     photos = tmp_path / "photos"
-    draw_collection(photos / "a", 2)
+    draw_collection(photos / "a", 3)
     shutil.copytree(photos / "a", photos / "b")
-    first, second = sorted(walk_images([str(photos / "a")]), key=lambda e: e.path)
+    first, second, third = sorted(walk_images([str(photos / "a")]), key=lambda e: e.path)
     identity = ModelIdentity(name="m", image_fingerprint="i" * 64, text_fingerprint="t" * 64, dim=4)
+    returned = []
 
-    class DeletesAfterFind:  # the other writer, acting between find and copy_points
+    class DeletesAfterFind:  # the other writer, acting between the lookup and copy_points
         def __init__(self, index):
             self.index = index
 
         def __getattr__(self, name):
             return getattr(self.index, name)
 
-        def find(self, *args, **kwargs):
-            found = self.index.find(*args, **kwargs)
-            self.index.delete(ids=[r.id for r in found if r.path == first.path])
+        def find(self, field, values, **kwargs):
+            found = self.index.find(field, values, **kwargs)
+            if values is not None:  # the lookup by fingerprint, not the probe for any
+                self.index.delete(ids=[r.id for r in found if r.path in (first.path, third.path)])
             return found
+
+        def copy_points(self, *args):
+            returned.append(self.index.copy_points(*args))
+            return returned[-1]
 
     with open_index(Settings.resolve(index=str(tmp_path / "index")), create=True) as index:
         index.ensure_collection(identity)
-        index.upsert([point_id(e.path) for e in (first, second)], np.eye(4, dtype=np.float32)[:2],
-                     [{**place_payload(e), "fingerprint": fingerprint(e.path)} for e in (first, second)])
+        index.upsert([point_id(e.path) for e in (first, second, third)], np.eye(4, dtype=np.float32)[:3],
+                     [{**place_payload(e), "fingerprint": fingerprint(e.path)} for e in (first, second, third)])
+        os.remove(third.path)  # b's copy of it is a move, whose source the other writer deletes
         counts = SimpleNamespace(moved=0, copied=0, upgraded=0)
-        copies = sorted(walk_images([str(photos / "b")]), key=lambda e: e.path)
-        left = Relinker(DeletesAfterFind(index), print, counts).relink(copies)
-        assert [e.path for e in left] == [copies[0].path]  # its source went: embed it
+        arrived = sorted(walk_images([str(photos / "b")]), key=lambda e: e.path)
+        left = Relinker(DeletesAfterFind(index), print, counts).relink(arrived)
+        assert returned == [{point_id(arrived[0].path), point_id(arrived[2].path)}]
+        assert sorted(e.path for e in left) == [arrived[0].path, arrived[2].path]  # their sources went: embed
         assert (counts.moved, counts.copied) == (0, 1)
         kept = {r.path: r.vector for r in index.scroll(with_vectors=True)}
-    assert set(kept) == {second.path, copies[1].path}
-    assert np.allclose(kept[copies[1].path], kept[second.path])
+    assert set(kept) == {second.path, arrived[1].path}  # the copy made, nothing else deleted
+    assert np.allclose(kept[arrived[1].path], kept[second.path])
