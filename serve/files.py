@@ -115,12 +115,12 @@ class Thumbnails:
             pass  # a cache that cannot be written only costs the next request a decode
         return data
 
-    def _added(self, size: int) -> None:
+    def _added(self, written: int) -> None:
         with self._lock:
-            if self._total is None:
+            if self._total is None:  # the first write: count the cache, this file included
                 self._total = sum(size for _, size, _ in self._files())
             else:
-                self._total += size
+                self._total += written
             if self._total > self.limit_bytes:
                 self._total = self._shrink(int(self.limit_bytes * 0.9))
 
