@@ -22,6 +22,15 @@ template_option = click.option(
          '[default: "a photo of a {label}."]')
 
 
+def _check_given_templates(templates) -> None:
+    """A template without {label} is a mistake in the command line: say so before
+    every row and image of the data is checked (minutes for a large folder)."""
+    if templates:
+        from .templates import check_templates
+
+        check_templates(templates)
+
+
 @click.command()
 @click.argument("data", type=click.Path(exists=False))
 @click.option("--output", "-o", required=True, type=click.Path(), metavar="DIR",
@@ -89,6 +98,7 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
     classification accuracy (top-1, top-5) among its labels too.
     """
     _require_training_extras()
+    _check_given_templates(templates)
     from .evaluation import format_table
     from .pipeline import FinetuneOptions, run_finetune
     from .training import TrainSettings
@@ -138,6 +148,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
     queries, and each image is also classified among all the labels (zero-shot
     accuracy@1 and accuracy@5, each label's templates averaged as CLIP does).
     """
+    _check_given_templates(templates)
     from .evaluation import evaluate, format_table
     from .loading import load_clip
     from .templates import templates_for

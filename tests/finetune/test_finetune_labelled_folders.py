@@ -157,6 +157,20 @@ def test_eval_reports_recall_and_zero_shot_accuracy(tmp_path, tiny_st_model_dir)
     assert wrong.exit_code == 1 and "--template makes captions of a labelled folder's labels" in wrong.output
 
 
+@pytest.mark.parametrize("command", ["eval", "finetune"])
+def test_a_template_without_its_label_is_refused_before_the_data_is_checked(tmp_path, command):
+    data = draw_classes(tmp_path / "data", per_class=2)
+    (data / "triangle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")  # a bad row
+    args = [command, str(data), "--template", "a photo", "-m" if command == "eval" else "--base",
+            str(tmp_path / "no-such-model")]
+    if command == "finetune":
+        args += ["--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "--template 'a photo' has no {label}" in result.output, result.output  # not the bad image, not the model
+    assert "broken.png" not in result.output
+
+
 def test_finetune_on_a_labelled_folder_reports_accuracy_before_and_after(tmp_path, tiny_model_dir):
     data = draw_classes(tmp_path / "data", per_class=4)
     out = tmp_path / "out"
