@@ -117,12 +117,15 @@ class Thumbnails:
 
     def _added(self, written: int) -> None:
         with self._lock:
+            files = None
             if self._total is None:  # the first write: count the cache, this file included
-                self._total = sum(size for _, size, _ in self._files())
+                files = self._files()
+                self._total = sum(size for _, size, _ in files)
             else:
                 self._total += written
             if self._total > self.limit_bytes:
-                self._total = self._shrink(int(self.limit_bytes * 0.9))
+                self._total = self._shrink(files if files is not None else self._files(),
+                                           int(self.limit_bytes * 0.9))
 
     def _files(self) -> list[tuple[float, int, str]]:
         """(last served, bytes, path) of every thumbnail in the cache."""
@@ -137,12 +140,11 @@ class Thumbnails:
                 found.append((st.st_mtime, st.st_size, path))
         return found
 
-    def _shrink(self, target: int) -> int:
-        """Remove the least recently served thumbnails until at most `target` bytes
-        remain; the bytes that remain."""
-        files = sorted(self._files())
+    def _shrink(self, files: list[tuple[float, int, str]], target: int) -> int:
+        """Remove the least recently served of `files` (_files()) until at most `target`
+        bytes remain; the bytes that remain."""
         total = sum(size for _, size, _ in files)
-        for _, size, path in files:
+        for _, size, path in sorted(files):
             if total <= target:
                 break
             try:

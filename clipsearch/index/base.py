@@ -255,16 +255,21 @@ class Index(ABC):
     def copy_points(self, sources: Sequence[str], ids: Sequence[str], payloads: Sequence[dict]) -> set[str]:
         """Write points `ids` with `payloads`, each with the vector of the point
         `sources[i]`: how a moved or copied file keeps its vector. A source that is not
-        there (deleted meanwhile) writes nothing; its id is in the set returned. Backends
-        may pass the vectors through without converting them; this reference version
-        reads them."""
-        vectors = {r.id: r.vector for r in self.retrieve(list(dict.fromkeys(sources)), with_vectors=True)
-                   if r.vector is not None}
-        kept = [i for i, source in enumerate(sources) if source in vectors]
+        there (deleted meanwhile) writes nothing; its id is in the set returned."""
+        vectors = self._vectors_to_copy(list(dict.fromkeys(sources)))
+        kept = [k for k, source in enumerate(sources) if source in vectors]
         if kept:
-            self.upsert([ids[i] for i in kept], np.stack([vectors[sources[i]] for i in kept]),
-                        [payloads[i] for i in kept])
+            self._write_copies([ids[k] for k in kept], [vectors[sources[k]] for k in kept],
+                               [payloads[k] for k in kept])
         return {i for i, source in zip(ids, sources) if source not in vectors}
+
+    def _vectors_to_copy(self, ids: list[str]) -> dict:
+        """The vectors of those of `ids` that exist, in the form _write_copies takes
+        (backends keep their own, to pass them through unconverted)."""
+        return {r.id: r.vector for r in self.retrieve(ids, with_vectors=True) if r.vector is not None}
+
+    def _write_copies(self, ids: list[str], vectors: list, payloads: list[dict]) -> None:
+        self.upsert(ids, np.stack(vectors), payloads)
 
     @abstractmethod
     def scroll(self, batch_size: int = 1000, with_vectors: bool = False,

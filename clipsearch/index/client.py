@@ -561,20 +561,20 @@ class ClientIndex(Index):
     def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
         return self._scroll(self._filter(under), batch_size, with_vectors)
 
-    def copy_points(self, sources, ids, payloads) -> set[str]:
+    # A copy reads the vectors alone (no payloads) and writes them back as the server gave them.
+    def _vectors_to_copy(self, ids: list[str]) -> dict:
+        self.require_collection()
+        records = self._call("retrieve", lambda: self.client.retrieve(
+            self.collection, ids=ids, with_payload=False, with_vectors=True)) if ids else []
+        return {str(r.id): r.vector for r in records if r.vector is not None}
+
+    def _write_copies(self, ids: list[str], vectors: list, payloads: list[dict]) -> None:
         from qdrant_client import models
 
-        self.require_collection()
         self._check_pin(always=True)
-        wanted = list(dict.fromkeys(sources))
-        records = self._call("retrieve", lambda: self.client.retrieve(
-            self.collection, ids=wanted, with_payload=False, with_vectors=True)) if wanted else []
-        vectors = {str(r.id): r.vector for r in records if r.vector is not None}
-        points = [models.PointStruct(id=i, vector=vectors[source], payload=payload)
-                  for source, i, payload in zip(sources, ids, payloads) if source in vectors]
-        if points:  # the vectors as the server gave them: one read, no payloads, no numpy
-            self._call("upsert", lambda: self.client.upsert(self.collection, points=points, wait=True))
-        return {i for i, source in zip(ids, sources) if source not in vectors}
+        points = [models.PointStruct(id=i, vector=vector, payload=payload)
+                  for i, vector, payload in zip(ids, vectors, payloads)]
+        self._call("upsert", lambda: self.client.upsert(self.collection, points=points, wait=True))
 
     def find(self, field, values, with_vectors=False, limit=None, fields=None) -> list[Record]:
         from qdrant_client import models

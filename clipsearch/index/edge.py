@@ -910,19 +910,17 @@ class EdgeIndex(Index):
         payload = True if fields is None else e.PayloadSelector.Include(list(fields))
         return list(itertools.islice(self._scroll(matching, batch, with_vectors, payload), limit))
 
-    def copy_points(self, sources, ids, payloads) -> set[str]:
-        # The engine's vectors go straight back into it as the lists it gave: no numpy
-        # round trip, which cost a moved file more than writing its point.
-        e = _edge()
-        shard = self.shard
+    # A copy passes the engine's vectors straight back into it as the lists it gave: no
+    # numpy round trip, which cost a moved file more than writing its point.
+    def _vectors_to_copy(self, ids: list[str]) -> dict:
         with self._engine("reading points"):
-            records = shard.retrieve([uuid.UUID(i) for i in dict.fromkeys(sources)], with_payload=False,
-                                     with_vector=True)
+            records = self.shard.retrieve([uuid.UUID(i) for i in ids], with_payload=False, with_vector=True)
         vectors = {str(r.id): _raw_vector(r) for r in records}
-        points = [e.Point(uuid.UUID(i), vectors[source], payload)
-                  for source, i, payload in zip(sources, ids, payloads) if vectors.get(source) is not None]
-        self._write_points(points)
-        return {i for i, source in zip(ids, sources) if vectors.get(source) is None}
+        return {pid: vector for pid, vector in vectors.items() if vector is not None}
+
+    def _write_copies(self, ids: list[str], vectors: list, payloads: list[dict]) -> None:
+        e = _edge()
+        self._write_points([e.Point(uuid.UUID(i), vector, p) for i, vector, p in zip(ids, vectors, payloads)])
 
     def _scroll(self, matching, batch_size: int, with_vectors: bool, payload=True) -> Iterator[Record]:
         e = _edge()
