@@ -133,6 +133,7 @@ class ImagePathCollator(SentenceTransformerDataCollator):
     _rng: random.Random | None = field(default=None, init=False, repr=False)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        _hand_batches_over_as_files()
         features = [{key: self._value(key, value) for key, value in row.items()} for row in features]
         return super().__call__(features)
 
@@ -155,6 +156,21 @@ class ImagePathCollator(SentenceTransformerDataCollator):
             worker = torch.utils.data.get_worker_info()
             self._rng = random.Random(worker.seed if worker else self.seed)
         return self._rng.choice(self.templates)
+
+
+def _hand_batches_over_as_files() -> None:
+    """In a DataLoader worker, hand the batch's tensors to the training process as named
+    shared-memory files (torch's "file_system" strategy) rather than as file descriptors.
+    A descriptor is fetched from the worker over a socket; Ctrl-C landing in that
+    exchange left the worker printing multiprocessing's traceback (BrokenPipeError,
+    ConnectionResetError) under the stop message. torch's shared-memory manager removes
+    the files once neither side holds them, whichever stops first. The training process
+    keeps its own strategy: a received tensor carries how to open it."""
+    import torch.multiprocessing
+    import torch.utils.data
+
+    if torch.utils.data.get_worker_info() is not None and torch.multiprocessing.get_sharing_strategy() != "file_system":
+        torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 # The dataset's image column is Arrow text, which must be UTF-8: a file name that is not

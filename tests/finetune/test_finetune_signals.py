@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -69,7 +70,9 @@ def _in_group(pgid: int) -> list[psutil.Process]:
 
 def _decoders(pid: int) -> list[psutil.Process]:
     """The command's child processes but multiprocessing's resource tracker (left by the
-    image check's pool, and gone with the command): the DataLoader workers."""
+    image check's pool, and gone with the command): the DataLoader workers, and the
+    torch_shm_manager each of them starts (in a session of its own, so outside the
+    group; it leaves once neither the worker nor the command holds a batch)."""
     children = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
@@ -112,12 +115,24 @@ def _stop_mid_training(tmp_path: Path, shapes, model: Path, out: Path, signum: i
 
 
 def _nothing_left(pgid: int, workers: list[psutil.Process]) -> None:
-    """No process of the command's group outlives it (a moment's grace for the kernel)."""
+    """No process of the command's group, and none it started, outlives it (a moment's
+    grace for the kernel)."""
+
+    def alive() -> list[psutil.Process]:
+        running = []
+        for process in workers:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    running.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        return running
+
     deadline = time.monotonic() + 5
-    while _in_group(pgid) and time.monotonic() < deadline:
+    while (_in_group(pgid) or alive()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _in_group(pgid), [p.cmdline() for p in _in_group(pgid)]
-    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert not alive(), [p.cmdline() for p in alive()]
 
 
 def _kept_checkpoint(stderr: str, out: Path) -> Path:
@@ -225,3 +240,29 @@ def test_ctrl_c_while_a_checkpoint_is_written_keeps_that_checkpoint_whole(tmp_pa
     assert result.exit_code == 130, result.output
     kept = _kept_checkpoint(result.stderr, out)
     assert kept.name == "checkpoint-2" and not (out / "checkpoints" / "checkpoint-4").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_batch_is_handed_over_prints_no_traceback(tmp_path, shapes, tiny_model_dir):
+    """Ctrl-C that lands while the training process takes a batch from a DataLoader
+    worker: the worker must not print multiprocessing's traceback (a BrokenPipeError or
+    EOFError from its resource sharer) under the stop message. One process, 12 interrupts
+    at random moments of the hand-over loop."""
+    rounds = 12
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("interrupted_loader.py")),
+                                str(tiny_model_dir), str(shapes[0].parent / "images"), str(rounds)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                               start_new_session=True)
+    try:
+        rng = random.Random(0)
+        for round_ in range(rounds):
+            assert process.stdout.readline().strip() == f"ready {round_}", process.stderr.read()[-3000:]
+            time.sleep(rng.uniform(0, 0.2))
+            os.killpg(process.pid, signal.SIGINT)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    assert stderr.count("interrupted ") == rounds and "Traceback" not in stderr, stderr[-3000:]
