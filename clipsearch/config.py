@@ -185,7 +185,8 @@ def default_cache_dir() -> str:
 SETTINGS: tuple[Setting, ...] = (
     # Which model and which collection: every command's shared options (clipsearch/options.py).
     Setting("model", ("CLIPSEARCH_MODEL",), DEFAULT_MODEL, parse_text,
-            "CLIP model: hub id or local folder.", flag="--model"),
+            "CLIP model: hub id or local folder. Unset, ingest, search and serve use the model an existing "
+            "collection was made with.", flag="--model"),
     Setting("index", ("CLIPSEARCH_INDEX", "QDRANT_URL"), default_index_path, parse_text,
             "Index: a folder (embedded Qdrant), http(s)://host:6333 (Qdrant server) or :memory:.",
             flag="--index", default_text="the user data dir (~/.local/share/clipsearch/index)"),
@@ -375,16 +376,20 @@ class Settings:
     hnsw_m: int | None = _table_default("hnsw_m")
     hnsw_ef_construct: int | None = _table_default("hnsw_ef_construct")
     oversampling: float = _table_default("oversampling")
+    # False when neither --model nor CLIPSEARCH_MODEL named the model: a command that
+    # opens an existing collection then uses the model it records (index/adopt.py).
+    model_named: bool = field(default=True, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **flags: Any) -> "Settings":
         """Build settings from explicit flags (None = not given), then env, then defaults."""
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name in BY_NAME]
         unknown = set(flags) - set(names)
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         values = {name: value(name, flags.get(name), env) for name in names}
-        return cls(**values).validated()
+        named = flags.get("model") is not None or env_value("model", env) is not None
+        return cls(**values, model_named=named).validated()
 
     def validated(self) -> "Settings":
         """Checks what the table's parsers cannot see (a flag or a caller may give any
@@ -424,4 +429,6 @@ class Settings:
         return "edge"
 
     def with_overrides(self, **changes: Any) -> "Settings":
+        if "model" in changes:
+            changes.setdefault("model_named", True)
         return replace(self, **changes).validated()

@@ -121,9 +121,12 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
     train = record["train"]
     click.echo(f"trained {train['steps']} steps in {train['seconds']:.1f} s; model saved to {record['model']}")
     if record["image_tower_unchanged"]:
-        click.echo("image tower unchanged: indexes built with the base model stay valid")
+        click.echo("image tower unchanged: `clipsearch reindex --model " + record["model"] + "` adopts it in a "
+                   "collection built with the base model, embedding nothing again")
     else:
-        click.echo("image tower changed: ingest again with --model " + record["model"])
+        click.echo("image tower changed: `clipsearch reindex --model " + record["model"] + "` embeds a "
+                   "collection's images with it")
+    click.echo("then ingest, search and serve use the collection's model without --model")
 
 
 @click.command(name="eval")

@@ -8,6 +8,7 @@ import json
 import click
 
 from clipsearch import config
+from clipsearch.errors import ClipsearchError
 from clipsearch.options import index_options, layout_options, quiet_option, setting_option
 
 
@@ -93,11 +94,16 @@ def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, 
     Stopped or killed, the same command resumes. A model whose image tower is the
     collection's (fine-tuned with --freeze vision) needs no new vectors: reindex only
     records it. On a server, the new collection takes the old one's layout (shards,
-    replicas, quantization...) unless layout flags are given. Then search with the
-    same --model.
+    replicas, quantization...) unless layout flags are given. Then ingest, search and
+    serve use the new model without --model. --model (or CLIPSEARCH_MODEL) is
+    required: the default model is never assumed for hours of embedding.
     """
     from .pipeline import IngestOptions
     from .reindex import reindex as run_reindex
+
+    if not settings.model_named:
+        raise ClipsearchError("reindex needs --model (or CLIPSEARCH_MODEL): the model to embed the collection's "
+                              "images with, e.g. a fine-tuned folder")
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), report=report, quiet=quiet,
                             precision=precision or "", verbose=verbose)

@@ -623,16 +623,26 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     environment's, as the CLI does) and closes it after; without `encoder`, the
     model `settings` names loads only once a file needs embedding (LazyEncoder).
     """
+    from clipsearch.index import open_index, with_collection_model
+
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
-    if encoder is None:
-        encoder = lazy_encoder(settings, options or IngestOptions())
-    if index is not None:
-        return Ingestor(encoder, index, options, progress).run(folders)
-    from clipsearch.index import open_index
+    options = options or IngestOptions()
 
+    def run(opened: Index):
+        nonlocal encoder
+        if encoder is None:  # the model the collection records, unless one was named
+            from clipsearch.encoders.image_towers import stderr_line
+
+            assert settings is not None
+            said = None if options.quiet else stderr_line
+            encoder = lazy_encoder(with_collection_model(settings, opened, said), options)
+        return Ingestor(encoder, opened, options, progress).run(folders)
+
+    if index is not None:
+        return run(index)
     resolve_roots(folders)  # checked before the index is created: a typo leaves no empty index behind
-    if options is not None and options.report:
+    if options.report:
         check_report_path(options.report)
     with open_index(settings, create=True) as opened:
-        return Ingestor(encoder, opened, options, progress).run(folders)
+        return run(opened)

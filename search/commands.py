@@ -73,7 +73,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     say = (lambda message: click.echo(f"clipsearch: {message}", err=True)) if verbose else None
     with timings.phase("imports"):
         from clipsearch.encoders import QueryEncoders
-        from clipsearch.index import open_index
+        from clipsearch.index import open_index, with_collection_model
 
         from .engine import Searcher, build_terms, check_k
 
@@ -92,6 +92,9 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     try:
         with timings.phase("index open"):
             index.require_collection()
+            adopted = with_collection_model(settings, index, say)
+        if adopted is not settings:  # the default model's text tower ran for nothing: rare
+            encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()
         with timings.phase("index open"):  # the model check and the count
             searcher = Searcher(encoder, index)

@@ -7,6 +7,7 @@
     versions.py  a collection's versions (reindex) and the name that switches to one
     lockfile.py  one process owns an embedded index
     migrate.py   copy a collection to another index
+    adopt.py     the collection's own model, for a command given none
     commands.py  `clipsearch status`, `clipsearch migrate`
 
 Names load on first use: the CLI imports commands.py on every start.
@@ -19,9 +20,12 @@ from typing import TYPE_CHECKING
 from ..lazy_package import lazy_package
 from .open import open_index
 
-__all__ = ["Hit", "Index", "Record", "open_index", "point_id", "canonical_point_id", "canonical_path", "ancestor_dirs"]
+__all__ = ["Hit", "Index", "Record", "open_index", "point_id", "canonical_point_id", "canonical_path", "ancestor_dirs",
+           "with_collection_model"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .adopt import with_collection_model
     from .base import Hit, Index, Record, ancestor_dirs, canonical_path, canonical_point_id, point_id
 
-lazy_package(__name__, {name: "base" for name in __all__ if name != "open_index"})
+lazy_package(__name__, {**{name: "base" for name in __all__ if name not in ("open_index", "with_collection_model")},
+                        "with_collection_model": "adopt"})

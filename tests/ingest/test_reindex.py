@@ -189,7 +189,8 @@ def test_a_pinned_open_never_mixes_models_across_a_switch(indexed, other_model_d
         pinned.PIN_CHECK_SECONDS = 0
         first = reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
         assert first.switched
-        with pytest.raises(ClipsearchError, match=r"switched by clipsearch reindex.*restart it with --model"):
+        with pytest.raises(ClipsearchError,
+                           match=r"switched by clipsearch reindex.*restart it without --model \(or with the new one\)"):
             pinned.query(probe, 3)
     with open_index(settings, pin=True) as pinned:
         pinned.PIN_CHECK_SECONDS = 0
