@@ -45,10 +45,11 @@ def render(run: dict, evaluation: dict) -> str:
     freeze = s["freeze"]
     compatibility = (
         "The image tower was frozen and is bit-identical to the base model's, so an index built with the base "
-        "model stays valid: `clipsearch search --model` this folder against it, no re-ingest needed."
+        "model stays valid: `clipsearch reindex --model` this folder records it in such a collection without "
+        "embedding anything again."
         if freeze == "vision" else
-        "The image tower changed, so image vectors differ from the base model's: ingest your images again with "
-        "`--model` this folder (into a new collection); clipsearch refuses to mix the two."
+        "The image tower changed, so image vectors differ from the base model's: `clipsearch reindex --model` "
+        "this folder embeds a collection's images again with it; clipsearch refuses to mix the two."
     )
     lines = [
         "---",
@@ -87,8 +88,9 @@ def render(run: dict, evaluation: dict) -> str:
         "## Use",
         "",
         "```",
-        "clipsearch ingest ~/Pictures --model THIS_FOLDER",
-        'clipsearch search "your words" --model THIS_FOLDER',
+        "clipsearch ingest ~/Pictures --model THIS_FOLDER  # a new index",
+        "clipsearch reindex --model THIS_FOLDER            # or an index built with another model",
+        'clipsearch search "your words"                    # either way, the collection\'s model from then on',
         "clipsearch eval PAIRS.csv --model THIS_FOLDER",
         "```",
         "",

@@ -163,9 +163,11 @@ def _hand_batches_over_as_files() -> None:
     shared-memory files (torch's "file_system" strategy) rather than as file descriptors.
     A descriptor is fetched from the worker over a socket; Ctrl-C landing in that
     exchange left the worker printing multiprocessing's traceback (BrokenPipeError,
-    ConnectionResetError) under the stop message. torch's shared-memory manager removes
-    the files once neither side holds them, whichever stops first. The training process
-    keeps its own strategy: a received tensor carries how to open it."""
+    ConnectionResetError) under the stop message. Each worker's torch_shm_manager (in a
+    session of its own, so Ctrl-C leaves it be) removes the files once both processes
+    have let go of them; a batch dropped by an interrupt goes when the training process
+    ends. The training process keeps its own strategy: a received tensor carries how to
+    open it."""
     import torch.multiprocessing
     import torch.utils.data
 

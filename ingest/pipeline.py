@@ -621,22 +621,27 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
 
     Without `index`, opens (and may create) the one `settings` names (default: the
     environment's, as the CLI does) and closes it after; without `encoder`, the
-    model `settings` names loads only once a file needs embedding (LazyEncoder).
+    model `settings` names (none named: the one the collection records) loads only
+    once a file needs embedding (LazyEncoder).
     """
     from clipsearch.index import open_index, with_collection_model
 
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
     options = options or IngestOptions()
+    ours = encoder is None
+    if ours:  # built (lazily: no model loads) before anything is created: it checks the options
+        encoder = lazy_encoder(settings, options)
 
     def run(opened: Index):
         nonlocal encoder
-        if encoder is None:  # the model the collection records, unless one was named
+        if ours:  # the model the collection records, unless one was named
             from clipsearch.encoders.image_towers import stderr_line
 
             assert settings is not None
-            said = None if options.quiet else stderr_line
-            encoder = lazy_encoder(with_collection_model(settings, opened, said), options)
+            adopted = with_collection_model(settings, opened, None if options.quiet else stderr_line)
+            if adopted is not settings:
+                encoder = lazy_encoder(adopted, options)
         return Ingestor(encoder, opened, options, progress).run(folders)
 
     if index is not None:

@@ -73,7 +73,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     say = (lambda message: click.echo(f"clipsearch: {message}", err=True)) if verbose else None
     with timings.phase("imports"):
         from clipsearch.encoders import QueryEncoders
-        from clipsearch.index import open_index, with_collection_model
+        from clipsearch.index import open_index, with_collection_model, with_recorded_model
 
         from .engine import Searcher, build_terms, check_k
 
@@ -82,7 +82,10 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         batches = [(line, build_terms(line, None, add, subtract)) for line in query_lines(queries, query, image)]
     else:
         batches = [(query if query is not None else image, build_terms(query, image, add, subtract))]
-    # The text encoder: the cached ONNX text tower (fast), or the full model (clipsearch/encoders/query.py).
+    # The text encoder: the cached ONNX text tower (fast), or the full model (clipsearch/encoders/query.py),
+    # of the model the collection records where none is named, known before the index opens when embedded.
+    with timings.phase("index open"):
+        settings = with_recorded_model(settings, say)
     encoders = QueryEncoders(settings, say=say, timings=timings)
     fast = encoders.fast()
     if fast is not None:  # its ONNX run goes on while the index opens (encoders/query.py: prefetch)
@@ -93,7 +96,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         with timings.phase("index open"):
             index.require_collection()
             adopted = with_collection_model(settings, index, say)
-        if adopted is not settings:  # the default model's text tower ran for nothing: rare
+        if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()
         with timings.phase("index open"):  # the model check and the count

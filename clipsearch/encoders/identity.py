@@ -90,5 +90,6 @@ class ModelIdentity:
         if not self.is_compatible_with(stored):
             raise ClipsearchError(
                 f"model mismatch: collection {collection!r} was built with {stored.short()}, "
-                f"but the model in use is {self.short()}; use that model (--model) or another collection"
+                f"but the model in use is {self.short()}; use that model (--model, or neither --model nor "
+                "CLIPSEARCH_MODEL: the collection's own) or another collection"
             )

@@ -321,8 +321,8 @@ class ClientIndex(Index):
             if now is not None and not now.is_compatible_with(self._pinned):
                 raise ClipsearchError(
                     f"collection {self.name!r} at {self.where} now holds {now.short()}'s vectors (switched by "
-                    f"clipsearch reindex); this process runs {self._pinned.short()}: restart it without --model "
-                    "(or with the new one) for the new one")
+                    f"clipsearch reindex); this process runs {self._pinned.short()}: restart it with the new "
+                    "model (--model, or neither --model nor CLIPSEARCH_MODEL: the collection's own)")
 
     def versions(self) -> list[str]:
         answer = self._call("list collections", lambda: self.client.get_collections())

@@ -321,6 +321,18 @@ def _is_shard(path: Path) -> bool:
     return path.joinpath("edge_config.json").is_file()
 
 
+def recorded_identity(folder: str, name: str) -> ModelIdentity | None:
+    """The model a collection records, read from its folder without opening or locking
+    it (search reads it before the engine loads, to choose its text encoder). None where
+    there is no readable record: opening the index then says what is wrong."""
+    root = Path(folder)
+    try:
+        collection = read_aliases(root).get(name, name)
+        return ModelIdentity.from_dict(json.loads((root / collection / MODEL).read_text()))
+    except (OSError, ValueError, ClipsearchError):
+        return None
+
+
 class EdgeIndex(Index):
     backend = "edge"
 

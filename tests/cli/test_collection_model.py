@@ -18,7 +18,7 @@ from clipsearch.cli import cli
 from clipsearch.config import DEFAULT_MODEL, Settings
 from clipsearch.encoders import Encoder
 from clipsearch.errors import ClipsearchError
-from clipsearch.index import open_index
+from clipsearch.index import open_index, with_recorded_model
 from clipsearch.ingest import IngestOptions, ingest
 from clipsearch.search import search
 
@@ -70,6 +70,17 @@ def test_a_named_model_still_wins(backend_settings, tmp_path, other_model_dir, t
         search("a red circle", k=3, settings=made.with_overrides(model=str(tiny_model_dir)))
 
 
+def test_a_model_put_in_the_settings_by_replace_is_not_swapped(backend_settings, tmp_path, other_model_dir,
+                                                                tiny_model_dir):
+    """dataclasses.replace keeps model_named as it was: the model itself says it was chosen."""
+    made = backend_settings.with_overrides(model=str(other_model_dir))
+    draw_collection(tmp_path / "photos", 4)
+    ingest([str(tmp_path / "photos")], settings=made, options=QUIET)
+    chosen = dataclasses.replace(_unnamed(made), model=str(tiny_model_dir))
+    with pytest.raises(ClipsearchError, match="model mismatch"):
+        search("a red circle", k=3, settings=chosen)
+
+
 def test_a_recorded_model_folder_that_is_gone_is_named_not_guessed(tmp_path, other_model_dir):
     model = tmp_path / "my-clip"
     shutil.copytree(other_model_dir, model)
@@ -79,8 +90,25 @@ def test_a_recorded_model_folder_that_is_gone_is_named_not_guessed(tmp_path, oth
     shutil.rmtree(model)
     result = CliRunner().invoke(cli, ["search", "a red circle", "--index", str(tmp_path / "index")])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"was made with the model folder {model}, which is not there any more" in result.output, result.output
+    assert f"was made with the model folder {model}, which is not on this machine" in result.output, result.output
     assert "--model" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_an_embedded_record_is_read_before_the_index_opens(tmp_path, other_model_dir):
+    """Search chooses its text encoder before the engine loads (the two overlap): the
+    record is read from the folder, even while another process holds the index."""
+    made = Settings.resolve(model=str(other_model_dir), index=str(tmp_path / "index"), device="cpu")
+    draw_collection(tmp_path / "photos", 4)
+    ingest([str(tmp_path / "photos")], settings=made, options=QUIET)
+    said: list[str] = []
+    with open_index(made):  # held, as by `clipsearch serve`
+        early = with_recorded_model(_unnamed(made), said.append)
+    assert early.model == str(other_model_dir) and early.model_named
+    assert said == [f"collection 'images' was made with {other_model_dir}: using it "
+                    "(--model or CLIPSEARCH_MODEL names another)"]
+    assert with_recorded_model(made) is made  # named: left alone
+    nothing = _unnamed(Settings.resolve(index=str(tmp_path / "empty"), device="cpu"))
+    assert with_recorded_model(nothing) is nothing and not (tmp_path / "empty").exists()
 
 
 @pytest.fixture
@@ -102,6 +130,7 @@ def test_after_a_reindex_the_cli_needs_no_model(reindexed, tmp_path, other_model
     assert found.exit_code == 0, found.output
     assert len(found.stdout.splitlines()) == 3
     assert f"was made with {other_model_dir}: using it" in found.stderr
+    assert DEFAULT_MODEL not in found.stderr
 
     draw_image(tmp_path / "photos" / "later.png", "blue", "triangle", mark=301)
     added = CliRunner().invoke(cli, ["ingest", str(tmp_path / "photos"), "--index", str(reindexed),

@@ -190,7 +190,8 @@ def test_a_pinned_open_never_mixes_models_across_a_switch(indexed, other_model_d
         first = reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
         assert first.switched
         with pytest.raises(ClipsearchError,
-                           match=r"switched by clipsearch reindex.*restart it without --model \(or with the new one\)"):
+                           match=r"switched by clipsearch reindex.*restart it with the new model \(--model, or "
+                                 r"neither --model nor CLIPSEARCH_MODEL: the collection's own\)"):
             pinned.query(probe, 3)
     with open_index(settings, pin=True) as pinned:
         pinned.PIN_CHECK_SECONDS = 0
