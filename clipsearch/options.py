@@ -52,14 +52,14 @@ class SettingOption(click.Option):
         self.setting = setting
 
 
-def setting_help(name: str, text: str | None = None) -> str:
+def setting_help(name: str, text: str | None = None, with_default: bool = True) -> str:
     setting = BY_NAME[name]
-    return (f"{text or setting.help} Env: {', then '.join(setting.env)}. "
-            f"Default: {setting.describe_default()}.")
+    default = f" Default: {setting.describe_default()}." if with_default else ""
+    return f"{text or setting.help} Env: {', then '.join(setting.env)}.{default}"
 
 
 def setting_option(name: str, *decls: str, help: str | None = None, metavar: str | None = None,
-                   **kwargs: Any) -> Callable[[F], F]:
+                   with_default: bool = True, **kwargs: Any) -> Callable[[F], F]:
     """A click option for setting `name` of the table: it passes None when the flag
     is absent, so that `config.value` can fall back to the environment and default."""
     setting = BY_NAME[name]
@@ -67,22 +67,27 @@ def setting_option(name: str, *decls: str, help: str | None = None, metavar: str
     if "/" not in decls[0]:  # an on/off pair is a boolean flag; everything else is parsed
         kwargs.setdefault("type", SettingType(setting, metavar))
     return click.option(*decls, name, cls=SettingOption, setting=setting, default=None,
-                        help=setting_help(name, help), **kwargs)
+                        help=setting_help(name, help, with_default), **kwargs)
 
 
-def model_option(*decls: str, help: str | None = None) -> Callable[[F], F]:
-    return setting_option("model", *(decls or ("--model", "-m")), help=help, metavar="NAME|DIR")
+def model_option(*decls: str, help: str | None = None, with_default: bool = True) -> Callable[[F], F]:
+    return setting_option("model", *(decls or ("--model", "-m")), help=help, metavar="NAME|DIR",
+                          with_default=with_default)
 
 
 def device_option(fn: F) -> F:
     return setting_option("device", metavar="auto|cpu|cuda[:N]|mps")(fn)
 
 
-def index_options(fn: F) -> F:
+def index_options(fn: F | None = None, *, model_help: str | None = None,
+                  model_default: bool = True) -> Any:
     """--model, --index, --collection, --device, --grpc/--rest: which model and which
-    collection. The command receives them as one resolved `settings`."""
+    collection. The command receives them as one resolved `settings`. `model_help`
+    (and `model_default=False`) for a command whose --model means something else."""
+    if fn is None:
+        return lambda command: index_options(command, model_help=model_help, model_default=model_default)
 
-    @model_option()
+    @model_option(help=model_help, with_default=model_default)
     @setting_option("index", metavar="DIR|URL")
     @setting_option("collection", "--collection", "-c", metavar="NAME")
     @device_option

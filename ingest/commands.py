@@ -70,7 +70,8 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
 
 
 @click.command()
-@index_options
+@index_options(model_help="Required: the model to embed the collection's images with, a hub id or local folder.",
+               model_default=False)
 @layout_options
 @pipeline_options
 @click.option("--precision", type=click.Choice(config.PRECISIONS), default=None,
