@@ -58,7 +58,7 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), exclude=exclude, prune=prune,
                             report=report, quiet=quiet, shard=config.value("shard", shard),
-                            precision=config.value("precision", precision), verbose=verbose)
+                            precision=precision or "", verbose=verbose)
     # The model loads only when a file needs embedding: an unchanged re-run takes
     # the model's identity from the model cache and imports no torch; on a CPU, the
     # images go through the ONNX image tower, exported by the first run that needs it.

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -68,9 +68,9 @@ class IngestOptions:
     # blocking its queries, and turns this off.
     optimize: bool = True
     # The model's encoder, when ingest() builds it: fp32 or int8 image vectors (int8 only
-    # through the ONNX image tower), and whether to say on stderr which image path the
-    # run takes and why (--verbose).
-    precision: str = "fp32"
+    # through the ONNX image tower; "": an existing collection's, else CLIPSEARCH_PRECISION's),
+    # and whether to say on stderr which image path the run takes and why (--verbose).
+    precision: str = ""
     verbose: bool = False
 
 
@@ -606,9 +606,21 @@ def lazy_encoder(settings: Settings, options: IngestOptions):
 
     plan = plan_cores(options.workers)
     # The one line a first-time export prints is progress, which --quiet leaves out.
-    return LazyEncoder(settings.model, settings.device, precision=options.precision,
+    return LazyEncoder(settings.model, settings.device, precision=options.precision or config.value("precision"),
                        say=stderr_line if options.verbose else None, tell=quiet if options.quiet else stderr_line,
                        threads=plan.threads, spin=plan.spin)
+
+
+def _collection_precision(index: Index, default: str, say) -> str:
+    """An existing collection's image precision, for a run that named none (a nightly
+    `clipsearch ingest` into an int8 collection made with --precision int8)."""
+    stored = index.stored_identity()
+    if stored is None or not stored.precision or stored.precision == default:
+        return default
+    if say is not None:
+        say(f"collection {index.collection!r} holds {stored.precision} image vectors: embedding {stored.precision} "
+            "ones (--precision or CLIPSEARCH_PRECISION names the other)")
+    return stored.precision
 
 
 def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, options: IngestOptions | None = None,
@@ -629,19 +641,25 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
     options = options or IngestOptions()
+    if not options.precision:  # CLIPSEARCH_PRECISION names one too; else the collection's, else fp32
+        options = replace(options, precision=config.env_value("precision") or "")
     ours = encoder is None
     if ours:  # built (lazily: no model loads) before anything is created: it checks the options
         encoder = lazy_encoder(settings, options)
 
     def run(opened: Index):
         nonlocal encoder
-        if ours:  # the model the collection records, unless one was named
+        if ours:  # the model and precision the collection records, unless they were named
             from clipsearch.encoders.image_towers import stderr_line
 
             assert settings is not None
-            adopted = with_collection_model(settings, opened, None if options.quiet else stderr_line)
-            if adopted is not settings:
-                encoder = lazy_encoder(adopted, options)
+            say = None if options.quiet else stderr_line
+            adopted = with_collection_model(settings, opened, say)
+            precision = encoder.precision
+            if not options.precision:
+                precision = _collection_precision(opened, precision, say)
+            if adopted is not settings or precision != encoder.precision:
+                encoder = lazy_encoder(adopted, replace(options, precision=precision))
         return Ingestor(encoder, opened, options, progress).run(folders)
 
     if index is not None:

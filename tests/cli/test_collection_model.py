@@ -155,3 +155,22 @@ def test_reindex_never_assumes_the_default_model(tmp_path):
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert "reindex needs --model (or CLIPSEARCH_MODEL)" in result.output
     assert not (tmp_path / "index").exists()
+
+
+def test_ingest_keeps_the_collections_precision_unless_one_is_named(tmp_path, tiny_model_dir, monkeypatch):
+    settings = Settings.resolve(model=str(tiny_model_dir), index=str(tmp_path / "index"), device="cpu")
+    draw_collection(tmp_path / "photos", 4)
+    ingest([str(tmp_path / "photos")], settings=settings, options=IngestOptions(workers=0, quiet=True,
+                                                                                   precision="int8"))
+    draw_image(tmp_path / "more" / "a.png", "green", "square", mark=500)
+    added = ingest([str(tmp_path / "more")], settings=settings, options=QUIET)  # IngestOptions' "": the collection's
+    assert added.embedded == 1
+    with open_index(settings) as index:
+        assert index.stored_identity().precision == "int8" and index.count() == 5
+
+    draw_image(tmp_path / "more" / "b.png", "blue", "circle", mark=501)
+    monkeypatch.setenv("CLIPSEARCH_PRECISION", "fp32")  # named: the usual refusal, nothing written
+    with pytest.raises(ClipsearchError, match="precision mismatch"):
+        ingest([str(tmp_path / "more")], settings=settings, options=QUIET)
+    with open_index(settings) as index:
+        assert index.count() == 5

@@ -136,9 +136,17 @@ def test_int8_is_a_collection_of_its_own(tmp_path, tiny_model_dir):
     assert json.loads((index / "quantized" / "model.json").read_text())["precision"] == "int8"
     assert "exported the int8 image tower" in made.stderr and "WARNING" not in made.stderr, made.stderr
 
-    fp32 = clipsearch(*base, "-c", "quantized")
+    fp32 = clipsearch(*base, "-c", "quantized", "--precision", "fp32")
     assert fp32.returncode == 1
     assert fp32.stderr.count("\n") == 1 and "precision mismatch" in fp32.stderr and "--precision int8" in fp32.stderr
+
+    # Named nowhere, the collection's own: a nightly `clipsearch ingest` keeps adding int8 vectors.
+    draw_image(photos / "later.png", "green", "square", mark=400)
+    nightly = clipsearch(*base[:-1], "-c", "quantized", "--json")
+    assert nightly.returncode == 0, nightly.stderr
+    assert summary(nightly)["embedded"] == 1
+    assert "collection 'quantized' holds int8 image vectors: embedding int8 ones" in nightly.stderr
+    assert json.loads((index / "quantized" / "model.json").read_text())["precision"] == "int8"
 
     summary(clipsearch(*base, "-c", "plain", "--json"))
     int8 = clipsearch(*base, "-c", "plain", "--precision", "int8")
