@@ -37,7 +37,7 @@ from clipsearch.images import (
 )
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.progress import Progress
+from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
 from .known_bad import KnownBadFiles, decoder_fingerprint
@@ -524,8 +524,13 @@ class Ingestor:
 
                 # also after a run killed inside the build: nothing left to embed, graph unfinished
                 if count >= hnsw_min_points() and (self.summary.embedded or graph_pending(self.index)):
-                    self.progress.message(f"building the HNSW search index over {count} images...")
+                    last = self.index.last_graph_build()
+                    took = f" (the last build, over {last[0]}, took {format_duration(last[1])})" if last else ""
+                    self.progress.message(f"building the HNSW search index over {count} images{took}...")
+                    building = time.monotonic()
                     self.summary.hnsw_built = self.index.optimize()
+                    if self.summary.hnsw_built:
+                        self.progress.message(f"built it in {format_duration(time.monotonic() - building)}")
         finally:
             self._end(started)
         return self.summary

@@ -969,17 +969,35 @@ class EdgeIndex(Index):
         writes count them (a run killed before its close loses its own count; the
         engine's measure still sees points that were added)."""
         if self._written_since_graph is None:
-            try:
-                recorded = json.loads((self._collection_dir / GRAPH).read_text()).get("written_since_build")
-            except (OSError, ValueError, AttributeError):
-                recorded = None
+            recorded = self._graph_file().get("written_since_build")
             self._written_since_graph = recorded if isinstance(recorded, int) and recorded >= 0 else 0
         return self._written_since_graph
 
-    def _record_graph(self, written_since_build: int) -> None:
-        self._written_since_graph = written_since_build
+    def _graph_file(self) -> dict:
         try:
-            _write_json_atomically(self._collection_dir / GRAPH, {"written_since_build": written_since_build})
+            recorded = json.loads((self._collection_dir / GRAPH).read_text())
+        except (OSError, ValueError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
+    def last_graph_build(self) -> tuple[int, float] | None:
+        """(points, seconds) of the last in-process HNSW build, for the next one's message."""
+        last = self._graph_file().get("last_build")
+        if not isinstance(last, dict):
+            return None
+        try:
+            return int(last["points"]), float(last["seconds"])
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def _record_graph(self, written_since_build: int, build: tuple[int, float] | None = None) -> None:
+        self._written_since_graph = written_since_build
+        last = self.last_graph_build() if build is None else build
+        record: dict = {"written_since_build": written_since_build}
+        if last is not None:
+            record["last_build"] = {"points": last[0], "seconds": round(last[1], 1)}
+        try:
+            _write_json_atomically(self._collection_dir / GRAPH, record)
         except (OSError, ClipsearchError):
             pass  # an older count, or none: the next build is at worst a run late
 
@@ -1009,9 +1027,12 @@ class EdgeIndex(Index):
         self._require_space_to_write(_allocated(self._shard_dir / "segments"), "building its HNSW graph")
         self._apply_indexing_threshold(dim)
         self._wrote = True
+        started = time.monotonic()
         with self._engine("building its HNSW graph"):
             built = bool(self._shard.optimize())
-        self._record_graph(0)  # built, or nothing the engine found worth building
+        # Built, or nothing the engine found worth building; a build's size and time tell
+        # the next one's user how long to expect (the engine holds the GIL: no progress).
+        self._record_graph(0, (self.count(), time.monotonic() - started) if built else None)
         return built
 
     def optimize_offline(self, exclusive: AbstractContextManager | None = None) -> bool:

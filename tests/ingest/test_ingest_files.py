@@ -130,3 +130,26 @@ def test_the_report_keeps_the_last_few_skips():
         report.add(f"/p/{i}", "bad")
     assert [p for p, _ in report.examples] == [f"/p/{i}" for i in range(5)]
     assert [p for p, _ in report.recent] == [f"/p/{i}" for i in range(5, RECENT + 5)]
+
+
+def test_the_graph_build_says_how_long_it_took_and_the_next_one_expects(tmp_path, tiny_model_dir, monkeypatch):
+    """The in-process HNSW build holds the GIL (no progress line can move): the run says
+    when it is done and how long it took, and the next build says what the last one took."""
+    import json
+
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "10")
+    args = ["--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "--workers", "0", "--json"]
+    draw_collection(tmp_path / "photos" / "a", 24)
+    first = CliRunner().invoke(cli, ["ingest", str(tmp_path / "photos"), *args])
+    assert first.exit_code == 0 and json.loads(first.stdout)["hnsw_built"], first.output
+    assert "building the HNSW search index over 24 images...\n" in first.stderr
+    assert "built it in 0:00:" in first.stderr
+
+    draw_collection(tmp_path / "photos" / "b", 24, ext=".jpg")
+    second = CliRunner().invoke(cli, ["ingest", str(tmp_path / "photos"), *args])
+    assert second.exit_code == 0 and json.loads(second.stdout)["hnsw_built"], second.output
+    assert "building the HNSW search index over 48 images (the last build, over 24, took 0:00:" in second.stderr
