@@ -616,18 +616,6 @@ def lazy_encoder(settings: Settings, options: IngestOptions):
                        threads=plan.threads, spin=plan.spin)
 
 
-def _collection_precision(index: Index, default: str, say) -> str:
-    """An existing collection's image precision, for a run that named none (a nightly
-    `clipsearch ingest` into an int8 collection made with --precision int8)."""
-    stored = index.stored_identity()
-    if stored is None or not stored.precision or stored.precision == default:
-        return default
-    if say is not None:
-        say(f"collection {index.collection!r} holds {stored.precision} image vectors: embedding {stored.precision} "
-            "ones (--precision or CLIPSEARCH_PRECISION names the other)")
-    return stored.precision
-
-
 def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, options: IngestOptions | None = None,
            progress: Progress | None = None, *, settings: Settings | None = None) -> IngestSummary:
     """Embed the images under `folders` into an index; returns the run's summary.
@@ -641,7 +629,7 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     model `settings` names (none named: the one the collection records) loads only
     once a file needs embedding (LazyEncoder).
     """
-    from clipsearch.index import open_index, with_collection_model
+    from clipsearch.index import collection_precision, open_index, with_collection_model
 
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
@@ -659,10 +647,11 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
 
             assert settings is not None
             say = None if options.quiet else stderr_line
-            adopted = with_collection_model(settings, opened, say)
+            stored = opened.stored_identity()  # None where this run is to make the collection
+            adopted = with_collection_model(settings, stored, say)
             precision = encoder.precision
             if not options.precision:
-                precision = _collection_precision(opened, precision, say)
+                precision = collection_precision(stored, precision, opened.collection, say)
             if adopted is not settings or precision != encoder.precision:
                 encoder = lazy_encoder(adopted, replace(options, precision=precision))
         return Ingestor(encoder, opened, options, progress).run(folders)

@@ -95,7 +95,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     try:
         with timings.phase("index open"):
             index.require_collection()
-            adopted = with_collection_model(settings, index, say)
+            adopted = with_collection_model(settings, index.stored_identity(), say)
         if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()

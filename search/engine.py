@@ -124,7 +124,7 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
     terms = build_terms(query, image, add, subtract)
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
-        encoders = QueryEncoders(with_collection_model(settings, index))
+        encoders = QueryEncoders(with_collection_model(settings, index.stored_identity()))
         hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits

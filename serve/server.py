@@ -75,7 +75,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
     # the HTTP server get the cores they wait for (2 cores: spinning threads of two
     # runtimes starve each other).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from clipsearch.index import open_index, with_collection_model
+    from clipsearch.index import collection_precision, open_index, with_collection_model
 
     from .files import Thumbnails
     from .security import Guard
@@ -96,10 +96,10 @@ def run(settings: Settings, options: ServeOptions) -> None:
         if not roots and not index.exists():
             raise ClipsearchError(f"collection {settings.collection!r} does not exist at {index.location}; "
                                   "ingest a folder first, or give --watch DIR")
-        settings = with_collection_model(settings, index, say if not options.quiet else None)
-        stored = index.stored_identity() if index.exists() else None
-        # An existing collection's precision, else the setting's (a watched ingest makes the collection).
-        precision = stored.precision if stored is not None and stored.precision else config.value("precision")
+        stored = index.stored_identity()  # None where a watched ingest is to make the collection
+        settings = with_collection_model(settings, stored, say if not options.quiet else None)
+        # An existing collection's precision, else the setting's.
+        precision = collection_precision(stored, config.value("precision"), settings.collection)
         encoder = load_encoder(settings, say if not options.quiet else (lambda _: None), busy=bool(roots),
                                precision=precision)
         if index.exists():

@@ -1,4 +1,4 @@
-"""The collection's own model, for a command that was given none.
+"""The collection's own model and precision, for a command that was given none.
 
 A collection records the model its vectors came from. After `clipsearch reindex
 --model my-clip/` that is my-clip/, and ingest, search and serve should go on using
@@ -6,7 +6,8 @@ it without being told on every call, as a collection built with the default mode
 goes on using the default. A model named by --model or CLIPSEARCH_MODEL (or put in
 the settings by a caller) always wins: a mismatch is then the usual one-line error,
 which names the collection's model. A recorded model folder that is not on this
-machine is an error that names it, not a reason to fall back on the default.
+machine is an error that names it, not a reason to fall back on the default. The
+same for the image precision (fp32, int8) a collection holds.
 """
 
 from __future__ import annotations
@@ -20,36 +21,13 @@ from clipsearch.errors import ClipsearchError
 if TYPE_CHECKING:  # pragma: no cover
     from clipsearch.encoders.identity import ModelIdentity
 
-    from .base import Index
-
 Say = Callable[[str], None]
 
 
-def with_collection_model(settings: Settings, index: "Index", say: Say | None = None) -> Settings:
-    """`settings` with the model the open collection records, where none was named."""
-    if not _unnamed(settings):
-        return settings
-    return _adopt(settings, index.stored_identity(), say)  # None where the collection does not exist (yet)
-
-
-def with_recorded_model(settings: Settings, say: Say | None = None) -> Settings:
-    """The same before the index opens, where the record is readable without opening it
-    (an embedded index: two small files). Other backends answer after the open."""
-    if not _unnamed(settings) or settings.backend != "edge":
-        return settings
-    from .edge import recorded_identity
-
-    return _adopt(settings, recorded_identity(settings.index, settings.collection), say)
-
-
-def _unnamed(settings: Settings) -> bool:
-    # The model is checked too: settings changed with dataclasses.replace(model=...)
-    # keep model_named False but do name a model.
-    return not settings.model_named and settings.model == BY_NAME["model"].default_value
-
-
-def _adopt(settings: Settings, stored: "ModelIdentity | None", say: Say | None) -> Settings:
-    if stored is None or stored.name == settings.model:
+def with_collection_model(settings: Settings, stored: "ModelIdentity | None", say: Say | None = None) -> Settings:
+    """`settings` with the model `stored` names (the collection's record, None where it
+    does not exist yet), where none was named."""
+    if not _unnamed(settings) or stored is None or stored.name == settings.model:
         return settings
     if os.path.isabs(stored.name) and not os.path.isdir(stored.name):
         # Not the default instead: it would be loaded (or downloaded) only to be refused
@@ -62,3 +40,31 @@ def _adopt(settings: Settings, stored: "ModelIdentity | None", say: Say | None) 
         say(f"collection {settings.collection!r} was made with {stored.name}: using it "
             "(--model or CLIPSEARCH_MODEL names another)")
     return settings.with_overrides(model=stored.name)
+
+
+def with_recorded_model(settings: Settings, say: Say | None = None) -> Settings:
+    """The same before the index opens, where the record is readable without opening it
+    (an embedded index: two small files). Other backends answer after the open."""
+    if not _unnamed(settings) or settings.backend != "edge":
+        return settings
+    from .edge import recorded_identity
+
+    return with_collection_model(settings, recorded_identity(settings.index, settings.collection), say)
+
+
+def collection_precision(stored: "ModelIdentity | None", default: str, collection: str,
+                         say: Say | None = None) -> str:
+    """The image precision `stored` (the collection's record) holds, else `default`: for
+    a run that named none (a nightly `clipsearch ingest` into an int8 collection)."""
+    if stored is None or not stored.precision or stored.precision == default:
+        return default
+    if say is not None:
+        say(f"collection {collection!r} holds {stored.precision} image vectors: embedding {stored.precision} "
+            "ones (--precision or CLIPSEARCH_PRECISION names the other)")
+    return stored.precision
+
+
+def _unnamed(settings: Settings) -> bool:
+    # The model is checked too: settings changed with dataclasses.replace(model=...)
+    # keep model_named False but do name a model.
+    return not settings.model_named and settings.model == BY_NAME["model"].default_value
