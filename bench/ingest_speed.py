@@ -141,15 +141,16 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_seconds_of(pids: list[int]) -> dict[tuple[int, int], float]:
+    """{(pid, start time): CPU seconds (user + system)} of each process that can be read."""
+    seen = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            seen[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime; starttime
         except (OSError, IndexError, ValueError):
             pass
-    return total / TICK
+    return seen
 
 
 def memory_kb(pid: int) -> tuple[int, str]:
@@ -184,6 +185,9 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, float]] = []  # (monotonic, tree CPU seconds)
+        # Each process's last reading: a decoder that has exited (the pool ends before the
+        # command does) keeps the CPU it used in the tree's total instead of taking it away.
+        self.last_cpu: dict[tuple[int, int], float] = {}
         self.peak_kb, self.kinds, self.worker_libraries = 0, set(), set()
         self.done = threading.Event()
 
@@ -191,7 +195,8 @@ class TreeSampler(threading.Thread):
         while not self.done.is_set():
             pids = process_tree(self.pid)
             now = time.monotonic()
-            self.samples.append((now, tree_cpu_seconds(pids)))
+            self.last_cpu.update(cpu_seconds_of(pids))
+            self.samples.append((now, sum(self.last_cpu.values())))
             total = 0
             for pid in pids:
                 kb, kind = memory_kb(pid)
@@ -237,10 +242,12 @@ def tree_run(tree: Path, model: Path, folder: Path, env: dict) -> dict:
             "worker_libraries": sorted(sampler.worker_libraries), "embedded": summary["embedded"]}
 
 
-def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int) -> dict:
+def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds: int = 5) -> dict:
     """CPU seconds an image of the encode step, in this process: whole images (the
     image processor + the model, as before issue 19), crops (normalize + the model),
-    and the model alone on ready tensors."""
+    and the model alone on ready tensors. The three take turns for `rounds` rounds and
+    each gives its median: one pass over a few dozen images moved by 5-10% from run to
+    run (onnxruntime's threads, the machine's load), more than the step's own overhead."""
     from clipsearch.encoders.lazy import LazyEncoder
     from clipsearch.images import load_image
 
@@ -265,13 +272,19 @@ def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int) -> dic
             step(items[i:i + BATCH])
         return (cpu_seconds() - start) / len(items)
 
-    costs = {"images": cost(lambda b: encoder.encode_images(b, BATCH), images),
-             "crops": cost(lambda b: encoder.encode_crops(b, preprocess.geometry, BATCH), crops),
-             "model_alone": cost(model_alone, pixels)}
+    steps = {"images": (lambda b: encoder.encode_images(b, BATCH), images),
+             "crops": (lambda b: encoder.encode_crops(b, preprocess.geometry, BATCH), crops),
+             "model_alone": (model_alone, pixels)}
+    taken: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, (step, items) in steps.items():
+            taken[name].append(cost(step, items))
+    costs = {name: float(np.median(values)) for name, values in taken.items()}
     os.environ.pop("CLIPSEARCH_FAST_PATH", None)
     return {"path": towers.path, **{f"{k}_core_ms_per_image": round(v * 1000, 2) for k, v in costs.items()},
             "images_over_model": round(costs["images"] / costs["model_alone"], 3),
-            "crops_over_model": round(costs["crops"] / costs["model_alone"], 3)}
+            "crops_over_model": round(costs["crops"] / costs["model_alone"], 3), "rounds": rounds,
+            "crops_over_model_by_round": [round(c / m, 3) for c, m in zip(taken["crops"], taken["model_alone"])]}
 
 
 def compare_trees(model: Path, folder: Path, baseline: Path | None, runs: int) -> dict:
@@ -343,12 +356,15 @@ def main() -> None:
     parser.add_argument("--tree-runs", type=int, default=0,
                         help="issue 19: runs of the whole command per tree and path (0: not measured)")
     parser.add_argument("--encode-sample", type=int, default=64)
+    parser.add_argument("--encode-rounds", type=int, default=5,
+                        help="rounds of the encode-step measure, its steps taking turns (median)")
     parser.add_argument("--skip-classic", action="store_true",
                         help="only the issue-19 figures (no ideal, naive, decode cost)")
     parser.add_argument("--smoke", action="store_true", help="a few photos, once: checks the script")
     args = parser.parse_args()
     if args.smoke:
         args.large, args.small, args.tree_runs, args.encode_sample = 4, 40, max(args.tree_runs, 1), 8
+        args.encode_rounds = 2
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     from clipsearch.encoders import Encoder
 
@@ -368,7 +384,8 @@ def main() -> None:
             os.environ["CLIPSEARCH_CACHE_DIR"] = str(cache)
             results[f"{kind}_trees"] = compare_trees(model, folder, args.baseline_tree, args.tree_runs)
             print(kind, "trees", json.dumps(results[f"{kind}_trees"]), flush=True)
-            results[f"{kind}_encode_step"] = [encode_step_costs(model, folder, fast, args.encode_sample)
+            results[f"{kind}_encode_step"] = [encode_step_costs(model, folder, fast, args.encode_sample,
+                                                                args.encode_rounds)
                                               for fast in (True, False)]
             print(kind, "encode step", json.dumps(results[f"{kind}_encode_step"]), flush=True)
     results["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
