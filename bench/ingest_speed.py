@@ -246,16 +246,23 @@ def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds
     """CPU seconds an image of the encode step, in this process: whole images (the
     image processor + the model, as before issue 19), crops (normalize + the model),
     and the model alone on ready tensors. The three take turns for `rounds` rounds and
-    each gives its median: one pass over a few dozen images moved by 5-10% from run to
-    run (onnxruntime's threads, the machine's load), more than the step's own overhead."""
+    each gives its median. The model runs on one thread here: with one per core, the CPU
+    time of the same batch moved by up to 25% from round to round (threads waking and
+    sleeping between operators), far more than the step's own work besides the model,
+    which is serial and the same whatever the model's thread count. `normalize`: that
+    work alone (rescale and normalize the crops, in one vectorized step)."""
     from clipsearch.encoders.lazy import LazyEncoder
     from clipsearch.images import load_image
 
     os.environ["CLIPSEARCH_FAST_PATH"] = "1" if fast_path else "0"
-    encoder = LazyEncoder(str(model), "cpu", threads=os.cpu_count(), spin=False)
+    encoder = LazyEncoder(str(model), "cpu", threads=1, spin=False)
     files = sorted(folder.iterdir())[:n]
     images = [load_image(str(f), encoder.image_size).image for f in files]
     encoder.encode_images(images[:2])  # decides the path, loads (and warms) the model
+    if not fast_path:
+        import torch
+
+        torch.set_num_threads(1)
     preprocess = encoder.preprocess
     crops = np.stack([preprocess.crop_pixels(image) for image in images])
     pixels = preprocess.normalize(crops)
@@ -274,7 +281,8 @@ def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds
 
     steps = {"images": (lambda b: encoder.encode_images(b, BATCH), images),
              "crops": (lambda b: encoder.encode_crops(b, preprocess.geometry, BATCH), crops),
-             "model_alone": (model_alone, pixels)}
+             "model_alone": (model_alone, pixels),
+             "normalize": (preprocess.normalize, crops)}
     taken: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, (step, items) in steps.items():
@@ -283,7 +291,8 @@ def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds
     os.environ.pop("CLIPSEARCH_FAST_PATH", None)
     return {"path": towers.path, **{f"{k}_core_ms_per_image": round(v * 1000, 2) for k, v in costs.items()},
             "images_over_model": round(costs["images"] / costs["model_alone"], 3),
-            "crops_over_model": round(costs["crops"] / costs["model_alone"], 3), "rounds": rounds,
+            "crops_over_model": round(costs["crops"] / costs["model_alone"], 3),
+            "model_and_normalize_over_model": round(1 + costs["normalize"] / costs["model_alone"], 4), "rounds": rounds,
             "crops_over_model_by_round": [round(c / m, 3) for c, m in zip(taken["crops"], taken["model_alone"])]}
 
 
