@@ -70,27 +70,35 @@ def setting_option(name: str, *decls: str, help: str | None = None, metavar: str
                         help=setting_help(name, help, with_default), **kwargs)
 
 
-def model_option(*decls: str, help: str | None = None, with_default: bool = True) -> Callable[[F], F]:
+def model_option(*decls: str, help: str | None = None, with_default: bool = True,
+                 hidden: bool = False) -> Callable[[F], F]:
     return setting_option("model", *(decls or ("--model", "-m")), help=help, metavar="NAME|DIR",
-                          with_default=with_default)
+                          with_default=with_default, hidden=hidden)
 
 
-def device_option(fn: F) -> F:
-    return setting_option("device", metavar="auto|cpu|cuda[:N]|mps")(fn)
+def device_option(fn: F | None = None, *, hidden: bool = False) -> Any:
+    if fn is None:
+        return lambda command: device_option(command, hidden=hidden)
+    return setting_option("device", metavar="auto|cpu|cuda[:N]|mps", hidden=hidden)(fn)
 
 
 def index_options(fn: F | None = None, *, model_help: str | None = None,
-                  model_default: bool = True) -> Any:
+                  model_default: bool = True, loads_model: bool = True) -> Any:
     """--model, --index, --collection, --device, --grpc/--rest: which model and which
     collection. The command receives them as one resolved `settings`. `model_help`
-    (and `model_default=False`) for a command whose --model means something else."""
+    (and `model_default=False`) for a command whose --model means something else.
+    `loads_model=False`, for a command that reads only the index (status, migrate,
+    duplicates): --model and --device are left out of its help, where they would
+    promise a choice that changes nothing, and still accepted, so that a script
+    passing one flag set to every command keeps working."""
     if fn is None:
-        return lambda command: index_options(command, model_help=model_help, model_default=model_default)
+        return lambda command: index_options(command, model_help=model_help, model_default=model_default,
+                                             loads_model=loads_model)
 
-    @model_option(help=model_help, with_default=model_default)
+    @model_option(help=model_help, with_default=model_default, hidden=not loads_model)
     @setting_option("index", metavar="DIR|URL")
     @setting_option("collection", "--collection", "-c", metavar="NAME")
-    @device_option
+    @device_option(hidden=not loads_model)
     @setting_option("grpc", "--grpc/--rest", help="Protocol to a Qdrant server: gRPC (port 6334) or REST.")
     @functools.wraps(fn)
     def wrapper(model: str | None, index: str | None, collection: str | None, device: str | None,

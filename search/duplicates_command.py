@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @click.command()
-@index_options
+@index_options(loads_model=False)
 @click.option("--similar", type=float, default=None, metavar="THRESHOLD",
               help="Also group near-duplicates (resized, re-encoded, lightly edited copies): images whose "
                    "vectors are at least this cosine similar, e.g. 0.95, joined transitively. One "

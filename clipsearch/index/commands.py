@@ -22,7 +22,7 @@ UNIT_TOLERANCE = 1e-3
 
 
 @click.command()
-@index_options
+@index_options(loads_model=False)
 @click.option("--json", "as_json", is_flag=True,
               help="Print the facts as JSON (with --server, also the server's own: \"server\": {version, pid, "
                    "watching}; with --check, the findings).")
@@ -32,7 +32,7 @@ UNIT_TOLERANCE = 1e-3
                    "finding; exit status 1 when anything is wrong.")
 @server_options(
     "Ask a running `clipsearch serve` (http://host:8765) for the facts of the index it holds, opening "
-    "nothing here. With --server, --model, --index, --collection, --device and --grpc/--rest are ignored.")
+    "nothing here. With --server, --index, --collection and --grpc/--rest are ignored.")
 def status(settings, as_json, check, server, token):
     """Show the backend, collection, number of images and model of the index."""
     if check:
@@ -64,7 +64,7 @@ def status(settings, as_json, check, server, token):
 
 
 @click.command()
-@index_options
+@index_options(loads_model=False)
 @layout_options
 @click.option("--to", "to", required=True, metavar="URL|DIR",
               help="Target index: a Qdrant server URL (the usual case), another folder, or :memory:.")

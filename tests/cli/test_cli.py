@@ -538,3 +538,23 @@ def test_python_dash_m(tmp_path):
                             env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "ingest" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["status", "migrate", "duplicates"])
+def test_commands_that_load_no_model_leave_model_and_device_out_of_their_help(command):
+    shown = ok(run_cli(command, "--help"))
+    assert "--model" not in shown and "--device" not in shown
+    assert "--index" in shown and "--collection" in shown
+    for loads_one in ("ingest", "search", "serve"):
+        assert "--model" in ok(run_cli(loads_one, "--help")) and "--device" in ok(run_cli(loads_one, "--help"))
+
+
+def test_a_script_passing_model_and_device_to_status_still_works(tmp_path, tiny_model_dir, images):
+    """The flags are only hidden: a script giving every command the same flags runs on,
+    and the status it prints is the collection's own (nothing is loaded for them)."""
+    index = tmp_path / "idx"
+    ok(run_cli("ingest", images[0].parent, "--index", index, "--model", tiny_model_dir, "-w", "0", "-q"))
+    facts = json.loads(ok(run_cli("status", "--json", "--index", index, "--model", "no/such-model",
+                                  "--device", "cpu")))
+    assert facts["points"] == 12
+    assert facts["model"]["name"] == str(Path(tiny_model_dir).resolve())
