@@ -21,7 +21,8 @@ tree and from the baseline tree, interleaved, N times each, on the ONNX path and
 the torch path (CLIPSEARCH_FAST_PATH=0), with for each run:
 - cores used: the process tree's CPU time over wall time, for the whole run and for
   its steady part (from its first encoded batch to its end), sampled from /proc
-  every 0.5 s (the ingest process and its decoding workers);
+  every 0.5 s (the ingest process and its decoding workers; a worker that has exited
+  counts with its last reading);
 - peak memory: the largest sum over the process tree of each process's proportional
   set size (PSS, /proc/PID/smaps_rollup; RSS where that cannot be read), sampled every
   0.5 s;
