@@ -95,12 +95,13 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     try:
         with timings.phase("index open"):
             index.require_collection()
-            adopted = with_collection_model(settings, index.stored_identity(), say)
+            record = index.stored_identity()
+            adopted = with_collection_model(settings, record, say)
         if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()
         with timings.phase("index open"):  # the model check and the count
-            searcher = Searcher(encoder, index)
+            searcher = Searcher(encoder, index, record)
         with timings.phase("search"):  # less the encoding, counted apart
             results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score, where=where))
                        for label, terms in batches]
