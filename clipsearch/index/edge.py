@@ -609,19 +609,30 @@ class EdgeIndex(Index):
             raise ClipsearchError(f"cannot read the model record {path} ({why}); restore the file, "
                                   f"or delete {self.root} and ingest again") from None
 
+    def _saved_config(self) -> dict | None:
+        """The shard's saved configuration (edge_config.json, what the engine runs
+        with), None where there is none yet; a damaged one is a one-line error."""
+        path = self._shard_dir / "edge_config.json"
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict) or not isinstance(saved["vectors"][""], dict):
+                raise TypeError
+            return saved
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not the engine's JSON"
+            raise ClipsearchError(f"the shard configuration {path} is damaged ({why}); "
+                                  f"run {self.check_command()}") from None
+
     def stored_layout(self) -> Layout:
         """The collection's layout, from the shard's own saved configuration (what the
         engine runs with): quantization, vectors on disk, HNSW m and ef_construct, each
         with the engine's default where it says nothing."""
-        try:
-            saved = json.loads((self._shard_dir / "edge_config.json").read_text())
-            vectors = saved["vectors"][""]
-        except FileNotFoundError:
+        saved = self._saved_config()
+        if saved is None:
             return Layout()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not the engine's JSON"
-            raise ClipsearchError(f"the shard configuration {self._shard_dir / 'edge_config.json'} is damaged "
-                                  f"({why}); run {self.check_command()}") from None
+        vectors = saved["vectors"][""]
         quantization = vectors.get("quantization_config") or {}
         hnsw = saved.get("hnsw_config") or {}
         return Layout(quantization="int8" if "scalar" in quantization else "binary" if "binary" in quantization
@@ -1005,11 +1016,10 @@ class EdgeIndex(Index):
         """Reload the shard with the engine threshold hnsw_min_points asks for, if its
         saved configuration has another (the engine reads it only at load)."""
         wanted = indexing_threshold_kb(dim)
-        try:
-            saved = json.loads((self._shard_dir / "edge_config.json").read_text())
-            current = (saved.get("optimizers") or {}).get("indexing_threshold") or ENGINE_INDEXING_THRESHOLD_KB
-        except (OSError, ValueError, AttributeError):
-            current = None
+        saved = self._saved_config()
+        optimizers = (saved or {}).get("optimizers")
+        current = ((optimizers if isinstance(optimizers, dict) else {}).get("indexing_threshold")
+                   or ENGINE_INDEXING_THRESHOLD_KB) if saved is not None else None
         if current == wanted:
             return
         config = _shard_config(dim, wanted, self.stored_layout())
