@@ -95,13 +95,15 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     try:
         with timings.phase("index open"):
             index.require_collection()
-            record = index.stored_identity()
-            adopted = with_collection_model(settings, record, say)
+            adopted = with_collection_model(settings, index.stored_identity(), say)
         if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()
+        # The model check reads the record again, after the model load: a reindex that
+        # switched the name meanwhile (seconds, on the torch path) is refused here, not
+        # answered with another model's vectors. On a server that is one request more.
         with timings.phase("index open"):  # the model check and the count
-            searcher = Searcher(encoder, index, record)
+            searcher = Searcher(encoder, index)
         with timings.phase("search"):  # less the encoding, counted apart
             results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score, where=where))
                        for label, terms in batches]

@@ -3,7 +3,7 @@ ranked image hits out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -11,13 +11,9 @@ from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.hits import SearchHit
 from clipsearch.index import Index, canonical_path, point_id
-from clipsearch.index.base import UNREAD
 from clipsearch.index.where import Where
 
 from .terms import Term, image_term
-
-if TYPE_CHECKING:  # pragma: no cover
-    from clipsearch.encoders.identity import ModelIdentity
 
 # The input side of most CLIP models: the size a query image is first decoded at.
 CHECK_SIZE = 224
@@ -31,9 +27,8 @@ def check_k(k: int) -> None:
 class Searcher:
     """A loaded model and an open, non-empty index, checked to belong together."""
 
-    def __init__(self, encoder, index: Index, record: ModelIdentity | None | object = UNREAD):
-        """`record`: the collection's model record, where the caller has read it."""
-        index.check_identity(encoder.identity, record)  # which first requires the collection
+    def __init__(self, encoder, index: Index):
+        index.check_identity(encoder.identity)  # which first requires the collection
         if index.count() == 0:
             raise ClipsearchError(
                 f"collection {index.collection!r} at {index.location} is empty; run `clipsearch ingest DIR` first"
@@ -129,9 +124,8 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
     terms = build_terms(query, image, add, subtract)
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
-        record = index.stored_identity()
-        encoders = QueryEncoders(with_collection_model(settings, record))
-        hits = Searcher(encoders.get(), index, record).terms(terms, k, under, min_score, where)
+        encoders = QueryEncoders(with_collection_model(settings, index.stored_identity()))
+        hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits
 

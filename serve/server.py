@@ -76,7 +76,6 @@ def run(settings: Settings, options: ServeOptions) -> None:
     # runtimes starve each other).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from clipsearch.index import collection_precision, open_index, with_collection_model
-    from clipsearch.index.base import UNREAD
 
     from .files import Thumbnails
     from .security import Guard
@@ -103,8 +102,8 @@ def run(settings: Settings, options: ServeOptions) -> None:
         precision = collection_precision(stored, config.value("precision"), settings.collection)
         encoder = load_encoder(settings, say if not options.quiet else (lambda _: None), busy=bool(roots),
                                precision=precision)
-        if index.exists():  # made meanwhile (a server's other client): its record is read now
-            index.check_identity(encoder.identity, stored if stored is not None else UNREAD)
+        if index.exists():
+            index.check_identity(encoder.identity)
         sock = bind(options.host, options.port)
         url = url_of(options.host, sock.getsockname()[1])
         service = SearchService(settings, index, encoder, watching=bool(roots))

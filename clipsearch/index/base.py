@@ -26,7 +26,6 @@ from .where import Where
 
 # Fixed forever: changing it would change every point id and duplicate every index.
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clipsearch:image-path")
-UNREAD = object()  # check_identity's record, when the caller has not read it
 
 
 def canonical_path(path: str | os.PathLike) -> str:
@@ -156,12 +155,10 @@ class Index(ABC):
             return
         self.check_identity(identity)
 
-    def check_identity(self, identity: ModelIdentity, record: ModelIdentity | None | object = UNREAD) -> None:
-        """Refuse `identity` unless it is the collection's. `record`: the collection's
-        model record where the caller has read it already (on a server, one request less)."""
+    def check_identity(self, identity: ModelIdentity) -> None:
         self.require_collection()
-        stored = self.stored_identity() if record is UNREAD else record
-        if not isinstance(stored, ModelIdentity):
+        stored = self.stored_identity()
+        if stored is None:
             raise ClipsearchError(
                 f"collection {self.collection!r} at {self.location} has no clipsearch model record; "
                 "it was not made by clipsearch"

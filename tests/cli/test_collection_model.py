@@ -174,28 +174,3 @@ def test_ingest_keeps_the_collections_precision_unless_one_is_named(tmp_path, ti
         ingest([str(tmp_path / "more")], settings=settings, options=QUIET)
     with open_index(settings) as index:
         assert index.count() == 5
-
-
-def test_a_search_on_a_server_reads_the_collections_record_once(tmp_path, tiny_model_dir):
-    """The record chooses the model (none named) and checks it: one request for both,
-    from the Python API and from the CLI."""
-    from support import rest_double, server_under_test
-
-    env = server_under_test("rest")
-    made = Settings.resolve(env, model=str(tiny_model_dir), collection=f"once_{tmp_path.name[-12:]}", device="cpu")
-    draw_collection(tmp_path / "photos", 4)
-    ingest([str(tmp_path / "photos")], settings=made, options=QUIET)
-    double = rest_double()
-
-    def record_reads() -> int:
-        return len(double.received_for("get_collection", made.collection))
-
-    before = record_reads()
-    assert len(search("a red circle", k=2, settings=_unnamed(made))) == 2
-    assert record_reads() - before == 1
-    before = record_reads()
-    result = CliRunner().invoke(cli, ["search", "a red circle", "-k", "2", "-f", "paths", "--collection",
-                                      made.collection], env={**env, "CLIPSEARCH_MODEL": ""})
-    assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 2
-    assert record_reads() - before == 1
