@@ -22,7 +22,9 @@ the torch path (CLIPSEARCH_FAST_PATH=0), with for each run:
 - cores used: the process tree's CPU time over wall time, for the whole run and for
   its steady part (from its first encoded batch to its end), sampled from /proc
   every 0.5 s (the ingest process and its decoding workers; a worker that has exited
-  counts with its last reading);
+  counts with its last reading; `cores_steady_live_only` sums only the processes alive
+  at each sample, as this script did before, for comparison; `cores_whole_run_sampled`
+  is the sampler's whole-run figure, to hold against the kernel's `cores_whole_run`);
 - peak memory: the largest sum over the process tree of each process's proportional
   set size (PSS, /proc/PID/smaps_rollup; RSS where that cannot be read), sampled every
   0.5 s;
@@ -186,6 +188,7 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, float]] = []  # (monotonic, tree CPU seconds)
+        self.live_samples: list[tuple[float, float]] = []  # the same, summing only the processes alive
         # Each process's last reading: a decoder that has exited (the pool ends before the
         # command does) keeps the CPU it used in the tree's total instead of taking it away.
         self.last_cpu: dict[tuple[int, int], float] = {}
@@ -196,8 +199,10 @@ class TreeSampler(threading.Thread):
         while not self.done.is_set():
             pids = process_tree(self.pid)
             now = time.monotonic()
-            self.last_cpu.update(cpu_seconds_of(pids))
+            alive = cpu_seconds_of(pids)
+            self.last_cpu.update(alive)
             self.samples.append((now, sum(self.last_cpu.values())))
+            self.live_samples.append((now, sum(alive.values())))
             total = 0
             for pid in pids:
                 kb, kind = memory_kb(pid)
@@ -232,12 +237,21 @@ def tree_run(tree: Path, model: Path, folder: Path, env: dict) -> dict:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # every process, waited for
     # The steady part: from the first encoded batch to the end of the run (the summary's clock).
     steady_from = ended - (summary["seconds"] - summary["first_batch_seconds"])
-    window = [s for s in sampler.samples if s[0] >= steady_from]
-    steady_cores = None
-    if len(window) >= 2 and window[-1][0] > window[0][0]:
-        steady_cores = round((window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]), 3)
+
+    def cores_from(samples) -> float | None:
+        window = [s for s in samples if s[0] >= steady_from]
+        if len(window) >= 2 and window[-1][0] > window[0][0]:
+            return round((window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]), 3)
+        return None
+
+    steady_cores = cores_from(sampler.samples)
+    # What the sampler read before exited workers kept their CPU: shown beside it.
+    steady_cores_live_only = cores_from(sampler.live_samples)
     steady_rate = (summary["embedded"] - BATCH) / max(1e-9, summary["seconds"] - summary["first_batch_seconds"])
-    return {"wall_s": round(wall, 2), "cores_whole_run": round(cpu / wall, 3), "cores_steady": steady_cores,
+    sampled_whole = (sampler.samples[-1][1] / wall) if sampler.samples else None  # against the kernel's figure
+    return {"wall_s": round(wall, 2), "cores_whole_run": round(cpu / wall, 3),
+            "cores_whole_run_sampled": round(sampled_whole, 3) if sampled_whole is not None else None,
+            "cores_steady": steady_cores, "cores_steady_live_only": steady_cores_live_only,
             "steady_img_s": round(steady_rate, 2), "peak_tree_mb": round(sampler.peak_kb / 1024, 1),
             "memory_measure": "+".join(sorted(sampler.kinds)),
             "worker_libraries": sorted(sampler.worker_libraries), "embedded": summary["embedded"]}
@@ -246,7 +260,7 @@ def tree_run(tree: Path, model: Path, folder: Path, env: dict) -> dict:
 def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds: int = 5) -> dict:
     """CPU seconds an image of the encode step, in this process: whole images (the
     image processor + the model, as before issue 19), crops (normalize + the model),
-    and the model alone on ready tensors. The three take turns for `rounds` rounds and
+    the model alone on ready tensors, and normalize alone. The four take turns for `rounds` rounds and
     each gives its median. The model runs on one thread here: with one per core, the CPU
     time of the same batch moved by up to 25% from round to round (threads waking and
     sleeping between operators), far more than the step's own work besides the model,
@@ -260,9 +274,11 @@ def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds
     files = sorted(folder.iterdir())[:n]
     images = [load_image(str(f), encoder.image_size).image for f in files]
     encoder.encode_images(images[:2])  # decides the path, loads (and warms) the model
+    torch_threads = None
     if not fast_path:
         import torch
 
+        torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)
     preprocess = encoder.preprocess
     crops = np.stack([preprocess.crop_pixels(image) for image in images])
@@ -290,6 +306,10 @@ def encode_step_costs(model: Path, folder: Path, fast_path: bool, n: int, rounds
             taken[name].append(cost(step, items))
     costs = {name: float(np.median(values)) for name, values in taken.items()}
     os.environ.pop("CLIPSEARCH_FAST_PATH", None)
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     return {"path": towers.path, **{f"{k}_core_ms_per_image": round(v * 1000, 2) for k, v in costs.items()},
             "images_over_model": round(costs["images"] / costs["model_alone"], 3),
             "crops_over_model": round(costs["crops"] / costs["model_alone"], 3),
@@ -313,7 +333,8 @@ def compare_trees(model: Path, folder: Path, baseline: Path | None, runs: int) -
         summary: dict = {}
         for name, made in runs_of.items():
             summary[name] = {key: float(np.median([r[key] for r in made])) for key in
-                             ("cores_whole_run", "cores_steady", "steady_img_s", "peak_tree_mb", "wall_s")
+                             ("cores_whole_run", "cores_whole_run_sampled", "cores_steady",
+                              "cores_steady_live_only", "steady_img_s", "peak_tree_mb", "wall_s")
                              if all(r[key] is not None for r in made)}
             summary[name]["runs"] = made
         if baseline:
