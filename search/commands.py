@@ -73,7 +73,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     say = (lambda message: click.echo(f"clipsearch: {message}", err=True)) if verbose else None
     with timings.phase("imports"):
         from clipsearch.encoders import QueryEncoders
-        from clipsearch.index import open_index, with_collection_model, with_recorded_model
+        from clipsearch.index import names_no_model, open_index, with_collection_model, with_recorded_model
 
         from .engine import Searcher, build_terms, check_k
 
@@ -95,7 +95,10 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     try:
         with timings.phase("index open"):
             index.require_collection()
-            adopted = with_collection_model(settings, index.stored_identity(), say)
+            # A named model (or one adopted before the open) needs no record read here:
+            # the model check below reads it.
+            adopted = with_collection_model(settings, index.stored_identity(), say) \
+                if names_no_model(settings) else settings
         if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()

@@ -117,14 +117,16 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
     """
     from clipsearch.config import Settings
     from clipsearch.encoders.query import QueryEncoders
-    from clipsearch.index import open_index, with_collection_model
+    from clipsearch.index import names_no_model, open_index, with_collection_model
 
     settings = settings or Settings.resolve()
     check_k(k)
     terms = build_terms(query, image, add, subtract)
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
-        encoders = QueryEncoders(with_collection_model(settings, index.stored_identity()))
+        if names_no_model(settings):  # else the model check in Searcher is the one record read
+            settings = with_collection_model(settings, index.stored_identity())
+        encoders = QueryEncoders(settings)
         hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits

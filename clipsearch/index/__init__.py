@@ -21,12 +21,12 @@ from ..lazy_package import lazy_package
 from .open import open_index
 
 __all__ = ["Hit", "Index", "Record", "open_index", "point_id", "canonical_point_id", "canonical_path", "ancestor_dirs",
-           "with_collection_model", "with_recorded_model", "collection_precision"]
+           "with_collection_model", "with_recorded_model", "collection_precision", "names_no_model"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .adopt import collection_precision, with_collection_model, with_recorded_model
+    from .adopt import collection_precision, names_no_model, with_collection_model, with_recorded_model
     from .base import Hit, Index, Record, ancestor_dirs, canonical_path, canonical_point_id, point_id
 
-_ADOPT = ("with_collection_model", "with_recorded_model", "collection_precision")
+_ADOPT = ("with_collection_model", "with_recorded_model", "collection_precision", "names_no_model")
 lazy_package(__name__, {**{name: "base" for name in __all__ if name != "open_index" and name not in _ADOPT},
                         **{name: "adopt" for name in _ADOPT}})

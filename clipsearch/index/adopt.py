@@ -27,7 +27,7 @@ Say = Callable[[str], None]
 def with_collection_model(settings: Settings, stored: "ModelIdentity | None", say: Say | None = None) -> Settings:
     """`settings` with the model `stored` names (the collection's record, None where it
     does not exist yet), where none was named."""
-    if not _unnamed(settings) or stored is None or stored.name == settings.model:
+    if not names_no_model(settings) or stored is None or stored.name == settings.model:
         return settings
     if os.path.isabs(stored.name) and not os.path.isdir(stored.name):
         # Not the default instead: it would be loaded (or downloaded) only to be refused
@@ -45,7 +45,7 @@ def with_collection_model(settings: Settings, stored: "ModelIdentity | None", sa
 def with_recorded_model(settings: Settings, say: Say | None = None) -> Settings:
     """The same before the index opens, where the record is readable without opening it
     (an embedded index: two small files). Other backends answer after the open."""
-    if not _unnamed(settings) or settings.backend != "edge":
+    if not names_no_model(settings) or settings.backend != "edge":
         return settings
     from .edge import recorded_identity
 
@@ -64,7 +64,8 @@ def collection_precision(stored: "ModelIdentity | None", default: str, collectio
     return stored.precision
 
 
-def _unnamed(settings: Settings) -> bool:
-    # The model is checked too: settings changed with dataclasses.replace(model=...)
-    # keep model_named False but do name a model.
+def names_no_model(settings: Settings) -> bool:
+    """Whether `settings` leave the model to the collection: only then is its record
+    worth reading to choose one. The model is checked too: settings changed with
+    dataclasses.replace(model=...) keep model_named False but do name a model."""
     return not settings.model_named and settings.model == BY_NAME["model"].default_value

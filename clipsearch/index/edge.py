@@ -333,6 +333,20 @@ def recorded_identity(folder: str, name: str) -> ModelIdentity | None:
         return None
 
 
+def _layout_of(saved: dict | None) -> Layout:
+    """A shard's layout from its saved configuration (EdgeIndex._saved_config; None:
+    none yet, the defaults)."""
+    if saved is None:
+        return Layout()
+    vectors = saved["vectors"][""]
+    quantization = vectors.get("quantization_config") or {}
+    hnsw = saved.get("hnsw_config") or {}
+    return Layout(quantization="int8" if "scalar" in quantization else "binary" if "binary" in quantization
+                  else "none", vectors_on_disk=bool(vectors.get("on_disk")),
+                  hnsw_m=int(hnsw.get("m", QDRANT_HNSW_M)),
+                  hnsw_ef_construct=int(hnsw.get("ef_construct", QDRANT_HNSW_EF_CONSTRUCT)))
+
+
 class EdgeIndex(Index):
     backend = "edge"
 
@@ -629,16 +643,7 @@ class EdgeIndex(Index):
         """The collection's layout, from the shard's own saved configuration (what the
         engine runs with): quantization, vectors on disk, HNSW m and ef_construct, each
         with the engine's default where it says nothing."""
-        saved = self._saved_config()
-        if saved is None:
-            return Layout()
-        vectors = saved["vectors"][""]
-        quantization = vectors.get("quantization_config") or {}
-        hnsw = saved.get("hnsw_config") or {}
-        return Layout(quantization="int8" if "scalar" in quantization else "binary" if "binary" in quantization
-                      else "none", vectors_on_disk=bool(vectors.get("on_disk")),
-                      hnsw_m=int(hnsw.get("m", QDRANT_HNSW_M)),
-                      hnsw_ef_construct=int(hnsw.get("ef_construct", QDRANT_HNSW_EF_CONSTRUCT)))
+        return _layout_of(self._saved_config())
 
     def current_layout(self) -> Layout:
         """What a reindex gives the new version unless told otherwise (ingest/reindex.py)."""
@@ -1017,12 +1022,13 @@ class EdgeIndex(Index):
         saved configuration has another (the engine reads it only at load)."""
         wanted = indexing_threshold_kb(dim)
         saved = self._saved_config()
-        optimizers = (saved or {}).get("optimizers")
-        current = ((optimizers if isinstance(optimizers, dict) else {}).get("indexing_threshold")
-                   or ENGINE_INDEXING_THRESHOLD_KB) if saved is not None else None
-        if current == wanted:
-            return
-        config = _shard_config(dim, wanted, self.stored_layout())
+        if saved is not None:
+            optimizers = saved.get("optimizers")
+            current = (optimizers.get("indexing_threshold") if isinstance(optimizers, dict) else None) \
+                or ENGINE_INDEXING_THRESHOLD_KB
+            if current == wanted:
+                return
+        config = _shard_config(dim, wanted, _layout_of(saved))
         self._close_shard()
         self._shard = self._open_shard(config)
 
