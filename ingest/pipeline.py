@@ -254,11 +254,11 @@ class Ingestor:
         """The files of `entries` (the walk's, or a list's) in this shard that need
         embedding: not unchanged since their point was written, not known bad."""
         chunk: list[FileEntry] = []
+        ids: list[str] = []  # chunk's point ids, computed once a file (a hash each)
 
         def flush():
-            ids = [point_id(e.path) for e in chunk]
             stored = {r.id: r.payload for r in self.index.retrieve(ids)}
-            new, older = [], []
+            new, new_ids, older = [], [], []
             for entry, pid in zip(chunk, ids):
                 if pid in stored and _is_unchanged(stored[pid], entry):
                     self.summary.unchanged += 1
@@ -269,11 +269,13 @@ class Ingestor:
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
                 elif pid not in stored:
                     new.append(entry)
+                    new_ids.append(pid)
                 else:  # changed since it was embedded
                     yield entry
             chunk.clear()
+            ids.clear()
             self._relinker.upgrade(older)
-            yield from self._relinker.relink(new)  # moved or copied files keep their vectors
+            yield from self._relinker.relink(new, new_ids)  # moved or copied files keep their vectors
             # A walk of unchanged, moved or copied files embeds nothing for minutes on a
             # large library: its counts are the progress.
             self._show()
@@ -283,12 +285,14 @@ class Ingestor:
             if self._stopped.is_set():
                 break
             self.walked += 1
-            if shard is not None and not in_shard(point_id(entry.path), shard):
+            pid = point_id(entry.path)
+            if shard is not None and not in_shard(pid, shard):
                 continue
             self.summary.found += 1
             if self.options.prune:
-                self.seen_ids.add(point_id(entry.path))
+                self.seen_ids.add(pid)
             chunk.append(entry)
+            ids.append(pid)
             if len(chunk) >= LOOKUP_CHUNK:
                 yield from flush()
         if chunk:

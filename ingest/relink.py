@@ -47,11 +47,12 @@ class Relinker:
         self._announced = False
         self._known: bool | None = None  # whether any point has a fingerprint to match
 
-    def relink(self, entries: Sequence[FileEntry]) -> list[FileEntry]:
-        """Reuse vectors for `entries` (paths with no point) whose content has one; the
-        entries left to embed are returned."""
+    def relink(self, entries: Sequence[FileEntry], ids: Sequence[str] | None = None) -> list[FileEntry]:
+        """Reuse vectors for `entries` (paths with no point; `ids`, their point ids, when
+        the caller has them) whose content has one; the entries left to embed are returned."""
         if not entries or not self._has_fingerprints():
             return list(entries)
+        id_of = dict(zip((e.path for e in entries), ids if ids is not None else (point_id(e.path) for e in entries)))
         prints = {}
         for entry in entries:
             try:
@@ -63,7 +64,7 @@ class Relinker:
         sources: dict[str, list] = {}
         for record in self.index.find("fingerprint", sorted(set(prints.values())), fields=LOOKUP_FIELDS):
             sources.setdefault(record.payload.get("fingerprint"), []).append(record)
-        left, ids, copied_from, payloads, gone = [], [], [], [], set()
+        left, new_ids, copied_from, payloads, gone = [], [], [], [], set()
         moved = copied = 0
         for entry in entries:
             candidates = _same_content(entry, sources.get(prints.get(entry.path), []))
@@ -78,20 +79,20 @@ class Relinker:
                 moved += 1
             else:
                 copied += 1
-            ids.append(point_id(entry.path))
+            new_ids.append(id_of[entry.path])
             copied_from.append(source.id)
             content = {k: source.payload[k] for k in CONTENT_FIELDS if k in source.payload}
             payloads.append({**place_payload(entry), **content})
-        if ids:
-            missing = self.index.copy_points(copied_from, ids, payloads)
+        if new_ids:
+            missing = self.index.copy_points(copied_from, new_ids, payloads)
             if missing:  # a source deleted since the lookup (another writer): embed those files
-                left += [entry for entry in entries if point_id(entry.path) in missing]
-                gone -= {source for source, i in zip(copied_from, ids) if i in missing}
-                moved, copied = len(gone), len(ids) - len(missing) - len(gone)
+                left += [entry for entry in entries if id_of[entry.path] in missing]
+                gone -= {source for source, i in zip(copied_from, new_ids) if i in missing}
+                moved, copied = len(gone), len(new_ids) - len(missing) - len(gone)
             self.counts.moved += moved
             self.counts.copied += copied
         if gone:  # after the new points are written: a kill between leaves both, never neither
-            self.index.delete(ids=sorted(gone - set(ids)))
+            self.index.delete(ids=sorted(gone - set(new_ids)))
         return left
 
     def upgrade(self, entries: Sequence[FileEntry]) -> None:
