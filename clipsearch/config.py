@@ -248,7 +248,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("precision", ("CLIPSEARCH_PRECISION",), "fp32", parse_precision,
             "Image vectors from the fp32 model, or from its int8-quantized ONNX image tower (about 2x faster "
             "on a CPU, vectors slightly different). A collection holds one precision: it is part of the "
-            "collection's model identity. Unset, ingest uses an existing collection's.", flag="--precision"),
+            "collection's model identity. Unset, ingest and serve use an existing collection's; set, both "
+            "refuse a collection of the other.", flag="--precision"),
     Setting("known_bad", ("CLIPSEARCH_KNOWN_BAD",), True, parse_bool,
             "Remember files that could not be used, so that a re-run reports them without reading "
             "them again (until they change).", default_text="on"),

@@ -98,8 +98,11 @@ def run(settings: Settings, options: ServeOptions) -> None:
                                   "ingest a folder first, or give --watch DIR")
         stored = index.stored_identity()  # None where a watched ingest is to make the collection
         settings = with_collection_model(settings, stored, say if not options.quiet else None)
-        # An existing collection's precision, else the setting's.
-        precision = collection_precision(stored, config.value("precision"), settings.collection)
+        # CLIPSEARCH_PRECISION where set (checked against the collection below, as ingest
+        # checks it: never a silent switch to the other precision); else an existing
+        # collection's; else the default.
+        precision = config.env_value("precision") or collection_precision(stored, config.value("precision"),
+                                                                           settings.collection)
         encoder = load_encoder(settings, say if not options.quiet else (lambda _: None), busy=bool(roots),
                                precision=precision)
         if index.exists():

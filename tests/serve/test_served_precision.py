@@ -6,7 +6,9 @@ watched ingest takes the decoders' crops, as ingest does (issue #19)."""
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from clipsearch.cli import cli
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import open_index, point_id
@@ -65,3 +67,26 @@ def test_a_watched_ingest_sends_the_decoders_crops_to_the_model(tmp_path, tiny_m
         assert summary.embedded == 4 and calls["crops"] >= 1 and calls["images"] == 0
         for record in index.retrieve(list(expected), with_vectors=True):
             assert float(record.vector @ expected[record.id]) > 1 - 1e-5
+
+
+def test_serve_refuses_a_precision_the_environment_names_against_the_collection(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch):
+    """As ingest refuses it: CLIPSEARCH_PRECISION=int8 over an fp32 collection is a
+    one-line error naming both, not a server that quietly embeds fp32 images."""
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    draw_collection(photos, 3)
+    settings = Settings.resolve(model=str(tiny_model_dir), index=str(tmp_path / "index"), device="cpu")
+    ingest([str(photos)], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    import clipsearch.serve.server as server
+
+    def served(*_):  # what the bug did: start serving
+        raise AssertionError("serve started over a collection of the other precision")
+
+    monkeypatch.setattr(server, "serve_forever", served)
+    args = ["serve", "--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "--port", "18655"]
+    refused = CliRunner().invoke(cli, args, env={"CLIPSEARCH_PRECISION": "int8"})
+    assert refused.exit_code == 1, refused.output
+    line = refused.output.strip().splitlines()[-1]  # after the model's progress lines
+    assert line.startswith("Error:") and "precision mismatch" in line and "fp32" in line and "int8" in line
+    assert "Traceback" not in refused.output
