@@ -20,7 +20,7 @@ from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.errors import ClipsearchError
@@ -163,6 +163,14 @@ class Gatekeeper:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if not self.guard.host_allowed(Headers(scope=scope).get("host")):
+            # The header is not repeated: errors never echo what the client sent.
+            refused = JSONResponse({"error": "without a token, serve answers only requests addressed to localhost or a "
+                                             "loopback address (a page on another name could be a DNS rebinding "
+                                             "attack); give serve --token to reach it by other names"},
+                                   status_code=403)
+            await refused(scope, receive, self._with_headers(send))
+            return
         if self.guard.enabled and path not in OPEN_PATHS:
             request = Request(scope)
             if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(COOKIE)):

@@ -31,6 +31,13 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: assume it is reachable from elsewhere
 
 
+def host_name(header: str) -> str:
+    """The host a Host header names, without its port: `[::1]:8765` -> `::1`."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
 def choose_token(host: str, given: str | None) -> tuple[str | None, bool]:
     """(token, generated): the given token; a new one for a non-loopback address
     without one; None on loopback without one (no token asked)."""
@@ -50,6 +57,14 @@ class Guard:
     @property
     def enabled(self) -> bool:
         return self.token is not None
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Without a token, only requests addressed to a loopback name (localhost,
+        127.0.0.1, [::1]). A web page whose own name an attacker rebinds to 127.0.0.1
+        (DNS rebinding) is same-origin with serve, so CORS does not stop it, but its
+        browser still sends that name. With a token the token guards every name. No
+        Host header (HTTP/1.0) is no browser's request."""
+        return self.token is not None or not host or is_loopback(host_name(host))
 
     def token_matches(self, candidate: str | None) -> bool:
         if self.token is None or not candidate:

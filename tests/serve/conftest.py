@@ -19,5 +19,5 @@ def served(tmp_path_factory, tiny_model_dir):
 def client(served):
     from fastapi.testclient import TestClient
 
-    with TestClient(served.app) as test_client:
+    with TestClient(served.app, base_url="http://127.0.0.1") as test_client:
         yield test_client

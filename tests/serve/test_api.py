@@ -220,7 +220,7 @@ def test_unexpected_failures_carry_no_trace(client, served, monkeypatch, caplog)
     monkeypatch.setattr(served.service, "status", broken)
     from fastapi.testclient import TestClient
 
-    with TestClient(served.app, raise_server_exceptions=False) as quiet_client:
+    with TestClient(served.app, base_url="http://127.0.0.1", raise_server_exceptions=False) as quiet_client:
         response = quiet_client.get("/api/status")
     assert response.status_code == 500
     assert response.json() == {"error": "internal error; the server's log has the details"}
@@ -242,7 +242,7 @@ def test_not_ready_until_the_collection_holds_images(tmp_path, tiny_model_dir, m
         index.ensure_collection(encoder.identity)
         service = SearchService(settings, index, encoder, watching=True)
         app = create_app(service, Guard(None), Thumbnails(tmp_path / "t"), UploadDecoder(4.0), 1000)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             response = client.get("/api/search", params={"q": "cat"})
             assert response.status_code == 409 and "holds no images yet" in response.json()["error"]
             index.upsert([point_id(tmp_path / "a.png")], np.ones((1, encoder.dim), np.float32),
@@ -273,7 +273,7 @@ def test_serve_over_a_qdrant_server_answers_the_same(backend, tmp_path, tiny_mod
                options=IngestOptions(workers=0, quiet=True))
         service = SearchService(settings, index, load_encoder(settings, lambda _: None))
         app = create_app(service, Guard(None), Thumbnails(tmp_path / "thumbs"), UploadDecoder(4.0), 10**6)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             hits = client.get("/api/search", params={"q": "green", "k": 5}).json()["hits"]
             vector = service.encoder.encode_texts(["green"])[0]
             assert [h["id"] for h in hits] == [h.id for h in index.query(vector, 5, exact=True)]

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipsearch.serve import security
-from clipsearch.serve.security import COOKIE, OPEN_PATHS, choose_token, is_loopback
+from clipsearch.serve.security import COOKIE, OPEN_PATHS, choose_token, host_name, is_loopback
 
 from support import ServeProcess, serving_app
 
@@ -103,6 +103,25 @@ def test_loopback_needs_no_token_and_any_other_address_gets_one():
     assert choose_token("0.0.0.0", TOKEN) == (TOKEN, False)
 
 
+def test_without_a_token_only_requests_addressed_to_loopback_are_answered(served, guarded):
+    """DNS rebinding: a page whose name an attacker points at 127.0.0.1 is same-origin
+    with serve (CORS does not stop it), but its browser sends that name as Host."""
+    assert [host_name(h) for h in ("[::1]:8765", "localhost:80", "::1", "photos.lan")] == [
+        "::1", "localhost", "::1", "photos.lan"]
+    with TestClient(served.app, base_url="http://127.0.0.1") as client:
+        for host in ("localhost", "localhost:8765", "127.0.0.1:8765", "[::1]:8765", "127.0.0.2"):
+            assert client.get("/api/status", headers={"Host": host}).status_code == 200, host
+        for host in ("attacker.example:8765", "127.0.0.1.attacker.example", "photos.lan", "[2001:db8::1]:8765"):
+            refused = client.get("/api/status", headers={"Host": host})
+            assert refused.status_code == 403, host
+            assert "loopback" in refused.json()["error"] and host not in refused.text  # never echoed
+        assert client.get("/", headers={"Host": "attacker.example"}).status_code == 403
+    with TestClient(guarded.app) as client:  # a token guards every name: a reverse proxy's too
+        assert client.get("/api/status", headers={"Host": "photos.example.org"}).status_code == 401
+        auth = {"Host": "photos.example.org", "Authorization": f"Bearer {TOKEN}"}
+        assert client.get("/api/status", headers=auth).status_code == 200
+
+
 def test_cors_is_closed_unless_configured(served, tmp_path):
     from clipsearch.serve.app import create_app
     from clipsearch.serve.files import Thumbnails
@@ -110,13 +129,13 @@ def test_cors_is_closed_unless_configured(served, tmp_path):
     from clipsearch.serve.uploads import UploadDecoder
 
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
-    with TestClient(served.app) as client:
+    with TestClient(served.app, base_url="http://127.0.0.1") as client:
         response = client.get("/api/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in response.headers
         assert "access-control-allow-origin" not in client.options("/api/search", headers=preflight).headers
     opened = create_app(served.service, Guard(None), Thumbnails(tmp_path), UploadDecoder(4.0), 1000,
                         cors_origins=("https://photos.example",), version="test")
-    with TestClient(opened) as client:
+    with TestClient(opened, base_url="http://127.0.0.1") as client:
         allowed = client.get("/api/health", headers={"Origin": "https://photos.example"})
         assert allowed.headers["access-control-allow-origin"] == "https://photos.example"
         other = client.get("/api/health", headers={"Origin": "https://evil.example"})
@@ -146,6 +165,21 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
     output = server.output()
     assert output.count(token) == 1, output
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_path):
+    served.service.index.close()  # the process opens it; the module's other tests are done with it
+    args = ["--index", served.settings.index, "--model", served.settings.model]
+    server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(served.root / "cache")})
+    try:
+        assert server.get("/api/status")[0] == 200
+        assert server.get("/api/status", {"Host": f"localhost:{server.port}"})[0] == 200
+        status, body = server.get("/api/status", {"Host": f"rebound.example:{server.port}"})
+        assert status == 403 and "loopback" in body["error"], body
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
 
 
 @pytest.mark.slow
