@@ -37,6 +37,7 @@ from clipsearch.images import (
 )
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
+from clipsearch.names import path_of
 from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
@@ -141,6 +142,18 @@ def parse_shard(text: str) -> tuple[int, int]:
         return config.parse_shard(text)
     except ValueError as exc:
         raise ClipsearchError(f"--shard {text!r} {exc}") from None
+
+
+def _gone(path: str) -> bool:
+    """Whether no file is at `path` any more; a path that cannot be checked now (a
+    folder without permission, an I/O error on a share) is not gone."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def in_shard(pid: str, shard: tuple[int, int] | None) -> bool:
@@ -425,10 +438,17 @@ class Ingestor:
             f"{rate:.1f} img/s, ETA {eta}", force=force)
 
     def _prune(self, roots: Sequence[str]) -> None:
+        """Remove the points under `roots` whose files are gone. Not being seen by this
+        walk is not enough: a file the walk passed over on purpose or could not reach
+        (another shard's, an --exclude'd one, one in a folder it could not read) is
+        still there and keeps its point."""
+        shard = self.options.shard
         stale: list[str] = []
         for root in roots:
             for record in self.index.scroll(under=root):
-                if record.id not in self.seen_ids:
+                if record.id in self.seen_ids or (shard is not None and not in_shard(record.id, shard)):
+                    continue
+                if _gone(path_of(record.payload)):
                     stale.append(record.id)
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])

@@ -470,6 +470,47 @@ def test_prune_of_a_subfolder(tmp_path, encoder, index):
     assert real(inner[0]) not in stored(index)
 
 
+def test_prune_keeps_the_points_of_files_still_there_that_the_walk_did_not_reach(tmp_path, encoder, index,
+                                                                                  monkeypatch):
+    """Another shard's files, --exclude'd ones and those in a folder the walk cannot
+    read are not gone: a run with --prune removes only points whose file is gone."""
+    import errno
+
+    from clipsearch.ingest import pipeline
+
+    lib = tmp_path / "lib"
+    photos = draw_collection(lib, 8)
+    others = draw_collection(lib / "pngs", 3) + draw_collection(lib / "locked", 2)
+    whole_second_mtimes(photos + others)
+    run([lib], encoder, index)
+    assert index.count() == 13
+
+    for options in ({"shard": (0, 2)}, {"shard": (1, 2)}, {"exclude": ("pngs",)}):
+        summary = run([lib], encoder, index, prune=True, **options)
+        assert summary.removed == 0 and index.count() == 13, options
+
+    # A folder the walk cannot read (root reads every folder, so the refusal is made up)
+    locked = real(lib / "locked")
+    real_lstat = os.lstat
+
+    def refused(path, *args, **kwargs):
+        if os.fspath(path).startswith(locked + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_lstat(path, *args, **kwargs)
+
+    walk = pipeline.walk_images
+    monkeypatch.setattr(pipeline.os, "lstat", refused)
+    monkeypatch.setattr(pipeline, "walk_images", lambda roots, *a, **k: (
+        e for e in walk(roots, *a, **k) if not e.path.startswith(locked + os.sep)))
+    summary = run([lib], encoder, index, prune=True)
+    assert summary.removed == 0 and index.count() == 13
+    monkeypatch.undo()
+
+    photos[0].unlink()
+    summary = run([lib], encoder, index, prune=True, exclude=("pngs",))
+    assert summary.removed == 1 and index.count() == 12 and real(photos[0]) not in stored(index)
+
+
 # -- workers -----------------------------------------------------------------------------------
 
 
