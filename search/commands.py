@@ -14,6 +14,8 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.names import has_control, name_bytes, shown
 from clipsearch.options import format_option, index_options, server_options
 
+# -k's ceiling: any more is an export, not a search (and 2**64 overflowed the engine's beam width).
+MAX_TOP = 1_000_000
 LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grpc/--rest are ignored: "
               "the server answers with its own.")
 
@@ -21,7 +23,8 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.command()
 @click.argument("query", required=False)
 @index_options
-@click.option("-k", "--top", "k", type=int, default=10, show_default=True, help="How many hits.")
+@click.option("-k", "--top", "k", type=click.IntRange(max=MAX_TOP), default=10, show_default=True,
+              help="How many hits.")
 @click.option("--image", "-i", default=None, metavar="PATH",
               help="Search by an example image (left out of its own results). "
                    "A QUERY that is an image file does the same.")
@@ -140,7 +143,11 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
 
 def query_lines(queries, query, image) -> list[str]:
     """The --queries file's non-blank lines; it stands alone."""
-    lines = [line.strip() for line in queries if line.strip()]
+    try:
+        lines = [line.strip() for line in queries if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ClipsearchError(f"--queries {shown(queries.name)} is not UTF-8 text (it holds the byte "
+                              f"{exc.object[exc.start]:#04x}); save it as UTF-8") from None
     if not lines:
         raise ClipsearchError(f"{queries.name} holds no queries")
     if query is not None or image is not None:

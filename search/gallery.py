@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from clipsearch.errors import ClipsearchError
 from clipsearch.names import shown
 
 THUMBNAIL = 256
@@ -31,13 +33,15 @@ def thumbnail_data_uri(path: str) -> str | None:
     from clipsearch.images import to_rgb
 
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
-            img = ImageOps.exif_transpose(img) or img
-            img = to_rgb(img)
-            img.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=85)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data": the thumbnail is still right
+            with Image.open(path) as img:
+                img.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
+                img = ImageOps.exif_transpose(img) or img
+                img = to_rgb(img)
+                img.thumbnail((THUMBNAIL, THUMBNAIL))
+                buffer = io.BytesIO()
+                img.save(buffer, format="JPEG", quality=85)
     except Exception:  # a file deleted or damaged since ingest: show a placeholder
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -76,4 +80,7 @@ def render_gallery(sections: Sequence[tuple[str, Sequence]], thumbnail: Callable
 
 def write_gallery(path: str, sections: Sequence[tuple[str, Sequence]], **how) -> None:
     """The page of `render_gallery(sections, **how)`, written to `path`."""
-    Path(path).write_text(render_gallery(sections, **how), encoding="utf-8")
+    try:
+        Path(path).write_text(render_gallery(sections, **how), encoding="utf-8")
+    except OSError as exc:
+        raise ClipsearchError(f"cannot write the gallery {shown(path)}: {exc.strerror or exc}") from None

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import is_text, shown
 
 # ASCII digits only: float() also takes "1_000", "١" and "nan", which are read as text here.
 _WEIGHT = re.compile(r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t]*")
@@ -70,7 +71,15 @@ def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool
                               f"in {given!r}")
     if images and looks_like_image_path(spec):
         return image_term(spec, sign * weight, option)
-    return Term("text", spec, sign * weight)
+    return text_term(spec, sign * weight, option)
+
+
+def text_term(text: str, weight: float = 1.0, option: str = "the query") -> Term:
+    """Words to search for. Bytes that are not UTF-8 (a shell argument in another
+    encoding) are no words a tokenizer can read: one line naming `option`."""
+    if not is_text(text):
+        raise ClipsearchError(f"{option} {shown(text)} is not UTF-8 text; give the words in UTF-8")
+    return Term("text", text, weight)
 
 
 def image_term(path: str, weight: float = 1.0, option: str | None = None) -> Term:

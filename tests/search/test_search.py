@@ -236,10 +236,29 @@ def _one_line_error(result, *needles):
     (["x", "-k", "-3"], "-k"),
     (["--add", "-1:cat"], "weight"),
     ([], "nothing to search for"),
+    (["caf\udce9"], "the query $'caf\\xe9' is not UTF-8 text"),  # a Latin-1 shell's argument
+    (["x", "--add", "2:caf\udce9"], "--add $'caf\\xe9' is not UTF-8"),
 ])
 def test_bad_queries_fail_with_one_line(indexed, args, needle):
     settings, _, _ = indexed
     _one_line_error(CliRunner().invoke(cli, ["search", *args, *args_for(settings)]), needle)
+
+
+def test_bad_files_and_counts_fail_with_one_line(indexed, tmp_path):
+    settings, _, _ = indexed
+    latin1 = tmp_path / "queries.txt"
+    latin1.write_bytes(b"caf\xe9\nred\n")
+    _one_line_error(CliRunner().invoke(cli, ["search", "--queries", str(latin1), *args_for(settings)]),
+                    "--queries", "is not UTF-8 text", "0xe9")
+    # the hits are printed, then the gallery that cannot be written is named
+    result = CliRunner().invoke(cli, ["search", "x", "-f", "paths", "--gallery", str(tmp_path / "no" / "g.html"),
+                                      *args_for(settings)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: cannot write the gallery {tmp_path / 'no' / 'g.html'}: No such file or directory")
+    huge = CliRunner().invoke(cli, ["search", "x", "-k", "99999999999999999999", *args_for(settings)])
+    assert huge.exit_code == 2 and "Traceback" not in huge.output
+    assert "Invalid value for '-k'" in huge.output.strip().splitlines()[-1]
 
 
 def test_missing_and_empty_collections_fail_with_one_line(tmp_path, encoder, tiny_model_dir):
