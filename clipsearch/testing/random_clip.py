@@ -109,16 +109,26 @@ def build_random_clip(folder: str | Path, size: str = "tiny", seed: int = 0,
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m clipsearch.testing.random_clip FOLDER [tiny|vit-b-32] [transformers|sentence-transformers]`"""
-    import sys
+    import argparse
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        raise SystemExit(main.__doc__)
-    folder = Path(args[0])
-    if folder.exists():
-        shutil.rmtree(folder)
-    build_random_clip(folder, size=args[1] if len(args) > 1 else "tiny",
-                      layout=args[2] if len(args) > 2 else "transformers")
+    parser = argparse.ArgumentParser(
+        prog="python -m clipsearch.testing.random_clip",
+        description="Write a randomly initialised CLIP: for trying the plumbing and measuring speed, never "
+                    "for search quality (it has learnt nothing).")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("size", nargs="?", default="tiny", choices=sorted(SIZES))
+    parser.add_argument("layout", nargs="?", default="transformers", choices=["transformers", "sentence-transformers"])
+    parser.add_argument("--replace", action="store_true", help="delete FOLDER first when it holds anything")
+    args = parser.parse_args(argv)
+    folder = args.folder
+    if folder.is_symlink() or folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not args.replace:  # a typo must not cost a folder of someone's files
+            parser.error(f"{folder} exists and is not empty: name a new folder, or give --replace to delete it first")
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        else:
+            folder.unlink()
+    build_random_clip(folder, size=args.size, layout=args.layout)
     print(folder)
 
 
