@@ -42,8 +42,7 @@ def photo_facts(img: Image.Image) -> dict:
         facts["taken"] = taken
     camera = _first(lambda: _camera(exif.get(MAKE), exif.get(MODEL)))
     if camera:
-        facts["camera"] = camera
-        facts["camera_words"] = camera_words(camera)
+        facts["camera"], facts["camera_words"] = camera
     location = _first(lambda: _location(exif.get_ifd(GPS_IFD)))
     if location:
         facts["location"] = location
@@ -89,12 +88,18 @@ def _exif_time(value) -> str | None:
     return None
 
 
-def _camera(make, model) -> str | None:
+def _camera(make, model) -> tuple[str, list[str]] | None:
+    """(the name shown, the words --camera matches). The name says the make once
+    ("Canon" + "Canon EOS 5D": "Canon EOS 5D"; "NIKON CORPORATION" + "NIKON D850":
+    "NIKON D850"), but every word of make and model is matched ("nikon corporation")."""
     make, model = _text(make), _text(model)
-    if make and model.lower().startswith(make.lower().split()[0]):
-        make = ""  # "Canon" + "Canon EOS 5D": the model already says it
-    name = " ".join(part for part in (make, model) if part)
-    return name if any(c.isalnum() for c in name) else None
+    shown_make = make
+    if make.split() and model.lower().split()[:1] == make.lower().split()[:1]:  # a word, not a prefix: "LG", "LGE"
+        shown_make = ""
+    name = " ".join(part for part in (shown_make, model) if part)
+    if not any(c.isalnum() for c in name):
+        return None
+    return name, camera_words(f"{make} {model}")
 
 
 def _location(gps) -> dict | None:

@@ -5,6 +5,7 @@ inside the index on every backend, combined with --in, and show the facts in JSO
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -59,12 +60,33 @@ def test_facts_are_read_and_broken_ones_ignored(library):
     assert payloads["paris.jpg"]["location"] == pytest.approx({"lat": PARIS[0], "lon": PARIS[1]}, abs=1e-4)
     assert payloads["old.jpg"]["taken"] == "2019-12-31T23:59:59"  # DateTime when there is no DateTimeOriginal
     assert payloads["lyon.jpg"]["camera"] == "NIKON D750"  # the make said once, not twice
+    assert payloads["lyon.jpg"]["camera_words"] == ["nikon", "corporation", "d750"]  # but all of it matched
     for name in ("none.jpg", "year0.jpg"):
         assert not {"taken", "camera", "location"} & set(payloads[name]), payloads[name]
     assert "taken" not in payloads["feb30.jpg"] and "location" not in payloads["feb30.jpg"]
     assert payloads["feb30.jpg"]["camera"] == "Canon EOS R5"
     assert payloads["badgps.jpg"]["taken"] == "2024-01-01T00:00:00" and "location" not in payloads["badgps.jpg"]
     assert all("mtime" in p for p in payloads.values())  # the file's own time is kept apart
+
+
+@pytest.mark.parametrize("make, model, name, words", [
+    ("LG Electronics", "LGE Nexus 5", "LG Electronics LGE Nexus 5", ["lg", "electronics", "lge", "nexus", "5"]),
+    ("Canon", "Canon EOS-1D X", "Canon EOS-1D X", ["canon", "eos-1d", "x"]),
+    ("", "iPhone 12", "iPhone 12", ["iphone", "12"]),
+    ("SONY", "", "SONY", ["sony"]),
+])
+def test_the_name_says_the_make_once_and_every_word_of_it_is_matched(make, model, name, words):
+    from PIL import Image
+
+    from clipsearch.photo_facts import MAKE, MODEL, photo_facts
+
+    exif = Image.Exif()
+    exif[MAKE], exif[MODEL] = make, model
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", exif=exif)
+    with Image.open(buffer) as img:
+        facts = photo_facts(img)
+    assert (facts["camera"], facts["camera_words"]) == (name, words)
 
 
 def test_date_camera_and_place_filters_run_in_the_index(library):
@@ -74,6 +96,7 @@ def test_date_camera_and_place_filters_run_in_the_index(library):
     assert found(settings, build_where(None, "2020", None, None)) == {"old.jpg"}
     assert found(settings, build_where(None, None, "canon", None)) == {"paris.jpg", "old.jpg", "feb30.jpg"}
     assert found(settings, build_where(None, None, "EOS 5d", None)) == {"paris.jpg"}
+    assert found(settings, build_where(None, None, "Nikon Corporation", None)) == {"lyon.jpg"}
     assert found(settings, build_where(None, None, None, f"{PARIS[0]},{PARIS[1]},50")) == {"paris.jpg"}
     assert found(settings, build_where(None, None, None, f"{PARIS[0]},{PARIS[1]},500")) == {"paris.jpg", "lyon.jpg"}
     assert found(settings, build_where("2023", None, "canon", None)) == {"paris.jpg"}
