@@ -64,9 +64,15 @@ def read_indexed(payload: dict) -> bytes:
         return f.read()
 
 
+# Raster formats only. The indexed path is a link's target, whose name the walk never
+# checked (it checks the link's): a target named .svg would go out as a type that runs script.
+RASTER_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp",
+                          "image/x-ms-bmp", "image/heic", "image/heif", "image/avif"})
+
+
 def media_type(path: str) -> str:
     kind, _ = mimetypes.guess_type(path)
-    return kind if kind and kind.startswith("image/") else "application/octet-stream"
+    return kind if kind in RASTER_TYPES else "application/octet-stream"
 
 
 def etag(point: str, payload: dict, size: int | None = None) -> str:

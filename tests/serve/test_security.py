@@ -190,3 +190,14 @@ def test_a_given_token_is_never_echoed_even_when_it_is_bad(tmp_path):
 
     result = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "none"), "--token", "short secret"])
     assert result.exit_code == 2 and "short secret" not in result.output and "(hidden)" in result.output
+
+
+def test_originals_go_out_as_raster_image_types_only():
+    """The indexed path is a link's target, whose name the walk never checked: a PNG
+    named .svg must not go out as image/svg+xml, a type that runs script."""
+    from clipsearch.serve.files import media_type
+
+    assert [media_type(f"/p/a.{ext}") for ext in ("jpg", "JPEG", "png", "webp", "tif", "gif")] == [
+        "image/jpeg", "image/jpeg", "image/png", "image/webp", "image/tiff", "image/gif"]
+    for name in ("/p/trick.svg", "/p/page.html", "/p/x.svgz", "/p/noext", "/p/a.xbm"):
+        assert media_type(name) == "application/octet-stream", name
