@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clipsearch.names import path_of
+
 
 @dataclass(frozen=True)
 class SearchHit:
@@ -35,7 +37,7 @@ class SearchHit:
     @classmethod
     def from_json(cls, data: dict) -> "SearchHit":
         """From one hit of serve's JSON."""
-        return cls(rank=int(data["rank"]), score=float(data["score"]), path=str(data["path"]), id=str(data["id"]),
+        return cls(rank=int(data["rank"]), score=float(data["score"]), path=path_of(data), id=str(data["id"]),
                    width=data.get("width"), height=data.get("height"), thumbnail=data.get("thumbnail"),
                    file=data.get("file"), taken=data.get("taken"), camera=data.get("camera"),
                    location=data.get("location"))

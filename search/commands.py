@@ -11,7 +11,7 @@ import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
-from clipsearch.names import has_control, name_bytes, shown
+from clipsearch.names import has_control, name_bytes, shown, stored
 from clipsearch.options import format_option, index_options, server_options
 
 # -k's ceiling: any more is an export, not a search (and 2**64 overflowed the engine's beam width).
@@ -184,7 +184,9 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
         if query is not None and not query.strip():
             raise ClipsearchError("the query is empty; give some words to search for")
         asks = [(query, query if query is not None and looks_like_image_path(query) else None)]
-    folder = os.path.abspath(os.path.expanduser(under)) if under else None  # the server resolves symlinks
+    # The server resolves symlinks; a name that is not UTF-8 goes in the form the index
+    # stores it (\xNN), which JSON and a URL can carry and the server's filter compares.
+    folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None
     client = ServeClient(server, token)
     results = []
     for label, image_path in asks:

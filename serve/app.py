@@ -24,7 +24,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.names import path_of, stored
+from clipsearch.names import path_fields, path_of, stored
 
 from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
 from .security import COOKIE, OPEN_PATHS, Guard
@@ -50,6 +50,9 @@ class Hit(BaseModel):
     score: float
     id: str
     path: str
+    # Only for a name that is not UTF-8 (`path` then shows each such byte as \xNN): the
+    # name's bytes, base64, for clients that must open or print the file exactly.
+    path_bytes: str | None = None
     width: int | None = None
     height: int | None = None
     thumbnail: str
@@ -144,7 +147,7 @@ def one_line(text: str) -> str:
 def hits_of(found, k: int, offset: int, started: float) -> JSONResponse:
     """The hits as sent: a finished response, which FastAPI passes on without
     validating it again against `Hits` (the schema it documents)."""
-    return JSONResponse({"hits": [{**hit.to_dict(), "path": shown(hit.path), "score": round(hit.score, 6),
+    return JSONResponse({"hits": [{**hit.to_dict(), **path_fields(hit.path), "score": round(hit.score, 6),
                       "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
                       "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
             "k": k, "offset": offset, "took_ms": elapsed_ms(started)})

@@ -48,6 +48,9 @@ def serving(tmp_path_factory, tiny_model_dir):
     for i in range(12, 16):  # four more, all different from the others, in a subfolder (--in)
         colour, shape = combos[i]
         draw_image(photos / "sub" / f"{i:03d}-{colour}-{shape}.png", colour, shape)
+    for i, name in ((16, b"\xff\xfe.png"), (17, b"b\xe9.png")):  # names that are not UTF-8, in such a folder
+        colour, shape = combos[i]
+        draw_image(Path(os.fsdecode(os.fsencode(str(photos)) + b"/caf\xe9/" + name)), colour, shape)
     index, server_cache = root / "index", root / "server-cache"
     env = base_env(server_cache)
     done = subprocess.run([sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index", str(index),
@@ -70,21 +73,22 @@ def serving(tmp_path_factory, tiny_model_dir):
 # -- running the two ways -----------------------------------------------------------------
 
 
-def local(serving: Serving, monkeypatch, *args: str, command: str = "search") -> str:
+def local(serving: Serving, monkeypatch, *args: str, command: str = "search", raw: bool = False):
     monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(serving.local_cache))
     result = CliRunner().invoke(cli, [command, *args, "--index", str(serving.copy), "--model", str(serving.model)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.stdout
+    return result.stdout_bytes if raw else result.stdout
 
 
-def thin(serving: Serving, monkeypatch, *args: str, command: str = "search", token: str | None = TOKEN) -> str:
+def thin(serving: Serving, monkeypatch, *args: str, command: str = "search", token: str | None = TOKEN,
+         raw: bool = False):
     """Through the server, as a user would type it (no --index, no --model)."""
     monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(serving.root / "thin-cache-unused"))
     result = CliRunner().invoke(cli, [command, *args, "--server", serving.url, *(["--token", token] if token else [])],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.stdout
+    return result.stdout_bytes if raw else result.stdout
 
 
 def table(text: str) -> list[tuple[int, float, str]]:
@@ -147,6 +151,28 @@ def test_in_folder_and_min_score_match_the_local_search(serving, monkeypatch):
     same_table(local(serving, monkeypatch, "yellow", "--min-score", threshold), remote)
 
 
+def test_names_that_are_not_utf8_come_out_as_locally(serving, monkeypatch):
+    """The API sends such a name's bytes (`path_bytes`) beside its \\xNN form: paths0
+    is exact for xargs -0, the other formats quote and escape as a local search does,
+    and --in takes such a folder."""
+    folder = os.fsencode(str(serving.photos)) + b"/caf\xe9"
+    names = {folder + b"/\xff\xfe.png", folder + b"/b\xe9.png"}
+    under = os.fsdecode(folder)
+    for fmt in ("paths0", "paths", "json"):
+        remote = thin(serving, monkeypatch, "x", "--in", under, "-f", fmt, raw=True)
+        here = local(serving, monkeypatch, "x", "--in", under, "-f", fmt, raw=True)
+        if fmt == "json":
+            same_json_hits([json.loads(line) for line in remote.splitlines()],
+                           [json.loads(line) for line in here.splitlines()])
+        else:
+            assert remote == here, fmt
+        if fmt == "paths0":
+            assert set(remote.split(b"\0")[:-1]) == names
+    same_table(local(serving, monkeypatch, "x", "--in", under), thin(serving, monkeypatch, "x", "--in", under))
+    everything = thin(serving, monkeypatch, "x", "-k", "50", "-f", "paths0", raw=True)
+    assert names <= set(everything.split(b"\0"))
+
+
 def test_many_queries_one_request_each_keyed_as_locally(serving, monkeypatch, tmp_path):
     queries = tmp_path / "queries.txt"
     queries.write_text("red circle\n\nblue square\n")
@@ -174,7 +200,7 @@ def test_image_upload_leaves_an_indexed_image_out_of_its_own_results(serving, mo
 def test_an_image_from_elsewhere_is_uploaded_and_embedded(serving, monkeypatch, tmp_path):
     outside = draw_image(tmp_path / "query.jpg", "red", "circle", fmt="JPEG")
     hits = table(thin(serving, monkeypatch, "--image", str(outside), "-k", "3"))
-    assert len(hits) == 3 and all(p.startswith(str(serving.photos)) for _, _, p in hits)
+    assert len(hits) == 3 and all(str(serving.photos) in p for _, _, p in hits)  # a name not UTF-8 is quoted
 
 
 def test_gallery_embeds_the_servers_thumbnails(serving, monkeypatch, tmp_path):
@@ -231,7 +257,7 @@ def test_status_matches_the_local_facts(serving, monkeypatch):
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, errors="surrogateescape", timeout=120)  # -f paths: names are bytes
 
 
 def test_a_token_is_needed_and_taken_from_the_flag_or_the_environment(serving):
