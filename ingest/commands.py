@@ -49,15 +49,18 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
 @setting_option("shard", metavar="I/N")
 @setting_option("precision", metavar="fp32|int8")
 @click.option("--prune", is_flag=True, help="Remove points whose files are gone under FOLDERS.")
+@click.option("--allow-missing", is_flag=True,
+              help="With --prune: prune a folder even when more than half of its images (and more than 10) are "
+                   "gone (without it, a drive or share that is not mounted is not pruned, and the run fails).")
 @report_options
-def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, report, quiet,
-           verbose, as_json):
+def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, allow_missing,
+           report, quiet, verbose, as_json):
     """Embed the images under FOLDERS into the index (incremental: unchanged files are skipped)."""
     from .pipeline import IngestOptions
     from .pipeline import ingest as run_ingest
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), exclude=exclude, prune=prune,
-                            report=report, quiet=quiet, shard=config.value("shard", shard),
+                            allow_missing=allow_missing, report=report, quiet=quiet, shard=config.value("shard", shard),
                             precision=precision or "", verbose=verbose)
     # The model loads only when a file needs embedding: an unchanged re-run takes
     # the model's identity from the model cache and imports no torch; on a CPU, the

@@ -37,7 +37,7 @@ from clipsearch.images import (
 )
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.names import path_of
+from clipsearch.names import path_of, shown
 from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
@@ -62,6 +62,8 @@ class IngestOptions:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     exclude: Sequence[str] = ()
     prune: bool = False
+    # Prune a folder even when most of its images are gone (see PRUNE_SHARE).
+    allow_missing: bool = False
     report: str | None = None
     quiet: bool = False
     shard: tuple[int, int] | None = None  # (i, n): only files whose id hash falls in shard i of n
@@ -142,6 +144,13 @@ def parse_shard(text: str) -> tuple[int, int]:
         return config.parse_shard(text)
     except ValueError as exc:
         raise ClipsearchError(f"--shard {text!r} {exc}") from None
+
+
+# A prune that would remove more than this share of a folder's images (and more than
+# PRUNE_FLOOR) is refused: a drive or share that is not mounted looks like a folder
+# whose photos were all deleted, and pruning it would cost every vector of it.
+PRUNE_SHARE = 0.5
+PRUNE_FLOOR = 10
 
 
 def _gone(path: str) -> bool:
@@ -437,22 +446,34 @@ class Ingestor:
             f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}{relinked}, skipped {s.skipped}, "
             f"{rate:.1f} img/s, ETA {eta}", force=force)
 
-    def _prune(self, roots: Sequence[str]) -> None:
+    def _prune(self, roots: Sequence[str]) -> str | None:
         """Remove the points under `roots` whose files are gone. Not being seen by this
         walk is not enough: a file the walk passed over on purpose or could not reach
         (another shard's, an --exclude'd one, one in a folder it could not read) is
-        still there and keeps its point."""
+        still there and keeps its point. A folder most of whose images are gone is left
+        as it is (PRUNE_SHARE): the line that says so is returned."""
         shard = self.options.shard
         stale: list[str] = []
+        refused: list[str] = []
         for root in roots:
+            held, gone = 0, []
             for record in self.index.scroll(under=root):
+                held += 1
                 if record.id in self.seen_ids or (shard is not None and not in_shard(record.id, shard)):
                     continue
                 if _gone(path_of(record.payload)):
-                    stale.append(record.id)
+                    gone.append(record.id)
+            if len(gone) > max(PRUNE_FLOOR, PRUNE_SHARE * held) and not self.options.allow_missing:
+                refused.append(f"{len(gone)} of the {held} images under {shown(root)}")
+            else:
+                stale += gone
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])
         self.summary.removed += len(stale)
+        if not refused:
+            return None
+        return (f"not pruned: {'; '.join(refused)} are gone (a drive or share that is not mounted?); mount it "
+                "and run again, or give --allow-missing if they were deleted")
 
     # -- calls ------------------------------------------------------------------
     def _begin(self) -> float:
@@ -530,8 +551,7 @@ class Ingestor:
             try:
                 with self.index.bulk_load():
                     self._load(entries, filtered=counted is None)
-                if self.options.prune and not self._stopped.is_set():
-                    self._prune(roots)
+                refused = self._prune(roots) if self.options.prune and not self._stopped.is_set() else None
                 self._show(force=True)
                 self.progress.finish()
                 for line in self.report.lines():
@@ -539,7 +559,9 @@ class Ingestor:
             finally:
                 self.report.close()
                 self.known_bad.save(roots)  # what this run learnt, even if it was stopped
-            if self.walked == 0 and not allow_empty and not self._stopped.is_set():
+            if refused:  # the run's work is kept; a nightly job fails visibly
+                raise ClipsearchError(refused)
+            if self.walked == 0 and not allow_empty and not self._stopped.is_set() and not self.summary.removed:
                 # a shard that happens to get no files is not an error
                 raise ClipsearchError(f"no image files found under {', '.join(roots)}")
             if self.index.backend == "edge" and self.options.optimize:

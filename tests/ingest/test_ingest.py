@@ -511,6 +511,42 @@ def test_prune_keeps_the_points_of_files_still_there_that_the_walk_did_not_reach
     assert summary.removed == 1 and index.count() == 12 and real(photos[0]) not in stored(index)
 
 
+def test_prune_leaves_a_folder_most_of_whose_images_are_gone_unless_allowed(tmp_path, encoder, index):
+    """A drive or share that is not mounted looks like a folder whose photos were all
+    deleted: pruning it would cost every vector of it. Past half of a folder's images
+    (and past 10) the prune is refused in one line, the rest of the run kept."""
+    lib = tmp_path / "lib"
+    photos = draw_collection(lib / "nas", 30)
+    local = draw_collection(lib / "local", 4)
+    whole_second_mtimes(photos + local)
+    run([lib], encoder, index)
+    assert index.count() == 34
+    (lib / "nas").rename(tmp_path / "elsewhere")  # unmounted: an empty folder
+    (lib / "nas").mkdir()
+    new = draw_image(lib / "local" / "new.png", "white", "star")
+    with pytest.raises(ClipsearchError, match=r"not pruned: 30 of the 30 images under .*nas are gone .*not mounted.*"
+                                              r"--allow-missing"):
+        run([lib / "nas"], encoder, index, prune=True)
+    with pytest.raises(ClipsearchError, match="not pruned: 30 of the 35 images under"):
+        run([lib], encoder, index, prune=True)
+    assert index.count() == 35 and real(new) in stored(index)  # the run's own work is kept
+
+    for gone in local[:2]:  # a few deleted: pruned as ever
+        gone.unlink()
+    (lib / "nas").rmdir()
+    (tmp_path / "elsewhere").rename(lib / "nas")
+    assert run([lib], encoder, index, prune=True).removed == 2
+
+    for gone in photos[:20]:  # most of a folder really deleted: pruned when allowed
+        gone.unlink()
+    with pytest.raises(ClipsearchError, match="not pruned: 20 of the 30 images under"):
+        run([lib / "nas"], encoder, index, prune=True)
+    for gone in photos[20:]:
+        gone.unlink()
+    summary = run([lib / "nas"], encoder, index, prune=True, allow_missing=True)
+    assert summary.removed == 30 and index.count() == 3
+
+
 # -- workers -----------------------------------------------------------------------------------
 
 
