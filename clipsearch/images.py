@@ -10,6 +10,7 @@ parallel, instead of in the process that runs the model.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -206,10 +207,24 @@ class Prepared:
 def decoder_init() -> None:
     """Pool initializer for ingest's decoding processes: they ignore Ctrl-C, which a
     terminal sends to the whole process group (the ingest process stops them once it
-    has committed what it holds, and no worker prints a traceback meanwhile)."""
+    has committed what it holds, and no worker prints a traceback meanwhile). And they
+    die with the ingest process: killed (kill -9, the OOM killer), it cannot stop them,
+    and each printed a BrokenPipeError traceback on the terminal when it next wrote."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:  # PR_SET_PDEATHSIG (1): SIGKILL when the thread that started this process ends
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        import multiprocessing
+
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # it died before the line above
+            os._exit(0)
 
 
 _preprocess_cache: dict = {}

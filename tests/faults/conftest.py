@@ -111,8 +111,12 @@ class ChildRun:
         reported = self.embedded
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=60)
-        self._reader.join(timeout=10)
+        # Its stderr ends when the last process holding it does: the decoders die with it,
+        # silently (they printed a BrokenPipeError traceback each when they outlived it).
+        self._reader.join(timeout=20)
+        assert not self._reader.is_alive(), "a process of the killed run outlived it"
         assert self.process.returncode == -signal.SIGKILL, "".join(self.stderr)
+        assert "Traceback" not in "".join(self.stderr), "".join(self.stderr)
         return reported
 
 

@@ -151,3 +151,40 @@ def test_kill_9_inside_the_hnsw_build_keeps_every_point_and_the_next_run_builds_
             assert summary["hnsw_built"], f"trial {trial}: the next run did not finish the graph"
         assert read_index(index).indexed_vectors == IMAGES
     assert inside >= 1, "no kill landed inside the build: the trials proved nothing about it"
+
+
+def test_kill_9_takes_the_decoders_with_it_silently(module_cli, tmp_path):
+    """The OOM killer's kill -9 of the ingest process alone: its decoding processes end
+    with it at once, and none prints a traceback (each printed a BrokenPipeError when it
+    next handed back an image). ChildRun.kill checks the stderr they shared."""
+    import os
+
+    from support import COLOURS, draw_image
+
+    big = tmp_path / "big"
+    for i in range(24):  # slow to decode: decoders are busy when the kill lands
+        draw_image(big / f"{i:02d}.png", list(COLOURS)[i % len(COLOURS)], "circle", size=(2000, 1500), mark=i + 1)
+    run = ChildRun(module_cli, ["ingest", str(big), "--index", str(tmp_path / "index"), "--model",
+                                str(module_cli.model), "--workers", "2", "--batch-size", "2", "--json"])
+    run.wait_for_embedded(2)
+
+    def children() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if entry.isdigit() and int(fields[1]) == run.process.pid:
+                found.append(int(entry))
+        return found
+
+    decoders = children()
+    assert len(decoders) >= 2, decoders  # two decoders (and the resource tracker)
+    run.kill()
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in decoders if os.path.exists(f"/proc/{pid}")
+                    and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]:
+        assert time.monotonic() < deadline, f"decoders {alive} outlived the killed ingest"
+        time.sleep(0.05)
