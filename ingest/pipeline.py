@@ -289,10 +289,13 @@ class Ingestor:
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
+                    if pid in stored:  # the point of what the file was before it went bad
+                        self._unusable_ids.append(pid)
                 elif pid not in stored:
                     new.append(entry)
                     new_ids.append(pid)
                 else:  # changed since it was embedded
+                    self._changed_ids[entry.path] = pid
                     yield entry
             chunk.clear()
             ids.clear()
@@ -361,11 +364,14 @@ class Ingestor:
 
     def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         _, decoded, reason, lasting = outcome
+        changed = self._changed_ids.pop(entry.path, None)
         if decoded is None:
             self._skip(entry.path, reason or "unknown error")
             if lasting:
                 self.known_bad.remember(entry.path, entry.size, entry.mtime_ns, reason)
                 self.known_bad.checkpoint()  # kept even if this run is killed
+                if changed is not None:
+                    self._unusable_ids.append(changed)
         else:
             self.known_bad.forget(entry.path)
             if decoded.warnings:
@@ -484,6 +490,10 @@ class Ingestor:
         self.walk_done = False
         self.walked = 0
         self.seen_ids = set()
+        # Points whose file changed since and can no longer be used (corrupt now): their
+        # vector is of a picture that is not there any more. Removed once the writes are in.
+        self._changed_ids: dict[str, str] = {}  # path -> id, of files changed since embedded
+        self._unusable_ids: list[str] = []
         self._started = time.monotonic()
         return self._started
 
@@ -524,6 +534,10 @@ class Ingestor:
             if batch:
                 self._commit(batch)
             self._drain_writes()
+            if self._unusable_ids:
+                self.index.delete(ids=self._unusable_ids)
+                self.summary.removed += len(self._unusable_ids)
+                self._unusable_ids = []
         finally:
             # Whatever happened, batches already handed to the writer are committed.
             self._writer.shutdown(wait=True)

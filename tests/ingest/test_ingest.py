@@ -147,6 +147,32 @@ def test_bad_files_are_skipped_and_reported(messy_folder, encoder, index, tmp_pa
     assert set(stored(index)) == {real(p) for p in good}
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_that_went_bad_since_it_was_embedded_loses_its_point(tmp_path, encoder, index, workers):
+    """Its vector is of a picture no longer there: searches must not return it. A file
+    that cannot be read for now (an I/O error) would keep it; a damaged one does not.
+    A run that left such a point (before this) has it removed by the next one."""
+    photos = draw_collection(tmp_path / "lib", 4)
+    run([tmp_path / "lib"], encoder, index, workers=workers)
+    photos[0].write_bytes(b"not an image any more")
+    summary = run([tmp_path / "lib"], encoder, index, workers=workers)
+    assert (summary.skipped, summary.removed, summary.unchanged) == (1, 1, 3)
+    assert real(photos[0]) not in stored(index) and index.count() == 3
+    again = run([tmp_path / "lib"], encoder, index, workers=workers)  # skipped again, nothing left to remove
+    assert (again.skipped, again.removed, index.count()) == (1, 0, 3)
+
+    # a point left by a run before this change: removed when the known-bad file is met
+    draw_image(photos[1], "white", "star")
+    run([tmp_path / "lib"], encoder, index, workers=workers)
+    left = {r.id: r for r in index.retrieve([point_id(photos[1])], with_vectors=True)}
+    photos[1].write_bytes(b"broken too")
+    run([tmp_path / "lib"], encoder, index, workers=workers)
+    record = left[point_id(photos[1])]
+    index.upsert([record.id], record.vector[None, :], [record.payload])  # as that earlier run left it
+    summary = run([tmp_path / "lib"], encoder, index, workers=workers)
+    assert (summary.skipped, summary.removed) == (2, 1) and index.count() == 2
+
+
 def test_bad_file_between_good_ones_in_one_batch(tmp_path, encoder, index):
     """A bad file in the middle of a batch leaves the batch's good files indexed."""
     folder = tmp_path / "mixed"
