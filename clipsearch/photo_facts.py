@@ -26,6 +26,7 @@ GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
 # Photography began in 1826; a clock years ahead is a camera that was never set.
 FIRST_YEAR, LAST_YEAR = 1826, 2100
 _WORD = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
+_WORD_START = re.compile(r"[^a-z0-9]*([a-z0-9]+)")
 
 
 def photo_facts(img: Image.Image) -> dict:
@@ -94,8 +95,9 @@ def _camera(make, model) -> tuple[str, list[str]] | None:
     "NIKON D850"), but every word of make and model is matched ("nikon corporation")."""
     make, model = _text(make), _text(model)
     shown_make = make
-    if make.split() and model.lower().split()[:1] == make.lower().split()[:1]:  # a word, not a prefix: "LG", "LGE"
-        shown_make = ""
+    make_first, model_first = (_WORD_START.match(text.lower()) for text in (make, model))
+    if make_first and model_first and make_first.group(1) == model_first.group(1):  # a word, not a prefix: LG, LGE
+        shown_make = ""  # also "SAMSUNG" + "SAMSUNG-SM-G930A"
     name = " ".join(part for part in (shown_make, model) if part)
     if not any(c.isalnum() for c in name):
         return None

@@ -48,10 +48,12 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching GLOB (repeatable).")
 @setting_option("shard", metavar="I/N")
 @setting_option("precision", metavar="fp32|int8")
-@click.option("--prune", is_flag=True, help="Remove points whose files are gone under FOLDERS.")
+@click.option("--prune", is_flag=True,
+              help="Remove points whose files are gone under FOLDERS (not those of files --exclude'd, another "
+                   "shard's or in a folder that cannot be read: they are still there).")
 @click.option("--allow-missing", is_flag=True,
-              help="With --prune: prune a folder even when more than half of its images (and more than 10) are "
-                   "gone (without it, a drive or share that is not mounted is not pruned, and the run fails).")
+              help="With --prune: prune even where more than half of a folder's images (and more than 10) are "
+                   "gone (without it, a drive or share that is not mounted is not pruned, and the run exits 1).")
 @report_options
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, allow_missing,
            report, quiet, verbose, as_json):
@@ -70,6 +72,8 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
         click.echo(json.dumps(summary.__dict__))
     else:
         click.echo(summary.line())
+    if summary.not_pruned:  # after the summary: the run's work is kept, and a nightly job fails visibly
+        raise ClipsearchError(summary.not_pruned)
 
 
 @click.command()

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
@@ -37,11 +37,12 @@ from clipsearch.images import (
 )
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.names import path_of, shown
+from clipsearch.names import path_of
 from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
 from .known_bad import KnownBadFiles, decoder_fingerprint
+from .prune import plan as prune_plan
 from .relink import Relinker, place_payload
 from .report import SkipReport, check_report_path
 from .walk import FileEntry, image_extensions, image_file, walk_images
@@ -96,6 +97,8 @@ class IngestSummary:
     copied: int = 0
     upgraded: int = 0
     removed: int = 0
+    # What --prune left alone and why (ingest/prune.py): the CLI prints it and exits 1.
+    not_pruned: str | None = None
     seconds: float = 0.0
     hnsw_built: bool = False
     # Seconds from the start of the run until the first batch was encoded: loading the
@@ -144,25 +147,6 @@ def parse_shard(text: str) -> tuple[int, int]:
         return config.parse_shard(text)
     except ValueError as exc:
         raise ClipsearchError(f"--shard {text!r} {exc}") from None
-
-
-# A prune that would remove more than this share of a folder's images (and more than
-# PRUNE_FLOOR) is refused: a drive or share that is not mounted looks like a folder
-# whose photos were all deleted, and pruning it would cost every vector of it.
-PRUNE_SHARE = 0.5
-PRUNE_FLOOR = 10
-
-
-def _gone(path: str) -> bool:
-    """Whether no file is at `path` any more; a path that cannot be checked now (a
-    folder without permission, an I/O error on a share) is not gone."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def in_shard(pid: str, shard: tuple[int, int] | None) -> bool:
@@ -452,34 +436,26 @@ class Ingestor:
             f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}{relinked}, skipped {s.skipped}, "
             f"{rate:.1f} img/s, ETA {eta}", force=force)
 
-    def _prune(self, roots: Sequence[str]) -> str | None:
-        """Remove the points under `roots` whose files are gone. Not being seen by this
-        walk is not enough: a file the walk passed over on purpose or could not reach
-        (another shard's, an --exclude'd one, one in a folder it could not read) is
-        still there and keeps its point. A folder most of whose images are gone is left
-        as it is (PRUNE_SHARE): the line that says so is returned."""
+    def _prune(self, roots: Sequence[str]) -> None:
+        """Remove the points under `roots` (this shard's) whose files are gone, by the
+        rules of ingest/prune.py; what they leave alone is said in summary.not_pruned."""
         shard = self.options.shard
-        stale: list[str] = []
-        refused: list[str] = []
+        held: set[str] = set()  # nested roots scroll some points twice
+        folders: Counter = Counter()
+        unseen: list[tuple[str, str]] = []
         for root in roots:
-            held, gone = 0, []
             for record in self.index.scroll(under=root):
-                held += 1
-                if record.id in self.seen_ids or (shard is not None and not in_shard(record.id, shard)):
+                if record.id in held or (shard is not None and not in_shard(record.id, shard)):
                     continue
-                if _gone(path_of(record.payload)):
-                    gone.append(record.id)
-            if len(gone) > max(PRUNE_FLOOR, PRUNE_SHARE * held) and not self.options.allow_missing:
-                refused.append(f"{len(gone)} of the {held} images under {shown(root)}")
-            else:
-                stale += gone
+                held.add(record.id)
+                path = path_of(record.payload)
+                folders[os.path.dirname(path)] += 1
+                if record.id not in self.seen_ids:
+                    unseen.append((record.id, path))
+        stale, self.summary.not_pruned = prune_plan(folders, unseen, self.options.allow_missing)
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])
         self.summary.removed += len(stale)
-        if not refused:
-            return None
-        return (f"not pruned: {'; '.join(refused)} are gone (a drive or share that is not mounted?); mount it "
-                "and run again, or give --allow-missing if they were deleted")
 
     # -- calls ------------------------------------------------------------------
     def _begin(self) -> float:
@@ -565,7 +541,8 @@ class Ingestor:
             try:
                 with self.index.bulk_load():
                     self._load(entries, filtered=counted is None)
-                refused = self._prune(roots) if self.options.prune and not self._stopped.is_set() else None
+                if self.options.prune and not self._stopped.is_set():
+                    self._prune(roots)
                 self._show(force=True)
                 self.progress.finish()
                 for line in self.report.lines():
@@ -573,9 +550,8 @@ class Ingestor:
             finally:
                 self.report.close()
                 self.known_bad.save(roots)  # what this run learnt, even if it was stopped
-            if refused:  # the run's work is kept; a nightly job fails visibly
-                raise ClipsearchError(refused)
-            if self.walked == 0 and not allow_empty and not self._stopped.is_set() and not self.summary.removed:
+            if self.walked == 0 and not allow_empty and not self._stopped.is_set() and not (
+                    self.summary.removed or self.summary.not_pruned):
                 # a shard that happens to get no files is not an error
                 raise ClipsearchError(f"no image files found under {', '.join(roots)}")
             if self.index.backend == "edge" and self.options.optimize:
@@ -655,6 +631,7 @@ def _add(total: IngestSummary, part: IngestSummary) -> None:
                  "removed", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.hnsw_built = total.hnsw_built or part.hnsw_built
+    total.not_pruned = part.not_pruned or total.not_pruned
     if total.first_batch_seconds is None:
         total.first_batch_seconds = part.first_batch_seconds
 

@@ -22,9 +22,13 @@ from clipsearch.options import index_options, quiet_option, setting_option
 @setting_option("workers", "--workers", "-w", metavar="N",
                 help="Decoding processes for the watched ingest; 0 decodes in the serving process.")
 @setting_option("batch_size", "--batch-size", "-b", metavar="N")
+@click.option("--allow-missing", is_flag=True,
+              help="Let --watch's first scan forget the files deleted while serve was down even where more than "
+                   "half of a folder's images are gone (without it, such a folder, a drive or share that is not "
+                   "mounted, is left as it is and the log says so).")
 @quiet_option
 def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, thumbnail_megabytes, workers,
-          batch_size, quiet):
+          batch_size, allow_missing, quiet):
     """Serve the index to many clients: an HTTP API, a web page, thin clients
     (`clipsearch search --server URL`), and with --watch a live index."""
     from .server import ServeOptions, run
@@ -34,7 +38,8 @@ def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, th
         watch=list(watch), cors_origins=tuple(config.value("cors_origins", cors_origins)),
         upload_megabytes=config.value("upload_megabytes", upload_megabytes),
         thumbnail_megabytes=config.value("thumbnail_megabytes", thumbnail_megabytes),
-        workers=config.value("workers", workers), batch_size=config.value("batch_size", batch_size), quiet=quiet)
+        workers=config.value("workers", workers), batch_size=config.value("batch_size", batch_size),
+        allow_missing=allow_missing, quiet=quiet)
     run(settings, options)
 
 

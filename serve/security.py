@@ -64,7 +64,7 @@ class Guard:
         (DNS rebinding) is same-origin with serve, so CORS does not stop it, but its
         browser still sends that name. With a token the token guards every name. No
         Host header (HTTP/1.0) is no browser's request."""
-        return self.token is not None or not host or is_loopback(host_name(host))
+        return self.token is not None or not host or is_loopback(host_name(host).lower().rstrip("."))
 
     def token_matches(self, candidate: str | None) -> bool:
         if self.token is None or not candidate:

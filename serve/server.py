@@ -30,6 +30,7 @@ class ServeOptions:
     thumbnail_megabytes: float = 2000.0
     workers: int = 1
     batch_size: int = 32
+    allow_missing: bool = False  # the first scan's prune: ingest --allow-missing
     quiet: bool = False
 
 
@@ -150,7 +151,7 @@ def start_watcher(service, roots: list[str], options: ServeOptions):
     ingestor = Ingestor(service.encoder, service.index,
                         IngestOptions(batch_size=options.batch_size, workers=options.workers,
                                       max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
-                                      optimize=False, prune=True))
+                                      optimize=False, prune=True, allow_missing=options.allow_missing))
     watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w))
     watcher.start()
     return watcher

@@ -228,6 +228,8 @@ class FolderWatcher:
             if not self._stopping:
                 summary = ingestor.run(self.roots, allow_empty=True)
                 _say(summary.line())
+                if summary.not_pruned:
+                    _say(f"{summary.not_pruned} (serve --allow-missing)")
         except Exception as exc:
             self._failed("the first ingest", exc)
         finally:

@@ -183,8 +183,14 @@ def test_kill_9_takes_the_decoders_with_it_silently(module_cli, tmp_path):
     decoders = children()
     assert len(decoders) >= 2, decoders  # two decoders (and the resource tracker)
     run.kill()
+    def running(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):  # reaped meanwhile
+            return False
+
     deadline = time.monotonic() + 10
-    while alive := [pid for pid in decoders if os.path.exists(f"/proc/{pid}")
-                    and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]:
+    while alive := [pid for pid in decoders if running(pid)]:
         assert time.monotonic() < deadline, f"decoders {alive} outlived the killed ingest"
         time.sleep(0.05)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import zlib
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from clipsearch.cli import cli
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import load_image
 from clipsearch.index import ancestor_dirs, open_index, point_id
@@ -516,16 +519,18 @@ def test_prune_keeps_the_points_of_files_still_there_that_the_walk_did_not_reach
         assert summary.removed == 0 and index.count() == 13, options
 
     # A folder the walk cannot read (root reads every folder, so the refusal is made up)
-    locked = real(lib / "locked")
-    real_lstat = os.lstat
+    from clipsearch.ingest import prune
 
-    def refused(path, *args, **kwargs):
-        if os.fspath(path).startswith(locked + os.sep):
+    locked = real(lib / "locked")
+    real_listdir = os.listdir
+
+    def refused(path="."):
+        if os.fspath(path) == locked:
             raise PermissionError(errno.EACCES, "Permission denied", path)
-        return real_lstat(path, *args, **kwargs)
+        return real_listdir(path)
 
     walk = pipeline.walk_images
-    monkeypatch.setattr(pipeline.os, "lstat", refused)
+    monkeypatch.setattr(prune.os, "listdir", refused)
     monkeypatch.setattr(pipeline, "walk_images", lambda roots, *a, **k: (
         e for e in walk(roots, *a, **k) if not e.path.startswith(locked + os.sep)))
     summary = run([lib], encoder, index, prune=True)
@@ -536,41 +541,67 @@ def test_prune_keeps_the_points_of_files_still_there_that_the_walk_did_not_reach
     summary = run([lib], encoder, index, prune=True, exclude=("pngs",))
     assert summary.removed == 1 and index.count() == 12 and real(photos[0]) not in stored(index)
 
+    # a rename that changes only the case leaves no point under the old spelling (a file
+    # system that ignores case would find the file by it: prune reads the folder's listing)
+    photos[1].rename(photos[1].with_name(photos[1].name.upper()))
+    run([lib], encoder, index, prune=True)
+    assert real(photos[1]) not in stored(index) and index.count() == 12
+
 
 def test_prune_leaves_a_folder_most_of_whose_images_are_gone_unless_allowed(tmp_path, encoder, index):
     """A drive or share that is not mounted looks like a folder whose photos were all
-    deleted: pruning it would cost every vector of it. Past half of a folder's images
-    (and past 10) the prune is refused in one line, the rest of the run kept."""
+    deleted: pruning it would cost every vector of it. Gone files are grouped by the
+    nearest folder still there (the share's empty mount point); past half of its images
+    (and past 10) the group is left, said in not_pruned (the CLI exits 1 on it), the
+    rest of the run kept. A share smaller than half the library is caught the same way."""
     lib = tmp_path / "lib"
-    photos = draw_collection(lib / "nas", 30)
-    local = draw_collection(lib / "local", 4)
-    whole_second_mtimes(photos + local)
+    photos = draw_collection(lib / "nas" / "2023", 60)  # each of 2 shards holds 10+
+    local = draw_collection(lib / "local", 40)
+    trip = draw_collection(lib / "trip", 12)
+    whole_second_mtimes(photos + local + trip)
     run([lib], encoder, index)
-    assert index.count() == 34
-    (lib / "nas").rename(tmp_path / "elsewhere")  # unmounted: an empty folder
-    (lib / "nas").mkdir()
+    assert index.count() == 112
+    (lib / "nas" / "2023").rename(tmp_path / "elsewhere")  # unmounted: an empty mount point
     new = draw_image(lib / "local" / "new.png", "white", "star")
-    with pytest.raises(ClipsearchError, match=r"not pruned: 30 of the 30 images under .*nas are gone .*not mounted.*"
-                                              r"--allow-missing"):
-        run([lib / "nas"], encoder, index, prune=True)
-    with pytest.raises(ClipsearchError, match="not pruned: 30 of the 35 images under"):
-        run([lib], encoder, index, prune=True)
-    assert index.count() == 35 and real(new) in stored(index)  # the run's own work is kept
+    for roots, options in (([lib], {}), ([lib / "nas"], {}), ([lib, lib / "nas"], {}), ([lib], {"shard": (0, 2)}),
+                           ([lib], {"shard": (1, 2)})):
+        summary = run(roots, encoder, index, prune=True, **options)
+        assert summary.removed == 0 and index.count() == 113, (roots, options)
+        if not options:
+            assert summary.not_pruned == (f"not pruned: 60 of the 60 images under {real(lib / 'nas')} are gone (a "
+                                          "drive or share that is not mounted?); mount it and run again, or give "
+                                          "--allow-missing if they were deleted")
+    assert real(new) in stored(index)  # the run's own work is kept
 
     for gone in local[:2]:  # a few deleted: pruned as ever
         gone.unlink()
-    (lib / "nas").rmdir()
-    (tmp_path / "elsewhere").rename(lib / "nas")
-    assert run([lib], encoder, index, prune=True).removed == 2
+    (tmp_path / "elsewhere").rename(lib / "nas" / "2023")
+    summary = run([lib], encoder, index, prune=True)
+    assert (summary.removed, summary.not_pruned) == (2, None)
 
-    for gone in photos[:20]:  # most of a folder really deleted: pruned when allowed
+    shutil.rmtree(lib / "trip")  # a folder deleted whole: its folder is gone, the library's is not
+    assert run([lib], encoder, index, prune=True).removed == 12
+    for gone in local[2:30]:  # most of a folder's images deleted: left, unless allowed
         gone.unlink()
-    with pytest.raises(ClipsearchError, match="not pruned: 20 of the 30 images under"):
-        run([lib / "nas"], encoder, index, prune=True)
-    for gone in photos[20:]:
-        gone.unlink()
-    summary = run([lib / "nas"], encoder, index, prune=True, allow_missing=True)
-    assert summary.removed == 30 and index.count() == 3
+    assert run([lib / "local"], encoder, index, prune=True).not_pruned.startswith("not pruned: 28 of the 39 images")
+    summary = run([lib / "local"], encoder, index, prune=True, allow_missing=True)
+    assert (summary.removed, summary.not_pruned, index.count()) == (28, None, 71)
+
+
+def test_the_cli_prints_the_summary_then_fails_on_what_prune_left(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    lib = tmp_path / "lib"
+    draw_collection(lib / "share", 12)
+    args = ["ingest", str(lib), "--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "-w", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    (lib / "share").rename(tmp_path / "away")
+    (lib / "share").mkdir()
+    result = CliRunner().invoke(cli, [*args, "--prune", "--json"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    summary = json.loads(result.stdout.splitlines()[0])
+    assert summary["removed"] == 0 and summary["not_pruned"].startswith("not pruned: 12 of the 12 images")
+    assert result.output.strip().splitlines()[-1].startswith("Error: not pruned: 12 of the 12 images under")
+    assert CliRunner().invoke(cli, [*args, "--prune", "--allow-missing"]).exit_code == 0
 
 
 # -- workers -----------------------------------------------------------------------------------

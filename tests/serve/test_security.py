@@ -109,7 +109,8 @@ def test_without_a_token_only_requests_addressed_to_loopback_are_answered(served
     assert [host_name(h) for h in ("[::1]:8765", "localhost:80", "::1", "photos.lan")] == [
         "::1", "localhost", "::1", "photos.lan"]
     with TestClient(served.app, base_url="http://127.0.0.1") as client:
-        for host in ("localhost", "localhost:8765", "127.0.0.1:8765", "[::1]:8765", "127.0.0.2"):
+        for host in ("localhost", "localhost:8765", "LOCALHOST:8765", "localhost.:8765", "127.0.0.1:8765",
+                     "[::1]:8765", "127.0.0.2"):
             assert client.get("/api/status", headers={"Host": host}).status_code == 200, host
         for host in ("attacker.example:8765", "127.0.0.1.attacker.example", "photos.lan", "[2001:db8::1]:8765"):
             refused = client.get("/api/status", headers={"Host": host})

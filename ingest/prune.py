@@ -1,0 +1,82 @@
+"""Which points `ingest --prune` removes: those whose file is gone, except where most of
+a folder's images are gone at once.
+
+Not being seen by the walk is not enough: a file the walk passed over on purpose or
+could not reach (another shard's, an --exclude'd one, one in a folder it could not read)
+is still there and keeps its point. And a drive or share that is not mounted looks like
+a folder whose photos were all deleted: pruning it would cost every vector of it, and a
+night of embedding to get them back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Iterable
+
+from clipsearch.names import shown
+
+# Gone files are grouped by the nearest folder that still exists (an unmounted share's
+# empty mount point, say). A group of more than this share of that folder's images, and
+# more than PRUNE_FLOOR, is left alone unless --allow-missing.
+PRUNE_SHARE = 0.5
+PRUNE_FLOOR = 10
+
+
+class FolderListings:
+    """Whether a file is gone, by its folder's listing (read once a folder). The exact
+    name must be listed: a rename that changes only the case of a name, on a file system
+    that ignores case, leaves the old spelling's file gone though lstat would find it. A
+    folder that cannot be read now (no permission, an I/O error) gone-checks nothing."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, frozenset[str] | None] = {}
+
+    def gone(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        if folder not in self._names:
+            try:
+                self._names[folder] = frozenset(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                self._names[folder] = frozenset()  # the folder itself is gone
+            except OSError:
+                self._names[folder] = None  # cannot tell now: not gone
+        names = self._names[folder]
+        return names is not None and name not in names
+
+
+def nearest_folder(path: str, known: dict[str, bool]) -> str:
+    """The nearest folder above `path` that exists (`known` caches the checks)."""
+    folder = os.path.dirname(path)
+    while True:
+        if folder not in known:
+            known[folder] = os.path.isdir(folder)
+        parent = os.path.dirname(folder)
+        if known[folder] or parent == folder:
+            return folder
+        folder = parent
+
+
+def plan(held_folders: Counter, unseen: Iterable[tuple[str, str]], allow_missing: bool) -> tuple[list[str], str | None]:
+    """(the ids to remove, the line that says what was left, or None). `held_folders`:
+    how many of the pruned points (this shard's, under the roots) each folder holds;
+    `unseen`: (id, path) of those the walk did not see."""
+    listings = FolderListings()
+    known: dict[str, bool] = {}
+    groups: dict[str, list[str]] = {}
+    for pid, path in unseen:
+        if listings.gone(path):
+            groups.setdefault(nearest_folder(path, known), []).append(pid)
+    remove: list[str] = []
+    left: list[str] = []
+    for anchor, ids in sorted(groups.items()):
+        prefix = anchor.rstrip(os.sep) + os.sep
+        held = sum(n for folder, n in held_folders.items() if folder == anchor or folder.startswith(prefix))
+        if len(ids) > max(PRUNE_FLOOR, PRUNE_SHARE * held) and not allow_missing:
+            left.append(f"{len(ids)} of the {held} images under {shown(anchor)}")
+        else:
+            remove += ids
+    if not left:
+        return remove, None
+    return remove, (f"not pruned: {'; '.join(left)} are gone (a drive or share that is not mounted?); mount it "
+                    "and run again, or give --allow-missing if they were deleted")
