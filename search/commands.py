@@ -4,6 +4,7 @@ a cold query's time budget is about one second (bench/cold_query.py)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -13,6 +14,13 @@ from clipsearch import config
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import has_control, name_bytes, shown, stored
 from clipsearch.options import format_option, index_options, server_options
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):  # nan passed every hit and kept none
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
 
 # -k's ceiling: any more is an export, not a search (and 2**64 overflowed the engine's beam width).
 MAX_TOP = 1_000_000
@@ -36,7 +44,8 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
               help="Answer each line of this file (text or image path) as its own query, loading the model once.")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
-@click.option("--min-score", type=float, default=None, help="Drop hits scoring below this cosine similarity.")
+@click.option("--min-score", type=float, default=None, callback=lambda ctx, param, value: _finite(value),
+              help="Drop hits scoring below this cosine similarity.")
 @click.option("--after", metavar="DATE", default=None,
               help="Only photos taken at or after the start of DATE (YYYY, YYYY-MM, YYYY-MM-DD or "
                    "YYYY-MM-DDTHH:MM; EXIF capture time, the camera's clock).")

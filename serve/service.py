@@ -10,6 +10,7 @@ upload) load the full model on first use, the same one the watcher embeds with.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -207,7 +208,7 @@ class SearchService:
 
     # -- searches ---------------------------------------------------------------
     def search(self, q: Query) -> list[SearchHit]:
-        check_window(q.k, q.offset)
+        check_window(q.k, q.offset, q.min_score)
         searcher = self.searcher()
         vector = self.query_vector(q)
         exclude = list(dict.fromkeys([*q.exclude_ids, *q.image_ids, *q.disliked]))
@@ -239,7 +240,7 @@ class SearchService:
     def by_image(self, image, k: int = 20, offset: int = 0, under: str | None = None,
                  min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
         """Search by a decoded image that need not be in the index (an upload)."""
-        check_window(k, offset)
+        check_window(k, offset, min_score)
         searcher = self.searcher()
         vector = l2_normalize(self.encoder.encode_images([image]))[0]
         return searcher.by_vector(vector, offset + k, canonical_folder(under), min_score, where=where)[offset:]
@@ -263,11 +264,13 @@ class SearchService:
         return self.watcher.state()
 
 
-def check_window(k: int, offset: int) -> None:
+def check_window(k: int, offset: int, min_score: float | None = None) -> None:
     if not 1 <= k <= MAX_K:
         raise ClipsearchError(f"k must be between 1 and {MAX_K}, got {k}")
     if not 0 <= offset <= MAX_OFFSET:
         raise ClipsearchError(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
+    if min_score is not None and not math.isfinite(min_score):  # nan passed every hit and kept none
+        raise ClipsearchError(f"min_score must be a finite number, got {min_score}")
 
 
 def canonical_folder(under: str | None) -> str | None:
@@ -277,6 +280,8 @@ def canonical_folder(under: str | None) -> str | None:
         return None
     if "\x00" in under:
         raise ClipsearchError("the folder filter holds a NUL character")
+    if not os.path.isabs(os.path.expanduser(under)):  # relative to what? Not the server's working folder
+        raise ClipsearchError("the folder filter must be an absolute folder of the server's machine")
     from clipsearch.index import canonical_path
 
     return canonical_path(under)

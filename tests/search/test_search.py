@@ -256,6 +256,8 @@ def test_bad_files_and_counts_fail_with_one_line(indexed, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == (
         f"Error: cannot write the gallery {tmp_path / 'no' / 'g.html'}: No such file or directory")
+    nan = CliRunner().invoke(cli, ["search", "x", "--min-score", "nan", *args_for(settings)])
+    assert nan.exit_code == 2 and "Invalid value for '--min-score': nan is not a finite number" in nan.output
     huge = CliRunner().invoke(cli, ["search", "x", "-k", "99999999999999999999", *args_for(settings)])
     assert huge.exit_code == 2 and "Traceback" not in huge.output
     assert "Invalid value for '-k'" in huge.output.strip().splitlines()[-1]

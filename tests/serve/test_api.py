@@ -197,6 +197,9 @@ def test_unknown_and_malformed_ids(client):
     ({"q": "x", "in": "/tmp/\x00"}, 400, "NUL"),
     ({"q": "x", "add": "-2:y"}, 400, "weight must be positive"),
     ({"subtract": "people"}, 400, "nothing to search for"),
+    ({"q": "x", "in": "photos/garden"}, 400, "must be an absolute folder"),  # not the server's working folder
+    ({"q": "x", "min_score": "nan"}, 400, "min_score must be a finite number"),
+    ({"q": "x", "min_score": "inf"}, 400, "min_score must be a finite number"),
 ])
 def test_bad_requests_get_one_line_json(client, params, status, needle):
     response = client.get("/api/search", params=params)
