@@ -31,6 +31,11 @@ COMMAND_MODULES = (
 )
 
 
+# The commands that write: stopped, they say that what they committed is kept (a search
+# saying so would suggest it had written something).
+WRITERS = frozenset({"ingest", "reindex", "migrate", "finetune", "serve"})
+
+
 class CliGroup(click.Group):
     """Turns a ClipsearchError anywhere below into `Error: <one line>` and exit 1, and
     Ctrl-C or SIGTERM into one line and exit 130 or 143 (128 + the signal, as a shell
@@ -46,8 +51,8 @@ class CliGroup(click.Group):
             raise click.ClickException(printable(str(exc))) from None
         except KeyboardInterrupt as exc:
             signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-            click.echo(f"{'Terminated' if signum == signal.SIGTERM else 'Interrupted'}; "
-                       "everything committed so far is kept.", err=True)
+            kept = "; everything committed so far is kept." if ctx.invoked_subcommand in WRITERS else "."
+            click.echo(f"{'Terminated' if signum == signal.SIGTERM else 'Interrupted'}{kept}", err=True)
             ctx.exit(128 + signum)
         finally:
             if previous is not None:

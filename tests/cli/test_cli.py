@@ -557,3 +557,20 @@ def test_a_script_passing_model_and_device_to_status_still_works(tmp_path, tiny_
                                   "--device", "cpu")))
     assert facts["points"] == 12
     assert facts["model"]["name"] == str(Path(tiny_model_dir).resolve())
+
+
+@pytest.mark.parametrize("command, line", [
+    (["status"], "Interrupted."),  # a read-only command commits nothing
+    (["ingest", "."], "Interrupted; everything committed so far is kept."),
+])
+def test_ctrl_c_says_what_is_kept_only_where_something_was_written(command, line, monkeypatch, tmp_path):
+    import clipsearch.index.open as opening
+    import clipsearch.ingest.pipeline as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(opening, "open_index", interrupted)
+    monkeypatch.setattr(pipeline, "resolve_roots", interrupted)
+    result = CliRunner().invoke(cli, [*command, "--index", str(tmp_path / "index")])
+    assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == line, result.output
