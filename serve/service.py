@@ -111,11 +111,11 @@ def load_encoder(settings: Settings, say: Callable[[str], None], busy: bool = Fa
     watched ingest), so the tower's threads must not spin between queries."""
     from clipsearch.encoders import LazyEncoder, QueryEncoders
 
-    queries = QueryEncoders(settings, say=say)
+    queries = QueryEncoders(settings, say=say, say_per_query=False)
     text = queries.get()
     if queries.path == "full":  # first use of this model: export its text tower, then use it
         queries.finish()
-        again = QueryEncoders(settings, say=say)
+        again = QueryEncoders(settings, say=say, say_per_query=False)
         fast = again.fast()
         if fast is not None:
             text = fast

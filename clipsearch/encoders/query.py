@@ -166,7 +166,7 @@ class FastTextEncoder:
         if not self._broken:
             result = [self.vectors.get(t) if self.vectors is not None else None for t in texts]
             hits = sum(v is not None for v in result)
-            if hits:
+            if hits and self.owner.say_per_query:
                 self.owner.say(f"fast path: {hits} of {len(texts)} query vector(s) from the query-vector cache")
             missing = [i for i, v in enumerate(result) if v is None]
             try:
@@ -206,9 +206,12 @@ class QueryEncoders:
     """Chooses the fast or the full path for one command, and exports the text tower
     after a full-path query so that the next one is fast."""
 
-    def __init__(self, settings, say: Say | None = None, timings: Timings | None = None):
+    def __init__(self, settings, say: Say | None = None, timings: Timings | None = None,
+                 say_per_query: bool = True):
         self.settings = settings
         self.say = say or _quiet
+        # A long-running server's log takes what happens once, not a line a query.
+        self.say_per_query = say_per_query
         self.timings = timings or Timings()
         self.path = ""  # "fast" or "full", once get() has run
         self._export_due = False

@@ -61,3 +61,22 @@ def test_serve_refuses_a_missing_collection_and_a_missing_watched_folder(tmp_pat
                                          "--watch", str(tmp_path / "no-such-folder")])
     assert no_folder.exit_code == 1 and "is not a folder" in no_folder.output
     assert not (tmp_path / "idx").exists()
+
+
+def test_cached_queries_leave_no_line_a_query_in_the_log(tmp_path, tiny_model_dir, monkeypatch):
+    """serve's log takes what happens once; the one-shot CLI's -v says where each
+    query vector came from."""
+    from clipsearch.config import Settings
+    from clipsearch.encoders import QueryEncoders
+    from clipsearch.serve.service import load_encoder
+
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    settings = Settings.resolve(model=str(tiny_model_dir), index=str(tmp_path / "index"), device="cpu")
+    served: list[str] = []
+    encoder = load_encoder(settings, served.append)
+    for _ in range(3):
+        encoder.encode_texts(["a red circle"])
+    assert served and not [line for line in served if "query-vector cache" in line], served
+    one_shot: list[str] = []
+    QueryEncoders(settings, say=one_shot.append).get().encode_texts(["a red circle"])
+    assert "fast path: 1 of 1 query vector(s) from the query-vector cache" in one_shot, one_shot
