@@ -165,6 +165,10 @@ class Gatekeeper:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        head = scope["method"] == "HEAD"
+        if head:  # the GET it asks about, without the body: FastAPI's routes answer GET only (405)
+            scope = {**scope, "method": "GET"}
+        send = self._with_headers(send, head)
         path = scope["path"]
         if not self.guard.host_allowed(Headers(scope=scope).get("host")):
             # The header is not repeated: errors never echo what the client sent.
@@ -172,7 +176,7 @@ class Gatekeeper:
                                              "loopback address (a page on another name could be a DNS rebinding "
                                              "attack); give serve --token to reach it by other names"},
                                    status_code=403)
-            await refused(scope, receive, self._with_headers(send))
+            await refused(scope, receive, send)
             return
         if self.guard.enabled and path not in OPEN_PATHS:
             request = Request(scope)
@@ -182,18 +186,20 @@ class Gatekeeper:
                 else:
                     response = JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
                                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, self._with_headers(send))
+                await response(scope, receive, send)
                 return
-        await self.app(scope, receive, self._with_headers(send))
+        await self.app(scope, receive, send)
 
     @staticmethod
-    def _with_headers(send):
+    def _with_headers(send, head: bool = False):
         async def sending(message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     if name not in headers:
                         headers[name] = value
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         return sending

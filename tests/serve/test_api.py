@@ -145,6 +145,17 @@ def test_thumbnails_are_bounded_cached_and_revalidated(client, served):
     assert odd.status_code == 400 and "size must be one of" in odd.json()["error"]
 
 
+def test_head_answers_as_get_without_the_body(client, served):
+    """Download tools and proxies ask HEAD first; FastAPI's routes answer GET only."""
+    pid = point_id(served.photos / "garden" / "002-blue-circle.png")
+    for url in ("/api/health", f"/api/images/{pid}/file", f"/api/images/{pid}/thumbnail"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == got.status_code == 200 and head.content == b"" and got.content, url
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["x-content-type-options"] == "nosniff"
+    assert client.head(f"/api/images/{'0' * 8}-0000-0000-0000-{'0' * 12}/file").status_code == 404
+
+
 def test_originals_are_served_by_id_while_they_are_the_indexed_file(client, served, tmp_path):
     path = served.photos / "garden" / "002-blue-circle.png"
     pid = point_id(path)
