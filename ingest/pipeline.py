@@ -358,6 +358,7 @@ class Ingestor:
                     self._unusable_ids.append(changed)
         else:
             self.known_bad.forget(entry.path)
+            self.report.resolved(entry.path)
             if decoded.warnings:
                 self.summary.warned += 1
                 self.report.warn(entry.path, decoded.warnings)

@@ -65,6 +65,14 @@ class SkipReport:
             line = json.dumps({**path_fields(path), "reason": reason}, ensure_ascii=False) + "\n"
             self._append(line.encode("utf-8", "surrogateescape"))
 
+    def resolved(self, path: str) -> None:
+        """`path` was embedded after all (fixed since): off the list of recent skips,
+        which serve shows as what is wrong now. The report file keeps its history."""
+        if any(skipped == path for skipped, _ in self.recent):
+            kept = [(skipped, reason) for skipped, reason in self.recent if skipped != path]
+            self.recent.clear()
+            self.recent.extend(kept)
+
     def warn(self, path: str, messages: Sequence[str]) -> None:
         """A file that was embedded although its decoder warned about it."""
         self.warned += 1

@@ -115,6 +115,10 @@ def test_first_scan_then_changes(photos, index, watch):
     after = draw_image(photos / "after.png", "purple")
     settle(watcher, lambda: real(after) in paths_in(index))
     assert index.count() == 5 and watcher.state()["watching"]
+    # fixed: embedded, and off the list of what is wrong now
+    draw_image(photos / "fixed.png").replace(photos / "broken.jpg")
+    settle(watcher, lambda: real(photos / "broken.jpg") in paths_in(index))
+    assert index.count() == 6 and watcher.state()["errors"] == []
 
 
 def test_moves_and_deleted_folders(photos, index, watch):
