@@ -182,5 +182,7 @@ def serve_forever(app, sock: socket.socket) -> None:
     config_ = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=5,
                              server_header=False, date_header=True)
     logging.getLogger("clipsearch.serve").setLevel(logging.INFO)
+    # A malformed upload is the client's 400; the parser's own account of it is no server event.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     server = uvicorn.Server(config_)
     server.run(sockets=[sock])

@@ -170,6 +170,10 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
 
 @pytest.mark.slow
 def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_path):
+    """Also: a client's malformed upload is its 400, and no line in serve's log."""
+    import urllib.error
+    import urllib.request
+
     served.service.index.close()  # the process opens it; the module's other tests are done with it
     args = ["--index", served.settings.index, "--model", served.settings.model]
     server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(served.root / "cache")})
@@ -178,9 +182,15 @@ def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_pat
         assert server.get("/api/status", {"Host": f"localhost:{server.port}"})[0] == 200
         status, body = server.get("/api/status", {"Host": f"rebound.example:{server.port}"})
         assert status == 403 and "loopback" in body["error"], body
+        garbage = urllib.request.Request(server.url + "/api/search/image", data=b"garbage", method="POST",
+                                         headers={"Content-Type": "multipart/form-data; boundary=xx"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(garbage, timeout=30)
+        assert refused.value.code == 400
     finally:
         server.stop()
-    assert "Traceback" not in server.output()
+    output = server.output()
+    assert "Traceback" not in output and "boundary" not in output, output
 
 
 @pytest.mark.slow
