@@ -67,11 +67,19 @@ def plan(held_folders: Counter, unseen: Iterable[tuple[str, str]], allow_missing
     for pid, path in unseen:
         if listings.gone(path):
             groups.setdefault(nearest_folder(path, known), []).append(pid)
+    held_under: Counter = Counter()  # each folder's count added to every anchor above it: depth, not anchors x folders
+    for folder, count in held_folders.items():
+        while True:
+            if folder in groups:
+                held_under[folder] += count
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
     remove: list[str] = []
     left: list[str] = []
     for anchor, ids in sorted(groups.items()):
-        prefix = anchor.rstrip(os.sep) + os.sep
-        held = sum(n for folder, n in held_folders.items() if folder == anchor or folder.startswith(prefix))
+        held = held_under[anchor]
         if len(ids) > max(PRUNE_FLOOR, PRUNE_SHARE * held) and not allow_missing:
             left.append(f"{len(ids)} of the {held} images under {shown(anchor)}")
         else:
