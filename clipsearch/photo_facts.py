@@ -101,7 +101,15 @@ def _camera(make, model) -> tuple[str, list[str]] | None:
     name = " ".join(part for part in (shown_make, model) if part)
     if not any(c.isalnum() for c in name):
         return None
-    return name, camera_words(f"{make} {model}")
+    return name, stored_camera_words(f"{make} {model}")
+
+
+def stored_camera_words(text: str) -> list[str]:
+    """The words a photo's camera is matched by: its camera_words, and the parts of a
+    joined one ("eos-1d": also "eos" and "1d"), so that --camera "eos 1d" finds an
+    EOS-1D while --camera eos-1d still finds it (and points stored before the parts)."""
+    words = camera_words(text)
+    return list(dict.fromkeys(part for word in words for part in (word, *re.split(r"[-.]", word))))
 
 
 def _location(gps) -> dict | None:

@@ -71,8 +71,8 @@ def test_facts_are_read_and_broken_ones_ignored(library):
 
 @pytest.mark.parametrize("make, model, name, words", [
     ("LG Electronics", "LGE Nexus 5", "LG Electronics LGE Nexus 5", ["lg", "electronics", "lge", "nexus", "5"]),
-    ("Canon", "Canon EOS-1D X", "Canon EOS-1D X", ["canon", "eos-1d", "x"]),
-    ("SAMSUNG", "SAMSUNG-SM-G930A", "SAMSUNG-SM-G930A", ["samsung", "samsung-sm-g930a"]),
+    ("Canon", "Canon EOS-1D X", "Canon EOS-1D X", ["canon", "eos-1d", "eos", "1d", "x"]),
+    ("SAMSUNG", "SAMSUNG-SM-G930A", "SAMSUNG-SM-G930A", ["samsung", "samsung-sm-g930a", "sm", "g930a"]),
     ("", "iPhone 12", "iPhone 12", ["iphone", "12"]),
     ("SONY", "", "SONY", ["sony"]),
 ])
