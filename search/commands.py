@@ -128,6 +128,9 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
     with timings.phase("output"):
         print_results(results, fmt, keyed=queries is not None)
+        if under and not any(hits for _, hits in results) and not os.path.isdir(under):
+            # a typo, or a drive not mounted: an empty answer alone would not say which
+            click.echo(f"clipsearch: --in {shown(under)} is not a folder on this machine", err=True)
         if gallery:
             from .gallery import write_gallery
 

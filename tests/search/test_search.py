@@ -136,6 +136,17 @@ def test_in_folder_filters_inside_the_index(indexed, encoder):
     assert [h["path"] for h in hits] == paths
 
 
+def test_in_a_folder_that_is_not_there_says_so(indexed):
+    settings, photos, _ = indexed
+    missing = run(settings, "a red circle", "--in", str(photos / "bb"), "-f", "json")
+    assert missing.exit_code == 0 and missing.stdout == ""
+    assert f"--in {photos / 'bb'} is not a folder on this machine" in missing.stderr
+    # A folder that is there but holds nothing indexed gets no such line.
+    (photos / "empty").mkdir()
+    empty = run(settings, "a red circle", "--in", str(photos / "empty"), "-f", "json")
+    assert empty.exit_code == 0 and empty.stdout == "" and "not a folder" not in empty.stderr
+
+
 def test_min_score_drops_weak_hits(indexed):
     settings, _, _ = indexed
     hits = json_hits(run(settings, "a red circle", "-k", "24", "-f", "json").stdout)
