@@ -132,6 +132,7 @@ def _degrees(value) -> float | None:
     if not isinstance(value, (tuple, list)) or len(value) != 3:
         return None
     d, m, s = (float(part) for part in value)
-    if not all(math.isfinite(x) and x >= 0 for x in (d, m, s)) or m >= 60 or s >= 60:
+    # 60 itself is a rounded 59.9996 (some phones and geotaggers write it): read as is.
+    if not all(math.isfinite(x) and x >= 0 for x in (d, m, s)) or m > 60 or s > 60:
         return None
     return d + m / 60 + s / 3600

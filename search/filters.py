@@ -56,8 +56,10 @@ def build_where(after: str | None, before: str | None, camera: str | None, near:
     """The filter the flags ask for (empty when none is given); a bad value is one line
     naming its flag: `--after` for the CLI, `after=` for clipsearch serve's API (prefix)."""
     flag = {name: f"{prefix}{name}" if prefix else f"{name}=" for name in ("after", "before", "camera", "near")}
-    taken_from = period_start(after, flag["after"]) if after else None
-    taken_before = period_start(before, flag["before"]) if before else None
+    # Given but empty (`--after "$START"` with START unset) is refused like any bad value:
+    # read as no filter, it would widen the answer to every photo, undated ones included.
+    taken_from = period_start(after, flag["after"]) if after is not None else None
+    taken_before = period_start(before, flag["before"]) if before is not None else None
     if taken_from and taken_before and taken_from >= taken_before:
         raise ClipsearchError(f"{flag['after']} {after} is not before {flag['before']} {before}: "
                               "no photo can match both")
@@ -67,4 +69,4 @@ def build_where(after: str | None, before: str | None, camera: str | None, near:
         if not words:
             raise ClipsearchError(f"{flag['camera']} {camera!r} has no letters or digits to match")
     return Where(taken_from=taken_from, taken_before=taken_before, camera_words=words,
-                 near=parse_near(near, flag["near"]) if near else None)
+                 near=parse_near(near, flag["near"]) if near is not None else None)

@@ -90,6 +90,25 @@ def test_the_name_says_the_make_once_and_every_word_of_it_is_matched(make, model
     assert (facts["camera"], facts["camera_words"]) == (name, words)
 
 
+@pytest.mark.parametrize("seconds, location", [
+    (IFDRational(60), {"lat": -17.0, "lon": 179.95}),  # 179 56' 60": a rounded 59.9996, read as is
+    (IFDRational(61), None),  # no such second: the position is dropped, the photo kept
+])
+def test_gps_seconds_of_60_are_a_rounding_not_an_absurd_value(seconds, location):
+    from PIL import Image
+
+    from clipsearch.photo_facts import photo_facts
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8825).update({1: "S", 2: (IFDRational(17), IFDRational(0), IFDRational(0)),
+                                 3: "E", 4: (IFDRational(179), IFDRational(56), seconds)})
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", exif=exif)
+    with Image.open(buffer) as img:
+        facts = photo_facts(img)
+    assert (facts.get("location") and pytest.approx(facts["location"], abs=1e-9)) == location
+
+
 def test_date_camera_and_place_filters_run_in_the_index(library):
     settings, photos = library
     assert found(settings, build_where("2023", "2024", None, None)) == {"paris.jpg", "lyon.jpg"}
@@ -130,6 +149,10 @@ def test_the_cli_takes_the_flags_and_shows_the_facts(library):
     (["--near", "91,0,5"], "latitude 91 is outside -90..90"),
     (["--near", "0,0,0"], "the radius must be more than 0"),
     (["--camera", "--"], "--camera '--' has no letters or digits"),
+    # `--after "$START"` with START unset: refused, not read as no filter (every photo)
+    (["--after", ""], "--after '' is not a date"),
+    (["--before", ""], "--before '' is not a date"),
+    (["--near", ""], "--near '' must be LAT,LON,KM"),
 ])
 def test_a_bad_flag_is_one_line_naming_it(flags, message, tmp_path):
     result = CliRunner().invoke(cli, ["search", "a photo", "--index", str(tmp_path / "none"), *flags])
