@@ -72,7 +72,7 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 def search(query, settings, k, image, add, subtract, queries, under, min_score, after, before, camera, near, fmt,
            gallery, verbose, server, token):
     """Find the images that best match QUERY (text, or an image file)."""
-    from .filters import build_where
+    from .filters import absent_folder_note, build_where
 
     where = build_where(after, before, camera, near)  # a bad value fails before anything loads
     if server:  # the server parses the filters' text again, as here
@@ -128,9 +128,9 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
     with timings.phase("output"):
         print_results(results, fmt, keyed=queries is not None)
-        if under and not any(hits for _, hits in results) and not os.path.isdir(under):
-            # a typo, or a drive not mounted: an empty answer alone would not say which
-            click.echo(f"clipsearch: --in {shown(under)} is not a folder on this machine", err=True)
+        note = absent_folder_note(under, any(hits for _, hits in results))
+        if note:
+            click.echo(note, err=True)
         if gallery:
             from .gallery import write_gallery
 
@@ -279,7 +279,8 @@ def print_results(results, fmt: str, keyed: bool) -> None:
         if not hits and fmt == "table":
             click.echo("no hits", err=True)
     if quoted:
-        click.echo(f"{quoted} of the paths held a line break or control character and were written quoted "
+        were = "was" if quoted == 1 else "were"
+        click.echo(f"{quoted} of the paths held a line break or control character and {were} written quoted "
                    "($'...'); -f paths0 gives every name exactly, for xargs -0", err=True)
 
 

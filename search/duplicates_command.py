@@ -39,6 +39,7 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
     """Find duplicate images in the index: byte-identical files, and with --similar,
     near-duplicates. Lists them; never deletes anything."""
     from .duplicates import check_threshold
+    from .filters import absent_folder_note
 
     if similar is not None:
         check_threshold(similar)  # before the index is opened: a typo costs nothing
@@ -50,6 +51,9 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
         click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     for line in notes(found, similar):
         click.echo(line, err=True)
+    note = absent_folder_note(under, bool(found.groups))
+    if note:
+        click.echo(note, err=True)
 
 
 def _find(settings, similar: float | None, under: str | None, quiet: bool) -> "Duplicates":
@@ -105,7 +109,8 @@ def print_groups(groups: Sequence["DuplicateGroup"], fmt: str, similar: float | 
             for member in group.members:
                 click.echo(f"  {member.score:.4f}  {shown(member.path)}")
     if quoted:
-        click.echo(f"{quoted} of the paths held a line break or control character and were written quoted "
+        were = "was" if quoted == 1 else "were"
+        click.echo(f"{quoted} of the paths held a line break or control character and {were} written quoted "
                    "($'...'); -f paths0 gives every name exactly", err=True)
 
 
@@ -151,8 +156,9 @@ def notes(found: "Duplicates", similar: float | None) -> list[str]:
                      "fingerprints existed): byte-identical copies among them are not found until "
                      "`clipsearch ingest` runs over their folders again")
     if found.unreadable:
-        lines.append(f"{len(found.unreadable)} files could not be read to compare their bytes (gone or "
-                     f"unreadable since ingest) and were left out, e.g. {shown(found.unreadable[0])}")
+        files, were = ("1 file", "was") if len(found.unreadable) == 1 else (f"{len(found.unreadable)} files", "were")
+        lines.append(f"{files} could not be read to compare their bytes (gone or unreadable since ingest) and "
+                     f"{were} left out, e.g. {shown(found.unreadable[0])}")
     return lines
 
 

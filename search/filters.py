@@ -6,15 +6,18 @@ before the start of D, so `--after 2023 --before 2024` is the year 2023. Times a
 camera's clock as EXIF records it (no time zone). `--camera` matches whole words of the
 camera's make and model, case-insensitively, every word given (`--camera canon`,
 `--camera "eos 5d"`). `--near LAT,LON,KM`: within KM kilometres of that point.
+`--in DIR` is the index's own folder filter; absent_folder_note explains an empty answer.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.index.where import Where
+from clipsearch.names import shown
 from clipsearch.photo_facts import camera_words
 
 _PERIOD = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")
@@ -70,3 +73,11 @@ def build_where(after: str | None, before: str | None, camera: str | None, near:
             raise ClipsearchError(f"{flag['camera']} {camera!r} has no letters or digits to match")
     return Where(taken_from=taken_from, taken_before=taken_before, camera_words=words,
                  near=parse_near(near, flag["near"]) if near is not None else None)
+
+
+def absent_folder_note(under: str | None, found_any: bool) -> str | None:
+    """The line that explains an empty answer under `--in DIR` when DIR is not a folder
+    here (a typo, a drive not mounted): the empty answer alone would not say which."""
+    if under and not found_any and not os.path.isdir(under):
+        return f"clipsearch: --in {shown(under)} is not a folder on this machine"
+    return None

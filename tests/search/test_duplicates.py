@@ -198,6 +198,10 @@ def test_in_limits_both_sides_to_the_folder(library, monkeypatch):
                               monkeypatch=monkeypatch))
     assert only_c == expected([("identical", dups["scans"]), ("identical", dups["odd_names"]),
                                ("similar", dups["scans"] + dups["edited"])])
+    typo = invoke(library, "--in", str(photos / "cc"), "-f", "json", monkeypatch=monkeypatch)
+    assert groups_of(typo) == []
+    assert f"--in {photos / 'cc'} is not a folder on this machine" in typo.stderr
+    assert "not a folder" not in invoke(library, "--in", str(photos / "c"), monkeypatch=monkeypatch).stderr
 
 
 def test_table_and_paths_quote_odd_names_and_paths0_is_exact(library, monkeypatch):
@@ -214,7 +218,7 @@ def test_table_and_paths_quote_odd_names_and_paths0_is_exact(library, monkeypatc
     assert blocks[0].split(b"\n") == [os.fsencode(p) for p in groups[0][1]]
     assert cafe + b"\n" in plain.stdout_bytes  # exact bytes, as find(1) prints them
     assert f"$'{two_lines}'".encode() in plain.stdout_bytes  # a line break cannot split the list
-    assert "1 of the paths held a line break" in plain.stderr
+    assert "1 of the paths held a line break or control character and was written" in plain.stderr
     table = invoke(library, monkeypatch=monkeypatch)
     lines = table.stdout.splitlines()
     assert lines[0] == f"identical: 3 files, {os.path.getsize(dups['beaches'][0]) / 1000:.1f} kB each"
