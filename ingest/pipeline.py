@@ -275,12 +275,11 @@ class Ingestor:
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
                     if pid in stored:  # the point of what the file was before it went bad
                         self._unusable_ids.append(pid)
-                elif pid not in stored:
+                else:
+                    if pid in stored:  # changed since it was embedded: maybe another's content now
+                        self._changed_ids[entry.path] = pid
                     new.append(entry)
                     new_ids.append(pid)
-                else:  # changed since it was embedded
-                    self._changed_ids[entry.path] = pid
-                    yield entry
             chunk.clear()
             ids.clear()
             self._relinker.upgrade(older)
@@ -307,6 +306,25 @@ class Ingestor:
         if chunk:
             yield from flush()
         self.walk_done = True
+
+    def _embed(self, entries: Iterable[FileEntry]) -> None:
+        """Decode, encode and upsert `entries` batch by batch, every write in when it returns."""
+        batch: list[tuple[FileEntry, Decoded | Prepared]] = []
+        decoded = self._decoded(entries)
+        try:
+            for item in decoded:
+                batch.append(item)
+                if len(batch) >= self.options.batch_size:
+                    self._commit(batch)
+                    batch = []
+                self._show()
+                if self._stopped.is_set():
+                    break
+        finally:
+            decoded.close()  # a stop: the decoders end here, not at garbage collection
+        if batch:
+            self._commit(batch)
+        self._drain_writes()
 
     def _decoded(self, entries: Iterable[FileEntry]) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         """Decode in a process pool, in order, with a bounded number in flight; in this
@@ -463,7 +481,8 @@ class Ingestor:
         """A fresh summary and walk state for a call; its start time."""
         with self._counts_lock:
             self.summary = IngestSummary()
-            self._relinker = Relinker(self.index, self.progress.message, self.summary)
+            self._relinker = Relinker(self.index, self.progress.message, self.summary,
+                                      allow_missing=self.options.allow_missing)
         self.walk_done = False
         self.walked = 0
         self.seen_ids = set()
@@ -495,22 +514,10 @@ class Ingestor:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-upsert")
         self._writes: deque = deque()
         try:
-            batch: list[tuple[FileEntry, Decoded | Prepared]] = []
-            decoded = self._decoded(self._unchanged_filtered(entries) if filtered else entries)
-            try:
-                for item in decoded:
-                    batch.append(item)
-                    if len(batch) >= self.options.batch_size:
-                        self._commit(batch)
-                        batch = []
-                    self._show()
-                    if self._stopped.is_set():
-                        break
-            finally:
-                decoded.close()  # a stop: the decoders end here, not at garbage collection
-            if batch:
-                self._commit(batch)
-            self._drain_writes()
+            self._embed(self._unchanged_filtered(entries) if filtered else entries)
+            held = self._relinker.take_held()
+            if held and not self._stopped.is_set():  # twins of files just embedded: their vectors now
+                self._embed(self._relinker.relink(held, hold=False))
             if self._unusable_ids:
                 self.index.delete(ids=self._unusable_ids)
                 self.summary.removed += len(self._unusable_ids)

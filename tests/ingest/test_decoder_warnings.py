@@ -18,10 +18,11 @@ from PIL import Image
 from support import draw_collection
 
 
-def jpeg_with_a_broken_exif_tag(path) -> None:
+def jpeg_with_a_broken_exif_tag(path, seed: int = 7) -> None:
     """A good picture whose EXIF ImageDescription claims 5,000 bytes: Pillow warns
-    "Tag data larger than file" and reads the image."""
-    rng = np.random.default_rng(7)
+    "Tag data larger than file" and reads the image. Another seed, another picture
+    (byte-identical files are embedded once)."""
+    rng = np.random.default_rng(seed)
     exif = Image.Exif()
     exif[0x010E] = "x" * 100
     buffer = io.BytesIO()
@@ -38,7 +39,7 @@ def test_warnings_go_to_the_report_not_stderr(tmp_path, tiny_model_dir, workers)
     photos = tmp_path / "photos"
     draw_collection(photos, 20)
     for i in range(3):
-        jpeg_with_a_broken_exif_tag(photos / f"warned-{i}.jpg")
+        jpeg_with_a_broken_exif_tag(photos / f"warned-{i}.jpg", seed=i)
     report = tmp_path / "report.jsonl"
     env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPSEARCH_")}
     env.update(CLIPSEARCH_MODEL=str(tiny_model_dir), CLIPSEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1",

@@ -36,11 +36,11 @@ def paths_in(index) -> set[str]:
 def test_run_files_takes_exactly_the_files_the_walk_would(tmp_path, encoder, index):
     root = tmp_path / "photos"
     good = draw_collection(root, 3)
-    hidden = draw_image(root / ".hidden.png")
-    in_hidden_folder = draw_image(root / ".cache" / "a.png")
+    hidden = draw_image(root / ".hidden.png", "black", "square")
+    in_hidden_folder = draw_image(root / ".cache" / "a.png", "white", "square")
     text = root / "notes.txt"
     text.write_text("not an image")
-    outside = draw_image(tmp_path / "elsewhere" / "b.png")
+    outside = draw_image(tmp_path / "elsewhere" / "b.png", "black", "triangle")
     link = root / "link.png"
     os.symlink(good[0], link)
     ingestor = ingestor_for(encoder, index)

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 from test_ingest_lazy import HEAVY, ingest_in_fresh_process
 
-from clipsearch import Settings
+from clipsearch import IngestOptions, Settings, ingest
 from clipsearch.index import open_index, point_id
 
 from support import draw_collection
@@ -25,7 +25,7 @@ def test_a_renamed_folder_is_relinked_without_the_model(tmp_path, tiny_model_dir
     args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
     env = dict(os.environ)
     first, _ = ingest_in_fresh_process(args, env)
-    assert first["embedded"] == 14
+    assert (first["embedded"], first["copied"]) == (10, 4)  # 2024's four drawn as 2023's first four
     settings = Settings.resolve(index=str(index), model=str(tiny_model_dir))
     with open_index(settings) as opened:
         before = {r.path: r.vector for r in opened.scroll(with_vectors=True)}
@@ -175,7 +175,7 @@ def test_a_source_deleted_after_the_lookup_leaves_the_file_to_embed(tmp_path):
         index.upsert([point_id(e.path) for e in (first, second, third)], np.eye(4, dtype=np.float32)[:3],
                      [{**place_payload(e), "fingerprint": fingerprint(e.path)} for e in (first, second, third)])
         os.remove(third.path)  # b's copy of it is a move, whose source the other writer deletes
-        counts = SimpleNamespace(moved=0, copied=0, upgraded=0)
+        counts = SimpleNamespace(moved=0, copied=0, upgraded=0, unchanged=0)
         arrived = sorted(walk_images([str(photos / "b")]), key=lambda e: e.path)
         left = Relinker(DeletesAfterFind(index), print, counts).relink(arrived)
         assert returned == [{point_id(arrived[0].path), point_id(arrived[2].path)}]
@@ -184,3 +184,80 @@ def test_a_source_deleted_after_the_lookup_leaves_the_file_to_embed(tmp_path):
         kept = {r.path: r.vector for r in index.scroll(with_vectors=True)}
     assert set(kept) == {second.path, arrived[1].path}  # the copy made, nothing else deleted
     assert np.allclose(kept[arrived[1].path], kept[second.path])
+
+
+def _ingest(folders, index, model, **options):
+    settings = Settings.resolve(index=str(index), model=str(model))
+    return ingest([str(f) for f in folders], settings=settings, options=IngestOptions(workers=0, quiet=True, **options))
+
+
+def _vectors(index, model) -> dict:
+    with open_index(Settings.resolve(index=str(index), model=str(model))) as opened:
+        return {r.path: np.asarray(r.vector) for r in opened.scroll(with_vectors=True)}
+
+
+def test_a_copy_of_a_photo_on_a_share_not_mounted_keeps_the_shares_point(tmp_path, tiny_model_dir):
+    """The share's mount point is empty while it is not mounted: its photos look gone. A
+    copy of one turning up on the laptop is a copy then, not a move that drops the
+    share's point; --allow-missing says they are gone indeed."""
+    nas, laptop, index = tmp_path / "mnt" / "nas", tmp_path / "laptop", tmp_path / "index"
+    a, b, _ = draw_collection(nas / "2019", 3)
+    assert _ingest([nas], index, tiny_model_dir).embedded == 3
+    laptop.mkdir()
+    shutil.copy2(a, laptop / a.name)
+    shutil.move(str(nas / "2019"), tmp_path / "unmounted")  # the mount point stays, empty
+    summary = _ingest([laptop], index, tiny_model_dir)
+    assert (summary.embedded, summary.moved, summary.copied) == (0, 0, 1), summary
+    kept = _vectors(index, tiny_model_dir)
+    assert str(a) in kept and np.allclose(kept[str(a)], kept[str(laptop / a.name)])
+
+    shutil.copy2(tmp_path / "unmounted" / b.name, laptop / b.name)
+    summary = _ingest([laptop], index, tiny_model_dir, allow_missing=True)
+    assert (summary.embedded, summary.moved, summary.copied) == (0, 1, 0), summary
+    assert str(b) not in _vectors(index, tiny_model_dir)
+    # A folder that is gone beside others that are there is a rename: a move, as before.
+    os.rename(laptop, tmp_path / "trip")
+    summary = _ingest([tmp_path / "trip"], index, tiny_model_dir)
+    assert (summary.embedded, summary.moved) == (0, 2), summary
+
+
+def test_renumbered_files_keep_their_vectors_and_leave_no_old_name(tmp_path, tiny_model_dir):
+    """A reject deleted and the rest renumbered (what a batch renamer does): each name now
+    holds the content of the next one. Every content keeps its vector; the last name,
+    gone, leaves no point; a file only touched (same bytes) is not embedded again."""
+    card, index = tmp_path / "card", tmp_path / "index"
+    files = [card / f"IMG_{i:04d}.png" for i in range(1, 6)]
+    for path, drawn in zip(files, draw_collection(tmp_path / "drawn", 5)):
+        card.mkdir(exist_ok=True)
+        shutil.copy2(drawn, path)
+    assert _ingest([card], index, tiny_model_dir).embedded == 5
+    before = _vectors(index, tiny_model_dir)
+    files[0].unlink()
+    for older, newer in zip(files, files[1:]):
+        os.rename(newer, older)
+    os.utime(files[3], ns=(1, 1))  # touched as well: same bytes, another mtime
+    summary = _ingest([card], index, tiny_model_dir)
+    assert (summary.embedded, summary.moved, summary.copied) == (0, 4, 0), summary
+    after = _vectors(index, tiny_model_dir)
+    assert sorted(after) == [str(p) for p in files[:4]]
+    for older, newer in zip(files, files[1:]):
+        assert np.allclose(after[str(older)], before[str(newer)])
+    os.utime(files[0], ns=(2, 2))  # only touched: its own point, refreshed
+    summary = _ingest([card], index, tiny_model_dir)
+    assert (summary.embedded, summary.moved, summary.copied, summary.unchanged) == (0, 0, 0, 4), summary
+
+
+def test_byte_identical_files_new_in_one_run_are_embedded_once(tmp_path, tiny_model_dir):
+    """A card copied twice into a library ingested for the first time: each content is
+    embedded once, its twins get its vector; twins of a file that cannot be decoded are
+    each reported, not taken for copies of nothing."""
+    library, index = tmp_path / "library", tmp_path / "index"
+    draw_collection(library / "DCIM", 6)
+    (library / "DCIM" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    shutil.copytree(library / "DCIM", library / "DCIM (2)")
+    summary = _ingest([library], index, tiny_model_dir)
+    assert (summary.embedded, summary.copied, summary.skipped) == (6, 6, 2), summary
+    vectors = _vectors(index, tiny_model_dir)
+    assert len(vectors) == 12
+    for path in (library / "DCIM").glob("*.png"):
+        assert np.allclose(vectors[str(path)], vectors[str(library / "DCIM (2)" / path.name)])
