@@ -52,8 +52,10 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
               help="Remove points whose files are gone under FOLDERS (not those of files --exclude'd, another "
                    "shard's or in a folder that cannot be read: they are still there).")
 @click.option("--allow-missing", is_flag=True,
-              help="With --prune: prune even where more than half of a folder's images (and more than 10) are "
-                   "gone (without it, a drive or share that is not mounted is not pruned, and the run exits 1).")
+              help="Take files that look like a drive or share not mounted for gone: with --prune, prune even "
+                   "where more than half of a folder's images (and more than 10) are gone (without it that is "
+                   "left, and the run exits 1); a moved file's old point goes even where the folder left above "
+                   "it is empty (without it, a copy).")
 @report_options
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, allow_missing,
            report, quiet, verbose, as_json):
