@@ -13,6 +13,7 @@ Nothing here deletes or changes anything; a group lists files for a person to lo
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -70,6 +71,9 @@ class Duplicates:
     groups: list[DuplicateGroup] = field(default_factory=list)
     no_fingerprint: int = 0  # points indexed before fingerprints: invisible to the identical pass
     unreadable: list[str] = field(default_factory=list)  # fingerprint matched, but the bytes could not be read
+    # (path, the path kept): one file reached twice (a hard link, a share mounted at two
+    # places). Not a copy: deleting "the duplicate" could delete the photo itself.
+    same_file: list[tuple[str, str]] = field(default_factory=list)
 
 
 def check_threshold(threshold: float) -> None:
@@ -95,7 +99,30 @@ def find_duplicates(index: Index, similar: float | None = None, under: str | Non
         seen = {frozenset(m.id for m in g.members) for g in found.groups}
         found.groups += [g for g in similar_groups(index, similar, under, progress)
                          if frozenset(m.id for m in g.members) not in seen]
+    found.groups = [g for g in (_one_path_per_file(group, found.same_file) for group in found.groups)
+                    if len(g.members) > 1]
     return found
+
+
+def _one_path_per_file(group: DuplicateGroup, same_file: list[tuple[str, str]]) -> DuplicateGroup:
+    """The group with each file once: a member that is an earlier member's very file
+    (same device and inode) is left out and noted in `same_file`."""
+    first: dict[tuple[int, int], str] = {}
+    kept = []
+    for member in group.members:
+        try:
+            st = os.stat(member.path)
+        except OSError:  # gone since (a near-duplicate's point): listed as it is
+            kept.append(member)
+            continue
+        other = first.setdefault((st.st_dev, st.st_ino), member.path)
+        if other == member.path:
+            kept.append(member)
+        else:
+            same_file.append((member.path, other))
+    if len(kept) == len(group.members):
+        return group
+    return DuplicateGroup(group.kind, [replace(m, rank=rank) for rank, m in enumerate(kept, start=1)])
 
 
 # -- byte-identical ----------------------------------------------------------------------

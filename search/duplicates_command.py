@@ -155,6 +155,12 @@ def notes(found: "Duplicates", similar: float | None) -> list[str]:
         lines.append(f"{found.no_fingerprint} images have no content fingerprint yet (indexed before "
                      "fingerprints existed): byte-identical copies among them are not found until "
                      "`clipsearch ingest` runs over their folders again")
+    if found.same_file:
+        path, other = found.same_file[0]
+        lines.append(f"{len(found.same_file)} indexed path{'s are' if len(found.same_file) != 1 else ' is'} the very "
+                     "file of another (a hard link, or one share mounted at two places), not a copy, and "
+                     f"{'were' if len(found.same_file) != 1 else 'was'} left out: e.g. {shown(path)} is "
+                     f"{shown(other)}")
     if found.unreadable:
         files, were = ("1 file", "was") if len(found.unreadable) == 1 else (f"{len(found.unreadable)} files", "were")
         lines.append(f"{files} could not be read to compare their bytes (gone or unreadable since ingest) and "

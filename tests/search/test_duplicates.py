@@ -434,3 +434,30 @@ def test_unreadable_copies_are_left_out_and_named(tmp_path, tiny_model_dir, enco
         found = find_duplicates(index)
     assert [[m.path for m in g.members] for g in found.groups] == [strs(p.resolve() for p in copies)]
     assert found.unreadable == [str(first.resolve())]
+
+
+def test_one_file_reached_by_two_paths_is_not_its_own_duplicate(tmp_path, encoder, tiny_model_dir):
+    """A hard link ingested by two runs (or a share mounted at two places: the same device
+    and inode) is one file: listed as two identical copies, deleting "the copy" could
+    delete the photo. It is left out of every group, and the notes say so."""
+    photos = tmp_path / "photos"
+    only = save(photo(7), photos / "a" / "only.png")
+    copied = copy(only, photos / "c" / "real-copy.png")
+    (photos / "b").mkdir()
+    os.link(only, photos / "b" / "only.png")
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    for folder in ("a", "b", "c"):  # one run would meet the inode once; three runs index each path
+        with open_index(settings, create=True) as index:
+            ingest([str(photos / folder)], encoder, index, IngestOptions(workers=0, quiet=True))
+    with open_index(settings) as index:
+        assert index.count() == 3
+        found = find_duplicates(index, similar=0.99)
+    assert [(g.kind, strs(m.path for m in g.members)) for g in found.groups] == [
+        ("identical", strs([photos / "a" / "only.png", copied]))]
+    assert found.same_file == [(str(photos / "b" / "only.png"), str(photos / "a" / "only.png"))]
+    result = CliRunner().invoke(CliGroup(commands=[duplicates]), ["duplicates", "--index", settings.index,
+                                                                   "--collection", settings.collection])
+    assert result.exit_code == 0, result.output
+    assert (f"1 indexed path is the very file of another (a hard link, or one share mounted at two places), "
+            f"not a copy, and was left out: e.g. {photos / 'b' / 'only.png'} is {photos / 'a' / 'only.png'}"
+            in result.stderr)
