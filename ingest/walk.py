@@ -52,6 +52,22 @@ class FileEntry:
         return self.mtime_ns / 1e9
 
 
+def exclude_patterns(exclude: Iterable[str]) -> tuple[str, ...]:
+    """--exclude globs as they are matched: against a name (`raw`, `*.tmp`), or against
+    the full path. A relative path (`2019/Paris`, `./raw/`) could never match a full
+    path, which starts with /: it is matched as the end of one (`*/2019/Paris`), as a
+    person who typed it means. `~` is the home folder."""
+    patterns = []
+    for pattern in exclude:
+        pattern = os.path.expanduser(pattern).rstrip("/") or "/"
+        while pattern.startswith("./"):
+            pattern = pattern[2:]
+        if "/" in pattern and not pattern.startswith(("/", "*")):
+            pattern = "*/" + pattern
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
 def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
@@ -76,7 +92,7 @@ def walked_path(path: str, roots: Iterable[str] | None = None, exclude: Iterable
     it over. With `roots` (canonical), a path outside them is passed over, and so is one
     under a hidden or excluded folder below its root; without, only its own name is
     checked. A root itself is never passed over."""
-    patterns = tuple(exclude)
+    patterns = exclude_patterns(exclude)
     path = os.path.abspath(path)
     folder, name = os.path.split(path)
     if name:
@@ -122,7 +138,7 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
     """Yield each image file under `roots` once. `on_error(path, reason)` hears about
     folders that cannot be listed; the walk goes on."""
     extensions = image_extensions() if extensions is None else extensions
-    patterns = tuple(exclude)
+    patterns = exclude_patterns(exclude)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()  # two links to one file: one point
     for root in roots:

@@ -352,6 +352,23 @@ def test_hidden_appledouble_and_excluded_are_skipped(tmp_path, encoder, index):
     assert not report.exists() or report.read_text() == ""
 
 
+def test_an_exclude_glob_with_a_relative_path_matches_the_end_of_a_path(tmp_path, monkeypatch):
+    """`--exclude 2019/Paris` could never match the full path it was compared with (it
+    starts with /): it now skips every folder .../2019/Paris, and `./raw/`, `~/...` mean
+    what a person who typed them means."""
+    from clipsearch.ingest.walk import walk_images
+
+    root = tmp_path / "lib"
+    kept = [draw_image(root / "2020" / "Paris" / "a.png"), draw_image(root / "2019" / "Lyon" / "b.png", "blue")]
+    draw_image(root / "2019" / "Paris" / "c.png", "green")
+    draw_image(root / "old" / "2019" / "Paris" / "d.png", "black")
+    draw_image(root / "raw" / "e.png", "white")
+    draw_image(root / "home-excluded" / "f.png", "yellow")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    found = {e.path for e in walk_images([str(root)], ("2019/Paris", "./raw/", "~/lib/home-excluded"))}
+    assert found == {real(p) for p in kept}
+
+
 def test_symlink_loop_does_not_hang(tmp_path, encoder, index):
     root = tmp_path / "loopy"
     paths = draw_collection(root / "a", 3)
