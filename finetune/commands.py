@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 
 from clipsearch import config
+from clipsearch.errors import ClipsearchError
 from clipsearch.options import device_option, model_option, setting_option
 
 template_option = click.option(
@@ -154,15 +156,22 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
     _check_given_templates(templates)
     from .evaluation import evaluate, format_table
     from .loading import load_clip
+    from .pipeline import writable_folder
     from .templates import templates_for
     from .validation import load_pairs
 
+    for flag, path in (("--output", output), ("--report", report)):
+        if path:  # before the evaluation, not after it
+            writable_folder(Path(path).expanduser().resolve().parent, flag)
     limit = config.value("max_megapixels", max_megapixels)
     pairs = load_pairs(data, skip_bad=skip_bad, max_megapixels=limit)
     chosen = templates_for(templates, pairs.labelled, pairs.source, pairs.format)
     if pairs.problems:
         if report:
-            pairs.write_report(report)
+            try:
+                pairs.write_report(report)
+            except OSError as exc:
+                raise ClipsearchError(f"--report {report} cannot be written: {exc.strerror or exc}") from None
         where = f"see {report}" if report else "pass --report FILE to list them"
         click.echo(f"left out {len(pairs.problems)} of {len(pairs.problems) + len(pairs.pairs)} rows with bad "
                    f"images or fields; {where}", err=True)
@@ -171,9 +180,13 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
                        max_megapixels=limit, labels=pairs.labels, templates=chosen)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if output:
-        with open(output, "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-            handle.write("\n")
+        try:
+            Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            with open(output, "w", encoding="utf-8") as handle:
+                json.dump(metrics, handle, indent=2)
+                handle.write("\n")
+        except OSError as exc:
+            raise ClipsearchError(f"--output {output} cannot be written: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(metrics))
         return

@@ -75,7 +75,9 @@ def render(run: dict, evaluation: dict) -> str:
         "- Loss: CLIP's symmetric contrastive loss (text->image and image->text, in-batch negatives, averaged): "
         "`MultipleNegativesRankingLoss(directions=('query_to_doc', 'doc_to_query'), partition_mode='per_direction')`, "
         f"scale {run['train']['scale']:g} (temperature {1 / run['train']['scale']:.4f}).",
-        f"- Epochs {s['epochs']:g}, batch size {s['batch_size']}, learning rate {s['lr']:g} (cosine schedule, "
+        f"- Epochs {s['epochs']:g}, batch size {run['train'].get('batch_size', s['batch_size'])}"
+        + (f" (mini-batches of {s['mini_batch_size']})" if s.get("mini_batch_size") else "")
+        + f", learning rate {s['lr']:g} (cosine schedule, "
         f"{s['warmup']:g} warm-up), weight decay {s['weight_decay']:g}, seed {s['seed']}.",
         f"- Frozen tower: {freeze}.",
         *_data_lines(run),

@@ -32,7 +32,7 @@ from .evaluation import evaluate
 from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
 from .templates import templates_for
-from .training import TrainSettings, last_checkpoint, train
+from .training import TrainSettings, check_trainable, last_checkpoint, train
 from .validation import PairSet, load_pairs
 
 RUN_FILE = "finetune_run.json"
@@ -80,6 +80,22 @@ def check_output(output: Path, overwrite: bool, resume: bool) -> None:
         raise ClipsearchError(
             f"--output {output} is not empty and is not a model folder; refusing to delete it: choose another --output"
         )
+    writable_folder(output, "--output")
+    if overwrite and used:  # the old model is renamed aside in its parent
+        writable_folder(output.parent, "--output")
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """A one-line error now, not after the evaluation and the training, when `path` (a
+    folder to write, or the folder a file goes in) could not be made: the nearest folder
+    that exists must be one this user may write."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ClipsearchError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ClipsearchError(f"{flag} {path} cannot be written: {existing} is not writable by this user")
 
 
 def _load_data(opts: FinetuneOptions, progress: Progress) -> tuple[PairSet, PairSet | None, list, list]:
@@ -142,10 +158,13 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     """Returns the evaluation record (also written to OUTPUT/eval.json)."""
     output = Path(opts.output).expanduser().resolve()
     check_output(output, opts.overwrite, opts.resume)
+    if opts.report:
+        writable_folder(Path(opts.report).expanduser().resolve().parent, "--report")
     progress = Progress(quiet=opts.quiet)
     data, held_set, train_pairs, held = _load_data(opts, progress)
     templates = _templates(opts, data, held_set)
     opts.settings = replace(opts.settings, templates=templates if data.labelled else None)
+    check_trainable(train_pairs, opts.settings)  # before the base model loads
     encoder = load_clip(opts.base, opts.settings.device)
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
@@ -177,17 +196,24 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         before = score(held) if held else None
     run["before"] = before
 
-    # Everything is checked: from here on --output is written.
+    # Everything is checked: from here on --output is written. The model --overwrite
+    # replaces is set aside, not deleted, until the new one is whole: a run that fails
+    # or is stopped before its first checkpoint puts it back (it may be --base itself).
+    aside = _aside(output)
     if opts.overwrite and output.exists():
-        shutil.rmtree(output)
+        shutil.rmtree(aside, ignore_errors=True)  # a replaced model an earlier run kept: superseded
+        os.rename(output, aside)
     created = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
-    report = Path(opts.report) if opts.report else output / REPORT_FILE
-    _write_reports(data, held_set, report)
-    _tell_left_out(data, held_set, report)
-    _write_json(output / RUN_FILE, run)
     checkpoints = str(output / CHECKPOINTS)
     try:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            _write_json(output / RUN_FILE, run)
+        except OSError as exc:
+            raise ClipsearchError(f"--output {output} cannot be written: {exc.strerror or exc}") from None
+        report = Path(opts.report) if opts.report else output / REPORT_FILE
+        _write_reports(data, held_set, report)
+        _tell_left_out(data, held_set, report)
         run["train"] = train(encoder.st, encoder.clip, train_pairs, opts.settings, checkpoints,
                              opts.resume, progress)
         with interrupts.deferred():  # never a half-written model where ingest and search would load one
@@ -198,10 +224,16 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     except BaseException as exc:
         progress.finish()
         kept = last_checkpoint(checkpoints)
+        restored = False
         if created and kept is None:
             shutil.rmtree(output, ignore_errors=True)  # nothing worth resuming from
+            if aside.is_dir() and not output.exists():
+                os.rename(aside, output)
+                restored = True
         if isinstance(exc, KeyboardInterrupt):
-            _tell_interrupted(output, kept, removed=created and kept is None)
+            _tell_interrupted(output, kept, removed=created and kept is None, restored=restored)
+        elif kept is not None and aside.is_dir():
+            _tell(f"the model this run replaces is kept in {aside} until it finishes")
         raise
     identity = trained.identity
     evaluation = {
@@ -223,13 +255,23 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         shutil.rmtree(checkpoints, ignore_errors=True)
     run["status"] = "done"
     _write_json(output / RUN_FILE, run)
+    shutil.rmtree(aside, ignore_errors=True)  # the replaced model, now that this one is whole
     return evaluation
+
+
+def _aside(output: Path) -> Path:
+    """Where the model --overwrite replaces waits until the new one is whole: beside it,
+    hidden, on the same file system (a rename, not a copy)."""
+    return output.with_name(f".{output.name}.replaced")
 
 
 def _write_reports(data: PairSet, held_set: PairSet | None, path: Path) -> None:
     problems = data.problems + (held_set.problems if held_set else [])
     if problems:
-        PairSet(data.source, data.format, [], problems).write_report(path)
+        try:
+            PairSet(data.source, data.format, [], problems).write_report(path)
+        except OSError as exc:
+            raise ClipsearchError(f"--report {path} cannot be written: {exc.strerror or exc}") from None
 
 
 def _tell(text: str) -> None:
@@ -246,10 +288,15 @@ def _tell_left_out(data: PairSet, held_set: PairSet | None, report: Path) -> Non
         _tell(f"left out {left_out} of {rows} rows with bad images or fields; see {report}")
 
 
-def _tell_interrupted(output: Path, kept: str | None, removed: bool) -> None:
+def _tell_interrupted(output: Path, kept: str | None, removed: bool, restored: bool = False) -> None:
     if kept:
+        aside = _aside(output)
+        also = f" (the model it replaces waits in {aside} until it finishes)" if aside.is_dir() else ""
         _tell(f"fine-tune stopped; its last checkpoint, {kept}, is kept: run the same command "
-              "with --resume to continue from it")
+              f"with --resume to continue from it{also}")
+    elif restored:
+        _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from; {output} holds "
+              "the model it had before")
     elif removed:
         _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from, {output} removed")
     else:

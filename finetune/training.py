@@ -281,10 +281,30 @@ def training_rows(pairs: list[Pair]):
     return Dataset.from_dict(columns)
 
 
+def check_trainable(pairs: list[Pair], settings: TrainSettings) -> None:
+    """A one-line error, before anything is written, for training pairs that cannot teach
+    anything: each pair is contrasted with the others in its batch, and equal captions
+    never share one (the no-duplicates sampler), so one pair, or one caption for all,
+    trains with a loss of 0 (a labelled folder's classes: _batch_size)."""
+    if settings.templates:
+        return
+    captions = len({p.text for p in pairs})
+    if captions < 2:
+        raise ClipsearchError(f"the training pairs ({len(pairs)}) hold {captions} distinct caption"
+                              f"{'s' if captions != 1 else ''}: training contrasts each pair with others of "
+                              "another caption and needs two or more; add pairs, or lower --eval-split")
+
+
 def _batch_size(pairs: list[Pair], settings: TrainSettings, progress: Progress) -> int:
     """--batch-size, or for a labelled folder the number of classes where that is smaller:
     the no-duplicates sampler puts at most one image of a class in a batch."""
     if not settings.templates:
+        check_trainable(pairs, settings)
+        captions = len({p.text for p in pairs})
+        if captions < settings.batch_size:
+            progress.message(f"batches of {captions} pairs at most: the training pairs hold {captions} distinct "
+                             "captions, and a batch holds each caption once (equal captions would be each other's "
+                             "false negatives)")
         return settings.batch_size
     classes = len({p.text for p in pairs})
     if classes < 2:
@@ -303,12 +323,16 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     freeze_tower(clip, settings.freeze)
     batch_size = _batch_size(pairs, settings, progress)
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
+    # --warmup is a fraction of the run; transformers reads a warmup_steps of 1 or more as
+    # a count of steps (--warmup 1 would warm up for one step). Rounded down: a run of
+    # one step is not spent at a learning rate of 0.
+    warmup_steps = int(settings.warmup * steps_per_epoch * settings.epochs)
     args = SentenceTransformerTrainingArguments(
         output_dir=checkpoint_dir,
         num_train_epochs=settings.epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=settings.lr,
-        warmup_steps=settings.warmup,
+        warmup_steps=warmup_steps,
         weight_decay=settings.weight_decay,
         lr_scheduler_type="cosine",
         seed=settings.seed,
@@ -323,6 +347,8 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         log_level="error",
         use_cpu=settings.device == "cpu",
         dataloader_num_workers=settings.workers,
+        # Pinned memory helps only a copy to a GPU; on CPU torch warns about it every epoch.
+        dataloader_pin_memory=settings.device != "cpu" and _has_accelerator(),
         **settings.extra,
     )
     image_size = int(clip.config.vision_config.image_size)
@@ -359,3 +385,9 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         "negatives": any(p.negative is not None for p in pairs),
         "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
     }
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())

@@ -131,6 +131,71 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, shapes, tiny_mode
     assert result.exit_code == 1 and "already finished" in result.output
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "a training image vanished"])
+def test_an_overwrite_that_stops_before_a_checkpoint_puts_the_old_model_back(tmp_path, shapes, tiny_model_dir,
+                                                                            monkeypatch, stop):
+    """--overwrite sets the old model aside, not deleted, until the new one is whole: a
+    run stopped (Ctrl-C) or failed before its first checkpoint leaves the folder as it was,
+    even when it was --base itself."""
+    from clipsearch.errors import ClipsearchError
+    from clipsearch.finetune import pipeline
+
+    train, _ = shapes
+    out = tmp_path / "mine"
+    args = [train, "-o", out, "--epochs", 1, "--batch-size", 16]
+    assert finetune(*args, "--base", tiny_model_dir).exit_code == 0
+    (out / "notes.txt").write_text("kept with the model")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def stops(*_args, **_kwargs):
+        raise stop() if stop is KeyboardInterrupt else ClipsearchError(stop)
+
+    monkeypatch.setattr(pipeline, "train", stops)
+    result = finetune(*args, "--base", out, "--overwrite")  # training its own model further, in place
+    assert result.exit_code == (130 if stop is KeyboardInterrupt else 1), result.output
+    if stop is KeyboardInterrupt:
+        assert f"{out} holds the model it had before" in result.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / ".mine.replaced").exists()
+    monkeypatch.undo()
+    assert finetune(*args, "--base", out, "--overwrite").exit_code == 0
+    assert not (out / "notes.txt").exists() and not (tmp_path / ".mine.replaced").exists()
+
+
+def test_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, shapes, tiny_model_dir):
+    train, _ = shapes
+    (tmp_path / "a-file").write_text("")
+    result = finetune(train, "--base", tiny_model_dir, "-o", tmp_path / "a-file" / "model")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "is a file, not a folder" in result.output
+    result = finetune(train, "--base", tiny_model_dir, "-o", tmp_path / "m", "--report", tmp_path / "a-file" / "r")
+    assert result.exit_code == 1 and "--report" in result.output and not (tmp_path / "m").exists()
+
+
+def test_one_caption_for_every_pair_is_refused_and_one_step_still_trains(tmp_path, shapes, tiny_model_dir):
+    """One distinct caption trains with a loss of 0 (a batch never holds two equal
+    captions): refused. A run of a single step used to spend it at a learning rate of 0
+    (the warm-up), leaving the model as it was."""
+    train, heldout = shapes
+    same = tmp_path / "same.csv"
+    header, *rows = train.read_text().splitlines()
+    rows = [header, *(f"{train.parent}/{row}" for row in rows)]  # absolute: these files live elsewhere
+    same.write_text("\n".join([rows[0], *(row.rsplit(",", 1)[0] + ",museum object" for row in rows[1:])]) + "\n")
+    result = finetune(same, "--base", tiny_model_dir, "-o", tmp_path / "same-out")
+    assert result.exit_code == 1 and "1 distinct caption" in result.output, result.output
+    assert not (tmp_path / "same-out").exists()
+
+    distinct = tmp_path / "distinct.csv"  # every caption its own: the whole set is one batch
+    distinct.write_text("\n".join([rows[0], *(f"{row} {i}" for i, row in enumerate(rows[1:]))]) + "\n")
+    out = tmp_path / "one-step"
+    result = finetune(distinct, "--base", tiny_model_dir, "-o", out, "--epochs", 1, "--batch-size", 128,
+                      "--lr", "1e-3", "--eval-data", heldout)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "eval.json").read_text())
+    assert record["train"]["steps"] == 1 and record["image_tower_unchanged"] is False
+    assert "batch size 128" in (out / "README.md").read_text()
+
+
 def test_bad_data_stops_before_anything_is_written(tmp_path, shapes, tiny_model_dir):
     train, _ = shapes
     bad = tmp_path / "bad.csv"
