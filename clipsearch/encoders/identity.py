@@ -87,6 +87,13 @@ class ModelIdentity:
                 f"precision mismatch: collection {collection!r} holds {stored.precision} image vectors, "
                 f"this run would add {self.precision} ones; use --precision {stored.precision} "
                 "(CLIPSEARCH_PRECISION) or another collection")
+        if not self.is_compatible_with(stored) and self.name == stored.name and self.dim == stored.dim:
+            # One folder, other weights: fine-tuned again in place (finetune --overwrite).
+            raise ClipsearchError(
+                f"model mismatch: the model in {self.name} changed since collection {collection!r} was built "
+                f"(image tower {stored.image_fingerprint[:12]} then, {self.image_fingerprint[:12]} now); "
+                f"bring the collection over with `clipsearch reindex --model {self.name}`, or use another collection"
+            )
         if not self.is_compatible_with(stored):
             raise ClipsearchError(
                 f"model mismatch: collection {collection!r} was built with {stored.short()}, "

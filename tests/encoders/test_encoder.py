@@ -128,6 +128,20 @@ def test_identity_differs_for_other_weights(encoder, other_encoder):
     _one_line_error(excinfo)
 
 
+def test_a_model_folder_trained_again_in_place_says_so_and_how_to_bring_the_index_over(encoder, other_encoder):
+    """One folder, other weights (finetune --overwrite into the collection's own model):
+    'built with X, but the model in use is X' named the same folder twice."""
+    from dataclasses import replace
+
+    same_place = replace(other_encoder.identity, name=encoder.identity.name)
+    with pytest.raises(ClipsearchError, match="model mismatch") as excinfo:
+        same_place.check_against(encoder.identity, "photos")
+    _one_line_error(excinfo)
+    message = str(excinfo.value)
+    assert f"the model in {encoder.identity.name} changed since collection 'photos' was built" in message
+    assert f"clipsearch reindex --model {encoder.identity.name}" in message
+
+
 def test_identity_is_stable_across_loads(encoder, tiny_model_dir):
     again = Encoder(str(tiny_model_dir), device="cpu")
     assert again.identity == encoder.identity
