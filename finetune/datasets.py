@@ -52,7 +52,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.names import shown
 
 from .labelled import is_labelled_folder, read_labelled_folder
-from .rows import IMAGE_EXTENSIONS, Row
+from .rows import IMAGE_EXTENSIONS, Row, caption_file_name
 
 IMAGE_COLUMN = "image_path"
 TEXT_COLUMN = "text_description"
@@ -81,9 +81,15 @@ def _resolve(image: str, base: Path) -> str:
 
 def _missing_columns(found: list[str], source: Path) -> ClipsearchError:
     missing = [c for c in COLUMNS if c not in found]
+    header = ", ".join(map(shown, found)) or "nothing"
+    if len(header) > 200:  # a file that is not a table at all: its whole first line
+        header = header[:200] + "..."
+    hint = ""
+    if len(found) == 1 and ";" in found[0]:
+        hint = "; the columns are separated by ;: save it with commas (CSV), tabs (TSV) or |"
     return ClipsearchError(
         f"{shown(str(source))}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; the header "
-        f"must name {IMAGE_COLUMN} and {TEXT_COLUMN} (found: {', '.join(map(shown, found)) or 'nothing'})"
+        f"must name {IMAGE_COLUMN} and {TEXT_COLUMN} (found: {header}){hint}"
     )
 
 
@@ -100,6 +106,10 @@ def detect_format(path: Path) -> str:
         first = next((line.strip() for line in handle if line.strip()), "")
     if first.startswith("{"):
         return "jsonl"
+    if first.startswith("["):
+        raise ClipsearchError(f"{shown(str(path))} holds a JSON array; clipsearch reads JSON lines: one "
+                              f"{{\"{IMAGE_COLUMN}\": ..., \"{TEXT_COLUMN}\": ...}} object a line (e.g. "
+                              "jq -c '.[]' FILE > pairs.jsonl)")
     if "|" in first and "," not in first.replace("\\|", ""):
         return "pipe"
     if "\t" in first and "," not in first:
@@ -327,8 +337,9 @@ def _read_folder(folder: Path) -> list[Row]:
             if ext.lower() not in IMAGE_EXTENSIONS:
                 continue
             image = os.path.join(dirpath, name)
-            caption_file = os.path.join(dirpath, stem + ".txt")
-            if stem + ".txt" not in names:
+            caption_name = caption_file_name(stem, names)
+            caption_file = os.path.join(dirpath, caption_name or stem + ".txt")
+            if caption_name is None:
                 rows.append(Row(caption_file, 1, image, None, "has no caption file (the image's name with .txt)"))
                 continue
             try:

@@ -18,8 +18,9 @@ text (a folder name that is not UTF-8, an empty label), a label two folders shar
 to no class: a bad row each.
 
 A folder is this layout (is_labelled_folder) when it has a labels.txt, or when none
-of its images has a same-name .txt caption and all of them are in subfolders;
-otherwise it is the captioned-folder layout (datasets.py).
+of its images has a same-name .txt caption and some are in subfolders (one outside
+any class folder is a bad row); otherwise it is the captioned-folder layout
+(datasets.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import is_text, shown
 
-from .rows import IMAGE_EXTENSIONS, Row
+from .rows import IMAGE_EXTENSIONS, Row, caption_file_name
 
 LABELS_FILE = "labels.txt"
 
@@ -55,9 +56,11 @@ def is_labelled_folder(folder: Path) -> bool:
         for name in filenames:
             if not _is_image(name):
                 continue
-            if os.path.splitext(name)[0] + ".txt" in names or dirpath == str(folder):
-                return False  # a captioned image, or an image outside any class folder
-            in_subfolders = True
+            if caption_file_name(os.path.splitext(name)[0], names) is not None:
+                return False  # a captioned image
+            # An image outside any class folder (a stray one) is a bad row of this layout,
+            # which says so, not a reason to read every class folder as captions.
+            in_subfolders = in_subfolders or dirpath != str(folder)
     return in_subfolders
 
 

@@ -11,6 +11,15 @@ from clipsearch.names import shown
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def caption_file_name(stem: str, names: set[str]) -> str | None:
+    """The name of the caption file of the image named `stem` among a folder's `names`:
+    `stem.txt`, else `stem.TXT` or any other case of the extension (as images are
+    matched in any case); None when there is none."""
+    if stem + ".txt" in names:
+        return stem + ".txt"
+    return next((n for n in sorted(names) if n[:-4] == stem and n[-4:].lower() == ".txt"), None)
+
+
 @dataclass(frozen=True)
 class Row:
     """One pair as written in the data file. `problem` is set when the row could

@@ -108,6 +108,19 @@ def test_missing_columns_are_named(photos, name, text):
         load_pairs(_write(photos / name, text))
 
 
+@pytest.mark.parametrize("name,text,message", [
+    # Excel's CSV where the decimal separator is a comma: ; between columns
+    ("excel.csv", "image_path;text_description\nimg/red.png;red\n", "the columns are separated by ;"),
+    ("export.json", '[{"image_path": "img/red.png", "text_description": "red"}' + ', {"image_path": "x"}' * 200
+     + "]\n", "holds a JSON array; clipsearch reads JSON lines"),
+    ("wide.csv", ";".join(f"column number {i}" for i in range(100)) + "\n", "..."),
+])
+def test_a_file_that_is_no_such_table_is_one_short_line_saying_what_it_is(photos, name, text, message):
+    with pytest.raises(ClipsearchError) as excinfo:
+        load_pairs(_write(photos / name, text))
+    assert message in str(excinfo.value) and len(str(excinfo.value)) < 500, str(excinfo.value)
+
+
 def test_bad_rows_stop_with_file_and_line(photos):
     (photos / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     data = _write(photos / "pairs.csv", "\n".join([

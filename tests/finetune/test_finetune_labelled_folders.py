@@ -53,6 +53,28 @@ def test_a_captioned_folder_stays_captioned_even_in_subfolders(tmp_path):
     assert detect_format(data) == "folder"
 
 
+def test_a_stray_image_beside_the_class_folders_is_a_bad_row_not_another_layout(tmp_path):
+    """One loose image at the top turned every class folder into 'has no caption file'."""
+    data = draw_classes(tmp_path / "data", per_class=2)
+    draw_image(data / "stray.png", "red", "square")
+    assert detect_format(data) == "labelled"
+    pairs = load_pairs(data, skip_bad=True)
+    assert len(pairs.pairs) == 6
+    assert [(p.where, p.reason) for p in pairs.problems] == [
+        (str(data / "stray.png"), "is not in a class folder: move it into its class's subfolder")]
+
+
+def test_a_caption_file_is_found_whatever_the_case_of_txt(tmp_path):
+    """Images match in any case (A.JPG); their captions did only as lower-case .txt."""
+    draw_image(tmp_path / "data" / "a.png", "red", "circle")
+    draw_image(tmp_path / "data" / "b.PNG", "blue", "square")
+    (tmp_path / "data" / "a.txt").write_text("a red circle")
+    (tmp_path / "data" / "b.TXT").write_text("a blue square")
+    pairs = load_pairs(tmp_path / "data")
+    assert sorted((os.path.basename(p.image), p.text) for p in pairs.pairs) == [
+        ("a.png", "a red circle"), ("b.PNG", "a blue square")]
+
+
 @pytest.mark.parametrize("content,message", [
     ("shapes/circle round\n", r"labels.txt:1: expected FOLDER<TAB>LABEL TEXT"),
     ("nowhere\tx\n", r"labels.txt:1: no class folder nowhere"),
