@@ -67,7 +67,8 @@ def _check_given_templates(templates) -> None:
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT/checkpoints/ after training.")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad rows (listed in a report) instead of stopping.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="Where --skip-bad lists the rows it left out.  [default: OUTPUT/skipped_rows.jsonl]")
+              help="Where the bad rows are listed: those --skip-bad left out, or all those that stopped the run. "
+                   "[default with --skip-bad: OUTPUT/skipped_rows.jsonl]")
 @device_option
 @setting_option("max_megapixels", metavar="MP",
                 help="Rows whose image is larger than this are bad rows, as ingest skips such images.")
@@ -137,7 +138,8 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave out bad rows instead of stopping.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="With --skip-bad: write the rows left out to this JSON-lines file.")
+              help="List the bad rows in this JSON-lines file: those --skip-bad left out, or all those that "
+                   "stopped the run.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write the metrics to this JSON file.")
 @device_option
@@ -164,7 +166,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
         if path:  # before the evaluation, not after it
             writable_folder(Path(path).expanduser().resolve().parent, flag)
     limit = config.value("max_megapixels", max_megapixels)
-    pairs = load_pairs(data, skip_bad=skip_bad, max_megapixels=limit)
+    pairs = load_pairs(data, skip_bad=skip_bad, max_megapixels=limit, report=report)
     chosen = templates_for(templates, pairs.labelled, pairs.source, pairs.format)
     if pairs.problems:
         if report:

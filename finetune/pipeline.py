@@ -105,6 +105,7 @@ def _load_data(opts: FinetuneOptions, progress: Progress) -> tuple[PairSet, Pair
 
         try:
             return load_pairs(data, skip_bad=opts.skip_bad, workers=opts.settings.workers, on_checked=checked,
+                              report=opts.report,
                               max_megapixels=opts.settings.max_megapixels)
         finally:
             progress.finish()

@@ -150,18 +150,28 @@ def _first(problems: list[Problem]) -> str:
 
 def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bool = True, workers: int = 0,
                on_checked: Callable[[int, int], None] | None = None,
-               max_megapixels: float | None = None) -> PairSet:
+               max_megapixels: float | None = None, report: str | os.PathLike | None = None) -> PairSet:
     """Read and check a dataset. Raises ClipsearchError naming the first bad rows,
-    unless `skip_bad`; raises as well when no usable pair is left. `workers`:
-    processes that decode the images for the check; `on_checked(done, total)` follows it;
-    `max_megapixels`: larger images are bad rows (None: the setting's value)."""
+    unless `skip_bad`, after listing them all in `report` if given; raises as well when no
+    usable pair is left. `workers`: processes that decode the images for the check;
+    `on_checked(done, total)` follows it; `max_megapixels`: larger images are bad rows
+    (None: the setting's value)."""
     fmt, rows = read_rows(data)
     source = str(Path(data).expanduser().resolve())
     pairs, problems = check_rows(rows, check_images, workers, on_checked, max_megapixels)
     if problems and not skip_bad:
+        listed = "pass --report FILE to list them all"
+        if report is not None and len(problems) > SHOWN_IN_ERROR:
+            try:
+                PairSet(source, fmt, [], problems).write_report(report)
+                listed = f"all {len(problems)} are listed in {shown(str(report))}"
+            except OSError as exc:
+                listed = f"--report {shown(str(report))} cannot be written ({exc.strerror})"
+        elif len(problems) <= SHOWN_IN_ERROR:
+            listed = "all are named here"
         raise ClipsearchError(
             f"{_count(problems)} in {shown(source)}: {_first(problems)}. "
-            "Fix them, or pass --skip-bad to leave them out (they are listed in a report)"
+            f"Fix them, or pass --skip-bad to leave them out ({listed})"
         )
     if not pairs:
         if not problems:

@@ -140,7 +140,11 @@ def test_bad_rows_stop_with_file_and_line(photos):
     assert "6 bad rows" in message and "--skip-bad" in message
     assert f"{data}:3: empty caption" in message
     assert f"{data}:4: image not found" in message
-    assert "and 3 more" in message
+    assert "and 3 more" in message and "pass --report FILE to list them all" in message
+    # Stopped, the run still lists every bad row where --report says (not only with --skip-bad).
+    with pytest.raises(ClipsearchError, match="all 6 are listed in .*stopped.jsonl"):
+        load_pairs(data, report=photos / "stopped.jsonl")
+    assert len((photos / "stopped.jsonl").read_text().splitlines()) == 6
 
     pair_set = load_pairs(data, skip_bad=True)
     assert [(p.image, p.text) for p in pair_set.pairs] == [(str(photos / "img" / "red.png"), "a red circle")]
