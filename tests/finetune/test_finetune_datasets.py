@@ -215,6 +215,25 @@ def test_split_is_by_image_seeded_and_disjoint():
     assert fingerprint(pairs) == fingerprint(list(reversed(pairs))) != fingerprint(pairs[1:])
 
 
+def test_the_same_scan_under_two_names_stays_on_one_side_of_the_split(tmp_path):
+    """Held out under one name and trained on under another, a byte-identical file
+    would inflate the "after" recall: equal files are one image to the split, and to
+    --eval-data's overlap check."""
+    import shutil
+
+    from support import draw_collection
+
+    images = draw_collection(tmp_path / "scans", 12)
+    twin = shutil.copy(images[0], tmp_path / "scans" / "saved-again.png")
+    pairs = [Pair(str(p), f"scan {i}", "") for i, p in enumerate([*images, twin])]
+    for seed in range(20):
+        train, held = split_by_image(pairs, 0.3, seed)
+        sides = {str(images[0]) in {p.image for p in held}, str(twin) in {p.image for p in held}}
+        assert len(sides) == 1, seed  # both held out, or both trained on
+    with pytest.raises(ClipsearchError, match=f"e.g. {twin} \\(the same file as {images[0]}\\)"):
+        check_disjoint(pairs[:1], pairs[-1:])
+
+
 # Reading with pandas: the line numbers and quirks it must not change.
 
 def _problems(data) -> dict[int, str]:
