@@ -63,7 +63,10 @@ def _check_given_templates(templates) -> None:
 @click.option("--save-steps", type=click.IntRange(min=1), default=None,
               help="Checkpoint every N steps.  [default: every epoch]")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --output from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --output (a model folder, --base itself too): the old model waits "
+                   "beside it, hidden, until the new one is whole, and comes back if the run stops before "
+                   "its first checkpoint.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT/checkpoints/ after training.")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad rows (listed in a report) instead of stopping.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
