@@ -73,7 +73,8 @@ def render(run: dict, evaluation: dict) -> str:
         "",
         "- Trainer: sentence-transformers `SentenceTransformerTrainer`.",
         "- Loss: CLIP's symmetric contrastive loss (text->image and image->text, in-batch negatives, averaged): "
-        "`MultipleNegativesRankingLoss(directions=('query_to_doc', 'doc_to_query'), partition_mode='per_direction')`, "
+        f"`{'Cached' if s.get('mini_batch_size') else ''}MultipleNegativesRankingLoss(directions=('query_to_doc', "
+        "'doc_to_query'), partition_mode='per_direction')`, "
         f"scale {run['train']['scale']:g} (temperature {1 / run['train']['scale']:.4f}).",
         f"- Epochs {s['epochs']:g}, batch size {run['train'].get('batch_size', s['batch_size'])}"
         + (f" (mini-batches of {s['mini_batch_size']})" if s.get("mini_batch_size") else "")
@@ -85,7 +86,9 @@ def render(run: dict, evaluation: dict) -> str:
         + (f"from `{stored(data['eval_source'])}`." if data.get("eval_source") else
            f"{s['eval_split']:g} of the images, split by image (seed {s['seed']})."),
         f"- Skipped bad rows: {data['skipped']}.",
-        f"- Training time: {run['train']['seconds']:.1f} s, {run['train']['steps']} steps.",
+        f"- Training time: {run['train']['seconds']:.1f} s, {run['train']['steps']} steps"
+        + (f" (resumed from {run['train']['resumed_from']}; the time is the last run's)."
+           if run["train"].get("resumed_from") else "."),
         "",
         "## Use",
         "",

@@ -60,5 +60,7 @@ def test_the_flag_trains_and_is_recorded(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["train"]["steps"] == 3 and record["after"] is not None
+    card = (tmp_path / "out" / "README.md").read_text()  # says which loss ran, and in what pieces
+    assert "`CachedMultipleNegativesRankingLoss(" in card and "batch size 16 (mini-batches of 4)" in card
     bad = CliRunner().invoke(cli, ["finetune", str(train_csv), "-o", str(tmp_path / "x"), "--mini-batch-size", "0"])
     assert bad.exit_code == 2 and "--mini-batch-size" in bad.output
