@@ -165,9 +165,10 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
     from .templates import templates_for
     from .validation import load_pairs
 
+    output, report = (os.path.expanduser(path) if path else None for path in (output, report))
     for flag, path in (("--output", output), ("--report", report)):
         if path:  # before the evaluation, not after it
-            writable_folder(Path(path).expanduser().resolve().parent, flag)
+            writable_folder(Path(path).resolve().parent, flag)
     limit = config.value("max_megapixels", max_megapixels)
     pairs = load_pairs(data, skip_bad=skip_bad, max_megapixels=limit, report=report)
     chosen = templates_for(templates, pairs.labelled, pairs.source, pairs.format)
@@ -186,7 +187,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if output:
         try:
-            Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
             with open(output, "w", encoding="utf-8") as handle:
                 json.dump(metrics, handle, indent=2)
                 handle.write("\n")

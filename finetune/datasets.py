@@ -52,7 +52,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.names import shown
 
 from .labelled import is_labelled_folder, read_labelled_folder
-from .rows import IMAGE_EXTENSIONS, Row, caption_file_name
+from .rows import IMAGE_EXTENSIONS, Row, caption_files
 
 IMAGE_COLUMN = "image_path"
 TEXT_COLUMN = "text_description"
@@ -331,13 +331,13 @@ def _read_folder(folder: Path) -> list[Row]:
     rows: list[Row] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
-        names = set(filenames)
+        captions = caption_files(filenames)
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
             if ext.lower() not in IMAGE_EXTENSIONS:
                 continue
             image = os.path.join(dirpath, name)
-            caption_name = caption_file_name(stem, names)
+            caption_name = captions.get(stem)
             caption_file = os.path.join(dirpath, caption_name or stem + ".txt")
             if caption_name is None:
                 rows.append(Row(caption_file, 1, image, None, "has no caption file (the image's name with .txt)"))

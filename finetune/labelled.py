@@ -31,7 +31,7 @@ from pathlib import Path
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import is_text, shown
 
-from .rows import IMAGE_EXTENSIONS, Row, caption_file_name
+from .rows import IMAGE_EXTENSIONS, Row, caption_files
 
 LABELS_FILE = "labels.txt"
 
@@ -52,11 +52,11 @@ def is_labelled_folder(folder: Path) -> bool:
         return True
     in_subfolders = False
     for dirpath, _, filenames in _walk(folder):
-        names = set(filenames)
+        captions = caption_files(filenames)
         for name in filenames:
             if not _is_image(name):
                 continue
-            if caption_file_name(os.path.splitext(name)[0], names) is not None:
+            if os.path.splitext(name)[0] in captions:
                 return False  # a captioned image
             # An image outside any class folder (a stray one) is a bad row of this layout,
             # which says so, not a reason to read every class folder as captions.

@@ -124,9 +124,13 @@ def _check_same_run(previous: dict, current: dict) -> None:
     for key, value in current["settings"].items():
         if key not in NOT_COMPARED_ON_RESUME and previous["settings"].get(key) != value:
             differences.append(f"--{key.replace('_', '-')} {previous['settings'].get(key)} (now {value})")
-    for key, what in (("base_identity", "the base model"), ("fingerprints", "the data or its split")):
-        if previous.get(key) != current[key]:
-            differences.append(f"{what} changed")
+    def unnamed(identity):  # the weights, not where they are (a base set aside by --overwrite)
+        return {k: v for k, v in (identity or {}).items() if k != "name"}
+
+    if unnamed(previous.get("base_identity")) != unnamed(current["base_identity"]):
+        differences.append("the base model changed")
+    if previous.get("fingerprints") != current["fingerprints"]:
+        differences.append("the data or its split changed")
     if differences:
         raise ClipsearchError("--resume continues the same run, but it differs from the interrupted one: "
                               + "; ".join(differences))
@@ -166,13 +170,17 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     templates = _templates(opts, data, held_set)
     opts.settings = replace(opts.settings, templates=templates if data.labelled else None)
     check_trainable(train_pairs, opts.settings)  # before the base model loads
-    encoder = load_clip(opts.base, opts.settings.device)
+    aside = _aside(output)
+    base = opts.base
+    if opts.resume and aside.is_dir() and _same_path(opts.base, output):
+        base = str(aside)  # training a model further in place: the base waits aside until the run ends
+    encoder = load_clip(base, opts.settings.device)
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
     settings.update(eval_split=opts.eval_split if not opts.eval_data else None, templates=templates)
     run = {
         "status": "training",
-        "base": encoder.location,
+        "base": encoder.location if base == opts.base else str(output),
         "base_identity": base_identity,
         "settings": settings,
         "fingerprints": {"train": fingerprint(train_pairs), "eval": fingerprint(held)},
@@ -200,13 +208,23 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     # Everything is checked: from here on --output is written. The model --overwrite
     # replaces is set aside, not deleted, until the new one is whole: a run that fails
     # or is stopped before its first checkpoint puts it back (it may be --base itself).
-    aside = _aside(output)
-    if opts.overwrite and output.exists():
-        shutil.rmtree(aside, ignore_errors=True)  # a replaced model an earlier run kept: superseded
-        os.rename(output, aside)
-    created = not output.exists()
+    created = False
     checkpoints = str(output / CHECKPOINTS)
     try:
+        with interrupts.deferred():  # a Ctrl-C here is taken once `created` says what to undo
+            if opts.overwrite and output.exists():
+                try:
+                    if aside.is_dir() and not _finished_model(output):
+                        # An earlier --overwrite that never finished: the aside is still the
+                        # last whole model, and what is at OUTPUT is that run's leftovers.
+                        shutil.rmtree(output)
+                    else:
+                        shutil.rmtree(aside, ignore_errors=True)  # superseded by the model at OUTPUT
+                        os.rename(output, aside)
+                except OSError as exc:
+                    raise ClipsearchError(f"--output {output} cannot be set aside to be replaced: "
+                                          f"{exc.strerror or exc}") from None
+            created = not output.exists()
         try:
             output.mkdir(parents=True, exist_ok=True)
             _write_json(output / RUN_FILE, run)
@@ -227,10 +245,11 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         kept = last_checkpoint(checkpoints)
         restored = False
         if created and kept is None:
-            shutil.rmtree(output, ignore_errors=True)  # nothing worth resuming from
-            if aside.is_dir() and not output.exists():
-                os.rename(aside, output)
-                restored = True
+            with interrupts.deferred():  # a second Ctrl-C must not leave the model aside
+                shutil.rmtree(output, ignore_errors=True)  # nothing worth resuming from
+                if aside.is_dir() and not output.exists():
+                    os.rename(aside, output)
+                    restored = _finished_model(output)
         if isinstance(exc, KeyboardInterrupt):
             _tell_interrupted(output, kept, removed=created and kept is None, restored=restored)
         elif kept is not None and aside.is_dir():
@@ -244,7 +263,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
                      "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}"},
         "before": before,
         "after": after,
-        "base": encoder.location,
+        "base": run["base"],
         "model": str(output),
         "image_tower_unchanged": identity.image_fingerprint == base_identity["image_fingerprint"],
         "identity": identity.to_dict(),
@@ -258,6 +277,22 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     _write_json(output / RUN_FILE, run)
     shutil.rmtree(aside, ignore_errors=True)  # the replaced model, now that this one is whole
     return evaluation
+
+
+def _finished_model(folder: Path) -> bool:
+    """A model folder ingest and search can load: not a fine-tune still under way."""
+    if not (folder / "modules.json").is_file():
+        return False
+    try:
+        return json.loads((folder / RUN_FILE).read_text()).get("status", "done") == "done"
+    except FileNotFoundError:
+        return True  # a model made elsewhere
+    except (OSError, ValueError):
+        return False
+
+
+def _same_path(a: str, b: Path) -> bool:
+    return Path(a).expanduser().resolve() == b
 
 
 def _aside(output: Path) -> Path:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from clipsearch.names import shown
 
@@ -11,13 +12,14 @@ from clipsearch.names import shown
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def caption_file_name(stem: str, names: set[str]) -> str | None:
-    """The name of the caption file of the image named `stem` among a folder's `names`:
-    `stem.txt`, else `stem.TXT` or any other case of the extension (as images are
-    matched in any case); None when there is none."""
-    if stem + ".txt" in names:
-        return stem + ".txt"
-    return next((n for n in sorted(names) if n[:-4] == stem and n[-4:].lower() == ".txt"), None)
+def caption_files(names: Iterable[str]) -> dict[str, str]:
+    """{image stem: its caption file's name} among one folder's `names`: `stem.txt`, else
+    `stem.TXT` or any other case of the extension (images match in any case too)."""
+    found: dict[str, str] = {}
+    for name in sorted(names):
+        if name[-4:].lower() == ".txt" and (name[:-4] not in found or name.endswith(".txt")):
+            found[name[:-4]] = name
+    return found
 
 
 @dataclass(frozen=True)

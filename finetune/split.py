@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+from collections import Counter
 
 from clipsearch.errors import ClipsearchError
 
@@ -41,31 +43,49 @@ def split_by_image(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[
     return [p for p in pairs if p.image not in held], [p for p in pairs if p.image in held]
 
 
-def _content_key(path: str) -> str:
-    """The file's content fingerprint (size, first MiB, last KiB: what ingest matches
-    moved files by), or its path where it cannot be read now."""
+def _content_keys(images: list[str]) -> dict[str, str]:
+    """Each image's content key: equal only for byte-identical files. Files are told
+    apart by size first; only where sizes collide is the fingerprint read (size, first
+    MiB, last KiB: what ingest matches moved files by), and a file larger than that
+    also gets its full hash (two scans can share margins and differ in the middle). A
+    file that cannot be read now keys by its path."""
+    from clipsearch.fingerprint import content_hash, covers_whole
     from clipsearch.fingerprint import fingerprint as content_fingerprint
 
-    try:
-        return content_fingerprint(path)
-    except OSError:
-        return path
+    sizes: dict[str, int | None] = {}
+    for image in images:
+        try:
+            sizes[image] = os.path.getsize(image)
+        except OSError:
+            sizes[image] = None
+    count = Counter(size for size in sizes.values() if size is not None)
+    keys = {}
+    for image, size in sizes.items():
+        if size is None or count[size] == 1:
+            keys[image] = image
+            continue
+        try:
+            keys[image] = content_fingerprint(image, size) + ("" if covers_whole(size) else content_hash(image))
+        except OSError:
+            keys[image] = image
+    return keys
 
 
 def _same_content_groups(images: list[str]) -> list[list[str]]:
     """`images` (sorted) in groups of equal content, in the order of each group's first."""
     by_key: dict[str, list[str]] = {}
-    for image in images:
-        by_key.setdefault(_content_key(image), []).append(image)
+    for image, key in _content_keys(images).items():
+        by_key.setdefault(key, []).append(image)
     return sorted(by_key.values(), key=lambda group: group[0])
 
 
 def check_disjoint(train: list[Pair], held: list[Pair]) -> None:
     """A separate evaluation file must not share images with the training data, by name
     or by content (the same scan saved under two names)."""
-    trained = {_content_key(image): image for image in sorted({p.image for p in train})}
-    shared = sorted((image, trained[key]) for image in {p.image for p in held}
-                    if (key := _content_key(image)) in trained)
+    trained_images, held_images = sorted({p.image for p in train}), sorted({p.image for p in held})
+    keys = _content_keys(sorted({*trained_images, *held_images}))
+    trained = {keys[image]: image for image in trained_images}
+    shared = sorted((image, trained[keys[image]]) for image in held_images if keys[image] in trained)
     if shared:
         image, twin = shared[0]
         same = "" if image == twin else f" (the same file as {twin})"

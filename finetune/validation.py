@@ -160,15 +160,13 @@ def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bo
     source = str(Path(data).expanduser().resolve())
     pairs, problems = check_rows(rows, check_images, workers, on_checked, max_megapixels)
     if problems and not skip_bad:
-        listed = "pass --report FILE to list them all"
-        if report is not None and len(problems) > SHOWN_IN_ERROR:
+        listed = "all are named here" if len(problems) <= SHOWN_IN_ERROR else "pass --report FILE to list them all"
+        if report is not None:
             try:
                 PairSet(source, fmt, [], problems).write_report(report)
                 listed = f"all {len(problems)} are listed in {shown(str(report))}"
             except OSError as exc:
                 listed = f"--report {shown(str(report))} cannot be written ({exc.strerror})"
-        elif len(problems) <= SHOWN_IN_ERROR:
-            listed = "all are named here"
         raise ClipsearchError(
             f"{_count(problems)} in {shown(source)}: {_first(problems)}. "
             f"Fix them, or pass --skip-bad to leave them out ({listed})"

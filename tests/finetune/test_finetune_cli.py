@@ -162,6 +162,37 @@ def test_an_overwrite_that_stops_before_a_checkpoint_puts_the_old_model_back(tmp
     assert not (out / "notes.txt").exists() and not (tmp_path / ".mine.replaced").exists()
 
 
+def test_an_overwrite_stopped_after_a_checkpoint_keeps_the_old_model_through_a_second_overwrite(
+        tmp_path, shapes, tiny_model_dir, monkeypatch):
+    """Stopped after a checkpoint, an --overwrite leaves its run at OUTPUT (for --resume)
+    and the model it replaces aside. Another --overwrite that fails must not take the
+    unfinished run for the model to keep: the old model comes back."""
+    from clipsearch.errors import ClipsearchError
+    from clipsearch.finetune import pipeline
+
+    train, _ = shapes
+    out, aside = tmp_path / "mine", tmp_path / ".mine.replaced"
+    args = [train, "-o", out, "--epochs", 1, "--batch-size", 16, "--base", tiny_model_dir]
+    assert finetune(*args).exit_code == 0
+    before = (out / "model.safetensors").read_bytes()
+
+    def checkpoint_then_stop(_st, _clip, _pairs, _settings, checkpoints, *_rest):
+        state = Path(checkpoints) / "checkpoint-2" / "trainer_state.json"
+        state.parent.mkdir(parents=True)
+        state.write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train", checkpoint_then_stop)
+    result = finetune(*args, "--overwrite")
+    assert result.exit_code == 130 and f"waits in {aside}" in result.stderr, result.output
+    assert (aside / "model.safetensors").read_bytes() == before and not (out / "model.safetensors").exists()
+
+    monkeypatch.setattr(pipeline, "train", lambda *_a, **_k: (_ for _ in ()).throw(ClipsearchError("it broke")))
+    result = finetune(*args, "--overwrite")
+    assert result.exit_code == 1 and "it broke" in result.output
+    assert (out / "model.safetensors").read_bytes() == before and not aside.exists()
+
+
 def test_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, shapes, tiny_model_dir):
     train, _ = shapes
     (tmp_path / "a-file").write_text("")
@@ -316,3 +347,34 @@ def test_missing_training_extras_are_named(tmp_path, shapes, tiny_model_dir, mon
                         lambda name, *args, **kwargs: None if name == "datasets" else real(name, *args, **kwargs))
     result = finetune(shapes[0], "--base", tiny_model_dir, "-o", tmp_path / "out")
     assert result.exit_code == 1 and "needs datasets: pip install 'clipsearch[finetune]'" in result.output
+
+
+def test_a_model_trained_further_in_place_and_stopped_resumes_from_its_base_aside(tmp_path, shapes,
+                                                                                 tiny_model_dir, monkeypatch):
+    """--base M -o M --overwrite stopped after a checkpoint: M holds no model now, so
+    --resume takes the base from where it waits aside (and does not call it changed)."""
+    from clipsearch.errors import ClipsearchError
+    from clipsearch.finetune import pipeline
+
+    train, _ = shapes
+    out = tmp_path / "mine"
+    common = [train, "-o", out, "--epochs", 1, "--batch-size", 16, "--base", out]
+    assert finetune(train, "-o", out, "--epochs", 1, "--batch-size", 16, "--base", tiny_model_dir).exit_code == 0
+    loaded = []
+
+    def checkpoint_then_stop(_st, _clip, _pairs, _settings, checkpoints, *_rest):
+        state = Path(checkpoints) / "checkpoint-2" / "trainer_state.json"
+        state.parent.mkdir(parents=True)
+        state.write_text("{}")
+        raise KeyboardInterrupt
+
+    def resumed(st, *_rest):
+        loaded.append(st)
+        raise ClipsearchError("stopped here by the test")
+
+    monkeypatch.setattr(pipeline, "train", checkpoint_then_stop)
+    assert finetune(*common, "--overwrite").exit_code == 130
+    monkeypatch.setattr(pipeline, "train", resumed)
+    result = finetune(*common, "--resume")
+    assert result.exit_code == 1 and "stopped here by the test" in result.output, result.output
+    assert loaded  # the base loaded (from .mine.replaced) and the run judged the same

@@ -232,6 +232,13 @@ def test_the_same_scan_under_two_names_stays_on_one_side_of_the_split(tmp_path):
         assert len(sides) == 1, seed  # both held out, or both trained on
     with pytest.raises(ClipsearchError, match=f"e.g. {twin} \\(the same file as {images[0]}\\)"):
         check_disjoint(pairs[:1], pairs[-1:])
+    # Two scans of one size, sharing their first MiB and last KiB (white margins) but not
+    # their middle, are two images.
+    page = bytearray(b"\xff" * ((1 << 20) + 300_000))
+    (tmp_path / "page1.bmp").write_bytes(bytes(page))
+    page[(1 << 20) + 1000] = 0
+    (tmp_path / "page2.bmp").write_bytes(bytes(page))
+    check_disjoint([Pair(str(tmp_path / "page1.bmp"), "page 1", "")], [Pair(str(tmp_path / "page2.bmp"), "p", "")])
 
 
 # Reading with pandas: the line numbers and quirks it must not change.
