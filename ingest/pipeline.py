@@ -91,8 +91,11 @@ class IngestSummary:
     # warnings are in the report, not on stderr.
     warned: int = 0
     # New paths whose content was already indexed (clipsearch/fingerprint.py): the point's
-    # vector reused, nothing decoded. moved: the old path is gone and its point removed;
-    # copied: both stay. upgraded: older points given their fingerprint and photo facts.
+    # vector reused, nothing decoded. moved: the content left its old path (gone: its
+    # point removed; holding other content: that point rewritten when its file is met);
+    # copied: both stay (also where the old path may be on a drive not mounted). A file
+    # only touched (same bytes) counts as unchanged. upgraded: older points given their
+    # fingerprint and photo facts.
     moved: int = 0
     copied: int = 0
     upgraded: int = 0
@@ -307,6 +310,17 @@ class Ingestor:
             yield from flush()
         self.walk_done = True
 
+    def _twins(self) -> Iterator[FileEntry]:
+        """The files held back for a byte-identical twin this run embedded, now that its
+        point is written: each gets its vector, by lookup chunks; those whose twin could
+        not be embedded are embedded themselves."""
+        held = self._relinker.take_held()
+        for i in range(0, len(held), LOOKUP_CHUNK):
+            if self._stopped.is_set():
+                return  # the next run meets them as new files
+            yield from self._relinker.relink(held[i:i + LOOKUP_CHUNK], hold=False)
+            self._show()
+
     def _embed(self, entries: Iterable[FileEntry]) -> None:
         """Decode, encode and upsert `entries` batch by batch, every write in when it returns."""
         batch: list[tuple[FileEntry, Decoded | Prepared]] = []
@@ -482,7 +496,7 @@ class Ingestor:
         with self._counts_lock:
             self.summary = IngestSummary()
             self._relinker = Relinker(self.index, self.progress.message, self.summary,
-                                      allow_missing=self.options.allow_missing)
+                                      allow_missing=self.options.allow_missing, settle=self._drain_writes)
         self.walk_done = False
         self.walked = 0
         self.seen_ids = set()
@@ -515,9 +529,7 @@ class Ingestor:
         self._writes: deque = deque()
         try:
             self._embed(self._unchanged_filtered(entries) if filtered else entries)
-            held = self._relinker.take_held()
-            if held and not self._stopped.is_set():  # twins of files just embedded: their vectors now
-                self._embed(self._relinker.relink(held, hold=False))
+            self._embed(self._twins())
             if self._unusable_ids:
                 self.index.delete(ids=self._unusable_ids)
                 self.summary.removed += len(self._unusable_ids)

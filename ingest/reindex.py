@@ -220,7 +220,7 @@ def _fill(ingestor: Ingestor, version: Index, records: dict[str, Stored], summar
         if held.get(pid) == (st.st_size, st.st_mtime_ns):
             summary.resumed += 1
             continue
-        entries.append(FileEntry(record.path, st.st_size, st.st_mtime_ns))
+        entries.append(FileEntry(record.path, st.st_size, st.st_mtime_ns, st.st_dev))
     for start in range(0, len(extra), 1000):
         version.delete(ids=extra[start:start + 1000])
     summary.removed += len(extra)

@@ -2,16 +2,18 @@
 the point with their fingerprint (no decode, no encode, no model), and points made
 before fingerprints existed get theirs, and their photo facts, by reading the file once.
 
-A move (the old path is gone) removes the old point in the same run; a copy (the old
-path is still there) keeps both. Content-derived payload (size in pixels, capture time,
+A move (the old path is gone, or holds other content now) removes the old point in the
+same run (or leaves it for that other content's own ingest); a copy (the old path still
+holds it) keeps both. Content-derived payload (size in pixels, capture time,
 camera, location, fingerprint) travels with the vector; path, folders, size and mtime
 are the new file's.
 
 - Gone means missing from its folder's listing (prune.py's FolderListings). A drive or
   share that is not mounted looks the same, and its points must not go because a copy
   of one of its photos turned up elsewhere: where the nearest folder still there above
-  the old path is empty (a mount point, an automount's parent), the old point stays, as
-  for a copy, unless --allow-missing.
+  the old path is on another file system than the one the point records (`dev`: the
+  mount point is on the file system below), or, for a point from before `dev`, is
+  empty, the old point stays, as for a copy, unless --allow-missing.
 - A file renamed onto a name that was indexed (renumbering, a swap) is a changed file:
   it is matched by content like a new one, and its old content's point, if that content
   now lives elsewhere, is found the same way.
@@ -39,33 +41,51 @@ from .walk import FileEntry
 CONTENT_FIELDS = ("width", "height", "taken", "camera", "camera_words", "location", "fingerprint", "content_hash")
 # What a lookup by fingerprint reads of each point: its content and where it is. Not the
 # rest (`dirs`, a list of every ancestor folder, costs more to read than the vector).
-LOOKUP_FIELDS = (*CONTENT_FIELDS, "path", PATH_BYTES, "size", "mtime_ns")
+LOOKUP_FIELDS = (*CONTENT_FIELDS, "path", PATH_BYTES, "size", "mtime_ns", "dev")
 
 # Where a matching point's own file is now (Relinker._source_state).
 THERE, GONE, REPLACED, UNSURE = "there", "gone", "replaced", "unsure"
 
 
 def place_payload(entry: FileEntry) -> dict:
-    """The payload fields that say where a file is and which version of it."""
-    return {**path_fields(entry.path), "dirs": ancestor_dirs(entry.path), "size": entry.size,
-            "mtime": entry.mtime, "mtime_ns": entry.mtime_ns}
+    """The payload fields that say where a file is and which version of it. `dev`, the
+    file system it was on, tells a file that is gone from one whose drive or share is
+    not mounted (Relinker._source_state)."""
+    place = {**path_fields(entry.path), "dirs": ancestor_dirs(entry.path), "size": entry.size,
+             "mtime": entry.mtime, "mtime_ns": entry.mtime_ns}
+    if entry.dev >= 0:
+        place["dev"] = entry.dev
+    return place
 
 
 class Relinker:
-    """Per ingest call. Counts into `counts` (the call's summary: moved, copied,
-    upgraded); says once that it upgrades older points."""
+    """Per ingest call. Counts into `counts` (the call's summary: moved, copied, and
+    unchanged for a file only touched; upgraded); says once that it upgrades older
+    points. `settle()` waits for the writes in flight: a lookup must not see a point's
+    payload from before a write that lands before its vector is copied."""
 
-    def __init__(self, index: Index, say: Callable[[str], None], counts, allow_missing: bool = False):
+    def __init__(self, index: Index, say: Callable[[str], None], counts, allow_missing: bool = False,
+                 settle: Callable[[], None] = lambda: None):
         self.index = index
         self.say = say
         self.counts = counts
         self.allow_missing = allow_missing
+        self.settle = settle
         self._announced = False
         self._known: bool | None = None  # whether any point has a fingerprint to match
-        # hash() of the fingerprints of files this run embeds (ints: a first ingest of
-        # 500k files keeps this small; a collision only holds a file back for a lookup).
+        # Twins new in this run. Sizes first (the first file of each size, as its path; a
+        # second of that size makes both read for their fingerprints), then hash() of
+        # the fingerprints of files being embedded (ints: 500k files stay small; a
+        # collision only holds a file back for a lookup).
+        self._sizes: dict[int, str | None] = {}
         self._queued: set[int] = set()
         self._held: list[FileEntry] = []
+        # Where the old paths of matching points are, for the whole run: a folder of
+        # 100k files listed once, not once a lookup chunk.
+        self._listings = FolderListings()
+        self._known_folders: dict[str, bool] = {}
+        self._folder_devs: dict[str, int | None] = {}
+        self._empty: dict[str, bool] = {}
 
     def relink(self, entries: Sequence[FileEntry], ids: Sequence[str] | None = None, hold: bool = True
                ) -> list[FileEntry]:
@@ -76,8 +96,8 @@ class Relinker:
         if not entries:
             return []
         indexed = self._has_fingerprints()
-        if not indexed and not hold:
-            return list(entries)
+        if not indexed:
+            return self._first_of_their_content(entries) if hold else list(entries)
         id_of = dict(zip((e.path for e in entries), ids if ids is not None else (point_id(e.path) for e in entries)))
         prints = {}
         for entry in entries:
@@ -86,20 +106,21 @@ class Relinker:
             except OSError:
                 pass  # unreadable now: the decoder will say why
         sources: dict[str, list] = {}
-        if indexed and prints:
+        if prints:
+            self.settle()
             for record in self.index.find("fingerprint", sorted(set(prints.values())), fields=LOOKUP_FIELDS):
                 sources.setdefault(record.payload.get("fingerprint"), []).append(record)
-        listings, known, empty = FolderListings(), {}, {}
         states: dict[str, str] = {}
 
         def state(record) -> str:
             if record.id not in states:
-                states[record.id] = self._source_state(record, listings, known, empty)
+                states[record.id] = self._source_state(record)
             return states[record.id]
 
         preference = {GONE: 0, REPLACED: 1, UNSURE: 2, THERE: 2}
-        left, new_ids, copied_from, payloads, gone, used = [], [], [], [], set(), set()
-        moved = copied = refreshed = 0
+        left: list[FileEntry] = []
+        copies: list[tuple[FileEntry, str, object, str]] = []  # (entry, its id, source, moved|copied|refreshed)
+        used: set[str] = set()
         for entry in entries:
             print_ = prints.get(entry.path)
             candidates = _same_content(entry, sources.get(print_, []))
@@ -117,31 +138,56 @@ class Relinker:
             source = next((r for r in candidates if r.id == own), None) or min(
                 candidates, key=lambda r: (r.id in used, preference[state(r)], r.path))
             if source.id == own:
-                refreshed += 1
+                kind = "refreshed"
             elif source.id not in used and state(source) in (GONE, REPLACED):
                 used.add(source.id)
-                if state(source) == GONE:
-                    gone.add(source.id)
-                moved += 1
+                kind = "moved"
             else:
-                copied += 1
-            new_ids.append(own)
-            copied_from.append(source.id)
-            content = {k: source.payload[k] for k in CONTENT_FIELDS if k in source.payload}
-            payloads.append({**place_payload(entry), **content})
-        if new_ids:
-            missing = self.index.copy_points(copied_from, new_ids, payloads)
-            if missing:  # a source deleted since the lookup (another writer): embed those files
-                left += [entry for entry in entries if id_of[entry.path] in missing]
-                lost = {source for source, i in zip(copied_from, new_ids) if i in missing}
-                gone -= lost
-                moved -= len(used & lost)
-                copied = len(new_ids) - len(missing) - moved - refreshed
-            self.counts.moved += moved
-            self.counts.copied += copied
-            self.counts.unchanged += refreshed
-        if gone:  # after the new points are written: a kill between leaves both, never neither
-            self.index.delete(ids=sorted(gone - set(new_ids)))
+                kind = "copied"
+            copies.append((entry, own, source, kind))
+        if copies:
+            missing = self.index.copy_points(
+                [source.id for _, _, source, _ in copies], [own for _, own, _, _ in copies],
+                [{**place_payload(entry), **{k: source.payload[k] for k in CONTENT_FIELDS if k in source.payload}}
+                 for entry, _, source, _ in copies])
+            # A source deleted since the lookup (another writer): that file is embedded.
+            left += [entry for entry, own, _, _ in copies if own in missing]
+            done = [(own, source, kind) for _, own, source, kind in copies if own not in missing]
+            self.counts.moved += sum(kind == "moved" for _, _, kind in done)
+            self.counts.copied += sum(kind == "copied" for _, _, kind in done)
+            self.counts.unchanged += sum(kind == "refreshed" for _, _, kind in done)
+            written = {own for own, _, _ in done}
+            gone = {source.id for _, source, kind in done if kind == "moved" and state(source) == GONE}
+            if gone - written:  # after the new points are written: a kill between leaves both, never neither
+                self.index.delete(ids=sorted(gone - written))
+        return left
+
+    def _first_of_their_content(self, entries: Sequence[FileEntry]) -> list[FileEntry]:
+        """An index with no fingerprints yet (a first ingest): nothing to look up, but a
+        file byte-identical to one this run embeds waits for its vector. Only files of a
+        size met before are read for their fingerprints."""
+        left = []
+        for entry in entries:
+            first = self._sizes.setdefault(entry.size, entry.path)
+            if first == entry.path:
+                left.append(entry)
+                continue
+            if first is not None:  # the first of this size: its fingerprint now, once
+                self._sizes[entry.size] = None
+                try:
+                    self._queued.add(hash(fingerprint(first, entry.size)))
+                except OSError:
+                    pass
+            try:
+                key = hash(fingerprint(entry.path, entry.size))
+            except OSError:
+                left.append(entry)  # unreadable now: the decoder will say why
+                continue
+            if key in self._queued:
+                self._held.append(entry)
+            else:
+                self._queued.add(key)
+                left.append(entry)
         return left
 
     def take_held(self) -> list[FileEntry]:
@@ -151,32 +197,52 @@ class Relinker:
         self._known = None  # this run's points carry fingerprints now
         return held
 
-    def _source_state(self, record, listings: FolderListings, known: dict, empty: dict) -> str:
+    def _source_state(self, record) -> str:
         """Whether the file a matching point was made from is still at its path (THERE:
         this is a copy), gone from its folder (GONE: a move, its point removed), or
         replaced by other content (REPLACED: a move, the point left for that file's own
         ingest). UNSURE, kept as for a copy: gone, but the nearest folder left above it
-        is empty, which is what a drive or share that is not mounted looks like."""
+        is not on the file system the file was on (a drive or share not mounted: its
+        mount point is on the one below), or, for a point that does not record one, is
+        empty (a mount point). --allow-missing takes UNSURE for GONE."""
         path = record.path
-        if listings.gone(path):
+        if self._listings.gone(path):
             if self.allow_missing:
                 return GONE
-            folder = nearest_folder(path, known)
-            if folder not in empty:
-                try:
-                    with os.scandir(folder) as found:
-                        empty[folder] = not any(not e.name.startswith(".") for e in found)
-                except OSError:
-                    empty[folder] = True  # cannot look: do not call it a move
-            return UNSURE if empty[folder] else GONE
+            folder = nearest_folder(path, self._known_folders)
+            recorded = record.payload.get("dev")
+            if isinstance(recorded, int):
+                return UNSURE if self._folder_dev(folder) != recorded else GONE
+            return UNSURE if self._is_empty(folder) else GONE
         try:
             st = os.stat(path)
         except OSError:
             return THERE  # listed, but cannot be looked at now: keep its point
         size, mtime_ns = record.payload.get("size"), record.payload.get("mtime_ns")
-        if size is not None and mtime_ns is not None and (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-            return REPLACED
-        return THERE
+        if size is None or mtime_ns is None or (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+            return THERE
+        try:  # changed by size or time: its bytes tell (only touched: still there, a copy)
+            same = fingerprint(path, st.st_size) == record.payload.get("fingerprint")
+        except OSError:
+            return THERE
+        return THERE if same else REPLACED
+
+    def _folder_dev(self, folder: str) -> int | None:
+        if folder not in self._folder_devs:
+            try:
+                self._folder_devs[folder] = os.stat(folder).st_dev
+            except OSError:
+                self._folder_devs[folder] = None
+        return self._folder_devs[folder]
+
+    def _is_empty(self, folder: str) -> bool:
+        if folder not in self._empty:
+            try:
+                with os.scandir(folder) as found:
+                    self._empty[folder] = not any(not e.name.startswith(".") for e in found)
+            except OSError:
+                self._empty[folder] = True  # cannot look: do not call it a move
+        return self._empty[folder]
 
     def upgrade(self, entries: Sequence[FileEntry]) -> None:
         """Give points made before fingerprints their fingerprint and photo facts, from

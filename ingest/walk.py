@@ -46,6 +46,7 @@ class FileEntry:
     path: str  # canonical absolute path
     size: int
     mtime_ns: int  # exact; a float mtime does not survive every JSON round trip bit for bit
+    dev: int = -1  # the file system it is on (st_dev); -1 where not known
 
     @property
     def mtime(self) -> float:
@@ -130,7 +131,7 @@ def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[
         if on_error:
             on_error(lexical, f"cannot stat: {exc.strerror}")
         return None
-    return FileEntry(os.path.realpath(lexical), st.st_size, st.st_mtime_ns)
+    return FileEntry(os.path.realpath(lexical), st.st_size, st.st_mtime_ns, st.st_dev)
 
 
 def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: set[str] | None = None,
@@ -187,5 +188,5 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 seen_files.add(key)
                 # `folder` is already canonical, so only a link needs resolving.
                 path = os.path.realpath(entry.path) if is_link else entry.path
-                yield FileEntry(path, st.st_size, st.st_mtime_ns)
+                yield FileEntry(path, st.st_size, st.st_mtime_ns, st.st_dev)
             stack.extend(reversed(subfolders))  # depth-first, in name order

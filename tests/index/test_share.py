@@ -44,7 +44,9 @@ def many_images(folder: Path, count: int, offset: int = 0) -> list[Path]:
     paths = []
     for i in range(offset, offset + count):
         path = folder / f"{i:04d}.png"
-        Image.new("RGB", (40, 32), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256)).save(path)
+        image = Image.new("RGB", (40, 32), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256))
+        image.putpixel((0, 0), (i % 256, i // 256, 0))  # colours repeat every 256: no two files alike
+        image.save(path)
         paths.append(path)
     return paths
 

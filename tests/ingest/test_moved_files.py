@@ -196,16 +196,26 @@ def _vectors(index, model) -> dict:
         return {r.path: np.asarray(r.vector) for r in opened.scroll(with_vectors=True)}
 
 
+def _rewrite_payloads(index, model, change) -> None:
+    with open_index(Settings.resolve(index=str(index), model=str(model))) as opened:
+        records = list(opened.scroll(with_vectors=True))
+        opened.upsert([r.id for r in records], np.stack([r.vector for r in records]),
+                      [change(dict(r.payload)) for r in records])
+
+
 def test_a_copy_of_a_photo_on_a_share_not_mounted_keeps_the_shares_point(tmp_path, tiny_model_dir):
-    """The share's mount point is empty while it is not mounted: its photos look gone. A
-    copy of one turning up on the laptop is a copy then, not a move that drops the
-    share's point; --allow-missing says they are gone indeed."""
+    """A share's photos look gone while it is not mounted: their points record the file
+    system they were on, and the mount point left is on another. A copy of one turning up
+    on the laptop is a copy then, not a move that drops the share's point; --allow-missing
+    says they are gone indeed."""
     nas, laptop, index = tmp_path / "mnt" / "nas", tmp_path / "laptop", tmp_path / "index"
     a, b, _ = draw_collection(nas / "2019", 3)
     assert _ingest([nas], index, tiny_model_dir).embedded == 3
+    share_dev = os.stat(nas).st_dev + 1  # as if the share were a file system of its own
+    _rewrite_payloads(index, tiny_model_dir, lambda p: {**p, "dev": share_dev} if "/nas/" in p["path"] else p)
     laptop.mkdir()
     shutil.copy2(a, laptop / a.name)
-    shutil.move(str(nas / "2019"), tmp_path / "unmounted")  # the mount point stays, empty
+    shutil.move(str(nas / "2019"), tmp_path / "unmounted")  # the mount point stays, on the file system below
     summary = _ingest([laptop], index, tiny_model_dir)
     assert (summary.embedded, summary.moved, summary.copied) == (0, 0, 1), summary
     kept = _vectors(index, tiny_model_dir)
@@ -219,6 +229,26 @@ def test_a_copy_of_a_photo_on_a_share_not_mounted_keeps_the_shares_point(tmp_pat
     os.rename(laptop, tmp_path / "trip")
     summary = _ingest([tmp_path / "trip"], index, tiny_model_dir)
     assert (summary.embedded, summary.moved) == (0, 2), summary
+
+
+def test_photos_sorted_out_of_a_folder_left_empty_are_moves(tmp_path, tiny_model_dir):
+    """Emptying an import folder on the same file system is a move (the folder's file
+    system is the one the points record), while a point from before `dev` was recorded
+    takes an empty folder for a mount point and keeps its old point, as a copy."""
+    photos, index = tmp_path / "photos", tmp_path / "index"
+    draw_collection(photos / "import", 4)
+    assert _ingest([photos], index, tiny_model_dir).embedded == 4
+    (photos / "2024").mkdir()
+    for path in sorted((photos / "import").iterdir())[:2]:
+        os.rename(path, photos / "2024" / path.name)
+    _rewrite_payloads(index, tiny_model_dir, lambda p: p if "/import/" not in p["path"] or p["path"].endswith(
+        ("000-red-circle.png", "001-green-circle.png")) else {k: v for k, v in p.items() if k != "dev"})
+    for path in sorted((photos / "import").iterdir()):  # the last two: from before `dev`
+        os.rename(path, photos / "2024" / path.name)
+    summary = _ingest([photos], index, tiny_model_dir)
+    assert (summary.embedded, summary.moved, summary.copied) == (0, 2, 2), summary
+    left = {os.path.basename(p) for p in _vectors(index, tiny_model_dir) if "/import/" in p}
+    assert left == {p.name for p in sorted((photos / "2024").iterdir())[2:]}
 
 
 def test_renumbered_files_keep_their_vectors_and_leave_no_old_name(tmp_path, tiny_model_dir):
