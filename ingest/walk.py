@@ -60,10 +60,14 @@ def exclude_patterns(exclude: Iterable[str]) -> tuple[str, ...]:
     person who typed it means. `~` is the home folder."""
     patterns = []
     for pattern in exclude:
-        pattern = os.path.expanduser(pattern).rstrip("/") or "/"
+        pattern = os.path.expanduser(pattern)
+        if pattern.rstrip("/") not in ("", "*"):  # raw/ is raw; */ and / are left as they are
+            pattern = pattern.rstrip("/")
         while pattern.startswith("./"):
             pattern = pattern[2:]
-        if "/" in pattern and not pattern.startswith(("/", "*")):
+        if pattern.startswith("/"):  # the walk's paths are canonical: a symlinked home too
+            pattern = os.path.realpath(pattern)
+        elif "/" in pattern and not pattern.startswith("*"):
             pattern = "*/" + pattern
         patterns.append(pattern)
     return tuple(patterns)

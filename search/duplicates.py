@@ -95,34 +95,41 @@ def find_duplicates(index: Index, similar: float | None = None, under: str | Non
 
         under = canonical_path(under)  # as the `dirs` payload spells folders
     found = identical_groups(index, under)
+    aliases: dict[str, str] = {}  # path -> the path kept for its file
+    found.groups = _one_path_per_file(found.groups, aliases)
     if similar is not None:
         seen = {frozenset(m.id for m in g.members) for g in found.groups}
-        found.groups += [g for g in similar_groups(index, similar, under, progress)
+        found.groups += [g for g in _one_path_per_file(similar_groups(index, similar, under, progress), aliases)
                          if frozenset(m.id for m in g.members) not in seen]
-    found.groups = [g for g in (_one_path_per_file(group, found.same_file) for group in found.groups)
-                    if len(g.members) > 1]
+    found.same_file = sorted(aliases.items())
     return found
 
 
-def _one_path_per_file(group: DuplicateGroup, same_file: list[tuple[str, str]]) -> DuplicateGroup:
-    """The group with each file once: a member that is an earlier member's very file
-    (same device and inode) is left out and noted in `same_file`."""
-    first: dict[tuple[int, int], str] = {}
-    kept = []
-    for member in group.members:
-        try:
-            st = os.stat(member.path)
-        except OSError:  # gone since (a near-duplicate's point): listed as it is
-            kept.append(member)
-            continue
-        other = first.setdefault((st.st_dev, st.st_ino), member.path)
-        if other == member.path:
-            kept.append(member)
-        else:
-            same_file.append((member.path, other))
-    if len(kept) == len(group.members):
-        return group
-    return DuplicateGroup(group.kind, [replace(m, rank=rank) for rank, m in enumerate(kept, start=1)])
+def _one_path_per_file(groups: list[DuplicateGroup], aliases: dict[str, str]) -> list[DuplicateGroup]:
+    """The groups with each file once, and those left with two files or more: a member
+    that is an earlier member's very file (same device and inode: a hard link, or one
+    share reached by two bind mounts; two network mounts of one share usually differ in
+    device and are not caught) is left out and noted in `aliases`."""
+    kept_groups = []
+    for group in groups:
+        first: dict[tuple[int, int], str] = {}
+        kept = []
+        for member in group.members:
+            try:
+                st = os.stat(member.path)
+            except OSError:  # gone since (a near-duplicate's point): listed as it is
+                kept.append(member)
+                continue
+            other = first.setdefault((st.st_dev, st.st_ino), member.path)
+            if other == member.path:
+                kept.append(member)
+            else:
+                aliases[member.path] = other
+        if len(kept) == len(group.members):
+            kept_groups.append(group)
+        elif len(kept) > 1:
+            kept_groups.append(DuplicateGroup(group.kind, [replace(m, rank=rank) for rank, m in enumerate(kept, 1)]))
+    return kept_groups
 
 
 # -- byte-identical ----------------------------------------------------------------------
