@@ -57,7 +57,7 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
               help="Take files that look like a drive or share not mounted for gone: with --prune, prune even "
                    "where more than half of a folder's images (and more than 10) are gone (without it that is "
                    "left, and the run exits 1); a moved file's old point goes even where the folder left above "
-                   "it is empty (without it, a copy).")
+                   "it is on another file system than the file was (without it, a copy).")
 @report_options
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, allow_missing,
            report, quiet, verbose, as_json):
