@@ -61,28 +61,41 @@ class FinetuneOptions:
     templates: tuple[str, ...] = ()  # --template: captions for a labelled folder's labels
 
 
-def check_output(output: Path, overwrite: bool, resume: bool) -> None:
+def check_output(output: Path, overwrite: bool, resume: bool, data: str | None = None) -> None:
     if overwrite and resume:
         raise ClipsearchError("--overwrite and --resume contradict each other: pick one")
     if output.exists() and not output.is_dir():
         raise ClipsearchError(f"--output {output} is a file, not a folder")
+    if data is not None and Path(data).expanduser().is_dir():
+        folder = Path(data).expanduser().resolve()
+        if output == folder or folder in output.parents:
+            # its images (the card, the checkpoints' samples) would be read as data next time
+            raise ClipsearchError(f"--output {output} is inside DATA {folder}: choose a folder outside it")
     used = output.is_dir() and any(output.iterdir())
     ours = (output / RUN_FILE).is_file()
+    finished = ours and _run_status(output) == "done"
     if resume:
         if not ours:
             raise ClipsearchError(f"--resume: {output} holds no interrupted fine-tune ({RUN_FILE} is missing)")
-        if json.loads((output / RUN_FILE).read_text()).get("status") == "done":
+        if finished:
             raise ClipsearchError(f"--resume: the fine-tune in {output} already finished; nothing to resume")
     elif used and not overwrite:
-        hint = " or --resume to continue it" if ours else ""
+        hint = " or --resume to continue it" if ours and not finished else ""
         raise ClipsearchError(f"--output {output} already exists; pass --overwrite to replace it{hint}")
-    elif used and not (ours or (output / "modules.json").is_file()):
+    elif used and not (ours or (output / "modules.json").is_file() or (output / "config.json").is_file()):
         raise ClipsearchError(
             f"--output {output} is not empty and is not a model folder; refusing to delete it: choose another --output"
         )
     writable_folder(output, "--output")
     if overwrite and used:  # the old model is renamed aside in its parent
         writable_folder(output.parent, "--output")
+
+
+def _run_status(output: Path) -> str | None:
+    try:
+        return json.loads((output / RUN_FILE).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def writable_folder(path: Path, flag: str) -> None:
@@ -162,7 +175,7 @@ def _templates(opts: FinetuneOptions, data: PairSet, held_set: PairSet | None) -
 def run_finetune(opts: FinetuneOptions) -> dict:
     """Returns the evaluation record (also written to OUTPUT/eval.json)."""
     output = Path(opts.output).expanduser().resolve()
-    check_output(output, opts.overwrite, opts.resume)
+    check_output(output, opts.overwrite, opts.resume, opts.data)
     if opts.report:
         writable_folder(Path(opts.report).expanduser().resolve().parent, "--report")
     progress = Progress(quiet=opts.quiet)
@@ -280,8 +293,9 @@ def run_finetune(opts: FinetuneOptions) -> dict:
 
 
 def _finished_model(folder: Path) -> bool:
-    """A model folder ingest and search can load: not a fine-tune still under way."""
-    if not (folder / "modules.json").is_file():
+    """A model folder ingest and search can load (either layout): not a fine-tune still
+    under way."""
+    if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
         return False
     try:
         return json.loads((folder / RUN_FILE).read_text()).get("status", "done") == "done"

@@ -159,6 +159,14 @@ def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bo
     fmt, rows = read_rows(data)
     source = str(Path(data).expanduser().resolve())
     pairs, problems = check_rows(rows, check_images, workers, on_checked, max_megapixels)
+    if problems and not pairs and all(p.reason.startswith("image not found") for p in problems):
+        # Not a few bad rows: the paths are read from another folder than the one meant.
+        folder = source if os.path.isdir(source) else os.path.dirname(source)
+        which = f"none of the {len(problems)} images" if len(problems) > 1 else "the only image"
+        raise ClipsearchError(
+            f"{which} in {shown(source)} exists, e.g. {_first(problems[:1])}; "
+            f"relative image paths are read from the data file's folder, {shown(folder)}: move the file "
+            "there or give absolute paths")
     if problems and not skip_bad:
         listed = "all are named here" if len(problems) <= SHOWN_IN_ERROR else "pass --report FILE to list them all"
         if report is not None:

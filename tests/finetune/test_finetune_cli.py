@@ -129,6 +129,31 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, shapes, tiny_mode
     assert json.loads((out / "finetune_run.json").read_text())["settings"]["seed"] == 1
     result = finetune(*args, "--resume")
     assert result.exit_code == 1 and "already finished" in result.output
+    result = finetune(*args)  # a finished run: --resume is no way out, and is not offered
+    assert result.exit_code == 1 and "--overwrite" in result.output and "--resume" not in result.output
+
+
+def test_output_inside_a_data_folder_and_a_transformers_model_folder(tmp_path, tiny_model_dir):
+    """A model written inside a folder DATA would be read as data by the next run; a
+    model folder in the plain transformers layout (config.json) is one --overwrite may
+    replace (set aside, not deleted)."""
+    from support import draw_collection
+
+    data = tmp_path / "captioned"
+    for path in draw_collection(data, 6):
+        path.with_suffix(".txt").write_text(f"a {path.stem.split('-', 1)[1].replace('-', ' ')}")
+    result = finetune(data, "--base", tiny_model_dir, "-o", data / "model")
+    assert result.exit_code == 1 and f"is inside DATA {data}" in result.output, result.output
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    result = finetune(data, "--base", tiny_model_dir, "-o", plain, "--eval-split", "0", "--epochs", 1,
+                      "--batch-size", 4)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = finetune(data, "--base", tiny_model_dir, "-o", plain, "--eval-split", "0", "--epochs", 1,
+                      "--batch-size", 4, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (plain / "modules.json").is_file() and not (tmp_path / ".plain.replaced").exists()
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, "a training image vanished"])

@@ -28,6 +28,7 @@ EXPECTED = [("img/red.png", "a red circle"), ("img/blue.png", "a blue square, sm
 
 
 def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -182,7 +183,14 @@ def test_jsonl_bad_lines(photos):
 
 def test_no_usable_pairs_and_missing_data(photos):
     with pytest.raises(ClipsearchError, match="no usable"):
-        load_pairs(_write(photos / "a.csv", "image_path,text_description\nimg/nope.png,x\n"), skip_bad=True)
+        load_pairs(_write(photos / "a.csv", "image_path,text_description\nimg/nope.png,x\nimg/red.png,\n"),
+                   skip_bad=True)
+    # Every image missing: the paths are read from another folder than meant, and it says which.
+    moved = _write(photos / "elsewhere" / "a.csv", "image_path,text_description\nimg/red.png,x\nimg/blue.png,y\n")
+    for skip_bad in (False, True):
+        with pytest.raises(ClipsearchError, match=f"none of the 2 images in .* exists.*relative image paths are read "
+                                                  f"from the data file's folder, {photos / 'elsewhere'}"):
+            load_pairs(moved, skip_bad=skip_bad)
     with pytest.raises(ClipsearchError, match="does not exist"):
         load_pairs(photos / "nothing.csv")
     with pytest.raises(ClipsearchError, match="missing column"):
