@@ -58,16 +58,20 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
                    "where more than half of a folder's images (and more than 10) are gone (without it that is "
                    "left, and the run exits 1); a moved file's old point goes even where the folder left above "
                    "it is on another file system than the file was (without it, a copy).")
+@click.option("--recheck", is_flag=True,
+              help="Compare each file's content fingerprint too, not only its size and time: finds files edited "
+                   "with their time kept (exiftool -P shifting dates), at the cost of reading up to 1 MiB of "
+                   "every file.")
 @report_options
 def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shard, precision, prune, allow_missing,
-           report, quiet, verbose, as_json):
+           recheck, report, quiet, verbose, as_json):
     """Embed the images under FOLDERS into the index (incremental: unchanged files are skipped)."""
     from .pipeline import IngestOptions
     from .pipeline import ingest as run_ingest
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), exclude=exclude, prune=prune,
                             allow_missing=allow_missing, report=report, quiet=quiet, shard=config.value("shard", shard),
-                            precision=precision or "", verbose=verbose)
+                            precision=precision or "", verbose=verbose, recheck=recheck)
     # The model loads only when a file needs embedding: an unchanged re-run takes
     # the model's identity from the model cache and imports no torch; on a CPU, the
     # images go through the ONNX image tower, exported by the first run that needs it.

@@ -68,6 +68,9 @@ class IngestOptions:
     report: str | None = None
     quiet: bool = False
     shard: tuple[int, int] | None = None  # (i, n): only files whose id hash falls in shard i of n
+    # Compare every file's content fingerprint too, not only its size and mtime: finds
+    # files edited with their time kept (exiftool -P), at the cost of reading each one.
+    recheck: bool = False
     # Build the HNSW index at the end of run() (edge). serve builds it elsewhere, without
     # blocking its queries, and turns this off.
     optimize: bool = True
@@ -269,7 +272,8 @@ class Ingestor:
             stored = {r.id: r.payload for r in self.index.retrieve(ids)}
             new, new_ids, older = [], [], []
             for entry, pid in zip(chunk, ids):
-                if pid in stored and _is_unchanged(stored[pid], entry):
+                unchanged = pid in stored and _is_unchanged(stored[pid], entry)
+                if unchanged and not self._edited_in_place(stored[pid], entry):
                     self.summary.unchanged += 1
                     if "fingerprint" not in stored[pid]:
                         older.append(entry)
@@ -339,6 +343,18 @@ class Ingestor:
         if batch:
             self._commit(batch)
         self._drain_writes()
+
+    def _edited_in_place(self, payload: dict, entry: FileEntry) -> bool:
+        """With --recheck: whether a file unchanged by size and mtime holds other bytes
+        than its point was made from (a point without a fingerprint is upgraded, below)."""
+        if not self.options.recheck or "fingerprint" not in payload:
+            return False
+        from clipsearch.fingerprint import fingerprint
+
+        try:
+            return fingerprint(entry.path, entry.size) != payload["fingerprint"]
+        except OSError:
+            return False  # unreadable now: left as it is
 
     def _decoded(self, entries: Iterable[FileEntry]) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         """Decode in a process pool, in order, with a bounded number in flight; in this

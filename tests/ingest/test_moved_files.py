@@ -291,3 +291,27 @@ def test_byte_identical_files_new_in_one_run_are_embedded_once(tmp_path, tiny_mo
     assert len(vectors) == 12
     for path in (library / "DCIM").glob("*.png"):
         assert np.allclose(vectors[str(path)], vectors[str(library / "DCIM (2)" / path.name)])
+
+
+def test_recheck_finds_a_date_shifted_with_the_files_time_kept(tmp_path, tiny_model_dir):
+    """exiftool -P shifts a capture date and keeps the file's size and mtime: by size and
+    time the file is unchanged, and its old date would filter forever. --recheck reads
+    each file's fingerprint and embeds the one whose bytes changed, and only it."""
+    from support import exif_photo
+
+    photos, index = tmp_path / "photos", tmp_path / "index"
+    shifted = exif_photo(photos / "trip.jpg", "red", "2019:07:13 12:00:00")
+    exif_photo(photos / "home.jpg", "blue", "2020:01:01 09:00:00")
+    assert _ingest([photos], index, tiny_model_dir).embedded == 2
+    st = os.stat(shifted)
+    shifted.write_bytes(shifted.read_bytes().replace(b"2019:07:13", b"2018:07:13"))
+    os.utime(shifted, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def taken() -> str:
+        with open_index(Settings.resolve(index=str(index), model=str(tiny_model_dir))) as opened:
+            return next(r.payload["taken"] for r in opened.scroll() if r.path == str(shifted))
+
+    assert _ingest([photos], index, tiny_model_dir).unchanged == 2 and taken().startswith("2019")
+    summary = _ingest([photos], index, tiny_model_dir, recheck=True)
+    assert (summary.embedded, summary.unchanged) == (1, 1), summary
+    assert taken() == "2018-07-13T12:00:00"
