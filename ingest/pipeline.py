@@ -270,13 +270,17 @@ class Ingestor:
 
         def flush():
             stored = {r.id: r.payload for r in self.index.retrieve(ids)}
-            new, new_ids, older = [], [], []
+            new, new_ids, older, remounted = [], [], [], []
             for entry, pid in zip(chunk, ids):
                 unchanged = pid in stored and _is_unchanged(stored[pid], entry)
                 if unchanged and not self._edited_in_place(stored[pid], entry):
                     self.summary.unchanged += 1
                     if "fingerprint" not in stored[pid]:
                         older.append(entry)
+                    elif entry.dev >= 0 and isinstance(stored[pid].get("dev"), int) and stored[pid]["dev"] != entry.dev:
+                        # mounted again under another device number (a share, a USB disk):
+                        # the record follows, or its moves would look like a drive not mounted
+                        remounted.append((pid, {**stored[pid], "dev": entry.dev}))
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
@@ -289,6 +293,9 @@ class Ingestor:
                     new_ids.append(pid)
             chunk.clear()
             ids.clear()
+            if remounted:
+                self.index.copy_points([pid for pid, _ in remounted], [pid for pid, _ in remounted],
+                                       [payload for _, payload in remounted])
             self._relinker.upgrade(older)
             yield from self._relinker.relink(new, new_ids)  # moved or copied files keep their vectors
             # A walk of unchanged, moved or copied files embeds nothing for minutes on a
@@ -491,7 +498,7 @@ class Ingestor:
         shard = self.options.shard
         held: set[str] = set()  # nested roots scroll some points twice
         folders: Counter = Counter()
-        unseen: list[tuple[str, str]] = []
+        unseen: list[tuple[str, str, int | None]] = []
         for root in roots:
             for record in self.index.scroll(under=root):
                 if record.id in held or (shard is not None and not in_shard(record.id, shard)):
@@ -500,7 +507,8 @@ class Ingestor:
                 path = path_of(record.payload)
                 folders[os.path.dirname(path)] += 1
                 if record.id not in self.seen_ids:
-                    unseen.append((record.id, path))
+                    dev = record.payload.get("dev")
+                    unseen.append((record.id, path, dev if isinstance(dev, int) else None))
         stale, self.summary.not_pruned = prune_plan(folders, unseen, self.options.allow_missing)
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])

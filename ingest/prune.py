@@ -57,16 +57,35 @@ def nearest_folder(path: str, known: dict[str, bool]) -> str:
         folder = parent
 
 
-def plan(held_folders: Counter, unseen: Iterable[tuple[str, str]], allow_missing: bool) -> tuple[list[str], str | None]:
+def folder_dev(folder: str, devs: dict[str, int | None]) -> int | None:
+    """The file system a folder is on (st_dev; `devs` caches it), None if it cannot be read."""
+    if folder not in devs:
+        try:
+            devs[folder] = os.stat(folder).st_dev
+        except OSError:
+            devs[folder] = None
+    return devs[folder]
+
+
+def plan(held_folders: Counter, unseen: Iterable[tuple[str, str, int | None]], allow_missing: bool
+         ) -> tuple[list[str], str | None]:
     """(the ids to remove, the line that says what was left, or None). `held_folders`:
     how many of the pruned points (this shard's, under the roots) each folder holds;
-    `unseen`: (id, path) of those the walk did not see."""
+    `unseen`: (id, path, the file system the point records or None) of those the walk
+    did not see. A gone file whose nearest folder left is on another file system than
+    its own was (the mount point of a drive not mounted) is left, however few."""
     listings = FolderListings()
     known: dict[str, bool] = {}
+    devs: dict[str, int | None] = {}
     groups: dict[str, list[str]] = {}
-    for pid, path in unseen:
+    elsewhere: dict[str, int] = {}  # anchor -> gone files whose file system is not mounted there
+    for pid, path, dev in unseen:
         if listings.gone(path):
-            groups.setdefault(nearest_folder(path, known), []).append(pid)
+            anchor = nearest_folder(path, known)
+            if dev is not None and not allow_missing and folder_dev(anchor, devs) != dev:
+                elsewhere[anchor] = elsewhere.get(anchor, 0) + 1
+            else:
+                groups.setdefault(anchor, []).append(pid)
     held_under: Counter = Counter()  # each folder's count added to every anchor above it: depth, not anchors x folders
     for folder, count in held_folders.items():
         while True:
@@ -77,7 +96,8 @@ def plan(held_folders: Counter, unseen: Iterable[tuple[str, str]], allow_missing
                 break
             folder = parent
     remove: list[str] = []
-    left: list[str] = []
+    left: list[str] = [f"{count} images under {shown(anchor)}, whose file system is not the one there now"
+                       for anchor, count in sorted(elsewhere.items())]
     for anchor, ids in sorted(groups.items()):
         held = held_under[anchor]
         if len(ids) > max(PRUNE_FLOOR, PRUNE_SHARE * held) and not allow_missing:

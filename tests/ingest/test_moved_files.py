@@ -315,3 +315,34 @@ def test_recheck_finds_a_date_shifted_with_the_files_time_kept(tmp_path, tiny_mo
     summary = _ingest([photos], index, tiny_model_dir, recheck=True)
     assert (summary.embedded, summary.unchanged) == (1, 1), summary
     assert taken() == "2018-07-13T12:00:00"
+
+
+def test_a_share_remounted_under_another_device_number_is_followed(tmp_path, tiny_model_dir):
+    """A share or USB disk mounted again can get another device number. Its unchanged
+    files' points take the new one (no re-embedding), so a rename on it is a move, not a
+    copy that leaves the old paths searchable; and --prune leaves the photos of a share
+    that is not mounted, however few, where the copy of one turned up elsewhere."""
+    share, index = tmp_path / "share", tmp_path / "index"
+    draw_collection(share / "trip", 3)
+    assert _ingest([share], index, tiny_model_dir).embedded == 3
+    _rewrite_payloads(index, tiny_model_dir, lambda p: {**p, "dev": p["dev"] + 1})  # the number it had before
+    summary = _ingest([share], index, tiny_model_dir)
+    assert (summary.unchanged, summary.embedded) == (3, 0), summary
+    with open_index(Settings.resolve(index=str(index), model=str(tiny_model_dir))) as opened:
+        assert {r.payload["dev"] for r in opened.scroll()} == {os.stat(share).st_dev}
+    os.rename(share / "trip", share / "Trip 2019")
+    summary = _ingest([share], index, tiny_model_dir)
+    assert (summary.embedded, summary.moved, summary.copied) == (0, 3, 0), summary
+
+    library = tmp_path / "library"
+    shutil.move(str(share), library / "share")
+    (library / "main").mkdir()
+    summary = _ingest([library], index, tiny_model_dir, prune=True)  # the share's points, moved along
+    _rewrite_payloads(index, tiny_model_dir, lambda p: {**p, "dev": p["dev"] + 1})  # on a file system of its own
+    photo = next((library / "share" / "Trip 2019").iterdir())
+    shutil.copy2(photo, library / "main" / photo.name)
+    shutil.move(str(library / "share" / "Trip 2019"), tmp_path / "unmounted")  # its mount point stays, empty
+    summary = _ingest([library], index, tiny_model_dir, prune=True)
+    assert (summary.copied, summary.removed) == (1, 0), summary
+    assert summary.not_pruned and "whose file system is not the one there now" in summary.not_pruned
+    assert len(_vectors(index, tiny_model_dir)) == 4
