@@ -249,34 +249,48 @@ def test_ctrl_c_while_a_batch_is_handed_over_prints_no_traceback(tmp_path, shape
     """Ctrl-C that lands while the training process takes a batch from a DataLoader
     worker: the worker must not print multiprocessing's traceback (BrokenPipeError,
     ConnectionResetError, EOFError from its resource sharer) under the stop message.
-    One process, 12 interrupts at random moments of the hand-over loop; with the batches
-    handed over as descriptors, the first or second interrupt printed one."""
-    rounds = 12
-    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("interrupted_loader.py")),
-                                str(tiny_model_dir), str(shapes[0].parent / "images"), str(rounds)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
-                               start_new_session=True)
-    lines: queue.Queue[str] = queue.Queue()
-    errors: list[str] = []
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    reader = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
-    reader.start()
-    try:
-        rng = random.Random(0)
-        for round_ in range(rounds):
-            try:
-                line = lines.get(timeout=120)  # a hung loader fails the test instead of hanging CI
-            except queue.Empty:
-                raise AssertionError(f"round {round_} never got going:\n{''.join(errors)[-3000:]}") from None
-            assert line.strip() == f"ready {round_}", line + "".join(errors)[-3000:]
-            time.sleep(rng.uniform(0, 0.2))
-            os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=120)
+    12 interrupts at random moments of the hand-over loop, several to a process; with the
+    batches handed over as descriptors, the first or second interrupt printed one.
+
+    A loader started again in a process that took an interrupt can hang before its
+    first batch (torch, rarely, under load; the command itself exits at its first
+    Ctrl-C): that process is ended and the remaining rounds go on in a new one."""
+    rounds, done, stderr, restarts = 12, 0, "", 0
+    rng = random.Random(0)
+    while done < rounds:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("interrupted_loader.py")),
+                                    str(tiny_model_dir), str(shapes[0].parent / "images"), str(rounds - done)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                                   start_new_session=True)
+        lines: queue.Queue[str] = queue.Queue()
+        errors: list[str] = []
+        threading.Thread(target=lambda out=process.stdout, into=lines: [into.put(line) for line in out],
+                         daemon=True).start()
+        reader = threading.Thread(target=lambda err=process.stderr, into=errors: into.extend(err), daemon=True)
+        reader.start()
+        hung = False
+        try:
+            for round_ in range(rounds - done):
+                try:
+                    line = lines.get(timeout=120)  # a hung loader is ended instead of hanging CI
+                except queue.Empty:
+                    hung = True
+                    break
+                assert line.strip() == f"ready {round_}", line + "".join(errors)[-3000:]
+                time.sleep(rng.uniform(0, 0.2))
+                os.killpg(process.pid, signal.SIGINT)
+                done += 1
+            if not hung:
+                process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         reader.join(timeout=10)
-        stderr = "".join(errors)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 0, stderr[-3000:]
+        stderr += "".join(errors)
+        if hung:
+            restarts += 1
+            assert restarts <= 2 and done > 0, f"the loader never got going:\n{stderr[-3000:]}"
+        else:
+            assert process.returncode == 0, stderr[-3000:]
     assert stderr.count("interrupted ") == rounds and "Traceback" not in stderr, stderr[-3000:]
