@@ -297,12 +297,7 @@ def _finished_model(folder: Path) -> bool:
     under way."""
     if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
         return False
-    try:
-        return json.loads((folder / RUN_FILE).read_text()).get("status", "done") == "done"
-    except FileNotFoundError:
-        return True  # a model made elsewhere
-    except (OSError, ValueError):
-        return False
+    return not (folder / RUN_FILE).is_file() or _run_status(folder) == "done"  # no run file: made elsewhere
 
 
 def _same_path(a: str, b: Path) -> bool:

@@ -26,6 +26,7 @@ from clipsearch import config
 from clipsearch.config import Settings
 from clipsearch.encoders.onnx_image import CropsMismatch
 from clipsearch.errors import ClipsearchError
+from clipsearch.fingerprint import fingerprint
 from clipsearch.images import (
     DEFAULT_MAX_MEGAPIXELS,
     Decoded,
@@ -43,7 +44,7 @@ from clipsearch.progress import Progress, format_duration
 from .cores import plan_cores
 from .known_bad import KnownBadFiles, decoder_fingerprint
 from .prune import plan as prune_plan
-from .relink import Relinker, place_payload
+from .relink import Relinker, place_payload, recorded_dev
 from .report import SkipReport, check_report_path
 from .walk import FileEntry, image_extensions, image_file, walk_images
 
@@ -277,7 +278,7 @@ class Ingestor:
                     self.summary.unchanged += 1
                     if "fingerprint" not in stored[pid]:
                         older.append(entry)
-                    elif entry.dev >= 0 and isinstance(stored[pid].get("dev"), int) and stored[pid]["dev"] != entry.dev:
+                    elif entry.dev >= 0 and recorded_dev(stored[pid]) not in (None, entry.dev):
                         # mounted again under another device number (a share, a USB disk):
                         # the record follows, or its moves would look like a drive not mounted
                         remounted.append((pid, {**stored[pid], "dev": entry.dev}))
@@ -356,8 +357,6 @@ class Ingestor:
         than its point was made from (a point without a fingerprint is upgraded, below)."""
         if not self.options.recheck or "fingerprint" not in payload:
             return False
-        from clipsearch.fingerprint import fingerprint
-
         try:
             return fingerprint(entry.path, entry.size) != payload["fingerprint"]
         except OSError:
@@ -507,8 +506,7 @@ class Ingestor:
                 path = path_of(record.payload)
                 folders[os.path.dirname(path)] += 1
                 if record.id not in self.seen_ids:
-                    dev = record.payload.get("dev")
-                    unseen.append((record.id, path, dev if isinstance(dev, int) else None))
+                    unseen.append((record.id, path, recorded_dev(record.payload)))
         stale, self.summary.not_pruned = prune_plan(folders, unseen, self.options.allow_missing)
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])

@@ -57,14 +57,27 @@ def nearest_folder(path: str, known: dict[str, bool]) -> str:
         folder = parent
 
 
-def folder_dev(folder: str, devs: dict[str, int | None]) -> int | None:
-    """The file system a folder is on (st_dev; `devs` caches it), None if it cannot be read."""
-    if folder not in devs:
-        try:
-            devs[folder] = os.stat(folder).st_dev
-        except OSError:
-            devs[folder] = None
-    return devs[folder]
+class GoneFiles:
+    """Whether a point's file is gone (FolderListings), the nearest folder left above it,
+    and whether that folder is on another file system than the one the point records
+    (the mount point of a drive or share not mounted). Every check cached, for a run."""
+
+    def __init__(self) -> None:
+        self.gone = FolderListings().gone
+        self._known: dict[str, bool] = {}
+        self._devs: dict[str, int | None] = {}
+
+    def anchor(self, path: str) -> str:
+        return nearest_folder(path, self._known)
+
+    def elsewhere(self, path: str, dev: int) -> bool:
+        folder = self.anchor(path)
+        if folder not in self._devs:
+            try:
+                self._devs[folder] = os.stat(folder).st_dev
+            except OSError:
+                self._devs[folder] = None
+        return self._devs[folder] != dev
 
 
 def plan(held_folders: Counter, unseen: Iterable[tuple[str, str, int | None]], allow_missing: bool
@@ -74,15 +87,13 @@ def plan(held_folders: Counter, unseen: Iterable[tuple[str, str, int | None]], a
     `unseen`: (id, path, the file system the point records or None) of those the walk
     did not see. A gone file whose nearest folder left is on another file system than
     its own was (the mount point of a drive not mounted) is left, however few."""
-    listings = FolderListings()
-    known: dict[str, bool] = {}
-    devs: dict[str, int | None] = {}
+    files = GoneFiles()
     groups: dict[str, list[str]] = {}
     elsewhere: dict[str, int] = {}  # anchor -> gone files whose file system is not mounted there
     for pid, path, dev in unseen:
-        if listings.gone(path):
-            anchor = nearest_folder(path, known)
-            if dev is not None and not allow_missing and folder_dev(anchor, devs) != dev:
+        if files.gone(path):
+            anchor = files.anchor(path)
+            if dev is not None and not allow_missing and files.elsewhere(path, dev):
                 elsewhere[anchor] = elsewhere.get(anchor, 0) + 1
             else:
                 groups.setdefault(anchor, []).append(pid)

@@ -34,7 +34,7 @@ from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import PATH_BYTES, path_fields
 from clipsearch.photo_facts import photo_facts
 
-from .prune import FolderListings, nearest_folder
+from .prune import GoneFiles
 from .walk import FileEntry
 
 # Payload that describes the picture, not where it is: kept by a moved or copied file.
@@ -56,6 +56,12 @@ def place_payload(entry: FileEntry) -> dict:
     if entry.dev >= 0:
         place["dev"] = entry.dev
     return place
+
+
+def recorded_dev(payload: dict) -> int | None:
+    """The file system a point's file was on (place_payload), None for a point from before."""
+    dev = payload.get("dev")
+    return dev if isinstance(dev, int) else None
 
 
 class Relinker:
@@ -82,9 +88,7 @@ class Relinker:
         self._held: list[FileEntry] = []
         # Where the old paths of matching points are, for the whole run: a folder of
         # 100k files listed once, not once a lookup chunk.
-        self._listings = FolderListings()
-        self._known_folders: dict[str, bool] = {}
-        self._folder_devs: dict[str, int | None] = {}
+        self._gone = GoneFiles()
         self._empty: dict[str, bool] = {}
 
     def relink(self, entries: Sequence[FileEntry], ids: Sequence[str] | None = None, hold: bool = True
@@ -206,14 +210,13 @@ class Relinker:
         mount point is on the one below), or, for a point that does not record one, is
         empty (a mount point). --allow-missing takes UNSURE for GONE."""
         path = record.path
-        if self._listings.gone(path):
+        if self._gone.gone(path):
             if self.allow_missing:
                 return GONE
-            folder = nearest_folder(path, self._known_folders)
-            recorded = record.payload.get("dev")
-            if isinstance(recorded, int):
-                return UNSURE if self._folder_dev(folder) != recorded else GONE
-            return UNSURE if self._is_empty(folder) else GONE
+            recorded = recorded_dev(record.payload)
+            if recorded is not None:
+                return UNSURE if self._gone.elsewhere(path, recorded) else GONE
+            return UNSURE if self._is_empty(self._gone.anchor(path)) else GONE
         try:
             st = os.stat(path)
         except OSError:
@@ -226,14 +229,6 @@ class Relinker:
         except OSError:
             return THERE
         return THERE if same else REPLACED
-
-    def _folder_dev(self, folder: str) -> int | None:
-        if folder not in self._folder_devs:
-            try:
-                self._folder_devs[folder] = os.stat(folder).st_dev
-            except OSError:
-                self._folder_devs[folder] = None
-        return self._folder_devs[folder]
 
     def _is_empty(self, folder: str) -> bool:
         if folder not in self._empty:
