@@ -82,6 +82,7 @@ parse_batch_size = _number(int, "a whole number of 1 or more", 1)
 parse_workers = _number(int, "a whole number of 0 or more", 0)
 parse_megapixels = _number(float, "a number of megapixels above 0", 0, low_open=True)
 parse_points = _number(int, "a whole number of points, 1 or more", 1)
+parse_minutes = _number(float, "a number of minutes, 0 or more", 0)
 
 
 def parse_port(text: str) -> int:
@@ -286,6 +287,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("thumbnail_megabytes", ("CLIPSEARCH_THUMBNAIL_MEGABYTES",), 2000.0, parse_megabytes,
             "Disk space serve's thumbnail cache may use; beyond it, the thumbnails served least recently "
             "are removed.", flag="--thumbnail-megabytes"),
+    Setting("rescan_minutes", ("CLIPSEARCH_RESCAN_MINUTES",), 60.0, parse_minutes,
+            "How often serve --watch walks its folders again, as the first scan does: it finds the changes no "
+            "event reported (made from another machine on a network share, a share mounted again, events the "
+            "kernel dropped in a burst) and watches the folders anew. 0: never.", flag="--rescan", default_text="60"),
     # output
     Setting("progress_seconds", ("CLIPSEARCH_PROGRESS_SECONDS",), None, parse_interval,
             "Seconds between progress updates.", default_text="0.25 on a terminal, 10 into a log"),

@@ -26,9 +26,10 @@ from clipsearch.options import index_options, quiet_option, setting_option
               help="Let --watch's first scan forget the files deleted while serve was down even where more than "
                    "half of a folder's images are gone (without it, such a folder, a drive or share that is not "
                    "mounted, is left as it is and the log says so).")
+@setting_option("rescan_minutes", "--rescan", metavar="MINUTES")
 @quiet_option
 def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, thumbnail_megabytes, workers,
-          batch_size, allow_missing, quiet):
+          batch_size, allow_missing, rescan_minutes, quiet):
     """Serve the index to many clients: an HTTP API, a web page, thin clients
     (`clipsearch search --server URL`), and with --watch a live index."""
     from .server import ServeOptions, run
@@ -39,7 +40,7 @@ def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, th
         upload_megabytes=config.value("upload_megabytes", upload_megabytes),
         thumbnail_megabytes=config.value("thumbnail_megabytes", thumbnail_megabytes),
         workers=config.value("workers", workers), batch_size=config.value("batch_size", batch_size),
-        allow_missing=allow_missing, quiet=quiet)
+        allow_missing=allow_missing, rescan_minutes=config.value("rescan_minutes", rescan_minutes), quiet=quiet)
     run(settings, options)
 
 

@@ -31,6 +31,7 @@ class ServeOptions:
     workers: int = 1
     batch_size: int = 32
     allow_missing: bool = False  # the first scan's prune: ingest --allow-missing
+    rescan_minutes: float = 60.0  # --watch walks its folders again this often (0: never)
     quiet: bool = False
 
 
@@ -152,7 +153,8 @@ def start_watcher(service, roots: list[str], options: ServeOptions):
                         IngestOptions(batch_size=options.batch_size, workers=options.workers,
                                       max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
                                       optimize=False, prune=True, allow_missing=options.allow_missing))
-    watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w))
+    watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w),
+                            rescan_every=options.rescan_minutes * 60)
     watcher.start()
     return watcher
 

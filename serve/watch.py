@@ -23,6 +23,14 @@ still processed); each batch is at most `max_batch` paths, each one run_files ca
 A file still being written is ingested as it is, and again when its later events
 come (a decode error meanwhile is only a skip in the report).
 
+Some changes send no event: files written from another machine on a network share
+(inotify hears only this kernel's writes), a share unmounted and mounted again (its
+watches end with it), events the kernel dropped when its queue overflowed in a burst
+(watchdog then reports them lost), folders beyond the inotify watch limit. So every
+`rescan_every` seconds, and at once after lost events, the thread walks the folders
+again as the first scan does (unchanged files cost a stat), with the observer started
+anew first: its watches then cover what is mounted now.
+
 Paths the walk passes over (hidden files and folders, --exclude, other extensions)
 and paths outside the folders are ignored at once. A bad file is skipped and shows
 in state()["errors"]; anything unexpected in a batch is one line on stderr, and the
@@ -32,6 +40,7 @@ watcher goes on (the paths of that batch are retried at their next event).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
 import threading
@@ -54,12 +63,13 @@ def _say(text: str) -> None:
 class FolderWatcher:
     def __init__(self, folders: Sequence[str], ingestor: Ingestor | Callable[[], Ingestor],
                  on_idle: Callable[["FolderWatcher"], object] | None = None, debounce: float = 1.0,
-                 max_batch: int = 1000, max_wait: float = MAX_WAIT):
+                 max_batch: int = 1000, max_wait: float = MAX_WAIT, rescan_every: float | None = None):
         """`ingestor`: the one Ingestor that does all the work (its encoder, index and
         options), or a callable that builds it, called on the watcher's thread (the
         model then loads there, not in the caller's). Its HNSW build is turned off.
         `on_idle(watcher)` is called on the watcher's thread after the first scan and
-        after each batch; state() says "optimizing" while it runs."""
+        after each batch; state() says "optimizing" while it runs. `rescan_every`:
+        seconds between walks of the folders (None or 0: only after lost events)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.roots = [os.path.realpath(os.path.abspath(os.fsdecode(f))) for f in folders]
@@ -72,6 +82,8 @@ class FolderWatcher:
         self.debounce = debounce
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.rescan_every = rescan_every or None
+        self.rescans = 0  # walks since the first scan
         # Set while on_idle runs; serve may also set it around an HNSW build of its own.
         self.optimizing = False
         self.batches = 0  # batches processed since start (each at most max_batch paths)
@@ -88,21 +100,47 @@ class FolderWatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._observer = None
+        self._rescan_reason: str | None = None  # a walk is asked for (events lost), why
+        self._next_rescan: float | None = None  # monotonic time of the next timed walk
 
     # -- the caller's side ------------------------------------------------------
     def start(self) -> "FolderWatcher":
+        self._observer = self._start_observer()
+        for root, kind in network_mounts(self.roots):
+            _say(f"watch: {root} is a {kind} share: what other machines write there sends no event here; "
+                 + (f"it is found by the walk every {self.rescan_every / 60:g} minutes (--rescan)" if self.rescan_every
+                    else "give --rescan MINUTES to find it"))
+        self._thread = threading.Thread(target=self._main, name="clipsearch-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _start_observer(self):
+        """A new observer watching every root that is a folder now; None, said in one
+        line, where the kernel's inotify limits allow none (the timed walks remain)."""
         from watchdog.observers import Observer  # inotify on Linux
 
         observer = Observer()
         handler = _Handler(self)
-        for root in self.roots:
-            observer.schedule(handler, root, recursive=True)
+        try:
+            for root in self.roots:
+                if os.path.isdir(root):  # a share not mounted now: watched after the walk that finds it
+                    observer.schedule(handler, root, recursive=True)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            _say(f"watch: {exc.strerror or exc} (raise it: sysctl fs.inotify.max_user_watches=524288 and "
+                 "fs.inotify.max_user_instances=1024); changes are found only by the walk "
+                 + (f"every {self.rescan_every / 60:g} minutes" if self.rescan_every else "--rescan MINUTES asks for"))
+            return None
         observer.daemon = True
         observer.start()
-        self._observer = observer
-        self._thread = threading.Thread(target=self._main, name="clipsearch-watch", daemon=True)
-        self._thread.start()
-        return self
+        return observer
+
+    def request_rescan(self, reason: str) -> None:
+        """Walk the folders again as soon as the thread is free (what lost events ask)."""
+        with self._cond:
+            self._rescan_reason = self._rescan_reason or reason
+            self._cond.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop following changes and end the thread; a batch in progress ends after
@@ -174,6 +212,7 @@ class FolderWatcher:
             "eta_seconds": None if eta is None else round(eta, 1),
             "errors": [{"path": path, "reason": reason} for path, reason in errors],
             "batches": self.batches,
+            "rescans": self.rescans,
             "last_error": self.last_error,
         }
 
@@ -201,10 +240,13 @@ class FolderWatcher:
         try:
             self._scan()
             while True:
-                batch = self._next_batch()
-                if batch is None:
+                work = self._next_work()
+                if work is None:
                     return
-                self._process(batch)
+                if isinstance(work, str):
+                    self._rescan(work)
+                else:
+                    self._process(work)
                 self._idle()
         except BaseException as exc:  # never die silently
             _say(f"clipsearch serve: the folder watcher stopped: {type(exc).__name__}: {exc}")
@@ -215,7 +257,7 @@ class FolderWatcher:
                 self._busy = False
                 self._cond.notify_all()
 
-    def _scan(self) -> None:
+    def _scan(self, rescan: bool = False) -> None:
         with self._cond:
             self._busy = True
             self._run_started = time.monotonic()
@@ -225,25 +267,58 @@ class FolderWatcher:
                 self.ingestor = built
             ingestor = self.ingestor
             ingestor.options = dataclasses.replace(ingestor.options, optimize=False)
-            if not self._stopping:
-                summary = ingestor.run(self.roots, allow_empty=True)
-                _say(summary.line())
+            roots = self.roots
+            if rescan:  # a root gone since start (a share not mounted now) keeps its points
+                roots = [root for root in self.roots if os.path.isdir(root)]
+                for root in sorted(set(self.roots) - set(roots)):
+                    _say(f"watch: {root} is not a folder now (a share not mounted?): its images stay indexed")
+            if not self._stopping and roots:
+                summary = ingestor.run(roots, allow_empty=True)
+                if not rescan or summary.embedded or summary.moved or summary.copied or summary.removed:
+                    _say(summary.line())  # an hourly walk that found nothing new says nothing
                 if summary.not_pruned:
                     _say(f"{summary.not_pruned} (serve --allow-missing)")
         except Exception as exc:
-            self._failed("the first ingest", exc)
+            self._failed("the walk of the folders" if rescan else "the first ingest", exc)
         finally:
             with self._cond:
                 self._busy = False
                 self._scanned = True
                 self._run_started = None
+                if self.rescan_every:
+                    self._next_rescan = time.monotonic() + self.rescan_every
                 self._cond.notify_all()
-        if self.ingestor is not None:
+        if self.ingestor is not None and not rescan:
             self._idle()
 
-    def _next_batch(self) -> list[str] | None:
+    def _rescan(self, reason: str) -> None:
+        """Watch anew (a share mounted again, folders the limit left out), then walk."""
+        if not self.ingestor or not self.ingestor.options.quiet:
+            _say(f"watch: walking the folders again ({reason})")
+        try:
+            new = self._start_observer()  # before the old one stops: no event is missed between
+        except OSError as exc:
+            self._failed("watching the folders anew", exc)  # the old watches go on
+        else:  # none where the watch limit allows none: the old watches, whatever they cover, go on
+            old, self._observer = (self._observer, new) if new is not None else (None, self._observer)
+            if old is not None:
+                old.stop()
+                old.join(5)
+        self.rescans += 1
+        self._scan(rescan=True)
+
+    def _next_work(self) -> list[str] | str | None:
+        """The next batch of paths, or why to walk the folders again; None once stopping."""
         with self._cond:
             while not self._stopping:
+                now = time.monotonic()
+                if self._next_rescan is not None and now >= self._next_rescan:
+                    self._rescan_reason = self._rescan_reason or f"every {self.rescan_every / 60:g} minutes"
+                if self._rescan_reason is not None:
+                    reason, self._rescan_reason, self._next_rescan = self._rescan_reason, None, None
+                    self._busy = True  # from now: wait_idle must not see a gap before the walk
+                    return reason
+                until_rescan = None if self._next_rescan is None else self._next_rescan - now
                 if self._queue:
                     now = time.monotonic()
                     quiet_for = now - self._last_event
@@ -257,9 +332,10 @@ class FolderWatcher:
                         self._busy = True
                         self._run_started = now
                         return batch
-                    self._cond.wait(max(0.01, min(self.debounce - quiet_for, self.max_wait - waited)))
+                    self._cond.wait(max(0.01, min(self.debounce - quiet_for, self.max_wait - waited,
+                                                  until_rescan if until_rescan is not None else self.max_wait)))
                 else:
-                    self._cond.wait()
+                    self._cond.wait(None if until_rescan is None else max(0.01, until_rescan))
             return None
 
     def _process(self, batch: list[str]) -> None:
@@ -326,6 +402,9 @@ class _Handler(FileSystemEventHandler):
         kind = event.event_type
         if kind in ("opened", "closed_no_write"):
             return
+        if kind == "events_lost":  # the kernel's queue overflowed: which files changed is unknown
+            self.watcher.request_rescan("the kernel dropped file events")
+            return
         if event.is_directory and kind in ("modified", "closed"):
             return  # a folder's own metadata: its files have their own events
         note = self.watcher.note
@@ -333,3 +412,48 @@ class _Handler(FileSystemEventHandler):
         if kind == "moved":
             note(event.dest_path, event.is_directory)
 
+
+
+# File systems whose files other machines change without an inotify event here.
+NETWORK_FILE_SYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "fuse.glusterfs",
+    "fuse.sshfs", "sshfs", "fuse.rclone", "davfs", "fuse.davfs2", "afs", "lustre", "beegfs", "gpfs",
+})
+
+
+def network_mounts(roots: Sequence[str], mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """(folder, file system type) for each root on a network file system and each
+    network mount below a root; [] where the mount table cannot be read (not Linux)."""
+    try:
+        with open(mountinfo, "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return []
+    mounts: dict[str, str] = {}  # mount point -> type; later lines (mounted over) win
+    for line in lines:
+        fields, _, rest = line.partition(b" - ")
+        parts, kinds = fields.split(), rest.split()
+        if len(parts) >= 5 and kinds:
+            point = os.fsdecode(_unescape(parts[4]))
+            mounts[point] = os.fsdecode(kinds[0])
+    found = []
+    for root in roots:
+        own = max((p for p in mounts if root == p or root.startswith(p.rstrip("/") + "/")), key=len, default=None)
+        if own is not None and mounts[own] in NETWORK_FILE_SYSTEMS:
+            found.append((root, mounts[own]))
+        found += [(p, kind) for p, kind in sorted(mounts.items())
+                  if p.startswith(root.rstrip("/") + "/") and kind in NETWORK_FILE_SYSTEMS]
+    return found
+
+
+def _unescape(field: bytes) -> bytes:
+    """mountinfo writes a space, tab, newline and backslash in a path as \\ooo (octal)."""
+    out, i = bytearray(), 0
+    while i < len(field):
+        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit():
+            out.append(int(field[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)

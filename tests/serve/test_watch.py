@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from clipsearch.index import open_index, point_id
 from clipsearch.ingest import IngestOptions, Ingestor
-from clipsearch.serve.watch import FolderWatcher
+from clipsearch.serve.watch import FolderWatcher, network_mounts
 
 from support import draw_collection, draw_image, settings_for
 
@@ -64,11 +66,12 @@ def watch(photos, encoder, index):
     """Start a watcher over `photos`; stopped at the end of the test."""
     started = []
 
-    def start(max_batch=1000, debounce=0.3, on_idle=None, **options):
+    def start(max_batch=1000, debounce=0.3, on_idle=None, rescan_every=None, **options):
         options.setdefault("workers", 0)
         options.setdefault("quiet", True)
         ingestor = Ingestor(encoder, index, IngestOptions(**options))
-        watcher = FolderWatcher([str(photos)], ingestor, on_idle=on_idle, debounce=debounce, max_batch=max_batch)
+        watcher = FolderWatcher([str(photos)], ingestor, on_idle=on_idle, debounce=debounce, max_batch=max_batch,
+                                rescan_every=rescan_every)
         started.append(watcher.start())
         assert watcher.wait_idle(TIMEOUT), watcher.state()
         return watcher
@@ -206,5 +209,103 @@ def test_a_factory_and_a_failing_batch_do_not_stop_it(photos, encoder, index):
         second = draw_image(photos / "second.png", "yellow")
         os.utime(first)  # its next event retries it
         settle(watcher, lambda: {real(first), real(second)} <= paths_in(index))
+    finally:
+        watcher.stop(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def mount_tmpfs():
+    """Mount a tmpfs over a folder (the test's stand-in for a share mounted while serve
+    runs): no event tells the watcher of it or of what is written on it. The folder
+    must exist before the watcher starts (its creation is an event)."""
+    mounted = []
+
+    def mount(path):
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_timed_walk_finds_files_no_event_reported(photos, index, watch, mount_tmpfs):
+    (photos / "share").mkdir()
+    watcher = watch(rescan_every=1.0)
+    share = mount_tmpfs(photos / "share")
+    hidden = [draw_image(share / f"s{i}.png", colour, "square") for i, colour in enumerate(["green", "blue"])]
+    settle(watcher, lambda: {real(p) for p in hidden} <= paths_in(index))
+    assert watcher.state()["rescans"] >= 1 and index.count() == 6
+
+
+def test_a_walk_watches_a_mounted_share_anew(photos, index, watch, mount_tmpfs):
+    (photos / "share").mkdir()
+    watcher = watch()  # no timed walks: only the one asked for (as lost events ask)
+    share = mount_tmpfs(photos / "share")
+    first = draw_image(share / "first.png", "green", "square")
+    time.sleep(2.0)
+    settle(watcher)
+    assert real(first) not in paths_in(index)  # the premise: the old watches hear nothing on the share
+
+    watcher.request_rescan("asked by the test")
+    settle(watcher, lambda: real(first) in paths_in(index))
+    assert watcher.state()["rescans"] == 1
+    second = draw_image(share / "second.png", "blue", "triangle")  # now heard: the share is watched
+    settle(watcher, lambda: real(second) in paths_in(index))
+    assert watcher.state()["rescans"] == 1 and index.count() == 6
+
+
+def test_events_the_kernel_dropped_are_found_by_a_walk(photos, index, watch, tmp_path):
+    # A queue of 16 events (the kernel reads the limit when the observer's inotify
+    # instance is made; other instances keep theirs), then a burst that overflows it.
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        before = limit.read_text()
+        limit.write_text("16")
+    except OSError as exc:
+        pytest.skip(f"cannot lower the inotify queue here (needs root): {exc}")
+    try:
+        watcher = watch()
+    finally:
+        limit.write_text(before)
+    staging = draw_collection(tmp_path / "staging", 200)
+    (photos / "burst").mkdir()
+    for p in staging:
+        os.rename(p, photos / "burst" / p.name)
+    settle(watcher, lambda: index.count() == 204)
+    assert watcher.state()["rescans"] >= 1
+
+
+def test_network_mounts_read_from_the_mount_table(tmp_path):
+    table = tmp_path / "mountinfo"
+    table.write_bytes(
+        b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        b"40 22 0:45 / /mnt/nas rw,relatime shared:20 - nfs4 nas:/photos rw,vers=4.2\n"
+        b"41 22 0:46 / /home/me/Pictures/Family\\040Share rw - cifs //nas/family rw\n"
+        b"42 22 0:47 / /home/me/Pictures/usb rw - vfat /dev/sdb1 rw\n")
+    assert network_mounts(["/mnt/nas/2023"], str(table)) == [("/mnt/nas/2023", "nfs4")]
+    assert network_mounts(["/home/me/Pictures"], str(table)) == [("/home/me/Pictures/Family Share", "cifs")]
+    assert network_mounts(["/home/me/Pictures/usb", "/srv"], str(table)) == []
+    assert network_mounts(["/srv"], str(tmp_path / "missing")) == []
+
+
+def test_a_walk_while_a_watched_folder_is_gone_keeps_its_images(tmp_path, encoder, index):
+    kept, other = tmp_path / "kept", tmp_path / "other"
+    draw_collection(kept, 2)
+    draw_collection(other, 3)
+    watcher = FolderWatcher([str(kept), str(other)], Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)),
+                            debounce=0.3).start()
+    try:
+        assert watcher.wait_idle(TIMEOUT) and index.count() == 5
+        other.rename(tmp_path / "unmounted")  # as a share taken away: its root is no folder now
+        new = draw_image(kept / "new.png", "purple")
+        watcher.request_rescan("asked by the test")
+        settle(watcher, lambda: real(new) in paths_in(index))
+        assert watcher.state()["rescans"] == 1 and index.count() == 6 and watcher.state()["last_error"] is None
     finally:
         watcher.stop(timeout=TIMEOUT)
