@@ -27,6 +27,7 @@ GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
 FIRST_YEAR, LAST_YEAR = 1826, 2100
 _WORD = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
 _WORD_START = re.compile(r"[^a-z0-9]*([a-z0-9]+)")
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)?")  # CSI, OSC, or one char
 
 
 def photo_facts(img: Image.Image) -> dict:
@@ -68,11 +69,13 @@ def _first(*readers):
 
 
 def _text(value) -> str:
+    """An EXIF text's printable words: terminal escapes and NULs are never shown."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
         return ""
-    return " ".join(value.replace("\x00", " ").split())[:100]
+    value = _ESCAPE.sub(" ", value)
+    return " ".join("".join(c if c.isprintable() and c != "\ufffd" else " " for c in value).split())[:100]
 
 
 def _exif_time(value) -> str | None:
@@ -99,9 +102,10 @@ def _camera(make, model) -> tuple[str, list[str]] | None:
     if make_first and model_first and make_first.group(1) == model_first.group(1):  # a word, not a prefix: LG, LGE
         shown_make = ""  # also "SAMSUNG" + "SAMSUNG-SM-G930A"
     name = " ".join(part for part in (shown_make, model) if part)
-    if not any(c.isalnum() for c in name):
+    words = stored_camera_words(f"{make} {model}")
+    if not words:  # nothing --camera could match: junk bytes (Pillow reads them as Latin-1), not a name
         return None
-    return name, stored_camera_words(f"{make} {model}")
+    return name, words
 
 
 def stored_camera_words(text: str) -> list[str]:

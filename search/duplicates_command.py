@@ -115,12 +115,14 @@ def print_groups(groups: Sequence["DuplicateGroup"], fmt: str, similar: float | 
 
 
 def group_title(group: "DuplicateGroup", similar: float | None = None) -> str:
-    """'identical: 2 files, 1.4 MB each' or 'similar: 3 files (>= 0.95; score: cosine to the first)'."""
+    """'identical: 2 files, 1.4 MB each' or 'similar: 3 files (each >= 0.95 to another of
+    them; score: cosine to the first)': links join transitively, so a member may score
+    below the threshold against the first."""
     count = len(group.members)
     if group.kind == "identical":
         size = group.members[0].size
         return f"identical: {count} files" + (f", {_bytes(size)} each" if size is not None else "")
-    threshold = f">= {similar:g}; " if similar is not None else ""
+    threshold = f"each >= {similar:g} to another of them; " if similar is not None else ""
     return f"similar: {count} files ({threshold}score: cosine to the first)"
 
 

@@ -29,7 +29,7 @@ from clipsearch.fingerprint import HEAD, TAIL, fingerprint
 from clipsearch.index import open_index
 from clipsearch.ingest import IngestOptions, ingest
 from clipsearch.search.duplicates import NEIGHBOURS, find_duplicates, similar_groups
-from clipsearch.search.duplicates_command import duplicates
+from clipsearch.search.duplicates_command import duplicates, group_title
 
 from support import draw_collection, draw_image, export_server, settings_for
 
@@ -403,6 +403,9 @@ def test_chains_join_and_members_are_scored_against_the_first(vector_index):
     scores = [m.score for m in groups[0].members]
     assert scores == pytest.approx([1.0, 0.97, np.cos(2 * angle)], abs=1e-5)
     assert seen[-1] == (33, 33) and len(seen) == 33
+    # c scores 0.88 against a: the title promises links, not a floor for every score
+    assert group_title(groups[0], 0.95) == ("similar: 3 files (each >= 0.95 to another of them; "
+                                            "score: cosine to the first)")
 
 
 def test_a_group_larger_than_the_neighbour_count_is_found_whole(vector_index):

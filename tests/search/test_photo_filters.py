@@ -158,3 +158,22 @@ def test_a_bad_flag_is_one_line_naming_it(flags, message, tmp_path):
     result = CliRunner().invoke(cli, ["search", "a photo", "--index", str(tmp_path / "none"), *flags])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize("make, model, name", [
+    (b"\xff\xfe\x01\x02\xfd", "", None),  # binary junk: no camera at all
+    ("\x1b[31m\x07", "\x00\x00\x00", None),  # terminal escapes and NULs
+    ("Canon\x1b[2J", "EOS\x00 R5\x7f", "Canon EOS R5"),  # a name with junk around it: the name
+    ("--", "?", None),  # no letter or digit
+])
+def test_a_camera_text_of_junk_is_no_camera(make, model, name):
+    from PIL import Image
+
+    from clipsearch.photo_facts import MAKE, MODEL, photo_facts
+
+    exif = Image.Exif()
+    exif[MAKE], exif[MODEL] = make, model
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", exif=exif)
+    with Image.open(buffer) as img:
+        assert photo_facts(img).get("camera") == name
