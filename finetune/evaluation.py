@@ -142,6 +142,10 @@ def format_table(columns: dict[str, dict]) -> str:
         lines.append(f"{metric:<10}" + "".join(f"{columns[n][metric]:>{width + 2}.3f}" for n in names))
     lines.append(f"{first['queries']} queries over {first['images']} images; "
                  f"chance recall@1 {first['chance_recall@1']:.3f}")
+    blind = [f"recall@{k}" for k in KS if k >= first["images"]]
+    if blind:  # every image is in the top k: the row says nothing about the model
+        lines.append(f"{' and '.join(blind)} cannot miss among {first['images']} images (1.000 for any model): "
+                     f"evaluate on more pairs (--eval-split, --eval-data) for {'them' if len(blind) > 1 else 'it'} to mean something")
     if classified:
         lines.append(f"zero-shot classification among {first['classes']} labels ({first['templates']} template"
                      f"{'s' if first['templates'] != 1 else ''} each); chance accuracy@1 "

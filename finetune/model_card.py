@@ -18,6 +18,9 @@ def _metric_rows(before: dict | None, after: dict | None) -> list[str]:
     rows.append("")
     rows.append(f"Text -> image retrieval over the held-out split: {after['queries']} distinct captions as queries, "
                 f"{after['images']} images as the corpus (chance recall@1: {after['chance_recall@1']:.3f}).")
+    blind = [m for m in METRICS if m.startswith("recall@") and int(m.split("@")[1]) >= after["images"]]
+    if blind:
+        rows.append(f"With {after['images']} images, {' and '.join(blind)} cannot miss (1.000 for any model).")
     if classified:
         rows.append(f"Zero-shot classification (accuracy@1, accuracy@5) of the held-out images among "
                     f"{after['classes']} labels, each label's {after['templates']} template caption(s) averaged "

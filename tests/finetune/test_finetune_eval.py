@@ -52,6 +52,12 @@ def test_format_table():
     assert lines[0].split() == ["before", "after"]
     assert lines[1].split() == ["recall@1", "0.100", "0.750"]
     assert "12 queries over 24 images" in lines[-1] and "0.083" in lines[-1]
+    # with 5 images recall@5 and @10 are 1.0 for any model, and the table says so
+    few = dict(m, images=5, queries=5, **{"recall@5": 1.0, "recall@10": 1.0})
+    assert format_table({"before": few}).splitlines()[-1].startswith(
+        "recall@5 and recall@10 cannot miss among 5 images (1.000 for any model)")
+    assert format_table({"before": dict(m, images=10)}).splitlines()[-1].startswith("recall@10 cannot miss among 10")
+    assert "cannot miss" not in format_table({"before": dict(m, images=11)})
 
 
 def test_eval_command(tmp_path, tiny_st_model_dir, images):
@@ -76,3 +82,12 @@ def test_eval_command(tmp_path, tiny_st_model_dir, images):
 
     result = runner.invoke(cli, ["eval", str(data), "-m", str(tiny_st_model_dir), "--device", "cpu", "--skip-bad"])
     assert result.exit_code == 0 and "recall@1" in result.output and "12 queries over 12 images" in result.output
+
+
+def test_the_model_card_says_which_recall_cannot_miss():
+    from clipsearch.finetune.model_card import _metric_rows
+
+    m = {"recall@1": 0.5, "recall@5": 1.0, "recall@10": 1.0, "mrr": 0.7, "queries": 3, "images": 3,
+         "chance_recall@1": 0.33}
+    assert "With 3 images, recall@5 and recall@10 cannot miss (1.000 for any model)." in _metric_rows(m, m)
+    assert not any("cannot miss" in row for row in _metric_rows(*[dict(m, images=11)] * 2))
