@@ -24,6 +24,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from clipsearch.encoders.location import FINETUNE_RUN_FILE
 from clipsearch.errors import ClipsearchError
 from clipsearch.progress import Progress
 
@@ -35,7 +36,7 @@ from .templates import templates_for
 from .training import TrainSettings, check_trainable, last_checkpoint, train
 from .validation import PairSet, load_pairs
 
-RUN_FILE = "finetune_run.json"
+RUN_FILE = FINETUNE_RUN_FILE  # its name is known to the model loader, which says what to do with such a folder
 EVAL_FILE = "eval.json"
 REPORT_FILE = "skipped_rows.jsonl"
 CHECKPOINTS = "checkpoints"

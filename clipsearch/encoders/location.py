@@ -21,6 +21,9 @@ MAX_DEPTH = 3
 # Part of every key: changing it retires every cache entry at once.
 KEY_FORMAT = 1
 
+# What `clipsearch finetune` writes in its output folder from its start (finetune/pipeline.py's RUN_FILE).
+FINETUNE_RUN_FILE = "finetune_run.json"
+
 LOCAL_MODEL_HINT = (
     "set CLIPSEARCH_MODEL (or --model) to a local CLIP folder, either a sentence-transformers "
     "folder (modules.json) or a transformers CLIP folder (config.json)"
@@ -55,6 +58,10 @@ def resolve_model_location(name: str) -> tuple[str, bool]:
         if not folder.is_dir():
             raise ClipsearchError(f"model folder {folder} does not exist; {LOCAL_MODEL_HINT}")
         if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
+            if (folder / FINETUNE_RUN_FILE).is_file():
+                raise ClipsearchError(
+                    f"{folder} holds a fine-tune that has not saved its model (still training, or stopped): "
+                    f"`clipsearch finetune DATA -o {folder} --resume` finishes it from its last checkpoint")
             raise ClipsearchError(
                 f"{folder} is not a model folder (no modules.json or config.json); {LOCAL_MODEL_HINT}"
             )

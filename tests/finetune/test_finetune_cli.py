@@ -319,6 +319,11 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, shapes, tiny
     assert result.exit_code == 130
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "modules.json").exists()
     monkeypatch.undo()
+    # the half-made model named where a model is asked for: what to do, in one line
+    searched = CliRunner().invoke(cli, ["ingest", str(Path(train).parent), "--model", str(out),
+                                        "--index", str(tmp_path / "index"), "--quiet"])
+    assert searched.exit_code == 1 and searched.output.count("\n") == 1
+    assert "fine-tune that has not saved its model" in searched.output and f"-o {out} --resume" in searched.output
 
     result = finetune(*args)
     assert result.exit_code == 1 and "--resume" in result.output
