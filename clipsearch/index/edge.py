@@ -370,6 +370,9 @@ class EdgeIndex(Index):
         self.last_offline_phases: dict[str, float] = {}
         if not self._prepare_root(create):
             return  # nothing there yet: exists() is False, reads say so
+        if not create and not self._anything_of(read_aliases(self.root).get(self.name, self.name)):
+            self.collection = read_aliases(self.root).get(self.name, self.name)
+            return  # a name that was never a collection (a typo): reading it leaves no lock file behind
         self._lock = self._lock_meant()
         try:
             self._recover_swap()
@@ -380,6 +383,10 @@ class EdgeIndex(Index):
             self._close_shard()
             self._lock.release()
             raise
+
+    def _anything_of(self, collection: str) -> bool:
+        """Whether `collection` has anything on disk: its folder, or a creation's staging."""
+        return (self.root / collection).exists() or (self.root / f".{collection}.creating").exists()
 
     def _lock_meant(self) -> ExclusiveLock:
         """Lock the collection the name means (aliases.json), taking `collection` from

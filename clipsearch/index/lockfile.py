@@ -9,6 +9,7 @@ in it) is taken over by the next open.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 
@@ -29,6 +30,18 @@ class ExclusiveLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                # The engine opens its files for writing even to search: no read-only open to offer.
+                folder = os.path.dirname(self.path) or "."
+                if exc.errno == errno.EROFS:
+                    raise ClipsearchError(
+                        f"the index folder {folder} is on a read-only file system, and the embedded index writes "
+                        "even to search: copy the folder to a writable disk, or run `clipsearch serve` where it is "
+                        "writable and search through it") from None
+                raise ClipsearchError(
+                    f"the index folder {folder} cannot be written by this user ({exc.strerror}), and the embedded "
+                    "index writes even to search: run clipsearch as the user who owns it, or search through "
+                    "`clipsearch serve` run by that user") from None
             raise ClipsearchError(f"cannot open the lock file {self.path} of {self.what}: {exc.strerror}; "
                                   "if no clipsearch is using the index, remove that path") from None
         try:

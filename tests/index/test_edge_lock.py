@@ -379,3 +379,33 @@ def test_an_index_with_in_memory_keyword_indexes_is_moved_on_disk_by_a_write(tmp
         q = vectors[7]
         assert idx.query(q, 1, under="/photos/trip")[0].id == ids[7]
         assert all(h.path.startswith("/photos/home/") for h in idx.query(q, 5, under="/photos/home"))
+
+
+def test_reading_a_collection_that_is_not_there_leaves_no_lock_file(tmp_path):
+    folder = tmp_path / "index"
+    with open_index(settings(folder), create=True) as idx:
+        idx.ensure_collection(IDENTITY)
+    before = sorted(p.name for p in folder.iterdir())
+    with open_index(settings(folder, "typo")) as idx:
+        assert idx.exists() is False
+        with pytest.raises(ClipsearchError, match="does not exist"):
+            idx.count()
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_an_index_on_a_read_only_file_system_is_one_line_saying_so(tmp_path):
+    folder, mounted = tmp_path / "index", tmp_path / "snapshot"
+    with open_index(settings(folder), create=True) as idx:
+        idx.ensure_collection(IDENTITY)
+    mounted.mkdir()
+    if subprocess.run(["mount", "--bind", str(folder), str(mounted)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+        with pytest.raises(ClipsearchError) as raised:
+            open_index(settings(mounted)).close()
+        message = str(raised.value)
+        assert "\n" not in message and f"{mounted} is on a read-only file system" in message
+        assert "remove that path" not in message  # the lock file is not what is wrong
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
