@@ -111,6 +111,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             # the model check below reads it.
             adopted = with_collection_model(settings, index.stored_identity(), say) \
                 if names_no_model(settings) else settings
+            copy = index.unfinished_copy()
         if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()
@@ -131,6 +132,10 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         note = absent_folder_note(under, any(hits for _, hits in results))
         if note:
             click.echo(note, err=True)
+        if copy:
+            from clipsearch.index.commands import unfinished_copy_text
+
+            click.echo(f"note: {unfinished_copy_text(copy)}", err=True)
         if gallery:
             from .gallery import write_gallery
 

@@ -56,7 +56,8 @@ def resolve_model_location(name: str) -> tuple[str, bool]:
     if _looks_like_path(name):
         folder = Path(name).expanduser().resolve()
         if not folder.is_dir():
-            raise ClipsearchError(f"model folder {folder} does not exist; {LOCAL_MODEL_HINT}")
+            what = "is a file, not a model folder" if folder.exists() else "does not exist"
+            raise ClipsearchError(f"model folder {folder} {what}; {LOCAL_MODEL_HINT}")
         if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
             if (folder / FINETUNE_RUN_FILE).is_file():
                 raise ClipsearchError(

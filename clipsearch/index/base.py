@@ -182,6 +182,18 @@ class Index(ABC):
         """The other collections of this name: versions kept after a switch, or being
         built by a reindex, and an original that a switch could not rename."""
 
+    # -- a copy under way (clipsearch migrate) ------------------------------------
+    @abstractmethod
+    def unfinished_copy(self) -> dict | None:
+        """What a `clipsearch migrate` into this collection recorded at its start and
+        clears at its end ({"from": ..., "points": N}): None once it finished or where
+        none ran. A copy that stopped leaves it, so that status and search can say the
+        collection holds only part of its source."""
+
+    @abstractmethod
+    def record_unfinished_copy(self, copy: dict | None) -> None:
+        """Record (or, with None, clear) the copy under way."""
+
     @abstractmethod
     def record_identity(self, identity: ModelIdentity) -> None:
         """Record `identity` as the collection's model, its vectors kept: for a model
@@ -296,6 +308,7 @@ class Index(ABC):
             "exists": self.exists(),
             "points": self.count() if self.exists() else 0,
             "model": identity.to_dict() if identity else None,
+            **({"unfinished_copy": copy} if self.exists() and (copy := self.unfinished_copy()) else {}),
         }
 
     @abstractmethod

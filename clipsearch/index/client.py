@@ -329,6 +329,13 @@ class ClientIndex(Index):
         meant = self.meant()
         return sorted(c.name for c in answer.collections if c.name != meant and is_version_of(c.name, self.name))
 
+    def unfinished_copy(self) -> dict | None:
+        copy = self._clipsearch_metadata(self._info()).get("copying") if self.exists() else None
+        return copy if isinstance(copy, dict) else None
+
+    def record_unfinished_copy(self, copy: dict | None) -> None:
+        self._mark(copying=copy)
+
     def record_identity(self, identity: ModelIdentity) -> None:
         ours = self._clipsearch_metadata(self._info())
         ours["model"] = identity.to_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,8 @@ def migrate(settings, to, to_collection, batch_size, quiet):
     from .migrate import migrate as run_migrate
     from .open import open_index
 
+    if to != ":memory:" and "://" not in to and os.path.isfile(os.path.expanduser(to)):
+        raise ClipsearchError(f"--to {to} is a file, not an index folder or a server URL")
     target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
     if (target_settings.index, target_settings.collection) == (settings.index, settings.collection):
         raise ClipsearchError("--to names the source collection itself")
@@ -101,7 +104,8 @@ def format_status(facts: dict) -> str:
                                                   if facts.get("means") else "")
         + ("" if facts["exists"] else " (does not exist yet)"),
         f"points:       {facts['points']}",
-        "model:        " + (f"{model['name']} (image {model['image_fingerprint'][:12]}, dim {model['dim']})"
+        "model:        " + (f"{model['name']} (image {model['image_fingerprint'][:12]}, dim {model['dim']}"
+                            + (f", {model['precision']} vectors" if model.get("precision") else "") + ")"
                             if model else "-"),
     ]
     if facts["exists"] and "indexed_vectors" in facts:
@@ -126,7 +130,16 @@ def format_status(facts: dict) -> str:
         from .layout import format_cluster
 
         lines += format_cluster(facts["cluster"])
+    if facts.get("unfinished_copy"):
+        lines.append(f"incomplete:   {unfinished_copy_text(facts['unfinished_copy'])}")
     return "\n".join(lines)
+
+
+def unfinished_copy_text(copy: dict) -> str:
+    """What status, status --check and search say of a migrate that stopped."""
+    points = copy.get("points")
+    return (f"a migrate from {copy.get('from', 'unknown')}" + (f" ({points} points)" if points is not None else "")
+            + " has not finished: this collection may hold only part of them; run the same migrate again")
 
 
 # -- status --check ---------------------------------------------------------------------
@@ -197,6 +210,9 @@ def check_index(index: "Index") -> list[Finding]:
         return findings
     findings += _point_findings(survey, count, dim)
     findings += _graph_findings(index)
+    copy = index.unfinished_copy()
+    if copy:
+        findings.append(Finding(False, "migrate", unfinished_copy_text(copy)))
     return findings
 
 

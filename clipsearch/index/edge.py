@@ -73,6 +73,8 @@ STATE = "state.json"
 # own measure (points less indexed vectors) misses points that replaced deleted ones in
 # the graph, as a moved folder's do.
 GRAPH = "graph.json"
+# A migrate into the collection that has not finished (Index.unfinished_copy).
+COPYING = "copying.json"
 # Qdrant's defaults, for an HNSW configuration that sets only some of them.
 QDRANT_HNSW_M, QDRANT_HNSW_EF_CONSTRUCT, QDRANT_FULL_SCAN_THRESHOLD_KB = 16, 100, 10_000
 DEFAULT_EMBEDDED_LAYOUT = Layout(quantization="none", vectors_on_disk=False, hnsw_m=QDRANT_HNSW_M,
@@ -668,6 +670,22 @@ class EdgeIndex(Index):
     def record_identity(self, identity: ModelIdentity) -> None:
         self.require_collection()
         _write_json_atomically(self._collection_dir / MODEL, identity.to_dict())
+
+    def unfinished_copy(self) -> dict | None:
+        try:
+            copy = json.loads((self._collection_dir / COPYING).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # unreadable: a copy was under way, what it said is lost
+            return {"from": "unknown", "points": None}
+        return copy if isinstance(copy, dict) else {"from": "unknown", "points": None}
+
+    def record_unfinished_copy(self, copy: dict | None) -> None:
+        self.require_collection()
+        if copy is None:
+            (self._collection_dir / COPYING).unlink(missing_ok=True)
+        else:
+            _write_json_atomically(self._collection_dir / COPYING, copy)
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():

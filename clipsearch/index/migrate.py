@@ -41,6 +41,9 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
         raise ClipsearchError(f"collection {source.collection!r} at {source.location} has no model record to migrate")
     target.ensure_collection(identity)  # refuses a target built with another model
     summary = MigrateSummary(total=source.count())
+    # Until the counts agree, the target says it holds part of its source (status, search).
+    target.record_unfinished_copy({"from": f"{source.location} (collection {source.collection})",
+                                   "points": summary.total})
     started = time.monotonic()
     with target.bulk_load():
         batch = []
@@ -61,6 +64,7 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
             f"migration incomplete: source has {summary.total} points, target {target.location} holds "
             f"{summary.target_count}; run the same command again to resume"
         )
+    target.record_unfinished_copy(None)
     return summary
 
 

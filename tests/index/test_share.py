@@ -105,6 +105,42 @@ def test_migrate_resumes_where_it_stopped(edge_index, tmp_path, tiny_model_dir):
     assert (summary.copied, summary.already_there, summary.target_count) == (18, 12, 30)
 
 
+@pytest.mark.parametrize("target_backend", ["edge", "rest", pytest.param("server", marks=needs_server)])
+def test_a_migrate_that_stopped_leaves_the_target_saying_so(edge_index, tmp_path, tiny_model_dir, target_backend,
+                                                           monkeypatch):
+    target = settings_for(target_backend, tmp_path / "target", tiny_model_dir)
+    if target.backend == "server":
+        export_server(target_backend, monkeypatch)
+    with open_index(edge_index) as source, open_index(target, create=True) as t:
+        real_upsert, batches = t.upsert, []
+
+        def upsert_then_stop(*args):
+            batches.append(1)
+            if len(batches) == 3:
+                raise KeyboardInterrupt  # Ctrl-C after two batches of 5
+            real_upsert(*args)
+
+        t.upsert = upsert_then_stop
+        with pytest.raises(KeyboardInterrupt):
+            migrate(source, t, batch_size=5)
+    where = ["--index", target.index, "--collection", target.collection]
+    status = CliRunner().invoke(cli, ["status", *where])
+    assert status.exit_code == 0 and "points:       10" in status.output
+    assert "incomplete:   a migrate from " in status.output and "(30 points) has not finished" in status.output
+    assert json.loads(CliRunner().invoke(cli, ["status", *where, "--json"]).output)["unfinished_copy"]["points"] == 30
+    check = CliRunner().invoke(cli, ["status", "--check", *where])
+    assert check.exit_code == 1 and "run the same migrate again" in check.output
+    searched = CliRunner().invoke(cli, ["search", *where, "--model", str(tiny_model_dir), "a red circle", "-k", "3"])
+    assert searched.exit_code == 0 and "note: a migrate from " in searched.stderr
+
+    again = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
+                                     "--to", target.index, "--to-collection", target.collection, "-q"])
+    assert "copied 20, already there 10, of 30 points" in again.output
+    status = CliRunner().invoke(cli, ["status", *where])
+    assert "points:       30" in status.output and "incomplete" not in status.output
+    assert CliRunner().invoke(cli, ["status", "--check", *where]).exit_code == 0
+
+
 def test_migrate_refuses_a_target_of_another_model(edge_index, tmp_path, tiny_model_dir, other_model_dir):
     from clipsearch.encoders import Encoder
 
@@ -121,6 +157,16 @@ def test_migrate_to_itself_is_refused(edge_index):
     result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
                                       "--to", edge_index.index])
     assert result.exit_code == 1 and "source collection itself" in result.output
+
+
+def test_a_path_that_is_a_file_is_named_by_its_flag(edge_index, tmp_path, tiny_model_dir):
+    afile = tmp_path / "afile"
+    afile.write_text("not an index")
+    moved = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--to", str(afile)])
+    assert moved.exit_code == 1 and f"--to {afile} is a file, not an index folder" in moved.output
+    searched = CliRunner().invoke(cli, ["search", "--index", edge_index.index, "--collection", edge_index.collection,
+                                        "--model", str(afile), "a cat"])
+    assert searched.exit_code == 1 and f"model folder {afile} is a file, not a model folder" in searched.output
 
 
 def test_status_shows_state_and_never_the_key(edge_index, monkeypatch):

@@ -157,6 +157,8 @@ def test_int8_is_a_collection_of_its_own(tmp_path, tiny_model_dir):
                        "-k", "3")
     assert found.returncode == 0, found.stderr  # queries read a collection of either precision
     assert len(found.stdout.strip().splitlines()) == 3
+    status = {c: clipsearch("status", "--index", index, "-c", c).stdout for c in ("quantized", "plain")}
+    assert ", int8 vectors)" in status["quantized"] and " vectors)" not in status["plain"]  # the table says it too
 
 
 def test_int8_without_the_onnx_tower_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
