@@ -40,7 +40,7 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
               help="Add a term to the query, optionally weighted: --add 2:sunset (repeatable).")
 @click.option("--subtract", multiple=True, metavar="[W:]TEXT|IMAGE",
               help="Subtract a term from the query: --subtract people (repeatable).")
-@click.option("--queries", type=click.File("r"), default=None,
+@click.option("--queries", type=click.File("rb"), default=None,
               help="Answer each line of this file (text or image path) as its own query, loading the model once.")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
@@ -159,17 +159,27 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
 
 
 def query_lines(queries, query, image) -> list[str]:
-    """The --queries file's non-blank lines; it stands alone."""
-    try:
-        lines = [line.strip() for line in queries if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise ClipsearchError(f"--queries {shown(queries.name)} is not UTF-8 text (it holds the byte "
-                              f"{exc.object[exc.start]:#04x}); save it as UTF-8") from None
+    """The --queries file's distinct non-blank lines, in order (a repeated one is answered
+    once: the JSON output is keyed by the query); it stands alone. A line that is not
+    UTF-8 is an image's path when a file has that name (a file name is bytes: `find`
+    writes them as they are), else an error naming the line."""
+    lines = []
+    for number, raw in enumerate(queries, start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            line = os.fsdecode(raw.rstrip(b"\r\n"))
+            if not os.path.isfile(line):
+                raise ClipsearchError(f"--queries {shown(queries.name)} line {number} is not UTF-8 text (it holds "
+                                      f"the byte {exc.object[exc.start]:#04x}) nor the name of a file; save it as "
+                                      "UTF-8") from None
+        if line:
+            lines.append(line)
     if not lines:
         raise ClipsearchError(f"{queries.name} holds no queries")
     if query is not None or image is not None:
         raise ClipsearchError("give either QUERY/--image or --queries, not both")
-    return lines
+    return list(dict.fromkeys(lines))
 
 
 def search_remote(server, token, query, k, image, add, subtract, queries, under, min_score, fmt, gallery,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -219,6 +221,24 @@ def test_many_queries_load_the_model_once_and_key_json_by_query(indexed, encoder
     paths, _ = expected_order(vectors, encoder.encode_texts(["a green square"])[0], 3)
     assert [h["path"] for h in answer["a green square"]] == paths
     assert example not in [h["path"] for h in answer[example]]
+
+
+def test_queries_answers_a_repeat_once_and_reads_a_name_that_is_not_utf8(indexed, tmp_path):
+    settings, photos, _ = indexed
+    odd = photos.parent / "outside" / "caf\udce9.png"  # the byte 0xe9 of a Latin-1 name
+    odd.parent.mkdir()
+    shutil.copy(photos / "a" / "000-red-circle.png", odd)
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes(b"a red circle\na green square\na red circle\n" + os.fsencode(str(odd)) + b"\n")
+    table = run(settings, "--queries", str(queries), "-k", "2")
+    answer = json.loads(run(settings, "--queries", str(queries), "-k", "2", "-f", "json").stdout)
+    assert table.exit_code == 0, table.output
+    assert list(answer) == ["a red circle", "a green square", str(odd)]
+    assert table.stdout.count("# ") == 3  # one block a query, as many as the JSON's keys
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a red circle\nno such caf\xe9\n")
+    failed = run(settings, "--queries", str(bad))
+    _one_line_error(failed, "line 2 is not UTF-8 text (it holds the byte 0xe9) nor the name of a file")
 
 
 def test_python_api_returns_typed_hits(indexed, encoder):
