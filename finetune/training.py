@@ -215,6 +215,26 @@ class _ProgressCallback(TrainerCallback):
         self.saved = state.global_step
 
 
+class _NoLoneRowSampler(NoDuplicatesBatchSampler):
+    """Without batches of one row. A lone pair is its own only candidate: the contrastive
+    loss is 0 and teaches nothing, yet AdamW still steps (its momentum and the weight
+    decay move the weights). An epoch's last batch is one when the pairs number one more
+    than a multiple of the batch size, and leftover rows of equal captions can make more."""
+
+    def __iter__(self):
+        return (batch for batch in super().__iter__() if len(batch) > 1)
+
+    def __len__(self) -> int:
+        """The steps an epoch takes, which the learning-rate schedule spans: without the
+        foreseeable lone last batch."""
+        return batches_per_epoch(len(self.dataset), self.batch_size) if not self.drop_last else super().__len__()
+
+
+def batches_per_epoch(rows: int, batch_size: int) -> int:
+    """Full batches, and a last one of two rows or more (a lone row is no batch)."""
+    return rows // batch_size + (rows % batch_size > 1)
+
+
 class _Trainer(SentenceTransformerTrainer):
     def add_model_card_callback(self, default_args_dict):
         """No automatic model card: it encodes sample rows as widgets, which a
@@ -231,8 +251,8 @@ class _Trainer(SentenceTransformerTrainer):
         same with or without the column."""
         if NEGATIVE_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns([NEGATIVE_COLUMN])
-        return NoDuplicatesBatchSampler(dataset, batch_size=batch_size, drop_last=drop_last,
-                                        valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        return _NoLoneRowSampler(dataset, batch_size=batch_size, drop_last=drop_last,
+                                 valid_label_columns=valid_label_columns, generator=generator, seed=seed)
 
     def _save(self, output_dir=None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -322,7 +342,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     scale = settings.scale if settings.scale is not None else model_scale(clip)
     freeze_tower(clip, settings.freeze)
     batch_size = _batch_size(pairs, settings, progress)
-    steps_per_epoch = math.ceil(len(pairs) / batch_size)
+    steps_per_epoch = batches_per_epoch(len(pairs), batch_size)
     # --warmup is a fraction of the run; transformers reads a warmup_steps of 1 or more as
     # a count of steps (--warmup 1 would warm up for one step). Rounded down: a run of
     # one step is not spent at a learning rate of 0.

@@ -338,6 +338,20 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, shapes, tiny
     assert not (out / "checkpoints").exists()
 
 
+def test_a_batch_of_one_pair_is_not_a_training_step(tmp_path, shapes, tiny_model_dir):
+    # 17 pairs of distinct captions in batches of 16: each epoch's last batch would hold
+    # one pair, whose loss is 0 (its only candidate is itself) while AdamW still steps.
+    train, heldout = shapes
+    rows = [line for line in train.read_text().splitlines()[1:] if line.split(",")[0].endswith("-0.png")][:17]
+    data = train.parent / "seventeen.csv"
+    data.write_text("image_path,text_description\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = finetune(data, "--base", tiny_model_dir, "-o", out, "--eval-data", heldout, "--epochs", 2,
+                      "--batch-size", 16)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "eval.json").read_text())["train"]["steps"] == 2  # one batch of 16 an epoch
+
+
 def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, shapes, tiny_model_dir, monkeypatch):
     import torch
 
