@@ -146,6 +146,14 @@ def format_option(help: str) -> Callable[[F], F]:
                         show_default=True, help=help)
 
 
+def exclude_option(fn: F) -> F:
+    """--exclude GLOB of ingest and serve --watch: both walks skip the same files."""
+    return click.option(
+        "--exclude", multiple=True, metavar="GLOB",
+        help="Skip files and folders matching GLOB (repeatable): a name (raw, '*.tmp'), a full path, or the "
+             "end of one (2019/Paris skips every folder .../2019/Paris).")(fn)
+
+
 def quiet_option(fn: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")(fn)
 

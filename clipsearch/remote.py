@@ -37,7 +37,10 @@ class ServeClient:
 
     # -- the API ------------------------------------------------------------------------
     def status(self) -> dict:
-        return self._json("GET", "/api/status")
+        facts = self._json("GET", "/api/status")
+        if not isinstance(facts, dict) or not {"backend", "location", "collection", "exists", "points"} <= set(facts):
+            raise ClipsearchError(f"{self.url}/api/status is not a clipsearch serve status; is it clipsearch serve?")
+        return facts
 
     def health(self) -> dict:
         return self._json("GET", "/api/health")

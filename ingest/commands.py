@@ -9,7 +9,7 @@ import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
-from clipsearch.options import index_options, layout_options, quiet_option, setting_option
+from clipsearch.options import exclude_option, index_options, layout_options, quiet_option, setting_option
 
 
 def pipeline_options(fn):
@@ -45,9 +45,7 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
 @index_options
 @layout_options
 @pipeline_options
-@click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Skip files and folders matching GLOB (repeatable): a name (raw, '*.tmp'), a full path, or the "
-                   "end of one (2019/Paris skips every folder .../2019/Paris).")
+@exclude_option
 @setting_option("shard", metavar="I/N")
 @setting_option("precision", metavar="fp32|int8")
 @click.option("--prune", is_flag=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from clipsearch import config
-from clipsearch.options import index_options, quiet_option, setting_option
+from clipsearch.options import exclude_option, index_options, quiet_option, setting_option
 
 
 @click.command()
@@ -16,6 +16,7 @@ from clipsearch.options import index_options, quiet_option, setting_option
 @click.option("--watch", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Ingest DIR (incrementally), then keep the index in step with its changes while serving "
                    "(repeatable).")
+@exclude_option
 @setting_option("cors_origins", "--cors-origin", metavar="ORIGIN[,ORIGIN...]")
 @setting_option("upload_megabytes", metavar="MB")
 @setting_option("thumbnail_megabytes", metavar="MB")
@@ -28,7 +29,7 @@ from clipsearch.options import index_options, quiet_option, setting_option
                    "mounted, is left as it is and the log says so).")
 @setting_option("rescan_minutes", "--rescan", metavar="MINUTES")
 @quiet_option
-def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, thumbnail_megabytes, workers,
+def serve(settings, host, port, token, watch, exclude, cors_origins, upload_megabytes, thumbnail_megabytes, workers,
           batch_size, allow_missing, rescan_minutes, quiet):
     """Serve the index to many clients: an HTTP API, a web page, thin clients
     (`clipsearch search --server URL`), and with --watch a live index."""
@@ -36,7 +37,7 @@ def serve(settings, host, port, token, watch, cors_origins, upload_megabytes, th
 
     options = ServeOptions(
         host=config.value("host", host), port=config.value("port", port), token=config.value("token", token),
-        watch=list(watch), cors_origins=tuple(config.value("cors_origins", cors_origins)),
+        watch=list(watch), exclude=tuple(exclude), cors_origins=tuple(config.value("cors_origins", cors_origins)),
         upload_megabytes=config.value("upload_megabytes", upload_megabytes),
         thumbnail_megabytes=config.value("thumbnail_megabytes", thumbnail_megabytes),
         workers=config.value("workers", workers), batch_size=config.value("batch_size", batch_size),

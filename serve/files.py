@@ -81,11 +81,20 @@ def etag(point: str, payload: dict, size: int | None = None) -> str:
 
 
 class Thumbnails:
-    def __init__(self, folder: Path, limit_bytes: int = 2_000_000_000):
+    def __init__(self, folder: Path, limit_bytes: int = 2_000_000_000, decodes: int = 2):
+        """`decodes`: thumbnails made at once. A photo decodes whole into memory (64 MP:
+        about 200 MB, more while it is scaled), and a page asks for dozens at a time: the
+        others wait their turn rather than take the NAS's memory."""
         self.folder = folder
         self.limit_bytes = limit_bytes
         self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(decodes)
         self._total: int | None = None  # bytes in the cache; counted at the first write
+        try:  # the cache shows every photo small: only this user may look in (a photo's own mode is not kept)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)  # also a cache made before, open to all
+        except OSError:
+            pass  # a cache that cannot be made only costs every request a decode
 
     def _file(self, point: str, size: int, payload: dict) -> Path:
         name = f"{point}-{size}-{payload.get('size')}-{payload.get('mtime_ns', 0)}.jpg"
@@ -107,7 +116,8 @@ class Thumbnails:
                 pass
             return data
         try:
-            data = make_thumbnail(fd, size)
+            with self._decoding:
+                data = make_thumbnail(fd, size)
         except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise Gone(f"cannot make a thumbnail of the indexed file: {reason}") from None

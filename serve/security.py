@@ -83,6 +83,11 @@ class Guard:
         return False
 
 
-def check_bind(host: str, token: str | None) -> None:
+def check_bind(host: str, token: str | None, cors_origins: tuple[str, ...] = ()) -> None:
     if not is_loopback(host) and not token:
         raise ClipsearchError(f"binding {host} (not loopback) needs a token: give --token or CLIPSEARCH_TOKEN")
+    if "*" in cors_origins and not token:
+        # Every web page the user opens could then read the library from 127.0.0.1: the
+        # Host check does not stop a page that names serve's own address.
+        raise ClipsearchError("--cors-origin '*' without a token lets any web page you open read the whole "
+                              "library: name the origins allowed, or give --token (or CLIPSEARCH_TOKEN) too")

@@ -25,6 +25,7 @@ class ServeOptions:
     port: int = 8765
     token: str | None = None
     watch: list[str] = field(default_factory=list)
+    exclude: tuple[str, ...] = ()  # --watch skips these, as ingest --exclude does
     cors_origins: tuple[str, ...] = ()
     upload_megabytes: float = 20.0
     thumbnail_megabytes: float = 2000.0
@@ -85,7 +86,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
     from .uploads import UploadDecoder
 
     token, generated = choose_token(options.host, options.token)
-    check_bind(options.host, token)
+    check_bind(options.host, token, options.cors_origins)
     roots = []
     if options.watch:
         from clipsearch.ingest.pipeline import resolve_roots
@@ -150,7 +151,7 @@ def start_watcher(service, roots: list[str], options: ServeOptions):
 
     # prune: a live index forgets the files deleted while it was down.
     ingestor = Ingestor(service.encoder, service.index,
-                        IngestOptions(batch_size=options.batch_size, workers=options.workers,
+                        IngestOptions(batch_size=options.batch_size, workers=options.workers, exclude=options.exclude,
                                       max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
                                       optimize=False, prune=True, allow_missing=options.allow_missing))
     watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w),

@@ -53,6 +53,15 @@ def test_a_public_address_needs_a_token():
         check_bind("0.0.0.0", None)
 
 
+def test_cors_for_every_origin_needs_a_token(tmp_path, tiny_model_dir):
+    check_bind("127.0.0.1", "a-token-of-enough-length", ("*",))
+    check_bind("127.0.0.1", None, ("https://photos.example.org",))
+    refused = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "idx"), "--model", str(tiny_model_dir),
+                                       "--cors-origin", "*"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert "--cors-origin '*' without a token lets any web page you open read the whole library" in refused.output
+
+
 def test_serve_refuses_a_missing_collection_and_a_missing_watched_folder(tmp_path, tiny_model_dir):
     missing = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "nothing"), "--model", str(tiny_model_dir)])
     assert missing.exit_code == 1 and "does not exist" in missing.output and "--watch" in missing.output
@@ -80,3 +89,24 @@ def test_cached_queries_leave_no_line_a_query_in_the_log(tmp_path, tiny_model_di
     one_shot: list[str] = []
     QueryEncoders(settings, say=one_shot.append).get().encode_texts(["a red circle"])
     assert "fast path: 1 of 1 query vector(s) from the query-vector cache" in one_shot, one_shot
+
+
+def test_watch_skips_what_exclude_names_at_the_scan_and_after(tmp_path, tiny_model_dir):
+    import time
+
+    from support import ServeProcess, draw_image
+
+    photos = tmp_path / "photos"
+    shared = draw_image(photos / "trip" / "beach.png", "blue", "circle")
+    draw_image(photos / "Private" / "do-not-share.png", "red", "square")
+    args = ["--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "--watch", str(photos),
+            "--exclude", "Private", "--workers", "0"]
+    with ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(tmp_path / "cache")}) as server:
+        server.wait_idle()
+        draw_image(photos / "Private" / "later.png", "green", "triangle")
+        later = draw_image(photos / "trip" / "later.png", "yellow", "circle")
+        server.wait_until(lambda: server.ingest_state().get("embedded") == 2, 60, "the new shared photo")
+        time.sleep(1.5)  # the private one had its events too
+        server.wait_idle()
+        hits = server.get("/api/search?q=a+photo&k=10")[1]["hits"]
+    assert sorted(h["path"] for h in hits) == sorted(str(p.resolve()) for p in (shared, later))

@@ -288,6 +288,36 @@ def test_a_dead_url_is_one_line():
                                        "connection refused (--server / CLIPSEARCH_SERVER)")
 
 
+def test_a_url_that_is_not_serve_is_one_line():
+    import http.server
+    import threading
+
+    class Other(http.server.BaseHTTPRequestHandler):  # another service answering JSON to everything
+        def do_GET(self):
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        for args in (["search", "red"], ["status"]):
+            done = run_cli([*args, "--server", url], base_env(Path("/nonexistent-cache")))
+            assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+            assert "is it clipsearch serve?" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        other.shutdown()
+
+
 def test_the_thin_path_imports_no_model_index_or_numpy(serving):
     env = {**base_env(serving.root / "thin-cache"), "CLIPSEARCH_SERVER": serving.url, "CLIPSEARCH_TOKEN": TOKEN}
     code = ("import sys, json\n"

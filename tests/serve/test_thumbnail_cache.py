@@ -71,3 +71,41 @@ def test_a_restarted_server_counts_what_the_cache_already_holds(tmp_path):
     serve(restarted, paths[5])
     assert cached_bytes(cache) <= limit * 0.9
     assert point_id(paths[5]) in cached_points(cache) and point_id(paths[0]) not in cached_points(cache)
+
+
+def test_the_cache_is_private_to_its_user(tmp_path):
+    cache = tmp_path / "thumbnails"
+    cache.mkdir(mode=0o755)  # as an older serve left it
+    thumbnails = Thumbnails(cache)
+    serve(thumbnails, photos(tmp_path / "photos", 1)[0])
+    assert cache.stat().st_mode & 0o777 == 0o700  # a chmod 600 photo is not readable small by everyone
+
+
+def test_at_most_the_allowed_decodes_run_at_once(tmp_path, monkeypatch):
+    import threading
+
+    from clipsearch.serve import files
+
+    paths = photos(tmp_path / "photos", 8)
+    running, most, lock = [0], [0], threading.Lock()
+    real = files.make_thumbnail
+
+    def counted(fd, size):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)  # long enough for the others to pile up
+            return real(fd, size)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(files, "make_thumbnail", counted)
+    thumbnails = Thumbnails(tmp_path / "thumbnails", decodes=2)
+    threads = [threading.Thread(target=serve, args=(thumbnails, p)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert most[0] == 2 and len(cached_points(tmp_path / "thumbnails")) == 8
