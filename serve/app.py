@@ -153,6 +153,58 @@ def hits_of(found, k: int, offset: int, started: float) -> JSONResponse:
             "k": k, "offset": offset, "took_ms": elapsed_ms(started)})
 
 
+# The largest body of a request that is not an image upload: JSON of a search with its
+# liked and disliked ids, a login. An upload may be the upload limit and its form around it.
+BODY_BYTES = 1 << 20
+FORM_BYTES = 64 << 10
+UPLOAD_PATH = "/api/search/image"
+
+
+class BodyLimit:
+    """Request bodies are refused (413) beyond their limit as they arrive, not after
+    they were read whole: a declared Content-Length at once, a chunked body once its
+    bytes pass it. Without this, a 1.5 GB upload was spooled to disk, and a 400 MB JSON
+    body held in memory, before any limit was checked."""
+
+    def __init__(self, app, upload_bytes: int):
+        self.app = app
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"] == UPLOAD_PATH
+        limit = self.upload_bytes + FORM_BYTES if upload else BODY_BYTES
+        message = (f"the upload is larger than {self.upload_bytes / 1e6:g} MB (--upload-megabytes / "
+                   "CLIPSEARCH_UPLOAD_MEGABYTES)" if upload else f"the request body is larger than {limit >> 20} MB")
+        too_large = JSONResponse({"error": message}, status_code=413, headers={"Connection": "close"})
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await too_large(scope, receive, send)
+            return
+        received, refused = 0, False
+
+        async def counted() -> dict:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    await too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}  # the route stops reading; what it answers is dropped
+            return message
+
+        async def sending(message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, sending)
+
+
 class Gatekeeper:
     """Every request but the open paths needs the token (header or login cookie); every
     response gets the security headers. Plain ASGI: no per-request task or body copy."""
@@ -235,6 +287,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500)
 
     # -- who may ask ---------------------------------------------------------------------
+    app.add_middleware(BodyLimit, upload_bytes=upload_bytes)  # inside the gate: no body is read before the token
     app.add_middleware(Gatekeeper, guard=guard)
 
     if cors_origins:

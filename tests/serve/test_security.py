@@ -170,12 +170,13 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
 
 @pytest.mark.slow
 def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_path):
-    """Also: a client's malformed upload is its 400, and no line in serve's log."""
+    """Also: a client's malformed upload is its 400, a body beyond its limit a 413 before
+    it is read whole, and no line in serve's log."""
     import urllib.error
     import urllib.request
 
     served.service.index.close()  # the process opens it; the module's other tests are done with it
-    args = ["--index", served.settings.index, "--model", served.settings.model]
+    args = ["--index", served.settings.index, "--model", served.settings.model, "--upload-megabytes", "1"]
     server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(served.root / "cache")})
     try:
         assert server.get("/api/status")[0] == 200
@@ -187,10 +188,47 @@ def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_pat
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(garbage, timeout=30)
         assert refused.value.code == 400
+        for path, head, message in (
+                ("/api/search/image", b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n',
+                 "the upload is larger than 1 MB"),
+                ("/api/search", b'{"query": "', "the request body is larger than 1 MB")):
+            status, body, sent = chunked_upload(server.port, path, head, 64 << 20)
+            assert status == 413 and message in body and sent < 16 << 20, (path, status, body, sent)
+        declared = urllib.request.Request(server.url + "/api/search", data=b" " * (2 << 20), method="POST",
+                                          headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(declared, timeout=30)
+        assert refused.value.code == 413
+        assert server.get("/api/search?q=red&k=1")[0] == 200  # and it goes on answering
     finally:
         server.stop()
     output = server.output()
     assert "Traceback" not in output and "boundary" not in output, output
+
+
+def chunked_upload(port: int, path: str, head: bytes, total: int) -> tuple[int, str, int]:
+    """POST `head` then up to `total` bytes, chunked (no Content-Length): (status, body,
+    bytes sent before the server answered or closed)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    content_type = "multipart/form-data; boundary=xx" if path.endswith("/image") else "application/json"
+    connection.putrequest("POST", path)
+    connection.putheader("Content-Type", content_type)
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    sent = 0
+    try:
+        connection.send(b"%x\r\n%s\r\n" % (len(head), head))
+        while sent < total:
+            chunk = b"y" * (64 << 10)
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        connection.send(b"0\r\n\r\n")
+    except OSError:  # the server closed the connection after its 413: what a client sees
+        pass
+    response = connection.getresponse()
+    return response.status, response.read().decode(), sent
 
 
 @pytest.mark.slow
