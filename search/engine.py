@@ -3,14 +3,14 @@ ranked image hits out."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.hits import SearchHit
-from clipsearch.index import Index, canonical_path, point_id
+from clipsearch.index import Hit, Index, canonical_path, point_id
 from clipsearch.index.where import Where
 
 from .terms import Term, image_term
@@ -22,6 +22,26 @@ CHECK_SIZE = 224
 def check_k(k: int) -> None:
     if k < 1:
         raise ClipsearchError(f"-k must be at least 1, got {k}")
+
+
+# How far past k settled() looks for the end of a run of tied scores: a run longer than
+# this (thousands of byte-identical copies) is cut at it, in a stable order still.
+MAX_TIE_WINDOW = 4096
+
+
+def settled(fetch: Callable[[int], list[Hit]], k: int) -> list[Hit]:
+    """The top `k` of `fetch(n)` (an index query for n hits) in a stable order: by score,
+    then id. The index orders equal scores as it meets them, so two queries could cut a
+    run of ties (byte-identical copies) differently, and a page (offset + k) repeat an
+    image of the page before and skip another. The run that reaches the k-th place is
+    fetched whole: more hits are asked for while the last one still ties it."""
+    limit = k + 1
+    while True:
+        hits = fetch(limit)
+        if len(hits) < limit or hits[-1].score < hits[k - 1].score or limit >= k + MAX_TIE_WINDOW:
+            break
+        limit = min(2 * limit, k + MAX_TIE_WINDOW)
+    return sorted(hits, key=lambda h: (-h.score, h.id))[:k]
 
 
 class Searcher:
@@ -84,7 +104,8 @@ class Searcher:
         check_k(k)
         if under is not None:
             under = canonical_path(under)
-        hits = self.index.query(vector, k, under=under, exclude_ids=exclude_ids, where=where or None)
+        hits = settled(lambda n: self.index.query(vector, n, under=under, exclude_ids=exclude_ids, where=where or None),
+                       k)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
         return [SearchHit.from_hit(rank, hit) for rank, hit in enumerate(hits, start=1)]

@@ -26,6 +26,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index
 from clipsearch.index.where import Where
 from clipsearch.search import Searcher, SearchHit, Term, parse_term
+from clipsearch.search.engine import settled
 
 # Deep pages are answered by asking the index for offset + k hits.
 MAX_K = 1000
@@ -219,8 +220,8 @@ class SearchService:
                 raise ClipsearchError("a refinement needs a query or at least one liked image")
             negatives = self.stored_vectors(q.disliked)
             under = canonical_folder(q.under)
-            found = self.index.recommend(positives, negatives, wanted, under=under, exclude_ids=exclude,
-                                         where=q.where or None)
+            found = settled(lambda n: self.index.recommend(positives, negatives, n, under=under,
+                                                           exclude_ids=exclude, where=q.where or None), wanted)
             if q.min_score is not None:
                 found = [h for h in found if h.score >= q.min_score]
             hits = [SearchHit.from_hit(rank, h) for rank, h in enumerate(found, start=1)]
