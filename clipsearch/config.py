@@ -69,7 +69,7 @@ def _number(kind: Callable[[str], Any], what: str, low: float, low_open: bool = 
             value = kind(str(text).strip())
         except ValueError:
             raise ValueError(f"is not {what}") from None
-        if value < low or (low_open and value == low) or value != value:  # value != value: NaN
+        if value < low or (low_open and value == low) or value != value or value == float("inf"):  # NaN, inf
             raise ValueError(f"is not {what}")
         return value
 

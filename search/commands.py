@@ -111,7 +111,6 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             # the model check below reads it.
             adopted = with_collection_model(settings, index.stored_identity(), say) \
                 if names_no_model(settings) else settings
-            copy = index.unfinished_copy()
         if adopted is not settings:  # a server's record: known only now
             encoders = QueryEncoders(adopted, say=say, timings=timings)
         encoder = encoders.get()
@@ -120,6 +119,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         # answered with another model's vectors. On a server that is one request more.
         with timings.phase("index open"):  # the model check and the count
             searcher = Searcher(encoder, index)
+            copy = index.unfinished_copy()  # a server's: from the record the model check has just read
         with timings.phase("search"):  # less the encoding, counted apart
             results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score, where=where))
                        for label, terms in batches]
@@ -165,6 +165,8 @@ def query_lines(queries, query, image) -> list[str]:
     writes them as they are), else an error naming the line."""
     lines = []
     for number, raw in enumerate(queries, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # the BOM some editors write: not part of the query
+            raw = raw[3:]
         try:
             line = raw.decode("utf-8").strip()
         except UnicodeDecodeError as exc:

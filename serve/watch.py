@@ -54,6 +54,8 @@ from clipsearch.ingest import Ingestor, image_extensions, walk_images, walked_pa
 
 # The longest a path waits while events keep coming (seconds).
 MAX_WAIT = 5.0
+# The longest one wait for the next timed walk (a day): a wait of years overflows the clock.
+LONGEST_WAIT = 86400.0
 
 
 def _say(text: str) -> None:
@@ -121,19 +123,23 @@ class FolderWatcher:
 
         observer = Observer()
         handler = _Handler(self)
+        observer.daemon = True
         try:
             for root in self.roots:
                 if os.path.isdir(root):  # a share not mounted now: watched after the walk that finds it
                     observer.schedule(handler, root, recursive=True)
+            observer.start()  # where the watches are added: the watch limit is met here
         except OSError as exc:
+            try:  # its inotify reader and threads end with it
+                observer.stop()
+            except Exception:
+                pass
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                 raise
             _say(f"watch: {exc.strerror or exc} (raise it: sysctl fs.inotify.max_user_watches=524288 and "
                  "fs.inotify.max_user_instances=1024); changes are found only by the walk "
                  + (f"every {self.rescan_every / 60:g} minutes" if self.rescan_every else "--rescan MINUTES asks for"))
             return None
-        observer.daemon = True
-        observer.start()
         return observer
 
     def request_rescan(self, reason: str) -> None:
@@ -145,14 +151,15 @@ class FolderWatcher:
     def stop(self, timeout: float | None = None) -> None:
         """Stop following changes and end the thread; a batch in progress ends after
         its current encode batch, which is committed."""
-        with self._cond:
+        with self._cond:  # with the flag, under one lock: _rescan installs no observer after this
             self._stopping = True
+            observer = self._observer
             self._cond.notify_all()
         if self.ingestor is not None:
             self.ingestor.stop()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout)
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -163,7 +170,7 @@ class FolderWatcher:
         moves) is not known here."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not (self._scanned and not self._queue and not self._busy):
+            while not (self._scanned and not self._queue and not self._busy and self._rescan_reason is None):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -273,7 +280,10 @@ class FolderWatcher:
                 for root in sorted(set(self.roots) - set(roots)):
                     _say(f"watch: {root} is not a folder now (a share not mounted?): its images stay indexed")
             if not self._stopping and roots:
-                summary = ingestor.run(roots, allow_empty=True)
+                try:
+                    summary = ingestor.run(roots, allow_empty=True)
+                finally:  # --allow-missing is for the first scan: a later walk over a share gone empty keeps it
+                    ingestor.options = dataclasses.replace(ingestor.options, allow_missing=False)
                 if not rescan or summary.embedded or summary.moved or summary.copied or summary.removed:
                     _say(summary.line())  # an hourly walk that found nothing new says nothing
                 if summary.not_pruned:
@@ -295,15 +305,24 @@ class FolderWatcher:
         """Watch anew (a share mounted again, folders the limit left out), then walk."""
         if not self.ingestor or not self.ingestor.options.quiet:
             _say(f"watch: walking the folders again ({reason})")
+        # The old observer goes first: both would hold a full set of watches against the
+        # user's limit. An event missed between is found by the walk that follows.
+        with self._cond:
+            old, self._observer = self._observer, None
+        if old is not None:
+            old.stop()
+            old.join(5)
         try:
-            new = self._start_observer()  # before the old one stops: no event is missed between
+            new = self._start_observer()
         except OSError as exc:
-            self._failed("watching the folders anew", exc)  # the old watches go on
-        else:  # none where the watch limit allows none: the old watches, whatever they cover, go on
-            old, self._observer = (self._observer, new) if new is not None else (None, self._observer)
-            if old is not None:
-                old.stop()
-                old.join(5)
+            new = None
+            self._failed("watching the folders anew", exc)
+        with self._cond:
+            if not self._stopping:
+                self._observer, new = new, None
+        if new is not None:  # stop() came meanwhile: it never saw this one
+            new.stop()
+            new.join(5)
         self.rescans += 1
         self._scan(rescan=True)
 
@@ -335,7 +354,7 @@ class FolderWatcher:
                     self._cond.wait(max(0.01, min(self.debounce - quiet_for, self.max_wait - waited,
                                                   until_rescan if until_rescan is not None else self.max_wait)))
                 else:
-                    self._cond.wait(None if until_rescan is None else max(0.01, until_rescan))
+                    self._cond.wait(None if until_rescan is None else max(0.01, min(until_rescan, LONGEST_WAIT)))
             return None
 
     def _process(self, batch: list[str]) -> None:
@@ -418,6 +437,7 @@ class _Handler(FileSystemEventHandler):
 NETWORK_FILE_SYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "fuse.glusterfs",
     "fuse.sshfs", "sshfs", "fuse.rclone", "davfs", "fuse.davfs2", "afs", "lustre", "beegfs", "gpfs",
+    "vboxsf", "fuse.vmhgfs-fuse", "drvfs", "fuse.gvfsd-fuse", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs",
 })
 
 

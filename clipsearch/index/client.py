@@ -17,7 +17,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -114,6 +114,7 @@ class ClientIndex(Index):
         self.where = f"{location} (gRPC port {grpc_port})" if grpc and self.backend == "server" else location
         self._exists: bool | None = None
         self._reached = False  # the server has answered a call of this process
+        self._last_info: tuple[float, Any] | None = None  # (when, the collection info read last): _recent_info
 
     # -- retries ----------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -248,7 +249,15 @@ class ClientIndex(Index):
         return ModelIdentity.from_dict(metadata["model"])
 
     def _info(self):
-        return self._call("collection info", lambda: self.client.get_collection(self.collection))
+        info = self._call("collection info", lambda: self.client.get_collection(self.collection))
+        self._last_info = (time.monotonic(), info)
+        return info
+
+    def _recent_info(self, seconds: float = 2.0):
+        """The collection info read within `seconds` (the open's model check read it), else read now:
+        a search asks for the unfinished-copy mark without one more request."""
+        last = self._last_info
+        return last[1] if last is not None and time.monotonic() - last[0] < seconds else self._info()
 
     @staticmethod
     def _clipsearch_metadata(info) -> dict:
@@ -330,7 +339,7 @@ class ClientIndex(Index):
         return sorted(c.name for c in answer.collections if c.name != meant and is_version_of(c.name, self.name))
 
     def unfinished_copy(self) -> dict | None:
-        copy = self._clipsearch_metadata(self._info()).get("copying") if self.exists() else None
+        copy = self._clipsearch_metadata(self._recent_info()).get("copying") if self.exists() else None
         return copy if isinstance(copy, dict) else None
 
     def record_unfinished_copy(self, copy: dict | None) -> None:
@@ -352,7 +361,7 @@ class ClientIndex(Index):
 
         if keep_old and self.name not in self._aliases():
             kept = self._sibling(version_name(self.name, old_identity), self.current_layout() or Layout())
-            migrate(self, kept, progress=progress)
+            migrate(self, kept, progress=progress, resume="run the same reindex again")
 
     def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
         """One alias update moves the name, atomically for every client. The first
@@ -401,6 +410,7 @@ class ClientIndex(Index):
         collection = self.collection
         self._call("record in the collection", lambda: self.client.update_collection(
             collection, metadata={METADATA_KEY: ours}))
+        self._last_info = None  # what _recent_info() would give is out of date now
 
     def drop(self, collection: str) -> None:
         if collection == self.name:

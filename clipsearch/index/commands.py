@@ -139,7 +139,8 @@ def unfinished_copy_text(copy: dict) -> str:
     """What status, status --check and search say of a migrate that stopped."""
     points = copy.get("points")
     return (f"a migrate from {copy.get('from', 'unknown')}" + (f" ({points} points)" if points is not None else "")
-            + " has not finished: this collection may hold only part of them; run the same migrate again")
+            + " has not finished: this collection may hold only part of them; "
+            + copy.get("resume", "run the same migrate again"))
 
 
 # -- status --check ---------------------------------------------------------------------

@@ -31,7 +31,10 @@ class MigrateSummary:
                 f"in {self.seconds:.1f} s; target now holds {self.target_count}")
 
 
-def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progress | None = None) -> MigrateSummary:
+def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progress | None = None,
+            resume: str = "run the same migrate again") -> MigrateSummary:
+    """Copy every point of `source` to `target`. `resume`: what the target's unfinished-copy
+    mark tells a person to do, should this stop part way."""
     if batch_size < 1:
         raise ClipsearchError(f"--batch-size must be at least 1, got {batch_size}")
     progress = progress or Progress()
@@ -42,8 +45,12 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     target.ensure_collection(identity)  # refuses a target built with another model
     summary = MigrateSummary(total=source.count())
     # Until the counts agree, the target says it holds part of its source (status, search).
-    target.record_unfinished_copy({"from": f"{source.location} (collection {source.collection})",
-                                   "points": summary.total})
+    # A mark left by a copy from elsewhere stays until that one is finished.
+    ours = {"from": f"{source.location} (collection {source.collection})", "points": summary.total,
+            "resume": resume}
+    earlier = target.unfinished_copy()
+    if earlier is None or earlier.get("from") == ours["from"]:
+        target.record_unfinished_copy(ours)
     started = time.monotonic()
     with target.bulk_load():
         batch = []
@@ -64,7 +71,8 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
             f"migration incomplete: source has {summary.total} points, target {target.location} holds "
             f"{summary.target_count}; run the same command again to resume"
         )
-    target.record_unfinished_copy(None)
+    if earlier is None or earlier.get("from") == ours["from"]:
+        target.record_unfinished_copy(None)
     return summary
 
 

@@ -109,7 +109,7 @@ def test_migrate_resumes_where_it_stopped(edge_index, tmp_path, tiny_model_dir):
 def test_a_migrate_that_stopped_leaves_the_target_saying_so(edge_index, tmp_path, tiny_model_dir, target_backend,
                                                            monkeypatch):
     target = settings_for(target_backend, tmp_path / "target", tiny_model_dir)
-    if target.backend == "server":
+    if target.backend == "server":  # its key and protocol, for the commands
         export_server(target_backend, monkeypatch)
     with open_index(edge_index) as source, open_index(target, create=True) as t:
         real_upsert, batches = t.upsert, []
@@ -139,6 +139,37 @@ def test_a_migrate_that_stopped_leaves_the_target_saying_so(edge_index, tmp_path
     status = CliRunner().invoke(cli, ["status", *where])
     assert "points:       30" in status.output and "incomplete" not in status.output
     assert CliRunner().invoke(cli, ["status", "--check", *where]).exit_code == 0
+
+
+def test_a_finished_copy_from_elsewhere_leaves_an_unfinished_one_marked(edge_index, tmp_path, tiny_model_dir):
+    target = settings_for("edge", tmp_path / "target", tiny_model_dir)
+    with open_index(edge_index) as source, open_index(target, create=True) as t:
+        t.ensure_collection(source.stored_identity())
+        t.record_unfinished_copy({"from": "/elsewhere (collection photos)", "points": 500})
+        migrate(source, t, batch_size=10)
+        assert t.unfinished_copy()["from"] == "/elsewhere (collection photos)"  # still to be finished
+
+
+def test_a_search_on_a_server_reads_the_mark_without_another_request(edge_index, tmp_path, tiny_model_dir,
+                                                                     monkeypatch):
+    import httpx
+
+    target = settings_for("rest", tmp_path / "target", tiny_model_dir)
+    export_server("rest", monkeypatch)  # its key, for the command
+    with open_index(edge_index) as source, open_index(target, create=True) as t:
+        migrate(source, t, batch_size=10)
+    sent = []
+    real_send = httpx.Client.send
+
+    def counted(self, request, *args, **kwargs):
+        sent.append(f"{request.method} {request.url.path}")
+        return real_send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", counted)
+    where = ["--index", target.index, "--collection", target.collection, "--model", str(tiny_model_dir)]
+    searched = CliRunner().invoke(cli, ["search", *where, "a red circle", "-k", "1"])
+    assert searched.exit_code == 0, searched.output
+    assert sum(path.endswith(f"/collections/{target.collection}") for path in sent) == 1, sent
 
 
 def test_migrate_refuses_a_target_of_another_model(edge_index, tmp_path, tiny_model_dir, other_model_dir):

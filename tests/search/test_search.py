@@ -229,7 +229,9 @@ def test_queries_answers_a_repeat_once_and_reads_a_name_that_is_not_utf8(indexed
     odd.parent.mkdir()
     shutil.copy(photos / "a" / "000-red-circle.png", odd)
     queries = tmp_path / "queries.txt"
-    queries.write_bytes(b"a red circle\na green square\na red circle\n" + os.fsencode(str(odd)) + b"\n")
+    # a BOM first (as Notepad saves), CRLF line ends, a repeat, and a name that is not UTF-8
+    queries.write_bytes(b"\xef\xbb\xbfa red circle\r\na green square\r\na red circle\r\n" + os.fsencode(str(odd))
+                        + b"\r\n")
     table = run(settings, "--queries", str(queries), "-k", "2")
     answer = json.loads(run(settings, "--queries", str(queries), "-k", "2", "-f", "json").stdout)
     assert table.exit_code == 0, table.output
