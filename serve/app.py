@@ -27,7 +27,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields, path_of, stored
 
 from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
-from .security import COOKIE, OPEN_PATHS, Guard
+from .security import OPEN_PATHS, Guard
 from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, elapsed_ms
 from .service import Query as SearchQuery
 from .uploads import NotAnImage, UploadDecoder, UploadTooLarge
@@ -232,7 +232,7 @@ class Gatekeeper:
             return
         if self.guard.enabled and path not in OPEN_PATHS:
             request = Request(scope)
-            if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(COOKIE)):
+            if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(self.guard.cookie)):
                 if path == "/" and scope["method"] == "GET":
                     response: Response = HTMLResponse(asset("login.html").decode(), status_code=401)
                 else:
@@ -297,7 +297,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
 
     def logged_in(response: Response) -> None:
-        response.set_cookie(COOKIE, guard.session or "", httponly=True, samesite="strict", path="/",
+        response.set_cookie(guard.cookie, guard.session or "", httponly=True, samesite="strict", path="/",
                             max_age=30 * 24 * 3600)
 
     @app.get("/login", include_in_schema=False)
@@ -324,7 +324,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     @app.post("/api/logout")
     def logout() -> dict:
         response = JSONResponse({"ok": True})
-        response.delete_cookie(COOKIE, path="/")
+        response.delete_cookie(guard.cookie, path="/")
         return response  # type: ignore[return-value]
 
     # -- facts ---------------------------------------------------------------------------

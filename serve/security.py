@@ -49,8 +49,12 @@ def choose_token(host: str, given: str | None) -> tuple[str | None, bool]:
 
 
 class Guard:
-    def __init__(self, token: str | None):
+    def __init__(self, token: str | None, port: int | None = None):
+        """`port`: serve's, in the cookie's name. Browsers send a host's cookies to every
+        port of it: two serves on one machine would otherwise log each other out (and
+        read each other's session)."""
         self.token = token
+        self.cookie = COOKIE if port is None else f"{COOKIE}_{port}"
         self.session = (hmac.new(token.encode(), b"clipsearch-session", hashlib.sha256).hexdigest()
                         if token else None)
 

@@ -122,7 +122,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
         from .app import create_app
 
         thumbnails = Thumbnails(thumbnail_folder(settings), int(options.thumbnail_megabytes * 1e6))
-        app = create_app(service, Guard(token), thumbnails, uploads,
+        app = create_app(service, Guard(token, sock.getsockname()[1]), thumbnails, uploads,
                          int(options.upload_megabytes * 1e6), options.cors_origins, version("clipsearch"))
         if roots:
             service.watcher = start_watcher(service, roots, options)

@@ -167,7 +167,11 @@ class SearchService:
         with self._ready:
             if self._searcher is None:
                 if not self.index.exists() or self.index.count() == 0:
-                    waiting = "; the watched ingest is filling it" if self.watching else ""
+                    waiting = ""
+                    if self.watching:
+                        idle = self.watcher is not None and self.watcher.state()["state"] == "watching"
+                        waiting = ("; the watched folders hold none now: they are followed, and what is put there "
+                                   "is indexed" if idle else "; the watched ingest is filling it")
                     raise NotReady(f"collection {self.settings.collection!r} at {self.index.location} "
                                    f"holds no images yet{waiting}")
                 self._searcher = Searcher(self.encoder, self.index)  # type: ignore[arg-type]

@@ -56,6 +56,9 @@ from clipsearch.ingest import Ingestor, image_extensions, walk_images, walked_pa
 MAX_WAIT = 5.0
 # The longest one wait for the next timed walk (a day): a wait of years overflows the clock.
 LONGEST_WAIT = 86400.0
+# How often a watched folder that is gone (removed, replaced, a share not mounted) is
+# looked for: when it is back, it is walked and watched again.
+ROOT_POLL = 5.0
 
 
 def _say(text: str) -> None:
@@ -103,6 +106,7 @@ class FolderWatcher:
         self._thread: threading.Thread | None = None
         self._observer = None
         self._rescan_reason: str | None = None  # a walk is asked for (events lost), why
+        self._gone_roots: set[str] = set()  # watched folders not there at the last look: polled
         self._next_rescan: float | None = None  # monotonic time of the next timed walk
 
     # -- the caller's side ------------------------------------------------------
@@ -141,6 +145,13 @@ class FolderWatcher:
                  + (f"every {self.rescan_every / 60:g} minutes" if self.rescan_every else "--rescan MINUTES asks for"))
             return None
         return observer
+
+    def root_gone(self, root: str) -> None:
+        """A watched folder was removed or moved away (its watch ends with it): look for
+        it every ROOT_POLL seconds, and walk it when it is back (restored, replaced)."""
+        with self._cond:
+            self._gone_roots.add(root)
+            self._cond.notify_all()
 
     def request_rescan(self, reason: str) -> None:
         """Walk the folders again as soon as the thread is free (what lost events ask)."""
@@ -278,7 +289,10 @@ class FolderWatcher:
             if rescan:  # a root gone since start (a share not mounted now) keeps its points
                 roots = [root for root in self.roots if os.path.isdir(root)]
                 for root in sorted(set(self.roots) - set(roots)):
-                    _say(f"watch: {root} is not a folder now (a share not mounted?): its images stay indexed")
+                    _say(f"watch: {root} is not a folder now (a share not mounted?): its images stay indexed; "
+                         "it is walked again when it is back")
+                with self._cond:
+                    self._gone_roots = set(self.roots) - set(roots)
             if not self._stopping and roots:
                 try:
                     summary = ingestor.run(roots, allow_empty=True)
@@ -331,6 +345,10 @@ class FolderWatcher:
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
+                back = sorted(root for root in self._gone_roots if os.path.isdir(root))
+                if back:
+                    self._gone_roots.difference_update(back)
+                    self._rescan_reason = self._rescan_reason or f"{', '.join(back)} is there again"
                 if self._next_rescan is not None and now >= self._next_rescan:
                     self._rescan_reason = self._rescan_reason or f"every {self.rescan_every / 60:g} minutes"
                 if self._rescan_reason is not None:
@@ -338,6 +356,8 @@ class FolderWatcher:
                     self._busy = True  # from now: wait_idle must not see a gap before the walk
                     return reason
                 until_rescan = None if self._next_rescan is None else self._next_rescan - now
+                if self._gone_roots:  # look for them again in a while
+                    until_rescan = ROOT_POLL if until_rescan is None else min(until_rescan, ROOT_POLL)
                 if self._queue:
                     now = time.monotonic()
                     quiet_for = now - self._last_event
@@ -426,6 +446,8 @@ class _Handler(FileSystemEventHandler):
             return
         if event.is_directory and kind in ("modified", "closed"):
             return  # a folder's own metadata: its files have their own events
+        if kind in ("deleted", "moved") and os.fsdecode(event.src_path) in self.watcher.roots:
+            self.watcher.root_gone(os.fsdecode(event.src_path))  # its watch is gone with it
         note = self.watcher.note
         note(event.src_path, event.is_directory)
         if kind == "moved":

@@ -69,6 +69,23 @@ def test_the_page_logs_in_with_an_http_only_strict_cookie(guarded):
         assert client.get("/api/status").status_code == 401
 
 
+def test_two_serves_on_one_machine_keep_their_own_login_cookies(guarded):
+    from clipsearch.serve.app import Gatekeeper
+    from clipsearch.serve.security import Guard
+
+    first, second = Guard(TOKEN, 8765), Guard(TOKEN, 8766)
+    assert first.cookie == f"{COOKIE}_8765" and second.cookie == f"{COOKIE}_8766"  # browsers share cookies by host
+    gate = next(m for m in guarded.app.user_middleware if m.cls is Gatekeeper)
+    own = gate.kwargs["guard"].cookie
+    with TestClient(guarded.app) as client:
+        session = client.post("/api/login", json={"token": TOKEN}).cookies[own]
+        client.cookies.clear()
+        client.cookies.set(f"{COOKIE}_1", session)  # the same value under another serve's name opens nothing here
+        assert client.get("/api/status").status_code == 401
+        client.cookies.set(own, session)
+        assert client.get("/api/status").status_code == 200
+
+
 def test_the_login_link_sets_the_cookie_and_drops_the_token_from_the_address(guarded):
     with TestClient(guarded.app) as client:
         assert client.get("/login", params={"token": "nope-nope-nope-nope"}, follow_redirects=False).status_code == 401

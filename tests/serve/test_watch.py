@@ -374,3 +374,21 @@ def test_allow_missing_is_for_the_first_scan_and_a_later_walk_keeps_an_unmounted
     watcher.request_rescan("asked by the test")
     settle(watcher, lambda: watcher.state()["rescans"] == 1)
     assert {real(p) for p in on_share} <= paths_in(index) and index.count() == 6
+
+
+def test_a_watched_folder_removed_and_restored_is_followed_again(tmp_path, encoder, index, stop_at_end):
+    photos, backup = tmp_path / "Pictures", tmp_path / "backup"
+    draw_collection(photos, 3)
+    shutil.copytree(photos, backup)
+    watcher = FolderWatcher([str(photos)], Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)),
+                            debounce=0.3).start()
+    stop_at_end(watcher)
+    assert watcher.wait_idle(TIMEOUT) and index.count() == 3
+    shutil.rmtree(photos)  # rm -rf, then a restore from the backup (a sync tool replacing the folder)
+    settle(watcher, lambda: index.count() == 0)
+    shutil.copytree(backup, photos)
+    settle(watcher, lambda: index.count() == 3)  # found when the folder is looked for again
+    assert watcher.state()["rescans"] == 1
+    later = draw_image(photos / "later.png", "purple")  # and the new folder is watched
+    settle(watcher, lambda: real(later) in paths_in(index))
+    assert watcher.state()["rescans"] == 1
