@@ -30,11 +30,11 @@ from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_ind
 from .security import OPEN_PATHS, Guard
 from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, elapsed_ms
 from .service import Query as SearchQuery
-from .uploads import NotAnImage, UploadDecoder, UploadTooLarge
+from .uploads import Busy, NotAnImage, UploadDecoder, UploadTooLarge
 
 log = logging.getLogger("clipsearch.serve")
 
-STATUS_OF = ((NotFound, 404), (NotReady, 409), (Gone, 410), (UploadTooLarge, 413), (NotAnImage, 415))
+STATUS_OF = ((NotFound, 404), (NotReady, 409), (Gone, 410), (UploadTooLarge, 413), (NotAnImage, 415), (Busy, 503))
 STATIC = resources.files("clipsearch.serve") / "static"
 # The page's own files, listed once: a request names one of these, never a path.
 ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
@@ -114,7 +114,7 @@ class Message(BaseModel):
     error: str
 
 
-ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 422)}
+ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 422, 503)}
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many hits.")]
 OFFSET = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip, for paging.")]

@@ -20,6 +20,9 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.images import decode_job
 
 DECODE_SECONDS = 10.0
+# How long an upload waits for its turn at the decoder before serve answers 503: the
+# decode's own limit counts from its turn, not from its arrival.
+QUEUE_SECONDS = 30.0
 
 
 class UploadTooLarge(ClipsearchError):
@@ -30,12 +33,20 @@ class NotAnImage(ClipsearchError):
     pass
 
 
+class Busy(ClipsearchError):
+    """Too many uploads at once: 503, try again (not the upload's fault)."""
+
+
 class UploadDecoder:
-    def __init__(self, max_megapixels: float, seconds: float = DECODE_SECONDS):
+    def __init__(self, max_megapixels: float, seconds: float = DECODE_SECONDS, queue_seconds: float = QUEUE_SECONDS):
         self.max_megapixels = max_megapixels
         self.seconds = seconds
+        self.queue_seconds = queue_seconds
         self._pool: Any = None
         self._lock = threading.Lock()
+        # One decode at a time, as the pool has one worker: a timeout then kills only the
+        # decode that overran, never the queued uploads of other clients.
+        self._turn = threading.BoundedSemaphore(1)
 
     def _get_pool(self):
         with self._lock:
@@ -59,12 +70,17 @@ class UploadDecoder:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels),))
+            if not self._turn.acquire(timeout=self.queue_seconds):
+                raise Busy(f"serve is decoding other uploads (waited {self.queue_seconds:g} s); try again shortly")
             try:
-                _, decoded, reason, _ = result.get(timeout=self.seconds)
-            except multiprocessing.TimeoutError:
-                self._kill_pool()
-                raise NotAnImage(f"decoding the upload took longer than {self.seconds:g} s") from None
+                result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels),))
+                try:
+                    _, decoded, reason, _ = result.get(timeout=self.seconds)
+                except multiprocessing.TimeoutError:
+                    self._kill_pool()
+                    raise NotAnImage(f"decoding the upload took longer than {self.seconds:g} s") from None
+            finally:
+                self._turn.release()
         finally:
             os.unlink(path)
         if decoded is None:

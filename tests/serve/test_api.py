@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -304,3 +305,45 @@ def test_the_schema_and_its_docs_page_are_served_offline(client):
     page = client.get("/docs").text
     assert "cdn." not in page and "/docs-assets/swagger-ui-bundle.js" in page
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_uploads_waiting_for_the_decoder_are_not_timed_out_by_the_wait():
+    """The decode limit counts from an upload's turn: eight at once, each decoding in
+    a fraction of the limit, all succeed, where the ones queued behind used to get a
+    false "took longer than" (and killed the worker under the others); a wait past
+    the queue limit is a 503, not the upload's fault."""
+    import threading
+
+    from clipsearch.serve.uploads import Busy, UploadDecoder
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    decoder = UploadDecoder(40.0, seconds=5.0, queue_seconds=120.0)
+    try:
+        decoder.decode(data, 64)  # the worker started (a spawn costs seconds here)
+        started = time.monotonic()
+        decoder.decode(data, 64)
+        one = time.monotonic() - started
+        decoder.seconds = max(0.5, 3 * one)  # eight in a row take well over the limit
+        outcomes: list[object] = []
+
+        def upload():
+            try:
+                outcomes.append(decoder.decode(data, 64).size)
+            except Exception as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=upload) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert len(outcomes) == 8 and not [o for o in outcomes if isinstance(o, Exception)], outcomes
+        decoder.queue_seconds = 0.0
+        with decoder._turn:  # one decode under way: the next in line is told to come back
+            with pytest.raises(Busy, match="decoding other uploads"):
+                decoder.decode(data, 64)
+    finally:
+        decoder.close()
