@@ -391,6 +391,8 @@ class FolderWatcher:
                     files.append(path)
                 else:
                     gone.append(path)
+            # A folder moved in comes with an event for each of its files too: each once.
+            files = list(dict.fromkeys(files))
             # New files first: a renamed file or folder is then recognised by its content and
             # its points moved (ingest/relink.py), before the old paths' removal would drop them.
             embedded = skipped = reused = 0

@@ -208,11 +208,15 @@ async function pollIngest() {
   const n = (key) => progress[key] ?? 0;
   const eta = progress.state === "embedding" ? `, ETA ${duration(progress.eta_seconds)}` : "";
   const reused = n("moved") + n("copied") ? `, moved ${n("moved")}, copied ${n("copied")}` : "";
-  $("ingest-counts").textContent = `· found ${n("found")}, embedded ${n("embedded")}${reused}, unchanged ${n("unchanged")}, ` +
+  // While the walk goes on, "found" is what it has reached so far, not the total: the bar
+  // is indeterminate and there is no ETA, rather than a bar near full at a third done.
+  const walking = progress.state === "scanning";
+  $("ingest-counts").textContent = `· found ${n("found")}${walking ? " so far" : ""}, embedded ${n("embedded")}${reused}, unchanged ${n("unchanged")}, ` +
     `skipped ${n("skipped")}, removed ${n("removed")}, pending ${n("pending")} · ${(progress.rate || 0).toFixed(1)} img/s${eta}`;
   const done = n("embedded") + n("moved") + n("copied") + n("unchanged") + n("skipped");
   $("ingest-progress").max = Math.max(1, n("found"));
-  $("ingest-progress").value = Math.min(done, n("found"));
+  if (walking) $("ingest-progress").removeAttribute("value");
+  else $("ingest-progress").value = Math.min(done, n("found"));
   $("ingest-errors").replaceChildren(...(progress.errors || []).map((e) => {
     const li = document.createElement("li");
     li.textContent = `${e.path}: ${e.reason}`;

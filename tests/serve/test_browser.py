@@ -8,6 +8,7 @@ Needs Debian's chromium at /usr/bin/chromium and the `playwright` package (no
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -205,6 +206,11 @@ def test_page_searches_refines_and_pages(collection, browser):
         expect(page.locator("#ingest-counts")).to_contain_text("embedded 400")
         expect(page.locator("#ingest-counts")).to_contain_text("41.3 img/s, ETA 02:05")
         expect(page.locator("#ingest-errors li")).to_have_text("/photos/<b>odd</b>.jpg: cannot identify image file")
+        assert page.locator("#ingest-progress").get_attribute("value") is not None
+        progress["state"] = "scanning"  # the walk goes on: "found" is no total yet
+        expect(page.locator("#ingest-counts")).to_contain_text("found 1200 so far")
+        expect(page.locator("#ingest-progress")).not_to_have_attribute("value", re.compile(".*"))
+        expect(page.locator("#ingest-counts")).not_to_contain_text("ETA")
         progress.clear()
         progress["watching"] = False
         expect(page.locator("#ingest")).to_be_hidden()
