@@ -273,7 +273,10 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form"))
+        loc = tuple(first.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "form", "header", "cookie"):
+            loc = loc[1:]  # where it was sent, not its name: a body field may be called "query"
+        where = ".".join(str(p) for p in loc)
         message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
         return JSONResponse({"error": one_line(message)}, status_code=422)
 

@@ -25,8 +25,9 @@ from clipsearch.options import exclude_option, index_options, quiet_option, sett
 @setting_option("batch_size", "--batch-size", "-b", metavar="N")
 @click.option("--allow-missing", is_flag=True,
               help="Let --watch's first scan forget the files deleted while serve was down even where more than "
-                   "half of a folder's images are gone (without it, such a folder, a drive or share that is not "
-                   "mounted, is left as it is and the log says so).")
+                   "half of a folder's images (and more than 10) are gone, or their file system is not the one "
+                   "they were indexed on (without it, such a folder, a drive or share that is not mounted, is left "
+                   "as it is and the log says so). Later walks never do.")
 @setting_option("rescan_minutes", "--rescan", metavar="MINUTES")
 @quiet_option
 def serve(settings, host, port, token, watch, exclude, cors_origins, upload_megabytes, thumbnail_megabytes, workers,

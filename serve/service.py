@@ -289,7 +289,7 @@ def canonical_folder(under: str | None) -> str | None:
         raise ClipsearchError("the folder filter must be an absolute folder of the server's machine")
     from clipsearch.index import canonical_path
 
-    return canonical_path(under)
+    return canonical_path(os.path.expanduser(under))  # ~ as the check above read it: the server's home
 
 
 def elapsed_ms(started: float) -> float:

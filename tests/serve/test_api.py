@@ -220,6 +220,20 @@ def test_bad_requests_get_one_line_json(client, params, status, needle):
     assert needle in message and "\n" not in message and "Traceback" not in message
 
 
+def test_a_bad_body_field_is_named_even_when_it_is_called_query(client):
+    response = client.post("/api/search", json={"query": ["not", "text"], "k": 3})
+    assert response.status_code == 422 and response.json()["error"].startswith("query: "), response.text
+
+
+def test_in_a_folder_of_the_servers_home(client, served, monkeypatch):
+    photos = served.photos / "garden"
+    monkeypatch.setenv("HOME", str(served.photos))
+    tilde = client.get("/api/search", params={"q": "a red circle", "in": "~/garden", "k": 3})
+    spelled = client.get("/api/search", params={"q": "a red circle", "in": str(photos), "k": 3})
+    assert tilde.status_code == 200 and tilde.json()["hits"]
+    assert [h["path"] for h in tilde.json()["hits"]] == [h["path"] for h in spelled.json()["hits"]]
+
+
 def test_a_client_named_path_is_text_not_a_file(client, served):
     """A query that happens to be a path on the server's disk is words: the server
     never opens a file because a client named it."""
