@@ -268,7 +268,8 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     @app.exception_handler(ClipsearchError)
     def known_error(request: Request, exc: ClipsearchError) -> JSONResponse:
         status = next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
-        return JSONResponse({"error": one_line(str(exc))}, status_code=status)
+        return JSONResponse({"error": one_line(str(exc))}, status_code=status,
+                            headers={"Retry-After": "5"} if status == 503 else None)
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -50,9 +50,10 @@ def choose_token(host: str, given: str | None) -> tuple[str | None, bool]:
 
 class Guard:
     def __init__(self, token: str | None, port: int | None = None):
-        """`port`: serve's, in the cookie's name. Browsers send a host's cookies to every
-        port of it: two serves on one machine would otherwise log each other out (and
-        read each other's session)."""
+        """`port`: serve's, in the cookie's name. Browsers keep one cookie jar per host,
+        not per port: two serves on one machine would otherwise overwrite each other's
+        login. (Each still receives the other's cookie, which opens nothing there. Two
+        containers that both bind 8765 inside still share the name.)"""
         self.token = token
         self.cookie = COOKIE if port is None else f"{COOKIE}_{port}"
         self.session = (hmac.new(token.encode(), b"clipsearch-session", hashlib.sha256).hexdigest()

@@ -23,6 +23,9 @@ DECODE_SECONDS = 10.0
 # How long an upload waits for its turn at the decoder before serve answers 503: the
 # decode's own limit counts from its turn, not from its arrival.
 QUEUE_SECONDS = 30.0
+# Uploads that may wait at once. Each holds one of the HTTP server's worker threads
+# (about 40, shared with searches and thumbnails): beyond this, 503 at once.
+MAX_WAITING = 4
 
 
 class UploadTooLarge(ClipsearchError):
@@ -38,10 +41,13 @@ class Busy(ClipsearchError):
 
 
 class UploadDecoder:
-    def __init__(self, max_megapixels: float, seconds: float = DECODE_SECONDS, queue_seconds: float = QUEUE_SECONDS):
+    def __init__(self, max_megapixels: float, seconds: float = DECODE_SECONDS, queue_seconds: float = QUEUE_SECONDS,
+                 max_waiting: int = MAX_WAITING):
         self.max_megapixels = max_megapixels
         self.seconds = seconds
         self.queue_seconds = queue_seconds
+        self.max_waiting = max_waiting
+        self._waiting = 0
         self._pool: Any = None
         self._lock = threading.Lock()
         # One decode at a time, as the pool has one worker: a timeout then kills only the
@@ -70,7 +76,16 @@ class UploadDecoder:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            if not self._turn.acquire(timeout=self.queue_seconds):
+            with self._lock:
+                if self._waiting >= self.max_waiting:
+                    raise Busy(f"serve is decoding {self._waiting + 1} other uploads; try again shortly")
+                self._waiting += 1
+            try:
+                turn = self._turn.acquire(timeout=self.queue_seconds)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not turn:
                 raise Busy(f"serve is decoding other uploads (waited {self.queue_seconds:g} s); try again shortly")
             try:
                 result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels),))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 import sys
 import threading
 import time
@@ -56,8 +57,10 @@ from clipsearch.ingest import Ingestor, image_extensions, walk_images, walked_pa
 MAX_WAIT = 5.0
 # The longest one wait for the next timed walk (a day): a wait of years overflows the clock.
 LONGEST_WAIT = 86400.0
-# How often a watched folder that is gone (removed, replaced, a share not mounted) is
-# looked for: when it is back, it is walked and watched again.
+# How often each watched folder is looked at: one gone, replaced (a rename swapped it,
+# a restore), or a share unmounted or mounted on it sends no event watchdog passes on
+# (IN_MOVE_SELF, IN_UNMOUNT), so a change of the folder's identity starts a walk, which
+# watches it anew.
 ROOT_POLL = 5.0
 
 
@@ -106,7 +109,8 @@ class FolderWatcher:
         self._thread: threading.Thread | None = None
         self._observer = None
         self._rescan_reason: str | None = None  # a walk is asked for (events lost), why
-        self._gone_roots: set[str] = set()  # watched folders not there at the last look: polled
+        self._root_ids: dict[str, tuple[int, int] | None] = {}  # (st_dev, st_ino) of each root the observer watches
+        self._poller: threading.Thread | None = None
         self._next_rescan: float | None = None  # monotonic time of the next timed walk
 
     # -- the caller's side ------------------------------------------------------
@@ -118,7 +122,32 @@ class FolderWatcher:
                     else "give --rescan MINUTES to find it"))
         self._thread = threading.Thread(target=self._main, name="clipsearch-watch", daemon=True)
         self._thread.start()
+        self._poller = threading.Thread(target=self._poll_roots, name="clipsearch-watch-roots", daemon=True)
+        self._poller.start()
         return self
+
+    def _poll_roots(self) -> None:
+        """Every ROOT_POLL seconds, each root's identity against the one its watches were
+        made on; a change asks for a walk. Its own thread: a stat of a share that went
+        away can hang, and must not hold the lock the page's progress needs."""
+        next_poll = time.monotonic() + ROOT_POLL
+        while True:
+            with self._cond:  # woken by every event too: the time is what counts
+                while not self._stopping and (left := next_poll - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if self._stopping:
+                    return
+                known = dict(self._root_ids)
+            next_poll = time.monotonic() + ROOT_POLL
+            changed = [root for root, identity in known.items() if _identity(root) != identity]
+            if changed:
+                with self._cond:
+                    if known == self._root_ids:  # not watched anew meanwhile
+                        self._root_ids = {**known, **{root: _identity(root) for root in changed}}
+                        self._rescan_reason = self._rescan_reason or (
+                            f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} gone, replaced or "
+                            "mounted anew")
+                        self._cond.notify_all()
 
     def _start_observer(self):
         """A new observer watching every root that is a folder now; None, said in one
@@ -128,6 +157,9 @@ class FolderWatcher:
         observer = Observer()
         handler = _Handler(self)
         observer.daemon = True
+        identities = {root: _identity(root) for root in self.roots}  # before the watches: a change after is seen
+        with self._cond:
+            self._root_ids = identities
         try:
             for root in self.roots:
                 if os.path.isdir(root):  # a share not mounted now: watched after the walk that finds it
@@ -145,13 +177,6 @@ class FolderWatcher:
                  + (f"every {self.rescan_every / 60:g} minutes" if self.rescan_every else "--rescan MINUTES asks for"))
             return None
         return observer
-
-    def root_gone(self, root: str) -> None:
-        """A watched folder was removed or moved away (its watch ends with it): look for
-        it every ROOT_POLL seconds, and walk it when it is back (restored, replaced)."""
-        with self._cond:
-            self._gone_roots.add(root)
-            self._cond.notify_all()
 
     def request_rescan(self, reason: str) -> None:
         """Walk the folders again as soon as the thread is free (what lost events ask)."""
@@ -173,6 +198,8 @@ class FolderWatcher:
             observer.join(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._poller is not None:
+            self._poller.join(timeout)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once the first scan is done and no path is queued or in work; False
@@ -198,8 +225,8 @@ class FolderWatcher:
             busy, scanned, run_started = self._busy, self._scanned, self._run_started
         if self.optimizing:
             phase = "optimizing"
-        elif not scanned and (ingestor is None or not ingestor.walk_done):
-            phase = "scanning"
+        elif (busy or not scanned) and (ingestor is None or not ingestor.walk_done):
+            phase = "scanning"  # a walk (the first or a later one) has not reached every file yet
         elif busy or not scanned:
             phase = "embedding"
         else:
@@ -291,8 +318,7 @@ class FolderWatcher:
                 for root in sorted(set(self.roots) - set(roots)):
                     _say(f"watch: {root} is not a folder now (a share not mounted?): its images stay indexed; "
                          "it is walked again when it is back")
-                with self._cond:
-                    self._gone_roots = set(self.roots) - set(roots)
+
             if not self._stopping and roots:
                 try:
                     summary = ingestor.run(roots, allow_empty=True)
@@ -345,10 +371,6 @@ class FolderWatcher:
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
-                back = sorted(root for root in self._gone_roots if os.path.isdir(root))
-                if back:
-                    self._gone_roots.difference_update(back)
-                    self._rescan_reason = self._rescan_reason or f"{', '.join(back)} is there again"
                 if self._next_rescan is not None and now >= self._next_rescan:
                     self._rescan_reason = self._rescan_reason or f"every {self.rescan_every / 60:g} minutes"
                 if self._rescan_reason is not None:
@@ -356,8 +378,6 @@ class FolderWatcher:
                     self._busy = True  # from now: wait_idle must not see a gap before the walk
                     return reason
                 until_rescan = None if self._next_rescan is None else self._next_rescan - now
-                if self._gone_roots:  # look for them again in a while
-                    until_rescan = ROOT_POLL if until_rescan is None else min(until_rescan, ROOT_POLL)
                 if self._queue:
                     now = time.monotonic()
                     quiet_for = now - self._last_event
@@ -448,8 +468,6 @@ class _Handler(FileSystemEventHandler):
             return
         if event.is_directory and kind in ("modified", "closed"):
             return  # a folder's own metadata: its files have their own events
-        if kind in ("deleted", "moved") and os.fsdecode(event.src_path) in self.watcher.roots:
-            self.watcher.root_gone(os.fsdecode(event.src_path))  # its watch is gone with it
         note = self.watcher.note
         note(event.src_path, event.is_directory)
         if kind == "moved":
@@ -488,6 +506,15 @@ def network_mounts(roots: Sequence[str], mountinfo: str = "/proc/self/mountinfo"
         found += [(p, kind) for p, kind in sorted(mounts.items())
                   if p.startswith(root.rstrip("/") + "/") and kind in NETWORK_FILE_SYSTEMS]
     return found
+
+
+def _identity(folder: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a folder; None where there is no folder."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _unescape(field: bytes) -> bytes:

@@ -322,25 +322,27 @@ def test_the_schema_and_its_docs_page_are_served_offline(client):
 
 
 def test_uploads_waiting_for_the_decoder_are_not_timed_out_by_the_wait():
-    """The decode limit counts from an upload's turn: eight at once, each decoding in
-    a fraction of the limit, all succeed, where the ones queued behind used to get a
-    false "took longer than" (and killed the worker under the others); a wait past
-    the queue limit is a 503, not the upload's fault."""
+    """The decode limit counts from an upload's turn: a burst whose decodes in a row take
+    well over the limit all succeed, where the ones queued behind used to get a false
+    "took longer than" (and killed the worker under the others). Past the number that
+    may wait, or the time they may wait, it is a 503: not the upload's fault."""
     import threading
 
     from clipsearch.serve.uploads import Busy, UploadDecoder
 
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(rng.integers(0, 255, (2500, 2500, 3), dtype=np.uint8)).save(buffer, format="PNG")
     data = buffer.getvalue()
-    decoder = UploadDecoder(40.0, seconds=5.0, queue_seconds=120.0)
+    decoder = UploadDecoder(40.0, seconds=30.0, queue_seconds=300.0)
     try:
         decoder.decode(data, 64)  # the worker started (a spawn costs seconds here)
         started = time.monotonic()
         decoder.decode(data, 64)
         one = time.monotonic() - started
-        decoder.seconds = max(0.5, 3 * one)  # eight in a row take well over the limit
+        decoder.seconds = max(1.0, 6 * one)  # a margin for one decode; the burst in a row takes far longer
+        burst = max(16, int(2 * decoder.seconds / one) + 1)
+        decoder.max_waiting = burst
         outcomes: list[object] = []
 
         def upload():
@@ -349,15 +351,20 @@ def test_uploads_waiting_for_the_decoder_are_not_timed_out_by_the_wait():
             except Exception as exc:
                 outcomes.append(exc)
 
-        threads = [threading.Thread(target=upload) for _ in range(8)]
+        threads = [threading.Thread(target=upload) for _ in range(burst)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(300)
-        assert len(outcomes) == 8 and not [o for o in outcomes if isinstance(o, Exception)], outcomes
-        decoder.queue_seconds = 0.0
-        with decoder._turn:  # one decode under way: the next in line is told to come back
-            with pytest.raises(Busy, match="decoding other uploads"):
+            t.join(600)
+        assert len(outcomes) == burst and not [o for o in outcomes if isinstance(o, Exception)], outcomes
+
+        decoder.max_waiting = 0  # no room to wait: at once
+        with decoder._turn:
+            with pytest.raises(Busy, match="other uploads; try again"):
+                decoder.decode(data, 64)
+        decoder.max_waiting, decoder.queue_seconds = 4, 0.0  # room, but the wait runs out
+        with decoder._turn:
+            with pytest.raises(Busy, match="waited 0 s"):
                 decoder.decode(data, 64)
     finally:
         decoder.close()

@@ -165,6 +165,9 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
     """A real process on 0.0.0.0: the token is generated, printed once as a login URL,
     required by the API, and appears nowhere else in the server's output, even after
     a login through the URL, wrong tokens and errors."""
+    import json
+    import urllib.request
+
     served.service.index.close()  # the process opens it; the module's other tests are done with it
     args = ["--index", served.settings.index, "--model", served.settings.model, "--host", "0.0.0.0"]
     server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(served.root / "cache")})
@@ -174,6 +177,10 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
         token = found.group(1)
         assert server.get("/api/status")[0] == 401
         assert server.get("/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+        login = urllib.request.Request(f"{server.url}/api/login", data=json.dumps({"token": token}).encode(),
+                                       headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(login, timeout=30) as answer:  # the cookie is named by the port serve bound
+            assert answer.headers["set-cookie"].startswith(f"{COOKIE}_{server.port}=")
         server.get(f"/login?token={token}")
         server.get("/api/search?q=x", {"Authorization": f"Bearer {token}x"})
         server.get("/api/images/nope/file", {"Authorization": f"Bearer {token}"})
@@ -211,11 +218,8 @@ def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_pat
                 ("/api/search", b'{"query": "', "the request body is larger than 1 MB")):
             status, body, sent = chunked_upload(server.port, path, head, 64 << 20)
             assert status == 413 and message in body and sent < 16 << 20, (path, status, body, sent)
-        declared = urllib.request.Request(server.url + "/api/search", data=b" " * (2 << 20), method="POST",
-                                          headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(declared, timeout=30)
-        assert refused.value.code == 413
+        status, body, sent = chunked_upload(server.port, "/api/search", b"", 2 << 20, declared=True)
+        assert status == 413 and "larger than 1 MB" in body  # refused on its Content-Length
         assert server.get("/api/search?q=red&k=1")[0] == 200  # and it goes on answering
     finally:
         server.stop()
@@ -223,25 +227,32 @@ def test_a_real_server_without_a_token_refuses_another_host_name(served, tmp_pat
     assert "Traceback" not in output and "boundary" not in output, output
 
 
-def chunked_upload(port: int, path: str, head: bytes, total: int) -> tuple[int, str, int]:
-    """POST `head` then up to `total` bytes, chunked (no Content-Length): (status, body,
-    bytes sent before the server answered or closed)."""
+def chunked_upload(port: int, path: str, head: bytes, total: int, declared: bool = False) -> tuple[int, str, int]:
+    """POST `head` then up to `total` bytes, chunked (no Content-Length; `declared`: a
+    Content-Length of all of it, sent plain): (status, body, bytes sent before the
+    server answered or closed)."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     content_type = "multipart/form-data; boundary=xx" if path.endswith("/image") else "application/json"
     connection.putrequest("POST", path)
     connection.putheader("Content-Type", content_type)
-    connection.putheader("Transfer-Encoding", "chunked")
+    if declared:
+        connection.putheader("Content-Length", str(len(head) + total))
+    else:
+        connection.putheader("Transfer-Encoding", "chunked")
     connection.endheaders()
     sent = 0
+    frame = (lambda data: data) if declared else (lambda data: b"%x\r\n%s\r\n" % (len(data), data))
     try:
-        connection.send(b"%x\r\n%s\r\n" % (len(head), head))
+        if head:
+            connection.send(frame(head))
         while sent < total:
             chunk = b"y" * (64 << 10)
-            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            connection.send(frame(chunk))
             sent += len(chunk)
-        connection.send(b"0\r\n\r\n")
+        if not declared:
+            connection.send(b"0\r\n\r\n")
     except OSError:  # the server closed the connection after its 413: what a client sees
         pass
     response = connection.getresponse()

@@ -352,7 +352,7 @@ def test_the_inotify_watch_limit_is_one_line_and_a_walk_watches_once_it_is_raise
     assert index.count() == 8 and watcher.state()["watching"]
     said = capfd.readouterr().err
     assert "watch: inotify watch limit reached (raise it: sysctl fs.inotify.max_user_watches=" in said
-    assert threading.active_count() <= threads + 1  # the failed observer's threads ended; the watcher's runs
+    assert threading.active_count() <= threads + 2  # the failed observer's threads ended; the watcher's two run
 
     limit["left"] = None  # raised by the admin: the next walk watches everything
     watcher.request_rescan("asked by the test")
@@ -392,3 +392,37 @@ def test_a_watched_folder_removed_and_restored_is_followed_again(tmp_path, encod
     later = draw_image(photos / "later.png", "purple")  # and the new folder is watched
     settle(watcher, lambda: real(later) in paths_in(index))
     assert watcher.state()["rescans"] == 1
+
+
+def test_a_watched_folder_swapped_by_renames_is_followed(tmp_path, encoder, index, stop_at_end):
+    photos, new = tmp_path / "Pictures", tmp_path / "Pictures.new"
+    draw_collection(photos, 2)
+    watcher = FolderWatcher([str(photos)], Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)),
+                            debounce=0.3).start()
+    stop_at_end(watcher)
+    assert watcher.wait_idle(TIMEOUT) and index.count() == 2
+    draw_collection(new, 3)
+    photos.rename(tmp_path / "Pictures.old")  # a sync tool's swap: no event names the watched folder itself
+    new.rename(photos)
+    settle(watcher, lambda: watcher.state()["rescans"] >= 1 and index.count() == 3)
+    later = draw_image(photos / "later.png", "purple")  # the new folder is watched
+    settle(watcher, lambda: real(later) in paths_in(index))
+
+
+def test_a_share_unmounted_and_mounted_again_on_the_watched_folder_is_followed(tmp_path, encoder, index,
+                                                                                mount_tmpfs, stop_at_end):
+    share = tmp_path / "share"
+    share.mkdir()
+    mount_tmpfs(share)
+    first = draw_image(share / "first.png", "green", "square")
+    watcher = FolderWatcher([str(share)], Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)),
+                            debounce=0.3).start()
+    stop_at_end(watcher)
+    assert watcher.wait_idle(TIMEOUT) and index.count() == 1
+    subprocess.run(["umount", str(share)], check=True)  # no event: the folder's identity changes
+    settle(watcher, lambda: watcher.state()["rescans"] >= 1)
+    assert real(first) in paths_in(index)  # its photo kept while the share is away
+    mount_tmpfs(share)  # mounted again (empty here), then written to
+    settle(watcher, lambda: watcher.state()["rescans"] >= 2)
+    again = draw_image(share / "again.png", "blue", "circle")
+    settle(watcher, lambda: real(again) in paths_in(index))
