@@ -145,8 +145,8 @@ def format_table(columns: dict[str, dict]) -> str:
     blind = [f"recall@{k}" for k in KS if k >= first["images"]]
     if blind:  # every image is in the top k: the row says nothing about the model
         lines.append(f"{' and '.join(blind)} cannot miss among {first['images']} images (1.000 for any model): "
-                     "evaluate on more pairs (--eval-split, --eval-data) for "
-                     f"{'them' if len(blind) > 1 else 'it'} to mean something")
+                     f"evaluate on more pairs for {'them' if len(blind) > 1 else 'it'} to mean something "
+                     "(finetune: --eval-split, --eval-data; eval: a larger DATA)")
     if classified:
         lines.append(f"zero-shot classification among {first['classes']} labels ({first['templates']} template"
                      f"{'s' if first['templates'] != 1 else ''} each); chance accuracy@1 "

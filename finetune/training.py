@@ -38,6 +38,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,18 +222,35 @@ class _NoLoneRowSampler(NoDuplicatesBatchSampler):
     decay move the weights). An epoch's last batch is one when the pairs number one more
     than a multiple of the batch size, and leftover rows of equal captions can make more."""
 
+    _counting = False
+
     def __iter__(self):
         return (batch for batch in super().__iter__() if len(batch) > 1)
 
+    def _sizes(self) -> list[int]:
+        """The sizes of this epoch's batches, lone rows included: its pass drawn ahead
+        (the parent seeds each epoch's shuffle afresh, so the real pass is the same)."""
+        epoch = getattr(self, "epoch", 0)
+        cached = getattr(self, "_sizes_of", None)
+        if cached is None or cached[0] != epoch:
+            self._counting = True  # the parent's pass asks len(self): its own, meanwhile
+            try:
+                cached = (epoch, [len(batch) for batch in super().__iter__()])
+            finally:
+                self._counting = False
+            self._sizes_of = cached
+        return cached[1]
+
     def __len__(self) -> int:
-        """The steps an epoch takes, which the learning-rate schedule spans: without the
-        foreseeable lone last batch."""
-        return batches_per_epoch(len(self.dataset), self.batch_size) if not self.drop_last else super().__len__()
+        """The steps an epoch takes, which the learning-rate schedule, the checkpoints
+        and a resume's skipped batches count on: its batches of two rows or more."""
+        if self.drop_last or self._counting:
+            return super().__len__()
+        return sum(1 for size in self._sizes() if size > 1)
 
-
-def batches_per_epoch(rows: int, batch_size: int) -> int:
-    """Full batches, and a last one of two rows or more (a lone row is no batch)."""
-    return rows // batch_size + (rows % batch_size > 1)
+    def lone_rows(self) -> int:
+        """Rows this epoch leaves out: each was alone in its batch."""
+        return 0 if self.drop_last else sum(1 for size in self._sizes() if size == 1)
 
 
 class _Trainer(SentenceTransformerTrainer):
@@ -290,6 +308,28 @@ def last_checkpoint(checkpoint_dir: str) -> str | None:
     return os.path.join(checkpoint_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
+def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings, progress: Progress) -> int:
+    """The batches an epoch makes, as the trainer's sampler will (same rows, same seed),
+    and a line when rows are left out: a batch holds each caption (each class) once, so
+    the rows of a caption more common than the batches can hold end up alone."""
+    import torch
+
+    rows = training_rows(pairs)
+    if NEGATIVE_COLUMN in rows.column_names:
+        rows = rows.remove_columns([NEGATIVE_COLUMN])
+    probe = _NoLoneRowSampler(rows, batch_size=batch_size, drop_last=False, valid_label_columns=None,
+                              generator=torch.Generator(), seed=settings.seed)
+    steps, lone = len(probe), probe.lone_rows()
+    if lone:
+        text, count = Counter(p.text for p in pairs).most_common(1)[0]
+        what = (f"the class {text!r} has {count} images" if settings.templates
+                else f"{count} pairs share the caption {text!r}")
+        progress.message(f"{lone} of {len(pairs)} training pairs are left out of each epoch: a batch holds each "
+                         f"{'class' if settings.templates else 'caption'} once, and {what} (give images captions of "
+                         "their own, balance the classes, or lower --batch-size)")
+    return max(1, steps)
+
+
 def training_rows(pairs: list[Pair]):
     """The trainer's dataset: (image, text) columns, and negative where the pairs have one.
     Validation let through only data whose rows all have one or none."""
@@ -342,7 +382,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     scale = settings.scale if settings.scale is not None else model_scale(clip)
     freeze_tower(clip, settings.freeze)
     batch_size = _batch_size(pairs, settings, progress)
-    steps_per_epoch = batches_per_epoch(len(pairs), batch_size)
+    steps_per_epoch = _steps_per_epoch(pairs, batch_size, settings, progress)
     # --warmup is a fraction of the run; transformers reads a warmup_steps of 1 or more as
     # a count of steps (--warmup 1 would warm up for one step). Rounded down: a run of
     # one step is not spent at a learning rate of 0.

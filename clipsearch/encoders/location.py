@@ -60,9 +60,14 @@ def resolve_model_location(name: str) -> tuple[str, bool]:
             raise ClipsearchError(f"model folder {folder} {what}; {LOCAL_MODEL_HINT}")
         if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
             if (folder / FINETUNE_RUN_FILE).is_file():
+                replaced = folder.with_name(f".{folder.name}.replaced")  # finetune --overwrite set it aside
+                kept = (f"; the model it replaces is kept in {replaced} (move it back to use it meanwhile)"
+                        if replaced.is_dir() else "")
+                checkpointed = any((folder / "checkpoints").glob("checkpoint-*"))
                 raise ClipsearchError(
                     f"{folder} holds a fine-tune that has not saved its model (still training, or stopped): "
-                    f"`clipsearch finetune DATA -o {folder} --resume` finishes it from its last checkpoint")
+                    f"`clipsearch finetune DATA -o {folder} --resume` finishes it"
+                    + (" from its last checkpoint" if checkpointed else "") + kept)
             raise ClipsearchError(
                 f"{folder} is not a model folder (no modules.json or config.json); {LOCAL_MODEL_HINT}"
             )

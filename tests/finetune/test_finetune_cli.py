@@ -4,6 +4,7 @@ model identity (--freeze vision keeps an index valid), refusals, --resume, bad i
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -352,6 +353,32 @@ def test_a_batch_of_one_pair_is_not_a_training_step(tmp_path, shapes, tiny_model
     assert json.loads((out / "eval.json").read_text())["train"]["steps"] == 2  # one batch of 16 an epoch
 
 
+def test_pairs_a_shared_caption_leaves_out_are_counted_and_said(tmp_path, shapes, tiny_model_dir):
+    # Half the pairs share one catalogue caption: a batch holds it once, so most of those
+    # rows end up alone and are left out. The run says so, and its schedule spans the
+    # steps it takes (it used to promise 28 and take 16).
+    train, heldout = shapes
+    rows = train.read_text().splitlines()[1:]
+    data = train.parent / "untitled.csv"
+    data.write_text("image_path,text_description\n" + "".join(
+        f"{row.split(',')[0]},{row.split(',', 1)[1] + f' no. {i}' if i % 2 == 0 else 'untitled photograph'}\n"
+        for i, row in enumerate(rows)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["finetune", str(data), "--base", str(tiny_model_dir), "-o", str(out),
+                                      "--epochs", "2", "--batch-size", "16", "--eval-data", str(heldout),
+                                      "--device", DEVICE, "--keep-checkpoints"])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "left out of each epoch" in line]
+    assert len(said) == 1 and "36 pairs share the caption 'untitled photograph'" in said[0], result.output
+    left_out = int(said[0].split(" of ")[0])
+    steps = json.loads((out / "eval.json").read_text())["train"]["steps"]
+    assert left_out > 0 and steps < 2 * math.ceil(72 / 16)  # fewer steps than the rows alone would make
+    last = max((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] == steps  # the schedule spans what was trained
+    assert state["epoch"] == pytest.approx(2.0)  # the checkpoints fall on epoch ends
+
+
 def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, shapes, tiny_model_dir, monkeypatch):
     import torch
 
@@ -418,6 +445,12 @@ def test_a_model_trained_further_in_place_and_stopped_resumes_from_its_base_asid
 
     monkeypatch.setattr(pipeline, "train", checkpoint_then_stop)
     assert finetune(*common, "--overwrite").exit_code == 130
+    # meanwhile, where a model is asked for: how to finish, and where the old one waits
+    asked = CliRunner().invoke(cli, ["ingest", str(Path(train).parent), "--model", str(out),
+                                     "--index", str(tmp_path / "index"), "--quiet"])
+    assert asked.exit_code == 1 and asked.output.count("\n") == 1
+    assert "--resume` finishes it from its last checkpoint" in asked.output
+    assert f"the model it replaces is kept in {tmp_path / '.mine.replaced'}" in asked.output
     monkeypatch.setattr(pipeline, "train", resumed)
     result = finetune(*common, "--resume")
     assert result.exit_code == 1 and "stopped here by the test" in result.output, result.output
