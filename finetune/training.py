@@ -223,34 +223,34 @@ class _NoLoneRowSampler(NoDuplicatesBatchSampler):
     than a multiple of the batch size, and leftover rows of equal captions can make more."""
 
     _counting = False
+    _drawn: tuple[int, list[list[int]]] | None = None  # (epoch, its batches), lone rows included
 
     def __iter__(self):
-        return (batch for batch in super().__iter__() if len(batch) > 1)
+        return iter([batch for batch in self._batches() if len(batch) > 1])
 
-    def _sizes(self) -> list[int]:
-        """The sizes of this epoch's batches, lone rows included: its pass drawn ahead
-        (the parent seeds each epoch's shuffle afresh, so the real pass is the same)."""
+    def _batches(self) -> list[list[int]]:
+        """This epoch's batches, drawn whole once: counted by len() and then trained
+        from, the same list (the parent seeds each epoch's shuffle from seed + epoch)."""
         epoch = getattr(self, "epoch", 0)
-        cached = getattr(self, "_sizes_of", None)
-        if cached is None or cached[0] != epoch:
+        if self._drawn is None or self._drawn[0] != epoch:
             self._counting = True  # the parent's pass asks len(self): its own, meanwhile
             try:
-                cached = (epoch, [len(batch) for batch in super().__iter__()])
+                self._drawn = (epoch, [list(batch) for batch in super().__iter__()])
             finally:
                 self._counting = False
-            self._sizes_of = cached
-        return cached[1]
+        return self._drawn[1]
 
     def __len__(self) -> int:
-        """The steps an epoch takes, which the learning-rate schedule, the checkpoints
-        and a resume's skipped batches count on: its batches of two rows or more."""
+        """The steps this epoch takes: its batches of two rows or more. The trainer asks
+        once, for the first epoch, and spans its schedule over that many a epoch; later
+        epochs' shuffles may make a batch more or fewer."""
         if self.drop_last or self._counting:
             return super().__len__()
-        return sum(1 for size in self._sizes() if size > 1)
+        return sum(1 for batch in self._batches() if len(batch) > 1)
 
-    def lone_rows(self) -> int:
-        """Rows this epoch leaves out: each was alone in its batch."""
-        return 0 if self.drop_last else sum(1 for size in self._sizes() if size == 1)
+    def lone_rows(self) -> list[int]:
+        """The rows this epoch leaves out: each was alone in its batch."""
+        return [] if self.drop_last else [batch[0] for batch in self._batches() if len(batch) == 1]
 
 
 class _Trainer(SentenceTransformerTrainer):
@@ -320,14 +320,25 @@ def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings
     probe = _NoLoneRowSampler(rows, batch_size=batch_size, drop_last=False, valid_label_columns=None,
                               generator=torch.Generator(), seed=settings.seed)
     steps, lone = len(probe), probe.lone_rows()
-    if lone:
-        text, count = Counter(p.text for p in pairs).most_common(1)[0]
-        what = (f"the class {text!r} has {count} images" if settings.templates
-                else f"{count} pairs share the caption {text!r}")
-        progress.message(f"{lone} of {len(pairs)} training pairs are left out of each epoch: a batch holds each "
-                         f"{'class' if settings.templates else 'caption'} once, and {what} (give images captions of "
-                         "their own, balance the classes, or lower --batch-size)")
-    return max(1, steps)
+    if not lone:
+        return steps
+    # What crowds them out: a caption (a class) or an image that many of them share.
+    text, by_text = Counter(pairs[i].text for i in lone).most_common(1)[0]
+    image, by_image = Counter(pairs[i].image for i in lone).most_common(1)[0]
+    if by_image > by_text:
+        what = f"{by_image} of them show the image {image_key(image)!r}"
+    elif settings.templates:
+        what = f"the class {text!r} has more images than the batches of an epoch"
+    else:
+        what = f"the caption {text!r} is on more pairs than the batches of an epoch"
+    if steps == 0:
+        raise ClipsearchError(f"no batch of two pairs with different images and captions can be made from the "
+                              f"{len(pairs)} training pairs: {what}")
+    progress.message(f"{len(lone)} of {len(pairs)} training pairs are left out of the first epoch (later ones "
+                     f"alike): a batch holds each image and each {'class' if settings.templates else 'caption'} "
+                     f"once, and {what} (give images captions of their own, balance the classes, or lower "
+                     "--batch-size)")
+    return steps
 
 
 def training_rows(pairs: list[Pair]):
