@@ -72,22 +72,12 @@ class UploadDecoder:
         """The decoded PIL image, or a one-line NotAnImage."""
         if not data:
             raise NotAnImage("the upload is empty")
-        fd, path = tempfile.mkstemp(prefix="clipsearch-upload-")
+        self._wait_for_turn()  # before the file is written: a refused upload costs no disk
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            with self._lock:
-                if self._waiting >= self.max_waiting:
-                    raise Busy(f"serve is decoding {self._waiting + 1} other uploads; try again shortly")
-                self._waiting += 1
+            fd, path = tempfile.mkstemp(prefix="clipsearch-upload-")
             try:
-                turn = self._turn.acquire(timeout=self.queue_seconds)
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-            if not turn:
-                raise Busy(f"serve is decoding other uploads (waited {self.queue_seconds:g} s); try again shortly")
-            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
                 result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels),))
                 try:
                     _, decoded, reason, _ = result.get(timeout=self.seconds)
@@ -95,12 +85,26 @@ class UploadDecoder:
                     self._kill_pool()
                     raise NotAnImage(f"decoding the upload took longer than {self.seconds:g} s") from None
             finally:
-                self._turn.release()
+                os.unlink(path)
         finally:
-            os.unlink(path)
+            self._turn.release()
         if decoded is None:
             raise NotAnImage(f"the upload is not a usable image: {reason}")
         return decoded.image
+
+    def _wait_for_turn(self) -> None:
+        """Take the decoder, after at most `max_waiting` others and `queue_seconds`; else Busy."""
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                raise Busy(f"serve is decoding {self._waiting + 1} other uploads; try again shortly")
+            self._waiting += 1
+        try:
+            turn = self._turn.acquire(timeout=self.queue_seconds)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not turn:
+            raise Busy(f"serve is decoding other uploads (waited {self.queue_seconds:g} s); try again shortly")
 
     def close(self) -> None:
         self._kill_pool()

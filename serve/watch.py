@@ -27,9 +27,10 @@ Some changes send no event: files written from another machine on a network shar
 (inotify hears only this kernel's writes), a share unmounted and mounted again (its
 watches end with it), events the kernel dropped when its queue overflowed in a burst
 (watchdog then reports them lost), folders beyond the inotify watch limit. So every
-`rescan_every` seconds, and at once after lost events, the thread walks the folders
-again as the first scan does (unchanged files cost a stat), with the observer started
-anew first: its watches then cover what is mounted now.
+`rescan_every` seconds, at once after lost events, and when a watched folder's identity
+changes (ROOT_POLL), the thread walks the folders again as the first scan does
+(unchanged files cost a stat), with a new observer first: its watches then cover what
+is mounted now.
 
 Paths the walk passes over (hidden files and folders, --exclude, other extensions)
 and paths outside the folders are ignored at once. A bad file is skipped and shows
@@ -42,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import stat
 import sys
 import threading
@@ -118,7 +120,7 @@ class FolderWatcher:
         self._observer = self._start_observer()
         for root, kind in network_mounts(self.roots):
             _say(f"watch: {root} is a {kind} share: what other machines write there sends no event here; "
-                 + (f"it is found by the walk every {self.rescan_every / 60:g} minutes (--rescan)" if self.rescan_every
+                 + (f"it is found by the walk {self._every()} (--rescan)" if self.rescan_every
                     else "give --rescan MINUTES to find it"))
         self._thread = threading.Thread(target=self._main, name="clipsearch-watch", daemon=True)
         self._thread.start()
@@ -174,9 +176,13 @@ class FolderWatcher:
                 raise
             _say(f"watch: {exc.strerror or exc} (raise it: sysctl fs.inotify.max_user_watches=524288 and "
                  "fs.inotify.max_user_instances=1024); changes are found only by the walk "
-                 + (f"every {self.rescan_every / 60:g} minutes" if self.rescan_every else "--rescan MINUTES asks for"))
+                 + (self._every() if self.rescan_every else "--rescan MINUTES asks for"))
             return None
         return observer
+
+    def _every(self) -> str:
+        """How often the timed walk comes, for messages."""
+        return f"every {(self.rescan_every or 0) / 60:g} minutes"
 
     def request_rescan(self, reason: str) -> None:
         """Walk the folders again as soon as the thread is free (what lost events ask)."""
@@ -372,14 +378,13 @@ class FolderWatcher:
             while not self._stopping:
                 now = time.monotonic()
                 if self._next_rescan is not None and now >= self._next_rescan:
-                    self._rescan_reason = self._rescan_reason or f"every {self.rescan_every / 60:g} minutes"
+                    self._rescan_reason = self._rescan_reason or self._every()
                 if self._rescan_reason is not None:
                     reason, self._rescan_reason, self._next_rescan = self._rescan_reason, None, None
                     self._busy = True  # from now: wait_idle must not see a gap before the walk
                     return reason
                 until_rescan = None if self._next_rescan is None else self._next_rescan - now
                 if self._queue:
-                    now = time.monotonic()
                     quiet_for = now - self._last_event
                     waited = now - (self._first_event or now)
                     if len(self._queue) >= self.max_batch or quiet_for >= self.debounce or waited >= self.max_wait:
@@ -474,7 +479,6 @@ class _Handler(FileSystemEventHandler):
             note(event.dest_path, event.is_directory)
 
 
-
 # File systems whose files other machines change without an inotify event here.
 NETWORK_FILE_SYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs", "fuse.glusterfs",
@@ -519,12 +523,4 @@ def _identity(folder: str) -> tuple[int, int] | None:
 
 def _unescape(field: bytes) -> bytes:
     """mountinfo writes a space, tab, newline and backslash in a path as \\ooo (octal)."""
-    out, i = bytearray(), 0
-    while i < len(field):
-        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit():
-            out.append(int(field[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return bytes(out)
+    return re.sub(rb"\\([0-7]{3})", lambda octal: bytes([int(octal.group(1), 8)]), field)

@@ -372,9 +372,11 @@ class EdgeIndex(Index):
         self.last_offline_phases: dict[str, float] = {}
         if not self._prepare_root(create):
             return  # nothing there yet: exists() is False, reads say so
-        if not create and not self._anything_of(read_aliases(self.root).get(self.name, self.name)):
-            self.collection = read_aliases(self.root).get(self.name, self.name)
-            return  # a name that was never a collection (a typo): reading it leaves no lock file behind
+        if not create:
+            meant = read_aliases(self.root).get(self.name, self.name)
+            if not self._anything_of(meant):
+                self.collection = meant
+                return  # a name that was never a collection (a typo): reading it leaves no lock file behind
         self._lock = self._lock_meant()
         try:
             self._recover_swap()

@@ -49,7 +49,8 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     ours = {"from": f"{source.location} (collection {source.collection})", "points": summary.total,
             "resume": resume}
     earlier = target.unfinished_copy()
-    if earlier is None or earlier.get("from") == ours["from"]:
+    marks = earlier is None or earlier.get("from") == ours["from"]
+    if marks:
         target.record_unfinished_copy(ours)
     started = time.monotonic()
     with target.bulk_load():
@@ -71,7 +72,7 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
             f"migration incomplete: source has {summary.total} points, target {target.location} holds "
             f"{summary.target_count}; run the same command again to resume"
         )
-    if earlier is None or earlier.get("from") == ours["from"]:
+    if marks:
         target.record_unfinished_copy(None)
     return summary
 
