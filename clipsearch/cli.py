@@ -12,6 +12,7 @@ so `clipsearch --help` and `clipsearch status` start fast.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 
@@ -36,10 +37,15 @@ COMMAND_MODULES = (
 WRITERS = frozenset({"ingest", "reindex", "migrate", "finetune", "serve"})
 
 
+# How a stopped command says what stopped it: Ctrl-C, a service stop or `kill`, the
+# terminal or SSH session closing (whose SIGHUP ended a 10-hour ingest where it stood).
+STOPPED_BY: dict[int, str] = {signal.SIGINT: "Interrupted", signal.SIGTERM: "Terminated", signal.SIGHUP: "Hung up"}
+
+
 class CliGroup(click.Group):
     """Turns a ClipsearchError anywhere below into `Error: <one line>` and exit 1, and
-    Ctrl-C or SIGTERM into one line and exit 130 or 143 (128 + the signal, as a shell
-    reports a process the signal ended)."""
+    Ctrl-C, SIGTERM or SIGHUP into one line and exit 130, 143 or 129 (128 + the
+    signal, as a shell reports a process the signal ended)."""
 
     def invoke(self, ctx):
         previous = _terminate_like_ctrl_c()
@@ -50,32 +56,55 @@ class CliGroup(click.Group):
             # undecodable byte reaches the terminal raw (clipsearch/names.py).
             raise click.ClickException(printable(str(exc))) from None
         except KeyboardInterrupt as exc:
-            signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+            signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
             kept = "; everything committed so far is kept." if ctx.invoked_subcommand in WRITERS else "."
-            click.echo(f"{'Terminated' if signum == signal.SIGTERM else 'Interrupted'}{kept}", err=True)
+            try:
+                click.echo(f"{STOPPED_BY[signum]}{kept}", err=True)
+            except OSError:
+                pass  # a terminal that hung up takes no more output; the exit status still says it
             ctx.exit(128 + signum)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
-def _terminate_like_ctrl_c():
-    """SIGTERM raises Terminated in the main thread (where Python runs signal handlers),
-    so that a stopped command unwinds through its finally blocks as Ctrl-C does. Left
-    alone where someone else already handles SIGTERM (an embedding program, a test
-    harness) or off the main thread. Returns the handler to restore, or None."""
+def _terminate_like_ctrl_c() -> dict:
+    """SIGTERM and SIGHUP raise Terminated in the main thread (where Python runs signal
+    handlers), so that a stopped command unwinds through its finally blocks as Ctrl-C
+    does. Each is left alone where someone else already handles or ignores it (an
+    embedding program, a test harness, `nohup`), and both off the main thread.
+    Returns the handlers to restore."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    current = signal.getsignal(signal.SIGTERM)
-    if current not in (signal.SIG_DFL, None):
-        return None
+        return {}
+    previous = {}
+    terminals = [fd for fd in (1, 2) if os.isatty(fd)]
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        current = signal.getsignal(signum)
+        if current not in (signal.SIG_DFL, None):
+            continue
 
-    def terminate(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-        raise Terminated()
+        def terminate(signum, frame):
+            signal.signal(signum, signal.SIG_DFL)  # the same signal again ends the process at once
+            if signum == signal.SIGHUP:
+                _quiet_hung_up(terminals)
+            raise Terminated(signum)
 
-    signal.signal(signal.SIGTERM, terminate)
-    return current
+        signal.signal(signum, terminate)
+        previous[signum] = current
+    return previous
+
+
+def _quiet_hung_up(terminals: list[int]) -> None:
+    """Output to a terminal that hung up fails (EIO): the progress and summary lines
+    written while the command stops would raise in its finally blocks, before what it
+    holds is committed. Those of stdout and stderr that were a terminal and are not
+    one now (hung up) write to /dev/null from here on; a file or pipe keeps them."""
+    hung_up = [fd for fd in terminals if not os.isatty(fd)]
+    if hung_up:
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        for fd in hung_up:
+            os.dup2(nowhere, fd)
+        os.close(nowhere)
 
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})

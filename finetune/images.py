@@ -14,7 +14,6 @@ the same reason, worded the same way.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from typing import Callable, Iterable
 
@@ -24,6 +23,7 @@ from clipsearch import config
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import SkipImage, decode_job, load_image
 from clipsearch.names import shown
+from clipsearch.pools import spawn_pool
 
 # The decode target of the check: CLIP's input size. Only JPEG draft mode depends on it,
 # and a JPEG cut short fails at any draft scale (its whole entropy stream is read).
@@ -92,8 +92,7 @@ def check_images(paths: Iterable[str], workers: int = 0,
         for job in jobs:
             record(*_verdict(job))
         return verdicts
-    # spawn, not fork, as ingest does: forking a process that holds torch threads can deadlock.
-    pool = multiprocessing.get_context("spawn").Pool(workers)
+    pool = spawn_pool(workers)
     try:
         for path, reason in pool.imap_unordered(_verdict, jobs, chunksize=8):
             record(path, reason)

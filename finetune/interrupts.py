@@ -1,11 +1,11 @@
-"""Ctrl-C and SIGTERM while a fine-tune writes: a checkpoint or the final model is
+"""Ctrl-C, SIGTERM and SIGHUP while a fine-tune writes: a checkpoint or the final model is
 written whole, then the interrupt goes on.
 
 A KeyboardInterrupt raised half-way through writing a checkpoint's weights would
 leave a folder that looks like a checkpoint and is not one; half-way through the
 final save, a model folder that ingest and search would load. While `deferred()` is
-open, SIGINT and SIGTERM are noted instead of acted on; on leaving it, the handler
-that was in place (Python's KeyboardInterrupt, the CLI's SIGTERM handler, or the
+open, SIGINT, SIGTERM and SIGHUP are noted instead of acted on; on leaving it, the handler
+that was in place (Python's KeyboardInterrupt, the CLI's SIGTERM/SIGHUP handler, or the
 default action) gets the first signal noted. A second Ctrl-C during the write is not
 needed: the write takes seconds. SIGKILL cannot be deferred; `last_checkpoint`
 (training.py) ignores a checkpoint without its trainer_state.json, written last.
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager

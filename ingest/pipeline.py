@@ -11,7 +11,6 @@ re-run skips those files because their size and mtime match their points.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import threading
 import time
@@ -39,6 +38,7 @@ from clipsearch.images import (
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import path_of
+from clipsearch.pools import spawn_pool
 from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
@@ -381,13 +381,13 @@ class Ingestor:
         try:
             for entry, (function, job) in jobs:
                 if pool is None:  # spawn only when there is something to decode
-                    # spawn, not fork: forking a process that holds torch threads can deadlock.
-                    # The decoders ignore Ctrl-C (decoder_init), which a terminal sends to the
-                    # whole process group: this process stops them (terminate, below) once it
-                    # has committed what it holds, and no worker prints a traceback meanwhile.
-                    # They import only PIL, numpy and the kernel's light modules: no torch,
-                    # transformers or onnxruntime (tests/ingest/test_decoder_crops.py).
-                    pool = multiprocessing.get_context("spawn").Pool(opts.workers, initializer=decoder_init)
+                    # The decoders ignore Ctrl-C (decoder_init) and SIGHUP (spawn_pool), which
+                    # a terminal and a closing shell send to the whole process group: this
+                    # process stops them (terminate, below) once it has committed what it
+                    # holds, and no worker prints a traceback meanwhile. They import only
+                    # PIL, numpy and the kernel's light modules: no torch, transformers or
+                    # onnxruntime (tests/ingest/test_decoder_crops.py).
+                    pool = spawn_pool(opts.workers, initializer=decoder_init)
                 pending.append((entry, pool.apply_async(function, (job,))))
                 while len(pending) >= window or (pending and pending[0][1].ready()):
                     first, result = pending.popleft()

@@ -6,15 +6,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipsearch import config
 from clipsearch.config import Settings
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, Terminated
 
 from .security import check_bind, choose_token
 
@@ -188,4 +190,35 @@ def serve_forever(app, sock: socket.socket) -> None:
     # A malformed upload is the client's 400; the parser's own account of it is no server event.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     server = uvicorn.Server(config_)
-    server.run(sockets=[sock])
+    hung_up = _HangupStops(server)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        hung_up.restore()
+    if hung_up:
+        raise Terminated(signal.SIGHUP)  # after the graceful stop: the CLI says it and exits 129
+
+
+class _HangupStops:
+    """uvicorn stops gracefully on SIGINT and SIGTERM only; the terminal or SSH session
+    closing (SIGHUP) would end serve where it stood, with a watched batch in hand. Here
+    SIGHUP asks uvicorn to stop as for SIGTERM, unless it is ignored (`nohup`).
+    True once it came."""
+
+    def __init__(self, server):
+        self.came = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, None):
+            def hang_up(signum, frame):
+                self.came = True
+                server.handle_exit(signum, frame)  # uvicorn raises it again once stopped: back here
+
+            self.previous = signal.signal(signal.SIGHUP, hang_up)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGHUP, self.previous)
+
+    def __bool__(self) -> bool:
+        return self.came

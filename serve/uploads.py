@@ -18,6 +18,7 @@ from typing import Any
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import decode_job
+from clipsearch.pools import spawn_pool
 
 DECODE_SECONDS = 10.0
 # How long an upload waits for its turn at the decoder before serve answers 503: the
@@ -57,8 +58,7 @@ class UploadDecoder:
     def _get_pool(self):
         with self._lock:
             if self._pool is None:
-                # spawn, not fork: this process holds threads (uvicorn's, onnxruntime's).
-                self._pool = multiprocessing.get_context("spawn").Pool(1)
+                self._pool = spawn_pool(1)
             return self._pool
 
     def _kill_pool(self) -> None:

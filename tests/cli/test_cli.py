@@ -574,3 +574,28 @@ def test_ctrl_c_says_what_is_kept_only_where_something_was_written(command, line
     monkeypatch.setattr(pipeline, "resolve_roots", interrupted)
     result = CliRunner().invoke(cli, [*command, "--index", str(tmp_path / "index")])
     assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == line, result.output
+
+
+def test_sighup_ignored_by_nohup_stays_ignored_and_handlers_are_put_back(monkeypatch, tmp_path):
+    """`nohup clipsearch ingest` must outlive the terminal: an ignored SIGHUP is left
+    ignored while the command runs; SIGTERM still stops it; both are put back after."""
+    import signal
+
+    import clipsearch.index.open as opening
+
+    seen = {}
+
+    def look(*args, **kwargs):
+        seen["hup"], seen["term"] = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(opening, "open_index", look)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = CliRunner().invoke(cli, ["status", "--index", str(tmp_path / "index")])
+        assert result.exit_code == 130, result.output
+        assert seen["hup"] is signal.SIG_IGN and callable(seen["term"])
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)

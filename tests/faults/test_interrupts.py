@@ -1,12 +1,13 @@
-"""SIGTERM and Ctrl-C during ingest and migrate (issue #15, faults to survive).
+"""SIGTERM, Ctrl-C and SIGHUP during ingest and migrate (issue #15, faults to survive).
 
 A service manager, `kill` or a container shutting down sends SIGTERM; a person sends
-Ctrl-C to the whole foreground process group (the decoder processes included). Either
-way the command finishes or drops the batch in hand, releases the index lock, leaves no
-decoder process behind, prints one line saying what is kept and exits 143 (SIGTERM) or
-130 (Ctrl-C); the next run completes with exact counts. Each test is one trial per
-signal (2 signals x 2 commands = 4 trials), at a moment chosen by the progress the
-command reports, through the real console entry point."""
+Ctrl-C to the whole foreground process group (the decoder processes included); a
+terminal or SSH session that closes has the shell send SIGHUP to the job's whole
+process group. Every way the command finishes or drops the batch in hand, releases the
+index lock, leaves no decoder process behind, prints one line saying what is kept and
+exits 143, 130 or 129 (128 + the signal); the next run completes with exact counts.
+Each test is one trial per signal, at a moment chosen by the progress the command
+reports, through the real console entry point."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from support import draw_collection
 pytestmark = pytest.mark.slow
 
 KEPT = {signal.SIGTERM: "Terminated; everything committed so far is kept.",
-        signal.SIGINT: "Interrupted; everything committed so far is kept."}
+        signal.SIGINT: "Interrupted; everything committed so far is kept.",
+        signal.SIGHUP: "Hung up; everything committed so far is kept."}
+SIGNALS = pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                                  ids=["SIGTERM", "Ctrl-C", "SIGHUP"])
 
 
 def descendants(pid: int) -> set[int]:
@@ -72,12 +76,13 @@ class Command:
             time.sleep(0.05)
 
     def interrupt(self, signum: int) -> tuple[int, str, set[int]]:
-        """Ctrl-C goes to the whole process group, as a terminal sends it; SIGTERM to
-        the command alone, as `kill` sends it. Returns the exit code, stderr, and the
-        processes that were below the command when the signal went."""
+        """Ctrl-C and SIGHUP go to the whole process group, as a terminal and a closing
+        shell send them; SIGTERM to the command alone, as `kill` sends it. Returns the
+        exit code, stderr, and the processes that were below the command when the
+        signal went."""
         children = descendants(self.process.pid)
-        if signum == signal.SIGINT:
-            os.killpg(self.process.pid, signal.SIGINT)
+        if signum in (signal.SIGINT, signal.SIGHUP):
+            os.killpg(self.process.pid, signum)
         else:
             self.process.send_signal(signum)
         code = self.process.wait(timeout=120)
@@ -106,7 +111,7 @@ def count(index: str, env: dict, collection: str | None = None) -> int:
     return int(json.loads(run(args, env).stdout)["points"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@SIGNALS
 def test_ingest_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, signum):
     """1 trial per signal: stopped once at least 8 images are embedded."""
     photos = tmp_path / "photos"
@@ -147,7 +152,7 @@ def _alive(pid: int) -> bool:
     return state[state.rindex(")") + 2] != "Z"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@SIGNALS
 def test_migrate_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, encoder, signum):
     """1 trial per signal: stopped once the first batches are copied."""
     from clipsearch.index.edge import EdgeIndex
@@ -176,3 +181,41 @@ def test_migrate_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_d
     assert count(source, env, "images") == total  # the source is never touched
     run(["migrate", "--index", source, "--collection", "images", "--to", target, "--batch-size", "500"], env)
     assert count(target, env, "images") == total
+
+
+def test_ingest_loses_nothing_when_its_terminal_closes(tmp_path, tiny_model_dir):
+    """An SSH session dropped mid-ingest, for real: the command runs on a pseudo-terminal
+    (its controlling terminal, as a login shell's job has) and the terminal hangs up.
+    Every later write to it fails, yet the command commits what it holds, exits 129
+    and leaves the lock free; the next run embeds exactly the rest."""
+    import fcntl
+    import json
+    import pty
+    import re
+    import struct
+    import termios
+
+    photos = tmp_path / "photos"
+    files = draw_collection(photos, 600)
+    env = command_env(tmp_path, tiny_model_dir)
+    index = str(tmp_path / "index")
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: straight into the command, nothing of pytest's run here
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # progress is cut to its width
+        os.execve(sys.executable, [sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index", index,
+                                   "--batch-size", "4", "--workers", "1"], env)
+    shown = b""
+    deadline = time.monotonic() + 120
+    while not [n for n in re.findall(rb"embedded (\d+)", shown) if int(n) >= 8]:
+        assert time.monotonic() < deadline, shown.decode(errors="replace")
+        try:
+            shown += os.read(terminal, 4096)
+        except OSError:  # EIO: the command ended before it embedded 8
+            raise AssertionError(shown.decode(errors="replace")) from None
+    os.close(terminal)  # the session is gone: the terminal hangs up
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGHUP, shown.decode(errors="replace")
+    kept = count(index, env)
+    assert 8 <= kept < len(files)
+    summary = json.loads(run(["ingest", str(photos), "--index", index, "--json", "--workers", "1"], env).stdout)
+    assert summary["unchanged"] == kept and summary["embedded"] == len(files) - kept, summary

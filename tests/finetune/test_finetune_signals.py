@@ -185,6 +185,62 @@ def test_sigterm_mid_training_keeps_the_last_checkpoint_and_stops_the_workers(tm
 
 
 
+@pytest.mark.slow
+def test_the_terminal_closing_mid_training_keeps_the_last_checkpoint(tmp_path, shapes, tiny_model_dir):
+    """An SSH session dropped mid-training, for real: the fine-tune runs on a
+    pseudo-terminal (its controlling terminal) that hangs up. Every later write to it
+    fails (its stop message included), yet it stops as for SIGTERM: exit 129, the last
+    checkpoint whole, no final model, no worker left, and --resume finishes."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    out = tmp_path / "out"
+    env = _env(tmp_path)
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: straight into the command, nothing of pytest's run here
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        os.execve(str(CLIPSEARCH), _command(shapes, tiny_model_dir, out), env)
+    shown = bytearray()
+    reader = threading.Thread(target=_drain, args=(terminal, shown), daemon=True)  # a full terminal blocks it
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        workers: list[psutil.Process] = []
+        while not (len(workers) >= 2 and _whole_checkpoints(out / "checkpoints")):
+            assert time.monotonic() < deadline and reader.is_alive(), bytes(shown[-3000:]).decode(errors="replace")
+            workers = _decoders(pid)
+            time.sleep(0.05)
+        os.close(terminal)  # the session is gone: the terminal hangs up
+        _, status = os.waitpid(pid, 0)
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGHUP, bytes(shown[-3000:]).decode(errors="replace")
+    kept = _whole_checkpoints(out / "checkpoints")[-1]
+    assert load_file(str(kept / "model.safetensors")) and (kept / "optimizer.pt").is_file()
+    assert not (out / "modules.json").exists()
+    assert json.loads((out / "finetune_run.json").read_text())["status"] == "training"
+    _nothing_left(pid, workers)
+    resumed = subprocess.run(_command(shapes, tiny_model_dir, out, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and f"resuming from {kept}" in resumed.stderr, resumed.stderr[-3000:]
+
+
+def _drain(terminal: int, shown: bytearray) -> None:
+    while True:
+        try:
+            data = os.read(terminal, 65536)
+        except OSError:  # closed, or the command has ended (EIO)
+            return
+        if not data:
+            return
+        shown += data
+
+
 # -- in this process: the interrupt held back while a checkpoint is written ----------------
 
 

@@ -105,3 +105,24 @@ def test_kill_9_in_the_middle_of_a_watched_ingest_then_restart(tmp_path, tiny_mo
     paths = indexed_paths(tmp_path, tiny_model_dir)
     assert len(paths) == len(set(paths)) == len(files)
     assert sorted(paths) == sorted(str(f.resolve()) for f in files)
+
+
+def test_the_terminal_closing_stops_serve_gracefully(tmp_path, tiny_model_dir):
+    """SIGHUP (the terminal or SSH session closed) mid-ingest: serve stops as for
+    SIGTERM, says what is kept and exits 129, and the index opens with no duplicate."""
+    import signal
+
+    watched = tmp_path / "photos"
+    files = draw_many(watched, 600, size=(320, 240))
+    args = served_args(tmp_path, tiny_model_dir, watched) + ["--batch-size", "8"]
+    server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(tmp_path / "cache")})
+    try:
+        server.wait_until(lambda: 0 < server.ingest_state().get("embedded", 0), 180, "the first batches")
+        server.process.send_signal(signal.SIGHUP)
+        assert server.process.wait(timeout=60) == 128 + signal.SIGHUP, server.output()
+    finally:
+        server.stop(kill=True)
+    output = server.output()
+    assert "Hung up; everything committed so far is kept." in output and "Traceback" not in output, output
+    paths = indexed_paths(tmp_path, tiny_model_dir)
+    assert 0 < len(paths) == len(set(paths)) <= len(files)
