@@ -134,6 +134,11 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
     summary.total = len(records)
     with open_index(settings.with_overrides(collection=target, **layout), create=True) as version:
         version.ensure_collection(identity)  # or, made by a run that was stopped, checked
+        stored = version.stored_identity()
+        if stored is not None and (stored.name, stored.text_fingerprint) != (identity.name, identity.text_fingerprint):
+            # A kept version met again with a text-only fine-tune of its model (or the
+            # model moved): the vectors fit, and searches must use this model's text tower.
+            version.record_identity(identity)
         ingestor = Ingestor(encoder, version, options, progress)
         _fill(ingestor, version, records, summary)
         if ingestor.stopped:

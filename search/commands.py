@@ -35,7 +35,8 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
               help="How many hits.")
 @click.option("--image", "-i", default=None, metavar="PATH",
               help="Search by an example image (left out of its own results). "
-                   "A QUERY that is an image file does the same.")
+                   "A QUERY that is an image file does the same (one word with an image extension that "
+                   "names no file is an error, not text).")
 @click.option("--add", multiple=True, metavar="[W:]TEXT|IMAGE",
               help="Add a term to the query, optionally weighted: --add 2:sunset (repeatable).")
 @click.option("--subtract", multiple=True, metavar="[W:]TEXT|IMAGE",
@@ -192,7 +193,7 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
 
     from clipsearch.remote import ServeClient
 
-    from .terms import looks_like_image_path, parse_term
+    from .terms import looks_like_image_path, parse_term, refuse_missing_image
 
     started = time.perf_counter()
     if k < 1:
@@ -204,6 +205,8 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     if queries is not None:
         asks = [(line, line if looks_like_image_path(line) else None)
                 for line in query_lines(queries, query, image)]
+        for line, _ in asks:
+            refuse_missing_image(line, "the query")
     elif image is not None:
         if query is not None:
             raise ClipsearchError("with --server, give either QUERY or --image, not both (the server searches by "
@@ -213,6 +216,8 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
         if query is not None and not query.strip():
             raise ClipsearchError("the query is empty; give some words to search for")
         asks = [(query, query if query is not None and looks_like_image_path(query) else None)]
+        if query is not None:
+            refuse_missing_image(query, "the query")
     # The server resolves symlinks; a name that is not UTF-8 goes in the form the index
     # stores it (\xNN), which JSON and a URL can carry and the server's filter compares.
     folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None

@@ -156,13 +156,17 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
 def build_terms(query: str | None, image: str | None, add: Iterable[str], subtract: Iterable[str]) -> list[Term]:
     """The CLI's and the API's query pieces as weighted terms. A query that is an
     existing image file searches by that image."""
-    from .terms import looks_like_image_path, parse_term, text_term
+    from .terms import looks_like_image_path, parse_term, refuse_missing_image, text_term
 
     terms: list[Term] = []
     if query is not None:
         if not query.strip():
             raise ClipsearchError("the query is empty; give some words to search for")
-        terms.append(image_term(query) if looks_like_image_path(query) else text_term(query.strip()))
+        if looks_like_image_path(query):
+            terms.append(image_term(query))
+        else:
+            refuse_missing_image(query, "the query")
+            terms.append(text_term(query.strip()))
     if image is not None:
         terms.append(image_term(image, option="--image"))
     terms += [parse_term(spec, 1.0, "--add") for spec in add]

@@ -2,7 +2,9 @@
 
 `--add 2:sunset` is the text "sunset" with weight 2; `--subtract beach.jpg` is that
 image with weight 1 taken away. A term names an image when it is an existing file
-with an image extension; anything else is text.
+with an image extension; anything else is text, but for one word with an image
+extension that names no file (a mistyped path): that is an error, not a search for
+the words "cam/nosuch.jpg".
 
 The weight is a plain decimal number before the first colon (`2:`, `0.5:`, `1e-2:`).
 Anything else before a colon is part of the text: "Nan: portrait", "inf: the show",
@@ -51,6 +53,16 @@ def looks_like_image_path(value: str) -> bool:
     return value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(_expand(value))
 
 
+def refuse_missing_image(value: str, option: str) -> None:
+    """One word ending in an image extension that is no file: a path mistyped, or of a
+    file moved since. Searched as text it gave confident nonsense with exit 0."""
+    word = value.strip()
+    if word and not any(c.isspace() for c in word) and word.lower().endswith(IMAGE_SUFFIXES) and \
+            not os.path.lexists(_expand(word)):
+        raise ClipsearchError(f"{option} {shown(word)} looks like an image file, but there is none at that path; "
+                              "give an image that exists, or words to search for")
+
+
 def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool = True) -> Term:
     """'TEXT', 'IMAGE', 'W:TEXT' or 'W:IMAGE'. `images=False` reads every term as text:
     a server never opens a file because a client named its path. A bad term is a
@@ -71,6 +83,8 @@ def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool
                               f"in {given!r}")
     if images and looks_like_image_path(spec):
         return image_term(spec, sign * weight, option)
+    if images:
+        refuse_missing_image(spec, option)
     return text_term(spec, sign * weight, option)
 
 

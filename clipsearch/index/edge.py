@@ -562,6 +562,14 @@ class EdgeIndex(Index):
             text = _first_line(exc)
             if _is_disk_full(text):
                 raise self._disk_full_error("opening it", text) from None
+            if "WouldBlock" in text:
+                # The engine's own lock on the write-ahead log: another process has it open,
+                # and clipsearch's lock file beside it was deleted ("a stale lock") or replaced.
+                raise InUseError(
+                    f"collection {self.collection!r} in {self.root} is in use by another process (its write-ahead "
+                    f"log is locked, though its lock file {self.collection}.lock was deleted meanwhile); wait for "
+                    "it to finish or stop it (nothing is wrong with the index; a lock file is not stale while a "
+                    "clipsearch command runs)") from None
             raise ClipsearchError(
                 f"cannot open collection {self.collection!r} in {self.root}: {text}; the index is damaged: "
                 f"delete {self.root} and ingest again") from None

@@ -115,6 +115,22 @@ def test_a_model_with_the_same_image_tower_is_only_recorded(indexed, tiny_model_
     assert "same image tower" in summary.line()
 
 
+
+def test_back_to_a_kept_version_with_a_text_tuned_model_records_that_model(indexed, other_model_dir, tiny_model_dir,
+                                                                           tmp_path):
+    """Back to the kept version with a text-only fine-tune of its model: the version's
+    vectors are reused, and the name records the fine-tune (its text tower is what
+    searches must use), not the model the version was made with."""
+    settings, photos = indexed
+    away = reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
+    text_tuned = _with_new_text_tower(tiny_model_dir, tmp_path / "text-tuned")
+    back = reindex(settings.with_overrides(model=str(text_tuned)), QUIET)
+    assert back.switched and back.new == away.kept and back.embedded == 0
+    identity, meant, count = _identity(settings)
+    assert meant == away.kept and count == 20 and identity.name == str(text_tuned)
+    tuned = Encoder(str(text_tuned), "cpu").identity
+    assert identity.text_fingerprint == tuned.text_fingerprint
+
 def test_files_gone_since_indexing_are_skipped_and_reported(indexed, other_model_dir, tmp_path):
     settings, photos = indexed
     photos[0].unlink()

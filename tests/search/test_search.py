@@ -296,6 +296,26 @@ def test_bad_files_and_counts_fail_with_one_line(indexed, tmp_path):
     assert "Invalid value for '-k'" in huge.output.strip().splitlines()[-1]
 
 
+
+def test_a_mistyped_image_path_is_an_error_not_a_text_search(indexed, tmp_path, monkeypatch):
+    """A query that is one word ending in an image extension and names no file was
+    embedded as the text "cam/nosuch.jpg" and answered with confident nonsense, exit 0:
+    the QUERY, --add, --subtract and a --queries line say so in one line instead. Words
+    around a file name stay text."""
+    settings, photos, _ = indexed
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(CliRunner().invoke(cli, ["search", "cam/nosuch.jpg", *args_for(settings)]),
+                    "the query cam/nosuch.jpg looks like an image file, but there is none at that path")
+    _one_line_error(CliRunner().invoke(cli, ["search", "red", "--add", "2:gone.PNG", *args_for(settings)]),
+                    "--add gone.PNG looks like an image file")
+    _one_line_error(CliRunner().invoke(cli, ["search", "red", "--subtract", "~/nope.webp", *args_for(settings)]),
+                    "--subtract ~/nope.webp looks like an image file")
+    lines = tmp_path / "queries.txt"
+    lines.write_text("a red circle\nlib/missing.jpg\n")
+    _one_line_error(CliRunner().invoke(cli, ["search", "--queries", str(lines), *args_for(settings)]),
+                    "lib/missing.jpg looks like an image file")
+    assert run(settings, "the photo IMG_0001.jpg of a red circle", "-k", "2", "-f", "paths").stdout.strip()
+
 def test_missing_and_empty_collections_fail_with_one_line(tmp_path, encoder, tiny_model_dir):
     settings = settings_for("edge", tmp_path, tiny_model_dir)
     _one_line_error(CliRunner().invoke(cli, ["search", "cat", *args_for(settings)]), "does not exist")
