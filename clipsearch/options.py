@@ -151,7 +151,8 @@ def exclude_option(fn: F) -> F:
     return click.option(
         "--exclude", multiple=True, metavar="GLOB",
         help="Skip files and folders matching GLOB (repeatable): a name (raw, '*.tmp'), a full path, or the "
-             "end of one (2019/Paris skips every folder .../2019/Paris).")(fn)
+             "end of one (2019/Paris skips every folder .../2019/Paris). A link whose target it matches is "
+             "skipped too.")(fn)
 
 
 def quiet_option(fn: F) -> F:

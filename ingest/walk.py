@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -83,6 +84,35 @@ def passed_over(name: str, path: str, patterns: Sequence[str] = ()) -> bool:
     return name.startswith(".") or bool(patterns) and _excluded(name, path, patterns)
 
 
+def excluded_target(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a link's target (canonical) lies in, or is, something --exclude names:
+    `ln -s ../private/diary.jpg pub/` must not bring an excluded photo back in (and
+    have serve share it)."""
+    current = path
+    while patterns:
+        head, name = os.path.split(current)
+        if not name:
+            return False
+        if _excluded(name, current, patterns):
+            return True
+        current = head
+    return False
+
+
+def _not_a_file(entry: os.DirEntry, is_link: bool) -> str | None:
+    """Why a name with an image extension that is not a regular file is left out: said
+    in the report (a link into a drive that is not mounted, a FIFO), not silently."""
+    try:
+        if is_link and not os.path.exists(entry.path):
+            return f"broken link to {os.readlink(entry.path)}"
+        mode = os.stat(entry.path).st_mode
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror}"
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None)
+    return f"not a regular file ({kind})" if kind else None
+
+
 def root_of(path: str, roots: Iterable[str]) -> str | None:
     """The root that `path` (absolute) lies under, or is; None if none."""
     for root in roots:
@@ -128,6 +158,8 @@ def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[
     try:
         if not os.path.isfile(lexical):
             return None
+        if os.path.islink(lexical) and excluded_target(os.path.realpath(lexical), exclude_patterns(exclude)):
+            return None
         st = os.stat(lexical)
     except FileNotFoundError:  # gone since: a watcher hears of it as a deletion
         return None
@@ -141,7 +173,8 @@ def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[
 def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: set[str] | None = None,
                 on_error=None) -> Iterator[FileEntry]:
     """Yield each image file under `roots` once. `on_error(path, reason)` hears about
-    folders that cannot be listed; the walk goes on."""
+    folders that cannot be listed, and names with an image extension that are no
+    regular file (a broken link, a FIFO); the walk goes on."""
     extensions = image_extensions() if extensions is None else extensions
     patterns = exclude_patterns(exclude)
     seen_dirs: set[tuple[int, int]] = set()
@@ -174,12 +207,18 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                     continue
                 try:
                     is_link = entry.is_symlink()
+                    target = os.path.realpath(entry.path) if is_link else entry.path
+                    if is_link and excluded_target(target, patterns):
+                        continue
                     if entry.is_dir(follow_symlinks=True):
-                        subfolders.append(os.path.realpath(entry.path) if is_link else entry.path)
+                        subfolders.append(target)
                         continue
                     if os.path.splitext(name)[1].lower() not in extensions:
                         continue
                     if not entry.is_file(follow_symlinks=True):
+                        reason = _not_a_file(entry, is_link)
+                        if reason and on_error:
+                            on_error(entry.path, reason)
                         continue
                     st = entry.stat(follow_symlinks=True)
                 except OSError as exc:  # vanished or unreadable between listing and stat
@@ -191,6 +230,5 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                     continue
                 seen_files.add(key)
                 # `folder` is already canonical, so only a link needs resolving.
-                path = os.path.realpath(entry.path) if is_link else entry.path
-                yield FileEntry(path, st.st_size, st.st_mtime_ns, st.st_dev)
+                yield FileEntry(target, st.st_size, st.st_mtime_ns, st.st_dev)
             stack.extend(reversed(subfolders))  # depth-first, in name order

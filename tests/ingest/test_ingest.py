@@ -369,6 +369,38 @@ def test_an_exclude_glob_with_a_relative_path_matches_the_end_of_a_path(tmp_path
     assert found == {real(p) for p in kept}
 
 
+
+def test_a_link_into_an_excluded_folder_does_not_bring_it_back(tmp_path, encoder, index):
+    """--exclude keeps a folder out of the index (and out of what serve shares): a link
+    from elsewhere to a photo in it, or to the folder itself, was followed and indexed
+    under the excluded path. The same holds for one file met by a watcher's event."""
+    from clipsearch.ingest.walk import image_file
+
+    root = tmp_path / "lib"
+    ok = draw_image(root / "pub" / "ok.png")
+    diary = draw_image(root / "private" / "diary.png", "blue")
+    (root / "pub" / "innocent.png").symlink_to(diary)
+    (root / "pub" / "more").symlink_to(root / "private")
+    summary = run([root], encoder, index, exclude=["private"])
+    assert set(stored(index)) == {real(ok)} and summary.found == 1
+    assert image_file(str(root / "pub" / "innocent.png"), [real(root)], ["private"]) is None
+    assert image_file(str(root / "pub" / "innocent.png"), [real(root)], []).path == real(diary)
+
+
+def test_broken_links_and_fifos_named_like_images_are_reported(tmp_path, encoder, index):
+    """A link into a drive that is not mounted, or a FIFO called x.jpg, was left out with
+    no word: each is a skip in the report, saying what it is."""
+    root = tmp_path / "lib"
+    ok = draw_image(root / "ok.png")
+    (root / "best.jpg").symlink_to("/nonexistent-usb/best.jpg")
+    os.mkfifo(root / "pipe.jpg")
+    report = tmp_path / "report.jsonl"
+    with time_limit(60):  # a FIFO opened for reading would wait for a writer forever
+        summary = run([root], encoder, index, report=str(report))
+    assert set(stored(index)) == {real(ok)} and summary.skipped == 2
+    text = report.read_text()
+    assert "broken link to /nonexistent-usb/best.jpg" in text and "not a regular file (a named pipe)" in text
+
 def test_symlink_loop_does_not_hang(tmp_path, encoder, index):
     root = tmp_path / "loopy"
     paths = draw_collection(root / "a", 3)
