@@ -112,8 +112,10 @@ def parse_server_url(text: str) -> str:
 
 def parse_token(text: str) -> str:
     token = text.strip()
-    if len(token) < 16 or any(c.isspace() or not c.isprintable() for c in token):
-        raise ValueError("is not a token of 16 or more printable characters without spaces")
+    # ASCII only: HTTP carries header bytes as latin-1, so a client's UTF-8 `é` never
+    # matched the token serve was given (a 401 for the right token).
+    if len(token) < 16 or any(c.isspace() or not c.isprintable() or not c.isascii() for c in token):
+        raise ValueError("is not a token of 16 or more printable ASCII characters without spaces")
     return token
 
 

@@ -6,6 +6,7 @@
     app.py         the FastAPI application: the HTTP API, errors as one-line JSON, the page
     security.py    the token, the login cookie, loopback by default
     files.py       originals and thumbnails by point id only, checked against the index
+    connections.py a deadline for a request's headers, connections capped below the descriptor limit
     watch.py       the live index: an incremental ingest, then file-system events
     commands.py    `clipsearch serve`
     static/        the web page: plain HTML, CSS and JS, no build step

@@ -8,8 +8,11 @@ engine never blocks the event loop.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
+import re
 import time
 import uuid
 from importlib import resources
@@ -40,6 +43,29 @@ STATIC = resources.files("clipsearch.serve") / "static"
 ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                     "X-Frame-Options": "DENY"}
+# Everything answered is the library or its page, for whoever holds the token: no cache
+# keeps it, unless the route chose otherwise (thumbnails and originals: private, and
+# revalidated by ETag). The docs' own script and styles are the same for everyone.
+NO_STORE = "no-store"
+DOCS_ASSETS = "/docs-assets"
+
+
+def content_policy(html: str = "") -> str:
+    """The Content-Security-Policy of every response: scripts, styles, fetches and
+    images from serve itself only (thumbnails; blob: and data: for the page's icon),
+    nothing framed or framing, no plugins, no <base>. An HTML page of ours with inline
+    <script> or <style> elements (the login form, the API docs) gets exactly those
+    allowed, by their hashes."""
+    def allowed(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        return "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in bodies)
+
+    return (f"default-src 'self'; script-src 'self'{allowed('script')}; style-src 'self'{allowed('style')}; "
+            "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
+
+
+CONTENT_POLICY = content_policy()
 
 
 # -- the schema ------------------------------------------------------------------------
@@ -220,8 +246,8 @@ class Gatekeeper:
         head = scope["method"] == "HEAD"
         if head:  # the GET it asks about, without the body: FastAPI's routes answer GET only (405)
             scope = {**scope, "method": "GET"}
-        send = self._with_headers(send, head)
         path = scope["path"]
+        send = self._with_headers(send, head, "private, no-cache" if path.startswith(DOCS_ASSETS + "/") else NO_STORE)
         if not self.guard.host_allowed(Headers(scope=scope).get("host")):
             # The header is not repeated: errors never echo what the client sent.
             refused = JSONResponse({"error": "without a token, serve answers only requests addressed to localhost or a "
@@ -234,7 +260,9 @@ class Gatekeeper:
             request = Request(scope)
             if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(self.guard.cookie)):
                 if path == "/" and scope["method"] == "GET":
-                    response: Response = HTMLResponse(asset("login.html").decode(), status_code=401)
+                    login = asset("login.html").decode()
+                    response: Response = HTMLResponse(login, status_code=401,
+                                                      headers={"Content-Security-Policy": content_policy(login)})
                 else:
                     response = JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
                                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
@@ -243,11 +271,12 @@ class Gatekeeper:
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _with_headers(send, head: bool = False):
+    def _with_headers(send, head: bool = False, cache: str = NO_STORE):
         async def sending(message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in (*SECURITY_HEADERS.items(), ("Cache-Control", cache),
+                                    ("Content-Security-Policy", CONTENT_POLICY)):
                     if name not in headers:
                         headers[name] = value
             elif head and message["type"] == "http.response.body":
@@ -261,8 +290,22 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                upload_bytes: int, cors_origins: tuple[str, ...] = (), version: str = "") -> FastAPI:
     from fastapi_offline import FastAPIOffline
 
-    app = FastAPIOffline(title="clipsearch", version=version or "unknown", redoc_url=None, static_url="/docs-assets",
+    # docs_url=None: /docs is defined below, to give its inline script's hash to its CSP.
+    app = FastAPIOffline(title="clipsearch", version=version or "unknown", docs_url=None, redoc_url=None,
+                         static_url=DOCS_ASSETS,
                          description="Search an image collection with words, images, likes and dislikes.")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                                   swagger_ui_parameters=app.swagger_ui_parameters)
+        page.headers["Content-Security-Policy"] = content_policy(bytes(page.body).decode())
+        return page
 
     # -- errors as one-line JSON ---------------------------------------------------------
     @app.exception_handler(ClipsearchError)
@@ -275,14 +318,22 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = tuple(first.get("loc", ()))
-        if loc and loc[0] in ("body", "query", "path", "form", "header", "cookie"):
+        if loc == ("body",) and first.get("type") == "missing":  # "Field required" named no field: the body is missing
+            return JSONResponse({"error": "the request body is missing: send a JSON object "
+                                          "(Content-Type: application/json)"}, status_code=422)
+        if loc and loc[0] in ("body", "query", "path", "form", "header", "cookie") and loc != ("body",):
             loc = loc[1:]  # where it was sent, not its name: a body field may be called "query"
-        where = ".".join(str(p) for p in loc)
+        where = ".".join(str(p) for p in loc)  # `body` where it is the body as a whole (not a JSON object, say)
         message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
         return JSONResponse({"error": one_line(message)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route of the path only: GET for /api/search, whose POST is valid too.
+            methods = allowed_methods(app, request.scope)
+            return JSONResponse({"error": f"method not allowed: this path answers {', '.join(methods)}"},
+                                status_code=405, headers={**(exc.headers or {}), "Allow": ", ".join(methods)})
         return JSONResponse({"error": one_line(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -455,9 +506,22 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         suffix = Path(name).suffix
         if name not in ASSETS or suffix not in ASSET_TYPES:
             return JSONResponse({"error": f"no asset {one_line(name)!r}"}, status_code=404)
-        return Response(asset(name), media_type=ASSET_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+        return Response(asset(name), media_type=ASSET_TYPES[suffix], headers={"Cache-Control": "private, no-cache"})
 
     return app
+
+
+def allowed_methods(app: FastAPI, scope) -> list[str]:
+    """Every method some route of this path answers; HEAD wherever GET is (Gatekeeper)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
+            methods |= set(route.methods)  # type: ignore[attr-defined]
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _quote(name: str) -> str:

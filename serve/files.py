@@ -22,6 +22,7 @@ import hashlib
 import io
 import mimetypes
 import os
+import re
 import stat
 import threading
 from pathlib import Path
@@ -119,8 +120,7 @@ class Thumbnails:
             with self._decoding:
                 data = make_thumbnail(fd, size)
         except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise Gone(f"cannot make a thumbnail of the indexed file: {reason}") from None
+            raise Gone(f"cannot make a thumbnail of the indexed file: {unreadable(exc)}") from None
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per request
@@ -169,6 +169,18 @@ class Thumbnails:
             except OSError:
                 pass  # gone already
         return total
+
+
+def unreadable(exc: Exception) -> str:
+    """Why an image could not be decoded, in words: Pillow's messages name the file it
+    was given, here an open descriptor (`<_io.BufferedReader name=14>`), which says
+    nothing to a client."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read (corrupt, or not the format its name says)"
+    text = re.sub(r"\s*<[^<>]*>", "", str(exc).splitlines()[0] if str(exc) else "").strip(" :")
+    return f"corrupt or truncated: {text}" if text else "corrupt or truncated"
 
 
 def make_thumbnail(fd: int, size: int) -> bytes:

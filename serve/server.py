@@ -183,9 +183,16 @@ def build_search_index(service, watcher) -> None:
 def serve_forever(app, sock: socket.socket) -> None:
     import uvicorn
 
+    from . import connections
+
+    # Measured now, with the index, the model and the watcher open: what the cap leaves room for.
+    limit = connections.descriptor_limit()
+    protocol = connections.protocol_class(connections.header_seconds(),
+                                          connections.connection_cap(limit, connections.descriptors_in_use()))
     # No access log: uvicorn's prints the query string, which carries /login's token.
     config_ = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=5,
-                             server_header=False, date_header=True)
+                             server_header=False, date_header=True, http=protocol,
+                             backlog=connections.backlog_for(limit))
     logging.getLogger("clipsearch.serve").setLevel(logging.INFO)
     # A malformed upload is the client's 400; the parser's own account of it is no server event.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)

@@ -30,12 +30,24 @@ async function api(path, body) {
 }
 
 function showError(message) {
-  $("error").textContent = message || "";
+  $("error").textContent = visible(message);
   $("error").hidden = !message;
 }
 
 function fileName(path) {
   return path.split(/[\\/]/).filter(Boolean).pop() || path;
+}
+
+// Characters a name may hold that would hide or fake what it says: control characters
+// (a newline shown as a space), bidirectional overrides and isolates ("rtl\u202egnp.jpg"
+// displays as "rtlgpj.png"), invisible ones. Shown as escapes wherever the page shows a
+// path or a name or a message that may quote one, as the CLI quotes such names.
+// (Zero-width joiners are left alone: emoji and some scripts need them.)
+const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+const ESCAPES = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+function visible(text) {
+  return String(text ?? "").replace(HIDDEN, (c) => ESCAPES[c] || `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 // -- searching ----------------------------------------------------------------------
@@ -80,7 +92,7 @@ function render(data) {
   current = hits;
   const list = $("results");
   list.replaceChildren(...hits.map(tile));
-  const what = state.similarId ? `images like ${state.similarPath ? fileName(state.similarPath) : "the chosen image"}` : `“${state.query}”`;
+  const what = state.similarId ? `images like ${state.similarPath ? visible(fileName(state.similarPath)) : "the chosen image"}` : `“${state.query}”`;
   if (!data) $("summary").textContent = "";
   else if (!hits.length) $("summary").textContent = state.offset ? `No more results for ${what}.` : `No results for ${what}.`;
   else $("summary").textContent = `Results ${hits[0].rank}–${hits[hits.length - 1].rank} for ${what} (${Math.round(data.took_ms)} ms)`;
@@ -96,7 +108,7 @@ function render(data) {
 
 function tile(hit) {
   const node = $("hit-template").content.firstElementChild.cloneNode(true);
-  const name = fileName(hit.path);
+  const name = visible(fileName(hit.path));
   node.dataset.id = hit.id;
   node.dataset.rank = hit.rank;
   node.dataset.score = hit.score;
@@ -110,8 +122,8 @@ function tile(hit) {
   node.querySelector(".rank").textContent = `#${hit.rank}`;
   node.querySelector(".score").textContent = hit.score.toFixed(3);
   const path = node.querySelector(".path");
-  path.textContent = hit.path;
-  path.title = hit.path;
+  path.textContent = visible(hit.path);
+  path.title = visible(hit.path);
   for (const [cls, mine, other, verb] of [["like", state.liked, state.disliked, "More"], ["dislike", state.disliked, state.liked, "Fewer"]]) {
     const button = node.querySelector(`.${cls}`);
     button.setAttribute("aria-pressed", String(mine.has(hit.id)));
@@ -158,8 +170,8 @@ function openViewer(hit) {
   shown = hit;
   const viewer = $("viewer");
   $("viewer-image").src = hit.file;
-  $("viewer-image").alt = fileName(hit.path);
-  $("viewer-path").textContent = hit.path;
+  $("viewer-image").alt = visible(fileName(hit.path));
+  $("viewer-path").textContent = visible(hit.path);
   const size = hit.width && hit.height ? `${hit.width} × ${hit.height} · ` : "";
   $("viewer-facts").textContent = `${size}#${hit.rank} · score ${hit.score.toFixed(3)}`;
   $("viewer-original").href = hit.file;
@@ -177,14 +189,14 @@ function closeViewer() {
 async function refreshStatus() {
   try {
     const facts = await api("/api/status");
-    const model = facts.model && facts.model.name ? fileName(facts.model.name) : "no model recorded";
+    const model = facts.model && facts.model.name ? visible(fileName(facts.model.name)) : "no model recorded";
     const points = facts.exists ? `${facts.points ?? 0} images` : "no collection yet";
     const version = facts.server && facts.server.version ? ` · clipsearch ${facts.server.version}` : "";
-    $("status").textContent = `collection ${facts.collection} · ${points} · model ${model}${version}`;
-    $("status").title = `${facts.backend || ""} index at ${facts.location || ""}`;
+    $("status").textContent = `collection ${visible(facts.collection)} · ${points} · model ${model}${version}`;
+    $("status").title = `${facts.backend || ""} index at ${visible(facts.location)}`;
     return facts;
   } catch (error) {
-    if (error.message !== "logged out") $("status").textContent = `status unavailable: ${error.message}`;
+    if (error.message !== "logged out") $("status").textContent = `status unavailable: ${visible(error.message)}`;
     return null;
   }
 }
@@ -219,7 +231,7 @@ async function pollIngest() {
   else $("ingest-progress").value = Math.min(done, n("found"));
   $("ingest-errors").replaceChildren(...(progress.errors || []).map((e) => {
     const li = document.createElement("li");
-    li.textContent = `${e.path}: ${e.reason}`;
+    li.textContent = `${visible(e.path)}: ${visible(e.reason)}`;
     return li;
   }));
   const changed = n("embedded") + n("moved") + n("copied") + n("removed");

@@ -1,0 +1,125 @@
+"""Connections: a deadline for a request's headers, and a cap on open connections
+derived from the process's file-descriptor limit.
+
+uvicorn's keep-alive timeout covers only the wait between requests, is not armed on a
+new connection, and the first byte of a request cancels it: a client that sent part of
+its headers and then nothing held a connection, and a descriptor, forever, before the
+token was even checked. 1,100 of them under `ulimit -n 1024` stopped serve answering,
+and asyncio's accept loop logged EMFILE 120,000 times in 12 s.
+
+So each connection has HEADER_SECONDS, from its accept or from its last response, to
+complete a request's headers, or it is closed. And at most `cap` connections are open:
+the next one closes the connection that has waited longest for headers (a slow or idle
+client; a request being answered is never cut), or, where every one is in a request,
+is itself closed at once. The cap leaves room under the limit for the connections one
+accept burst takes (the backlog), the descriptors requests open (originals,
+thumbnails), the index's own files and those already open at the start.
+
+uvicorn's limit_concurrency is not used: it answers 503 only once a request's headers
+arrive, and accepts regardless, so it bounds no descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+HEADER_SECONDS = 30.0
+# Tests only (a deadline of seconds, not minutes): not a setting, so not in the table.
+HEADER_SECONDS_VARIABLE = "_CLIPSEARCH_HEADER_SECONDS"
+
+
+def header_seconds() -> float:
+    raw = os.environ.get(HEADER_SECONDS_VARIABLE, "")
+    return float(raw) if raw else HEADER_SECONDS
+
+
+def descriptor_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def backlog_for(limit: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one go,
+    before any of them is seen here: a burst the cap must leave room for."""
+    return min(2048, max(16, limit // 8))
+
+
+def connection_cap(limit: int, in_use: int) -> int:
+    """Connections allowed open at once, `in_use` descriptors being open already."""
+    reserve = backlog_for(limit) + max(128, limit // 8)  # an accept burst; requests' files, the index's growth
+    return max(16, limit - in_use - reserve)
+
+
+def descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 64  # no /proc: a guess at what an open index and model hold
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the header deadline and the connection cap above.
+    `deadline` and `cap` are set on the subclass `protocol_class` makes."""
+
+    deadline = HEADER_SECONDS
+    cap = 1 << 20
+    _timer: asyncio.TimerHandle | None = None
+    waiting_since: float | None = None  # loop time this connection began waiting for headers
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+        if len(self.connections) > self.cap:
+            self._make_room()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a request's headers are in (or the connection ends)
+            self._stop_waiting()
+
+    def on_response_complete(self) -> None:
+        # Armed before uvicorn reads a pipelined request, whose headers then disarm it.
+        if not self.transport.is_closing():
+            self._await_headers()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._stop_waiting()
+        self.waiting_since = self.loop.time()
+        self._timer = self.loop.call_later(self.deadline, self._too_slow)
+
+    def _stop_waiting(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.waiting_since = None
+
+    def _too_slow(self) -> None:
+        # No request was read, so there is none to answer: the connection just ends.
+        self._timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        waiting = [c for c in self.connections if c is not self and getattr(c, "waiting_since", None) is not None
+                   and not c.transport.is_closing()]
+        if waiting:
+            oldest = min(waiting, key=lambda c: c.waiting_since)
+            oldest._stop_waiting()
+            oldest.transport.close()
+        else:  # every other connection is in a request: this one waits for none of them
+            self._stop_waiting()
+            self.transport.close()
+
+
+def protocol_class(deadline: float, cap: int) -> type[DeadlineH11Protocol]:
+    return type("DeadlineH11Protocol", (DeadlineH11Protocol,), {"deadline": deadline, "cap": cap})
