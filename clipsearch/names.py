@@ -25,7 +25,9 @@ import re
 PATH_BYTES = "path_bytes"
 
 # C0 and C1 control characters, DEL, and the lone surrogates that stand for bytes.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff\u2028\u2029]")
+# Bidirectional marks, embeddings, overrides and isolates too: "rtl\u202egnp.jpg" shows
+# as "rtlgpj.png", a name passing for another.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
 

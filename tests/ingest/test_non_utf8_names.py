@@ -150,3 +150,14 @@ def test_the_gallery_shows_such_names(library, tmp_path):
     html = page.read_text(encoding="utf-8")
     assert "m\\xe9lange.png" in html and html.count("<figure>") == len(NAMES)
     assert "file://" in html and "m%E9lange.png" in html  # the link keeps the bytes
+
+
+def test_a_bidirectional_override_in_a_name_is_shown_escaped():
+    """U+202E reverses what follows on screen: "rtl\u202egnp.jpg" reads "rtlgpj.png".
+    Tables, paths and messages show it escaped, as bash would quote the name."""
+    from clipsearch.names import printable, shown
+
+    name = "/photos/rtl\u202egnp.jpg"
+    assert shown(name) == "$'/photos/rtl\\xe2\\x80\\xaegnp.jpg'"
+    assert printable(f"skipped {name}: corrupt") == "skipped /photos/rtl\\xe2\\x80\\xaegnp.jpg: corrupt"
+    assert shown("/photos/\u05e9\u05dc\u05d5\u05dd.jpg") == "/photos/\u05e9\u05dc\u05d5\u05dd.jpg"  # Hebrew itself is fine
