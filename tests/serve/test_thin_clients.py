@@ -349,3 +349,4 @@ def test_local_commands_on_a_served_index_name_the_server(serving, args):
     assert len(lines) == 1, done.stderr
     assert f"held by `clipsearch serve` (pid {serving.proc.pid})" in lines[0]
     assert f"--server {serving.url}" in lines[0]
+    assert "to ingest, reindex, migrate or find duplicates, stop serve first" in lines[0]  # no --server there
