@@ -57,6 +57,14 @@ def camera_words(text: str) -> list[str]:
     return list(dict.fromkeys(_WORD.findall(text.lower())))
 
 
+def joined_parts(word: str) -> list[str]:
+    """The parts of a joined camera word ("eos-5d": eos, 5d); none for a plain word.
+    A photo matches a joined word of --camera by the word itself or by all its parts:
+    "eos-5d" finds an "EOS 5D" as "eos 5d" finds an "EOS-5D"."""
+    parts = [part for part in re.split(r"[-.]", word) if part]
+    return parts if len(parts) > 1 else []
+
+
 def _first(*readers):
     for read in readers:
         try:

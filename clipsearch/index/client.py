@@ -23,6 +23,7 @@ import numpy as np
 
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
+from ..photo_facts import joined_parts
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
 from .layout import Layout, cluster_facts, layout_facts
 from .versions import is_version_of, version_name
@@ -709,8 +710,11 @@ def _where_conditions(where: Where) -> list:
         moment = (lambda text: datetime.fromisoformat(text) if text else None)  # noqa: E731
         conditions.append(models.FieldCondition(key="taken", range=models.DatetimeRange(
             gte=moment(where.taken_from), lt=moment(where.taken_before))))
-    conditions += [models.FieldCondition(key="camera_words", match=models.MatchValue(value=word))
-                   for word in where.camera_words]
+    for word in where.camera_words:  # a joined word: itself, or all its parts (photo_facts.joined_parts)
+        itself = models.FieldCondition(key="camera_words", match=models.MatchValue(value=word))
+        parts: list = [models.FieldCondition(key="camera_words", match=models.MatchValue(value=part))
+                 for part in joined_parts(word)]
+        conditions.append(models.Filter(should=[itself, models.Filter(must=parts)]) if parts else itself)
     if where.near:
         lat, lon, metres = where.near
         conditions.append(models.FieldCondition(key="location", geo_radius=models.GeoRadius(

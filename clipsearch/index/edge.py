@@ -60,6 +60,7 @@ from .. import config
 from ..config import DEFAULT_COLLECTION
 from ..encoders.identity import ModelIdentity
 from ..errors import ClipsearchError
+from ..photo_facts import joined_parts
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
 from .layout import Layout
 from .lockfile import ExclusiveLock, InUseError
@@ -265,7 +266,10 @@ def _where_conditions(where: Where | None) -> list:
     if where.taken_from or where.taken_before:
         conditions.append(e.FieldCondition(key="taken", range=e.RangeDateTime(gte=where.taken_from,
                                                                               lt=where.taken_before)))
-    conditions += [e.FieldCondition(key="camera_words", match=e.MatchValue(word)) for word in where.camera_words]
+    for word in where.camera_words:  # a joined word: itself, or all its parts (photo_facts.joined_parts)
+        itself = e.FieldCondition(key="camera_words", match=e.MatchValue(word))
+        parts = [e.FieldCondition(key="camera_words", match=e.MatchValue(part)) for part in joined_parts(word)]
+        conditions.append(e.Filter(should=[itself, e.Filter(must=parts)]) if parts else itself)
     if where.near:
         lat, lon, metres = where.near
         conditions.append(e.FieldCondition(key="location", geo_radius=e.GeoRadius(e.GeoPoint(lon=lon, lat=lat),

@@ -124,6 +124,25 @@ def test_date_camera_and_place_filters_run_in_the_index(library):
                                                                                                   "feb30.jpg"}
 
 
+
+def test_a_joined_camera_word_matches_itself_or_all_its_parts(library):
+    """--camera eos-5d found nothing for a "Canon EOS 5D Mark II" (its words: eos, 5d):
+    a joined word of the query matches a photo by itself or by all its parts, so the
+    hyphen people write is no longer a miss, and a point stored before parts were
+    (its word "eos-1d" alone) is still found by it."""
+    import numpy as np
+
+    settings, _ = library
+    assert found(settings, build_where(None, None, "EOS-5D", None)) == {"paris.jpg"}
+    assert found(settings, build_where(None, None, "5d-mark-ii", None)) == {"paris.jpg"}
+    assert found(settings, build_where(None, None, "g7-x", None)) == {"old.jpg"}
+    assert found(settings, build_where(None, None, "eos-r6", None)) == set()  # every part, not any
+    with open_index(settings) as index:
+        before = next(r for r in index.scroll(with_vectors=True) if r.path.endswith("feb30.jpg"))
+        index.upsert([before.id], np.asarray([before.vector], dtype=np.float32),
+                     [{**before.payload, "camera": "Canon EOS-1D X", "camera_words": ["canon", "eos-1d", "x"]}])
+    assert found(settings, build_where(None, None, "eos-1d", None)) == {"feb30.jpg"}
+
 def test_the_cli_takes_the_flags_and_shows_the_facts(library):
     settings, photos = library
     env = {"CLIPSEARCH_INDEX": settings.index, "CLIPSEARCH_COLLECTION": settings.collection,
