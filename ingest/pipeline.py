@@ -738,6 +738,10 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     if index is not None:
         return run(index)
     resolve_roots(folders)  # checked before the index is created: a typo leaves no empty index behind
+    if settings.model:  # a mistyped model folder too (a hub id is checked when it loads)
+        from clipsearch.encoders.location import resolve_model_location
+
+        resolve_model_location(settings.model)
     if options.report:
         check_report_path(options.report)
     with open_index(settings, create=True) as opened:

@@ -318,6 +318,7 @@ def test_unknown_model_path_on_ingest(tmp_path, images):
     missing = tmp_path / "missing-model"
     result = run_cli("ingest", images[0].parent, "--model", missing, "--index", tmp_path / "idx", "-w", "0", "-q")
     assert_one_line_error(result, str(missing))
+    assert not (tmp_path / "idx").exists()  # checked before the index is created: no empty one left behind
 
 
 def test_unknown_model_path_on_search(target, tmp_path, tiny_model_dir, images):
