@@ -8,7 +8,12 @@ token was even checked. 1,100 of them under `ulimit -n 1024` stopped serve answe
 and asyncio's accept loop logged EMFILE 120,000 times in 12 s.
 
 So each connection has HEADER_SECONDS, from its accept or from its last response, to
-complete a request's headers, or it is closed. And at most `cap` connections are open:
+complete a request's headers, or it is closed; a request's body must keep arriving,
+no pause longer than HEADER_SECONDS while serve is ready to read it (a wait of serve's
+own, as an upload waiting for the decoder, does not count); and a response given
+before the body was read (a 401, a 413) ends the connection, whose unread body a
+client could otherwise trickle in forever, out of every timer's reach. And at most
+`cap` connections are open:
 the next one closes the connection that has waited longest for headers (a slow or idle
 client; a request being answered is never cut), or, where every one is in a request,
 is itself closed at once. The cap leaves room under the limit for the connections one
@@ -79,10 +84,19 @@ class DeadlineH11Protocol(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a request's headers are in (or the connection ends)
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:  # headers in, the body arriving: each piece re-arms its timer
+            self._await_body()
+        elif state is not h11.IDLE:  # the whole request is in (or the connection ends)
             self._stop_waiting()
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY:  # answered before its body was read (401, 413)
+            self._stop_waiting()
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self.transport.close()  # after the response is written: close() flushes first
+            return
         # Armed before uvicorn reads a pipelined request, whose headers then disarm it.
         if not self.transport.is_closing():
             self._await_headers()
@@ -96,6 +110,19 @@ class DeadlineH11Protocol(H11Protocol):
         self._stop_waiting()
         self.waiting_since = self.loop.time()
         self._timer = self.loop.call_later(self.deadline, self._too_slow)
+
+    def _await_body(self) -> None:
+        self._stop_waiting()  # not waiting for headers: a request in progress is never the one cut for room
+        self._timer = self.loop.call_later(self.deadline, self._body_stalled)
+
+    def _body_stalled(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        if self.flow.read_paused:  # serve is not reading it yet (the app has not asked): not the client's pause
+            self._timer = self.loop.call_later(self.deadline, self._body_stalled)
+            return
+        self.transport.close()
 
     def _stop_waiting(self) -> None:
         if self._timer is not None:

@@ -107,6 +107,38 @@ def test_a_request_whose_headers_never_end_is_closed_after_the_deadline(collecti
 
 
 @pytest.mark.slow
+def test_a_request_body_that_stops_arriving_or_goes_unread_ends_the_connection(collection):
+    """The header deadline was out of reach once headers were in: a body that stopped
+    arriving, or the unread body of a request answered early (a 401 without the token)
+    trickled in a byte at a time, held a connection forever, and never counted as
+    waiting, so enough of them filled the cap and locked out the token's holder."""
+    from clipsearch.serve.connections import HEADER_SECONDS_VARIABLE
+
+    head = (b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n")
+    with serve(collection, "body.log", "--token", TOKEN, env={HEADER_SECONDS_VARIABLE: "2"}) as server:
+        stalled = partial_request(server.port, head + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode() + b"{")
+        refused = partial_request(server.port, head + b"\r\n")
+        assert refused.recv(4096).startswith(b"HTTP/1.1 401")
+        refused.sendall(b"x")  # the unread body, a byte at a time
+        assert closed_within(refused, 15), "the unread body of an answered request kept its connection"
+        assert closed_within(stalled, 15), "a body that stopped arriving kept its connection"
+        # A body that arrives, slowly but without a pause as long as the deadline, is answered.
+        body = b'{"query": "a red circle", "k": 1}'
+        steady = partial_request(server.port, b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                 b"application/json\r\nAuthorization: Bearer " + TOKEN.encode() +
+                                 f"\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        for piece in (body[:10], body[10:20], body[20:]):
+            time.sleep(1.2)  # 3.6 s in all: more than the deadline, no pause as long as it
+            steady.sendall(piece)
+        steady.settimeout(30)
+        assert steady.recv(4096).startswith(b"HTTP/1.1 200")
+        for conn in (stalled, refused, steady):
+            conn.close()
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
 def test_connections_beyond_the_descriptor_limit_do_not_stop_serve(collection):
     """More half-open connections than the process may open files: serve still answers,
     its log stays small (asyncio's accept loop logged EMFILE 120,000 times in 12 s)."""
