@@ -132,7 +132,14 @@ def main() -> None:
     """The console script. `console_script` lets a command skip the interpreter's
     teardown once its answer is out (search does); a caller that invokes `cli`
     itself (tests, scripts) keeps its process."""
-    cli.main(prog_name="clipsearch", obj={"console_script": True})
+    try:
+        cli.main(prog_name="clipsearch", obj={"console_script": True})
+    finally:
+        # The command is done (its answer out, or its stop said): a terminal closing while
+        # the interpreter tears down (a pool's join, exit handlers) must not turn a
+        # finished run's exit status into a death by SIGHUP.
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # python -m clipsearch.cli

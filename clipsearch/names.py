@@ -25,9 +25,11 @@ import re
 PATH_BYTES = "path_bytes"
 
 # C0 and C1 control characters, DEL, and the lone surrogates that stand for bytes.
-# Bidirectional marks, embeddings, overrides and isolates too: "rtl\u202egnp.jpg" shows
-# as "rtlgpj.png", a name passing for another.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Bidirectional marks, embeddings, overrides and isolates too ("rtl\u202egnp.jpg" shows
+# as "rtlgpj.png", a name passing for another), and the invisible zero-width space, word
+# joiners and BOM: the same set the page shows escaped (serve/static/app.js HIDDEN).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2069"
+                     "\ufeff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
 

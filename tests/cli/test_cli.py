@@ -600,3 +600,21 @@ def test_sighup_ignored_by_nohup_stays_ignored_and_handlers_are_put_back(monkeyp
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_the_console_script_ignores_a_hangup_once_its_command_is_done(monkeypatch):
+    """A terminal closing while a finished command's interpreter tears down killed it by
+    SIGHUP (a death where the run had succeeded): once the command returns, the console
+    script ignores SIGHUP until it exits."""
+    import signal
+
+    from clipsearch import cli as cli_module
+
+    monkeypatch.setattr(cli_module.cli, "main", lambda **kwargs: (_ for _ in ()).throw(SystemExit(0)))
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit):
+            cli_module.main()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

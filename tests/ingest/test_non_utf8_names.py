@@ -160,5 +160,6 @@ def test_a_bidirectional_override_in_a_name_is_shown_escaped():
     name = "/photos/rtl\u202egnp.jpg"
     assert shown(name) == "$'/photos/rtl\\xe2\\x80\\xaegnp.jpg'"
     assert printable(f"skipped {name}: corrupt") == "skipped /photos/rtl\\xe2\\x80\\xaegnp.jpg: corrupt"
+    assert shown("/photos/a\u200bb.jpg") == "$'/photos/a\\xe2\\x80\\x8bb.jpg'"  # zero-width space, as the page
     hebrew = "/photos/\u05e9\u05dc\u05d5\u05dd.jpg"
     assert shown(hebrew) == hebrew  # right-to-left text itself is no trick
