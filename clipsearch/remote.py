@@ -128,7 +128,17 @@ class ServeClient:
             return ClipsearchError(f"{self.url} did not answer as clipsearch serve does (HTTP {exc.code}; {WHERE})")
         if exc.code >= 500:
             return ClipsearchError(f"clipsearch serve at {self.url} failed: {message}")
-        return ClipsearchError(f"clipsearch serve at {self.url}: {message}")
+        return ServeRefused(f"clipsearch serve at {self.url}: {message}", exc.code)
+
+
+class ServeRefused(ClipsearchError):
+    """A request clipsearch serve refused with its reason (HTTP 4xx): `status` tells
+    which, e.g. an upload that is no image (415) or too large (413), which a --queries
+    batch skips as that line's own."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 def _given(photo: Mapping[str, str | None] | None) -> dict[str, str]:

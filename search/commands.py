@@ -7,12 +7,13 @@ import json
 import math
 import os
 import sys
+from typing import NamedTuple
 
 import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
-from clipsearch.names import has_control, name_bytes, shown, stored
+from clipsearch.names import has_control, name_bytes, printable, shown, stored
 from clipsearch.options import format_option, index_options, server_options
 
 
@@ -42,7 +43,9 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.option("--subtract", multiple=True, metavar="[W:]TEXT|IMAGE",
               help="Subtract a term from the query: --subtract people (repeatable).")
 @click.option("--queries", type=click.File("rb"), default=None,
-              help="Answer each line of this file (text or image path) as its own query, loading the model once.")
+              help="Answer each line of this file (text or image path) as its own query, loading the model once. "
+                   "A line that cannot be answered (an unusable or missing image) is named on stderr as FILE:LINE "
+                   "and left out of the output; the others are answered, and the exit status is 1.")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
 @click.option("--min-score", type=float, default=None, callback=lambda ctx, param, value: _finite(value),
@@ -88,13 +91,24 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         from clipsearch.encoders import QueryEncoders
         from clipsearch.index import names_no_model, open_index, with_collection_model, with_recorded_model
 
-        from .engine import Searcher, build_terms, check_k
+        from .engine import Searcher, build_terms, check_k, extra_terms
+        from .terms import Term, UnusableQuery, query_term
 
     check_k(k)
+    skipped: list[tuple[int, str]] = []  # (line number, why): --queries lines that cannot be answered
+    batches: list[tuple[str, list[Term], int]] = []  # (label, terms, line number: 0 for QUERY/--image)
     if queries is not None:
-        batches = [(line, build_terms(line, None, add, subtract)) for line in query_lines(queries, query, image)]
+        lines = query_lines(queries, query, image)
+        extra = extra_terms(add, subtract)  # a bad --add or --subtract is every query's: it stops the run
+        for line in lines:
+            try:
+                if line.error is not None:
+                    raise ClipsearchError(line.error)
+                batches.append((line.text, [query_term(line.text), *extra], line.number))
+            except ClipsearchError as exc:  # the line's own: a missing image, a folder, words not UTF-8
+                skipped.append((line.number, str(exc)))
     else:
-        batches = [(query if query is not None else image, build_terms(query, image, add, subtract))]
+        batches = [(query if query is not None else image, build_terms(query, image, add, subtract), 0)]
     # The text encoder: the cached ONNX text tower (fast), or the full model (clipsearch/encoders/query.py),
     # of the model the collection records where none is named, known before the index opens when embedded.
     with timings.phase("index open"):
@@ -102,7 +116,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     encoders = QueryEncoders(settings, say=say, timings=timings)
     fast = encoders.fast()
     if fast is not None:  # its ONNX run goes on while the index opens (encoders/query.py: prefetch)
-        fast.prefetch([t.value for _, terms in batches for t in terms if t.kind == "text"])
+        fast.prefetch([t.value for _, terms, _ in batches for t in terms if t.kind == "text"])
     with timings.phase("index open"):
         index = open_index(settings)
     try:
@@ -122,14 +136,26 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             searcher = Searcher(encoder, index)
             copy = index.unfinished_copy()  # a server's: from the record the model check has just read
         with timings.phase("search"):  # less the encoding, counted apart
-            results = [(label, searcher.terms(terms, k=k, under=under, min_score=min_score, where=where))
-                       for label, terms in batches]
+            results = []
+            for label, terms, number in batches:
+                try:
+                    results.append((label, searcher.terms(terms, k=k, under=under, min_score=min_score,
+                                                          where=where)))
+                except UnusableQuery as exc:
+                    # The line's own image, or its terms cancelling out; an --add image that
+                    # cannot be used is every line's, and stops the run.
+                    if not number or exc.path not in (None, terms[0].value):
+                        raise
+                    reason = (f"cannot use {shown(label)} as a query image: {exc.reason}" if exc.path is not None
+                              else str(exc))
+                    skipped.append((number, reason))
     finally:
         with timings.phase("index close"):
             index.close()
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
     with timings.phase("output"):
         print_results(results, fmt, keyed=queries is not None)
+        report_skipped(queries, skipped)
         note = absent_folder_note(under, any(hits for _, hits in results))
         if note:
             click.echo(note, err=True)
@@ -156,33 +182,68 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         # a caller that invoked `cli` itself (tests, scripts) keeps its process.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(1 if skipped else 0)
+    if skipped:  # the answers are out; a script still notices the lines left unanswered
+        click.get_current_context().exit(1)
 
 
-def query_lines(queries, query, image) -> list[str]:
-    """The --queries file's distinct non-blank lines, in order (a repeated one is answered
-    once: the JSON output is keyed by the query); it stands alone. A line that is not
-    UTF-8 is an image's path when a file has that name (a file name is bytes: `find`
-    writes them as they are), else an error naming the line."""
-    lines = []
+class QueryLine(NamedTuple):
+    """A --queries line: its number in the file (blank lines counted) and its text, or
+    why it cannot be a query (`error`, then `text` is the line as decoded for a key)."""
+
+    number: int
+    text: str
+    error: str | None = None
+
+
+def query_lines(queries, query, image) -> list[QueryLine]:
+    """The --queries file's distinct non-blank lines, in order, with their line numbers
+    in the file (a repeated one is answered once, under its first number: the JSON output
+    is keyed by the query); it stands alone. A line that is not UTF-8 is an image's path
+    when a file has that name (a file name is bytes: `find` writes them as they are),
+    else a line that cannot be answered. Where no line beyond ASCII is UTF-8 text or a
+    file's name, the file is in another encoding (Latin-1, UTF-16): an error for the
+    whole file, naming its first such line."""
+    lines: list[QueryLine] = []
+    undecodable: list[tuple[int, int]] = []  # (line number, the first byte that is not UTF-8)
+    other_encoding = True  # until a line beyond ASCII is UTF-8 text or a file's name
     for number, raw in enumerate(queries, start=1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # the BOM some editors write: not part of the query
             raw = raw[3:]
+            other_encoding = False  # it says UTF-8
+        error = None
         try:
             line = raw.decode("utf-8").strip()
+            other_encoding = other_encoding and raw.isascii()
         except UnicodeDecodeError as exc:
             line = os.fsdecode(raw.rstrip(b"\r\n"))
-            if not os.path.isfile(line):
-                raise ClipsearchError(f"--queries {shown(queries.name)} line {number} is not UTF-8 text (it holds "
-                                      f"the byte {exc.object[exc.start]:#04x}) nor the name of a file; save it as "
-                                      "UTF-8") from None
+            if os.path.isfile(line):
+                other_encoding = False
+            else:
+                undecodable.append((number, exc.object[exc.start]))
+                error = (f"the line is not UTF-8 text (it holds the byte {exc.object[exc.start]:#04x}) nor the name "
+                         "of a file")
         if line:
-            lines.append(line)
+            lines.append(QueryLine(number, line, error))
+    if undecodable and other_encoding:
+        number, byte = undecodable[0]
+        raise ClipsearchError(f"--queries {shown(queries.name)} line {number} is not UTF-8 text (it holds "
+                              f"the byte {byte:#04x}) nor the name of a file; save it as UTF-8")
     if not lines:
         raise ClipsearchError(f"{queries.name} holds no queries")
     if query is not None or image is not None:
         raise ClipsearchError("give either QUERY/--image or --queries, not both")
-    return list(dict.fromkeys(lines))
+    first: dict[str, QueryLine] = {}
+    for entry in lines:
+        first.setdefault(entry.text, entry)
+    return list(first.values())
+
+
+def report_skipped(queries, skipped: list[tuple[int, str]]) -> None:
+    """One line on stderr for each --queries line left unanswered, in the file's order,
+    as FILE:LINE: why (the form of a compiler's message, which editors jump to)."""
+    for number, reason in sorted(skipped):
+        click.echo(printable(f"{shown(queries.name)}:{number}: {reason}"), err=True)
 
 
 def search_remote(server, token, query, k, image, add, subtract, queries, under, min_score, fmt, gallery,
@@ -191,9 +252,9 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     QUERY or --image uploads the file); printed as a local search prints."""
     import time
 
-    from clipsearch.remote import ServeClient
+    from clipsearch.remote import ServeClient, ServeRefused
 
-    from .terms import looks_like_image_path, parse_term, refuse_missing_image
+    from .terms import Term, UnusableQuery, looks_like_image_path, parse_term, query_term, refuse_missing_image
 
     started = time.perf_counter()
     if k < 1:
@@ -202,47 +263,77 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
         if parse_term(spec, sign, option).kind == "image":
             raise ClipsearchError(f"{option} {spec!r} names an image file: with --server, {option} takes text "
                                   "only (the server opens no file a client names); use --image for one example image")
+    skipped: list[tuple[int, str]] = []  # (line number, why), as a local search reports them
+    asks: list[tuple[str | None, str | None, int]] = []  # (label, image to upload or None, line number or 0)
     if queries is not None:
-        asks = [(line, line if looks_like_image_path(line) else None)
-                for line in query_lines(queries, query, image)]
-        for line, _ in asks:
-            refuse_missing_image(line, "the query")
+        for line in query_lines(queries, query, image):
+            try:
+                if line.error is not None:
+                    raise ClipsearchError(line.error)
+                term: Term = query_term(line.text)  # as locally: a missing image, words not UTF-8
+                if term.kind == "image" and (problem := _upload_problem(os.path.expanduser(line.text))):
+                    raise UnusableQuery(f"cannot use {shown(line.text)} as a query image: {problem}")
+            except ClipsearchError as exc:
+                skipped.append((line.number, str(exc)))
+                continue
+            asks.append((line.text, line.text if term.kind == "image" else None, line.number))
     elif image is not None:
         if query is not None:
             raise ClipsearchError("with --server, give either QUERY or --image, not both (the server searches by "
                                   "one uploaded image alone)")
-        asks = [(image, image)]
+        asks = [(image, image, 0)]
     else:
         if query is not None and not query.strip():
             raise ClipsearchError("the query is empty; give some words to search for")
-        asks = [(query, query if query is not None and looks_like_image_path(query) else None)]
+        asks = [(query, query if query is not None and looks_like_image_path(query) else None, 0)]
         if query is not None:
             refuse_missing_image(query, "the query")
+    if (add or subtract) and any(image_path is not None for _, image_path, _ in asks):  # before any request
+        raise ClipsearchError("with --server, an example image cannot be mixed with --add/--subtract "
+                              "(the server searches by one uploaded image alone)")
     # The server resolves symlinks; a name that is not UTF-8 goes in the form the index
     # stores it (\xNN), which JSON and a URL can carry and the server's filter compares.
     folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None
     client = ServeClient(server, token)
     results = []
-    for label, image_path in asks:
+    for label, image_path, number in asks:
         if image_path is None:
             hits = client.search(query=label.strip() if label is not None else None, add=add, subtract=subtract,
                                  k=k, under=folder, min_score=min_score, photo=photo)
         else:
-            if add or subtract:
-                raise ClipsearchError("with --server, an example image cannot be mixed with --add/--subtract "
-                                      "(the server searches by one uploaded image alone)")
             wanted = k + 1 if k < 1000 else k  # one more: the image itself may come back first
-            found = client.search_image(os.path.expanduser(image_path), k=wanted, under=folder, min_score=min_score,
-                                        photo=photo)
+            try:
+                found = client.search_image(os.path.expanduser(image_path), k=wanted, under=folder,
+                                            min_score=min_score, photo=photo)
+            except ServeRefused as exc:  # the server refused the upload as an image (415) or its size (413)
+                if not number or exc.status not in (413, 415):
+                    raise
+                skipped.append((number, f"cannot use {shown(image_path)} as a query image: {exc}"))
+                continue
             hits = _without_itself(found, image_path, k)
         results.append((label, hits))
     print_results(results, fmt, keyed=queries is not None)
+    report_skipped(queries, skipped)
     if gallery:
         write_remote_gallery(gallery, client, results)
         click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     if verbose:
         click.echo(f"clipsearch: answered by clipsearch serve at {server} ({len(results)} request(s), "
                    f"{time.perf_counter() - started:.3f} s)", err=True)
+    if skipped:  # the answers are out; a script still notices the lines left unanswered
+        click.get_current_context().exit(1)
+
+
+def _upload_problem(path: str) -> str | None:
+    """Why a --queries line's image cannot be uploaded, found here (in the words a local
+    search uses) rather than as the server's refusal; None when it can be read."""
+    try:
+        with open(path, "rb") as handle:
+            return None if handle.read(1) else "empty file (0 bytes)"
+    except PermissionError:
+        return "unreadable: permission denied"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
 
 
 def _without_itself(hits, image_path: str, k: int):

@@ -13,7 +13,7 @@ from clipsearch.hits import SearchHit
 from clipsearch.index import Hit, Index, canonical_path, point_id
 from clipsearch.index.where import Where
 
-from .terms import Term, image_term
+from .terms import Term, UnusableQuery, image_term
 
 # The input side of most CLIP models: the size a query image is first decoded at.
 CHECK_SIZE = 224
@@ -76,7 +76,7 @@ class Searcher:
             if self.encoder.image_size != CHECK_SIZE:
                 decoded = load_image(path, self.encoder.image_size)
         except SkipImage as exc:
-            raise ClipsearchError(f"cannot use {path} as a query image: {exc}") from None
+            raise UnusableQuery(f"cannot use {path} as a query image: {exc}", path=path, reason=str(exc)) from None
         return self.encoder.encode_images([decoded.image])[0]
 
     def combine(self, terms: Sequence[Term]) -> np.ndarray:
@@ -93,7 +93,7 @@ class Searcher:
                 vectors[term] = self.image_vector(term.value)
         total = sum(term.weight * vectors[term] for term in terms)
         if not np.any(total):
-            raise ClipsearchError("the query terms cancel out to nothing; change their weights")
+            raise UnusableQuery("the query terms cancel out to nothing; change their weights")
         return l2_normalize(total)[0]
 
     # -- queries ----------------------------------------------------------------
@@ -156,21 +156,22 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
 def build_terms(query: str | None, image: str | None, add: Iterable[str], subtract: Iterable[str]) -> list[Term]:
     """The CLI's and the API's query pieces as weighted terms. A query that is an
     existing image file searches by that image."""
-    from .terms import looks_like_image_path, parse_term, refuse_missing_image, text_term
+    from .terms import query_term
 
     terms: list[Term] = []
     if query is not None:
-        if not query.strip():
-            raise ClipsearchError("the query is empty; give some words to search for")
-        if looks_like_image_path(query):
-            terms.append(image_term(query))
-        else:
-            refuse_missing_image(query, "the query")
-            terms.append(text_term(query.strip()))
+        terms.append(query_term(query))
     if image is not None:
         terms.append(image_term(image, option="--image"))
-    terms += [parse_term(spec, 1.0, "--add") for spec in add]
-    terms += [parse_term(spec, -1.0, "--subtract") for spec in subtract]
+    terms += extra_terms(add, subtract)
     if not any(t.weight > 0 for t in terms):
         raise ClipsearchError("nothing to search for: give a query, --image or --add")
     return terms
+
+
+def extra_terms(add: Iterable[str], subtract: Iterable[str]) -> list[Term]:
+    """--add and --subtract as weighted terms: the same for every query of a batch."""
+    from .terms import parse_term
+
+    return [*(parse_term(spec, 1.0, "--add") for spec in add),
+            *(parse_term(spec, -1.0, "--subtract") for spec in subtract)]

@@ -33,6 +33,17 @@ MAX_WEIGHT = 1e6
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
 
 
+class UnusableQuery(ClipsearchError):
+    """A query that cannot be answered for a reason of its own, not of the index, the
+    model or the run: its example image cannot be decoded (`path`, `reason`), its terms
+    cancel out. A --queries batch reports it against its line and answers the others."""
+
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Term:
     kind: str  # "text" or "image"
@@ -86,6 +97,18 @@ def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool
     if images:
         refuse_missing_image(spec, option)
     return text_term(spec, sign * weight, option)
+
+
+def query_term(query: str) -> Term:
+    """QUERY, or one line of a --queries file: an existing image file searches by that
+    image, anything else is words (one word with an image extension that names no file
+    is an error: refuse_missing_image)."""
+    if not query.strip():
+        raise ClipsearchError("the query is empty; give some words to search for")
+    if looks_like_image_path(query):
+        return image_term(query)
+    refuse_missing_image(query, "the query")
+    return text_term(query.strip())
 
 
 def text_term(text: str, weight: float = 1.0, option: str = "the query") -> Term:

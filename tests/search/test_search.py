@@ -243,6 +243,108 @@ def test_queries_answers_a_repeat_once_and_reads_a_name_that_is_not_utf8(indexed
     _one_line_error(failed, "line 2 is not UTF-8 text (it holds the byte 0xe9) nor the name of a file")
 
 
+def _batch_files(folder: Path, example: Path) -> list[str]:
+    """queries.txt, whose lines 4 (an empty image), 6 (a broken one), 7 (a missing one)
+    and 8 (not UTF-8, no file) cannot be answered, behind a BOM, a blank line and a
+    repeat that the line numbers must count; clean.txt, its other lines alone; and the
+    lines expected on stderr (without the JSON, whose keys say which lines were
+    answered)."""
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "queries.txt").write_bytes(
+        b"\xef\xbb\xbfa red circle\n\na red circle\nempty.jpg\na green square\nbroken.jpg\ngone.jpg\nno such caf\xe9\n"
+        + "café au lait\n".encode() + os.fsencode(str(example)) + b"\nempty.jpg\n")
+    (folder / "clean.txt").write_text(f"a red circle\na green square\ncafé au lait\n{example}\n")
+    reasons = ["queries.txt:4: cannot use empty.jpg as a query image: empty file (0 bytes)",
+               "queries.txt:6: cannot use broken.jpg as a query image: ",
+               "queries.txt:7: the query gone.jpg looks like an image file, but there is none at that path",
+               "queries.txt:8: the line is not UTF-8 text (it holds the byte 0xe9) nor the name of a file"]
+    return reasons
+
+
+def _skipped_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("queries.txt:")]
+
+
+def test_queries_skips_the_lines_it_cannot_answer_and_answers_the_others(indexed, tmp_path, monkeypatch):
+    """One unusable --queries line (an empty or broken image, a missing one, bytes that
+    are not UTF-8) stopped the whole batch with one error naming no line: each is named
+    FILE:LINE on stderr (the file's real line numbers), the others are answered exactly
+    as a file of them alone is, in every format, and the exit status is 1."""
+    settings, photos, _ = indexed
+    monkeypatch.chdir(tmp_path)
+    reasons = _batch_files(tmp_path, photos / "a" / "000-red-circle.png")
+    for fmt in ("table", "paths", "paths0", "json"):
+        answered = run(settings, "--queries", "clean.txt", "-k", "3", "-f", fmt)
+        assert answered.exit_code == 0 and answered.stdout, answered.output
+        mixed = run(settings, "--queries", "queries.txt", "-k", "3", "-f", fmt)
+        assert mixed.exit_code == 1, fmt
+        assert mixed.stdout_bytes == answered.stdout_bytes, fmt
+        skipped = _skipped_lines(mixed.stderr)
+        assert len(skipped) == len(reasons) and all(line.startswith(reason) for line, reason in zip(skipped, reasons))
+        assert "Error" not in mixed.stderr and "Traceback" not in mixed.output
+    answer = json.loads(mixed.stdout)  # a skipped line has no key: never taken for a query with no hits
+    assert list(answer) == ["a red circle", "a green square", "café au lait", str(photos / "a" / "000-red-circle.png")]
+    # Nothing left to answer: an empty answer, every line named, exit 1.
+    (tmp_path / "bad.txt").write_text("empty.jpg\n")
+    none = run(settings, "--queries", "bad.txt", "-f", "json")
+    assert none.exit_code == 1 and json.loads(none.stdout) == {}
+    assert none.stderr.splitlines() == ["bad.txt:1: cannot use empty.jpg as a query image: empty file (0 bytes)"]
+
+
+def test_queries_still_stops_at_once_for_what_concerns_every_line(indexed, tmp_path, monkeypatch):
+    """An --add or --subtract image that cannot be used, a bad -k, a file in another
+    encoding: one error, no answers."""
+    settings, _, _ = indexed
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "good.txt").write_text("a red circle\na green square\n")
+    _one_line_error(run(settings, "--queries", "good.txt", "--subtract", "empty.jpg"),
+                    f"cannot use {tmp_path / 'empty.jpg'} as a query image: empty file (0 bytes)")
+    _one_line_error(run(settings, "--queries", "good.txt", "--add", "gone.jpg"), "--add gone.jpg looks like")
+    _one_line_error(run(settings, "--queries", "good.txt", "-k", "0"), "-k must be at least 1")
+    (tmp_path / "latin1.txt").write_bytes(b"a red circle\n\xe9t\xe9\nempty.jpg\n")
+    _one_line_error(run(settings, "--queries", "latin1.txt"),
+                    "--queries latin1.txt line 2 is not UTF-8 text (it holds the byte 0xe9)")
+
+
+@pytest.mark.slow
+def test_queries_through_a_server_skip_the_same_lines(tmp_path, tiny_model_dir, monkeypatch):
+    """`search --server URL --queries FILE` (one request a line) skips and names the
+    same lines as a local search, the server's refusal of an upload included, and
+    answers the others."""
+    from support import ServeProcess
+
+    photos = tmp_path / "photos"
+    draw_collection(photos, 8)
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    with open_index(settings, create=True) as index:
+        ingest([str(photos)], settings=settings, index=index, options=IngestOptions(workers=0, quiet=True))
+    monkeypatch.chdir(tmp_path)
+    reasons = _batch_files(tmp_path, sorted(photos.resolve().glob("*.png"))[0])
+    args = ["--index", settings.index, "--collection", settings.collection, "--model", str(tiny_model_dir)]
+    cache = {"CLIPSEARCH_CACHE_DIR": str(tmp_path / "serve-cache")}
+    with ServeProcess(args, tmp_path / "serve.log", env=cache) as served:
+        def remote(*extra):
+            return CliRunner().invoke(cli, ["search", *extra, "--server", served.url], catch_exceptions=False)
+
+        for fmt in ("table", "paths", "paths0", "json"):
+            answered = remote("--queries", "clean.txt", "-k", "3", "-f", fmt)
+            assert answered.exit_code == 0 and answered.stdout, answered.output
+            mixed = remote("--queries", "queries.txt", "-k", "3", "-f", fmt)
+            assert mixed.exit_code == 1, fmt
+            assert mixed.stdout_bytes == answered.stdout_bytes, fmt
+            skipped = _skipped_lines(mixed.stderr)
+            assert len(skipped) == len(reasons), mixed.stderr
+            assert all(line.startswith(reason) for line, reason in zip(skipped, reasons)), skipped
+            assert "Error" not in mixed.stderr and "Traceback" not in mixed.output
+        assert "the upload is not a usable image" in skipped[1]  # the server's refusal, named against its line
+        assert len(json.loads(mixed.stdout)) == 4
+        # A bad -k, or an image line with --add (the server takes one image alone): stopped before any answer.
+        _one_line_error(remote("--queries", "queries.txt", "-k", "0"), "-k must be at least 1")
+        _one_line_error(remote("--queries", "queries.txt", "--add", "sunset"), "cannot be mixed with --add")
+
+
 def test_python_api_returns_typed_hits(indexed, encoder):
     from clipsearch.search import SearchHit, search
 
@@ -312,8 +414,11 @@ def test_a_mistyped_image_path_is_an_error_not_a_text_search(indexed, tmp_path, 
                     "--subtract ~/nope.webp looks like an image file")
     lines = tmp_path / "queries.txt"
     lines.write_text("a red circle\nlib/missing.jpg\n")
-    _one_line_error(CliRunner().invoke(cli, ["search", "--queries", str(lines), *args_for(settings)]),
-                    "lib/missing.jpg looks like an image file")
+    batch = CliRunner().invoke(cli, ["search", "--queries", "queries.txt", "-f", "json", *args_for(settings)])
+    assert batch.exit_code == 1 and list(json.loads(batch.stdout)) == ["a red circle"]  # the other line answered
+    assert batch.stderr.splitlines() == ["queries.txt:2: the query lib/missing.jpg looks like an image file, but "
+                                         "there is none at that path; give an image that exists, or words to search "
+                                         "for"]
     assert run(settings, "the photo IMG_0001.jpg of a red circle", "-k", "2", "-f", "paths").stdout.strip()
 
 def test_missing_and_empty_collections_fail_with_one_line(tmp_path, encoder, tiny_model_dir):
