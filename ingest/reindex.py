@@ -51,15 +51,18 @@ class ReindexSummary:
     skipped: int = 0  # gone since they were indexed, or unreadable
     removed: int = 0  # points of the version whose images are no longer in the collection
     caught_up: int = 0  # ingested into the old collection while this ran
-    reembedded: bool = True  # False: the same image tower; only the model record changed
-    switched: bool = False
-    kept: str | None = None  # the old collection, kept under this name; None when dropped
-    dropped: list[str] = field(default_factory=list)  # other versions removed by --drop-old
+    reembedded: bool = True  # False: the same image tower (only the model record changed), or a version found
+    switched: bool = False  # the name now means another collection than it did (False: only recorded)
+    kept: str | None = None  # the old collection, kept under this name; None when dropped (or not switched)
+    dropped: list[str] = field(default_factory=list)  # collections removed by --drop-old, the old one first
     not_dropped: list[str] = field(default_factory=list)  # why a version could not be dropped
     seconds: float = 0.0
 
     def line(self) -> str:
-        if not self.reembedded:
+        if not self.reembedded and self.switched:  # the name had lost its record (point_name_at)
+            text = (f"{self.collection!r} means {self.new!r} again, with its {self.total} vectors: nothing "
+                    "embedded")
+        elif not self.reembedded:
             text = (f"{self.new!r} keeps its {self.total} vectors: the new model has the same image tower; "
                     "the collection now records it")
         else:
@@ -73,9 +76,10 @@ class ReindexSummary:
             if self.kept:
                 text += f"; the old collection is kept as {self.kept!r}"
             elif self.old:
-                text += "; the old collection is dropped"
-        if self.dropped:
-            text += f"; dropped {', '.join(repr(name) for name in self.dropped)}"
+                text += f"; the old collection is dropped ({self.old!r})"
+        others = [name for name in self.dropped if not (self.switched and self.reembedded and name == self.old)]
+        if others:
+            text += f"; dropped {', '.join(repr(name) for name in others)}"
         if self.not_dropped:
             text += f"; not dropped: {'; '.join(self.not_dropped)}"
         return text
@@ -111,7 +115,8 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
     started = time.monotonic()
     summary = ReindexSummary(collection=settings.collection)
     with _open_old(settings) as old:
-        old.require_collection()
+        if not old.exists():
+            return _point_name_at_version(old, settings, options, summary, started)
         old_identity = old.stored_identity()
         if old_identity is None:
             raise ClipsearchError(f"collection {settings.collection!r} at {old.location} has no clipsearch model "
@@ -122,8 +127,7 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
         identity = encoder.identity
         if identity_key(identity) == identity_key(old_identity):  # the same image vectors, precision included
             summary.reembedded, summary.new, summary.total = False, summary.old, old.count()
-            summary.switched = True
-            old.record_identity(identity)
+            old.record_identity(identity)  # the name still means the same collection: nothing switched
             if not keep_old:
                 summary.dropped = _drop_versions(old, summary)
             summary.seconds = time.monotonic() - started
@@ -139,6 +143,10 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             # A kept version met again with a text-only fine-tune of its model (or the
             # model moved): the vectors fit, and searches must use this model's text tower.
             version.record_identity(identity)
+        # Until the switch, the version says it is being built (status lists it; a
+        # search of it by --collection says it may hold only part of the images).
+        version.record_unfinished_copy({"from": f"reindex of {settings.collection}", "reindex": settings.collection,
+                                        "points": summary.total, "resume": "run the same `clipsearch reindex` again"})
         ingestor = Ingestor(encoder, version, options, progress)
         _fill(ingestor, version, records, summary)
         if ingestor.stopped:
@@ -161,14 +169,42 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
                 return summary
             summary.total = len(now)
             _refuse_missing(summary, ingestor, allow_missing)
+            version.record_unfinished_copy(None)
             summary.kept = old.switch(target, keep_old, old_identity)
             summary.switched = True
+            if not keep_old:
+                summary.dropped.append(summary.old)  # removed by the switch
     if not keep_old:
         try:
             with open_index(settings) as current:
-                summary.dropped = _drop_versions(current, summary)
+                summary.dropped += _drop_versions(current, summary)
         except ClipsearchError as exc:  # switched all the same: said, not raised
             summary.not_dropped.append(str(exc))
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _point_name_at_version(old: Index, settings: Settings, options: IngestOptions, summary: ReindexSummary,
+                           started: float) -> ReindexSummary:
+    """The name does not exist (the record of which collection it means was lost, or it
+    was never made): where the index holds this model's version of it, the name is
+    made to mean that version, nothing embedded; else the usual does-not-exist line."""
+    versions = set(old.versions())
+    encoder = lazy_encoder(settings, replace(options, precision=options.precision or "fp32"))
+    precisions = [options.precision] if options.precision else ["fp32", "int8"]
+    found = [version_name(settings.collection, encoder.identity.with_precision(p)) for p in precisions]
+    target = next((name for name in found if name in versions), None)
+    if target is None:
+        old.require_collection()  # raises: names the versions there are, and what to do
+        raise ClipsearchError(f"collection {settings.collection!r} has no version for {settings.model}")
+    with open_index(settings.with_overrides(collection=target)) as version:
+        stored = version.stored_identity()
+        summary.total = version.count()
+        identity = encoder.identity.with_precision(stored.precision if stored and stored.precision else "fp32")
+        if stored is not None and (stored.name, stored.text_fingerprint) != (identity.name, identity.text_fingerprint):
+            version.record_identity(identity)  # a text-only fine-tune of the version's model
+    old.point_name_at(target)
+    summary.old, summary.new, summary.reembedded, summary.switched = "", target, False, True
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -167,10 +167,20 @@ class Index(ABC):
 
     def require_collection(self) -> None:
         if not self.exists():
-            raise ClipsearchError(
-                f"collection {self.collection!r} does not exist at {self.location}; "
-                "run `clipsearch ingest DIR` first"
-            )
+            raise ClipsearchError(f"collection {self.collection!r} does not exist at {self.location}; "
+                                  + self.missing_advice())
+
+    def missing_advice(self) -> str:
+        """What to do about a name that does not exist: ingest into it, or, where the
+        index holds versions of it (a record of which one it means was lost), use one
+        or make the name mean one again."""
+        versions = self.version_facts()
+        if not versions:
+            return "run `clipsearch ingest DIR` first"
+        listed = ", ".join(repr(v["collection"]) + (f" (model {v['model']})" if v.get("model") else "")
+                           for v in versions)
+        return (f"it has versions here: {listed}; use one with --collection NAME, or make {self.name!r} mean one "
+                "again with `clipsearch reindex --model MODEL` given that version's model (nothing is embedded)")
 
     # -- versions (clipsearch reindex: versions.py) ------------------------------
     def meant(self) -> str:
@@ -181,6 +191,19 @@ class Index(ABC):
     def versions(self) -> list[str]:
         """The other collections of this name: versions kept after a switch, or being
         built by a reindex, and an original that a switch could not rename."""
+
+    def version_facts(self) -> list[dict]:
+        """versions(), each as {"collection": NAME, "model": its model's name or None,
+        "unfinished": what a reindex (or migrate) into it that has not finished
+        recorded (unfinished_copy), or None}."""
+        return [{"collection": name, "model": None, "unfinished": None} for name in self.versions()]
+
+    def point_name_at(self, target: str) -> None:
+        """Make the name, which does not exist, mean the version `target` (what a
+        reindex to that version's model does when the record of the name was lost).
+        The index is closed afterwards."""
+        raise ClipsearchError(f"{self.location} cannot make {self.name!r} mean {target!r}; use it with "
+                              f"--collection {target}")
 
     # -- a copy under way (clipsearch migrate) ------------------------------------
     @abstractmethod
@@ -309,6 +332,7 @@ class Index(ABC):
             "points": self.count() if self.exists() else 0,
             "model": identity.to_dict() if identity else None,
             **({"unfinished_copy": copy} if self.exists() and (copy := self.unfinished_copy()) else {}),
+            **({"versions": versions} if (versions := self.version_facts()) else {}),
         }
 
     @abstractmethod

@@ -339,6 +339,30 @@ class ClientIndex(Index):
         meant = self.meant()
         return sorted(c.name for c in answer.collections if c.name != meant and is_version_of(c.name, self.name))
 
+    def version_facts(self) -> list[dict]:
+        facts = []
+        for name in self.versions():
+            info = self._call("collection info", functools.partial(self.client.get_collection, name))
+            ours = self._clipsearch_metadata(info)
+            model, copy = ours.get("model"), ours.get("copying")
+            facts.append({"collection": name, "model": model.get("name") if isinstance(model, dict) else None,
+                          "unfinished": copy if isinstance(copy, dict) else None})
+        return facts
+
+    def point_name_at(self, target: str) -> None:
+        from qdrant_client import models
+
+        try:
+            if self.exists():
+                raise ClipsearchError(f"{self.name!r} at {self.where} exists; `clipsearch reindex` switches it")
+            create = models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target,
+                                                                                 alias_name=self.name))
+            self._call("make the alias", lambda: self.client.update_collection_aliases(
+                change_aliases_operations=[create]))
+            self._exists = None
+        finally:
+            self.close()
+
     def unfinished_copy(self) -> dict | None:
         copy = self._clipsearch_metadata(self._recent_info()).get("copying") if self.exists() else None
         return copy if isinstance(copy, dict) else None

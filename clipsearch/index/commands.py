@@ -88,9 +88,37 @@ def migrate(settings, to, to_collection, batch_size, quiet):
         raise ClipsearchError("--to names the source collection itself")
     with open_index(settings) as source:
         source.require_collection()
+        if _same_collection(source, settings, target_settings):
+            raise ClipsearchError(f"--to names the source collection itself: {target_settings.collection!r} and "
+                                  f"{settings.collection!r} are one collection in {settings.index} "
+                                  f"({source.meant()!r}); give --to-collection a new name, or --to another index")
         with open_index(target_settings, create=True) as target:
             summary = run_migrate(source, target, batch_size, Progress(quiet=quiet))
     click.echo(summary.line())
+
+
+def _same_collection(source: "Index", settings, target_settings) -> bool:
+    """Whether the target names the collection the source is, through a name a reindex
+    switched (an embedded index's aliases.json, a server's alias) or by its own name."""
+    if target_settings.backend != settings.backend:
+        return False
+    if settings.backend == "edge":
+        if os.path.realpath(os.path.expanduser(target_settings.index)) != \
+                os.path.realpath(os.path.expanduser(settings.index)):
+            return False
+        from pathlib import Path
+
+        from .versions import read_aliases
+
+        target = read_aliases(Path(target_settings.index)).get(target_settings.collection,
+                                                               target_settings.collection)
+        return target == source.meant()
+    if target_settings.index != settings.index:
+        return False
+    aliases = getattr(source, "_aliases", None)
+    if aliases is None:
+        return False
+    return aliases().get(target_settings.collection, target_settings.collection) == source.meant()
 
 
 def format_status(facts: dict) -> str:
@@ -132,12 +160,42 @@ def format_status(facts: dict) -> str:
         lines += format_cluster(facts["cluster"])
     if facts.get("unfinished_copy"):
         lines.append(f"incomplete:   {unfinished_copy_text(facts['unfinished_copy'])}")
+    lines += _version_lines(facts)
     return "\n".join(lines)
+
+
+def _version_lines(facts: dict) -> list[str]:
+    """A name that does not exist but has versions (its record was lost): which, and
+    how to use one. A version a reindex is building (or stopped building): that."""
+    versions = facts.get("versions") or []
+    lines = []
+    if not facts["exists"] and versions:
+        listed = ", ".join(repr(v["collection"]) + (f" (model {v['model']})" if v.get("model") else "")
+                           for v in versions)
+        lines.append(f"versions:     {listed}; use one with --collection NAME, or make {facts['collection']!r} "
+                     "mean one again with `clipsearch reindex --model MODEL` given that version's model (nothing "
+                     "is embedded)")
+    for version in versions:
+        mark = version.get("unfinished") or {}
+        if mark.get("reindex"):
+            points = mark.get("points")
+            lines.append(f"reindex:      {version['collection']!r}" + (f" (model {version['model']})"
+                                                                          if version.get("model") else "")
+                         + " is being built by a reindex that is running or was stopped"
+                         + (f" ({points} images)" if points is not None else "")
+                         + f"; {facts['collection']!r} means the old collection until it finishes: "
+                         + mark.get("resume", "run the same `clipsearch reindex` again"))
+    return lines
 
 
 def unfinished_copy_text(copy: dict) -> str:
     """What status, status --check and search say of a migrate that stopped."""
     points = copy.get("points")
+    if copy.get("reindex"):
+        return (f"a reindex of {copy['reindex']!r} into this version" + (f" ({points} images)" if points is not None
+                                                                         else "")
+                + " has not finished: this collection may hold only part of them; "
+                + copy.get("resume", "run the same `clipsearch reindex` again"))
     return (f"a migrate from {copy.get('from', 'unknown')}" + (f" ({points} points)" if points is not None else "")
             + " has not finished: this collection may hold only part of them; "
             + copy.get("resume", "run the same migrate again"))
@@ -198,7 +256,7 @@ def check_index(index: "Index") -> list[Finding]:
     findings = [Finding(False, "open", problem) for problem in getattr(index, "open_problems", [])]
     if not index.exists():
         findings.append(Finding(False, "collection", f"collection {index.collection!r} does not exist at "
-                                                     f"{index.location}; run `clipsearch ingest DIR` first"))
+                                                     f"{index.location}; {index.missing_advice()}"))
         return findings
     dim = _check_model(index, findings)
     try:

@@ -510,7 +510,7 @@ class EdgeIndex(Index):
         if not _is_shard(self._shard_dir):
             raise ClipsearchError(
                 f"collection {self.collection!r} in {self.root} has lost its shard ({self._shard_dir} is missing "
-                f"or incomplete): its points are gone; delete {collection} and ingest again")
+                f"or incomplete): its points are gone; {self._start_over(always_collection=True)}")
         self._require_space_to_load()
         self._shard = self._open_shard()
         problems = self._damage()
@@ -523,15 +523,14 @@ class EdgeIndex(Index):
         model = self._collection_dir / MODEL
         if not model.exists():
             problems.append(f"{model} is missing: the index no longer records which model made its vectors; "
-                            f"restore the file, or delete {self.root} and ingest again")
+                            f"restore the file, or {self._start_over()}")
         recorded = self._recorded_points()
         if recorded is not None:
             count = self.count()
             if count < recorded:
                 problems.append(
                     f"collection {self.collection!r} in {self.root} holds {count} points, but held {recorded} "
-                    f"when it was last closed: files of its shard are missing or damaged; delete {self.root} "
-                    "and ingest again")
+                    f"when it was last closed: files of its shard are missing or damaged; {self._start_over()}")
         return problems
 
     def _recorded_points(self) -> int | None:
@@ -556,6 +555,37 @@ class EdgeIndex(Index):
         except OSError:
             pass
 
+    def _other_collections(self) -> list[str]:
+        """The index folder's collections other than this one (kept versions, other names)."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return []
+        return sorted(d.name for d in entries if d.name != self.collection and not d.name.startswith(".")
+                      and d.is_dir() and ((d / MODEL).exists() or (d / "shard").exists()))
+
+    def _start_over(self, always_collection: bool = False) -> str:
+        """What to delete, and how to ingest again, when this collection is damaged past
+        repair: the whole index folder where it holds nothing else; else only the
+        collection's own folder, so that kept versions and other names survive. A name
+        that reindex switched to this version keeps meaning it: the ingest that rebuilds
+        it must use the model that made it (_create refuses another)."""
+        others = self._other_collections()
+        if not others and not always_collection:
+            return f"delete {self.root} and ingest again"
+        model = after = ""
+        if self.collection != self.name:
+            try:
+                made_by = ModelIdentity.from_dict(json.loads((self._collection_dir / MODEL).read_text()))
+                model = f" --model {made_by.name}"
+            except (OSError, ValueError, ClipsearchError):
+                model, after = " --model M", ", M being the model that made it (the one `clipsearch reindex` was given)"
+        named = "" if self.name == DEFAULT_COLLECTION else f" --collection {self.name}"
+        kept = (f" (this collection's folder alone: {self.root} also holds "
+                f"{', '.join(repr(o) for o in others)}, which stay as they are)" if others else "")
+        return (f"delete {self._collection_dir}{kept} and ingest again: `clipsearch ingest DIR --index "
+                f"{self.root}{named}{model}`{after}")
+
     # -- the engine ---------------------------------------------------------------
     def _open_shard(self, config=None):
         try:
@@ -576,7 +606,7 @@ class EdgeIndex(Index):
                     "clipsearch command runs)") from None
             raise ClipsearchError(
                 f"cannot open collection {self.collection!r} in {self.root}: {text}; the index is damaged: "
-                f"delete {self.root} and ingest again") from None
+                f"{self._start_over()}") from None
 
     @contextmanager
     def _engine(self, doing: str) -> Iterator[None]:
@@ -591,8 +621,8 @@ class EdgeIndex(Index):
             text = _first_line(exc)
             if _is_disk_full(text):
                 raise self._disk_full_error(doing, text) from None
-            advice = ("the index is damaged: delete the folder and ingest again" if self._checking else
-                      f"run {self.check_command()}, and if it finds damage, delete the folder and ingest again")
+            advice = (f"the index is damaged: {self._start_over()}" if self._checking else
+                      f"run {self.check_command()}, and if it finds damage, {self._start_over()}")
             raise ClipsearchError(
                 f"index {self.root} (collection {self.collection!r}) failed {doing}: {text}; {advice}") from None
 
@@ -644,7 +674,7 @@ class EdgeIndex(Index):
         except (OSError, ValueError, ClipsearchError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise ClipsearchError(f"cannot read the model record {path} ({why}); restore the file, "
-                                  f"or delete {self.root} and ingest again") from None
+                                  f"or {self._start_over()}") from None
 
     def _saved_config(self) -> dict | None:
         """The shard's saved configuration (edge_config.json, what the engine runs
@@ -709,6 +739,41 @@ class EdgeIndex(Index):
         if self.collection != self.name and (self.root / self.name / MODEL).is_file():
             found.insert(0, self.name)  # the original, where a switch died before renaming it
         return found
+
+    def version_facts(self) -> list[dict]:
+        """Read from each version's folder, without opening it (a reindex may hold it)."""
+        facts = []
+        for name in self.versions():
+            folder = self.root / name
+            try:
+                model = ModelIdentity.from_dict(json.loads((folder / MODEL).read_text())).name
+            except (OSError, ValueError, ClipsearchError):
+                model = None
+            try:
+                unfinished = json.loads((folder / COPYING).read_text())
+            except FileNotFoundError:
+                unfinished = None
+            except (OSError, ValueError):
+                unfinished = {"from": "unknown", "points": None}
+            facts.append({"collection": name, "model": model,
+                          "unfinished": unfinished if isinstance(unfinished, dict) or unfinished is None
+                          else {"from": "unknown", "points": None}})
+        return facts
+
+    def point_name_at(self, target: str) -> None:
+        if self.exists() or (self.root / self.collection).exists():
+            raise ClipsearchError(f"index {self.root}: {self.name!r} means {self.collection!r}, which exists; "
+                                  f"`clipsearch reindex` switches it")
+        if not (self.root / target / MODEL).is_file():
+            raise ClipsearchError(f"index {self.root} has no collection {target!r} to make {self.name!r} mean")
+        try:
+            with self._aliases_locked():
+                aliases = read_aliases(self.root)
+                aliases[self.name] = target
+                self._write(lambda: write_aliases(self.root, aliases), f"making {self.name!r} mean {target!r}")
+        finally:
+            self.close()
+        self.collection = target
 
     def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
         """The table first, then the old folder renamed or removed, all under the old
@@ -790,6 +855,16 @@ class EdgeIndex(Index):
         a shard (which would read as damage)."""
         if self._lock is None:  # opened read-only on a folder that did not exist
             raise ClipsearchError(f"index {self.root} was opened read-only")
+        if self.collection != self.name and version_name(self.name, identity) != self.collection:
+            # The name means a version (aliases.json) whose folder is gone (deleted after
+            # damage): that name holds one model's vectors, and this model makes others.
+            others = self.versions()
+            to_one = (f", or make {self.name!r} mean a version it still has ({', '.join(map(repr, others))}) "
+                      "with `clipsearch reindex --model` that version's model" if others else "")
+            raise ClipsearchError(
+                f"{self.name!r} in {self.root} means {self.collection!r} (switched by clipsearch reindex), which "
+                f"is gone, and {identity.short()} makes other vectors than that version holds: ingest with the "
+                f"model that made it (--model){to_one}")
         self._require_space_to_write(doing="creating its collection")
         staging = self._creating_dir
         self._drop_unfinished_creation()
@@ -885,8 +960,8 @@ class EdgeIndex(Index):
                 # payload storage that lost it (a truncated file loads as empty payloads).
                 raise ClipsearchError(
                     f"index {self.root} (collection {self.collection!r}) returned point {hit.id} without its "
-                    f"payload: its payload storage is damaged; run {self.check_command()}, and delete the "
-                    "folder and ingest again")
+                    f"payload: its payload storage is damaged; run {self.check_command()}, and if it finds damage, "
+                    f"{self._start_over()}")
         return hits
 
     def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF,

@@ -42,7 +42,8 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     identity = source.stored_identity()
     if identity is None:
         raise ClipsearchError(f"collection {source.collection!r} at {source.location} has no model record to migrate")
-    target.ensure_collection(identity)  # refuses a target built with another model
+    _refuse_another_model(target, identity)
+    target.ensure_collection(identity)
     summary = MigrateSummary(total=source.count())
     # Until the counts agree, the target says it holds part of its source (status, search).
     # A mark left by a copy from elsewhere stays until that one is finished.
@@ -75,6 +76,21 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     if marks:
         target.record_unfinished_copy(None)
     return summary
+
+
+def _refuse_another_model(target: Index, identity) -> None:
+    """A target collection built with another model (or precision) cannot take these
+    vectors. Migrate copies vectors as they are and loads no model (--model does not
+    apply): the way out is another collection."""
+    if not target.exists():
+        return
+    stored = target.stored_identity()
+    if stored is None or identity.is_compatible_with(stored):
+        return
+    raise ClipsearchError(
+        f"model mismatch: target collection {target.collection!r} at {target.location} holds {stored.short()}'s "
+        f"vectors, the source {identity.short()}'s; migrate copies vectors as they are: give --to-collection a new "
+        "name (a new collection in the target), or --to another index")
 
 
 def _copy(batch, target: Index, summary: MigrateSummary) -> None:

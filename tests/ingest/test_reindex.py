@@ -108,7 +108,7 @@ def test_a_model_with_the_same_image_tower_is_only_recorded(indexed, tiny_model_
     before = _vectors(settings)
     text_tuned = _with_new_text_tower(tiny_model_dir, tmp_path / "text-tuned")
     summary = reindex(settings.with_overrides(model=str(text_tuned)), QUIET)
-    assert not summary.reembedded and summary.embedded == 0 and summary.switched
+    assert not summary.reembedded and summary.embedded == 0 and not summary.switched  # the name means what it did
     identity, meant, count = _identity(settings)
     assert meant == summary.old and identity.name == str(text_tuned) and count == 20
     assert all(np.array_equal(v, before[p]) for p, v in _vectors(settings).items())
@@ -176,6 +176,31 @@ def test_reindex_cli(tmp_path, tiny_model_dir, other_model_dir):
     assert sorted(p.name for p in Path(index).iterdir() if p.is_dir()) == [version]
     missing = runner.invoke(cli, ["reindex", "--model", str(other_model_dir), "--index", str(tmp_path / "none")])
     assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def test_reindex_json_says_what_happened(tmp_path, tiny_model_dir, other_model_dir):
+    """--json: nothing switched when the model is only recorded; with --drop-old, the old
+    collection the switch removed is among those dropped."""
+    import json
+
+    draw_collection(tmp_path / "photos", 6)
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+    common = ["--index", index, "--workers", "0", "-q", "--json"]
+    assert runner.invoke(cli, ["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir),
+                               *common]).exit_code == 0
+    same = runner.invoke(cli, ["reindex", "--model", str(tiny_model_dir), *common])
+    assert same.exit_code == 0, same.output
+    recorded = json.loads(same.output)
+    assert recorded["switched"] is False and recorded["reembedded"] is False and recorded["new"] == "images"
+    first = json.loads(runner.invoke(cli, ["reindex", "--model", str(other_model_dir), *common]).output)
+    assert first["switched"] and first["kept"] == version_name("images", Encoder(str(tiny_model_dir), "cpu").identity)
+    dropping = runner.invoke(cli, ["reindex", "--model", str(tiny_model_dir), *common, "--drop-old"])
+    assert dropping.exit_code == 0, dropping.output
+    dropped = json.loads(dropping.output)
+    assert dropped["switched"] and dropped["new"] == first["kept"] and dropped["kept"] is None
+    assert dropped["dropped"] == [first["new"]] and dropped["old"] == first["new"]
+    assert sorted(p.name for p in Path(index).iterdir() if p.is_dir()) == [first["kept"]]
 
 
 def _with_new_text_tower(model_dir: Path, out: Path) -> Path:
