@@ -459,6 +459,18 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return hits_of(found, k, offset, started)
 
     # -- images --------------------------------------------------------------------------
+    def open_checked(point: str) -> tuple[dict, int]:
+        """The point's file, opened and checked (files.open_indexed). A point no longer
+        in the index (404), or whose file is gone or changed since it was indexed (410),
+        has its thumbnails removed from the cache first: they show a photo that is not
+        the library's any more."""
+        try:
+            payload = service.record(point)
+            return payload, open_indexed(payload)
+        except (NotFound, Gone):
+            thumbnails.forget([point])
+            raise
+
     @app.get("/api/images/{point}", response_model=ImageInfo, responses=ERRORS)
     def image_info(point: POINT) -> dict:
         payload = service.record(str(point))
@@ -470,8 +482,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                   size: Annotated[int, Query(description=f"One of {', '.join(map(str, THUMBNAIL_SIZES))}.")] = 256):
         if size not in THUMBNAIL_SIZES:
             raise ClipsearchError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size}")
-        payload = service.record(str(point))
-        fd = open_indexed(payload)  # gone or changed: 410, before any 304
+        payload, fd = open_checked(str(point))  # gone or changed: 410, before any 304
         tag = etag(str(point), payload, size)
         headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
         if tag in (request.headers.get("if-none-match") or ""):
@@ -481,8 +492,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
 
     @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, **ERRORS})
     def original(point: POINT):
-        payload = service.record(str(point))
-        fd = open_indexed(payload)
+        payload, fd = open_checked(str(point))
         size = os.fstat(fd).st_size
 
         def chunks() -> Iterator[bytes]:

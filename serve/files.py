@@ -14,6 +14,15 @@ gets a new one; the same facts make the ETag. The cache is bounded (at 500k phot
 would otherwise grow by gigabytes per size): a file's mtime is the last time it was
 served, and beyond the limit the least recently served go, down to 90% of it, so that
 one removal pass makes room for many thumbnails.
+
+A thumbnail lives no longer than its photo in the index (the cache shows every photo
+small; a deleted one must not stay readable there): the thumbnails of a point go when
+the watcher's ingest deletes the point (ForgettingIndex), when a request finds its
+file gone or changed (the 410) or the point gone (the 404), and when a newer version
+of the photo is indexed or its new thumbnail written (superseded: another size or
+mtime). What changed while serve was down, or by another writer, is found by sweep():
+the cache is listed and its point ids looked up in the index in batches, a cost of
+the cache's size (bounded by --thumbnail-megabytes), never of the index's.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import os
 import re
 import stat
 import threading
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_of
@@ -59,6 +70,19 @@ def open_indexed(payload: dict) -> int:
     return fd
 
 
+def still_indexed(payload: dict) -> bool:
+    """Whether the file a point names is still the one indexed, as open_indexed would
+    find it (without opening it): a regular file, not a link, of the indexed size and
+    modification time."""
+    path = path_of(payload)
+    try:
+        st = os.lstat(os.fsencode(path)) if path else None
+    except (OSError, ValueError):
+        return False
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_size == payload.get("size") and (
+        "mtime_ns" not in payload or st.st_mtime_ns == payload.get("mtime_ns"))
+
+
 def read_indexed(payload: dict) -> bytes:
     fd = open_indexed(payload)
     with os.fdopen(fd, "rb") as f:
@@ -81,6 +105,28 @@ def etag(point: str, payload: dict, size: int | None = None) -> str:
     return '"' + hashlib.sha256(facts.encode()).hexdigest()[:32] + '"'
 
 
+def facts_of(payload: dict) -> str:
+    """The file's size and mtime as a thumbnail's name holds them: a newer version of
+    the photo has other facts, and so another name."""
+    return f"{payload.get('size')}-{payload.get('mtime_ns', 0)}"
+
+
+def name_parts(name: str) -> tuple[str, str | None, int | None] | None:
+    """(point, facts, None) of a thumbnail's file name; (point, None, pid) of a
+    temporary one (being written by process pid, or left by one killed); None for a
+    name that is neither."""
+    if len(name) < 38 or name[36] != "-":
+        return None
+    point, rest = name[:36], name[37:]
+    if rest.endswith(".jpg"):
+        size, _, facts = rest[:-4].partition("-")
+        return (point, facts, None) if size.isdigit() and facts else None
+    if rest.endswith(".tmp"):
+        writer = rest[:-4].rsplit(".", 1)[-1].partition("-")[0]
+        return (point, None, int(writer)) if writer.isdigit() else None
+    return None
+
+
 class Thumbnails:
     def __init__(self, folder: Path, limit_bytes: int = 2_000_000_000, decodes: int = 2):
         """`decodes`: thumbnails made at once. A photo decodes whole into memory (64 MP:
@@ -91,6 +137,11 @@ class Thumbnails:
         self._lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(decodes)
         self._total: int | None = None  # bytes in the cache; counted at the first write
+        # Thumbnails being made meanwhile (a decode takes a while): a point forgotten while
+        # one of its thumbnails was being made must not come back when it is written.
+        self._making = 0
+        self._epoch = 0
+        self._forgotten: dict[str, tuple[int, str | None]] = {}  # point -> (epoch, facts still valid)
         try:  # the cache shows every photo small: only this user may look in (a photo's own mode is not kept)
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(folder, 0o700)  # also a cache made before, open to all
@@ -98,8 +149,7 @@ class Thumbnails:
             pass  # a cache that cannot be made only costs every request a decode
 
     def _file(self, point: str, size: int, payload: dict) -> Path:
-        name = f"{point}-{size}-{payload.get('size')}-{payload.get('mtime_ns', 0)}.jpg"
-        return self.folder / point[:2] / name
+        return self.folder / point[:2] / f"{point}-{size}-{facts_of(payload)}.jpg"
 
     def get(self, point: str, payload: dict, size: int, fd: int) -> bytes:
         """The JPEG of `size` (one of THUMBNAIL_SIZES). `fd`: the indexed file, opened
@@ -116,20 +166,140 @@ class Thumbnails:
             except OSError:
                 pass
             return data
+        with self._lock:
+            self._making += 1
+            started = self._epoch
         try:
-            with self._decoding:
-                data = make_thumbnail(fd, size)
-        except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
-            raise Gone(f"cannot make a thumbnail of the indexed file: {unreadable(exc)}") from None
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per request
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
-            self._added(len(data))
-        except OSError:
-            pass  # a cache that cannot be written only costs the next request a decode
+            try:
+                with self._decoding:
+                    data = make_thumbnail(fd, size)
+            except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
+                raise Gone(f"cannot make a thumbnail of the indexed file: {unreadable(exc)}") from None
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per request
+                tmp.write_bytes(data)
+                os.replace(tmp, cached)
+                self._added(len(data))
+            except OSError:
+                return data  # a cache that cannot be written only costs the next request a decode
+        finally:
+            with self._lock:
+                self._making -= 1
+                since = self._forgotten.get(point)
+                if not self._making:
+                    self._forgotten.clear()
+        if since is not None and since[0] > started and since[1] != facts_of(payload):
+            self._remove([cached])  # its photo was deleted or changed while this was made
+        else:
+            self._remove(self._stale(point, facts_of(payload)))  # the older versions of the photo go
         return data
+
+    # -- keeping the cache in step with the index ----------------------------------------
+    def forget(self, points: Iterable[str], keep: Sequence[dict] | None = None) -> int:
+        """Remove the thumbnails of `points` (every size); with `keep` (the points'
+        payloads now, in the same order), only those of other versions of each photo.
+        Also those being made meanwhile, once written. One listing per folder of the
+        cache concerned. Returns how many files were removed."""
+        points = list(points)
+        wanted = [facts_of(p) for p in keep] if keep is not None else [None] * len(points)
+        by_folder: dict[str, dict[str, str | None]] = {}
+        for point, facts in zip(points, wanted):
+            by_folder.setdefault(point[:2], {})[point] = facts
+        with self._lock:
+            self._epoch += 1
+            if self._making:
+                self._forgotten.update((point, (self._epoch, facts)) for point, facts in zip(points, wanted))
+        removed = 0
+        for prefix, facts_by_point in by_folder.items():
+            doomed = []
+            for entry in self._listing(prefix):
+                parts = name_parts(entry.name)
+                if parts is not None and parts[0] in facts_by_point:
+                    kept = facts_by_point[parts[0]]
+                    if kept is None or (parts[1] is not None and parts[1] != kept):  # not one being written
+                        doomed.append(entry.path)
+            removed += self._remove(doomed)
+        return removed
+
+    def sweep(self, lookup: Callable[[list[str]], dict[str, dict]], batch: int = 500) -> int:
+        """Remove the thumbnails whose point the index no longer holds, or holds for
+        another version of the photo, or whose file is gone or changed since it was
+        indexed (serve would answer 410), and temporary files a killed serve left.
+        `lookup(ids)`: the payloads of those of `ids` the index holds (it raises,
+        rather than answer none, when the index cannot be read). The cache is read
+        folder by folder and the index asked `batch` ids at a time: a cost of the
+        cache's size, not of the index's. Returns how many files were removed."""
+        removed = 0
+        pending: dict[str, list[tuple[str, str]]] = {}  # point -> [(facts, path)]
+
+        def check() -> int:
+            payloads = lookup(list(pending))
+            gone = {point for point in pending if point not in payloads or not still_indexed(payloads[point])}
+            with self._lock:
+                self._epoch += 1
+                if self._making:  # one being made of a point found gone: not written after all
+                    self._forgotten.update((point, (self._epoch, None)) for point in gone)
+            doomed = [path for point, files in pending.items() for facts, path in files
+                      if point in gone or facts != facts_of(payloads[point])]
+            pending.clear()
+            return self._remove(doomed)
+
+        try:
+            folders = sorted(entry.name for entry in os.scandir(self.folder) if entry.is_dir(follow_symlinks=False))
+        except OSError:
+            return 0  # no cache yet
+        for prefix in folders:
+            leftovers = []
+            for entry in self._listing(prefix):
+                parts = name_parts(entry.name)
+                if parts is None:
+                    continue  # not a thumbnail: left alone
+                point, facts, writer = parts
+                if facts is None:
+                    if writer != os.getpid():
+                        leftovers.append(entry.path)
+                    continue
+                pending.setdefault(point, []).append((facts, entry.path))
+                if len(pending) >= batch:
+                    removed += check()
+            removed += self._remove(leftovers)
+        if pending:
+            removed += check()
+        return removed
+
+    def _listing(self, prefix: str) -> list[os.DirEntry]:
+        try:
+            with os.scandir(self.folder / prefix) as entries:
+                return list(entries)
+        except OSError:
+            return []  # none of these points has a thumbnail
+
+    def _stale(self, point: str, facts: str) -> list[str]:
+        """The thumbnails of `point` made of another version of its photo."""
+        found = []
+        for entry in self._listing(point[:2]):
+            parts = name_parts(entry.name)
+            if parts is not None and parts[0] == point and parts[1] is not None and parts[1] != facts:
+                found.append(entry.path)
+        return found
+
+    def _remove(self, paths: Iterable[str | Path]) -> int:
+        """Remove these files of the cache; how many were. The total follows."""
+        removed = freed = 0
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+                os.remove(path)
+            except OSError:
+                continue  # gone already
+            removed += 1
+            freed += size
+        if freed:
+            with self._lock:
+                if self._total is not None:
+                    self._total = max(0, self._total - freed)
+        return removed
 
     def _added(self, written: int) -> None:
         with self._lock:
@@ -169,6 +339,40 @@ class Thumbnails:
             except OSError:
                 pass  # gone already
         return total
+
+
+class ForgettingIndex:
+    """The index as serve's watched ingest writes it, with the thumbnail cache kept in
+    step: the thumbnails of the points it deletes (a file or folder deleted, a prune at
+    a walk, a moved file's old point) go at once, after the delete; a point written
+    anew (a file edited: the same id, another size or mtime) keeps only the
+    thumbnails of its new version. Every other call passes through."""
+
+    def __init__(self, index: Any, thumbnails: Thumbnails):
+        self._index = index
+        self._thumbnails = thumbnails
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+    def delete(self, ids: Sequence[str] = (), under: str | None = None) -> None:
+        ids = list(ids)
+        points = list(ids)
+        if under is not None:  # a folder: its points' ids, read before they go
+            with getattr(self._index, "lock", None) or nullcontext():
+                points += [record.id for record in self._index.scroll(under=under)]
+        self._index.delete(ids=ids, under=under)
+        self._thumbnails.forget(points)
+
+    def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict]) -> None:
+        self._index.upsert(ids, vectors, payloads)
+        self._thumbnails.forget(ids, keep=payloads)
+
+    def copy_points(self, sources: Sequence[str], ids: Sequence[str], payloads: Sequence[dict]) -> set[str]:
+        missing = self._index.copy_points(sources, ids, payloads)
+        written = [(point, payload) for point, payload in zip(ids, payloads) if point not in missing]
+        self._thumbnails.forget([point for point, _ in written], keep=[payload for _, payload in written])
+        return missing
 
 
 def unreadable(exc: Exception) -> str:

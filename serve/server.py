@@ -97,6 +97,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
     index = open_index(settings, create=bool(roots), pin=True)
     service: SearchService | None = None
     uploads: UploadDecoder | None = None
+    sweeper: ThumbnailSweeper | None = None
     try:
         if not roots and not index.exists():
             raise ClipsearchError(f"collection {settings.collection!r} does not exist at {index.location}; "
@@ -128,8 +129,11 @@ def run(settings: Settings, options: ServeOptions) -> None:
         thumbnails = Thumbnails(thumbnail_folder(settings), int(options.thumbnail_megabytes * 1e6))
         app = create_app(service, Guard(token, sock.getsockname()[1]), thumbnails, uploads,
                          int(options.upload_megabytes * 1e6), options.cors_origins, version("clipsearch"))
+        # The thumbnails of photos deleted or changed while serve was down go, in the background.
+        sweeper = ThumbnailSweeper(service, thumbnails, every=None if roots else options.rescan_minutes * 60,
+                                   quiet=options.quiet).start()
         if roots:
-            service.watcher = start_watcher(service, roots, options)
+            service.watcher = start_watcher(service, roots, options, thumbnails, sweeper)
         points = service.status().get("points", 0)
         say(f"serving collection {settings.collection!r} at {index.location} ({points} images) on {url}/")
         if generated:
@@ -137,6 +141,8 @@ def run(settings: Settings, options: ServeOptions) -> None:
             say(f"open {url}/login?token={token} (a token was generated; give --token to choose one)")
         serve_forever(app, sock)
     finally:
+        if sweeper is not None:
+            sweeper.stop()
         if service is not None and service.watcher is not None:
             # The batch being encoded is committed; an HNSW build in a child process
             # is not waited for: it dies with this process, and the next start cleans
@@ -148,20 +154,97 @@ def run(settings: Settings, options: ServeOptions) -> None:
             index.close()
 
 
-def start_watcher(service, roots: list[str], options: ServeOptions):
+def start_watcher(service, roots: list[str], options: ServeOptions, thumbnails=None, sweeper=None):
     from clipsearch.ingest import IngestOptions, Ingestor
 
+    from .files import ForgettingIndex
     from .watch import FolderWatcher
 
+    # The points the ingest deletes or writes anew take their thumbnails with them.
+    index = ForgettingIndex(service.index, thumbnails) if thumbnails is not None else service.index
     # prune: a live index forgets the files deleted while it was down.
-    ingestor = Ingestor(service.encoder, service.index,
+    ingestor = Ingestor(service.encoder, index,
                         IngestOptions(batch_size=options.batch_size, workers=options.workers, exclude=options.exclude,
                                       max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
                                       optimize=False, prune=True, allow_missing=options.allow_missing))
-    watcher = FolderWatcher(roots, ingestor, on_idle=lambda w: build_search_index(service, w),
-                            rescan_every=options.rescan_minutes * 60)
+    walks = [0]
+
+    def idle(watcher) -> None:
+        if sweeper is not None and watcher.rescans != walks[0]:
+            # After a walk: what another writer deleted or changed (a Qdrant server's
+            # other clients) loses its thumbnails too.
+            walks[0] = watcher.rescans
+            sweeper.request()
+        build_search_index(service, watcher)
+
+    watcher = FolderWatcher(roots, ingestor, on_idle=idle, rescan_every=options.rescan_minutes * 60)
     watcher.start()
     return watcher
+
+
+class ThumbnailSweeper:
+    """Removes, on a thread of its own, the cached thumbnails of points the index no
+    longer holds or holds for a newer version of the photo (Thumbnails.sweep): at
+    start, at request (after each walk of --watch), and every `every` seconds if given
+    (serve without --watch: another writer may change the index). The index is asked
+    a batch of ids at a time, each call taking the engine's lock briefly: queries go on."""
+
+    def __init__(self, service, thumbnails, every: float | None = None, quiet: bool = False):
+        self.service = service
+        self.thumbnails = thumbnails
+        self.every = every or None
+        self.quiet = quiet
+        self.sweeps = 0  # finished, for tests
+        self.removed = 0
+        self._asked = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ThumbnailSweeper":
+        self._asked.set()  # the first sweep at once
+        self._thread = threading.Thread(target=self._run, name="clipsearch-thumbnails", daemon=True)
+        self._thread.start()
+        return self
+
+    def request(self) -> None:
+        self._asked.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._asked.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _lookup(self, ids: list[str]) -> dict[str, dict]:
+        if self._stopping.is_set():
+            raise _Stopping
+        index = self.service.index
+        if not index.exists():  # no collection (yet): none of these points is there
+            return {}
+        return {record.id: record.payload for record in index.retrieve(ids)}
+
+    def _run(self) -> None:
+        while True:
+            self._asked.wait(self.every)
+            self._asked.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                removed = self.thumbnails.sweep(self._lookup)
+            except _Stopping:
+                return
+            except Exception as exc:  # the index unreachable now: nothing is removed, the next sweep tries
+                say(f"could not check the thumbnail cache against the index: {type(exc).__name__}: {exc}")
+                continue
+            self.removed += removed
+            self.sweeps += 1
+            if removed and not self.quiet:
+                say(f"removed {removed} cached thumbnail{'s' * (removed != 1)} of photos no longer in the index "
+                    "or changed since")
+
+
+class _Stopping(Exception):
+    pass
 
 
 def build_search_index(service, watcher) -> None:

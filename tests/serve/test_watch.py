@@ -388,10 +388,12 @@ def test_a_watched_folder_removed_and_restored_is_followed_again(tmp_path, encod
     settle(watcher, lambda: index.count() == 0)
     shutil.copytree(backup, photos)
     settle(watcher, lambda: index.count() == 3)  # found when the folder is looked for again
-    assert watcher.state()["rescans"] == 1
+    # One walk, or two where a root poll fell while the folder was away (a loaded machine).
+    walks = watcher.state()["rescans"]
+    assert walks in (1, 2)
     later = draw_image(photos / "later.png", "purple")  # and the new folder is watched
     settle(watcher, lambda: real(later) in paths_in(index))
-    assert watcher.state()["rescans"] == 1
+    assert watcher.state()["rescans"] == walks  # found by its event, not by another walk
 
 
 def test_a_watched_folder_swapped_by_renames_is_followed(tmp_path, encoder, index, stop_at_end):
