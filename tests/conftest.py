@@ -34,6 +34,19 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def default_sighup():
+    """SIGHUP's default action in this process while the test runs, so the commands it
+    starts inherit it, as a terminal's job does: a run under `nohup` (or a CI runner
+    that ignores SIGHUP) would hand them an ignored SIGHUP, which clipsearch leaves
+    ignored on purpose."""
+    import signal
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A plain transformers CLIP folder (config.json + weights + processor files)."""

@@ -112,7 +112,7 @@ def count(index: str, env: dict, collection: str | None = None) -> int:
 
 
 @SIGNALS
-def test_ingest_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, signum):
+def test_ingest_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, signum, default_sighup):
     """1 trial per signal: stopped once at least 8 images are embedded."""
     photos = tmp_path / "photos"
     # The first progress line after the model loads finds 90-220 images embedded: 240
@@ -153,7 +153,7 @@ def _alive(pid: int) -> bool:
 
 
 @SIGNALS
-def test_migrate_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, encoder, signum):
+def test_migrate_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_dir, encoder, signum, default_sighup):
     """1 trial per signal: stopped once the first batches are copied."""
     from clipsearch.index.edge import EdgeIndex
 
@@ -183,7 +183,7 @@ def test_migrate_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_d
     assert count(target, env, "images") == total
 
 
-def test_ingest_loses_nothing_when_its_terminal_closes(tmp_path, tiny_model_dir):
+def test_ingest_loses_nothing_when_its_terminal_closes(tmp_path, tiny_model_dir, default_sighup):
     """An SSH session dropped mid-ingest, for real: the command runs on a pseudo-terminal
     (its controlling terminal, as a login shell's job has) and the terminal hangs up.
     Every later write to it fails, yet the command commits what it holds, exits 129

@@ -186,7 +186,8 @@ def test_sigterm_mid_training_keeps_the_last_checkpoint_and_stops_the_workers(tm
 
 
 @pytest.mark.slow
-def test_the_terminal_closing_mid_training_keeps_the_last_checkpoint(tmp_path, shapes, tiny_model_dir):
+def test_the_terminal_closing_mid_training_keeps_the_last_checkpoint(tmp_path, shapes, tiny_model_dir,
+                                                                     default_sighup):
     """An SSH session dropped mid-training, for real: the fine-tune runs on a
     pseudo-terminal (its controlling terminal) that hangs up. Every later write to it
     fails (its stop message included), yet it stops as for SIGTERM: exit 129, the last

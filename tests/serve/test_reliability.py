@@ -107,7 +107,7 @@ def test_kill_9_in_the_middle_of_a_watched_ingest_then_restart(tmp_path, tiny_mo
     assert sorted(paths) == sorted(str(f.resolve()) for f in files)
 
 
-def test_the_terminal_closing_stops_serve_gracefully(tmp_path, tiny_model_dir):
+def test_the_terminal_closing_stops_serve_gracefully(tmp_path, tiny_model_dir, default_sighup):
     """SIGHUP (the terminal or SSH session closed) mid-ingest: serve stops as for
     SIGTERM, says what is kept and exits 129, and the index opens with no duplicate."""
     import signal
