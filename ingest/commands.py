@@ -124,7 +124,7 @@ def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, 
     summary = run_reindex(settings, options, keep_old=keep_old, allow_missing=allow_missing)
     if as_json:
         click.echo(json.dumps(summary.__dict__))
-    elif not summary.switched:
+    elif summary.stopped:
         click.echo(summary.line() + "; stopped before the switch: run the same command to resume")
     else:
         click.echo(summary.line())

@@ -53,6 +53,8 @@ class ReindexSummary:
     caught_up: int = 0  # ingested into the old collection while this ran
     reembedded: bool = True  # False: the same image tower (only the model record changed), or a version found
     switched: bool = False  # the name now means another collection than it did (False: only recorded)
+    stopped: bool = False  # stopped before the switch (Ctrl-C, SIGTERM): the same command resumes
+    unfinished: bool = False  # the version the name was made to mean again was left half-built by a reindex
     kept: str | None = None  # the old collection, kept under this name; None when dropped (or not switched)
     dropped: list[str] = field(default_factory=list)  # collections removed by --drop-old, the old one first
     not_dropped: list[str] = field(default_factory=list)  # why a version could not be dropped
@@ -62,6 +64,9 @@ class ReindexSummary:
         if not self.reembedded and self.switched:  # the name had lost its record (point_name_at)
             text = (f"{self.collection!r} means {self.new!r} again, with its {self.total} vectors: nothing "
                     "embedded")
+            if self.unfinished:
+                text += ("; a stopped reindex had left it unfinished, and its source is gone: "
+                         "`clipsearch ingest DIR` adds the images it lacks")
         elif not self.reembedded:
             text = (f"{self.new!r} keeps its {self.total} vectors: the new model has the same image tower; "
                     "the collection now records it")
@@ -150,6 +155,7 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
         ingestor = Ingestor(encoder, version, options, progress)
         _fill(ingestor, version, records, summary)
         if ingestor.stopped:
+            summary.stopped = True
             summary.seconds = time.monotonic() - started
             return summary
         # From here to the switch the old collection is held (on the embedded index):
@@ -165,6 +171,7 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             if later or now.keys() != records.keys():
                 _fill(ingestor, version, now, summary, only=later)
             if ingestor.stopped:
+                summary.stopped = True
                 summary.seconds = time.monotonic() - started
                 return summary
             summary.total = len(now)
@@ -203,6 +210,12 @@ def _point_name_at_version(old: Index, settings: Settings, options: IngestOption
         identity = encoder.identity.with_precision(stored.precision if stored and stored.precision else "fp32")
         if stored is not None and (stored.name, stored.text_fingerprint) != (identity.name, identity.text_fingerprint):
             version.record_identity(identity)  # a text-only fine-tune of the version's model
+        if version.unfinished_copy():
+            # A stopped reindex filled it from the collection the name meant, which is gone:
+            # nothing can resume that, and its mark would promise it forever. An ingest
+            # of the folders adds what it lacks.
+            version.record_unfinished_copy(None)
+            summary.unfinished = True
     old.point_name_at(target)
     summary.old, summary.new, summary.reembedded, summary.switched = "", target, False, True
     summary.seconds = time.monotonic() - started

@@ -578,6 +578,8 @@ class EdgeIndex(Index):
             try:
                 made_by = ModelIdentity.from_dict(json.loads((self._collection_dir / MODEL).read_text()))
                 model = f" --model {made_by.name}"
+                if made_by.precision and made_by.precision != "fp32":  # part of the version's name, as the model
+                    model += f" --precision {made_by.precision}"
             except (OSError, ValueError, ClipsearchError):
                 model, after = " --model M", ", M being the model that made it (the one `clipsearch reindex` was given)"
         named = "" if self.name == DEFAULT_COLLECTION else f" --collection {self.name}"

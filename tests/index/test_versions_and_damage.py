@@ -184,3 +184,67 @@ def test_status_shows_a_reindex_that_did_not_finish(tmp_path, tiny_model_dir, ot
     assert status.exit_code == 0 and "reindex:" not in status.output, status.output
     with open_index(settings) as index:
         assert index.unfinished_copy() is None
+
+
+def test_the_advice_for_a_damaged_int8_version_names_its_precision_and_works(tmp_path, tiny_model_dir,
+                                                                              other_model_dir):
+    """The precision is part of a version's name as the model is: advice that gave
+    --model alone was refused when followed (another version's vectors)."""
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 8)
+    ingest([str(tmp_path / "photos")], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    new = settings.with_overrides(model=str(other_model_dir))
+    summary = reindex(new, IngestOptions(workers=0, quiet=True, batch_size=8, precision="int8"))
+    root = tmp_path / "index"
+    DAMAGE["empty WAL"](root / summary.new)
+    with pytest.raises(ClipsearchError) as refused:
+        search("a red circle", k=3, settings=new)
+    assert "--precision int8" in str(refused.value), refused.value
+    shutil.rmtree(root / summary.new)
+    done = ingest([str(tmp_path / "photos")], settings=new,
+                  options=IngestOptions(workers=0, quiet=True, precision="int8"))
+    assert done.embedded == 8 and len(search("a red circle", k=3, settings=new)) == 3
+
+
+def test_a_half_built_version_made_the_names_again_says_so_and_drops_its_mark(tmp_path, tiny_model_dir,
+                                                                              other_model_dir):
+    """A reindex stopped half-way, then the collection the name meant deleted (damage):
+    reindex makes the name mean the version, says it is unfinished and that an ingest
+    completes it, and clears the mark that promised a resume nothing can do any more."""
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 30)
+    ingest([str(tmp_path / "photos")], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    away = tmp_path / "away"
+    away.mkdir()
+    for photo in sorted((tmp_path / "photos").rglob("*.png"))[:15]:  # half of them on a share not mounted
+        photo.rename(away / photo.name)
+    new = settings.with_overrides(model=str(other_model_dir))
+    with pytest.raises(ClipsearchError, match="not switched"):
+        reindex(new, QUIET)
+    root = tmp_path / "index"
+    shutil.rmtree(root / settings.collection)  # the collection the name meant, deleted after damage
+    again = reindex(new, QUIET)
+    assert again.unfinished and again.embedded == 0 and again.total == 15
+    assert "unfinished" in again.line() and "`clipsearch ingest DIR` adds the images it lacks" in again.line()
+    status = CliRunner().invoke(cli, ["status", "--index", str(root), "--collection", settings.collection])
+    assert status.exit_code == 0 and "reindex:" not in status.output and "incomplete" not in status.output, \
+        status.output
+    for photo in away.iterdir():
+        photo.rename(tmp_path / "photos" / photo.name)
+    assert ingest([str(tmp_path / "photos")], settings=new, options=IngestOptions(workers=0, quiet=True)).embedded == 15
+
+
+def test_a_reindex_that_only_records_the_model_is_not_called_stopped(tmp_path, tiny_model_dir, tiny_st_model_dir):
+    """A model with the same image tower (a text-only fine-tune, the same weights in
+    another layout) is only recorded and nothing switches: the CLI read that as a
+    stopped run and said to run it again."""
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 4)
+    ingest([str(tmp_path / "photos")], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    tuned = tiny_st_model_dir
+    where = ["--index", str(tmp_path / "index"), "--collection", settings.collection, "--model", str(tuned)]
+    result = CliRunner().invoke(cli, ["reindex", *where])
+    assert result.exit_code == 0 and "same image tower" in result.output and "stopped" not in result.output, \
+        result.output
+    facts = json.loads(CliRunner().invoke(cli, ["reindex", "--json", *where]).output)
+    assert facts["stopped"] is False and facts["reembedded"] is False
