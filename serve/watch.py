@@ -190,6 +190,16 @@ class FolderWatcher:
             self._rescan_reason = self._rescan_reason or reason
             self._cond.notify_all()
 
+    def root_deleted(self, path: str) -> None:
+        """The kernel said a watched folder itself was deleted (IN_DELETE_SELF): its
+        watch is gone. A folder made again at its path may get the same inode number
+        (file systems reuse a freed one at once), which the root poll would take for the
+        same folder, never walked or watched again: the identity is forgotten, so the
+        folder that comes back is new to the poll."""
+        with self._cond:
+            if path in self._root_ids:
+                self._root_ids = {**self._root_ids, path: None}
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop following changes and end the thread; a batch in progress ends after
         its current encode batch, which is committed."""
@@ -473,6 +483,8 @@ class _Handler(FileSystemEventHandler):
             return
         if event.is_directory and kind in ("modified", "closed"):
             return  # a folder's own metadata: its files have their own events
+        if kind == "deleted" and event.is_directory:
+            self.watcher.root_deleted(os.fsdecode(event.src_path))  # a root's own deletion: see there
         note = self.watcher.note
         note(event.src_path, event.is_directory)
         if kind == "moved":
