@@ -121,7 +121,7 @@ def stored_camera_words(text: str) -> list[str]:
     joined one ("eos-1d": also "eos" and "1d"), so that --camera "eos 1d" finds an
     EOS-1D while --camera eos-1d still finds it (and points stored before the parts)."""
     words = camera_words(text)
-    return list(dict.fromkeys(part for word in words for part in (word, *re.split(r"[-.]", word))))
+    return list(dict.fromkeys(part for word in words for part in (word, *joined_parts(word))))
 
 
 def _location(gps) -> dict | None:
