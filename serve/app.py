@@ -482,13 +482,15 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                   size: Annotated[int, Query(description=f"One of {', '.join(map(str, THUMBNAIL_SIZES))}.")] = 256):
         if size not in THUMBNAIL_SIZES:
             raise ClipsearchError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size}")
-        payload, fd = open_checked(str(point))  # gone or changed: 410, before any 304
-        tag = etag(str(point), payload, size)
-        headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
-        if tag in (request.headers.get("if-none-match") or ""):
-            os.close(fd)
-            return Response(status_code=304, headers=headers)
-        return Response(thumbnails.get(str(point), payload, size, fd), media_type="image/jpeg", headers=headers)
+        with thumbnails.making() as started:  # before the record is read: see making()
+            payload, fd = open_checked(str(point))  # gone or changed: 410, before any 304
+            tag = etag(str(point), payload, size)
+            headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+            if tag in (request.headers.get("if-none-match") or ""):
+                os.close(fd)
+                return Response(status_code=304, headers=headers)
+            return Response(thumbnails.get(str(point), payload, size, fd, started), media_type="image/jpeg",
+                            headers=headers)
 
     @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, **ERRORS})
     def original(point: POINT):

@@ -34,9 +34,9 @@ import os
 import re
 import stat
 import threading
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_of
@@ -151,9 +151,30 @@ class Thumbnails:
     def _file(self, point: str, size: int, payload: dict) -> Path:
         return self.folder / point[:2] / f"{point}-{size}-{facts_of(payload)}.jpg"
 
-    def get(self, point: str, payload: dict, size: int, fd: int) -> bytes:
+    @contextmanager
+    def making(self) -> Iterator[int]:
+        """Held by a request from before it reads its point's record until its thumbnail
+        is written; yields the mark to give get(). A point forgotten at any time in
+        between (the watcher removed it just after the read) is noted, and its thumbnail,
+        once written, removed: made of a record already stale, it would outlive the photo."""
+        with self._lock:
+            self._making += 1
+            started = self._epoch
+        try:
+            yield started
+        finally:
+            with self._lock:
+                self._making -= 1
+                if not self._making:
+                    self._forgotten.clear()
+
+    def get(self, point: str, payload: dict, size: int, fd: int, started: int | None = None) -> bytes:
         """The JPEG of `size` (one of THUMBNAIL_SIZES). `fd`: the indexed file, opened
-        and checked by open_indexed (every time, cached or not); closed here."""
+        and checked by open_indexed (every time, cached or not); closed here.
+        `started`: the mark of making(), entered before `payload` was read."""
+        if started is None:
+            with self.making() as started:
+                return self.get(point, payload, size, fd, started)
         cached = self._file(point, size, payload)
         try:
             data = cached.read_bytes()
@@ -166,29 +187,21 @@ class Thumbnails:
             except OSError:
                 pass
             return data
-        with self._lock:
-            self._making += 1
-            started = self._epoch
         try:
-            try:
-                with self._decoding:
-                    data = make_thumbnail(fd, size)
-            except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
-                raise Gone(f"cannot make a thumbnail of the indexed file: {unreadable(exc)}") from None
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per request
-                tmp.write_bytes(data)
-                os.replace(tmp, cached)
-                self._added(len(data))
-            except OSError:
-                return data  # a cache that cannot be written only costs the next request a decode
-        finally:
-            with self._lock:
-                self._making -= 1
-                since = self._forgotten.get(point)
-                if not self._making:
-                    self._forgotten.clear()
+            with self._decoding:
+                data = make_thumbnail(fd, size)
+        except Exception as exc:  # damaged since the ingest read it, or a format Pillow lost
+            raise Gone(f"cannot make a thumbnail of the indexed file: {unreadable(exc)}") from None
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per request
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+            self._added(len(data))
+        except OSError:
+            return data  # a cache that cannot be written only costs the next request a decode
+        with self._lock:
+            since = self._forgotten.get(point)
         if since is not None and since[0] > started and since[1] != facts_of(payload):
             self._remove([cached])  # its photo was deleted or changed while this was made
         else:

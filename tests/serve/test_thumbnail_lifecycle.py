@@ -78,6 +78,47 @@ def test_a_thumbnail_being_made_when_its_photo_is_forgotten_is_not_kept(tmp_path
     assert cached(cache) == []
 
 
+def test_a_photo_forgotten_after_its_record_was_read_gets_no_thumbnail(tmp_path):
+    """The watcher removes the point between a request's read of its record and the
+    decode: the thumbnail, made of a stale record, is answered but not kept."""
+    photo = draw_image(tmp_path / "photos" / "a.png", "red")
+    cache = tmp_path / "thumbnails"
+    thumbnails = Thumbnails(cache)
+    st = os.stat(photo)
+    with thumbnails.making() as started:
+        payload = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}  # the record, read
+        thumbnails.forget([point_id(photo)])  # removed now, before any decode began
+        data = thumbnails.get(point_id(photo), payload, 128, os.open(photo, os.O_RDONLY), started)
+    assert data[:2] == b"\xff\xd8"
+    assert cached(cache) == []
+    make(thumbnails, photo)  # asked for again with no forget in between: kept
+    assert cached_points(cache) == {point_id(photo)}
+
+
+def test_the_thumbnail_route_keeps_no_thumbnail_of_a_point_removed_after_its_read(served, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from clipsearch.serve.app import create_app
+    from clipsearch.serve.security import Guard
+    from clipsearch.serve.uploads import UploadDecoder
+
+    cache = tmp_path / "thumbnails"
+    thumbnails = Thumbnails(cache)
+    app = create_app(served.service, Guard(None), thumbnails, UploadDecoder(4.0), 2_000_000, version="test")
+    photo = sorted((served.photos / "garden").glob("*"))[5]
+    real = served.service.record
+
+    def read_then_removed(point):  # the watcher's removal lands just after the route's read
+        payload = real(point)
+        thumbnails.forget([point])
+        return payload
+
+    monkeypatch.setattr(served.service, "record", read_then_removed)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get(f"/api/images/{point_id(photo)}/thumbnail?size=128").status_code == 200
+    assert cached(cache) == []
+
+
 # -- the application: 410 and 404 ----------------------------------------------------------
 
 
