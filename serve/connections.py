@@ -10,7 +10,10 @@ and asyncio's accept loop logged EMFILE 120,000 times in 12 s.
 So each connection has HEADER_SECONDS, from its accept or from its last response, to
 complete a request's headers, or it is closed; a request's body must keep arriving,
 no pause longer than HEADER_SECONDS while serve is ready to read it (a wait of serve's
-own, as an upload waiting for the decoder, does not count); and a response given
+own, as an upload waiting for the decoder, does not count), and in all within
+HEADER_SECONDS plus a second for each MIN_BODY_RATE bytes received (Apache's
+mod_reqtimeout rule: a byte every 29 seconds never paused long enough, and held a
+connection for days on an endpoint open without the token, the login); and a response given
 before the body was read (a 401, a 413) ends the connection, whose unread body a
 client could otherwise trickle in forever, out of every timer's reach. And at most
 `cap` connections are open:
@@ -34,6 +37,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_SECONDS = 30.0
+MIN_BODY_RATE = 500  # bytes a second a body averages once HEADER_SECONDS are spent: a phone on a bad link does more
 # Tests only (a deadline of seconds, not minutes): not a setting, so not in the table.
 HEADER_SECONDS_VARIABLE = "_CLIPSEARCH_HEADER_SECONDS"
 
@@ -75,6 +79,15 @@ class DeadlineH11Protocol(H11Protocol):
     cap = 1 << 20
     _timer: asyncio.TimerHandle | None = None
     waiting_since: float | None = None  # loop time this connection began waiting for headers
+    _body_since: float | None = None  # loop time the request's headers were in, its body to come
+    _body_bytes = 0
+    _body_excused = 0.0  # seconds the body waited on serve (reading paused), not on the client
+    _armed_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.SEND_BODY:
+            self._body_bytes += len(data)
+        super().data_received(data)
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -86,11 +99,15 @@ class DeadlineH11Protocol(H11Protocol):
         super().handle_events()
         state = self.conn.their_state
         if state is h11.SEND_BODY:  # headers in, the body arriving: each piece re-arms its timer
+            if self._body_since is None:
+                self._body_since, self._body_bytes, self._body_excused = self.loop.time(), 0, 0.0
             self._await_body()
         elif state is not h11.IDLE:  # the whole request is in (or the connection ends)
             self._stop_waiting()
+            self._body_since = None
 
     def on_response_complete(self) -> None:
+        self._body_since = None
         if self.conn.their_state is h11.SEND_BODY:  # answered before its body was read (401, 413)
             self._stop_waiting()
             super().on_response_complete()
@@ -113,13 +130,19 @@ class DeadlineH11Protocol(H11Protocol):
 
     def _await_body(self) -> None:
         self._stop_waiting()  # not waiting for headers: a request in progress is never the one cut for room
-        self._timer = self.loop.call_later(self.deadline, self._body_stalled)
+        now = self.loop.time()
+        left = (self._body_since or now) + self.deadline + self._body_bytes / MIN_BODY_RATE + self._body_excused - now
+        self._armed_at = now
+        self._timer = self.loop.call_later(max(0.0, min(self.deadline, left)), self._body_stalled)
 
     def _body_stalled(self) -> None:
         self._timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
             return
         if self.flow.read_paused:  # serve is not reading it yet (the app has not asked): not the client's pause
+            now = self.loop.time()
+            self._body_excused += now - self._armed_at
+            self._armed_at = now
             self._timer = self.loop.call_later(self.deadline, self._body_stalled)
             return
         self.transport.close()

@@ -112,7 +112,7 @@ def test_a_request_body_that_stops_arriving_or_goes_unread_ends_the_connection(c
     arriving, or the unread body of a request answered early (a 401 without the token)
     trickled in a byte at a time, held a connection forever, and never counted as
     waiting, so enough of them filled the cap and locked out the token's holder."""
-    from clipsearch.serve.connections import HEADER_SECONDS_VARIABLE
+    from clipsearch.serve.connections import HEADER_SECONDS_VARIABLE, MIN_BODY_RATE
 
     head = (b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100000\r\n")
@@ -123,18 +123,47 @@ def test_a_request_body_that_stops_arriving_or_goes_unread_ends_the_connection(c
         refused.sendall(b"x")  # the unread body, a byte at a time
         assert closed_within(refused, 15), "the unread body of an answered request kept its connection"
         assert closed_within(stalled, 15), "a body that stopped arriving kept its connection"
-        # A body that arrives, slowly but without a pause as long as the deadline, is answered.
-        body = b'{"query": "a red circle", "k": 1}'
+        # A body that arrives slowly, but without a pause as long as the deadline and at
+        # MIN_BODY_RATE or more once the deadline is spent, is answered.
+        body = b'{"query": "a red circle", "k": 1}'.ljust(3 * MIN_BODY_RATE)  # JSON: spaces may follow
         steady = partial_request(server.port, b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                                  b"application/json\r\nAuthorization: Bearer " + TOKEN.encode() +
                                  f"\r\nContent-Length: {len(body)}\r\n\r\n".encode())
-        for piece in (body[:10], body[10:20], body[20:]):
+        for i in range(3):
             time.sleep(1.2)  # 3.6 s in all: more than the deadline, no pause as long as it
-            steady.sendall(piece)
+            steady.sendall(body[i * MIN_BODY_RATE:(i + 1) * MIN_BODY_RATE])
         steady.settimeout(30)
         assert steady.recv(4096).startswith(b"HTTP/1.1 200")
         for conn in (stalled, refused, steady):
             conn.close()
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+def test_a_body_trickled_in_without_a_long_pause_is_cut_once_too_slow_on_average(collection):
+    """The login is open without the token: its body, a byte every second (a pause
+    shorter than the deadline each time), held a connection for as long as the client
+    liked, and enough of them filled the cap. It must average MIN_BODY_RATE."""
+    from clipsearch.serve.connections import HEADER_SECONDS_VARIABLE
+
+    with serve(collection, "trickle.log", "--token", TOKEN, env={HEADER_SECONDS_VARIABLE: "2"}) as server:
+        trickle = partial_request(server.port, b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n{")
+        started = time.monotonic()
+        cut = False
+        while not cut and time.monotonic() - started < 20:
+            time.sleep(0.5)
+            try:
+                trickle.sendall(b" ")
+            except OSError:
+                cut = True
+            else:
+                cut = closed_within(trickle, 0.01)
+        elapsed = time.monotonic() - started
+        trickle.close()
+        assert cut, "a body trickled in at 2 bytes a second kept its connection for 20 s"
+        assert 1.5 <= elapsed <= 10, elapsed  # the deadline's grace, then cut
+        assert server.get("/api/health")[0] == 200
     assert "Traceback" not in server.output()
 
 
