@@ -557,8 +557,13 @@ class Ingestor:
                 self.summary.removed += len(self._unusable_ids)
                 self._unusable_ids = []
         finally:
-            # Whatever happened, batches already handed to the writer are committed.
+            # Whatever happened, batches already handed to the writer are committed,
+            # and counted (a stopped run says how many it kept).
             self._writer.shutdown(wait=True)
+            for future, size in self._writes:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self.summary.embedded += size
+            self._writes.clear()
 
     def run(self, roots: Sequence[str], *, allow_empty: bool = False) -> IngestSummary:
         """Ingest every image file under `roots`; the run's summary. No image file at
@@ -609,6 +614,10 @@ class Ingestor:
                     self.summary.hnsw_built = self.index.optimize()
                     if self.summary.hnsw_built:
                         self.progress.message(f"built it in {format_duration(time.monotonic() - building)}")
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what this run kept, before the CLI's last line
+            self.summary.seconds = time.monotonic() - started
+            self.progress.message(f"stopped: {self.summary.line()}; run it again to go on from here")
+            raise
         finally:
             self._end(started)
         return self.summary

@@ -136,6 +136,8 @@ def test_ingest_stops_cleanly_and_the_next_run_completes(tmp_path, tiny_model_di
     # and the next run embeds exactly the rest.
     kept = count(index, env)
     assert 8 <= kept < len(files)
+    # It said how many it kept, before the line naming the signal.
+    assert f"stopped: ingested {kept}, unchanged 0" in stderr.split(KEPT[signum])[0], stderr
     again = run(["ingest", str(photos), "--index", index, "--json", "--workers", "1"], env)
     import json
 
