@@ -18,6 +18,7 @@ import threading
 
 import click
 
+from . import config
 from .errors import ClipsearchError, Terminated
 from .names import printable
 
@@ -117,6 +118,8 @@ def cli():
       clipsearch search "a dog running on the beach" -k 5
       clipsearch status
     """
+    for line in config.unknown_variables():
+        click.echo(printable(line), err=True)  # a variable's name is the environment's bytes
 
 
 def _register_commands() -> None:

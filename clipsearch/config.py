@@ -8,7 +8,8 @@ value should have been) and its help text. The click options are built from it
 reads a CLIPSEARCH_* variable that is not declared here, or reads one by hand.
 
 Precedence: a flag wins over the environment, which wins over the default. A bad value
-from the environment is a one-line error naming the variable.
+from the environment is a one-line error naming the variable; a CLIPSEARCH_ variable
+that is no setting, a warning naming it.
 
 Standard library only: every command imports this before anything else.
 """
@@ -302,6 +303,28 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+# Read by docker-compose.yml, not by clipsearch: set in a user's shell for compose, they
+# are not typos of a setting.
+COMPOSE_VARIABLES = frozenset({"CLIPSEARCH_PHOTOS", "CLIPSEARCH_MODELS", "CLIPSEARCH_MODEL_NAME",
+                               "CLIPSEARCH_PUBLISH"})
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning line for each CLIPSEARCH_ variable set that is no setting: a misspelt
+    one (INDX for INDEX) otherwise leaves its setting at the default, silently, and a
+    nightly ingest writes to another index than the one meant."""
+    import difflib
+
+    env = os.environ if env is None else env
+    known = sorted(v for s in SETTINGS for v in s.env if v.startswith("CLIPSEARCH_"))
+    lines = []
+    for variable in sorted(env):
+        if variable.startswith("CLIPSEARCH_") and variable not in known and variable not in COMPOSE_VARIABLES:
+            close = difflib.get_close_matches(variable[11:], [v[11:] for v in known], n=1, cutoff=0.7)
+            hint = f" (did you mean CLIPSEARCH_{close[0]}?)" if close else ""
+            lines.append(f"warning: {variable} is not a clipsearch setting{hint}: ignored")
+    return lines
 
 
 def _first_set(setting: Setting, env: Mapping[str, str] | None) -> tuple[str, str] | None:

@@ -20,7 +20,7 @@ from clipsearch.options import SettingOption
 
 from support import ROOT, draw_collection
 
-PACKAGE_DIRS = ("clipsearch", "ingest", "search", "finetune")
+PACKAGE_DIRS = ("clipsearch", "ingest", "search", "finetune", "serve")
 OURS = re.compile(r"^(CLIPSEARCH_|QDRANT_)")
 
 
@@ -53,7 +53,7 @@ def test_every_clipsearch_variable_named_in_the_code_is_in_the_table():
     undeclared = []
     for path in package_modules():
         for name in set(re.findall(r"\bCLIPSEARCH_[A-Z0-9_]+\b", path.read_text())):
-            if name not in declared:
+            if name not in declared and name not in config.COMPOSE_VARIABLES:
                 undeclared.append(f"{path.relative_to(ROOT)}: {name}")
     assert not undeclared, f"declare these in clipsearch/config.py SETTINGS: {undeclared}"
 
@@ -159,3 +159,22 @@ def test_a_numbered_cuda_device_is_a_valid_flag(tmp_path):
 
 def test_zero_retry_seconds_means_no_retries():
     assert Settings.resolve(env={"CLIPSEARCH_RETRY_SECONDS": "0"}, index=":memory:").retry_seconds == 0.0
+
+
+def test_a_misspelt_variable_is_named_in_a_warning_and_the_rest_are_quiet(tmp_path):
+    draw_collection(tmp_path / "photos", 1)
+    env = {"CLIPSEARCH_INDX": str(tmp_path / "meant"), "CLIPSEARCH_FROBNICATE": "1",
+           "CLIPSEARCH_COLLECTION": "images", "CLIPSEARCH_PHOTOS": str(tmp_path / "photos")}
+    result = CliRunner().invoke(cli, ["status", "--index", str(tmp_path / "index")], env=env)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: CLIPSEARCH_FROBNICATE is not a clipsearch setting: ignored",
+        "warning: CLIPSEARCH_INDX is not a clipsearch setting (did you mean CLIPSEARCH_INDEX?): ignored"]
+
+
+def test_the_variables_docker_compose_reads_are_known_as_not_settings():
+    """A user exports CLIPSEARCH_PHOTOS for compose: it is no typo, and warns of none."""
+    read = set()
+    for compose in ROOT.glob("docker-compose*.yml"):
+        read |= set(re.findall(r"\$\{(CLIPSEARCH_[A-Z0-9_]+)", compose.read_text()))
+    assert read - declared_variables() == config.COMPOSE_VARIABLES
