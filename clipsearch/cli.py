@@ -11,6 +11,7 @@ so `clipsearch --help` and `clipsearch status` start fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
@@ -56,6 +57,10 @@ class CliGroup(click.Group):
             # A message naming a file may carry its bytes: no control character or
             # undecodable byte reaches the terminal raw (clipsearch/names.py).
             raise click.ClickException(printable(str(exc))) from None
+        except OSError as exc:
+            if exc.errno != errno.EPIPE and _output_failed(exc):  # > /dev/full, a full disk
+                raise click.ClickException(f"cannot write the output: {exc.strerror or exc}") from None
+            raise  # a closed pipe (| head): click's own quiet exit
         except KeyboardInterrupt as exc:
             signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
             kept = "; everything committed so far is kept." if ctx.invoked_subcommand in WRITERS else "."
@@ -67,6 +72,16 @@ class CliGroup(click.Group):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _output_failed(exc: OSError) -> bool:
+    """Whether `exc` came from writing the command's output (click.echo): stdout on a
+    full disk or /dev/full, not an index's or a named file's write."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "echo" and \
+        tb.tb_frame.f_globals.get("__name__") == "click.utils"
 
 
 def _terminate_like_ctrl_c() -> dict:

@@ -45,7 +45,9 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.option("--queries", type=click.File("rb"), default=None,
               help="Answer each line of this file (text or image path) as its own query, loading the model once. "
                    "A line that cannot be answered (an unusable or missing image) is named on stderr as FILE:LINE "
-                   "and left out of the output; the others are answered, and the exit status is 1.")
+                   "and left out of the output; the others are answered, and the exit status is 1. With -f "
+                   "paths a blank line parts one line's hits from the next; with -f paths0 an empty name ends "
+                   "each line's.")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
 @click.option("--min-score", type=float, default=None, callback=lambda ctx, param, value: _finite(value),
@@ -154,6 +156,10 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             index.close()
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
     with timings.phase("output"):
+        if gallery:  # before stdout, which a reader may close early (| head): the page is still made
+            from .gallery import write_gallery
+
+            write_gallery(gallery, results)
         print_results(results, fmt, keyed=queries is not None)
         report_skipped(queries, skipped)
         note = absent_folder_note(under, any(hits for _, hits in results))
@@ -164,13 +170,11 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
 
             click.echo(f"note: {unfinished_copy_text(copy)}", err=True)
         if gallery:
-            from .gallery import write_gallery
-
-            write_gallery(gallery, results)
             click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     if verbose:
         click.echo(f"clipsearch: {timings.line()}", err=True)
-    sys.stdout.flush()
+    if sys.stdout is not None:  # None where the shell closed it (>&-)
+        sys.stdout.flush()
     encoders.finish()  # a first-use export, after the answer is out
     timings_file = config.value("timings")
     if timings_file:  # for bench/cold_query.py
@@ -180,8 +184,9 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         # interpreter's teardown (unloading onnxruntime, numpy and the engine), which
         # costs about 0.1 s of a one-second cold query. Only for the console script:
         # a caller that invoked `cli` itself (tests, scripts) keeps its process.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
         os._exit(1 if skipped else 0)
     if skipped:  # the answers are out; a script still notices the lines left unanswered
         click.get_current_context().exit(1)
@@ -312,10 +317,11 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
                 continue
             hits = _without_itself(found, image_path, k)
         results.append((label, hits))
+    if gallery:  # before stdout, which a reader may close early (| head): the page is still made
+        write_remote_gallery(gallery, client, results)
     print_results(results, fmt, keyed=queries is not None)
     report_skipped(queries, skipped)
     if gallery:
-        write_remote_gallery(gallery, client, results)
         click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     if verbose:
         click.echo(f"clipsearch: answered by clipsearch serve at {server} ({len(results)} request(s), "
@@ -373,9 +379,11 @@ def print_results(results, fmt: str, keyed: bool) -> None:
         click.echo(json.dumps({label: [h.to_dict() for h in hits] for label, hits in results}))
         return
     quoted = 0
-    for label, hits in results:
+    for number, (label, hits) in enumerate(results):
         if keyed and fmt == "table":
             click.echo(f"# {shown(label)}")
+        elif keyed and fmt == "paths" and number:  # queries' hits apart, as duplicates' groups
+            click.echo("")
         for hit in hits:
             if fmt == "paths0":
                 click.echo(name_bytes(hit.path) + b"\0", nl=False)
@@ -389,6 +397,8 @@ def print_results(results, fmt: str, keyed: bool) -> None:
                 click.echo(json.dumps(hit.to_dict()))
             else:
                 click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {shown(hit.path)}")
+        if keyed and fmt == "paths0":
+            click.echo(b"\0", nl=False)  # an empty name, which no file has, ends a query's hits
         if not hits and fmt == "table":
             click.echo("no hits", err=True)
     if quoted:

@@ -45,9 +45,10 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
         check_threshold(similar)  # before the index is opened: a typo costs nothing
     found = _find(settings, similar, under, quiet)
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
+    if gallery:  # before stdout, which a reader may close early (| head): the page is still made
+        write_duplicates_gallery(gallery, found.groups, similar)
     print_groups(found.groups, fmt, similar)
     if gallery:
-        write_duplicates_gallery(gallery, found.groups, similar)
         click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     for line in notes(found, similar):
         click.echo(line, err=True)

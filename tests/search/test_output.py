@@ -1,0 +1,76 @@
+"""Where the answers go: stdout that cannot take them (a full disk, /dev/full) is one
+line, not a traceback; a reader that stops early (`| head -1`) still gets the gallery
+asked for; many queries' bare paths stay apart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from clipsearch import IngestOptions, ingest
+from clipsearch.cli import cli
+
+from support import draw_collection
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("output")
+    draw_collection(root / "photos", 12)
+    index = root / "index"
+    env = {"CLIPSEARCH_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        from clipsearch.config import Settings
+
+        ingest([str(root / "photos")], settings=Settings.resolve(model=str(tiny_model_dir), index=str(index)),
+               options=IngestOptions(workers=0, quiet=True))
+    return root, ["--index", str(index), "--model", str(tiny_model_dir)], env
+
+
+def command(indexed, *args: str, **how) -> subprocess.Popen:
+    _, where, env = indexed
+    return subprocess.Popen([sys.executable, "-m", "clipsearch", *args, *where], env={**os.environ, **env},
+                            stderr=subprocess.PIPE, text=True, **how)
+
+
+@pytest.mark.parametrize("args", [["search", "a red circle", "-f", "json"], ["status", "--json"]])
+def test_output_that_cannot_be_written_is_one_line(indexed, args):
+    with open("/dev/full", "w") as full:
+        process = command(indexed, *args, stdout=full)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stderr.strip().splitlines()[-1] == "Error: cannot write the output: No space left on device", stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("args", [["search", "a red circle", "-k", "12"], ["duplicates", "--similar", "0.01"]])
+def test_the_gallery_is_written_though_the_reader_of_stdout_went_away(indexed, tmp_path, args):
+    page = tmp_path / "page.html"
+    process = command(indexed, *args, "--gallery", str(page), stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.close()  # as `| head -1` does once it has its line: every write is EPIPE
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    assert page.exists() and page.read_text().count("<img") >= 2, stderr
+
+
+def test_many_queries_in_bare_paths_keep_each_querys_hits_apart(indexed, tmp_path):
+    _, where, env = indexed
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a red circle\ngone.jpg\na green square\na blue triangle\n")
+    runner = CliRunner()
+    lines = runner.invoke(cli, ["search", "--queries", str(queries), "-k", "3", "-f", "paths", *where], env=env)
+    assert lines.exit_code == 1  # the missing image's line is skipped, and said
+    groups = lines.stdout.split("\n\n")
+    assert [len(group.splitlines()) for group in groups] == [3, 3, 3]
+    nul = runner.invoke(cli, ["search", "--queries", str(queries), "-k", "3", "-f", "paths0", *where], env=env)
+    assert nul.stdout_bytes.endswith(b"\0\0")
+    assert [len(group.split(b"\0")) for group in nul.stdout_bytes[:-2].split(b"\0\0")] == [3, 3, 3]
+    assert nul.stdout_bytes.replace(b"\0\0", b"\0").split(b"\0")[:-1] == \
+        [os.fsencode(line) for line in lines.stdout.split()]
