@@ -442,7 +442,8 @@ class Settings:
                 changes["grpc"] = parse_bool(self.grpc)
             except ValueError as exc:
                 raise ClipsearchError(f"CLIPSEARCH_GRPC={self.grpc!r} {exc}") from None
-        if not self.collection or "/" in self.collection or self.collection.startswith("."):
+        if not self.collection or "/" in self.collection or self.collection.startswith(".") \
+                or not self.collection.isprintable():  # a line break in a name forges lines of status
             raise ClipsearchError(
                 f"collection name {self.collection!r} is not valid (--collection / CLIPSEARCH_COLLECTION)"
             )

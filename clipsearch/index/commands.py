@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import ClipsearchError
+from ..names import shown
 from ..options import index_options, layout_options, quiet_option, server_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,7 +125,8 @@ def _same_collection(source: "Index", settings, target_settings) -> bool:
 def format_status(facts: dict) -> str:
     model = facts.get("model")
     backend = facts["backend"] + (f" ({facts['protocol']})" if "protocol" in facts else "")
-    lines = [f"backend:      {backend}", f"index:        {facts['location']}"]
+    # Names as the user gave them may hold a line break or bytes that are not UTF-8: quoted, never raw.
+    lines = [f"backend:      {backend}", f"index:        {shown(facts['location'])}"]
     if "server_version" in facts:
         lines.append(f"server:       Qdrant {facts['server_version']}")
     lines += [
@@ -132,7 +134,7 @@ def format_status(facts: dict) -> str:
                                                   if facts.get("means") else "")
         + ("" if facts["exists"] else " (does not exist yet)"),
         f"points:       {facts['points']}",
-        "model:        " + (f"{model['name']} (image {model['image_fingerprint'][:12]}, dim {model['dim']}"
+        "model:        " + (f"{shown(model['name'])} (image {model['image_fingerprint'][:12]}, dim {model['dim']}"
                             + (f", {model['precision']} vectors" if model.get("precision") else "") + ")"
                             if model else "-"),
     ]

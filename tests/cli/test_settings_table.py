@@ -150,6 +150,27 @@ def test_an_empty_flag_counts_as_not_given(tmp_path, tiny_model_dir):
     assert '"embedded": 3' in result.output
 
 
+@pytest.mark.parametrize("flag", ["--index", "--collection", "--model", "--server", "--token"])
+def test_an_empty_flag_naming_a_place_is_refused(tmp_path, monkeypatch, flag):
+    """`--index "$IDX"` with IDX unset fell back to the environment's or the default
+    index: an ingest wrote to another index than the one meant."""
+    monkeypatch.setenv("CLIPSEARCH_INDEX", str(tmp_path / "meant-elsewhere"))
+    command = ["search", "x"] if flag in ("--server", "--token") else ["ingest", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*command, flag, ""])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{flag}'" in result.output and "is empty: give a value" in result.output
+    assert not (tmp_path / "meant-elsewhere").exists()
+
+
+def test_a_collection_name_with_a_line_break_is_refused_and_status_quotes_an_odd_index(tmp_path):
+    refused = CliRunner().invoke(cli, ["status", "--index", str(tmp_path / "i"), "--collection", "a\nfake: 1"])
+    assert refused.exit_code == 1 and "collection name 'a\\nfake: 1' is not valid" in refused.output
+    odd = tmp_path / "index\nfake:        1"
+    shown = CliRunner().invoke(cli, ["status", "--index", str(odd)])
+    assert shown.exit_code == 0, shown.output
+    assert f"index:        $'{tmp_path}/index\\nfake:        1'" in shown.output.splitlines()
+
+
 def test_a_numbered_cuda_device_is_a_valid_flag(tmp_path):
     ok = CliRunner().invoke(cli, ["status", "--device", "cuda:1", "--index", str(tmp_path / "i")])
     assert ok.exit_code == 0, ok.output
