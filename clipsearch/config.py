@@ -380,6 +380,12 @@ def cache_root() -> Path:
 
 # -- the settings every command shares -----------------------------------------------------------
 
+def valid_collection_name(name: str) -> bool:
+    """Not a path (an embedded index keeps a collection in a folder of its name), and
+    printable: a line break in a name forged lines of status."""
+    return bool(name) and "/" not in name and not name.startswith(".") and name.isprintable()
+
+
 def _table_default(name: str) -> Any:
     """A Settings field whose default is the table's row of the same name."""
     return field(default_factory=lambda: BY_NAME[name].default_value, repr=not BY_NAME[name].secret)
@@ -442,8 +448,7 @@ class Settings:
                 changes["grpc"] = parse_bool(self.grpc)
             except ValueError as exc:
                 raise ClipsearchError(f"CLIPSEARCH_GRPC={self.grpc!r} {exc}") from None
-        if not self.collection or "/" in self.collection or self.collection.startswith(".") \
-                or not self.collection.isprintable():  # a line break in a name forges lines of status
+        if not valid_collection_name(self.collection):
             raise ClipsearchError(
                 f"collection name {self.collection!r} is not valid (--collection / CLIPSEARCH_COLLECTION)"
             )

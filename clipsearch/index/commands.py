@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..config import valid_collection_name
 from ..errors import ClipsearchError
 from ..names import shown
 from ..options import index_options, layout_options, quiet_option, server_options
@@ -82,8 +83,12 @@ def migrate(settings, to, to_collection, batch_size, quiet):
     from .migrate import migrate as run_migrate
     from .open import open_index
 
+    if not to.strip():  # `--to "$TARGET"` unset: not the current folder
+        raise ClipsearchError("--to is empty: give the target index, a folder or a server URL")
     if to != ":memory:" and "://" not in to and os.path.isfile(os.path.expanduser(to)):
-        raise ClipsearchError(f"--to {to} is a file, not an index folder or a server URL")
+        raise ClipsearchError(f"--to {shown(to)} is a file, not an index folder or a server URL")
+    if to_collection is not None and not valid_collection_name(to_collection):
+        raise ClipsearchError(f"--to-collection {to_collection!r} is not a valid collection name")
     target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
     if (target_settings.index, target_settings.collection) == (settings.index, settings.collection):
         raise ClipsearchError("--to names the source collection itself")

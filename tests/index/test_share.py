@@ -190,6 +190,20 @@ def test_migrate_to_itself_is_refused(edge_index):
     assert result.exit_code == 1 and "source collection itself" in result.output
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--to", ""], "--to is empty"),
+    (["--to", "{tmp}/target", "--to-collection", "../x"], "--to-collection '../x' is not a valid collection name"),
+    (["--to", "{tmp}/target", "--to-collection", "a\nb"], "--to-collection 'a\\nb' is not a valid collection name"),
+])
+def test_migrate_names_its_own_flags_when_refusing_a_target(edge_index, tmp_path, monkeypatch, flags, said):
+    monkeypatch.chdir(tmp_path)  # an empty --to was this folder
+    flags = [flag.replace("{tmp}", str(tmp_path)) for flag in flags]
+    result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
+                                      *flags])
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert not (tmp_path / "target").exists()
+
+
 def test_a_path_that_is_a_file_is_named_by_its_flag(edge_index, tmp_path, tiny_model_dir):
     afile = tmp_path / "afile"
     afile.write_text("not an index")
