@@ -136,7 +136,12 @@ def _location(gps) -> dict | None:
         lon = -lon
     if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):  # 0,0: no fix written as one
         return None
-    return {"lat": round(lat, 7), "lon": round(lon, 7)}
+    # The engine's geo index loses a point at exactly 90 N (a radius around the pole
+    # never finds it, though one at -90 is found): stored 1 cm south of it.
+    return {"lat": min(round(lat, 7), POLE_LAT), "lon": round(lon, 7)}
+
+
+POLE_LAT = 89.9999999
 
 
 def _degrees(value) -> float | None:

@@ -125,6 +125,20 @@ def test_date_camera_and_place_filters_run_in_the_index(library):
 
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_photo_at_a_pole_is_found_by_a_circle_around_it(backend, tmp_path, tiny_model_dir):
+    """The embedded engine's geo index never found a point stored at exactly 90 N."""
+    photos = tmp_path / "photos"
+    photo(photos / "north.jpg", "red", gps=(90.0, 0.0))
+    photo(photos / "south.jpg", "blue", gps=(-90.0, 0.0))
+    photo(photos / "near.jpg", "green", gps=(89.99, 45.0))
+    settings = settings_for(backend, tmp_path, tiny_model_dir)
+    ingest([str(photos)], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    assert found(settings, build_where(None, None, None, "90,0,1")) == {"north.jpg"}
+    assert found(settings, build_where(None, None, None, "90,120,2")) == {"north.jpg", "near.jpg"}
+    assert found(settings, build_where(None, None, None, "-90,0,1")) == {"south.jpg"}
+
+
 def test_a_joined_camera_word_matches_itself_or_all_its_parts(library):
     """--camera eos-5d found nothing for a "Canon EOS 5D Mark II" (its words: eos, 5d):
     a joined word of the query matches a photo by itself or by all its parts, so the
