@@ -37,7 +37,7 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 @click.option("--image", "-i", default=None, metavar="PATH",
               help="Search by an example image (left out of its own results). "
                    "A QUERY that is an image file does the same (one word with an image extension that "
-                   "names no file is an error, not text).")
+                   "names no file, or a path of a folder, is an error, not text).")
 @click.option("--add", multiple=True, metavar="[W:]TEXT|IMAGE",
               help="Add a term to the query, optionally weighted: --add 2:sunset (repeatable).")
 @click.option("--subtract", multiple=True, metavar="[W:]TEXT|IMAGE",

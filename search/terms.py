@@ -66,12 +66,17 @@ def looks_like_image_path(value: str) -> bool:
 
 def refuse_missing_image(value: str, option: str) -> None:
     """One word ending in an image extension that is no file: a path mistyped, or of a
-    file moved since. Searched as text it gave confident nonsense with exit 0."""
+    file moved since; or one word with a slash that is a folder (`search photos/`). Searched
+    as text, either gave confident nonsense with exit 0."""
     word = value.strip()
-    if word and not any(c.isspace() for c in word) and word.lower().endswith(IMAGE_SUFFIXES) and \
-            not os.path.lexists(_expand(word)):
+    if not word or any(c.isspace() for c in word):
+        return
+    if word.lower().endswith(IMAGE_SUFFIXES) and not os.path.lexists(_expand(word)):
         raise ClipsearchError(f"{option} {shown(word)} looks like an image file, but there is none at that path; "
                               "give an image that exists, or words to search for")
+    if "/" in word and os.path.isdir(_expand(word)):
+        raise ClipsearchError(f"{option} {shown(word)} is a folder: give an image file to search by, words to "
+                              "search for, or --in FOLDER to search only the images under it")
 
 
 def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool = True) -> Term:

@@ -421,6 +421,18 @@ def test_a_mistyped_image_path_is_an_error_not_a_text_search(indexed, tmp_path, 
                                          "for"]
     assert run(settings, "the photo IMG_0001.jpg of a red circle", "-k", "2", "-f", "paths").stdout.strip()
 
+
+def test_a_folder_given_as_the_query_is_an_error_not_a_text_search(indexed, tmp_path, monkeypatch):
+    """`search photos/` embedded the text "photos/"; a folder path is refused, pointing at
+    --in. One word without a slash stays words, folder or not ("cats")."""
+    settings, photos, _ = indexed
+    monkeypatch.chdir(photos)
+    _one_line_error(CliRunner().invoke(cli, ["search", "a/", *args_for(settings)]),
+                    "the query a/ is a folder: give an image file to search by, words to search for, or --in FOLDER")
+    _one_line_error(CliRunner().invoke(cli, ["search", "red", "--add", f"{photos}/b", *args_for(settings)]),
+                    f"--add {photos}/b is a folder")
+    assert run(settings, "a", "-k", "2", "-f", "paths").exit_code == 0  # "a" is a folder here, and a word
+
 def test_missing_and_empty_collections_fail_with_one_line(tmp_path, encoder, tiny_model_dir):
     settings = settings_for("edge", tmp_path, tiny_model_dir)
     _one_line_error(CliRunner().invoke(cli, ["search", "cat", *args_for(settings)]), "does not exist")
