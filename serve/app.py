@@ -17,7 +17,7 @@ import time
 import uuid
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, Sequence
 
 from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -93,6 +93,8 @@ class Hits(BaseModel):
     k: int
     offset: int
     took_ms: float
+    dropped: list[str] = Field([], description="Liked or disliked ids left out: no longer in the index (deleted, "
+                                             "or renamed or moved: an id is its path's).")
 
 
 # The photo filters, as `clipsearch search` takes them (search/filters.py parses both).
@@ -170,13 +172,13 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
 
 
-def hits_of(found, k: int, offset: int, started: float) -> JSONResponse:
+def hits_of(found, k: int, offset: int, started: float, dropped: Sequence[str] = ()) -> JSONResponse:
     """The hits as sent: a finished response, which FastAPI passes on without
     validating it again against `Hits` (the schema it documents)."""
     return JSONResponse({"hits": [{**hit.to_dict(), **path_fields(hit.path), "score": round(hit.score, 6),
                       "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
                       "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
-            "k": k, "offset": offset, "took_ms": elapsed_ms(started)})
+            "k": k, "offset": offset, "took_ms": elapsed_ms(started), "dropped": list(dropped)})
 
 
 # The largest body of a request that is not an image upload: JSON of a search with its
@@ -415,7 +417,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         started = time.perf_counter()
         found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
                                            min_score=min_score, where=photo_filter(after, before, camera, near)))
-        return hits_of(found, k, offset, started)
+        return hits_of(found.hits, k, offset, started)
 
     @app.post("/api/search", response_model=Hits, responses=ERRORS)
     def search_post(body: Annotated[SearchBody, Body()]) -> JSONResponse:
@@ -426,7 +428,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
             liked=[str(i) for i in body.liked], disliked=[str(i) for i in body.disliked],
             k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score,
             where=photo_filter(body.after, body.before, body.camera, body.near)))
-        return hits_of(found, body.k, body.offset, started)
+        return hits_of(found.hits, body.k, body.offset, started, found.dropped)
 
     @app.post("/api/search/image", response_model=Hits, responses=ERRORS)
     def search_upload(file: Annotated[UploadFile, File(description="The query image.")],

@@ -147,6 +147,14 @@ class Query:
     exclude_ids: Sequence[str] = field(default_factory=tuple)
 
 
+@dataclass
+class Results:
+    """A search's hits, and the liked or disliked ids it left out: no longer in the index."""
+
+    hits: list[SearchHit]
+    dropped: list[str] = field(default_factory=list)
+
+
 class SearchService:
     def __init__(self, settings: Settings, index: Index, encoder, watching: bool = False):
         self.settings = settings
@@ -178,16 +186,28 @@ class SearchService:
         return self._searcher
 
     # -- vectors ----------------------------------------------------------------
+    def _vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors, normalized, of those of `ids` still in the index, by id."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        return {r.id: l2_normalize(r.vector)[0] for r in self.index.retrieve(ids, with_vectors=True)
+                if r.vector is not None}
+
     def stored_vectors(self, ids: Sequence[str]) -> list[np.ndarray]:
         """The stored vectors of indexed images, in the order given; an unknown id is a NotFound."""
         ids = list(dict.fromkeys(ids))
-        if not ids:
-            return []
-        records = {r.id: r for r in self.index.retrieve(ids, with_vectors=True)}
-        missing = [i for i in ids if i not in records or records[i].vector is None]
+        found = self._vectors(ids)
+        missing = [i for i in ids if i not in found]
         if missing:
-            raise NotFound(f"no image with id {missing[0]} in collection {self.settings.collection!r}")
-        return [l2_normalize(records[i].vector)[0] for i in ids]
+            raise NotFound(self._gone(missing))
+        return [found[i] for i in ids]
+
+    def _gone(self, ids: Sequence[str]) -> str:
+        more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
+        # Ids are of paths: a file renamed or moved since the client was shown it has another id now.
+        return (f"no image with id {ids[0]}{more} in collection {self.settings.collection!r} any more: "
+                "deleted, moved or renamed since it was shown")
 
     def query_vector(self, q: Query) -> np.ndarray | None:
         """The weighted sum of the text terms and example images, normalized; None when
@@ -212,19 +232,28 @@ class SearchService:
         return l2_normalize(total)[0]
 
     # -- searches ---------------------------------------------------------------
-    def search(self, q: Query) -> list[SearchHit]:
+    def search(self, q: Query) -> Results:
+        """The hits of `q`. Liked and disliked images no longer in the index (deleted, or
+        renamed or moved: a point's id is its path's) are left out and named in
+        `dropped`: a page's likes outlive the photos they point at. An example image
+        (`image_ids`) is the query itself: one gone is a NotFound."""
         check_window(q.k, q.offset, q.min_score)
         searcher = self.searcher()
         vector = self.query_vector(q)
+        stored = self._vectors([*q.liked, *q.disliked])
+        dropped = [i for i in dict.fromkeys([*q.liked, *q.disliked]) if i not in stored]
+        liked = [stored[i] for i in dict.fromkeys(q.liked) if i in stored]
+        disliked = [stored[i] for i in dict.fromkeys(q.disliked) if i in stored]
+        if vector is None and q.liked and not liked:  # the likes were the whole query
+            raise NotFound(f"nothing left to search for: {self._gone([i for i in dropped if i in q.liked])}")
         exclude = list(dict.fromkeys([*q.exclude_ids, *q.image_ids, *q.disliked]))
         wanted = q.offset + q.k
-        if q.liked or q.disliked:
-            positives = ([vector] if vector is not None else []) + self.stored_vectors(q.liked)
+        if liked or disliked:
+            positives = ([vector] if vector is not None else []) + liked
             if not positives:
                 raise ClipsearchError("a refinement needs a query or at least one liked image")
-            negatives = self.stored_vectors(q.disliked)
             under = canonical_folder(q.under)
-            found = settled(lambda n: self.index.recommend(positives, negatives, n, under=under,
+            found = settled(lambda n: self.index.recommend(positives, disliked, n, under=under,
                                                            exclude_ids=exclude, where=q.where or None), wanted)
             if q.min_score is not None:
                 found = [h for h in found if h.score >= q.min_score]
@@ -234,13 +263,13 @@ class SearchService:
                 raise ClipsearchError("nothing to search for: give a query, an image or an add term")
             hits = searcher.by_vector(vector, wanted, canonical_folder(q.under), q.min_score, exclude_ids=exclude,
                                       where=q.where)
-        return hits[q.offset:]
+        return Results(hits[q.offset:], dropped)
 
     def similar(self, point: str, k: int = 20, offset: int = 0, under: str | None = None,
                 min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
         """More like this: the image's stored vector, the image itself left out."""
         return self.search(Query(image_ids=[point], k=k, offset=offset, under=under, min_score=min_score,
-                                 where=where))
+                                 where=where)).hits
 
     def by_image(self, image, k: int = 20, offset: int = 0, under: str | None = None,
                  min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:

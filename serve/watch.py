@@ -14,12 +14,14 @@ is skipped the second time as unchanged (size and mtime).
 
 Events are reduced to a set of paths, and a path is judged when its batch is
 processed, not when the event came: a file that exists is ingested (run_files), a
-folder that exists is walked and its files ingested (a folder moved or copied in), a
-path that is gone has its points removed (remove: a file's point, or every point
-under a folder). A move is its source gone and its destination new. A batch starts
-once no event has come for `debounce` seconds, or `max_batch` paths are queued, or
-the oldest queued path has waited `max_wait` seconds (a steady stream of events is
-still processed); each batch is at most `max_batch` paths, each one run_files call.
+folder that exists is walked as the first scan walks (run: a folder moved or copied
+in; with prune, the points under it whose files are gone go, as a folder replaced by
+another sends no event for the old one's files), a path that is gone has its points
+removed (remove: a file's point, or every point under a folder). A move is its
+source gone and its destination new. A batch starts once no event has come for
+`debounce` seconds, or `max_batch` paths are queued, or the oldest queued path has
+waited `max_wait` seconds (a steady stream of events is still processed); each batch
+is at most `max_batch` paths.
 A file still being written is ingested as it is, and again when its later events
 come (a decode error meanwhile is only a skip in the report).
 
@@ -53,7 +55,7 @@ from typing import Callable, Sequence
 from watchdog.events import FileSystemEventHandler
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.ingest import Ingestor, image_extensions, walk_images, walked_path
+from clipsearch.ingest import Ingestor, IngestSummary, image_extensions, walked_path
 
 # The longest a path waits while events keep coming (seconds).
 MAX_WAIT = 5.0
@@ -64,6 +66,9 @@ LONGEST_WAIT = 86400.0
 # (IN_MOVE_SELF, IN_UNMOUNT), so a change of the folder's identity starts a walk, which
 # watches it anew.
 ROOT_POLL = 5.0
+# What state() counts for a walk of the folders, and for the changes heard since.
+WALK_COUNTS = ("found", "embedded", "moved", "copied", "unchanged", "skipped", "removed")
+SINCE_COUNTS = ("embedded", "moved", "copied", "skipped", "removed")
 
 
 def _say(text: str) -> None:
@@ -114,6 +119,12 @@ class FolderWatcher:
         self._root_ids: dict[str, tuple[int, int] | None] = {}  # (st_dev, st_ino) of each root the observer watches
         self._poller: threading.Thread | None = None
         self._next_rescan: float | None = None  # monotonic time of the next timed walk
+        # The ingestor's totals when the walk in progress began (None between walks) and
+        # when the last one ended: state()'s counts are differences of these.
+        self._walk_base: IngestSummary | None = None
+        self._walk_started = 0.0
+        self._last_walk: dict = {**dict.fromkeys(WALK_COUNTS, 0), "seconds": 0.0}
+        self._since_base = IngestSummary()
 
     # -- the caller's side ------------------------------------------------------
     def start(self) -> "FolderWatcher":
@@ -232,13 +243,25 @@ class FolderWatcher:
             return True
 
     def state(self) -> dict:
-        """What GET /api/ingest shows: the phase, counts over every run and batch
-        since start, `pending` (paths queued or in work), the rate and ETA of the run
+        """What GET /api/ingest shows: the phase; `walk`, the counts of the walk of the
+        folders in progress (so far) or else of the last one, with its `seconds` and
+        whether it is `running`; `since_walk`, what the changes heard since that walk
+        ended did (zero while one runs); the top-level counts, the two together
+        (`found` and `unchanged`: the walk's, so `found` is the library's size as that
+        walk saw it); `pending` (paths queued or in work), the rate and ETA of the run
         in progress (0.0 and None between runs), the last few skipped files."""
         ingestor = self.ingestor
         with self._cond:
             pending = len(self._queue) + len(self._in_work)
             busy, scanned, run_started = self._busy, self._scanned, self._run_started
+            total = ingestor.totals() if ingestor is not None else IngestSummary()
+            if self._walk_base is not None:
+                walk = {**_counts(total, self._walk_base, WALK_COUNTS),
+                        "seconds": round(time.monotonic() - self._walk_started, 1), "running": True}
+                since = dict.fromkeys(SINCE_COUNTS, 0)
+            else:
+                walk = {**self._last_walk, "running": False}
+                since = _counts(total, self._since_base, SINCE_COUNTS)
         if self.optimizing:
             phase = "optimizing"
         elif (busy or not scanned) and (ingestor is None or not ingestor.walk_done):
@@ -247,7 +270,6 @@ class FolderWatcher:
             phase = "embedding"
         else:
             phase = "watching"
-        totals = ingestor.totals() if ingestor is not None else None
         rate, eta = 0.0, None
         if busy and ingestor is not None and run_started is not None:
             current = ingestor.summary
@@ -261,13 +283,15 @@ class FolderWatcher:
         return {
             "watching": self._thread is not None and self._thread.is_alive() and not self._stopping,
             "state": phase,
-            "found": totals.found if totals else 0,
-            "embedded": totals.embedded if totals else 0,
-            "moved": totals.moved if totals else 0,  # found again under a new path: nothing embedded
-            "copied": totals.copied if totals else 0,
-            "unchanged": totals.unchanged if totals else 0,
-            "skipped": totals.skipped if totals else 0,
-            "removed": totals.removed if totals else 0,
+            "found": walk["found"],
+            "embedded": walk["embedded"] + since["embedded"],
+            "moved": walk["moved"] + since["moved"],  # found again under a new path: nothing embedded
+            "copied": walk["copied"] + since["copied"],
+            "unchanged": walk["unchanged"],
+            "skipped": walk["skipped"] + since["skipped"],
+            "removed": walk["removed"] + since["removed"],
+            "walk": walk,
+            "since_walk": since,
             "pending": pending,
             "rate": round(rate, 2),
             "eta_seconds": None if eta is None else round(eta, 1),
@@ -336,10 +360,13 @@ class FolderWatcher:
                          "it is walked again when it is back")
 
             if not self._stopping and roots:
+                with self._cond:
+                    self._walk_base, self._walk_started = ingestor.totals(), time.monotonic()
                 try:
                     summary = ingestor.run(roots, allow_empty=True)
                 finally:  # --allow-missing is for the first scan: a later walk over a share gone empty keeps it
                     ingestor.options = dataclasses.replace(ingestor.options, allow_missing=False)
+                    self._walk_ended(ingestor)
                 if not rescan or summary.embedded or summary.moved or summary.copied or summary.removed:
                     _say(summary.line())  # an hourly walk that found nothing new says nothing
                 if summary.not_pruned:
@@ -356,6 +383,15 @@ class FolderWatcher:
                 self._cond.notify_all()
         if self.ingestor is not None and not rescan:
             self._idle()
+
+    def _walk_ended(self, ingestor: Ingestor) -> None:
+        """The walk's counts kept for state(); the changes heard are counted from here."""
+        with self._cond:
+            total = ingestor.totals()
+            if self._walk_base is not None:
+                self._last_walk = {**_counts(total, self._walk_base, WALK_COUNTS),
+                                   "seconds": round(time.monotonic() - self._walk_started, 1)}
+            self._walk_base, self._since_base = None, total
 
     def _rescan(self, reason: str) -> None:
         """Watch anew (a share mounted again, folders the limit left out), then walk."""
@@ -417,31 +453,38 @@ class FolderWatcher:
         try:
             if ingestor is None:  # the first scan could not even build it
                 raise RuntimeError("no ingestor (its construction failed at start)")
+            # A folder that exists (moved or copied in, or one replaced by another within
+            # the debounce: no event names the old one's files) is walked as the folders
+            # are, with the ingestor's prune (serve's): the points of its files gone go, by
+            # ingest/prune.py's rules (not where most are gone: a drive not mounted).
+            folders = [path for path in batch if os.path.isdir(path)]
+            folders = [f for f in folders if not any(f.startswith(other + os.sep) for other in folders)]
             files: list[str] = []
             gone: list[str] = []
             for path in batch:
-                if os.path.isdir(path):  # a folder moved or copied in: its files
-                    files.extend(e.path for e in walk_images([path], ingestor.options.exclude))
-                elif os.path.lexists(path):
-                    files.append(path)
-                else:
+                if not os.path.lexists(path):
                     gone.append(path)
-            # A folder moved in comes with an event for each of its files too: each once.
-            files = list(dict.fromkeys(files))
+                elif not any(path == f or path.startswith(f + os.sep) for f in folders):
+                    files.append(path)  # a folder moved in comes with an event for each of its files too
             # New files first: a renamed file or folder is then recognised by its content and
             # its points moved (ingest/relink.py), before the old paths' removal would drop them.
-            embedded = skipped = reused = 0
-            for i in range(0, len(files), self.max_batch):  # a folder may bring many
+            before = ingestor.totals()
+            if files:
+                ingestor.run_files(files)
+            for folder in folders:
                 if self._stopping:
                     break
-                summary = ingestor.run_files(files[i:i + self.max_batch])
-                embedded += summary.embedded
-                skipped += summary.skipped
-                reused += summary.moved + summary.copied
-            removed = ingestor.remove(gone) if gone else 0
+                if os.path.isdir(folder):  # else gone since: its own event comes
+                    summary = ingestor.run([folder], allow_empty=True)
+                    if summary.not_pruned:
+                        _say(f"watch: {summary.not_pruned} (serve --allow-missing)")
+            if gone:
+                ingestor.remove(gone)
+            done = _counts(ingestor.totals(), before, SINCE_COUNTS)
             self.batches += 1
-            if not ingestor.options.quiet and (embedded or skipped or removed or reused):
-                _say(f"watch: ingested {embedded}, moved or copied {reused}, skipped {skipped}, removed {removed}")
+            if not ingestor.options.quiet and any(done.values()):
+                _say(f"watch: ingested {done['embedded']}, moved or copied {done['moved'] + done['copied']}, "
+                     f"skipped {done['skipped']}, removed {done['removed']}")
         except Exception as exc:
             self._failed(f"a batch of {len(batch)} changed path{'s' * (len(batch) != 1)}", exc)
         finally:
@@ -536,3 +579,8 @@ def _identity(folder: str) -> tuple[int, int] | None:
 def _unescape(field: bytes) -> bytes:
     """mountinfo writes a space, tab, newline and backslash in a path as \\ooo (octal)."""
     return re.sub(rb"\\([0-7]{3})", lambda octal: bytes([int(octal.group(1), 8)]), field)
+
+
+def _counts(total: IngestSummary, base: IngestSummary, names: Sequence[str]) -> dict[str, int]:
+    """The ingestor's counts since `base`, its totals then."""
+    return {name: getattr(total, name) - getattr(base, name) for name in names}

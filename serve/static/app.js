@@ -14,7 +14,12 @@ let current = [];  // the hits on screen
 let shown = null;  // the hit in the viewer
 let generation = 0;  // answers to superseded requests are dropped
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
 
 async function api(path, body) {
   const init = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
@@ -25,7 +30,7 @@ async function api(path, body) {
   }
   let data = null;
   try { data = await response.json(); } catch { /* not JSON */ }
-  if (!response.ok) throw new ApiError((data && data.error) || `${response.status} ${response.statusText}`);
+  if (!response.ok) throw new ApiError((data && data.error) || `${response.status} ${response.statusText}`, response.status);
   return data;
 }
 
@@ -77,14 +82,29 @@ async function run() {
     const data = await api(...request());
     if (mine !== generation) return;
     showError("");
+    forgetGone(data.dropped || []);
     render(data);
   } catch (error) {
     if (mine !== generation || error.message === "logged out") return;
-    showError(error.message);
+    // More like this: the one image is the query, so a 404 is that image gone.
+    const gone = state.similarId && error.status === 404;
+    showError(gone ? "The image you asked for more like is no longer in the index (deleted, moved or renamed since it was shown): search again." : error.message);
     render(null);
   } finally {
     if (mine === generation) $("results").removeAttribute("aria-busy");
   }
+}
+
+// Liked or disliked images the server left out, no longer in the index: out of the
+// refinement too, said in a note rather than as ids.
+function forgetGone(dropped) {
+  const count = (marks) => dropped.filter((id) => marks.delete(id)).length;
+  const liked = count(state.liked);
+  const disliked = count(state.disliked);
+  const images = (n, what) => `${n} ${what} image${n === 1 ? "" : "s"}`;
+  const which = [liked && images(liked, "liked"), disliked && images(disliked, "disliked")].filter(Boolean).join(" and ");
+  $("note").textContent = which ? `Left out ${which}: no longer in the index (deleted, moved or renamed since shown).` : "";
+  $("note").hidden = !which;
 }
 
 function render(data) {
@@ -93,8 +113,10 @@ function render(data) {
   const list = $("results");
   list.replaceChildren(...hits.map(tile));
   const what = state.similarId ? `images like ${state.similarPath ? visible(fileName(state.similarPath)) : "the chosen image"}` : `“${state.query}”`;
-  if (!data) $("summary").textContent = "";
-  else if (!hits.length) $("summary").textContent = state.offset ? `No more results for ${what}.` : `No results for ${what}.`;
+  if (!data) {
+    $("summary").textContent = "";
+    $("note").hidden = true;
+  } else if (!hits.length) $("summary").textContent = state.offset ? `No more results for ${what}.` : `No results for ${what}.`;
   else $("summary").textContent = `Results ${hits[0].rank}–${hits[hits.length - 1].rank} for ${what} (${Math.round(data.took_ms)} ms)`;
   const refined = state.liked.size + state.disliked.size;
   $("refine").hidden = !refined;
@@ -208,6 +230,16 @@ function duration(seconds) {
   return (hms[0] ? `${hms[0]}:` : "") + hms.slice(1).map((n) => String(n).padStart(2, "0")).join(":");
 }
 
+// What the counts cover: the walk of the folders in progress, or the last one and the
+// changes heard since (found and unchanged are the walk's alone).
+function scope(progress) {
+  const walk = progress.walk;
+  if (!walk || !(walk.running || progress.state === "watching")) return "";
+  if (walk.running) return ` · walking the folders for ${duration(walk.seconds)}`;
+  const since = Object.entries(progress.since_walk || {}).filter(([, count]) => count).map(([key, count]) => `${key} ${count}`);
+  return ` · the last walk took ${duration(walk.seconds)}${since.length ? `; since: ${since.join(", ")}` : ""}`;
+}
+
 let lastEmbedded = -1;
 async function pollIngest() {
   let progress;
@@ -224,7 +256,7 @@ async function pollIngest() {
   // is indeterminate and there is no ETA, rather than a bar near full at a third done.
   const walking = progress.state === "scanning";
   $("ingest-counts").textContent = `· found ${n("found")}${walking ? " so far" : ""}, embedded ${n("embedded")}${reused}, unchanged ${n("unchanged")}, ` +
-    `skipped ${n("skipped")}, removed ${n("removed")}, pending ${n("pending")} · ${(progress.rate || 0).toFixed(1)} img/s${eta}`;
+    `skipped ${n("skipped")}, removed ${n("removed")}, pending ${n("pending")} · ${(progress.rate || 0).toFixed(1)} img/s${eta}${scope(progress)}`;
   const done = n("embedded") + n("moved") + n("copied") + n("unchanged") + n("skipped");
   $("ingest-progress").max = Math.max(1, n("found"));
   if (walking) $("ingest-progress").removeAttribute("value");

@@ -260,3 +260,67 @@ def test_token_login_and_logout(collection, browser):
         assert only_local(seen["requests"]) == []
         assert seen["page_errors"] == []
         context.close()
+
+
+# A photo liked on the page leaves the index (the watcher removes the point of a deleted
+# file): the next refinement goes on without it, drops it from the likes and says so in
+# words, not as an id. The progress line gives the last walk's counts and the changes since.
+WATCHED = 12
+
+
+def test_a_liked_photo_deleted_meanwhile_is_dropped_with_a_note_and_counted(tmp_path, browser):
+    from playwright.sync_api import expect
+
+    model = build_random_clip(tmp_path / "tiny-clip", size="tiny", seed=0)
+    photos = tmp_path / "photos"
+    draw_collection(photos, WATCHED)
+    env = {"CLIPSEARCH_CACHE_DIR": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "xdg-data")}
+    args = ["--index", str(tmp_path / "index"), "--model", str(model), "--watch", str(photos), "--quiet"]
+    with ServeProcess(args, tmp_path / "serve.log", env=env) as server:
+        server.wait_idle()
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{server.url}/")
+        counts = page.locator("#ingest-counts")
+        expect(counts).to_contain_text(f"found {WATCHED}, embedded {WATCHED}, unchanged 0, skipped 0, removed 0")
+        expect(counts).to_contain_text("the last walk took")
+        page.fill("#query", "a red circle")
+        with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
+            page.press("#query", "Enter")
+        hits = answer.value.json()["hits"]
+        liked, later = hits[0], hits[2]
+        with page.expect_response(lambda r: r.url.endswith("/api/search")):
+            page.locator(f'.hit[data-id="{liked["id"]}"] button.like').click()
+        expect(page.locator("#refine")).to_contain_text("1 liked")
+
+        # The liked photo is deleted; the watcher takes its point out of the index.
+        Path(liked["path"]).unlink()
+        server.wait_until(lambda: server.get("/api/status")[1]["points"] == WATCHED - 1, 60, "the point removed")
+        expect(counts).to_contain_text(f"found {WATCHED}, embedded {WATCHED}, unchanged 0, skipped 0, removed 1")
+        expect(counts).to_contain_text("; since: removed 1")
+
+        with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
+            page.locator(f'.hit[data-id="{later["id"]}"] button.like').click()
+        sent = answer.value.request.post_data_json
+        assert sent["liked"] == [liked["id"], later["id"]]
+        assert answer.value.status == 200 and answer.value.json()["dropped"] == [liked["id"]]
+        expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator(".hit")).not_to_have_count(0)
+        expect(page.locator("#note")).to_be_visible()
+        expect(page.locator("#note")).to_have_text(
+            "Left out 1 liked image: no longer in the index (deleted, moved or renamed since shown).")
+        expect(page.locator("#refine")).to_contain_text("Refined by 1 liked and 0 disliked")
+        # Gone from the page's likes: the next refinement no longer sends it.
+        with page.expect_request(lambda r: r.url.endswith("/api/search") and r.method == "POST") as request:
+            page.locator(f'.hit:not([data-id="{later["id"]}"]) button.dislike').first.click()
+        assert request.value.post_data_json["liked"] == [later["id"]]
+        expect(page.locator("#note")).to_be_hidden()
+
+        # More like this of a photo deleted since: a sentence, not an id.
+        page.goto(f"{server.url}/?like={liked['id']}")
+        expect(page.locator("#error")).to_contain_text("no longer in the index")
+        assert liked["id"] not in page.locator("#error").inner_text()
+        assert errors == []
+        page.close()

@@ -439,3 +439,94 @@ def test_a_share_unmounted_and_mounted_again_on_the_watched_folder_is_followed(t
     settle(watcher, lambda: watcher.state()["rescans"] >= 2)
     again = draw_image(share / "again.png", "blue", "circle")
     settle(watcher, lambda: real(again) in paths_in(index))
+
+
+# -- as serve watches (prune on): a folder replaced within the debounce loses its old
+# files' points in that batch, by ingest's prune rules (not a folder that only looks
+# emptied, as a drive not mounted does); the progress counts describe the last walk of
+# the folders and the changes since, not every walk since serve started added up.
+
+
+def test_a_folder_replaced_within_the_debounce_leaves_no_ghosts(tmp_path, photos, index, watch):
+    old = [draw_image(photos / "2023" / f"old{i}.png", colour, "square", mark=i + 1)
+           for i, colour in enumerate(["purple", "orange", "white"])]
+    watcher = watch(prune=True, debounce=0.5)
+    assert {real(p) for p in old} <= paths_in(index) and index.count() == 7
+    new = [draw_image(tmp_path / "new" / f"new{i}.png", colour, "triangle", mark=i + 1)
+           for i, colour in enumerate(["black", "red", "blue"])]
+    # mv photos/2023 /elsewhere/old && mv /elsewhere/new photos/2023: one batch, the folder exists
+    (tmp_path / "elsewhere").mkdir()
+    os.rename(photos / "2023", tmp_path / "elsewhere" / "old")
+    os.rename(tmp_path / "new", photos / "2023")
+    now = {real(photos / "2023" / p.name) for p in new}
+    settle(watcher, lambda: now <= paths_in(index))
+    assert not {real(p) for p in old} & paths_in(index), "the replaced folder's files are gone: their points too"
+    assert index.count() == 7
+    assert watcher.state()["removed"] == 3
+
+
+def test_a_folder_mostly_emptied_keeps_its_points(photos, index, watch, capfd):
+    """Most of a folder's images gone at once is what a drive not mounted looks like:
+    prune's rule leaves them, and says so, until --allow-missing."""
+    album = draw_collection(photos / "album", 12)
+    watcher = watch(prune=True, debounce=0.5)
+    assert index.count() == 16
+    shutil.move(str(photos / "album"), str(photos.parent / "away"))
+    (photos / "album").mkdir()
+    kept = draw_image(photos / "album" / "kept.png", "black", "triangle")
+    settle(watcher, lambda: {real(kept)} <= paths_in(index))
+    assert {real(p) for p in album} <= paths_in(index) and index.count() == 17
+    assert "not pruned: 12 of the 13 images under" in capfd.readouterr().err
+
+
+def test_a_drive_unmounted_under_a_watched_folder_keeps_its_points(photos, index, watch):
+    """An empty mount point on another file system than its photos were on: never pruned,
+    however few they are."""
+    (photos / "card").mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(photos / "card")],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        card = [draw_image(photos / "card" / f"c{i}.png", colour) for i, colour in enumerate(["green", "blue"])]
+        watcher = watch(prune=True, debounce=0.5)
+        assert {real(p) for p in card} <= paths_in(index)
+    finally:
+        subprocess.run(["umount", str(photos / "card")], check=True)
+    watcher.note(str(photos / "card"), is_directory=True)  # as an event naming the mount point would
+    settle(watcher, lambda: watcher.batches >= 1)
+    assert {real(p) for p in card} <= paths_in(index) and index.count() == 6
+
+
+def test_the_counts_are_the_last_walk_and_the_changes_since(photos, index, watch):
+    watcher = watch(prune=True, debounce=0.5)
+    state = watcher.state()
+    assert (state["found"], state["embedded"], state["unchanged"], state["skipped"]) == (4, 4, 0, 0)
+
+    broken = photos / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg at all")
+    settle(watcher, lambda: watcher.state()["errors"])
+    assert (watcher.state()["found"], watcher.state()["skipped"]) == (4, 1)
+
+    for walks in (1, 2, 3):
+        watcher.request_rescan("asked by the test")
+        settle(watcher, lambda walks=walks: watcher.state()["rescans"] == walks)
+        state = watcher.state()
+        # Each walk finds the library once: 5 files, 4 unchanged, the broken one skipped.
+        assert (state["found"], state["unchanged"], state["embedded"], state["skipped"]) == (5, 4, 0, 1), state
+    assert state["walk"] == {"found": 5, "embedded": 0, "moved": 0, "copied": 0, "unchanged": 4, "skipped": 1,
+                             "removed": 0, "seconds": state["walk"]["seconds"], "running": False}
+    assert state["since_walk"] == {"embedded": 0, "moved": 0, "copied": 0, "skipped": 0, "removed": 0}
+
+    # Changes heard after the walk: in since_walk, and in the top-level counts.
+    draw_image(photos / "later.png", "yellow")
+    draw_image(photos / "fixed.png").replace(broken)
+    settle(watcher, lambda: watcher.state()["embedded"] == 2)
+    state = watcher.state()
+    assert state["since_walk"]["embedded"] == 2 and state["walk"]["embedded"] == 0 and state["found"] == 5
+    # The next walk starts the counts over: the broken file fixed, skipped goes down.
+    watcher.request_rescan("asked by the test")
+    settle(watcher, lambda: watcher.state()["rescans"] == 4)
+    state = watcher.state()
+    assert (state["found"], state["unchanged"], state["embedded"], state["skipped"]) == (6, 6, 0, 0), state
+    assert state["since_walk"]["embedded"] == 0
