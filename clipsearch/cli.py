@@ -150,14 +150,21 @@ def main() -> None:
     """The console script. `console_script` lets a command skip the interpreter's
     teardown once its answer is out (search does); a caller that invokes `cli`
     itself (tests, scripts) keeps its process."""
+    status = 1
     try:
         cli.main(prog_name="clipsearch", obj={"console_script": True})
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        raise
     finally:
-        # The command is done (its answer out, or its stop said): a terminal closing while
-        # the interpreter tears down (a pool's join, exit handlers) must not turn a
-        # finished run's exit status into a death by SIGHUP.
+        # The command is done (its answer out, or its stop said): a terminal closing, or a
+        # service manager's SIGTERM, while the interpreter tears down (a pool's join, exit
+        # handlers) must not turn a finished run's exit status into a death by signal.
+        # A SIGTERM ends the teardown at once, with the command's own status.
         if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(status))
 
 
 if __name__ == "__main__":  # python -m clipsearch.cli

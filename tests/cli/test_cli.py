@@ -618,3 +618,20 @@ def test_the_console_script_ignores_a_hangup_once_its_command_is_done(monkeypatc
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("args, status", [(["status", "--json"], 0), (["status", "--collection", "../x"], 1)])
+def test_a_sigterm_while_a_finished_command_tears_down_keeps_its_status(tmp_path, args, status):
+    """A service manager's SIGTERM that came after the run was done but before the
+    interpreter had exited turned a success into exit 143: it now ends the teardown at
+    once, with the command's own status. Sent here from an exit handler, the last step
+    of a real console-script process."""
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))\n"
+        f"sys.argv = ['clipsearch', *{args!r}, '--index', {str(tmp_path / 'index')!r}]\n"
+        "from clipsearch.cli import main\n"
+        "main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CLIPSEARCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == status, (done.returncode, done.stderr)
