@@ -166,9 +166,12 @@ def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str |
     path, target, max_megapixels = args
     try:
         decoded = load_image(path, target, max_megapixels)
-        decoded.fingerprint = fingerprint(path)  # just read: from the page cache
-        if not covers_whole(os.path.getsize(path)):
-            decoded.content_hash = content_hash(path)
+        try:
+            decoded.fingerprint = fingerprint(path)  # just read: from the page cache
+            if not covers_whole(os.path.getsize(path)):
+                decoded.content_hash = content_hash(path)
+        except FileNotFoundError:  # deleted (or its share unmounted) since it was decoded
+            raise SkipImage("file vanished before it could be read", lasting=False) from None
         return path, decoded, None, False
     except SkipImage as exc:
         return path, None, str(exc), exc.lasting

@@ -78,8 +78,10 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
         click.echo(json.dumps(summary.__dict__))
     else:
         click.echo(summary.line())
-    if summary.not_pruned:  # after the summary: the run's work is kept, and a nightly job fails visibly
-        raise ClipsearchError(summary.not_pruned)
+    # After the summary: the run's work is kept, and a nightly job fails visibly.
+    problems = [line for line in (summary.unreached, summary.not_pruned) if line]
+    if problems:
+        raise ClipsearchError("; ".join(problems))
 
 
 @click.command()

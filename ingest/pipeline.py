@@ -37,7 +37,7 @@ from clipsearch.images import (
 )
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.names import path_of
+from clipsearch.names import path_of, shown
 from clipsearch.pools import spawn_pool
 from clipsearch.progress import Progress, format_duration
 
@@ -46,7 +46,7 @@ from .known_bad import KnownBadFiles, decoder_fingerprint
 from .prune import plan as prune_plan
 from .relink import Relinker, place_payload, recorded_dev
 from .report import SkipReport, check_report_path
-from .walk import FileEntry, image_extensions, image_file, walk_images
+from .walk import UNREADABLE_FOLDER, FileEntry, image_extensions, image_file, walk_images
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
@@ -91,6 +91,9 @@ class IngestSummary:
     # Of the skipped: files an earlier run found bad, unchanged since, so not read again
     # (ingest/known_bad.py).
     known_bad: int = 0
+    # Of the skipped: folders the walk could not list (no permission, an I/O error), so
+    # whatever is in them was not found (found counts files only).
+    unreadable_folders: int = 0
     # Files embedded although Pillow warned about them (corrupt EXIF and the like): the
     # warnings are in the report, not on stderr.
     warned: int = 0
@@ -106,6 +109,9 @@ class IngestSummary:
     removed: int = 0
     # What --prune left alone and why (ingest/prune.py): the CLI prints it and exits 1.
     not_pruned: str | None = None
+    # The roots gone or unreadable at the end of the run (a share unmounted during it),
+    # under which it did not reach everything: the CLI prints it and exits 1.
+    unreached: str | None = None
     seconds: float = 0.0
     hnsw_built: bool = False
     # Seconds from the start of the run until the first batch was encoded: loading the
@@ -114,7 +120,11 @@ class IngestSummary:
     first_batch_seconds: float | None = None
 
     def line(self) -> str:
-        known = f" ({self.known_bad} as before, not read again)" if self.known_bad else ""
+        notes = [f"{self.known_bad} as before, not read again"] if self.known_bad else []
+        if self.unreadable_folders:
+            notes.append(f"{self.unreadable_folders} folder{'s' * (self.unreadable_folders != 1)} that could not "
+                         "be read")
+        known = f" ({'; '.join(notes)})" if notes else ""
         warned = f" ({self.warned} with decoder warnings)" if self.warned else ""
         reused = "".join(f", {name} {getattr(self, name)}" for name in ("moved", "copied", "upgraded")
                          if getattr(self, name))
@@ -146,6 +156,46 @@ def resolve_roots(roots: Sequence[str]) -> list[str]:
         if not os.path.isdir(root):
             raise ClipsearchError(f"{root} is not a folder")
     return resolved
+
+
+def folder_identities(folders: Sequence[str]) -> dict[str, tuple[int, int] | None]:
+    """Each folder's (device, inode), None where it cannot be stat'ed: as a run begins,
+    for lost_roots at its end."""
+    identities: dict[str, tuple[int, int] | None] = {}
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+            identities[folder] = (st.st_dev, st.st_ino)
+        except OSError:
+            identities[folder] = None
+    return identities
+
+
+def lost_roots(begun: dict[str, tuple[int, int] | None]) -> list[str]:
+    """The roots that are gone now, cannot be listed, or are another folder than when
+    the run began (`begun`: folder_identities then): a share unmounted during the run
+    leaves its mount point, there and listable, but empty. The walk skips what it could
+    not reach one name at a time; this says the run as a whole fell short."""
+    lost = []
+    for root, identity in begun.items():
+        try:
+            st = os.stat(root)
+            with os.scandir(root) as listing:
+                next(listing, None)  # a share that failed answers the listing with an I/O error
+        except OSError:
+            lost.append(root)
+            continue
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            lost.append(root)
+    return lost
+
+
+def unreached_line(lost: Sequence[str]) -> str:
+    """What the CLI says, after the summary, of the roots lost_roots found."""
+    one = len(lost) == 1
+    return (f"{', '.join(shown(root) for root in lost)} {'is' if one else 'are'} gone or cannot be read now (a "
+            f"drive or share unmounted during the run?): the run did not reach everything under "
+            f"{'it' if one else 'them'}; what it did is kept: run it again once {'it is' if one else 'they are'} back")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -259,9 +309,15 @@ class Ingestor:
         self.summary.skipped += 1
         self.report.add(path, reason)
 
+    def _walk_skip(self, path: str, reason: str) -> None:
+        """The walk's on_error: a skip, and a folder it could not list counted as such."""
+        if reason.startswith(UNREADABLE_FOLDER):
+            self.summary.unreadable_folders += 1
+        self._skip(path, reason)
+
     def _changed_files(self, roots: Sequence[str]) -> Iterator[FileEntry]:
         """Walk, and drop files whose point already has their size and mtime."""
-        return self._unchanged_filtered(walk_images(roots, self.options.exclude, on_error=self._skip))
+        return self._unchanged_filtered(walk_images(roots, self.options.exclude, on_error=self._walk_skip))
 
     def _unchanged_filtered(self, entries: Iterable[FileEntry]) -> Iterator[FileEntry]:
         """The files of `entries` (the walk's, or a list's) in this shard that need
@@ -569,7 +625,7 @@ class Ingestor:
         """Ingest every image file under `roots`; the run's summary. No image file at
         all is an error (a typo'd folder, most likely) unless `allow_empty`."""
         roots = resolve_roots(roots)
-        return self._run(walk_images(roots, self.options.exclude, on_error=self._skip), roots, allow_empty)
+        return self._run(walk_images(roots, self.options.exclude, on_error=self._walk_skip), roots, allow_empty)
 
     def run_entries(self, entries: Sequence[FileEntry]) -> IngestSummary:
         """Embed exactly these files (a reindex's: stored paths, stat'ed), as run() does
@@ -581,6 +637,8 @@ class Ingestor:
              counted: int | None = None) -> IngestSummary:
         self._ensure_collection()
         started = self._begin()
+        building: float | None = None  # when the HNSW build began
+        begun = folder_identities(roots)
         if counted is not None:  # the whole list is known: found and the ETA from the start
             self.summary.found = self.walked = counted
             self.walk_done = True
@@ -588,8 +646,12 @@ class Ingestor:
             try:
                 with self.index.bulk_load():
                     self._load(entries, filtered=counted is None)
+                lost = [] if self._stopped.is_set() else lost_roots(begun)
+                if lost:
+                    self.summary.unreached = unreached_line(lost)
                 if self.options.prune and not self._stopped.is_set():
-                    self._prune(roots)
+                    # under a root lost during the run every file looks deleted: left for the next run
+                    self._prune([root for root in roots if root not in lost])
                 self._show(force=True)
                 self.progress.finish()
                 for line in self.report.lines():
@@ -598,7 +660,7 @@ class Ingestor:
                 self.report.close()
                 self.known_bad.save(roots)  # what this run learnt, even if it was stopped
             if self.walked == 0 and not allow_empty and not self._stopped.is_set() and not (
-                    self.summary.removed or self.summary.not_pruned):
+                    self.summary.removed or self.summary.not_pruned or self.summary.unreached):
                 # a shard that happens to get no files is not an error
                 raise ClipsearchError(f"no image files found under {', '.join(roots)}")
             if self.index.backend == "edge" and self.options.optimize:
@@ -616,11 +678,25 @@ class Ingestor:
                         self.progress.message(f"built it in {format_duration(time.monotonic() - building)}")
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what this run kept, before the CLI's last line
             self.summary.seconds = time.monotonic() - started
-            self.progress.message(f"stopped: {self.summary.line()}; run it again to go on from here")
+            if building is not None and not self._graph_pending():
+                # a stop during the build is raised once it is done and recorded (EdgeIndex.optimize)
+                self.progress.message(f"stopped: {self.summary.line()}; the HNSW search index was built, "
+                                      "nothing is left to do")
+            else:
+                self.progress.message(f"stopped: {self.summary.line()}; run it again to go on from here")
             raise
         finally:
             self._end(started)
         return self.summary
+
+    def _graph_pending(self) -> bool:
+        """Whether the HNSW graph is still to build; True where the index cannot say."""
+        from clipsearch.index.edge import graph_pending
+
+        try:
+            return graph_pending(self.index)
+        except Exception:
+            return True
 
     def run_files(self, paths: Iterable[str], *, roots: Sequence[str] | None = None) -> IngestSummary:
         """Ingest exactly these files, by the walk's rules: a path the walk would pass
@@ -678,11 +754,12 @@ class Ingestor:
 
 
 def _add(total: IngestSummary, part: IngestSummary) -> None:
-    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "warned", "moved", "copied", "upgraded",
-                 "removed", "seconds"):
+    for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "unreadable_folders", "warned", "moved",
+                 "copied", "upgraded", "removed", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.hnsw_built = total.hnsw_built or part.hnsw_built
     total.not_pruned = part.not_pruned or total.not_pruned
+    total.unreached = part.unreached or total.unreached
     if total.first_batch_seconds is None:
         total.first_batch_seconds = part.first_batch_seconds
 

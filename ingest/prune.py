@@ -11,6 +11,7 @@ night of embedding to get them back.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from typing import Iterable
 
@@ -27,7 +28,13 @@ class FolderListings:
     """Whether a file is gone, by its folder's listing (read once a folder). The exact
     name must be listed: a rename that changes only the case of a name, on a file system
     that ignores case, leaves the old spelling's file gone though lstat would find it. A
-    folder that cannot be read now (no permission, an I/O error) gone-checks nothing."""
+    folder that cannot be read now (no permission, an I/O error) gone-checks nothing.
+
+    A listed name that is no file now (a photo replaced by a folder of its name, the
+    photo moved into it) is gone too: the walk indexes what is in that folder, never the
+    name itself, so its old point would answer searches for good. A link to a file is a
+    file; a name that cannot be looked at now (a link into a share not mounted, no
+    permission) is not gone."""
 
     def __init__(self) -> None:
         self._names: dict[str, frozenset[str] | None] = {}
@@ -42,7 +49,18 @@ class FolderListings:
             except OSError:
                 self._names[folder] = None  # cannot tell now: not gone
         names = self._names[folder]
-        return names is not None and name not in names
+        if names is None:
+            return False
+        return name not in names or not _a_file(path)
+
+
+def _a_file(path: str) -> bool:
+    """Whether `path`, listed in its folder, is a regular file or a link to one; True
+    where it cannot be told now (keep the point: gone must be sure)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def nearest_folder(path: str, known: dict[str, bool]) -> str:

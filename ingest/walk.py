@@ -14,6 +14,9 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+# How the walk's on_error names a folder it could not list (the reason begins so).
+UNREADABLE_FOLDER = "cannot read folder"
+
 BASE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -188,7 +191,7 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 st = os.stat(folder)
             except OSError as exc:
                 if on_error:
-                    on_error(folder, f"cannot read folder: {exc.strerror}")
+                    on_error(folder, f"{UNREADABLE_FOLDER}: {exc.strerror}")
                 continue
             if (st.st_dev, st.st_ino) in seen_dirs:
                 continue  # a symlink loop, or a folder reached twice
@@ -198,7 +201,7 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
                 if on_error:
-                    on_error(folder, f"cannot read folder: {exc.strerror}")
+                    on_error(folder, f"{UNREADABLE_FOLDER}: {exc.strerror}")
                 continue
             subfolders = []
             for entry in entries:

@@ -46,8 +46,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -321,6 +323,45 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(folder))
+
+
+# What stops a command (Ctrl-C, a service stop, a terminal hanging up): held back while
+# the HNSW build runs and is recorded (_stops_held).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _stops_held() -> Iterator[None]:
+    """STOP_SIGNALS held back while the body runs, then handled as they would have been.
+    The engine's build holds the GIL, so no handler runs before it returns anyway; but a
+    stop raised as it returned, before the build was recorded, left graph.json counting
+    every point as outside the graph: the run said to run it again, and the next one
+    announced a build the engine had done already. Blocking the signals in this thread
+    is not enough: another thread (the engine's, BLAS's) then takes a signal, and Python
+    still raises it here at the next line. So each handler is also replaced, for the
+    body, by one that notes the signal, and a noted signal is raised again once the
+    handlers are back. Only in the main thread, the one Python runs handlers in."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame):
+        held.append(signum)
+
+    previous = {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # ignored stays ignored
+                previous[signum] = signal.signal(signum, hold)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one pending here goes to its own handler now
+        for noted in dict.fromkeys(held):
+            signal.raise_signal(noted)
 
 
 def _is_shard(path: Path) -> bool:
@@ -1151,7 +1192,13 @@ class EdgeIndex(Index):
         self._shard = self._open_shard(config)
 
     def optimize(self) -> bool:
-        """Build HNSW in this process: fastest, but no other Python thread runs meanwhile."""
+        """Build HNSW in this process: fastest, but no other Python thread runs meanwhile.
+        A stop that comes meanwhile is raised once the build is recorded (_stops_held):
+        what the engine did is never lost to a count that says it is still to do."""
+        with _stops_held():
+            return self._optimize()
+
+    def _optimize(self) -> bool:
         if self._shard is None or self.count() < hnsw_min_points():
             return False
         dim = self._dim()
