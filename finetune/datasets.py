@@ -51,7 +51,7 @@ from pathlib import Path
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import shown
 
-from .labelled import is_labelled_folder, read_labelled_folder
+from .labelled import is_labelled_folder, read_labelled_folder, walk
 from .rows import IMAGE_EXTENSIONS, Row, caption_files
 
 IMAGE_COLUMN = "image_path"
@@ -91,6 +91,18 @@ def _missing_columns(found: list[str], source: Path) -> ClipsearchError:
         f"{shown(str(source))}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; the header "
         f"must name {IMAGE_COLUMN} and {TEXT_COLUMN} (found: {header}){hint}"
     )
+
+
+def _check_header(header: list[str], source: Path, line: int) -> None:
+    """The columns read are each named once: a table whose header repeats one (two
+    text_description columns) was read from the first, the other silently ignored."""
+    if any(c not in header for c in COLUMNS):
+        raise _missing_columns(header, source)
+    for column in (*COLUMNS, NEGATIVE_COLUMN):
+        at = [number for number, cell in enumerate(header, start=1) if cell == column]
+        if len(at) > 1:
+            raise ClipsearchError(f"{shown(str(source))}:{line}: the header names the column {column} "
+                                  f"{len(at)} times (columns {', '.join(map(str, at))}): keep one")
 
 
 def detect_format(path: Path) -> str:
@@ -220,8 +232,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
     continued = re.compile(r"(\r\n|\r|\n)\d+" + re.escape(delimiter))
     header, breaks = _unmark(parsed[0][1], continued)
     header = [cell.strip() for cell in header]
-    if any(c not in header for c in COLUMNS):
-        raise _missing_columns(header, path)
+    _check_header(header, path, parsed[0][0])
     image_at, text_at = header.index(IMAGE_COLUMN), header.index(TEXT_COLUMN)
     negative_at = header.index(NEGATIVE_COLUMN) if NEGATIVE_COLUMN in header else None
     rows: list[Row] = []
@@ -268,8 +279,7 @@ def _read_pipe_table(path: Path) -> list[Row]:
         cells = [cell.replace("\\|", "|") for cell in cells]
         if header is None:
             header = cells
-            if any(c not in header for c in COLUMNS):
-                raise _missing_columns(header, path)
+            _check_header(header, path, number)
             continue
         if len(cells) != len(header):
             rows.append(Row(str(path), number, None, None,
@@ -329,10 +339,9 @@ def _negative(cells: list[str], at: int | None) -> str | None:
 
 def _read_folder(folder: Path) -> list[Row]:
     rows: list[Row] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
+    for dirpath, _, filenames in walk(folder):
         captions = caption_files(filenames)
-        for name in sorted(filenames):
+        for name in filenames:
             stem, ext = os.path.splitext(name)
             if ext.lower() not in IMAGE_EXTENSIONS:
                 continue

@@ -56,10 +56,23 @@ def _verdict(job: tuple[str, int, float]) -> tuple[str, str | None]:
     return path, reason
 
 
+NOT_FOUND = "image not found"
+
+
+def with_slashes(path: str) -> str | None:
+    """For a path not found that separates folders with \\ (written on Windows): the same
+    path with /, where that file exists. On POSIX a backslash is part of a name."""
+    if "\\" not in path or os.path.exists(path):
+        return None
+    slashed = path.replace("\\", "/")
+    return slashed if os.path.exists(slashed) else None
+
+
 def _missing(path: str) -> str | None:
     """Reasons found without opening the file, worded as a row's problem."""
     if not os.path.exists(path):  # a dangling link included
-        return "image not found"
+        slashed = with_slashes(path)
+        return f"{NOT_FOUND} (with / for \\, {shown(slashed)} exists)" if slashed else NOT_FOUND
     if os.path.isdir(path):
         return "image path is a folder"
     return None

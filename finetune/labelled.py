@@ -40,8 +40,10 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(folder: Path):
-    """os.walk in a stable order, hidden folders (.git, .thumbnails) left out."""
+def walk(folder: Path):
+    """os.walk in a stable order, hidden folders (.git, .thumbnails, .Trash-1000) left out:
+    a trashed image and its caption are no training pair. Both folder layouts read
+    through it."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         yield dirpath, dirnames, sorted(filenames)
@@ -51,7 +53,7 @@ def is_labelled_folder(folder: Path) -> bool:
     if (folder / LABELS_FILE).is_file():
         return True
     in_subfolders = False
-    for dirpath, _, filenames in _walk(folder):
+    for dirpath, _, filenames in walk(folder):
         captions = caption_files(filenames)
         for name in filenames:
             if not _is_image(name):
@@ -97,7 +99,7 @@ def read_labelled_folder(folder: Path) -> list[Row]:
     labels = read_labels_file(folder)
     rows: list[Row] = []
     classes: list[tuple[str, str, list[str]]] = []  # (folder, label, images)
-    for dirpath, dirnames, filenames in _walk(folder):
+    for dirpath, dirnames, filenames in walk(folder):
         images = [os.path.join(dirpath, name) for name in filenames if _is_image(name)]
         if dirpath == str(folder):
             rows += [Row(image, 0, image, None, "is not in a class folder: move it into its class's subfolder")

@@ -17,6 +17,7 @@ are written with the interrupt held back until they are whole (interrupts.py).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from clipsearch.encoders.location import FINETUNE_RUN_FILE
 from clipsearch.errors import ClipsearchError
+from clipsearch.names import is_text, shown
 from clipsearch.progress import Progress
 
 from . import interrupts, model_card
@@ -33,7 +35,15 @@ from .evaluation import evaluate
 from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
 from .templates import templates_for
-from .training import TrainSettings, check_trainable, last_checkpoint, train
+from .training import (
+    TrainSettings,
+    WriteFailed,
+    check_trainable,
+    follow_umask,
+    last_checkpoint,
+    train,
+    write_failure,
+)
 from .validation import PairSet, load_pairs
 
 RUN_FILE = FINETUNE_RUN_FILE  # its name is known to the model loader, which says what to do with such a folder
@@ -67,6 +77,11 @@ def check_output(output: Path, overwrite: bool, resume: bool, data: str | None =
         raise ClipsearchError("--overwrite and --resume contradict each other: pick one")
     if output.exists() and not output.is_dir():
         raise ClipsearchError(f"--output {output} is a file, not a folder")
+    if not is_text(str(output)):
+        # tokenizers saves only under UTF-8 names: such an --output failed at the first
+        # checkpoint, after the evaluation and an epoch of training
+        raise ClipsearchError(f"--output {shown(str(output))}: the path is not UTF-8 text, and the model's "
+                              "tokenizer cannot be saved under it: choose a UTF-8 name")
     if data is not None and Path(data).expanduser().is_dir():
         folder = Path(data).expanduser().resolve()
         if output == folder or folder in output.parents:
@@ -250,10 +265,25 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         run["train"] = train(encoder.st, encoder.clip, train_pairs, opts.settings, checkpoints,
                              opts.resume, progress)
         with interrupts.deferred():  # never a half-written model where ingest and search would load one
-            encoder.st.save(str(output), create_model_card=False)
+            _save_model(encoder.st, output)
         trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
         after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after",
                         opts.settings.max_megapixels, scored, templates)(held) if held else None
+        identity = trained.identity
+        evaluation = {
+            "task": "text-to-image retrieval on the held-out split"
+                    + (", and zero-shot classification of its images among the labels" if scored.labelled else ""),
+            "held_out": {"pairs": len(held), "images": len({p.image for p in held}),
+                         "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}"},
+            "before": before,
+            "after": after,
+            "base": run["base"],
+            "model": str(output),
+            "image_tower_unchanged": identity.image_fingerprint == base_identity["image_fingerprint"],
+            "identity": identity.to_dict(),
+            "train": run["train"],
+        }
+        _write_records(output, run, evaluation)
     except BaseException as exc:
         progress.finish()
         kept = last_checkpoint(checkpoints)
@@ -266,31 +296,66 @@ def run_finetune(opts: FinetuneOptions) -> dict:
                     restored = _finished_model(output)
         if isinstance(exc, KeyboardInterrupt):
             _tell_interrupted(output, kept, removed=created and kept is None, restored=restored)
+        elif isinstance(exc, WriteFailed):
+            raise ClipsearchError(_write_failed(output, exc, kept, removed=created and kept is None,
+                                                restored=restored)) from None
         elif kept is not None and aside.is_dir():
             _tell(f"the model this run replaces is kept in {aside} until it finishes")
         raise
-    identity = trained.identity
-    evaluation = {
-        "task": "text-to-image retrieval on the held-out split"
-                + (", and zero-shot classification of its images among the labels" if scored.labelled else ""),
-        "held_out": {"pairs": len(held), "images": len({p.image for p in held}),
-                     "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}"},
-        "before": before,
-        "after": after,
-        "base": run["base"],
-        "model": str(output),
-        "image_tower_unchanged": identity.image_fingerprint == base_identity["image_fingerprint"],
-        "identity": identity.to_dict(),
-        "train": run["train"],
-    }
-    _write_json(output / EVAL_FILE, evaluation)
-    (output / "README.md").write_text(model_card.render(run, evaluation), encoding="utf-8")
     if not opts.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    run["status"] = "done"
-    _write_json(output / RUN_FILE, run)
     shutil.rmtree(aside, ignore_errors=True)  # the replaced model, now that this one is whole
     return evaluation
+
+
+def _save_model(st, output: Path) -> None:
+    """The trained model into OUTPUT, its files readable as the umask says. A failed
+    write (a full disk) is a WriteFailed: the last checkpoint stays for --resume."""
+    try:
+        st.save(str(output), create_model_card=False)
+        follow_umask(str(output))
+    except Exception as exc:
+        failed = write_failure(exc, str(output))
+        if failed is None:
+            raise
+        raise failed from exc
+
+
+def _write_records(output: Path, run: dict, evaluation: dict) -> None:
+    """eval.json, the model card, then the run file saying the model is done: before the
+    checkpoints go, so that until the model is recorded whole the last checkpoint is
+    there for --resume."""
+    path = output / EVAL_FILE
+    try:
+        _write_json(path, evaluation)
+        path = output / "README.md"
+        path.write_text(model_card.render(run, evaluation), encoding="utf-8")
+        run["status"] = "done"
+        path = output / RUN_FILE
+        _write_json(path, run)
+    except OSError as exc:
+        failed = write_failure(exc, str(path))
+        if failed is None:
+            raise
+        raise failed from exc
+
+
+def _write_failed(output: Path, failed: WriteFailed, kept: str | None, removed: bool, restored: bool) -> str:
+    """One line: what could not be written and why, and what is kept: the last whole
+    checkpoint, which --resume continues from once there is room, or nothing."""
+    what = f"fine-tune stopped: {failed.reason} while writing {failed.folder}"
+    room = "free space, then " if failed.reason == os.strerror(errno.ENOSPC).lower() else ""
+    if kept:
+        aside = _aside(output)
+        also = f"; the model it replaces waits in {aside} until it finishes" if aside.is_dir() else ""
+        return (f"{what}; its last whole checkpoint, {kept}, is kept: {room}run the same command with --resume "
+                f"to continue from it{also}")
+    if restored:
+        return f"{what}, its first checkpoint: nothing to resume from; {output} holds the model it had before"
+    if removed:
+        return (f"{what}, its first checkpoint: nothing to resume from, so {output}, which this run made, "
+                f"is removed; {room}run the command again")
+    return f"{what}, its first checkpoint: {room}--resume starts the training in {output} again"
 
 
 def _finished_model(folder: Path) -> bool:
@@ -344,7 +409,9 @@ def _tell_interrupted(output: Path, kept: str | None, removed: bool, restored: b
         _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from; {output} holds "
               "the model it had before")
     elif removed:
-        _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from, {output} removed")
+        # The CLI goes on "everything committed so far is kept": nothing was, and this says so.
+        _tell(f"fine-tune stopped before its first checkpoint: nothing was committed, so there is nothing to "
+              f"resume from, and {output}, which this run made, is removed")
     else:
         _tell(f"fine-tune stopped before its first checkpoint: --resume starts the training in {output} again")
 

@@ -34,9 +34,12 @@ same image with two templates could share a batch as each other's negatives.
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,7 +54,9 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from clipsearch.encoders.cache import is_out_of_space, reason_of
 from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import is_text, name_bytes
@@ -220,7 +225,10 @@ class _NoLoneRowSampler(NoDuplicatesBatchSampler):
     """Without batches of one row. A lone pair is its own only candidate: the contrastive
     loss is 0 and teaches nothing, yet AdamW still steps (its momentum and the weight
     decay move the weights). An epoch's last batch is one when the pairs number one more
-    than a multiple of the batch size, and leftover rows of equal captions can make more."""
+    than a multiple of the batch size: that pair joins another batch it shares no image
+    or caption with (one pair over --batch-size), so that nothing is left out. Leftover
+    rows of a caption (a class, an image) that every batch already holds stay alone, and
+    are left out."""
 
     _counting = False
     _drawn: tuple[int, list[list[int]]] | None = None  # (epoch, its batches), lone rows included
@@ -235,10 +243,43 @@ class _NoLoneRowSampler(NoDuplicatesBatchSampler):
         if self._drawn is None or self._drawn[0] != epoch:
             self._counting = True  # the parent's pass asks len(self): its own, meanwhile
             try:
-                self._drawn = (epoch, [list(batch) for batch in super().__iter__()])
+                self._drawn = (epoch, self._fold_lone_rows([list(batch) for batch in super().__iter__()]))
             finally:
                 self._counting = False
         return self._drawn[1]
+
+    def _fold_lone_rows(self, batches: list[list[int]]) -> list[list[int]]:
+        """Each batch of one row joins the smallest other batch that holds none of its
+        values (the parent's test: no value of any column twice in a batch)."""
+        if not any(len(batch) == 1 for batch in batches):
+            return batches
+        columns = [list(self.dataset[name]) for name in self.dataset.column_names]  # one read each, not a row
+
+        def values(row: int) -> set[str]:
+            return {str(column[row]) for column in columns}
+
+        holding: dict[str, set[int]] = {}  # a value: the batches (by position) that hold it
+        for at, batch in enumerate(batches):
+            if len(batch) > 1:
+                for row in batch:
+                    for value in values(row):
+                        holding.setdefault(value, set()).add(at)
+        full = sum(1 for batch in batches if len(batch) > 1)
+        for batch in batches:
+            if len(batch) != 1:
+                continue
+            mine = values(batch[0])
+            taken = [holding.get(value, set()) for value in mine]
+            if any(len(held) == full for held in taken):
+                continue  # a caption (class, image) every batch holds: the common case, told fast
+            clash = set().union(*taken)
+            fits = [other for other in range(len(batches)) if len(batches[other]) > 1 and other not in clash]
+            if fits:
+                into = min(fits, key=lambda other: len(batches[other]))
+                batches[into].append(batch.pop())
+                for value in mine:
+                    holding.setdefault(value, set()).add(into)
+        return [batch for batch in batches if batch]
 
     def __len__(self) -> int:
         """The steps this epoch takes: its batches of two rows or more. The trainer asks
@@ -259,9 +300,20 @@ class _Trainer(SentenceTransformerTrainer):
         mixed text/image dataset cannot do. model_card.py writes ours."""
 
     def _save_checkpoint(self, model, trial):
-        """Whole or not at all: Ctrl-C waits until the checkpoint is written (interrupts.py)."""
+        """Whole or not at all: Ctrl-C waits until the checkpoint is written (interrupts.py),
+        and one that fails half-way (a full disk) is removed, so that --resume never takes
+        it and its space goes back to the disk."""
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         with interrupts.deferred():
-            super()._save_checkpoint(model, trial)
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                failure = write_failure(exc, folder)  # before the removal: the space left tells a full disk
+                if failure is None:
+                    raise
+                if not is_whole_checkpoint(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise failure from exc
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         """No duplicates among images and captions; negatives are left out of the check
@@ -276,6 +328,7 @@ class _Trainer(SentenceTransformerTrainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         self.model.save_pretrained(output_dir, create_model_card=False)
+        follow_umask(output_dir)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -299,12 +352,59 @@ def _one_line(exc: ClipsearchError) -> ClipsearchError:
     return ClipsearchError(lines[-1].split("ClipsearchError: ", 1)[-1])
 
 
+class WriteFailed(ClipsearchError):
+    """A checkpoint or the model could not be written (a full disk, most often); what was
+    half written of a checkpoint is removed. `folder` is what was being written."""
+
+    def __init__(self, folder: str, reason: str):
+        super().__init__(f"{folder} could not be written: {reason}")
+        self.folder, self.reason = folder, reason
+
+
+def write_failure(exc: BaseException, folder: str) -> WriteFailed | None:
+    """`exc` raised while writing `folder`, as a WriteFailed naming why, or None when it is
+    not a write's failure. A full disk wears many names: OSError ENOSPC, safetensors'
+    "No space left on device (os error 28)", torch.save's "[enforce fail at
+    inline_container.cc] ... unexpected pos" (no errno at all), hence also the space left."""
+    from safetensors import SafetensorError
+
+    near = folder if os.path.isdir(folder) else os.path.dirname(folder)
+    if is_out_of_space(exc, where=near if os.path.isdir(near) else None):
+        return WriteFailed(folder, os.strerror(errno.ENOSPC).lower())
+    if isinstance(exc, (OSError, SafetensorError)) or "inline_container" in str(exc):
+        return WriteFailed(folder, reason_of(exc))
+    return None
+
+
+def follow_umask(folder: str) -> None:
+    """safetensors (0.8) writes its files mode 0600, through a temporary file: a serve or
+    Docker process running as another user could not read the model. Give them the
+    mode every other file of the folder gets, the umask's."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".safetensors"):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+def is_whole_checkpoint(folder: str) -> bool:
+    """The trainer writes trainer_state.json last: a checkpoint is whole once that file is
+    (a disk that filled while writing it leaves it cut short, which is no JSON)."""
+    try:
+        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def last_checkpoint(checkpoint_dir: str) -> str | None:
     if not os.path.isdir(checkpoint_dir):
         return None
     steps = [int(n.split("-")[1]) for n in os.listdir(checkpoint_dir)
              if n.startswith("checkpoint-") and n.split("-")[1].isdigit()
-             and os.path.isfile(os.path.join(checkpoint_dir, n, "trainer_state.json"))]
+             and is_whole_checkpoint(os.path.join(checkpoint_dir, n))]
     return os.path.join(checkpoint_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
@@ -322,10 +422,13 @@ def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings
     steps, lone = len(probe), probe.lone_rows()
     if not lone:
         return steps
-    # What crowds them out: a caption (a class) or an image that many of them share.
-    text, by_text = Counter(pairs[i].text for i in lone).most_common(1)[0]
-    image, by_image = Counter(pairs[i].image for i in lone).most_common(1)[0]
-    if by_image > by_text:
+    # What crowds them out: a caption (a class) or an image on more pairs than there are
+    # batches, which every batch already holds (a lone remainder pair joins another batch).
+    texts, images = Counter(p.text for p in pairs), Counter(p.image for p in pairs)
+    text = max((pairs[i].text for i in lone), key=texts.__getitem__)
+    image = max((pairs[i].image for i in lone), key=images.__getitem__)
+    by_image = sum(1 for i in lone if pairs[i].image == image)
+    if images[image] > texts[text]:
         what = f"{by_image} of them show the image {image_key(image)!r}"
     elif settings.templates:
         what = f"the class {text!r} has more images than the batches of an epoch"

@@ -22,7 +22,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.names import shown
 
 from .datasets import Row, read_rows
-from .images import check_images
+from .images import NOT_FOUND, check_images, with_slashes
 
 SHOWN_IN_ERROR = 3
 
@@ -159,14 +159,17 @@ def load_pairs(data: str | os.PathLike, skip_bad: bool = False, check_images: bo
     fmt, rows = read_rows(data)
     source = str(Path(data).expanduser().resolve())
     pairs, problems = check_rows(rows, check_images, workers, on_checked, max_megapixels)
-    if problems and not pairs and all(p.reason.startswith("image not found") for p in problems):
-        # Not a few bad rows: the paths are read from another folder than the one meant.
+    if problems and not pairs and all(p.reason.startswith(NOT_FOUND) for p in problems):
+        # Not a few bad rows: the paths are read from another folder than the one meant,
+        # or written on Windows (the reason then names the file that exists with /).
         folder = source if os.path.isdir(source) else os.path.dirname(source)
-        which = f"none of the {len(problems)} images" if len(problems) > 1 else "the only image"
-        raise ClipsearchError(
-            f"{which} in {shown(source)} exists, e.g. {_first(problems[:1])}; "
-            f"relative image paths are read from the data file's folder, {shown(folder)}: move the file "
-            "there or give absolute paths")
+        which = (f"none of the {len(problems)} images in {shown(source)} exists" if len(problems) > 1
+                 else f"the only image in {shown(source)} does not exist")
+        hint = (f"relative image paths are read from the data file's folder, {shown(folder)}: move the file "
+                "there or give absolute paths")
+        if any(p.image and with_slashes(p.image) for p in problems):
+            hint = "the paths separate folders with \\ as on Windows: write them with /"
+        raise ClipsearchError(f"{which}, e.g. {_first(problems[:1])}; {hint}")
     if problems and not skip_bad:
         listed = "all are named here" if len(problems) <= SHOWN_IN_ERROR else "pass --report FILE to list them all"
         if report is not None:
