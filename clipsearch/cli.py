@@ -63,7 +63,10 @@ class CliGroup(click.Group):
             raise  # a closed pipe (| head): click's own quiet exit
         except KeyboardInterrupt as exc:
             signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-            kept = "; everything committed so far is kept." if ctx.invoked_subcommand in WRITERS else "."
+            # A writer stopped before it committed anything (a fine-tune before its first
+            # checkpoint) says so itself, by `nothing_committed`.
+            wrote = ctx.invoked_subcommand in WRITERS and not getattr(exc, "nothing_committed", False)
+            kept = "; everything committed so far is kept." if wrote else "."
             try:
                 click.echo(f"{STOPPED_BY[signum]}{kept}", err=True)
             except OSError:

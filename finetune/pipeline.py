@@ -296,6 +296,8 @@ def run_finetune(opts: FinetuneOptions) -> dict:
                     restored = _finished_model(output)
         if isinstance(exc, KeyboardInterrupt):
             _tell_interrupted(output, kept, removed=created and kept is None, restored=restored)
+            if kept is None:  # the CLI's last line must not say that something was kept
+                exc.nothing_committed = True  # type: ignore[attr-defined]
         elif isinstance(exc, WriteFailed):
             raise ClipsearchError(_write_failed(output, exc, kept, removed=created and kept is None,
                                                 restored=restored)) from None
@@ -409,7 +411,6 @@ def _tell_interrupted(output: Path, kept: str | None, removed: bool, restored: b
         _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from; {output} holds "
               "the model it had before")
     elif removed:
-        # The CLI goes on "everything committed so far is kept": nothing was, and this says so.
         _tell(f"fine-tune stopped before its first checkpoint: nothing was committed, so there is nothing to "
               f"resume from, and {output}, which this run made, is removed")
     else:

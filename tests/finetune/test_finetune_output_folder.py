@@ -69,7 +69,7 @@ def test_a_stop_before_the_first_checkpoint_says_nothing_was_committed(tmp_path,
     out = tmp_path / "out"
     result = _finetune(shapes, tiny_model_dir, out)
     assert result.exit_code == 130 and not out.exists()
-    # the CLI closes with "Interrupted; everything committed so far is kept.": the line
-    # before it says nothing was, rather than only that the folder is removed
+    # nothing was committed: the CLI's last line does not say that something was kept
     stopped = next(line for line in result.output.splitlines() if line.startswith("fine-tune stopped"))
     assert "nothing was committed" in stopped and f"{out}, which this run made, is removed" in stopped
+    assert result.output.splitlines()[-1] == "Interrupted."
