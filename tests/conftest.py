@@ -34,6 +34,19 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def interruptible():
+    """Ctrl-C raises KeyboardInterrupt in this process, and the commands the tests start
+    get SIGINT's default action, as in a terminal. A suite started as a background job
+    of a non-interactive shell inherits an ignored SIGINT, and Python then installs no
+    handler: every test that stops a command with Ctrl-C failed."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # what Python installs at start
+    yield
+
+
 @pytest.fixture
 def default_sighup():
     """SIGHUP's default action in this process while the test runs, so the commands it
