@@ -27,22 +27,16 @@ from typing import BinaryIO, Sequence
 from clipsearch.encoders.cache import reason_of
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields
+from clipsearch.output_files import check_output_file
 
 # How many of the latest skips `recent` keeps (serve's progress endpoint shows them).
 RECENT = 20
 
 
 def check_report_path(path: str) -> None:
-    """A report that could not be written at all (its folder is not there, or not
-    writable, or it names a folder) is refused before the run starts, not at its first
-    skipped file. Opens nothing: a run that skips nothing leaves no file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ClipsearchError(f"--report {path} is a folder; give a file to append the skipped files to")
-    if not os.path.isdir(folder):
-        raise ClipsearchError(f"--report {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK) and not os.access(path, os.W_OK):
-        raise ClipsearchError(f"--report {path}: folder {folder} is not writable")
+    """A report that could not be written at all is refused before the run starts, not
+    at its first skipped file. Opens nothing: a run that skips nothing leaves no file."""
+    check_output_file(path, "--report", "to append the skipped files to")
 
 
 class SkipReport:

@@ -15,6 +15,7 @@ from clipsearch import config
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import has_control, name_bytes, printable, shown, stored
 from clipsearch.options import format_option, index_options, server_options
+from clipsearch.output_files import check_output_file
 
 
 def _finite(value: float | None) -> float | None:
@@ -81,6 +82,8 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
     from .filters import absent_folder_note, build_where
 
     where = build_where(after, before, camera, near)  # a bad value fails before anything loads
+    if gallery:
+        check_output_file(gallery, "--gallery", "to write the page to")
     if server:  # the server parses the filters' text again, as here
         photo = {"after": after, "before": before, "camera": camera, "near": near}
         return search_remote(server, token, query, k, image, add, subtract, queries,
@@ -156,10 +159,11 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             index.close()
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
     with timings.phase("output"):
+        gallery_failed = None
         if gallery:  # before stdout, which a reader may close early (| head): the page is still made
-            from .gallery import write_gallery
+            from .gallery import attempted, write_gallery
 
-            write_gallery(gallery, results)
+            gallery_failed = attempted(lambda: write_gallery(gallery, results))
         print_results(results, fmt, keyed=queries is not None)
         report_skipped(queries, skipped)
         note = absent_folder_note(under, any(hits for _, hits in results))
@@ -169,6 +173,8 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             from clipsearch.index.commands import unfinished_copy_text
 
             click.echo(f"note: {unfinished_copy_text(copy)}", err=True)
+        if gallery_failed:  # the hits are out all the same
+            raise gallery_failed
         if gallery:
             click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     if verbose:
@@ -317,10 +323,14 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
                 continue
             hits = _without_itself(found, image_path, k)
         results.append((label, hits))
-    if gallery:  # before stdout, which a reader may close early (| head): the page is still made
-        write_remote_gallery(gallery, client, results)
+    from .gallery import attempted
+
+    # The page before stdout, which a reader may close early (| head); its failure after the hits.
+    gallery_failed = attempted(lambda: write_remote_gallery(gallery, client, results)) if gallery else None
     print_results(results, fmt, keyed=queries is not None)
     report_skipped(queries, skipped)
+    if gallery_failed:
+        raise gallery_failed
     if gallery:
         click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     if verbose:

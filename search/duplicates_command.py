@@ -13,6 +13,7 @@ import click
 
 from clipsearch.names import has_control, name_bytes, shown
 from clipsearch.options import format_option, index_options, quiet_option
+from clipsearch.output_files import check_output_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipsearch.progress import Progress
@@ -40,21 +41,26 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
     near-duplicates. Lists them; never deletes anything."""
     from .duplicates import check_threshold
     from .filters import absent_folder_note
+    from .gallery import attempted
 
     if similar is not None:
         check_threshold(similar)  # before the index is opened: a typo costs nothing
+    if gallery:
+        check_output_file(gallery, "--gallery", "to write the page to")
     found = _find(settings, similar, under, quiet)
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
-    if gallery:  # before stdout, which a reader may close early (| head): the page is still made
-        write_duplicates_gallery(gallery, found.groups, similar)
+    # The page before stdout, which a reader may close early (| head); its failure after the groups.
+    gallery_failed = attempted(lambda: write_duplicates_gallery(gallery, found.groups, similar)) if gallery else None
     print_groups(found.groups, fmt, similar)
-    if gallery:
+    if gallery and not gallery_failed:
         click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
     for line in notes(found, similar):
         click.echo(line, err=True)
     note = absent_folder_note(under, bool(found.groups))
     if note:
         click.echo(note, err=True)
+    if gallery_failed:
+        raise gallery_failed
 
 
 def _find(settings, similar: float | None, under: str | None, quiet: bool) -> "Duplicates":

@@ -84,3 +84,14 @@ def write_gallery(path: str, sections: Sequence[tuple[str, Sequence]], **how) ->
         Path(path).write_text(render_gallery(sections, **how), encoding="utf-8")
     except OSError as exc:
         raise ClipsearchError(f"cannot write the gallery {shown(path)}: {exc.strerror or exc}") from None
+
+
+def attempted(write: Callable[[], None]) -> ClipsearchError | None:
+    """Run `write` (a gallery's), returning its one-line error instead of raising it:
+    the page is written before the hits are printed, and a page that fails must not cost
+    the hits, which may have taken minutes (duplicates over a library)."""
+    try:
+        write()
+    except ClipsearchError as exc:
+        return exc
+    return None

@@ -74,3 +74,28 @@ def test_many_queries_in_bare_paths_keep_each_querys_hits_apart(indexed, tmp_pat
     assert [len(group.split(b"\0")) for group in nul.stdout_bytes[:-2].split(b"\0\0")] == [3, 3, 3]
     assert nul.stdout_bytes.replace(b"\0\0", b"\0").split(b"\0")[:-1] == \
         [os.fsencode(line) for line in lines.stdout.split()]
+
+
+@pytest.mark.parametrize("args", [["search", "a red circle", "-f", "paths"], ["duplicates", "--similar", "0.01",
+                                                                             "-f", "paths"]])
+def test_a_gallery_that_cannot_be_written_costs_nothing_else(indexed, tmp_path, monkeypatch, args):
+    """Refused before any work where its folder is missing; failing later (a full disk),
+    it fails the command after the hits or groups are out, not instead of them."""
+    from clipsearch.errors import ClipsearchError
+    from clipsearch.search import gallery
+
+    _, where, env = indexed
+    runner = CliRunner()
+    missing = runner.invoke(cli, [*args, *where, "--gallery", str(tmp_path / "nowhere" / "g.html")], env=env)
+    assert missing.exit_code == 1 and missing.stdout == ""
+    assert f"--gallery {tmp_path}/nowhere/g.html: folder {tmp_path}/nowhere does not exist" in missing.stderr
+
+    def full_disk(path, sections, **how):
+        raise ClipsearchError(f"cannot write the gallery {path}: No space left on device")
+
+    monkeypatch.setattr(gallery, "write_gallery", full_disk)
+    failed = runner.invoke(cli, [*args, *where, "--gallery", str(tmp_path / "g.html")], env=env)
+    assert failed.exit_code == 1
+    assert failed.stderr.strip().splitlines()[-1] == f"Error: cannot write the gallery {tmp_path}/g.html: No space " \
+                                                     "left on device"
+    assert len(failed.stdout.split()) >= 2 and all(os.path.isfile(p) for p in failed.stdout.split())
