@@ -164,11 +164,19 @@ def folder_identities(folders: Sequence[str]) -> dict[str, tuple[int, int] | Non
     identities: dict[str, tuple[int, int] | None] = {}
     for folder in folders:
         try:
-            st = os.stat(folder)
+            st = _stat_inside(folder)
             identities[folder] = (st.st_dev, st.st_ino)
         except OSError:
             identities[folder] = None
     return identities
+
+
+def _stat_inside(folder: str) -> os.stat_result:
+    """The folder as its files see it: stat of FOLDER/. goes through it, which mounts an
+    automount point (autofs, x-systemd.automount, an expired NFSv4 submount); stat of
+    FOLDER itself does not, and gives the mount point's own identity, which the walk's
+    listing then changes: a healthy nightly run would look like one that lost its share."""
+    return os.stat(os.path.join(folder, "."))
 
 
 def lost_roots(begun: dict[str, tuple[int, int] | None]) -> list[str]:
@@ -179,7 +187,7 @@ def lost_roots(begun: dict[str, tuple[int, int] | None]) -> list[str]:
     lost = []
     for root, identity in begun.items():
         try:
-            st = os.stat(root)
+            st = _stat_inside(root)
             with os.scandir(root) as listing:
                 next(listing, None)  # a share that failed answers the listing with an I/O error
         except OSError:
