@@ -629,11 +629,16 @@ class Ingestor:
                     self.summary.embedded += size
             self._writes.clear()
 
-    def run(self, roots: Sequence[str], *, allow_empty: bool = False) -> IngestSummary:
+    def run(self, roots: Sequence[str], *, allow_empty: bool = False, show_progress: bool = True) -> IngestSummary:
         """Ingest every image file under `roots`; the run's summary. No image file at
-        all is an error (a typo'd folder, most likely) unless `allow_empty`."""
+        all is an error (a typo'd folder, most likely) unless `allow_empty`.
+        `show_progress=False`: no progress line (a watcher's folder moved in)."""
         roots = resolve_roots(roots)
-        return self._run(walk_images(roots, self.options.exclude, on_error=self._walk_skip), roots, allow_empty)
+        self._show_progress = show_progress
+        try:
+            return self._run(walk_images(roots, self.options.exclude, on_error=self._walk_skip), roots, allow_empty)
+        finally:
+            self._show_progress = True
 
     def run_entries(self, entries: Sequence[FileEntry]) -> IngestSummary:
         """Embed exactly these files (a reindex's: stored paths, stat'ed), as run() does

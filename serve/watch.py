@@ -471,15 +471,23 @@ class FolderWatcher:
             before = ingestor.totals()
             if files:
                 ingestor.run_files(files)
+            held_back = []
             for folder in folders:
                 if self._stopping:
                     break
                 if os.path.isdir(folder):  # else gone since: its own event comes
-                    summary = ingestor.run([folder], allow_empty=True)
+                    summary = ingestor.run([folder], allow_empty=True, show_progress=False)  # a batch: no line
                     if summary.not_pruned:
-                        _say(f"watch: {summary.not_pruned} (serve --allow-missing)")
+                        held_back.append(folder)
             if gone:
                 ingestor.remove(gone)
+            # The batch's own deletions (rm -rf of a folder made again) counted as "most of
+            # the folder gone": judged again without them, and said only if that still holds.
+            for folder in held_back:
+                if not self._stopping and os.path.isdir(folder):
+                    summary = ingestor.run([folder], allow_empty=True, show_progress=False)
+                    if summary.not_pruned:
+                        _say(f"watch: {summary.not_pruned} (serve --allow-missing)")
             done = _counts(ingestor.totals(), before, SINCE_COUNTS)
             self.batches += 1
             if not ingestor.options.quiet and any(done.values()):

@@ -465,6 +465,24 @@ def test_a_folder_replaced_within_the_debounce_leaves_no_ghosts(tmp_path, photos
     assert watcher.state()["removed"] == 3
 
 
+def test_a_folder_deleted_and_made_again_within_the_debounce_is_pruned_without_a_warning(photos, index, watch,
+                                                                                          capfd):
+    """rm -rf album; mkdir album; two new photos: the batch's own deletions are not a
+    drive that looks unmounted. Said nothing, walked quietly (no progress line)."""
+    album = draw_collection(photos / "album", 12)
+    watcher = watch(prune=True, debounce=0.5, quiet=False)
+    assert index.count() == 16
+    capfd.readouterr()
+    shutil.rmtree(photos / "album")
+    (photos / "album").mkdir()
+    new = [draw_image(photos / "album" / f"n{i}.png", colour, "triangle") for i, colour in enumerate(["red", "blue"])]
+    settle(watcher, lambda: {real(p) for p in new} <= paths_in(index) and index.count() == 6)
+    assert not {real(p) for p in album} & paths_in(index)
+    err = capfd.readouterr().err
+    assert "not pruned" not in err and "found " not in err, err
+    assert "removed 12" in err, err
+
+
 def test_a_folder_mostly_emptied_keeps_its_points(photos, index, watch, capfd):
     """Most of a folder's images gone at once is what a drive not mounted looks like:
     prune's rule leaves them, and says so, until --allow-missing."""
