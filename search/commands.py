@@ -47,8 +47,8 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
               help="Answer each line of this file (text or image path) as its own query, loading the model once. "
                    "A line that cannot be answered (an unusable or missing image) is named on stderr as FILE:LINE "
                    "and left out of the output; the others are answered, and the exit status is 1. With -f "
-                   "paths a blank line parts one line's hits from the next; with -f paths0 an empty name ends "
-                   "each line's.")
+                   "paths an empty line ends each line's hits, with -f paths0 an empty name (a skipped line's "
+                   "group is empty: the n-th group answers the n-th distinct line).")
 @click.option("--in", "under", type=click.Path(file_okay=False), default=None,
               help="Only images under this folder (filtered inside the index, not afterwards).")
 @click.option("--min-score", type=float, default=None, callback=lambda ctx, param, value: _finite(value),
@@ -142,10 +142,12 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             copy = index.unfinished_copy()  # a server's: from the record the model check has just read
         with timings.phase("search"):  # less the encoding, counted apart
             results = []
+            answered: list[int] = []  # the --queries line of each result
             for label, terms, number in batches:
                 try:
                     results.append((label, searcher.terms(terms, k=k, under=under, min_score=min_score,
                                                           where=where)))
+                    answered.append(number)
                 except UnusableQuery as exc:
                     # The line's own image, or its terms cancelling out; an --add image that
                     # cannot be used is every line's, and stops the run.
@@ -164,7 +166,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             from .gallery import attempted, write_gallery
 
             gallery_failed = attempted(lambda: write_gallery(gallery, results))
-        print_results(results, fmt, keyed=queries is not None)
+        print_results(results, fmt, keyed=queries is not None, lines=(answered, skipped))
         report_skipped(queries, skipped)
         note = absent_folder_note(under, any(hits for _, hits in results))
         if note:
@@ -307,6 +309,7 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None
     client = ServeClient(server, token)
     results = []
+    answered: list[int] = []  # the --queries line of each result
     for label, image_path, number in asks:
         if image_path is None:
             hits = client.search(query=label.strip() if label is not None else None, add=add, subtract=subtract,
@@ -323,11 +326,12 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
                 continue
             hits = _without_itself(found, image_path, k)
         results.append((label, hits))
+        answered.append(number)
     from .gallery import attempted
 
     # The page before stdout, which a reader may close early (| head); its failure after the hits.
     gallery_failed = attempted(lambda: write_remote_gallery(gallery, client, results)) if gallery else None
-    print_results(results, fmt, keyed=queries is not None)
+    print_results(results, fmt, keyed=queries is not None, lines=(answered, skipped))
     report_skipped(queries, skipped)
     if gallery_failed:
         raise gallery_failed
@@ -378,22 +382,26 @@ def write_remote_gallery(path: str, client, results) -> None:
     write_gallery(path, results, thumbnail=thumbnail, link=lambda hit: client.url + (hit.file or ""))
 
 
-def print_results(results, fmt: str, keyed: bool) -> None:
+def print_results(results, fmt: str, keyed: bool, lines: tuple[list[int], list[tuple[int, str]]] = ([], [])) -> None:
     """Hits on stdout. A file name is bytes, and a name may hold a newline: `json` escapes
     it (ASCII JSON; a name that is not UTF-8 as Python's surrogate escapes, which
     os.fsencode turns back into its bytes), `table` quotes such a name as bash would
     ($'...', clipsearch/names.py), `paths` writes each name's bytes on a line and quotes
     only a name holding a line break or control character, `paths0` writes exact bytes
-    ending in NUL, for `xargs -0`."""
+    ending in NUL, for `xargs -0`. `lines`: the --queries line of each result, and the
+    skipped lines: bare paths, which carry no query, give a skipped line an empty group,
+    so that the n-th group answers the n-th query line."""
     if fmt == "json" and keyed:
         click.echo(json.dumps({label: [h.to_dict() for h in hits] for label, hits in results}))
         return
+    answered, skipped = lines
+    if keyed and fmt in ("paths", "paths0") and skipped:
+        by_line = dict(zip(answered, results))
+        results = [by_line.get(line, ("", [])) for line in sorted({*answered, *(n for n, _ in skipped)})]
     quoted = 0
-    for number, (label, hits) in enumerate(results):
+    for label, hits in results:
         if keyed and fmt == "table":
             click.echo(f"# {shown(label)}")
-        elif keyed and fmt == "paths" and number:  # queries' hits apart, as duplicates' groups
-            click.echo("")
         for hit in hits:
             if fmt == "paths0":
                 click.echo(name_bytes(hit.path) + b"\0", nl=False)
@@ -409,6 +417,8 @@ def print_results(results, fmt: str, keyed: bool) -> None:
                 click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {shown(hit.path)}")
         if keyed and fmt == "paths0":
             click.echo(b"\0", nl=False)  # an empty name, which no file has, ends a query's hits
+        elif keyed and fmt == "paths":
+            click.echo("")  # and an empty line: an empty group is one line, not lost between two
         if not hits and fmt == "table":
             click.echo("no hits", err=True)
     if quoted:

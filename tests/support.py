@@ -320,3 +320,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def groups_of(out: bytes, end: bytes) -> list[list[bytes]]:
+    """The groups of a bare-paths output (search --queries -f paths/paths0): names
+    ending in `end`, each group ended by an empty name (an empty line, an empty name)."""
+    groups: list[list[bytes]] = [[]]
+    for name in out.split(end)[:-1]:
+        if name:
+            groups[-1].append(name)
+        else:
+            groups.append([])
+    assert groups.pop() == [], "the last group is ended too"
+    return groups
