@@ -159,6 +159,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
     accuracy@1 and accuracy@5, each label's templates averaged as CLIP does).
     """
     _check_given_templates(templates)
+    from .captions import check_model_captions, texts_of
     from .evaluation import evaluate, format_table
     from .loading import load_clip
     from .pipeline import writable_folder
@@ -182,9 +183,14 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
         click.echo(f"left out {len(pairs.problems)} of {len(pairs.problems) + len(pairs.pairs)} rows with bad "
                    f"images or fields; {where}", err=True)
     encoder = load_clip(config.value("model", model), config.value("device", device))
+    cut = check_model_captions(encoder.st, texts_of(pairs.pairs, chosen), encoder.clip)
+    if cut and cut.line():
+        click.echo(cut.line(), err=True)
     metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size,
                        max_megapixels=limit, labels=pairs.labels, templates=chosen)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
+    if cut:
+        metrics.update(cut.counts())
     if output:
         try:
             Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from clipsearch.names import is_text, shown
 from clipsearch.progress import Progress
 
 from . import interrupts, model_card
+from .captions import CutCaptions, check_model_captions, texts_of
 from .evaluation import evaluate
 from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
@@ -205,6 +206,9 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         base = str(aside)  # training a model further in place: the base waits aside until the run ends
     encoder = load_clip(base, opts.settings.device)
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
+    scored = held_set or data
+    train_cut = _check_captions(encoder, train_pairs, templates if data.labelled else None, "training pairs")
+    held_cut = _check_captions(encoder, held, templates if scored.labelled else None, "held-out pairs")
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
     settings.update(eval_split=opts.eval_split if not opts.eval_data else None, templates=templates)
     run = {
@@ -223,7 +227,6 @@ def run_finetune(opts: FinetuneOptions) -> dict:
             "negatives": any(p.negative is not None for p in data.pairs),
         },
     }
-    scored = held_set or data
     score = _scorer(encoder.st, encoder.image_size, opts.eval_batch_size, progress, "before",
                     opts.settings.max_megapixels, scored, templates)
     if opts.resume:
@@ -274,7 +277,9 @@ def run_finetune(opts: FinetuneOptions) -> dict:
             "task": "text-to-image retrieval on the held-out split"
                     + (", and zero-shot classification of its images among the labels" if scored.labelled else ""),
             "held_out": {"pairs": len(held), "images": len({p.image for p in held}),
-                         "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}"},
+                         "source": held_set.source if held_set else f"{opts.eval_split:g} of {data.source}",
+                         **(held_cut.counts() if held_cut else {})},
+            "training_captions": ({"captions": train_cut.captions, **train_cut.counts()} if train_cut else None),
             "before": before,
             "after": after,
             "base": run["base"],
@@ -391,6 +396,16 @@ def _tell(text: str) -> None:
     """A line on stderr that --quiet does not silence: it says what happened to the data
     or the output, not how far the run has got."""
     print(text, file=sys.stderr, flush=True)
+
+
+def _check_captions(encoder, pairs: list, templates: list[str] | None, label: str) -> CutCaptions | None:
+    """Count the captions of `pairs` the model cuts, and say so in a line where some are."""
+    if not pairs:
+        return None
+    cut = check_model_captions(encoder.st, texts_of(pairs, templates), encoder.clip)
+    if cut and cut.line():
+        _tell(f"{label}: {cut.line()}")
+    return cut
 
 
 def _tell_left_out(data: PairSet, held_set: PairSet | None, report: Path) -> None:
