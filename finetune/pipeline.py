@@ -43,7 +43,7 @@ from .training import (
     follow_umask,
     last_checkpoint,
     train,
-    write_failure,
+    writing,
 )
 from .validation import PairSet, load_pairs
 
@@ -318,33 +318,23 @@ def run_finetune(opts: FinetuneOptions) -> dict:
 def _save_model(st, output: Path) -> None:
     """The trained model into OUTPUT, its files readable as the umask says. A failed
     write (a full disk) is a WriteFailed: the last checkpoint stays for --resume."""
-    try:
+    with writing(str(output)):
         st.save(str(output), create_model_card=False)
         follow_umask(str(output))
-    except Exception as exc:
-        failed = write_failure(exc, str(output))
-        if failed is None:
-            raise
-        raise failed from exc
 
 
 def _write_records(output: Path, run: dict, evaluation: dict) -> None:
     """eval.json, the model card, then the run file saying the model is done: before the
     checkpoints go, so that until the model is recorded whole the last checkpoint is
     there for --resume."""
-    path = output / EVAL_FILE
-    try:
-        _write_json(path, evaluation)
-        path = output / "README.md"
-        path.write_text(model_card.render(run, evaluation), encoding="utf-8")
-        run["status"] = "done"
-        path = output / RUN_FILE
-        _write_json(path, run)
-    except OSError as exc:
-        failed = write_failure(exc, str(path))
-        if failed is None:
-            raise
-        raise failed from exc
+    with writing(str(output / EVAL_FILE)):
+        _write_json(output / EVAL_FILE, evaluation)
+    card = model_card.render(run, evaluation)
+    with writing(str(output / "README.md")):
+        (output / "README.md").write_text(card, encoding="utf-8")
+    run["status"] = "done"
+    with writing(str(output / RUN_FILE)):
+        _write_json(output / RUN_FILE, run)
 
 
 def _write_failed(output: Path, failed: WriteFailed, kept: str | None, removed: bool, restored: bool) -> str:

@@ -42,8 +42,9 @@ import random
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
@@ -304,16 +305,12 @@ class _Trainer(SentenceTransformerTrainer):
         and one that fails half-way (a full disk) is removed, so that --resume never takes
         it and its space goes back to the disk."""
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        with interrupts.deferred():
-            try:
-                super()._save_checkpoint(model, trial)
-            except Exception as exc:
-                failure = write_failure(exc, folder)  # before the removal: the space left tells a full disk
-                if failure is None:
-                    raise
-                if not is_whole_checkpoint(folder):
-                    shutil.rmtree(folder, ignore_errors=True)
-                raise failure from exc
+        def remove_half_written() -> None:
+            if not is_whole_checkpoint(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+
+        with interrupts.deferred(), writing(folder, undo=remove_half_written):
+            super()._save_checkpoint(model, trial)
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         """No duplicates among images and captions; negatives are left out of the check
@@ -374,6 +371,22 @@ def write_failure(exc: BaseException, folder: str) -> WriteFailed | None:
     if isinstance(exc, (OSError, SafetensorError)) or "inline_container" in str(exc):
         return WriteFailed(folder, reason_of(exc))
     return None
+
+
+@contextmanager
+def writing(folder: str, undo: Callable[[], None] | None = None) -> Iterator[None]:
+    """A failed write of `folder` (a file, or a folder being written) inside, a full disk
+    most often, raised as a WriteFailed naming why; other errors as they are. `undo` runs
+    before it is raised, once the failure is judged: the space left tells a full disk."""
+    try:
+        yield
+    except Exception as exc:
+        failure = write_failure(exc, folder)
+        if failure is None:
+            raise
+        if undo is not None:
+            undo()
+        raise failure from exc
 
 
 def follow_umask(folder: str) -> None:
