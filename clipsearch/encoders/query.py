@@ -260,6 +260,10 @@ class QueryEncoders:
     def _fast_path_blocker(self) -> str | None:
         if not config.enabled("fast_path"):
             return f"the fast path is turned off ({config.where_set('fast_path')})"
+        # A device named by the user is where the model runs, as for ingest: the ONNX text
+        # tower runs on the CPU, and would hide that `--device cuda` has no GPU to run on.
+        if self.settings.device not in ("auto", "cpu"):
+            return f"--device {self.settings.device}: the model runs on it through torch"
         folder, key, why = locate(self.settings.model)
         if key is None:
             self._look_again = folder is None  # a hub model the full path may download now

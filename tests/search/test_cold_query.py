@@ -420,3 +420,20 @@ def test_the_python_api_takes_the_fast_path_too(index_args, cache_dir):
     for answer, _ in runs:
         assert [p for p, _ in answer] == [p for p, _ in full]
         assert np.allclose([s for _, s in answer], [s for _, s in full], atol=1e-4)
+
+
+def test_a_named_device_is_where_the_query_runs_not_the_onnx_cpu_tower(index_args, cache_dir):
+    search("warm-up", *index_args)  # first use: exports, so the fast path is there to take
+    cpu = search("a red circle", "-v", "--device", "cpu", *index_args)
+    assert "fast path: text tower" in cpu.stderr
+    if torch_has_cuda():
+        return
+    result = CliRunner().invoke(cli, ["search", "a red circle", "--device", "cuda", *index_args])
+    assert result.exit_code != 0
+    assert "--device cuda: no CUDA device is available" in result.output
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
