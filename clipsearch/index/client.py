@@ -133,10 +133,15 @@ class ClientIndex(Index):
         # the likely cause: say so within seconds. Once it has answered, a failure is a
         # server restarting or a network blip mid-run: wait for it as long as allowed.
         patience = self.retry_seconds if self._reached else min(self.retry_seconds, FIRST_CONTACT_SECONDS)
+        backoff = tenacity.wait_exponential(multiplier=0.25, max=8)
+
+        def wait(state) -> float:  # the last wait ends at the deadline, not up to 8 s past it
+            return min(backoff(state), max(0.0, patience - state.seconds_since_start))
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),
             stop=tenacity.stop_after_delay(patience),
-            wait=tenacity.wait_exponential(multiplier=0.25, max=8),
+            wait=wait,
             reraise=True,
         )
         try:
