@@ -414,7 +414,7 @@ def print_results(results, fmt: str, keyed: bool, lines: tuple[list[int], list[t
             elif fmt == "json":
                 click.echo(json.dumps(hit.to_dict()))
             else:
-                click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {shown(hit.path)}")
+                click.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {shown(hit.path)}")  # a minus sign keeps the column
         if keyed and fmt == "paths0":
             click.echo(b"\0", nl=False)  # an empty name, which no file has, ends a query's hits
         elif keyed and fmt == "paths":

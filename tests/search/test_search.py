@@ -480,3 +480,15 @@ def test_a_bad_query_image_is_refused_before_the_full_model_loads(indexed, encod
     assert result.exit_code == 1
     assert "cannot use" in result.output and "broken.jpg" in result.output
     assert "loading the full model" not in result.output
+
+
+def test_table_columns_stay_aligned_when_scores_change_sign(indexed):
+    settings, _, _ = indexed
+    # The query's opposite puts every score's sign the other way: between the two,
+    # some rows have a minus sign whatever this model's scores are.
+    lines = []
+    for args in (["a blue square"], ["a blue square", "--subtract", "3:a blue square"]):
+        lines += run(settings, *args, "-k", str(K)).output.splitlines()
+    scores = [float(line.split()[1]) for line in lines]
+    assert min(scores) < 0 < max(scores)
+    assert len({line.index("/") for line in lines}) == 1, "\n".join(lines)
