@@ -97,7 +97,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         from clipsearch.index import names_no_model, open_index, with_collection_model, with_recorded_model
 
         from .engine import Searcher, build_terms, check_k, extra_terms
-        from .terms import Term, UnusableQuery, query_term
+        from .terms import Term, UnusableQuery, query_term, terms_title
 
     check_k(k)
     skipped: list[tuple[int, str]] = []  # (line number, why): --queries lines that cannot be answered
@@ -142,11 +142,13 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             copy = index.unfinished_copy()  # a server's: from the record the model check has just read
         with timings.phase("search"):  # less the encoding, counted apart
             results = []
+            titles: list[str] = []  # each result's heading in a --gallery: the terms, --add's too
             answered: list[int] = []  # the --queries line of each result
             for label, terms, number in batches:
                 try:
                     results.append((label, searcher.terms(terms, k=k, under=under, min_score=min_score,
                                                           where=where)))
+                    titles.append(terms_title(terms))
                     answered.append(number)
                 except UnusableQuery as exc:
                     # The line's own image, or its terms cancelling out; an --add image that
@@ -165,7 +167,8 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         if gallery:  # before stdout, which a reader may close early (| head): the page is still made
             from .gallery import attempted, write_gallery
 
-            gallery_failed = attempted(lambda: write_gallery(gallery, results))
+            sections = [(title, hits) for title, (_, hits) in zip(titles, results)]
+            gallery_failed = attempted(lambda: write_gallery(gallery, sections))
         print_results(results, fmt, keyed=queries is not None, lines=(answered, skipped))
         report_skipped(queries, skipped)
         note = absent_folder_note(under, any(hits for _, hits in results))
@@ -267,12 +270,21 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
 
     from clipsearch.remote import ServeClient, ServeRefused
 
-    from .terms import Term, UnusableQuery, looks_like_image_path, parse_term, query_term, refuse_missing_image
+    from .terms import (
+        Term,
+        UnusableQuery,
+        looks_like_image_path,
+        parse_term,
+        query_term,
+        refuse_missing_image,
+        terms_title,
+    )
 
     started = time.perf_counter()
     if k < 1:
         raise ClipsearchError(f"-k must be at least 1, got {k}")
-    for spec, sign, option in [*((a, 1.0, "--add") for a in add), *((s, -1.0, "--subtract") for s in subtract)]:
+    given = [*((a, 1.0, "--add") for a in add), *((s, -1.0, "--subtract") for s in subtract)]
+    for spec, sign, option in given:
         if parse_term(spec, sign, option).kind == "image":
             raise ClipsearchError(f"{option} {spec!r} names an image file: with --server, {option} takes text "
                                   "only (the server opens no file a client names); use --image for one example image")
@@ -330,7 +342,9 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     from .gallery import attempted
 
     # The page before stdout, which a reader may close early (| head); its failure after the hits.
-    gallery_failed = attempted(lambda: write_remote_gallery(gallery, client, results)) if gallery else None
+    extra = [parse_term(spec, sign, option, images=False) for spec, sign, option in given]
+    sections = [(terms_title([Term("text", label or "", 1.0), *extra]), hits) for label, hits in results]
+    gallery_failed = attempted(lambda: write_remote_gallery(gallery, client, sections)) if gallery else None
     print_results(results, fmt, keyed=queries is not None, lines=(answered, skipped))
     report_skipped(queries, skipped)
     if gallery_failed:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import is_text, shown
@@ -134,3 +135,15 @@ def image_term(path: str, weight: float = 1.0, option: str | None = None) -> Ter
     if not os.path.isfile(path):
         raise ClipsearchError(f"{option or 'image'} {path} does not exist")
     return Term("image", os.path.realpath(path), weight)
+
+
+def terms_title(terms: Sequence[Term]) -> str:
+    """The terms as a person reads them, for a results page's heading:
+    `sunset + 2 x ocean`, `beach.jpg - people`."""
+    parts = []
+    for i, term in enumerate(terms):
+        weight = abs(term.weight)
+        piece = term.value if weight == 1 else f"{weight:g} x {term.value}"
+        parts.append(piece if i == 0 and term.weight > 0 else f"{'+' if term.weight > 0 else '-'} {piece}")
+    return " ".join(parts)
+

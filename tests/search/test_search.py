@@ -198,6 +198,16 @@ def test_gallery_is_a_self_contained_page_of_thumbnails(indexed, tmp_path):
         assert hit["path"] in parser.text and f"{hit['score']:.4f}" in parser.text
 
 
+def test_the_gallery_heading_names_every_term(indexed, tmp_path):
+    settings, photos, _ = indexed
+    page = tmp_path / "hits.html"
+    run(settings, "a black triangle", "--add", "2:a red circle", "--subtract", "blue", "--gallery", str(page))
+    assert "<h2>a black triangle + 2 x a red circle - blue</h2>" in page.read_text()
+    example = str(photos / "a" / "003-yellow-circle.png")
+    run(settings, "--image", example, "--subtract", "0.5:blue", "--gallery", str(page))
+    assert f"<h2>{example} - 0.5 x blue</h2>" in page.read_text()
+
+
 def test_many_queries_load_the_model_once_and_key_json_by_query(indexed, encoder, tmp_path, monkeypatch):
     settings, photos, vectors = indexed
     import clipsearch.encoders.torch_clip as encoder_module

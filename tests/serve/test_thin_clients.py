@@ -212,6 +212,8 @@ def test_gallery_embeds_the_servers_thumbnails(serving, monkeypatch, tmp_path):
         assert path in html
     assert TOKEN not in html
     assert f"{serving.url}/api/images/" in html  # each thumbnail links to the server's file
+    thin(serving, monkeypatch, "purple triangle", "--add", "3:red", "--subtract", "green", "--gallery", str(page))
+    assert "<h2>purple triangle + 3 x red - green</h2>" in page.read_text()
 
 
 @pytest.mark.parametrize("args, needle", [
