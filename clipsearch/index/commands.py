@@ -173,7 +173,8 @@ def format_status(facts: dict) -> str:
 
 def _version_lines(facts: dict) -> list[str]:
     """A name that does not exist but has versions (its record was lost): which, and
-    how to use one. A version a reindex is building (or stopped building): that."""
+    how to use one. Versions kept by reindex beside the one the name means: which, and
+    how to switch back. A version a reindex is building (or stopped building): that."""
     versions = facts.get("versions") or []
     lines = []
     if not facts["exists"] and versions:
@@ -182,6 +183,12 @@ def _version_lines(facts: dict) -> list[str]:
         lines.append(f"versions:     {listed}; use one with --collection NAME, or make {facts['collection']!r} "
                      "mean one again with `clipsearch reindex --model MODEL` given that version's model (nothing "
                      "is embedded)")
+    kept = [v for v in versions if not (v.get("unfinished") or {}).get("reindex")]
+    if facts["exists"] and kept:
+        listed = ", ".join(repr(v["collection"]) + (f" (model {shown(v['model'])})" if v.get("model") else "")
+                           for v in kept)
+        lines.append(f"versions:     {listed} kept; `clipsearch reindex --model MODEL` with a version's model "
+                     "switches back to it, embedding only what was added since")
     for version in versions:
         mark = version.get("unfinished") or {}
         if mark.get("reindex"):

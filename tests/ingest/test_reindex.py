@@ -6,6 +6,7 @@ loop are in tests/faults/test_kill_reindex.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,20 @@ def test_reindex_keeps_an_embedded_collections_quantization(tmp_path, tiny_model
         assert index.meant() == summary.new
         layout = index.stored_layout()
         assert (layout.quantization, layout.vectors_on_disk) == ("int8", True)
+
+
+def test_status_lists_the_versions_a_reindex_kept(tmp_path, tiny_model_dir, other_model_dir):
+    draw_collection(tmp_path / "photos", 4)
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+    common = ["--index", index, "--workers", "0", "-q"]
+    photos = str(tmp_path / "photos")
+    assert runner.invoke(cli, ["ingest", photos, "--model", str(tiny_model_dir), *common]).exit_code == 0
+    assert "versions:" not in runner.invoke(cli, ["status", "--index", index]).output
+    assert runner.invoke(cli, ["reindex", "--model", str(other_model_dir), *common]).exit_code == 0
+    status = runner.invoke(cli, ["status", "--index", index]).output
+    [kept] = [v for v in json.loads(runner.invoke(cli, ["status", "--index", index, "--json"]).output)["versions"]]
+    [line] = [line for line in status.splitlines() if line.startswith("versions:")]
+    assert f"{kept['collection']!r} (model {kept['model']}) kept" in line and "reindex --model" in line
+    assert runner.invoke(cli, ["reindex", "--model", str(other_model_dir), *common, "--drop-old"]).exit_code == 0
+    assert "versions:" not in runner.invoke(cli, ["status", "--index", index]).output
