@@ -577,8 +577,8 @@ class Ingestor:
         self.summary.removed += len(stale)
 
     # -- calls ------------------------------------------------------------------
-    def _begin(self) -> float:
-        """A fresh summary and walk state for a call; its start time."""
+    def _begin(self, started: float | None = None) -> float:
+        """A fresh summary and walk state for a call; its start time (`started`, or now)."""
         with self._counts_lock:
             self.summary = IngestSummary()
             self._relinker = Relinker(self.index, self.progress.message, self.summary,
@@ -590,7 +590,7 @@ class Ingestor:
         # vector is of a picture that is not there any more. Removed once the writes are in.
         self._changed_ids: dict[str, str] = {}  # path -> id, of files changed since embedded
         self._unusable_ids: list[str] = []
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started
         return self._started
 
     def _end(self, started: float) -> None:
@@ -648,8 +648,9 @@ class Ingestor:
 
     def _run(self, entries: Iterable[FileEntry], roots: Sequence[str], allow_empty: bool,
              counted: int | None = None) -> IngestSummary:
+        called = time.monotonic()  # a new model's first load (seconds of torch) is the call's time too
         self._ensure_collection()
-        started = self._begin()
+        started = self._begin(called)
         building: float | None = None  # when the HNSW build began
         begun = folder_identities(roots)
         if counted is not None:  # the whole list is known: found and the ETA from the start
@@ -718,8 +719,9 @@ class Ingestor:
         excluded folder below its root. Unchanged files are skipped as in run(); a bad
         file is skipped and reported, never raised. No bulk_load (meant for small
         batches) and no HNSW build. Returns this call's summary."""
+        called = time.monotonic()  # a new model's first load (seconds of torch) is the call's time too
         self._ensure_collection()
-        started = self._begin()
+        started = self._begin(called)
         extensions = image_extensions()
         self._show_progress = False  # a watcher's batches: no progress line each time
         try:

@@ -109,8 +109,11 @@ class LazyEncoder:
         """The loaded Encoder. When the identity came from the cache and the model's
         files changed since it was looked up, the loaded weights are checked against it."""
         if self._full is None:
+            from ..names import shown
             from .torch_clip import Encoder
 
+            # Seconds of importing torch and reading weights, before any progress line.
+            self.towers.tell(f"loading the model {shown(self.model)} (torch)...")
             encoder = Encoder(self.model, self.device)
             if self.cached and self._base is not None and locate(self.model)[1] != self._key:
                 if not encoder.identity.is_compatible_with(self._base):

@@ -725,3 +725,28 @@ def test_summary_times_the_first_batch_apart(images, encoder, index):
     assert 0 < first.first_batch_seconds <= first.seconds
     again = run([images[0].parent], encoder, index, batch_size=4)
     assert again.embedded == 0 and again.first_batch_seconds is None
+
+
+def test_a_new_models_load_is_announced_and_counted_in_the_runs_time(tmp_path, tiny_model_dir, monkeypatch):
+    """A model the cache does not know is loaded with torch before the collection is
+    made, seconds before any progress: a line says so, and the summary's time has it."""
+    import time
+
+    import clipsearch.encoders.torch_clip as torch_clip
+
+    loaded = torch_clip.Encoder.__init__
+
+    def slow_load(self, *args, **kwargs):
+        time.sleep(1.5)  # torch's imports and the weights, on a slow disk
+        loaded(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch_clip.Encoder, "__init__", slow_load)
+    monkeypatch.setenv("CLIPSEARCH_CACHE_DIR", str(tmp_path / "cache"))  # nothing known of the model
+    draw_collection(tmp_path / "photos", 3)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["ingest", str(tmp_path / "photos"), "--index", str(tmp_path / "index"),
+                                      "--model", str(tiny_model_dir), "-w", "0", "--json"])
+    wall = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert f"loading the model {tiny_model_dir} (torch)..." in result.stderr
+    assert json.loads(result.stdout)["seconds"] >= 0.8 * wall, wall
