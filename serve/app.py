@@ -30,7 +30,7 @@ from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields, path_of, stored
 
 from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
-from .security import OPEN_PATHS, Guard
+from .security import OPEN_PATHS, SESSION_SECONDS, Guard
 from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, elapsed_ms
 from .service import Query as SearchQuery
 from .uploads import Busy, NotAnImage, UploadDecoder, UploadTooLarge
@@ -140,6 +140,10 @@ class LoginBody(BaseModel):
 
 class Message(BaseModel):
     error: str
+
+
+class Session(BaseModel):
+    token: bool = Field(description="Whether this server needs its token (a login) to answer.")
 
 
 ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 422, 503)}
@@ -262,9 +266,7 @@ class Gatekeeper:
             request = Request(scope)
             if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(self.guard.cookie)):
                 if path == "/" and scope["method"] == "GET":
-                    login = asset("login.html").decode()
-                    response: Response = HTMLResponse(login, status_code=401,
-                                                      headers={"Content-Security-Policy": content_policy(login)})
+                    response: Response = login_page()
                 else:
                     response = JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
                                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
@@ -354,16 +356,17 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
 
     def logged_in(response: Response) -> None:
-        response.set_cookie(guard.cookie, guard.session or "", httponly=True, samesite="strict", path="/",
-                            max_age=30 * 24 * 3600)
+        response.set_cookie(guard.cookie, guard.new_session(), httponly=True, samesite="strict", path="/",
+                            max_age=SESSION_SECONDS)
 
     @app.get("/login", include_in_schema=False)
     def login_link(token: str = ""):
-        """The login URL serve prints: sets the cookie and drops the token from the address bar."""
+        """The login URL serve prints: sets the cookie and drops the token from the address
+        bar. A wrong or missing token gets the login form (which says a given token is wrong)."""
         if not guard.enabled:
             return RedirectResponse("/", status_code=303)
         if not guard.token_matches(token):
-            return JSONResponse({"error": "wrong or missing token"}, status_code=401)
+            return login_page()
         response = RedirectResponse("/", status_code=303)
         logged_in(response)
         return response
@@ -379,10 +382,17 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return response  # type: ignore[return-value]
 
     @app.post("/api/logout")
-    def logout() -> dict:
+    def logout(request: Request) -> dict:
+        """End this login's session: its cookie, and any copy of it, opens nothing after."""
+        guard.end_session(request.cookies.get(guard.cookie))
         response = JSONResponse({"ok": True})
-        response.delete_cookie(guard.cookie, path="/")
+        response.delete_cookie(guard.cookie, path="/", httponly=True, samesite="strict")
         return response  # type: ignore[return-value]
+
+    @app.get("/api/session", response_model=Session)
+    def session() -> dict:
+        """Whether this server asks for a token (the page then offers to log out)."""
+        return {"token": guard.enabled}
 
     # -- facts ---------------------------------------------------------------------------
     @app.get("/api/health")
@@ -523,6 +533,12 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return Response(asset(name), media_type=ASSET_TYPES[suffix], headers={"Cache-Control": "private, no-cache"})
 
     return app
+
+
+def login_page() -> HTMLResponse:
+    """The login form, as a 401: with its inline script and style allowed by their hashes."""
+    login = asset("login.html").decode()
+    return HTMLResponse(login, status_code=401, headers={"Content-Security-Policy": content_policy(login)})
 
 
 def allowed_methods(app: FastAPI, scope) -> list[str]:

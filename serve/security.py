@@ -2,10 +2,14 @@
 
 The token travels as `Authorization: Bearer TOKEN` (thin clients, scripts) or, for
 the page, as an HttpOnly, SameSite=Strict cookie set by a login. The cookie holds a
-value derived from the token, not the token. Every comparison is constant-time
-(hmac.compare_digest), and the token is never logged, echoed or put in a page: the
-access log is off (uvicorn's would print /login?token=...), and errors never repeat
-what the client sent in a header.
+random session id, not the token nor anything derived from it: the server keeps its
+sessions (each secret's hash, never the secret) in a file of its own (mode 0600), so a
+logout ends one for good (a copy of the cookie opens nothing after it), a restart with
+the same token keeps them (a NAS that reboots does not log the family out), and a new
+token ends them all. Every
+comparison is constant-time (hmac.compare_digest), and the token is never logged,
+echoed or put in a page: the access log is off (uvicorn's would print
+/login?token=...), and errors never repeat what the client sent in a header.
 """
 
 from __future__ import annotations
@@ -13,13 +17,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
+import os
 import secrets
+import threading
+import time
+from pathlib import Path
 
 from clipsearch.errors import ClipsearchError
 
 COOKIE = "clipsearch_session"
 # Paths anyone may reach: health for load balancers and the login itself.
 OPEN_PATHS = frozenset({"/api/health", "/login", "/api/login"})
+SESSION_SECONDS = 30 * 24 * 3600
+# Logins need the token, so only its holders add sessions; the oldest go beyond this.
+MAX_SESSIONS = 1000
+_NO_SESSION = (b"\0" * 32, 0.0)
 
 
 def is_loopback(host: str) -> bool:
@@ -49,15 +62,21 @@ def choose_token(host: str, given: str | None) -> tuple[str | None, bool]:
 
 
 class Guard:
-    def __init__(self, token: str | None, port: int | None = None):
+    def __init__(self, token: str | None, port: int | None = None, store: Path | None = None):
         """`port`: serve's, in the cookie's name. Browsers keep one cookie jar per host,
         not per port: two serves on one machine would otherwise overwrite each other's
         login. (Each still receives the other's cookie, which opens nothing there. Two
-        containers that both bind 8765 inside still share the name.)"""
+        containers that both bind 8765 inside still share the name.) `store`: the file
+        that keeps the sessions across restarts (None: in memory only)."""
         self.token = token
         self.cookie = COOKIE if port is None else f"{COOKIE}_{port}"
-        self.session = (hmac.new(token.encode(), b"clipsearch-session", hashlib.sha256).hexdigest()
-                        if token else None)
+        # A session id is "SELECTOR.SECRET": the selector finds the session, the secret's
+        # hash is compared in constant time, so how long a lookup takes tells nothing of
+        # a secret. selector -> (sha256 of the secret, when it expires).
+        self._sessions: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+        self._store = store
+        self._load()
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +95,69 @@ class Guard:
             return False
         return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), self.token.encode())
 
+    def new_session(self) -> str:
+        """A new session's cookie value, after a login with the token."""
+        selector, secret = secrets.token_urlsafe(12), secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            for old in [s for s, (_, expires) in self._sessions.items() if expires <= now]:
+                del self._sessions[old]
+            while len(self._sessions) >= MAX_SESSIONS:
+                del self._sessions[next(iter(self._sessions))]  # the oldest login
+            self._sessions[selector] = (_digest(secret), now + SESSION_SECONDS)
+            self._save()
+        return f"{selector}.{secret}"
+
+    def session_valid(self, cookie: str | None) -> bool:
+        if not cookie:
+            return False
+        selector, _, secret = cookie.partition(".")
+        with self._lock:
+            digest, expires = self._sessions.get(selector, _NO_SESSION)
+        return hmac.compare_digest(_digest(secret), digest) and time.time() < expires
+
+    def end_session(self, cookie: str | None) -> None:
+        """A logout: this session opens nothing from now on, wherever its cookie was copied."""
+        if self.session_valid(cookie):
+            with self._lock:
+                self._sessions.pop(str(cookie).partition(".")[0], None)
+                self._save()
+
+    # The file names the token it belongs to by a keyed hash of it: sessions of another
+    # token are not this one's. A file that cannot be read or written costs only the
+    # keeping of logins across a restart, never a login.
+    def _token_key(self) -> str:
+        return hmac.new((self.token or "").encode("utf-8", "surrogateescape"), b"clipsearch-sessions",
+                        hashlib.sha256).hexdigest()
+
+    def _load(self) -> None:
+        if self._store is None or self.token is None:
+            return
+        try:
+            kept = json.loads(self._store.read_text())
+            if kept.get("token") != self._token_key():
+                return
+            now = time.time()
+            self._sessions = {selector: (bytes.fromhex(digest), float(expires))
+                              for selector, (digest, expires) in kept["sessions"].items() if float(expires) > now}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            self._sessions = {}
+
+    def _save(self) -> None:
+        if self._store is None or self.token is None:
+            return
+        sessions = {selector: [digest.hex(), expires] for selector, (digest, expires) in self._sessions.items()}
+        data = {"token": self._token_key(), "sessions": sessions}
+        tmp = self._store.with_name(self._store.name + ".tmp")
+        try:
+            self._store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out)
+            os.replace(tmp, self._store)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
     def allows(self, authorization: str | None, cookie: str | None) -> bool:
         if self.token is None:
             return True
@@ -83,9 +165,11 @@ class Guard:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer" and self.token_matches(value.strip()):
                 return True
-        if cookie and self.session is not None:
-            return hmac.compare_digest(cookie.encode("utf-8", "surrogateescape"), self.session.encode())
-        return False
+        return self.session_valid(cookie)
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def check_bind(host: str, token: str | None, cors_origins: tuple[str, ...] = ()) -> None:

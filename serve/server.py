@@ -127,7 +127,9 @@ def run(settings: Settings, options: ServeOptions) -> None:
         from .app import create_app
 
         thumbnails = Thumbnails(thumbnail_folder(settings), int(options.thumbnail_megabytes * 1e6))
-        app = create_app(service, Guard(token, sock.getsockname()[1]), thumbnails, uploads,
+        port = sock.getsockname()[1]
+        guard = Guard(token, port, store=thumbnail_folder(settings).parent.parent / "sessions" / f"{port}.json")
+        app = create_app(service, guard, thumbnails, uploads,
                          int(options.upload_megabytes * 1e6), options.cors_origins, version("clipsearch"))
         # The thumbnails of photos deleted or changed while serve was down go, in the background.
         sweeper = ThumbnailSweeper(service, thumbnails, every=None if roots else options.rescan_minutes * 60,

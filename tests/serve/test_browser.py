@@ -55,19 +55,6 @@ def running_server(collection: dict[str, Path], *extra: str, timeout: float = 90
         yield server.url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def watch(page) -> dict[str, list]:
     """Every request's URL, console errors and uncaught page errors, from now on."""
     seen: dict[str, list] = {"requests": [], "console": [], "page_errors": []}
