@@ -114,7 +114,7 @@ def print_groups(groups: Sequence["DuplicateGroup"], fmt: str, similar: float | 
                 click.echo("")
             click.echo(group_title(group, similar))
             for member in group.members:
-                click.echo(f"  {member.score:7.4f}  {shown(member.path)}")
+                click.echo(f"  {member.score:.4f}  {shown(member.path)}")
     if quoted:
         were = "was" if quoted == 1 else "were"
         click.echo(f"{quoted} of the paths held a line break or control character and {were} written quoted "
