@@ -1,12 +1,16 @@
 """clipsearch: text-to-image search over large image folders.
 
-    import clipsearch
-    clipsearch.ingest(["/photos"])                     # embed new and changed images
-    for hit in clipsearch.search("a dog on a beach", k=5):
-        print(hit.rank, hit.score, hit.path)
-    settings = clipsearch.Settings.resolve(index="/data/photo-index")
-    with clipsearch.open_index(settings) as index:
-        print(index.count())
+    from clipsearch import Settings, open_index
+    from clipsearch.ingest import ingest
+    from clipsearch.search import search
+
+    if __name__ == "__main__":                   # ingest's decoders run the script again (spawn)
+        ingest("/photos")                        # embed new and changed images
+        for hit in search("a dog on a beach", k=5):
+            print(hit.rank, hit.score, hit.path)
+        settings = Settings.resolve(index="/data/photo-index")
+        with open_index(settings) as index:
+            print(index.count())
 
 The kernel shared by the three stages (`clipsearch.ingest`, `clipsearch.search`,
 `clipsearch.finetune`): settings, the encoders, the index backends and the command
@@ -32,6 +36,7 @@ __all__ = [
     "IngestOptions",
     "IngestSummary",
     "ModelIdentity",
+    "QueryEncoders",
     "SearchHit",
     "Searcher",
     "Settings",
@@ -43,14 +48,18 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ingest, search
-    from .encoders import Encoder, ModelIdentity
+    from .encoders import Encoder, ModelIdentity, QueryEncoders
     from .index import Hit, Index, open_index
     from .ingest import IngestOptions, IngestSummary
     from .search import Searcher, SearchHit
 
 # `search` and `ingest` are the stage packages themselves, which can be called as
 # functions (clipsearch/lazy_package.py): importing a package binds its name here anyway.
+# A type checker sees the packages: typed code imports the functions from them
+# (`from clipsearch.search import search`). QueryEncoders is the text encoder a
+# long-lived Searcher holds (README: Python API).
 lazy_package(__name__, {"search": None, "ingest": None, "Encoder": "encoders", "ModelIdentity": "encoders",
+                        "QueryEncoders": "encoders",
                         "Hit": "index", "Index": "index", "open_index": "index",
                         "IngestOptions": "ingest", "IngestSummary": "ingest",
                         "SearchHit": "search", "Searcher": "search"})

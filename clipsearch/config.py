@@ -17,6 +17,7 @@ Standard library only: every command imports this before anything else.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -386,6 +387,40 @@ def valid_collection_name(name: str) -> bool:
     return bool(name) and "/" not in name and not name.startswith(".") and name.isprintable()
 
 
+# Settings.resolve's arguments that say which index, collection or model: an empty one
+# is a caller's unset variable, and the environment's or the default place instead
+# would write to (or search) another one than meant ("" as an index was the current
+# directory), as the CLI's empty flags (options.NAMED_PLACES).
+PLACES = ("index", "collection", "model")
+
+
+def _given_place(name: str, given: Any) -> Any:
+    """An index, collection or model argument of Settings.resolve as text: a path
+    object as its path; an empty one refused."""
+    if isinstance(given, os.PathLike):
+        given = os.fsdecode(given)
+    if isinstance(given, str) and not given.strip():
+        raise ClipsearchError(f"Settings.resolve: {name}={given!r} is empty; give one, or leave it out (None) "
+                              f"for {BY_NAME[name].env[0]} or the default")
+    return given
+
+
+# A server's address without its scheme: `qdrant:6333`, `10.0.0.5:6333`, `[::1]:6333`.
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})")
+
+
+def refuse_host_port(index: str, where: str) -> None:
+    """An index given as HOST:PORT, which no folder bears: a server's address without
+    http://, which as a folder name would quietly become a new embedded index in the
+    current directory. `where`: the flag or variable that gave it, for the message."""
+    found = _HOST_PORT.fullmatch(index)
+    if found is None or not 0 < int(found.group(1)) < 65536 or os.path.exists(os.path.expanduser(index)):
+        return
+    raise ClipsearchError(f"{where} {index!r} looks like a server's HOST:PORT, not an index folder: give "
+                          f"http://{index} for a Qdrant server (https:// behind TLS), or ./{index} for a new "
+                          "folder of that name")
+
+
 def _table_default(name: str) -> Any:
     """A Settings field whose default is the table's row of the same name."""
     return field(default_factory=lambda: BY_NAME[name].default_value, repr=not BY_NAME[name].secret)
@@ -425,7 +460,11 @@ class Settings:
         unknown = set(flags) - set(names)
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        flags = {name: _given_place(name, given) if name in PLACES else given for name, given in flags.items()}
         values = {name: value(name, flags.get(name), env) for name in names}
+        from_env = _first_set(BY_NAME["index"], env)
+        refuse_host_port(values["index"], "--index" if flags.get("index") is not None or from_env is None
+                         else from_env[0])
         named = flags.get("model") is not None or env_value("model", env) is not None
         return cls(**values, model_named=named).validated()
 

@@ -4,7 +4,9 @@
 function `search(...)`; likewise `clipsearch.ingest`. Python binds a subpackage to
 its parent's attribute of the same name when it is imported, so a function of that
 name in `clipsearch/__init__.py` would be replaced by the package as soon as anything
-imported the stage. Making the package itself callable keeps both meanings.
+imported the stage. Making the package itself callable keeps both meanings. A type
+checker sees only the package, which it will not call: typed code imports the function
+from it (`from clipsearch.search import search`), as the README's example does.
 
 Names load lazily because every CLI start imports each stage's commands.py, and so
 the stage's package: `clipsearch --help` must not pay for numpy, PIL or qdrant.

@@ -44,7 +44,8 @@ def _live_line(stream: TextIO, text: str) -> "tqdm":
 class Progress:
     def __init__(self, stream: TextIO | None = None, quiet: bool = False, interval: float | None = None):
         self.stream = stream if stream is not None else sys.stderr
-        self.quiet = quiet
+        # No stderr at all (pythonw, a GUI launcher, a service manager): nowhere to show it.
+        self.quiet = quiet or self.stream is None
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
         if interval is None:  # the progress_seconds setting: how often a log gets a line
             interval = config.value("progress_seconds")

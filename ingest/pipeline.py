@@ -796,8 +796,9 @@ def lazy_encoder(settings: Settings, options: IngestOptions):
                        threads=plan.threads, spin=plan.spin)
 
 
-def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, options: IngestOptions | None = None,
-           progress: Progress | None = None, *, settings: Settings | None = None) -> IngestSummary:
+def ingest(folders: Sequence[str | os.PathLike] | str | os.PathLike, encoder=None, index: Index | None = None,
+           options: IngestOptions | None = None, progress: Progress | None = None, *,
+           settings: Settings | None = None) -> IngestSummary:
     """Embed the images under `folders` into an index; returns the run's summary.
 
         clipsearch.ingest(["/photos"])                               # the configured index and model
@@ -807,10 +808,14 @@ def ingest(folders: Sequence[str], encoder=None, index: Index | None = None, opt
     Without `index`, opens (and may create) the one `settings` names (default: the
     environment's, as the CLI does) and closes it after; without `encoder`, the
     model `settings` names (none named: the one the collection records) loads only
-    once a file needs embedding (LazyEncoder).
+    once a file needs embedding (LazyEncoder). One folder may be given alone, not in a
+    list (a string is not read as a list of its letters).
     """
     from clipsearch.index import collection_precision, open_index, with_collection_model
 
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    folders = [os.fsdecode(folder) for folder in folders]
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
     options = options or IngestOptions()

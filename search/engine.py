@@ -127,7 +127,8 @@ class Searcher:
 
 def search(query: str | None = None, k: int = 10, settings=None, under: str | None = None,
            min_score: float | None = None, image: str | None = None,
-           add: Iterable[str] = (), subtract: Iterable[str] = (), where: Where | None = None) -> list[SearchHit]:
+           add: Iterable[str] | str = (), subtract: Iterable[str] | str = (),
+           where: Where | None = None) -> list[SearchHit]:
     """One-call API for notebooks: load the model, open the index, search, close.
     Text goes through the same encoders as the CLI: the cached ONNX text tower when
     there is one, else the full model (clipsearch/encoders/query.py).
@@ -135,6 +136,8 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
         search("a dog on a beach", k=5)
         search(image="holiday/beach.jpg", subtract=["people"])
         search("a harbour", where=Where(taken_from="2023-01-01T00:00:00", camera_words=("canon",)))
+
+    `add` and `subtract` take terms, or one term as a string (not its letters).
     """
     from clipsearch.config import Settings
     from clipsearch.encoders.query import QueryEncoders
@@ -142,7 +145,7 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
 
     settings = settings or Settings.resolve()
     check_k(k)
-    terms = build_terms(query, image, add, subtract)
+    terms = build_terms(query, image, _terms_given(add), _terms_given(subtract))
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
         if names_no_model(settings):  # else the model check in Searcher is the one record read
@@ -151,6 +154,11 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
         hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits
+
+
+def _terms_given(terms: Iterable[str] | str) -> Iterable[str]:
+    """search()'s add or subtract: a string is one term."""
+    return (terms,) if isinstance(terms, str) else terms
 
 
 def build_terms(query: str | None, image: str | None, add: Iterable[str], subtract: Iterable[str]) -> list[Term]:

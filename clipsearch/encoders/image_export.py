@@ -108,16 +108,25 @@ def _root_logger_silenced():
     """onnxruntime.quantization advises, through the root logger, running its
     pre-processing (shape inference and the optimizer): the fp32 export was optimized
     already. A bare logging.warning() would also install a stderr handler on the root
-    logger for the rest of the process; a NullHandler meanwhile keeps it from doing so."""
+    logger for the rest of the process; a NullHandler meanwhile keeps it from doing so.
+    The advice is dropped by a filter on the root logger, which only records logged to
+    it directly pass: logging.disable would silence every logger of the process
+    meanwhile, and its level, the app's own, is not ours to reset."""
     root = logging.getLogger()
     guard = logging.NullHandler()
+    advice = _BelowError()
     root.addHandler(guard)
-    logging.disable(logging.WARNING)
+    root.addFilter(advice)
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        root.removeFilter(advice)
         root.removeHandler(guard)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def _versions() -> dict:

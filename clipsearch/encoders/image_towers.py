@@ -54,7 +54,10 @@ def _quiet(_: str) -> None:
 
 
 def stderr_line(text: str) -> None:
-    """One line on stderr, clear of a live tqdm progress line."""
+    """One line on stderr, clear of a live tqdm progress line; none where the process
+    has no stderr (pythonw, a GUI launcher)."""
+    if sys.stderr is None:
+        return
     line = f"clipsearch: {text}"
     if "tqdm" in sys.modules:
         from tqdm import tqdm

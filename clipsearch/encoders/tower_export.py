@@ -26,9 +26,10 @@ import contextlib
 import errno
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TextIO
 
 import numpy as np
 
@@ -48,10 +49,36 @@ def trace(module, args: tuple, path: Path, input_names: list[str], output_names:
     exporter's warnings and prints are kept off the command's stdout."""
     import torch
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(_ThisThreadTo(sys.stderr)), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+class _ThisThreadTo:
+    """sys.stdout while this thread exports: its prints go to `target` (none where that
+    is None: a process without stderr), while an app's other threads print where they
+    did; sys.stdout is one for the whole process."""
+
+    def __init__(self, target: TextIO | None):
+        self._thread = threading.get_ident()
+        self._target = target
+        self._original = sys.stdout
+
+    def _stream(self) -> TextIO | None:
+        return self._target if threading.get_ident() == self._thread else self._original
+
+    def write(self, text: str) -> int:
+        stream = self._stream()
+        return len(text) if stream is None else stream.write(text)
+
+    def flush(self) -> None:
+        stream = self._stream()
+        if stream is not None:
+            stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream(), name)
 
 
 def optimize(raw: Path, out: Path, data_name: str) -> None:

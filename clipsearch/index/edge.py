@@ -52,6 +52,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -127,6 +128,56 @@ shard.flush()
 shard.close()
 print("OPTIMIZED" if changed else "UNCHANGED", flush=True)
 """
+
+
+# The lock files this process holds, by (device, inode): an open of one of them here
+# is told it is open in this process, and never reads the file while its holder here
+# rewrites it (which read as "in use by pid unknown"). Every lock of this module is
+# taken under _HELD_HERE_LOCK; reentrant, as a finalizer may give one back meanwhile.
+_HELD_HERE: set[tuple[int, int]] = set()
+_HELD_HERE_LOCK = threading.RLock()
+
+
+class _ProcessLock(ExclusiveLock):
+    """ExclusiveLock that knows the ones this process holds (_HELD_HERE)."""
+
+    _key: tuple[int, int] | None = None
+
+    def acquire(self) -> "_ProcessLock":
+        with _HELD_HERE_LOCK:
+            if _file_key(self.path) in _HELD_HERE:
+                raise InUseError(
+                    f"{self.what} is in use by pid {os.getpid()}; it is already open in this process: open it once "
+                    "(open_index) and search through it (Searcher), see README (Python API)")
+            super().acquire()
+            self._key = _file_key(self.path)
+            if self._key is not None:
+                _HELD_HERE.add(self._key)
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._key is not None
+
+    def release(self) -> None:
+        with _HELD_HERE_LOCK:
+            key, self._key = self._key, None
+            try:
+                super().release()
+            finally:
+                if key is not None:
+                    _HELD_HERE.discard(key)
+
+
+def _file_key(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode); None where there is none. Not its name: a lock file
+    deleted while held and made again is a lock of its own (the engine's lock on its
+    write-ahead log then says whether the collection is in use)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _edge():
@@ -407,7 +458,8 @@ class EdgeIndex(Index):
         self.layout = layout or Layout()  # how a collection this index creates is laid out (the embedded part)
         self.oversampling = oversampling  # searches of a quantized collection: candidates per hit, rescored
         self._shard = None
-        self._lock: ExclusiveLock | None = None
+        self._lock: _ProcessLock | None = None
+        self._closed = False  # by close(): every later use says so, not that the collection does not exist
         self._wrote = False  # anything written since the open: close() records the count
         self._written_since_graph: int | None = None  # graph.json, read on first need
         self._checking = check
@@ -437,14 +489,14 @@ class EdgeIndex(Index):
         """Whether `collection` has anything on disk: its folder, or a creation's staging."""
         return (self.root / collection).exists() or (self.root / f".{collection}.creating").exists()
 
-    def _lock_meant(self) -> ExclusiveLock:
+    def _lock_meant(self) -> _ProcessLock:
         """Lock the collection the name means (aliases.json), taking `collection` from
         it. A reindex switches the name while holding the old collection's lock: an open
         that lost that race reads the table again and locks the new one."""
         for _ in range(3):
             self.collection = read_aliases(self.root).get(self.name, self.name)
-            lock = ExclusiveLock(str(self.root / f"{self.collection}.lock"),
-                                 f"index {self.root} (collection {self.collection!r})")
+            lock = _ProcessLock(str(self.root / f"{self.collection}.lock"),
+                                f"index {self.root} (collection {self.collection!r})")
             try:
                 lock.acquire()
             except InUseError:
@@ -700,12 +752,18 @@ class EdgeIndex(Index):
             self.require_collection()
         return self._shard
 
+    def _require_open(self) -> None:
+        if self._closed:
+            raise ClipsearchError(f"index {self.root} (collection {self.name!r}) is closed: open it again "
+                                  "(open_index) to use it")
+
     def _dim(self) -> int | None:
         identity = self.stored_identity()
         return identity.dim if identity else None
 
     # -- collection -------------------------------------------------------------
     def exists(self) -> bool:
+        self._require_open()
         return self._shard is not None
 
     def stored_identity(self) -> ModelIdentity | None:
@@ -876,8 +934,8 @@ class EdgeIndex(Index):
     def drop(self, collection: str) -> None:
         if collection == self.collection or not (self.root / collection).is_dir():
             raise ClipsearchError(f"index {self.root} has no other collection {collection!r} to drop")
-        lock = ExclusiveLock(str(self.root / f"{collection}.lock"),
-                             f"index {self.root} (collection {collection!r})").acquire()
+        lock = _ProcessLock(str(self.root / f"{collection}.lock"),
+                            f"index {self.root} (collection {collection!r})").acquire()
         try:
             self._write(lambda: self._remove_collection(collection), f"dropping {collection!r}")
         finally:
@@ -1083,6 +1141,7 @@ class EdgeIndex(Index):
         return [Record(str(r.id), dict(r.payload or {}), _vector_of(r) if with_vectors else None) for r in records]
 
     def scroll(self, batch_size=1000, with_vectors=False, under=None) -> Iterator[Record]:
+        self._require_open()  # now, not at the first record
         return self._scroll(self._filter(under), batch_size, with_vectors)
 
     def find(self, field, values, with_vectors=False, limit=None, fields=None) -> list[Record]:
@@ -1326,6 +1385,7 @@ class EdgeIndex(Index):
             shard.close()
 
     def close(self) -> None:
+        self._closed = True
         try:
             if self._shard is not None:
                 with self._engine("saving its last writes"):
@@ -1341,6 +1401,19 @@ class EdgeIndex(Index):
                 if self._lock is not None:
                     self._lock.release()
                     self._lock = None
+
+    def __del__(self) -> None:
+        """An index dropped unclosed (an app's exception path) is closed, with the
+        ResourceWarning an unclosed file gives: it would hold its lock, and the index
+        could not be opened again in this process. Not at interpreter exit, where the
+        kernel releases the lock and the engine's write-ahead log keeps every write."""
+        lock = getattr(self, "_lock", None)
+        holds = getattr(self, "_shard", None) is not None or (lock is not None and lock.held)
+        if not holds or sys.is_finalizing():
+            return
+        warnings.warn(f"index {self.root} (collection {self.name!r}) was not closed: close() it, or open it "
+                      "in a with block", ResourceWarning, stacklevel=2, source=self)
+        self.close()
 
 
 def _engine_failure(exc: BaseException) -> bool:
