@@ -139,8 +139,12 @@ def run(settings: Settings, options: ServeOptions) -> None:
         points = service.status().get("points", 0)
         say(f"serving collection {settings.collection!r} at {index.location} ({points} images) on {url}/")
         if generated:
-            # Printed once, here: the token is in no log and no page.
-            say(f"open {url}/login?token={token} (a token was generated; give --token to choose one)")
+            # Printed once, here: the token is in no log and no page. Bound to every address,
+            # the machine's name is what another machine opens; 127.0.0.1 works on this one.
+            wildcard = options.host in ("0.0.0.0", "::", "")
+            login = url_of(socket.gethostname(), sock.getsockname()[1]) if wildcard else url
+            say(f"open {login}/login?token={token} (a token was generated; give --token to choose one"
+                + (f"; on this machine {url} in place of {login}" if wildcard else "") + ")")
         serve_forever(app, sock)
     finally:
         if sweeper is not None:

@@ -5,6 +5,7 @@ CORS closed unless configured."""
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 from fastapi.testclient import TestClient
@@ -172,9 +173,11 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
     args = ["--index", served.settings.index, "--model", served.settings.model, "--host", "0.0.0.0"]
     server = ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(served.root / "cache")})
     try:
-        found = re.search(r"/login\?token=(\S+)", server.output())
+        found = re.search(r"open (\S+)/login\?token=(\S+)", server.output())
         assert found, server.output()
-        token = found.group(1)
+        token = found.group(2)
+        # another machine opens it by this machine's name, not by 127.0.0.1
+        assert found.group(1) == f"http://{socket.gethostname()}:{server.port}", server.output()
         assert server.get("/api/status")[0] == 401
         assert server.get("/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
         login = urllib.request.Request(f"{server.url}/api/login", data=json.dumps({"token": token}).encode(),
