@@ -137,7 +137,9 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
         search(image="holiday/beach.jpg", subtract=["people"])
         search("a harbour", where=Where(taken_from="2023-01-01T00:00:00", camera_words=("canon",)))
 
-    `add` and `subtract` take terms, or one term as a string (not its letters).
+    `add` and `subtract` take terms, or one term as a string (not its letters). As in
+    the CLI, a query or term that names an existing image file searches by that image:
+    text from someone else (a web form) goes to Searcher.text, which opens no file.
     """
     from clipsearch.config import Settings
     from clipsearch.encoders.query import QueryEncoders
