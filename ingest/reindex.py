@@ -11,12 +11,14 @@ index one file at a time.
 A killed reindex resumes: the version keeps what it holds, and a point whose file has
 not changed since (size, mtime) is not embedded again. Images ingested into the old
 collection while the reindex ran are caught up just before the switch, under the old
-collection's lock on the embedded index (so none is lost); a Qdrant server has no
-such lock, so a write in the last moments before the switch can miss the new version
-(the next ingest of that folder adds it). Images gone or unreadable (a share not
-mounted) stop the reindex before the switch, beyond a few. A model whose image tower is the recorded
-one (fine-tuned with --freeze vision) needs no new vectors: the collection only
-records it.
+collection's lock on the embedded index (so none is lost). A Qdrant server has no such
+lock: the old collection is marked as switching before that catch-up
+(ClientIndex.prepare_switch), and a write another client makes fails once it finds the
+mark (or its collection gone), so every write an ingest counted is in the catch-up, and
+one that failed is made again, into the new version, by the ingest run again. Images
+gone or unreadable (a share not mounted) stop the reindex before the switch, beyond a
+few. A model whose image tower is the recorded one (fine-tuned with --freeze vision)
+needs no new vectors: the collection only records it.
 """
 
 from __future__ import annotations
@@ -158,8 +160,10 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             summary.stopped = True
             summary.seconds = time.monotonic() - started
             return summary
-        # From here to the switch the old collection is held (on the embedded index):
-        # nothing can be written to it that the version would miss.
+        # From here to the switch the old collection is held (on the embedded index), or
+        # marked as switching (on a server, by prepare_switch): nothing can be written to
+        # it, and counted, that the version would miss. Closing it unswitched (stopped,
+        # failed) takes the mark back.
         with _open_old(settings) as old:
             if old.meant() != summary.old:
                 raise ClipsearchError(f"{settings.collection!r} was switched to {old.meant()!r} by another "

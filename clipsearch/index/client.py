@@ -1,9 +1,20 @@
 """qdrant-client backend: a Qdrant server (a shared index) or ':memory:' (tests).
 
-Every call to a server goes through tenacity with exponential backoff for at most
-`retry_seconds` (10 s until the server has answered once), then fails with one line
-naming the URL. A refused API key is not retried. The key is handed to the client and
+Every call to a server is retried with exponential backoff for at most `retry_seconds`
+(10 s until the server has answered once), then fails with one line naming the URL.
+The budget is the outage's, not each call's: calls that fail together (an ingest's
+queued writes) share it, and once one has given up the next fails at its first refused
+try. An outage of a server that had answered is said on stderr while it is waited for.
+A refused API key, and an answer that no retry changes (TLS to a plain-HTTP port, the
+gRPC port given as the REST URL), are not retried. The key is handed to the client and
 never appears in a message.
+
+Writes (upsert, copied points) go to the collection the name meant at the first write,
+and each is confirmed after it by one read of that collection: a `clipsearch reindex`
+that is switching the name away marks it first (prepare_switch), so a write the
+confirmation passes went in before the reindex's last catch-up, which copies it; one
+that finds the mark, or the collection gone, fails with one line, and the command run
+again writes into the collection the name means then.
 """
 
 from __future__ import annotations
@@ -34,6 +45,11 @@ METADATA_KEY = "clipsearch"
 FIRST_CONTACT_SECONDS = 10.0
 # Qdrant's default optimizer indexing_threshold (KB of vectors per segment).
 QDRANT_INDEXING_THRESHOLD = 10_000
+# How long an outage lasts before a run says it is waiting: a lone 503 retried at once is no news.
+ANNOUNCE_AFTER_SECONDS = 1.0
+# Why a TLS handshake fails where the port answers plain HTTP (OpenSSL's reasons, old and new).
+PLAIN_HTTP_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                                "UNKNOWN_PROTOCOL"})
 
 # ':memory:' collections live as long as the process: every Index opened on
 # ':memory:' in one process shares this client, so an ingest and a later search in
@@ -71,6 +87,13 @@ def _warn_if_key_unencrypted(location: str) -> None:
                      "use an https:// URL (README: Share an index)\n")
 
 
+def _say(text: str) -> None:
+    """One line on stderr, clear of a live progress line (the ingest's)."""
+    from ..encoders.image_towers import stderr_line
+
+    stderr_line(text)
+
+
 def _server_error_detail(exc) -> str:
     """The server's own reason for refusing a request (Qdrant answers
     {"status": {"error": "..."}}), on one line, or nothing."""
@@ -83,6 +106,20 @@ def _server_error_detail(exc) -> str:
 
 class _Transient(Exception):
     """A failure worth retrying: the server is down, slow or overloaded."""
+
+
+class _NotFound(ClipsearchError):
+    """The server answered that the collection (or point route) is not there."""
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it was raised from, innermost last."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 class ClientIndex(Index):
@@ -113,47 +150,83 @@ class ClientIndex(Index):
         self.grpc = grpc
         # What messages name: over gRPC the URL's port is not the one being talked to.
         self.where = f"{location} (gRPC port {grpc_port})" if grpc and self.backend == "server" else location
+        self.grpc_port = grpc_port
+        self._key_given = bool(api_key)
         self._exists: bool | None = None
         self._reached = False  # the server has answered a call of this process
         self._last_info: tuple[float, Any] | None = None  # (when, the collection info read last): _recent_info
+        # The outage under way: when its first call failed, when one failed last, whether it was said.
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None
+        self._outage_last = 0.0
+        self._outage_said = False
+        self._writes_to: str | None = None  # the collection writes go to (_write_target)
+        self._writer_identity: ModelIdentity | None = None  # the model of the vectors this index writes
+        self._switch_marked: str | None = None  # a collection this index marked as switching (prepare_switch)
+        self.points_written = 0  # by this index, confirmed: what a failure says is kept
 
     # -- retries ----------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         if self.backend == "memory":
             return fn()
-        import tenacity
-
-        def attempt():
-            try:
-                return fn()
-            except Exception as exc:
-                raise self._classify(exc) from exc
-
         # Until the server has answered once, a wrong URL or a server that is not up is
         # the likely cause: say so within seconds. Once it has answered, a failure is a
         # server restarting or a network blip mid-run: wait for it as long as allowed.
         patience = self.retry_seconds if self._reached else min(self.retry_seconds, FIRST_CONTACT_SECONDS)
-        backoff = tenacity.wait_exponential(multiplier=0.25, max=8)
+        attempt = 0
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                error = self._classify(exc)
+                if not isinstance(error, _Transient):
+                    raise error from exc
+                attempt += 1
+                time.sleep(self._wait_out(what, error, patience, attempt))
+                continue
+            self._answered()
+            return result
 
-        def wait(state) -> float:  # the last wait ends at the deadline, not up to 8 s past it
-            return min(backoff(state), max(0.0, patience - state.seconds_since_start))
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Transient),
-            stop=tenacity.stop_after_delay(patience),
-            wait=wait,
-            reraise=True,
-        )
-        try:
-            result = retrying(attempt)
-        except _Transient as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc.__cause__ or exc).__name__
+    def _wait_out(self, what: str, error: _Transient, patience: float, attempt: int) -> float:
+        """How long to wait before the next try of a call that failed; raises once the
+        outage has lasted `patience`. The outage, not the call, holds the clock: a call
+        that fails within `patience` of another's failure is part of the same one, so
+        an ingest's queued write does not wait the whole budget again after the first
+        has given up."""
+        detail = str(error).splitlines()[0] if str(error) else type(error.__cause__ or error).__name__
+        now = time.monotonic()
+        with self._outage_lock:
+            if self._outage_since is None or now - self._outage_last > patience:
+                self._outage_since, self._outage_said = now, False
+            self._outage_last = now
+            lasted = now - self._outage_since
+            say = self._reached and not self._outage_said and lasted >= ANNOUNCE_AFTER_SECONDS
+            if say:
+                self._outage_said = True
+        if lasted >= patience:
             raise ClipsearchError(
-                f"Qdrant server {self.where} is unreachable ({what} failed after "
-                f"{patience:g} s of retries: {detail})"
-            ) from None
+                f"Qdrant server {self.where} is unreachable ({what} failed after {patience:g} s of retries: "
+                f"{detail}); {self._what_is_kept()}") from None
+        if say:  # a progress line that stops moving says nothing of why
+            _say(f"waiting for Qdrant server {self.where}: {what} failed ({detail}); retrying for up to "
+                 f"{patience:g} s")
+        backoff = min(8.0, 0.25 * 2 ** (attempt - 1))
+        return min(backoff, patience - lasted)  # the last wait ends at the deadline, not up to 8 s past it
+
+    def _answered(self) -> None:
         self._reached = True
-        return result
+        if self._outage_since is None:
+            return
+        with self._outage_lock:
+            said, self._outage_since, self._outage_said = self._outage_said, None, False
+        if said:
+            _say(f"Qdrant server {self.where} answers again")
+
+    def _what_is_kept(self) -> str:
+        if self.points_written:
+            return (f"the {self.points_written} points this run wrote before are kept: run it again once the server "
+                    "answers to go on from there")
+        return "run it again once the server answers"
 
     def _classify(self, exc: Exception) -> Exception:
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -161,13 +234,15 @@ class ClientIndex(Index):
         if isinstance(exc, UnexpectedResponse):
             status = exc.status_code or 0
             if status in (401, 403):
-                return ClipsearchError(
-                    f"Qdrant server {self.location} refused the API key (HTTP {status}); check QDRANT_API_KEY"
-                )
+                return ClipsearchError(self._key_refused(f"HTTP {status}"))
             if status == 429 or status >= 500:
                 return _Transient(str(exc))
-            return ClipsearchError(f"Qdrant server {self.location}: HTTP {status} {exc.reason_phrase}"
-                                   + _server_error_detail(exc))
+            kind = _NotFound if status == 404 else ClipsearchError
+            return kind(f"Qdrant server {self.location}: HTTP {status} {exc.reason_phrase}"
+                        + _server_error_detail(exc))
+        wrong = self._wrong_protocol(exc)
+        if wrong is not None:
+            return wrong
         if isinstance(exc, ResponseHandlingException):
             source = getattr(exc, "source", None)
             if source is not None and not self._is_transport_error(source):
@@ -179,6 +254,35 @@ class ClientIndex(Index):
             return _Transient(str(exc))
         grpc_error = self._classify_grpc(exc)
         return exc if grpc_error is None else grpc_error
+
+    def _key_refused(self, how: str) -> str:
+        if not self._key_given:
+            return (f"Qdrant server {self.where} asks for an API key and none was given ({how}); set "
+                    "QDRANT_API_KEY")
+        return f"Qdrant server {self.where} refused the API key ({how}); check QDRANT_API_KEY"
+
+    def _wrong_protocol(self, exc: Exception) -> ClipsearchError | None:
+        """A port that answers in another protocol than the URL asks for: no retry
+        changes that. An https:// URL to a plain-HTTP port fails the TLS handshake; an
+        http:// URL to Qdrant's gRPC port (HTTP/2 only) gets bytes that are no HTTP/1.1
+        status line; a certificate that is not trusted stays so."""
+        import ssl
+
+        from h11 import RemoteProtocolError as NotHttp11  # h11 comes with httpx
+
+        for link in _causes(exc):
+            if isinstance(link, ssl.SSLCertVerificationError):
+                return ClipsearchError(f"{self.location}: the server's TLS certificate was not accepted "
+                                       f"({link.verify_message}); check the host name in the URL and the certificate")
+            if isinstance(link, ssl.SSLError) and link.reason in PLAIN_HTTP_REASONS:
+                plain = "http://" + self.location.split("://", 1)[-1]
+                return ClipsearchError(f"{self.location} does not answer TLS (SSL {link.reason}): that port speaks "
+                                       f"plain HTTP; use {plain} instead of https://")
+            if isinstance(link, NotHttp11) and str(link).startswith(("illegal", "no response line")):
+                return ClipsearchError(f"{self.location} answered, but not in the HTTP/1.1 of Qdrant's REST API "
+                                       f"({str(link).split(':')[0]}): is that Qdrant's gRPC port (6334)? Give the "
+                                       "REST port (6333) in the URL, or --grpc to talk gRPC")
+        return None
 
     def _unreadable_answer(self, source: Exception) -> ClipsearchError:
         """A 200 whose body is not what Qdrant sends: another web service on that port,
@@ -205,13 +309,20 @@ class ClientIndex(Index):
         if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
             return None
         code = exc.code()
+        details = str(exc.details() or "")
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return ClipsearchError(f"Qdrant server {self.where} refused the API key (gRPC {code.name}); "
-                                   "check QDRANT_API_KEY")
+            return ClipsearchError(self._key_refused(f"gRPC {code.name}"))
+        if code == grpc.StatusCode.UNAVAILABLE and any(
+                sign in details for sign in ("Failed parsing HTTP/2", "Trying to connect an http1.x server")):
+            # an HTTP/1.1 server on that port (Qdrant's REST API): no retry changes that
+            return ClipsearchError(f"Qdrant server {self.where} answered, but not in the HTTP/2 of gRPC: is port "
+                                   f"{self.grpc_port} Qdrant's REST port (6333)? gRPC is on 6334 "
+                                   "(CLIPSEARCH_GRPC_PORT where it is mapped elsewhere), or use --rest")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
-            return _Transient(f"gRPC {code.name}: {exc.details()}")
-        return ClipsearchError(f"Qdrant server {self.where}: gRPC {code.name}: {exc.details()}")
+            return _Transient(f"gRPC {code.name}: {details}")
+        kind = _NotFound if code == grpc.StatusCode.NOT_FOUND else ClipsearchError
+        return kind(f"Qdrant server {self.where}: gRPC {code.name}: {details}")
 
     # -- collection -------------------------------------------------------------
     def exists(self) -> bool:
@@ -360,6 +471,7 @@ class ClientIndex(Index):
         try:
             if self.exists():
                 raise ClipsearchError(f"{self.name!r} at {self.where} exists; `clipsearch reindex` switches it")
+            self._unmark_switching(target)  # a kept version, marked when the name was switched away from it
             create = models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target,
                                                                                  alias_name=self.name))
             self._call("make the alias", lambda: self.client.update_collection_aliases(
@@ -386,12 +498,30 @@ class ClientIndex(Index):
         copied to its version name now (vectors as they are, nothing embedded), since
         the switch must drop it (an alias cannot share a collection's name, nor can a
         collection be renamed). What is ingested during the copy is caught up into the
-        new version after it."""
+        new version after it.
+
+        Then the collection the name means is marked as switching: from here on a
+        write to it fails its confirmation (_confirm_write), so every write another
+        client counts went in before the mark, and the last catch-up, which reads the
+        collection after it, copies it. The mark goes with the collection at a first
+        switch, stays on a kept one (an old writer holding it must still fail), and is
+        taken back when this index closes without switching (stopped, failed)."""
         from .migrate import migrate
 
         if keep_old and self.name not in self._aliases():
             kept = self._sibling(version_name(self.name, old_identity), self.current_layout() or Layout())
-            migrate(self, kept, progress=progress, resume="run the same reindex again")
+            # The old collection's copy is a version being made by this reindex: status
+            # must not list it as kept while it is partial.
+            migrate(self, kept, progress=progress, resume="run the same reindex again", reindex=self.name)
+        meant = self.meant()
+        self._sibling(meant, Layout())._mark(switching={
+            "name": self.name, "since": datetime.now().astimezone().isoformat(timespec="seconds")})
+        self._switch_marked = meant
+
+    def _unmark_switching(self, collection: str) -> None:
+        sibling = self._sibling(collection, Layout())
+        if isinstance(self._clipsearch_metadata(sibling._info()).get("switching"), dict):
+            sibling._mark(switching=None)
 
     def switch(self, target: str, keep_old: bool, old_identity: ModelIdentity) -> str | None:
         """One alias update moves the name, atomically for every client. The first
@@ -406,6 +536,8 @@ class ClientIndex(Index):
         version = self._sibling(target, Layout())
         kept = None
         try:
+            # The version may be a kept one, marked when the name was switched away from it.
+            self._unmark_switching(target)
             if old is None:
                 if keep_old:
                     kept = version_name(self.name, old_identity)
@@ -413,11 +545,13 @@ class ClientIndex(Index):
                         self.prepare_switch(keep_old, old_identity)  # a caller that did not prepare: copied now
                 version._mark(completes=self.name)
                 self._call("drop the old collection", lambda: self.client.delete_collection(self.name))
+                self._switch_marked = None  # gone with the collection
                 actions: list = [create]
             else:
                 actions = [models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.name)), create]
             self._call("switch the alias", lambda: self.client.update_collection_aliases(
                 change_aliases_operations=actions))
+            self._switch_marked = None  # kept on the old collection: a writer still holding it must fail
             self._exists = None
             if old is None:
                 version._mark(completes=None)
@@ -460,6 +594,9 @@ class ClientIndex(Index):
         sibling.layout = layout
         sibling._exists = None
         sibling._layout_checked = True
+        # What this index wrote, and the mark it holds, are its own.
+        sibling._writes_to = sibling._writer_identity = sibling._switch_marked = None
+        sibling.points_written = 0
         return sibling
 
     def warn_if_layout_differs(self) -> None:
@@ -493,6 +630,7 @@ class ClientIndex(Index):
         added (fingerprint, the photo facts) gets it here, on the first write-side open."""
         existed = self.exists()
         super().ensure_collection(identity)
+        self._writer_identity = identity
         if existed and self.backend == "server":
             schema = self._info().payload_schema or {}
             missing = {name: kind for name, kind in PAYLOAD_INDEXES.items() if name not in schema}
@@ -525,7 +663,76 @@ class ClientIndex(Index):
         vectors = np.asarray(vectors, dtype=np.float32)
         batch = models.Batch(ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads))
         if len(batch.ids):
-            self._call("upsert", lambda: self.client.upsert(self.collection, points=batch, wait=True))
+            self._write([str(i) for i in batch.ids], vectors,
+                        lambda target: self.client.upsert(target, points=batch, wait=True))
+
+    # -- writes: confirmed against a reindex's switch (the module's docstring) -----------
+    def _write_target(self) -> str:
+        """The collection this index writes to: the one the name meant at its first
+        write (pinned: the one pin() kept). Not the name itself, which a reindex may
+        make mean another model's collection between two batches."""
+        if self._writes_to is None:
+            self._writes_to = self.collection if self._pin_requested else self.meant()
+        return self._writes_to
+
+    def _write(self, ids: list[str], vectors: np.ndarray, send: Callable[[str], Any]) -> None:
+        target = self._write_target()
+        try:
+            self._call("upsert", functools.partial(send, target))
+        except _NotFound:
+            self._confirm_write(target, ids, vectors)  # gone: a switch dropped it, said as such
+            raise
+        self._confirm_write(target, ids, vectors)
+        self.points_written += len(ids)
+
+    def _confirm_write(self, target: str, ids: list[str], vectors: np.ndarray) -> None:
+        """One read of the collection just written: still there, not being switched
+        away from this name, and holding this model's vectors. A write it passes went
+        in before any reindex marked the collection (prepare_switch), so that
+        reindex's last catch-up copies it; else it raises, and the command run again
+        writes into what the name means then."""
+        try:
+            info = self._call("confirm the write", functools.partial(self.client.get_collection, target))
+        except _NotFound:
+            raise self._switched_error(target, gone=True) from None
+        ours = self._clipsearch_metadata(info)
+        switching = ours.get("switching")
+        if isinstance(switching, dict) and switching.get("name") == self.name:
+            raise self._switched_error(target)
+        stored = ours.get("model")
+        if not isinstance(stored, dict):
+            return
+        if self._writer_identity is None:
+            self._writer_identity = ModelIdentity.from_dict(stored)
+        elif not ModelIdentity.from_dict(stored).is_compatible_with(self._writer_identity):
+            # The name was this very collection, and a reindex's first switch made it the
+            # alias of another model's version just before this write: take it back.
+            self._take_back(target, ids, vectors)
+            raise self._switched_error(target)
+
+    def _take_back(self, target: str, ids: list[str], vectors: np.ndarray) -> None:
+        """Delete the points of `ids` whose vector is still the one this index wrote:
+        another model's vectors must not stay among the version's. Points the reindex
+        wrote after them keep theirs; the command run again adds what is missing."""
+        from qdrant_client import models
+
+        ours = {i: _unit(v) for i, v in zip(ids, np.asarray(vectors, dtype=np.float32))}
+        records = self._call("retrieve", lambda: self.client.retrieve(target, ids=ids, with_payload=False,
+                                                                      with_vectors=True))
+        mine = [str(r.id) for r in records if r.vector is not None and str(r.id) in ours
+                and np.allclose(_unit(np.asarray(r.vector, dtype=np.float32)), ours[str(r.id)], atol=1e-4)]
+        if mine:
+            self._call("delete", lambda: self.client.delete(
+                target, points_selector=models.PointIdsList(points=list(mine)), wait=True))
+
+    def _switched_error(self, target: str, gone: bool = False) -> ClipsearchError:
+        what = (f"collection {target!r} at {self.where} is gone (`clipsearch reindex` switched {self.name!r} away "
+                "from it, or it was dropped)" if gone
+                else f"`clipsearch reindex` switched {self.name!r} at {self.where} away from {target!r}")
+        return ClipsearchError(
+            f"{what} while this wrote to it, so the last batch may be missing from what the name means now: run "
+            "the same command again once that reindex has finished, without --model (it then uses the "
+            "collection's new one), and it adds what is missing")
 
     def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF,
               where=None) -> list[Hit]:
@@ -621,7 +828,8 @@ class ClientIndex(Index):
         self._check_pin(always=True)
         points = [models.PointStruct(id=i, vector=vector, payload=payload)
                   for i, vector, payload in zip(ids, vectors, payloads)]
-        self._call("upsert", lambda: self.client.upsert(self.collection, points=points, wait=True))
+        self._write([str(i) for i in ids], np.asarray(vectors, dtype=np.float32),
+                    lambda target: self.client.upsert(target, points=points, wait=True))
 
     def find(self, field, values, with_vectors=False, limit=None, fields=None) -> list[Record]:
         from qdrant_client import models
@@ -701,6 +909,9 @@ class ClientIndex(Index):
             facts["indexed_vectors"] = info.indexed_vectors_count or 0
             if self.backend == "server" and info.config.optimizer_config.indexing_threshold == 0:
                 facts["indexing_paused"] = True
+            switching = self._clipsearch_metadata(info).get("switching")
+            if isinstance(switching, dict) and switching.get("name") == self.name:
+                facts["switching"] = switching
             if self.backend == "server":
                 facts["layout"] = layout_facts(info)
                 cluster = self._cluster()
@@ -723,11 +934,23 @@ class ClientIndex(Index):
         return cluster_facts(status, shards)
 
     def close(self) -> None:
+        if self._switch_marked is not None:  # a reindex stopped (or failed) before its switch
+            marked, self._switch_marked = self._switch_marked, None
+            try:
+                self._unmark_switching(marked)
+            except ClipsearchError as exc:  # the server is gone: the next reindex takes it back
+                _say(f"could not take back the switching mark of {marked!r} at {self.where} ({exc}); ingests "
+                     "into it fail until the same reindex is run again")
         if self.backend == "server":
             try:
                 self.client.close()
             except Exception:  # closing a dead connection is not worth an error
                 pass
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm else vector
 
 
 def _where_conditions(where: Where) -> list:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..config import valid_collection_name
+from ..config import refuse_host_port, valid_collection_name
 from ..errors import ClipsearchError
 from ..names import shown
 from ..options import index_options, layout_options, quiet_option, server_options
@@ -87,6 +87,7 @@ def migrate(settings, to, to_collection, batch_size, quiet):
         raise ClipsearchError("--to is empty: give the target index, a folder or a server URL")
     if to != ":memory:" and "://" not in to and os.path.isfile(os.path.expanduser(to)):
         raise ClipsearchError(f"--to {shown(to)} is a file, not an index folder or a server URL")
+    refuse_host_port(to, "--to")
     if to_collection is not None and not valid_collection_name(to_collection):
         raise ClipsearchError(f"--to-collection {to_collection!r} is not a valid collection name")
     target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
@@ -167,6 +168,11 @@ def format_status(facts: dict) -> str:
         lines += format_cluster(facts["cluster"])
     if facts.get("unfinished_copy"):
         lines.append(f"incomplete:   {unfinished_copy_text(facts['unfinished_copy'])}")
+    if facts.get("switching"):
+        since = facts["switching"].get("since")
+        lines.append("switching:    a reindex is switching this name to another collection"
+                     + (f" (since {since})" if since else "") + ": ingests into it fail until it has (then they "
+                     "go to the new one); if no reindex is running, one was stopped while it switched: run it again")
     lines += _version_lines(facts)
     return "\n".join(lines)
 
@@ -183,7 +189,7 @@ def _version_lines(facts: dict) -> list[str]:
         lines.append(f"versions:     {listed}; use one with --collection NAME, or make {facts['collection']!r} "
                      "mean one again with `clipsearch reindex --model MODEL` given that version's model (nothing "
                      "is embedded)")
-    kept = [v for v in versions if not (v.get("unfinished") or {}).get("reindex")]
+    kept = [v for v in versions if not v.get("unfinished")]  # a partial copy is no version to switch back to
     if facts["exists"] and kept:
         listed = ", ".join(repr(v["collection"]) + (f" (model {shown(v['model'])})" if v.get("model") else "")
                            for v in kept)
@@ -199,6 +205,8 @@ def _version_lines(facts: dict) -> list[str]:
                          + (f" ({points} images)" if points is not None else "")
                          + f"; {facts['collection']!r} means the old collection until it finishes: "
                          + mark.get("resume", "run the same `clipsearch reindex` again"))
+        elif mark:
+            lines.append(f"incomplete:   {version['collection']!r}: {unfinished_copy_text(mark)}")
     return lines
 
 

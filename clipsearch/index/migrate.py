@@ -3,11 +3,13 @@ Qdrant server when one machine is no longer enough.
 
 Vectors, payloads and the model identity travel as they are, in batches. Points the
 target already holds with the same payload are not sent again, so an interrupted
-migration resumes where it stopped. At the end the counts are checked.
+migration resumes where it stopped. At the end the counts are checked, the source's
+counted again then: an ingest into it during the copy is not a failure of the copy.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -20,11 +22,17 @@ from .base import Index
 
 @dataclass
 class MigrateSummary:
-    total: int = 0
+    total: int = 0  # the source's points when the copy began
     copied: int = 0
     already_there: int = 0
     target_count: int = 0
+    source_count: int = 0  # the source's points when the copy ended
     seconds: float = 0.0
+
+    @property
+    def read(self) -> int:
+        """Points of the source this copy read (and made sure the target holds)."""
+        return self.copied + self.already_there
 
     def line(self) -> str:
         return (f"copied {self.copied}, already there {self.already_there}, of {self.total} points "
@@ -32,9 +40,13 @@ class MigrateSummary:
 
 
 def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progress | None = None,
-            resume: str = "run the same migrate again") -> MigrateSummary:
+            resume: str = "run the same migrate again", reindex: str | None = None) -> MigrateSummary:
     """Copy every point of `source` to `target`. `resume`: what the target's unfinished-copy
-    mark tells a person to do, should this stop part way."""
+    mark tells a person to do, should this stop part way. `reindex`: the name a reindex
+    keeps its old collection for (ClientIndex.prepare_switch), whose mark then says so;
+    points ingested into the source during that copy are no failure: the reindex's
+    catch-up puts them in its new version, and a switch back to this one embeds what
+    it lacks."""
     if batch_size < 1:
         raise ClipsearchError(f"--batch-size must be at least 1, got {batch_size}")
     progress = progress or Progress()
@@ -47,8 +59,8 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     summary = MigrateSummary(total=source.count())
     # Until the counts agree, the target says it holds part of its source (status, search).
     # A mark left by a copy from elsewhere stays until that one is finished.
-    ours = {"from": f"{source.location} (collection {source.collection})", "points": summary.total,
-            "resume": resume}
+    ours = {"from": f"{source.location} (collection {source.collection})", "collection": source.collection,
+            "points": summary.total, "resume": resume, **({"reindex": reindex} if reindex else {})}
     earlier = target.unfinished_copy()
     marks = earlier is None or earlier.get("from") == ours["from"]
     if marks:
@@ -65,17 +77,48 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
         if batch:
             _copy(batch, target, summary)
     summary.target_count = target.count()
+    summary.source_count = source.count()
     summary.seconds = time.monotonic() - started
     _show(progress, summary, force=True)
     progress.finish()
-    if summary.copied + summary.already_there != summary.total or summary.target_count < summary.total:
-        raise ClipsearchError(
-            f"migration incomplete: source has {summary.total} points, target {target.location} holds "
-            f"{summary.target_count}; run the same command again to resume"
-        )
-    if marks:
+    _check_counts(summary, target, grown_is_fine=reindex is not None)
+    if marks or _same_source(earlier, ours, summary):
         target.record_unfinished_copy(None)
     return summary
+
+
+def _check_counts(summary: MigrateSummary, target: Index, grown_is_fine: bool) -> None:
+    """Whether the target holds as many points as the source does now, each read by
+    this copy; else one line that says which count fell short, and why where it can."""
+    now = summary.source_count
+    if summary.read >= now and summary.target_count >= now:
+        return
+    if now > summary.total and summary.read < now:
+        if grown_is_fine:
+            return
+        raise ClipsearchError(
+            f"migration incomplete: the source grew from {summary.total} to {now} points while this copied it "
+            f"(something ingests into it); {summary.read} were copied or already there and target "
+            f"{target.location} holds {summary.target_count}: run the same command again to copy the rest")
+    raise ClipsearchError(
+        f"migration incomplete: source has {now} points, {summary.read} were copied or already there, and "
+        f"target {target.location} holds {summary.target_count}; run the same command again to resume")
+
+
+def _same_source(earlier: dict | None, ours: dict, summary: MigrateSummary) -> bool:
+    """A mark left by a copy from another spelling of this very source (the same server
+    through another address or proxy, a folder by another path) is cleared by this
+    finished copy: its collection has this source's name, and the target holds exactly
+    this source's points, none of its own. A copy from a genuinely different source
+    left points of its own there (the target holds more), and its mark stays."""
+    if earlier is None:
+        return False
+    collection = earlier.get("collection")
+    if collection is None:  # a mark written before it named its collection apart
+        found = re.search(r" \(collection (.+)\)$", str(earlier.get("from", "")))
+        collection = found.group(1) if found else None
+    return (collection == ours["collection"] and not earlier.get("reindex")
+            and summary.target_count == summary.source_count == summary.read)
 
 
 def _refuse_another_model(target: Index, identity) -> None:

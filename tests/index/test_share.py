@@ -141,6 +141,56 @@ def test_a_migrate_that_stopped_leaves_the_target_saying_so(edge_index, tmp_path
     assert CliRunner().invoke(cli, ["status", "--check", *where]).exit_code == 0
 
 
+def _migrate_stopped_after(source_settings, target, batches: int) -> None:
+    """A migrate stopped (Ctrl-C) after `batches` batches of 5."""
+    with open_index(source_settings) as source, open_index(target, create=True) as t:
+        real_upsert, sent = t.upsert, []
+
+        def upsert_then_stop(*args):
+            sent.append(1)
+            if len(sent) > batches:
+                raise KeyboardInterrupt
+            real_upsert(*args)
+
+        t.upsert = upsert_then_stop
+        with pytest.raises(KeyboardInterrupt):
+            migrate(source, t, batch_size=5)
+
+
+def test_a_migrate_finished_through_another_address_of_the_source_clears_the_mark(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch):
+    """Stopped through one address of a server (a proxy), finished through another: the
+    same source, so the target is complete. A copy from a genuinely different source of
+    the same collection name (another index) leaves the mark."""
+    export_server("rest", monkeypatch)  # the key, for the commands
+    source = settings_for("rest", tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 30)
+    ingest([str(tmp_path / "photos")], settings=source, options=IngestOptions(workers=0, quiet=True))
+    proxy = _Proxy("127.0.0.1", rest_double().port)
+    through_proxy = source.with_overrides(index=f"http://127.0.0.1:{proxy.port}")
+    targets = [settings_for("edge", tmp_path / name, tiny_model_dir) for name in ("same", "other")]
+    for target in targets:
+        _migrate_stopped_after(through_proxy, target, 2)
+        with open_index(target) as t:
+            assert t.unfinished_copy()["from"].startswith(through_proxy.index)
+    same, other = targets
+
+    finished = CliRunner().invoke(cli, ["migrate", "--index", source.index, "--collection", source.collection,
+                                        "--to", same.index, "--to-collection", same.collection, "-q"])
+    assert finished.exit_code == 0 and "of 30 points" in finished.output and "holds 30" in finished.output
+    where = ["--index", same.index, "--collection", same.collection]
+    assert "incomplete" not in CliRunner().invoke(cli, ["status", *where]).output
+    assert CliRunner().invoke(cli, ["status", "--check", *where]).exit_code == 0
+
+    elsewhere = settings_for("edge", tmp_path / "elsewhere", tiny_model_dir).with_overrides(
+        collection=source.collection)  # another library under the same collection name
+    draw_collection(tmp_path / "elsewhere-photos", 40)
+    ingest([str(tmp_path / "elsewhere-photos")], settings=elsewhere, options=IngestOptions(workers=0, quiet=True))
+    with open_index(elsewhere) as e, open_index(other, create=True) as t:
+        migrate(e, t, batch_size=10)
+        assert t.unfinished_copy()["from"].startswith(through_proxy.index)  # its own points are still missing
+
+
 def test_a_finished_copy_from_elsewhere_leaves_an_unfinished_one_marked(edge_index, tmp_path, tiny_model_dir):
     target = settings_for("edge", tmp_path / "target", tiny_model_dir)
     with open_index(edge_index) as source, open_index(target, create=True) as t:
@@ -148,6 +198,41 @@ def test_a_finished_copy_from_elsewhere_leaves_an_unfinished_one_marked(edge_ind
         t.record_unfinished_copy({"from": "/elsewhere (collection photos)", "points": 500})
         migrate(source, t, batch_size=10)
         assert t.unfinished_copy()["from"] == "/elsewhere (collection photos)"  # still to be finished
+
+
+@pytest.mark.parametrize("where", ["read by the copy", "behind the copy"])
+def test_an_ingest_into_the_source_during_a_migrate_is_counted_again_at_the_end(tmp_path, tiny_model_dir, where):
+    """Points added to the source while it is copied: those the copy still reads make no
+    failure (it said `source has 30 points, target holds 33`); those it had passed make
+    one that says the source grew. The copy reads by point id, 5 a page, from the first
+    ids: the points added come last, or before the page it reads next."""
+    source_settings = settings_for("rest", tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 30)
+    ingest([str(tmp_path / "photos")], settings=source_settings, options=IngestOptions(workers=0, quiet=True))
+    target = settings_for("edge", tmp_path / "target", tiny_model_dir)
+    first = "ffffffff" if where == "read by the copy" else "00000000"
+    added = [f"{first}-0000-5000-8000-00000000000{i}" for i in range(3)]
+    with open_index(source_settings) as source, open_index(target, create=True) as t:
+        vector = next(source.scroll(with_vectors=True)).vector
+        real_upsert, ingested = t.upsert, []
+
+        def upsert_while_an_ingest_adds(*args):
+            if not ingested:
+                source.upsert(added, np.stack([vector] * 3), [{"path": f"/new/{i}.png"} for i in range(3)])
+                ingested.append(True)
+            real_upsert(*args)
+
+        t.upsert = upsert_while_an_ingest_adds
+        if where == "read by the copy":
+            summary = migrate(source, t, batch_size=5)
+            assert (summary.total, summary.source_count, summary.target_count) == (30, 33, 33)
+            return
+        with pytest.raises(ClipsearchError) as failed:
+            migrate(source, t, batch_size=5)
+        assert "the source grew from 30 to 33 points while this copied it" in str(failed.value)
+        assert t.unfinished_copy() is not None
+        summary = migrate(source, t, batch_size=5)  # run again: the rest
+    assert summary.target_count == 33 and summary.source_count == 33
 
 
 def test_a_search_on_a_server_reads_the_mark_without_another_request(edge_index, tmp_path, tiny_model_dir,
@@ -363,13 +448,16 @@ def test_a_wrong_api_key_is_refused_in_one_line_without_echoing_it(server):
 
 
 class _Proxy:
-    """A TCP forwarder to the server that the test can cut and restore."""
+    """A TCP forwarder to the server that the test can cut and restore. A cut ends every
+    connection as a server that goes down does (shut down, so the client sees it at
+    once, not after its timeout), and refuses new ones until restored."""
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open = True
+        self.lock = threading.Lock()
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -380,34 +468,46 @@ class _Proxy:
             except OSError:
                 return
             if not self.open:
-                client.close()
+                self._end(client)
                 continue
             upstream = socket.create_connection(self.target)
-            self.conns += [client, upstream]
+            with self.lock:
+                cut = not self.open  # cut while this one was being connected
+                if not cut:
+                    self.conns += [client, upstream]
+            if cut:
+                self._end(client, upstream)
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     @staticmethod
-    def _pipe(a, b):
+    def _end(*sockets):
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # close() alone leaves a recv() in another thread waiting
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    @classmethod
+    def _pipe(cls, a, b):
         try:
             while data := a.recv(65536):
                 b.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (a, b):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            cls._end(a, b)
 
     def cut(self):
-        self.open = False
-        for s in self.conns:
-            try:
-                s.close()
-            except OSError:
-                pass
+        with self.lock:
+            self.open = False
+            conns, self.conns = self.conns, []
+        self._end(*conns)
 
     def restore(self):
         self.open = True
@@ -447,6 +547,35 @@ def test_server_lost_mid_ingest_fails_clearly_and_a_rerun_completes(tmp_path, ti
     with open_index(Settings.resolve(index=server.url, collection=collection)) as idx:
         assert idx.count() == len(photos)
         assert len({r.id for r in idx.scroll()}) == len(photos)
+
+
+def test_a_server_lost_mid_ingest_is_waited_for_once_and_said(tmp_path, tiny_model_dir, double_server):
+    """While the server is gone the run says it waits; it gives up after
+    CLIPSEARCH_RETRY_SECONDS, not once per queued write (two batches in flight, then
+    the indexing restored: three budgets, 18 s here), and says what it kept."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(double_server.url)
+    if double_server.grpc_port:
+        proxy = _Proxy(parsed.hostname, double_server.grpc_port)
+        url, run_env = double_server.url, {"CLIPSEARCH_GRPC_PORT": str(proxy.port)}
+    else:
+        proxy = _Proxy(parsed.hostname, parsed.port)
+        url, run_env = f"http://127.0.0.1:{proxy.port}", {}
+    many_images(tmp_path / "photos", 300)
+    run = _start_ingest(tmp_path / "photos", url, tiny_model_dir, _collection(),
+                        {"CLIPSEARCH_RETRY_SECONDS": "6", **run_env})
+    _wait_for_progress(run)
+    proxy.cut()
+    cut = time.monotonic()
+    _, err = run.communicate(timeout=120)
+    took = time.monotonic() - cut
+    assert run.returncode == 1
+    lines = err.strip().splitlines()
+    assert any(line.startswith("clipsearch: waiting for Qdrant server") and "retrying for up to 6 s" in line
+               for line in lines), err
+    assert re.search(r"is unreachable .*; the \d+ points this run wrote before are kept: run it again", lines[-1])
+    assert took < 6 * 1.6, took
 
 
 # -- the REST double only: failures a real server cannot be asked for -------------------
@@ -541,6 +670,39 @@ def test_a_url_that_is_not_a_qdrant_server_fails_at_once(tmp_path):
     assert time.monotonic() - started < 10
     assert f"{url} answered, but not as a Qdrant server" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("address, said", [
+    ("https", "does not answer TLS (SSL WRONG_VERSION_NUMBER): that port speaks plain HTTP; use http://"),
+    ("grpc port", "answered, but not in the HTTP/1.1 of Qdrant's REST API (illegal request line): is that "
+                  "Qdrant's gRPC port (6334)?"),
+    ("rest port over grpc", "answered, but not in the HTTP/2 of gRPC: is port {rest} Qdrant's REST port (6333)?"),
+])
+def test_a_port_that_speaks_another_protocol_fails_at_once(monkeypatch, address, said):
+    """An https:// URL to a plain-HTTP port, the gRPC port as the REST URL, the REST
+    port as the gRPC one: no retry changes the answer, so one line says which at once
+    instead of after the retries."""
+    double = rest_double()
+    export_server("rest", monkeypatch)
+    monkeypatch.setenv("CLIPSEARCH_RETRY_SECONDS", "20")
+    url = {"https": double.url.replace("http://", "https://"), "grpc port": f"http://127.0.0.1:{double.grpc_port}",
+           "rest port over grpc": double.url}[address]
+    if address == "rest port over grpc":
+        monkeypatch.setenv("CLIPSEARCH_GRPC", "1")
+        monkeypatch.setenv("CLIPSEARCH_GRPC_PORT", str(double.port))
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["status", "--index", url])
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1 and said.format(rest=double.port) in result.output, result.output
+    assert "unreachable" not in result.output and "Traceback" not in result.output
+
+
+def test_a_server_that_asks_for_a_key_when_none_was_given_says_so(double_server, monkeypatch):
+    monkeypatch.delenv("QDRANT_API_KEY")
+    result = CliRunner().invoke(cli, ["status", "--index", double_server.url])
+    assert result.exit_code == 1
+    assert "asks for an API key and none was given" in result.output and "set QDRANT_API_KEY" in result.output
+    assert "refused the API key" not in result.output
 
 
 def test_a_key_sent_in_clear_to_another_machine_is_warned_of_in_one_line(capsys):
