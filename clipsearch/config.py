@@ -387,11 +387,11 @@ def valid_collection_name(name: str) -> bool:
     return bool(name) and "/" not in name and not name.startswith(".") and name.isprintable()
 
 
-# Settings.resolve's arguments that say which index, collection or model: an empty one
-# is a caller's unset variable, and the environment's or the default place instead
-# would write to (or search) another one than meant ("" as an index was the current
-# directory), as the CLI's empty flags (options.NAMED_PLACES).
-PLACES = ("index", "collection", "model")
+# Settings that say which index, collection, model, server or token: an empty one (a
+# flag or a Settings.resolve argument) is a script's or caller's unset variable, and the
+# environment's or the default place instead would write to (or search, or log in to)
+# another one than meant ("" as an index was the current directory).
+NAMED_PLACES = frozenset({"index", "collection", "model", "server", "token"})
 
 
 def _given_place(name: str, given: Any) -> Any:
@@ -460,7 +460,7 @@ class Settings:
         unknown = set(flags) - set(names)
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-        flags = {name: _given_place(name, given) if name in PLACES else given for name, given in flags.items()}
+        flags = {name: _given_place(name, given) if name in NAMED_PLACES else given for name, given in flags.items()}
         values = {name: value(name, flags.get(name), env) for name in names}
         from_env = _first_set(BY_NAME["index"], env)
         refuse_host_port(values["index"], "--index" if flags.get("index") is not None or from_env is None

@@ -20,12 +20,6 @@ from .config import BY_NAME, Settings
 F = Callable[..., Any]
 
 
-# Settings that say which index, collection, model, server or token: an empty flag is a
-# script's unset variable, and falling back to the environment or the default would
-# write to (or search, or log in to) another place than the one meant.
-NAMED_PLACES = frozenset({"index", "collection", "model", "server", "token"})
-
-
 class SettingType(click.ParamType):
     """A flag's value parsed by its setting's own parser: the flag and the
     environment variable accept the same text."""
@@ -42,7 +36,7 @@ class SettingType(click.ParamType):
         if not isinstance(value, str):
             return value
         if not value.strip():
-            if self.name in NAMED_PLACES:  # `--index "$IDX"` with IDX unset must not mean the default index
+            if self.name in config.NAMED_PLACES:  # `--index "$IDX"` with IDX unset must not mean the default index
                 self.fail("is empty: give a value, or leave the flag out", param, ctx)
             return None  # `--shard "$SHARD"` with SHARD unset: as if not given, like an empty variable
         try:

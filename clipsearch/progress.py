@@ -23,6 +23,21 @@ if TYPE_CHECKING:  # pragma: no cover
 # a quiet or logged run does not pay its import (tens of milliseconds).
 
 
+def stderr_line(text: str) -> None:
+    """One line on stderr, clear of a live tqdm progress line; none where the process
+    has no stderr (pythonw, a GUI launcher)."""
+    if sys.stderr is None:
+        return
+    line = f"clipsearch: {text}"
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def format_duration(seconds: float) -> str:
     """H:MM:SS (tqdm's interval format, always with the hours: 0:01:05, 26:00:00)."""
     from tqdm import tqdm

@@ -593,6 +593,13 @@ class Ingestor:
         self._started = time.monotonic() if started is None else started
         return self._started
 
+    def _begin_writing(self) -> float:
+        """_begin for a call that writes points: the collection made first, and its
+        time (a new model's first load, seconds of torch) counted in the call's."""
+        called = time.monotonic()
+        self._ensure_collection()
+        return self._begin(called)
+
     def _end(self, started: float) -> None:
         """The call's time, and its counters into the totals."""
         with self._counts_lock:
@@ -648,9 +655,7 @@ class Ingestor:
 
     def _run(self, entries: Iterable[FileEntry], roots: Sequence[str], allow_empty: bool,
              counted: int | None = None) -> IngestSummary:
-        called = time.monotonic()  # a new model's first load (seconds of torch) is the call's time too
-        self._ensure_collection()
-        started = self._begin(called)
+        started = self._begin_writing()
         building: float | None = None  # when the HNSW build began
         begun = folder_identities(roots)
         if counted is not None:  # the whole list is known: found and the ETA from the start
@@ -719,9 +724,7 @@ class Ingestor:
         excluded folder below its root. Unchanged files are skipped as in run(); a bad
         file is skipped and reported, never raised. No bulk_load (meant for small
         batches) and no HNSW build. Returns this call's summary."""
-        called = time.monotonic()  # a new model's first load (seconds of torch) is the call's time too
-        self._ensure_collection()
-        started = self._begin(called)
+        started = self._begin_writing()
         extensions = image_extensions()
         self._show_progress = False  # a watcher's batches: no progress line each time
         try:
@@ -784,7 +787,7 @@ def lazy_encoder(settings: Settings, options: IngestOptions):
     and encodes images with the ONNX image tower on a CPU, with onnxruntime's threads
     chosen together with the decoding workers (ingest/cores.py)."""
     from clipsearch.encoders import LazyEncoder
-    from clipsearch.encoders.image_towers import stderr_line
+    from clipsearch.progress import stderr_line
 
     def quiet(_: str) -> None:
         pass
@@ -828,7 +831,7 @@ def ingest(folders: Sequence[str | os.PathLike] | str | os.PathLike, encoder=Non
     def run(opened: Index):
         nonlocal encoder
         if ours:  # the model and precision the collection records, unless they were named
-            from clipsearch.encoders.image_towers import stderr_line
+            from clipsearch.progress import stderr_line
 
             assert settings is not None
             say = None if options.quiet else stderr_line

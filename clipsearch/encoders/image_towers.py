@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import config
 from ..errors import ClipsearchError
+from ..progress import stderr_line
 from . import cache
 from .identity import INT8, ModelIdentity
 from .location import locate
@@ -51,21 +52,6 @@ Say = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
-
-
-def stderr_line(text: str) -> None:
-    """One line on stderr, clear of a live tqdm progress line; none where the process
-    has no stderr (pythonw, a GUI launcher)."""
-    if sys.stderr is None:
-        return
-    line = f"clipsearch: {text}"
-    if "tqdm" in sys.modules:
-        from tqdm import tqdm
-
-        tqdm.write(line, file=sys.stderr)
-    else:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 def torch_would_use_a_gpu() -> bool:

@@ -33,8 +33,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from ..encoders.identity import ModelIdentity
+from ..encoders.vectors import l2_normalize
 from ..errors import ClipsearchError
 from ..photo_facts import joined_parts
+from ..progress import stderr_line
 from .base import DEFAULT_HNSW_EF, PAYLOAD_INDEXES, Hit, Index, Record, Where, under_value
 from .layout import Layout, cluster_facts, layout_facts
 from .versions import is_version_of, version_name
@@ -85,13 +87,6 @@ def _warn_if_key_unencrypted(location: str) -> None:
     _warned_plain_http.add(location)
     sys.stderr.write(f"clipsearch: warning: the API key is sent unencrypted to {location}; "
                      "use an https:// URL (README: Share an index)\n")
-
-
-def _say(text: str) -> None:
-    """One line on stderr, clear of a live progress line (the ingest's)."""
-    from ..encoders.image_towers import stderr_line
-
-    stderr_line(text)
 
 
 def _server_error_detail(exc) -> str:
@@ -208,7 +203,7 @@ class ClientIndex(Index):
                 f"Qdrant server {self.where} is unreachable ({what} failed after {patience:g} s of retries: "
                 f"{detail}); {self._what_is_kept()}") from None
         if say:  # a progress line that stops moving says nothing of why
-            _say(f"waiting for Qdrant server {self.where}: {what} failed ({detail}); retrying for up to "
+            stderr_line(f"waiting for Qdrant server {self.where}: {what} failed ({detail}); retrying for up to "
                  f"{patience:g} s")
         backoff = min(8.0, 0.25 * 2 ** (attempt - 1))
         return min(backoff, patience - lasted)  # the last wait ends at the deadline, not up to 8 s past it
@@ -220,7 +215,7 @@ class ClientIndex(Index):
         with self._outage_lock:
             said, self._outage_since, self._outage_said = self._outage_said, None, False
         if said:
-            _say(f"Qdrant server {self.where} answers again")
+            stderr_line(f"Qdrant server {self.where} answers again")
 
     def _what_is_kept(self) -> str:
         if self.points_written:
@@ -716,11 +711,11 @@ class ClientIndex(Index):
         wrote after them keep theirs; the command run again adds what is missing."""
         from qdrant_client import models
 
-        ours = {i: _unit(v) for i, v in zip(ids, np.asarray(vectors, dtype=np.float32))}
+        ours = dict(zip(ids, l2_normalize(vectors)))
         records = self._call("retrieve", lambda: self.client.retrieve(target, ids=ids, with_payload=False,
                                                                       with_vectors=True))
         mine = [str(r.id) for r in records if r.vector is not None and str(r.id) in ours
-                and np.allclose(_unit(np.asarray(r.vector, dtype=np.float32)), ours[str(r.id)], atol=1e-4)]
+                and np.allclose(l2_normalize(r.vector)[0], ours[str(r.id)], atol=1e-4)]
         if mine:
             self._call("delete", lambda: self.client.delete(
                 target, points_selector=models.PointIdsList(points=list(mine)), wait=True))
@@ -939,18 +934,13 @@ class ClientIndex(Index):
             try:
                 self._unmark_switching(marked)
             except ClipsearchError as exc:  # the server is gone: the next reindex takes it back
-                _say(f"could not take back the switching mark of {marked!r} at {self.where} ({exc}); ingests "
+                stderr_line(f"could not take back the switching mark of {marked!r} at {self.where} ({exc}); ingests "
                      "into it fail until the same reindex is run again")
         if self.backend == "server":
             try:
                 self.client.close()
             except Exception:  # closing a dead connection is not worth an error
                 pass
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm else vector
 
 
 def _where_conditions(where: Where) -> list:

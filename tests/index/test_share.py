@@ -575,7 +575,7 @@ def test_a_server_lost_mid_ingest_is_waited_for_once_and_said(tmp_path, tiny_mod
     assert any(line.startswith("clipsearch: waiting for Qdrant server") and "retrying for up to 6 s" in line
                for line in lines), err
     assert re.search(r"is unreachable .*; the \d+ points this run wrote before are kept: run it again", lines[-1])
-    assert took < 6 * 1.6, took
+    assert took < 6 * 2, took  # one budget and the shutdown, not two or three (a loaded machine: 10 s seen)
 
 
 # -- the REST double only: failures a real server cannot be asked for -------------------

@@ -30,6 +30,18 @@ def _new_photos(folder, count, first=1000):
     return [draw_image(folder / f"new-{i}.png", "blue", "triangle", mark=first + i) for i in range(count)]
 
 
+def _ingested(kind, tmp_path, model_dir, count, options=QUIET):
+    """Settings of a server collection (`kind`'s double) holding `count` drawn photos, and the photos."""
+    settings = settings_for(kind, tmp_path, model_dir)
+    photos = draw_collection(tmp_path / "photos", count)
+    ingest([str(tmp_path / "photos")], settings=settings, options=options)
+    return settings, photos
+
+
+def _status(settings) -> str:
+    return CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection]).output
+
+
 def _paths(settings) -> set[str]:
     with open_index(settings) as index:
         return {r.path for r in index.scroll()}
@@ -42,9 +54,7 @@ def test_an_ingest_just_before_the_switch_is_kept_or_refused_never_lost(kind, sw
     """The ingest writes after the reindex's last catch-up, just before the switch: the
     first switch of a name drops that collection, a later one moves the alias off it.
     Either way the ingest must not count what the name then lacks."""
-    settings = settings_for(kind, tmp_path, tiny_model_dir)
-    draw_collection(tmp_path / "photos", 12)
-    ingest([str(tmp_path / "photos")], settings=settings, options=QUIET)
+    settings, _ = _ingested(kind, tmp_path, tiny_model_dir, 12)
     current, new = str(tiny_model_dir), str(other_model_dir)
     if switch == "later":  # the name is an alias already; the reindex switches it back
         assert reindex(settings.with_overrides(model=new), QUIET).switched
@@ -83,9 +93,7 @@ def test_a_write_that_lands_in_the_new_version_after_a_first_switch_is_taken_bac
     and writes its next one after the first switch made the name an alias of the new
     version: that batch lands there, among another model's vectors. It is taken back
     and the writer fails; the ingest run again adds the image with the new model."""
-    settings = settings_for("rest", tmp_path, tiny_model_dir)
-    photos = draw_collection(tmp_path / "photos", 12)
-    ingest([str(tmp_path / "photos")], settings=settings, options=QUIET)
+    settings, photos = _ingested("rest", tmp_path, tiny_model_dir, 12)
     tiny = Encoder(str(tiny_model_dir), "cpu")
     with open_index(settings, create=True) as writer:
         writer.ensure_collection(tiny.identity)
@@ -111,9 +119,7 @@ def test_a_write_that_lands_in_the_new_version_after_a_first_switch_is_taken_bac
 def test_a_reindex_stopped_before_its_switch_leaves_ingests_working(tmp_path, tiny_model_dir, other_model_dir,
                                                                     monkeypatch):
     export_server("rest", monkeypatch)  # the key, for the commands
-    settings = settings_for("rest", tmp_path, tiny_model_dir)
-    draw_collection(tmp_path / "photos", 8)
-    ingest([str(tmp_path / "photos")], settings=settings, options=QUIET)
+    settings, _ = _ingested("rest", tmp_path, tiny_model_dir, 8)
 
     def stopped(self, *args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C after the catch-up, before the switch
@@ -121,22 +127,18 @@ def test_a_reindex_stopped_before_its_switch_leaves_ingests_working(tmp_path, ti
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(ClientIndex, "switch", stopped)
         reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
-    assert "switching:" not in CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection",
-                                                        settings.collection]).output
+    assert "switching:" not in _status(settings)
     _new_photos(tmp_path / "more", 3)
     assert ingest([str(tmp_path / "more")], settings=settings, options=QUIET).embedded == 3
 
 
 def test_status_says_while_a_name_is_being_switched(tmp_path, tiny_model_dir, other_model_dir, monkeypatch):
     export_server("rest", monkeypatch)  # the key, for the commands
-    settings = settings_for("rest", tmp_path, tiny_model_dir)
-    draw_collection(tmp_path / "photos", 4)
-    ingest([str(tmp_path / "photos")], settings=settings, options=QUIET)
+    settings, _ = _ingested("rest", tmp_path, tiny_model_dir, 4)
     said = []
 
     def look_then_switch(self, *args, **kwargs):
-        said.append(CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection",
-                                             settings.collection]).output)
+        said.append(_status(settings))
         return real_switch(self, *args, **kwargs)
 
     real_switch = ClientIndex.switch
@@ -152,9 +154,7 @@ def test_an_ingest_during_the_reindexs_copy_of_the_old_collection_is_caught_up(t
     'migration incomplete: source has 300 points, target holds 305'); the catch-up puts
     the new images in the new version. The copy reads 256 points a page: the images
     added are named so that their points come on the second page."""
-    settings = settings_for("rest", tmp_path, tiny_model_dir)
-    draw_collection(tmp_path / "photos", 300)
-    ingest([str(tmp_path / "photos")], settings=settings, options=IngestOptions(workers=0, quiet=True))
+    settings, _ = _ingested("rest", tmp_path, tiny_model_dir, 300, options=IngestOptions(workers=0, quiet=True))
     late = tmp_path / "late"
     names = (f"late-{i}.png" for i in range(10_000))
     chosen = [name for name in names if point_id(late / name).startswith("f")][:5]
@@ -181,9 +181,7 @@ def test_an_ingest_during_the_reindexs_copy_of_the_old_collection_is_caught_up(t
 def test_a_partial_copy_of_the_old_collection_is_not_listed_as_kept(tmp_path, tiny_model_dir, other_model_dir,
                                                                     monkeypatch):
     export_server("rest", monkeypatch)  # the key, for the commands
-    settings = settings_for("rest", tmp_path, tiny_model_dir)
-    draw_collection(tmp_path / "photos", 8)
-    ingest([str(tmp_path / "photos")], settings=settings, options=QUIET)
+    settings, _ = _ingested("rest", tmp_path, tiny_model_dir, 8)
     kept = version_name(settings.collection, Encoder(str(tiny_model_dir), "cpu").identity)
     real_upsert = ClientIndex.upsert
 
@@ -195,6 +193,6 @@ def test_a_partial_copy_of_the_old_collection_is_not_listed_as_kept(tmp_path, ti
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(ClientIndex, "upsert", stop_in_the_copy)
         reindex(settings.with_overrides(model=str(other_model_dir)), QUIET)
-    status = CliRunner().invoke(cli, ["status", "--index", settings.index, "--collection", settings.collection])
-    assert not [line for line in status.output.splitlines() if line.startswith("versions:") and kept in line]
-    assert f"reindex:      {kept!r}" in status.output
+    status = _status(settings)
+    assert not [line for line in status.splitlines() if line.startswith("versions:") and kept in line]
+    assert f"reindex:      {kept!r}" in status
