@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from ..config import cache_root
@@ -46,7 +47,9 @@ class VectorCache:
         import numpy as np
 
         path = self._path(text)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        # One temporary name per thread: serve's threads put the same query at once, and
+        # a shared name made one thread's rename find the file gone (a false warning).
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(np.asarray(vector, dtype=np.float32).tobytes())
@@ -61,9 +64,15 @@ class VectorCache:
             files = [e for e in it if e.name.endswith(".f32")]
         if len(files) <= self.limit:
             return
-        files.sort(key=lambda e: e.stat().st_mtime)
-        for e in files[: len(files) - self.limit // 2]:
+        ages: dict[str, float] = {}
+        for e in files:
             try:
-                os.unlink(e.path)
+                ages[e.path] = e.stat().st_mtime
+            except OSError:  # trimmed meanwhile by another thread or process
+                pass
+        oldest = sorted(ages, key=ages.__getitem__)
+        for path in oldest[: len(oldest) - self.limit // 2]:
+            try:
+                os.unlink(path)
             except OSError:
                 pass
