@@ -1,8 +1,10 @@
 """The ingest stage: embed image folders into the index, incrementally.
 
     from clipsearch import ingest
-    summary = ingest(["/photos"])                    # the package is callable: ingest.ingest
-    print(summary.line())
+
+    if __name__ == "__main__":                       # the decoders run the script again (spawn)
+        summary = ingest(["/photos"])                # the package is callable: ingest.ingest
+        print(summary.line())
 
     walk.py        the image files under the roots (bytes-safe, excludes, extensions),
                    and the same rules for one path (walked_path, image_file)

@@ -149,6 +149,7 @@ class ClientIndex(Index):
         self._key_given = bool(api_key)
         self._exists: bool | None = None
         self._reached = False  # the server has answered a call of this process
+        self._closed = False  # by close(): every later call says so (:memory:'s client stays open for others)
         self._last_info: tuple[float, Any] | None = None  # (when, the collection info read last): _recent_info
         # The outage under way: when its first call failed, when one failed last, whether it was said.
         self._outage_lock = threading.Lock()
@@ -161,7 +162,13 @@ class ClientIndex(Index):
         self.points_written = 0  # by this index, confirmed: what a failure says is kept
 
     # -- retries ----------------------------------------------------------------
+    def _require_open(self) -> None:
+        if self._closed:
+            raise ClipsearchError(f"index {self.where} (collection {self.name!r}) is closed: open it again "
+                                  "(open_index) to use it")
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        self._require_open()
         if self.backend == "memory":
             return fn()
         # Until the server has answered once, a wrong URL or a server that is not up is
@@ -321,6 +328,7 @@ class ClientIndex(Index):
 
     # -- collection -------------------------------------------------------------
     def exists(self) -> bool:
+        self._require_open()  # the answer is kept: a closed index would give it without a call
         if self._exists is None or not self._exists:
             self._exists = bool(self._call("collection lookup", lambda: self.client.collection_exists(self.collection)))
             if not self._exists and self.collection == self.name:
@@ -934,8 +942,9 @@ class ClientIndex(Index):
             try:
                 self._unmark_switching(marked)
             except ClipsearchError as exc:  # the server is gone: the next reindex takes it back
-                stderr_line(f"could not take back the switching mark of {marked!r} at {self.where} ({exc}); ingests "
-                     "into it fail until the same reindex is run again")
+                stderr_line(f"could not take back the switching mark of {marked!r} at {self.where} ({exc}); "
+                            "ingests into it fail until the same reindex is run again")
+        self._closed = True
         if self.backend == "server":
             try:
                 self.client.close()

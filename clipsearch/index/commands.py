@@ -40,8 +40,8 @@ def status(settings, as_json, check, server, token):
     """Show the backend, collection, number of images and model of the index."""
     if check:
         if server:
-            raise ClipsearchError("--check reads the index itself: run it where the index is, without --server "
-                                  "(or CLIPSEARCH_SERVER)")
+            raise ClipsearchError("--check reads the index itself, alone: run it where the index is, without "
+                                  "--server (or CLIPSEARCH_SERVER), with `clipsearch serve` stopped")
         run_check(settings, as_json)
         return
     if server:

@@ -635,3 +635,11 @@ def test_a_sigterm_while_a_finished_command_tears_down_keeps_its_status(tmp_path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "CLIPSEARCH_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == status, (done.returncode, done.stderr)
+
+
+def test_status_check_through_a_server_says_where_and_how_it_can_run():
+    """A check reads the index alone: the message must not send a serve admin to a
+    command that serve's lock refuses (`status --check` while serve holds the index)."""
+    result = CliRunner().invoke(cli, ["status", "--check", "--server", "http://127.0.0.1:9", "--token", "x" * 20])
+    assert result.exit_code == 1
+    assert "without --server" in result.output and "`clipsearch serve` stopped" in result.output

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from clipsearch.config import Settings
 from clipsearch.encoders.identity import ModelIdentity
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import open_index
-from clipsearch.index.migrate import migrate
+from clipsearch.index.migrate import migrate, same_payload
 from clipsearch.ingest import IngestOptions, ingest
 
 from support import draw_collection, export_server, rest_double, settings_for
@@ -103,6 +104,31 @@ def test_migrate_resumes_where_it_stopped(edge_index, tmp_path, tiny_model_dir):
     with open_index(edge_index) as source, open_index(target, create=True) as t:
         summary = migrate(source, t, batch_size=5)
     assert (summary.copied, summary.already_there, summary.target_count) == (18, 12, 30)
+
+
+def test_a_migrate_into_an_embedded_index_run_again_copies_nothing(tmp_path, tiny_model_dir):
+    """A server keeps a payload's floats exactly; the embedded engine to 16 digits. A
+    second run (a resumed one) must still find every point there."""
+    source = settings_for("memory", tmp_path, tiny_model_dir)
+    target = settings_for("edge", tmp_path / "target", tiny_model_dir)
+    identity = ModelIdentity("m", "image", "text", 4)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(3)]
+    floats = [123456789.12345679, 1796619969.5812345, 0.1 + 0.2]
+    with open_index(source, create=True) as s:
+        s.ensure_collection(identity)
+        s.upsert(ids, np.eye(3, 4, dtype=np.float32), [{"path": f"/p/{i}", "mtime": f, "dirs": ["/p"], "n": 3}
+                                                         for i, f in enumerate(floats)])
+        for run in range(2):
+            with open_index(target, create=True) as t:
+                summary = migrate(s, t, batch_size=2)
+            assert (summary.copied, summary.already_there) == ((3, 0) if run == 0 else (0, 3))
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    (1.0, 1.0 + 1e-16, True), (1.0, 1.0001, False), (1, 1.0, False), ({"a": [1.5]}, {"a": [1.5]}, True),
+    ({"a": 1}, {"a": 1, "b": 2}, False), ([1.0, 2.0], [1.0], False), ("x", "x", True), (None, None, True)])
+def test_payloads_compare_equal_but_for_a_floats_last_digit(a, b, same):
+    assert same_payload(a, b) is same
 
 
 @pytest.mark.parametrize("target_backend", ["edge", "rest", pytest.param("server", marks=needs_server)])

@@ -6,6 +6,7 @@ says it is closed, not that its collection does not exist."""
 from __future__ import annotations
 
 import gc
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from clipsearch import ClipsearchError, IngestOptions, Settings, open_index
 from clipsearch.ingest import ingest
 
-from support import draw_collection
+from support import BACKENDS, draw_collection, settings_for
 
 
 @pytest.fixture
@@ -41,13 +42,20 @@ def test_an_index_dropped_unclosed_is_closed_with_a_warning(settings):
         assert again.count() == 4
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("use", ["count", "query", "scroll", "describe", "exists"])
-def test_a_closed_index_says_so(settings, use):
+def test_a_closed_index_says_so(backend, use, tmp_path, tiny_model_dir):
+    """On every backend: a server client's calls after close() would fail on a closed
+    connection, and :memory:'s shared client would go on answering as if open."""
+    settings = settings_for(backend, tmp_path, tiny_model_dir)
+    draw_collection(tmp_path / "photos", 4)
+    ingest(tmp_path / "photos", settings=settings, options=IngestOptions(workers=0, quiet=True))
     index = open_index(settings)
     dim = index.stored_identity().dim
     index.close()
     calls = {"count": index.count, "query": lambda: index.query(np.ones(dim, dtype=np.float32), 3),
-             "scroll": index.scroll, "describe": index.describe, "exists": index.exists}
-    with pytest.raises(ClipsearchError, match=rf"^index {settings.index} \(collection 'images'\) is closed"):
+             "scroll": lambda: list(index.scroll()), "describe": index.describe, "exists": index.exists}
+    with pytest.raises(ClipsearchError, match=rf"^index {re.escape(settings.index)}.* \(collection "
+                                              rf"{settings.collection!r}\) is closed"):
         calls[use]()
     index.close()  # closing again is harmless
