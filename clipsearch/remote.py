@@ -15,22 +15,34 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ClipsearchError
 from .hits import SearchHit
 
 WHERE = "--server / CLIPSEARCH_SERVER"
 TOKEN_WHERE = "--token / CLIPSEARCH_TOKEN"
+# The most hits serve gives for one request, and the deepest page it answers
+# (serve/service.py takes them from here). A client asking for more pages through them.
+SERVE_MAX_K = 1000
+SERVE_MAX_OFFSET = 10_000
 
 
 class ServeClient:
-    """`clipsearch serve` at `url` (no trailing slash), with an optional token."""
+    """`clipsearch serve` at `url` (no trailing slash), with an optional token. `tell`:
+    where the server's notes on an answer go (an empty answer under a folder the
+    server does not have); a line on stderr unless given."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 300.0):
+    def __init__(self, url: str, token: str | None = None, timeout: float = 300.0,
+                 tell: Callable[[str], None] | None = None):
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        if tell is None:
+            from .progress import stderr_line
+
+            tell = stderr_line
+        self.tell = tell
 
     def __repr__(self) -> str:  # the token stays out of every repr and traceback
         return f"ServeClient({self.url!r})"
@@ -51,10 +63,12 @@ class ServeClient:
         """Text terms: the query, and `[W:]TEXT` terms added or subtracted. `photo`: the
         photo filters as the search command's flags give them (after, before, camera,
         near); the server parses them as `clipsearch search` does."""
-        body = {"query": query, "add": list(add), "subtract": list(subtract), "k": k, "offset": offset,
-                "in": under, "min_score": min_score, **_given(photo)}
-        answer = self._json("POST", "/api/search", json.dumps(body).encode(), "application/json")
-        return _hits(answer)
+        def page(count: int, skip: int) -> Any:
+            body = {"query": query, "add": list(add), "subtract": list(subtract), "k": count, "offset": skip,
+                    "in": under, "min_score": min_score, **_given(photo)}
+            return self._json("POST", "/api/search", json.dumps(body).encode(), "application/json")
+
+        return self._paged(page, k, offset)
 
     def search_image(self, path: str, k: int = 10, offset: int = 0, under: str | None = None,
                      min_score: float | None = None, photo: Mapping[str, str | None] | None = None,
@@ -65,14 +79,39 @@ class ServeClient:
                 data = handle.read()
         except OSError as exc:
             raise ClipsearchError(f"cannot read {path}: {exc.strerror or exc}") from None
-        fields: dict[str, str] = {"k": str(k), "offset": str(offset)}
-        if under is not None:
-            fields["in"] = under
-        if min_score is not None:
-            fields["min_score"] = repr(float(min_score))
-        fields.update(_given(photo))
-        body, content_type = multipart(fields, "file", os.path.basename(path), data)
-        return _hits(self._json("POST", "/api/search/image", body, content_type))
+
+        def page(count: int, skip: int) -> Any:
+            fields: dict[str, str] = {"k": str(count), "offset": str(skip)}
+            if under is not None:
+                fields["in"] = under
+            if min_score is not None:
+                fields["min_score"] = repr(float(min_score))
+            fields.update(_given(photo))
+            body, content_type = multipart(fields, "file", os.path.basename(path), data)
+            return self._json("POST", "/api/search/image", body, content_type)
+
+        return self._paged(page, k, offset)
+
+    def _paged(self, page: Callable[[int, int], Any], k: int, offset: int) -> list[SearchHit]:
+        """k hits from `offset` on, asked SERVE_MAX_K at a time (`page(count, skip)`:
+        one request's answer); the server's note on the answer is told."""
+        most = SERVE_MAX_OFFSET + SERVE_MAX_K
+        if offset + k > most:
+            raise ClipsearchError(f"-k {k} asks clipsearch serve at {self.url} for more hits than it gives for one "
+                                  f"search: {most} at most ({SERVE_MAX_K} a request, paged up to offset "
+                                  f"{SERVE_MAX_OFFSET}); give -k {most - offset} or less")
+        hits: list[SearchHit] = []
+        while len(hits) < k:
+            count = min(SERVE_MAX_K, k - len(hits))
+            answer = page(count, offset + len(hits))
+            found = _hits(answer)
+            hits += found
+            note = answer.get("note") if isinstance(answer, dict) else None
+            if note:
+                self.tell(" ".join(str(note).split())[:500])
+            if len(found) < count:  # the end of the ranking
+                break
+        return hits
 
     def thumbnail(self, thumbnail_path: str, size: int = 256) -> bytes:
         """The JPEG bytes of a hit's thumbnail (`hit.thumbnail`: /api/images/ID/thumbnail)."""

@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import re
 import time
+import unicodedata
 import uuid
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Iterator, Sequence
+from typing import Annotated, Sequence
 
-from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.params import Form as FormParameter
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields, path_of, stored
@@ -95,6 +102,8 @@ class Hits(BaseModel):
     took_ms: float
     dropped: list[str] = Field([], description="Liked or disliked ids left out: no longer in the index (deleted, "
                                              "or renamed or moved: an id is its path's).")
+    note: str | None = Field(None, description="Why the answer is empty, where serve can tell: the `in` folder is "
+                                               "not a folder on the server's machine.")
 
 
 # The photo filters, as `clipsearch search` takes them (search/filters.py parses both).
@@ -122,20 +131,36 @@ class SearchBody(BaseModel):
     camera: str | None = Field(None, max_length=200, description=CAMERA_HELP)
     near: str | None = Field(None, max_length=100, description=NEAR_HELP)
 
-    model_config = {"populate_by_name": True}
+    # A field not named here is refused, naming it: dropped, a misspelled filter would widen
+    # the answer to the whole library without a word.
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def blank_is_unset(cls, data):
+        """A field sent empty ("") is unset, as an empty query parameter is."""
+        return {name: value for name, value in data.items() if value != ""} if isinstance(data, dict) else data
 
 
 class ImageInfo(BaseModel):
+    """What a hit says about the photo, and its file's size and mtime."""
+
     id: str
     path: str
+    path_bytes: str | None = None
     width: int | None = None
     height: int | None = None
     size: int | None = None
     mtime: float | None = None
+    taken: str | None = None
+    camera: str | None = None
+    location: dict[str, float] | None = None
 
 
 class LoginBody(BaseModel):
     token: str = Field(max_length=512)
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Message(BaseModel):
@@ -144,9 +169,12 @@ class Message(BaseModel):
 
 class Session(BaseModel):
     token: bool = Field(description="Whether this server needs its token (a login) to answer.")
+    logged_in: bool = Field(description="Whether this request carries the token or a login (always true where no "
+                                        "token is needed).")
 
 
-ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 422, 503)}
+# Every bad parameter value is a 400 (FastAPI's own checks included, which would be 422s).
+ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 503)}
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many hits.")]
 OFFSET = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip, for paging.")]
@@ -176,13 +204,84 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
 
 
-def hits_of(found, k: int, offset: int, started: float, dropped: Sequence[str] = ()) -> JSONResponse:
+def hits_of(found, k: int, offset: int, started: float, dropped: Sequence[str] = (),
+            folder: str | None = None) -> JSONResponse:
     """The hits as sent: a finished response, which FastAPI passes on without
-    validating it again against `Hits` (the schema it documents)."""
-    return JSONResponse({"hits": [{**hit.to_dict(), **path_fields(hit.path), "score": round(hit.score, 6),
-                      "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
-                      "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
-            "k": k, "offset": offset, "took_ms": elapsed_ms(started), "dropped": list(dropped)})
+    validating it again against `Hits` (the schema it documents). `folder`: the `in`
+    filter, whose absence from the server's disk explains an empty answer (`note`)."""
+    answer = {"hits": [{**hit.to_dict(), **path_fields(hit.path), "score": round(hit.score, 6),
+                        "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
+                        "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
+              "k": k, "offset": offset, "took_ms": elapsed_ms(started), "dropped": list(dropped)}
+    note = folder_note(folder, bool(found))
+    if note:
+        answer["note"] = note
+    return JSONResponse(answer)
+
+
+def folder_note(folder: str | None, found_any: bool) -> str | None:
+    """The local search's note on an empty answer under a folder that is not there
+    (search.filters.absent_folder_note), in the words of a client of the server's machine."""
+    from clipsearch.search.filters import absent_folder_note
+
+    if folder is None or not folder.strip():
+        return None
+    if absent_folder_note(os.path.expanduser(folder), found_any) is None:  # ~ is the server's home, as for `in`
+        return None
+    return f"in={one_line(folder)}: no such folder on the server's machine"
+
+
+def image_facts(point: str, payload: dict) -> dict:
+    """GET /api/images/{id}: everything a hit says about the photo, and its file's size and mtime."""
+    return {"id": point, **path_fields(path_of(payload)), "width": payload.get("width"),
+            "height": payload.get("height"), "size": payload.get("size"), "mtime": payload.get("mtime"),
+            "taken": payload.get("taken"), "camera": payload.get("camera"), "location": payload.get("location")}
+
+
+def download_name(path: str) -> str:
+    """The file name a download is offered under: the name's bytes as UTF-8 (a byte
+    that is not shows as U+FFFD, not as a literal `\\xff`), without control, format
+    or line-separator characters: a right-to-left override (U+202E) would make
+    `evil\u202egpj.exe` pass for `evilexe.jpg`."""
+    name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
+    kept = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs"))
+    return kept or "image"
+
+
+# Starlette's own conditional-request test (RFC 9110: If-None-Match with its list of
+# tags, weak ones and `*`; else If-Modified-Since against Last-Modified).
+_CONDITIONS = StaticFiles(check_dir=False)
+
+
+def not_modified(request: Request, headers: dict[str, str]) -> bool:
+    return _CONDITIONS.is_not_modified(Headers(headers={k.lower(): v for k, v in headers.items()}), request.headers)
+
+
+class IndexedFileResponse(FileResponse):
+    """Starlette's FileResponse (Range, If-Range, Last-Modified) over a descriptor that
+    open_indexed opened and checked, never the path again: a file swapped after the
+    check is not the one sent. The descriptor is closed once the response is sent."""
+
+    def __init__(self, fd: int, path: str, **kwargs):
+        self.fd = fd
+        super().__init__(path, stat_result=os.fstat(fd), **kwargs)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
+
+    @asynccontextmanager
+    async def _open_file(self):
+        import anyio
+
+        file = anyio.wrap_file(os.fdopen(os.dup(self.fd), "rb"))
+        try:
+            yield file
+        finally:
+            with anyio.CancelScope(shield=True):
+                await file.aclose()
 
 
 # The largest body of a request that is not an image upload: JSON of a search with its
@@ -237,6 +336,77 @@ class BodyLimit:
         await self.app(scope, counted, sending)
 
 
+class BlankParameters:
+    """An empty query parameter (`after=`, `k=`) counts as unset, as an HTML form or a
+    URL template sends every field whether filled or not. Dropped from the query string
+    before anything reads it; bytes are left as they are (a value need not be UTF-8)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("query_string") and scope["path"].startswith("/api/"):
+            pairs = scope["query_string"].split(b"&")
+            kept = [pair for pair in pairs if pair.partition(b"=")[2]]
+            if len(kept) != len(pairs):
+                scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)
+
+
+class UnknownParameter(ClipsearchError):
+    """A parameter the operation does not take: a 400 naming it."""
+
+
+# Names a client may bring from another operation or another spelling: where they belong.
+RIGHT_NAMES = {
+    ("query", "query"): "GET takes the words as q=",
+    ("body", "q"): "a JSON body takes the words as \"query\" (q= is GET's)",
+    ("query", "folder"): "the folder filter is in=",
+    ("body", "folder"): "the folder filter is \"in\"",
+    ("form", "folder"): "the folder filter is in",
+    ("query", "image_id"): "only POST /api/search takes it, in its JSON body",
+    ("query", "liked"): "only POST /api/search takes it, in its JSON body",
+    ("query", "disliked"): "only POST /api/search takes it, in its JSON body",
+}
+
+
+def unknown_parameter(where: str, name: str, known: Sequence[str]) -> str:
+    kind = {"query": "query parameter", "body": "field", "form": "form field"}[where]
+    hint = RIGHT_NAMES.get((where, name)) or (
+        "this operation takes its parameters in its JSON body" if where == "query" and name in known else "")
+    takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+    return f"unknown {kind} {name[:80]!r}: {hint or takes}"
+
+
+async def known_parameters(request: Request) -> None:
+    """Every API operation refuses a query parameter (or form field) it does not
+    declare, naming it. The page, its assets and /login are not the API: the page's
+    own address holds its state in a query string."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return
+    dependant = route.dependant
+    forms = [field.alias for field in dependant.body_params if isinstance(field.field_info, FormParameter)]
+    body = [name for field in dependant.body_params for name in _field_names(field)]
+    declared = {field.alias for field in dependant.query_params}
+    for name in request.query_params:
+        if name not in declared:
+            raise UnknownParameter(unknown_parameter("query", name, sorted(declared) or body))
+    if forms:
+        for name in (await request.form()).keys():
+            if name not in forms:
+                raise UnknownParameter(unknown_parameter("form", name, forms))
+
+
+def _field_names(field) -> list[str]:
+    """The names a JSON body field takes: its model's fields, or its own name."""
+    model = getattr(field.field_info, "annotation", None)
+    fields = getattr(model, "model_fields", None)
+    if fields:
+        return [info.alias or name for name, info in fields.items()]
+    return [field.alias]
+
+
 class Gatekeeper:
     """Every request but the open paths needs the token (header or login cookie); every
     response gets the security headers. Plain ASGI: no per-request task or body copy."""
@@ -264,12 +434,13 @@ class Gatekeeper:
             return
         if self.guard.enabled and path not in OPEN_PATHS:
             request = Request(scope)
-            if not self.guard.allows(request.headers.get("authorization"), request.cookies.get(self.guard.cookie)):
+            refusal = self.guard.refusal(request.headers.get("authorization"), request.cookies.get(self.guard.cookie))
+            if refusal is not None:
                 if path == "/" and scope["method"] == "GET":
                     response: Response = login_page()
                 else:
-                    response = JSONResponse({"error": "a token is needed: log in, or send Authorization: Bearer TOKEN"},
-                                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                    response = JSONResponse({"error": refusal}, status_code=401,
+                                            headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -296,8 +467,9 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
 
     # docs_url=None: /docs is defined below, to give its inline script's hash to its CSP.
     app = FastAPIOffline(title="clipsearch", version=version or "unknown", docs_url=None, redoc_url=None,
-                         static_url=DOCS_ASSETS,
+                         static_url=DOCS_ASSETS, dependencies=[Depends(known_parameters)],
                          description="Search an image collection with words, images, likes and dislikes.")
+    app.openapi = lambda: with_security(app, guard)  # type: ignore[method-assign]
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -320,16 +492,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = tuple(first.get("loc", ()))
-        if loc == ("body",) and first.get("type") == "missing":  # "Field required" named no field: the body is missing
-            return JSONResponse({"error": "the request body is missing: send a JSON object "
-                                          "(Content-Type: application/json)"}, status_code=422)
-        if loc and loc[0] in ("body", "query", "path", "form", "header", "cookie") and loc != ("body",):
-            loc = loc[1:]  # where it was sent, not its name: a body field may be called "query"
-        where = ".".join(str(p) for p in loc)  # `body` where it is the body as a whole (not a JSON object, say)
-        message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
-        return JSONResponse({"error": one_line(message)}, status_code=422)
+        return JSONResponse({"error": one_line(invalid_request(request, exc))}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -346,13 +509,12 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500)
 
     # -- who may ask ---------------------------------------------------------------------
+    app.add_middleware(BlankParameters)
     app.add_middleware(BodyLimit, upload_bytes=upload_bytes)  # inside the gate: no body is read before the token
     app.add_middleware(Gatekeeper, guard=guard)
 
     if cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_credentials="*" not in cors_origins,
+        app.add_middleware(Cors, allow_origins=list(cors_origins), allow_credentials="*" not in cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
 
     def logged_in(response: Response) -> None:
@@ -390,9 +552,11 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return response  # type: ignore[return-value]
 
     @app.get("/api/session", response_model=Session)
-    def session() -> dict:
-        """Whether this server asks for a token (the page then offers to log out)."""
-        return {"token": guard.enabled}
+    def session(request: Request) -> dict:
+        """Whether this server asks for a token (the page then offers to log out), and
+        whether this request has it. Open: it tells no more than a 401 would."""
+        return {"token": guard.enabled,
+                "logged_in": guard.allows(request.headers.get("authorization"), request.cookies.get(guard.cookie))}
 
     # -- facts ---------------------------------------------------------------------------
     @app.get("/api/health")
@@ -427,7 +591,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         started = time.perf_counter()
         found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
                                            min_score=min_score, where=photo_filter(after, before, camera, near)))
-        return hits_of(found.hits, k, offset, started)
+        return hits_of(found.hits, k, offset, started, folder=folder)
 
     @app.post("/api/search", response_model=Hits, responses=ERRORS)
     def search_post(body: Annotated[SearchBody, Body()]) -> JSONResponse:
@@ -438,7 +602,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
             liked=[str(i) for i in body.liked], disliked=[str(i) for i in body.disliked],
             k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score,
             where=photo_filter(body.after, body.before, body.camera, body.near)))
-        return hits_of(found.hits, body.k, body.offset, started, found.dropped)
+        return hits_of(found.hits, body.k, body.offset, started, found.dropped, folder=body.folder)
 
     @app.post("/api/search/image", response_model=Hits, responses=ERRORS)
     def search_upload(file: Annotated[UploadFile, File(description="The query image.")],
@@ -459,7 +623,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                                  "(--upload-megabytes / CLIPSEARCH_UPLOAD_MEGABYTES)")
         image = uploads.decode(data, service.encoder.image_size)
         found = service.by_image(image, k=k, offset=offset, under=folder, min_score=min_score, where=where)
-        return hits_of(found, k, offset, started)
+        return hits_of(found, k, offset, started, folder=folder)
 
     @app.get("/api/images/{point}/similar", response_model=Hits, responses=ERRORS)
     def similar(point: POINT, k: K = 20, offset: OFFSET = 0, folder: FOLDER = None,
@@ -468,7 +632,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         started = time.perf_counter()
         found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score,
                                 where=photo_filter(after, before, camera, near))
-        return hits_of(found, k, offset, started)
+        return hits_of(found, k, offset, started, folder=folder)
 
     # -- images --------------------------------------------------------------------------
     def open_checked(point: str) -> tuple[dict, int]:
@@ -485,9 +649,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
 
     @app.get("/api/images/{point}", response_model=ImageInfo, responses=ERRORS)
     def image_info(point: POINT) -> dict:
-        payload = service.record(str(point))
-        return {"id": str(point), "path": shown(path_of(payload)), "width": payload.get("width"),
-                "height": payload.get("height"), "size": payload.get("size"), "mtime": payload.get("mtime")}
+        return image_facts(str(point), service.record(str(point)))
 
     @app.get("/api/images/{point}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, 304: {}, **ERRORS})
     def thumbnail(request: Request, point: POINT,
@@ -496,29 +658,25 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
             raise ClipsearchError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size}")
         with thumbnails.making() as started:  # before the record is read: see making()
             payload, fd = open_checked(str(point))  # gone or changed: 410, before any 304
-            tag = etag(str(point), payload, size)
-            headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
-            if tag in (request.headers.get("if-none-match") or ""):
+            headers = {"ETag": etag(str(point), payload, size), "Cache-Control": "private, no-cache"}
+            if not_modified(request, headers):
                 os.close(fd)
                 return Response(status_code=304, headers=headers)
             return Response(thumbnails.get(str(point), payload, size, fd, started), media_type="image/jpeg",
                             headers=headers)
 
-    @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, **ERRORS})
-    def original(point: POINT):
+    @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, 206: {}, 304: {}, **ERRORS})
+    def original(request: Request, point: POINT):
+        """The original file: revalidated by ETag (If-None-Match: 304), and in parts (Range: 206)."""
         payload, fd = open_checked(str(point))
-        size = os.fstat(fd).st_size
-
-        def chunks() -> Iterator[bytes]:
-            with os.fdopen(fd, "rb") as f:
-                while block := f.read(1 << 20):
-                    yield block
-
-        name = Path(shown(path_of(payload))).name
-        return StreamingResponse(chunks(), media_type=media_type(path_of(payload)), headers={
-            "Content-Length": str(size), "ETag": etag(str(point), payload),
-            "Cache-Control": "private, no-cache",
-            "Content-Disposition": f"inline; filename*=UTF-8''{_quote(name)}"})
+        response = IndexedFileResponse(fd, path_of(payload), media_type=media_type(path_of(payload)), headers={
+            "ETag": etag(str(point), payload), "Cache-Control": "private, no-cache",
+            "Content-Disposition": f"inline; filename*=UTF-8''{_quote(download_name(path_of(payload)))}"})
+        if not_modified(request, dict(response.headers)):
+            os.close(fd)
+            return Response(status_code=304, headers={name: response.headers[name] for name in
+                                                      ("etag", "last-modified", "cache-control")})
+        return response
 
     # -- the page ------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -533,6 +691,92 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         return Response(asset(name), media_type=ASSET_TYPES[suffix], headers={"Cache-Control": "private, no-cache"})
 
     return app
+
+
+def invalid_request(request: Request, exc: RequestValidationError) -> str:
+    """FastAPI's account of a request it could not read, as one line a person writing
+    a client can act on: which parameter, or what to send instead."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc, kind = tuple(first.get("loc", ())), first.get("type")
+    upload = request.url.path == UPLOAD_PATH
+    media = (request.headers.get("content-type") or "").partition(";")[0].strip().lower()
+    if kind == "json_invalid":
+        return not_json(exc.body, str(first.get("ctx", {}).get("error", "")))
+    if upload and media != "multipart/form-data":
+        return "send the image as multipart/form-data with a `file` part (curl -F file=@photo.jpg)"
+    if loc == ("body",) and kind == "missing":  # "Field required" named no field: the body is missing
+        return "the request body is missing: send a JSON object (Content-Type: application/json)"
+    if loc[:1] == ("body",) and not upload and media and media != "application/json" and not media.endswith("+json"):
+        return f"send Content-Type: application/json (the body was sent as {media[:80]})"
+    if upload and loc == ("body", "file"):
+        return "the upload has no `file` part: send the image as multipart/form-data with a `file` part"
+    if kind == "extra_forbidden" and len(loc) == 2:
+        route = request.scope.get("route")
+        known = [name for field in route.dependant.body_params for name in _field_names(field)] \
+            if isinstance(route, APIRoute) else []
+        return unknown_parameter("body", str(loc[1]), known)
+    if loc and loc[0] in ("body", "query", "path", "form", "header", "cookie") and loc != ("body",):
+        loc = loc[1:]  # where it was sent, not its name: a body field may be called "query"
+    where = ".".join(str(p) for p in loc)  # `body` where it is the body as a whole (not a JSON object, say)
+    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
+
+
+def not_json(body, reason: str) -> str:
+    """Where and why a body is not JSON: the decoder's own line and column."""
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        return f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except (TypeError, ValueError):
+        pass
+    return f"the body is not valid JSON: {reason or 'cannot be decoded'}"
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS middleware, its preflight answers in serve's form: JSON, with the
+    security headers (they come before the Gatekeeper, which adds them to the rest)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        plain = super().preflight_response(request_headers)
+        headers = {name: value for name, value in plain.headers.items()
+                   if name not in ("content-length", "content-type")}
+        headers.update({**SECURITY_HEADERS, "Cache-Control": NO_STORE, "Content-Security-Policy": CONTENT_POLICY})
+        if plain.status_code == 200:
+            return JSONResponse({"ok": True}, headers=headers)
+        refused = bytes(plain.body).decode().removeprefix("Disallowed CORS ")  # what was refused: origin, method...
+        return JSONResponse({"error": f"cross-origin request refused: its {refused} is not allowed here "
+                                      "(serve --cors-origin names the origins allowed)"},
+                            status_code=plain.status_code, headers=headers)
+
+
+def with_security(app: FastAPI, guard: Guard) -> dict:
+    """The OpenAPI schema, made once: every operation but the open ones declares the
+    token (Authorization: Bearer, or the login cookie), so Swagger's Authorize button and
+    generated clients send it; a parameter FastAPI would refuse with a 422 is a 400 here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "serve's token (--token / CLIPSEARCH_TOKEN)"},
+        "login": {"type": "apiKey", "in": "cookie", "name": guard.cookie, "description": "set by POST /api/login"}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            if path not in OPEN_PATHS:
+                operation["security"] = [{"bearer": []}, {"login": []}]
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                del responses["422"]
+                responses.setdefault("400", {"description": "Bad Request", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Message"}}}})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(unused, None)
+    components.setdefault("schemas", {}).setdefault("Message", Message.model_json_schema())
+    app.openapi_schema = schema
+    return schema
 
 
 def login_page() -> HTMLResponse:

@@ -147,6 +147,25 @@ class DeadlineH11Protocol(H11Protocol):
             return
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot read (a request line or headers too long, malformed):
+        answered as every error is, one line of JSON with the security headers, where
+        uvicorn sends plain text."""
+        import json
+
+        from .app import CONTENT_POLICY, NO_STORE, SECURITY_HEADERS
+
+        body = json.dumps({"error": "the request cannot be read as HTTP/1.1: its request line or headers are "
+                                    "malformed or longer than serve reads"}).encode()
+        named = {**SECURITY_HEADERS, "Cache-Control": NO_STORE, "Content-Security-Policy": CONTENT_POLICY}
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close"), *((name.lower().encode(), value.encode()) for name, value in
+                                                  named.items())]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
     def _stop_waiting(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

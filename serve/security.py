@@ -27,8 +27,9 @@ from pathlib import Path
 from clipsearch.errors import ClipsearchError
 
 COOKIE = "clipsearch_session"
-# Paths anyone may reach: health for load balancers and the login itself.
-OPEN_PATHS = frozenset({"/api/health", "/login", "/api/login"})
+# Paths anyone may reach: health for load balancers, the login itself, and the session
+# (whether a token is needed, and whether this request has it: what a 401 says anyway).
+OPEN_PATHS = frozenset({"/api/health", "/login", "/api/login", "/api/session"})
 SESSION_SECONDS = 30 * 24 * 3600
 # Logins need the token, so only its holders add sessions; the oldest go beyond this.
 MAX_SESSIONS = 1000
@@ -131,11 +132,20 @@ class Guard:
                         hashlib.sha256).hexdigest()
 
     def _load(self) -> None:
-        if self._store is None or self.token is None:
+        if self._store is None:
+            return
+        if self.token is None:  # no token now: any sessions kept belong to an old one, and end
+            try:
+                self._store.unlink(missing_ok=True)
+            except OSError:
+                pass
             return
         try:
             kept = json.loads(self._store.read_text())
             if kept.get("token") != self._token_key():
+                # Another token's sessions: dropped now, not only ignored, or going back
+                # to that token would open them again.
+                self._save()
                 return
             now = time.time()
             self._sessions = {selector: (bytes.fromhex(digest), float(expires))
@@ -159,13 +169,19 @@ class Guard:
             tmp.unlink(missing_ok=True)
 
     def allows(self, authorization: str | None, cookie: str | None) -> bool:
-        if self.token is None:
-            return True
-        if authorization:
-            scheme, _, value = authorization.partition(" ")
-            if scheme.lower() == "bearer" and self.token_matches(value.strip()):
-                return True
-        return self.session_valid(cookie)
+        return self.refusal(authorization, cookie) is None
+
+    def refusal(self, authorization: str | None, cookie: str | None) -> str | None:
+        """Why a request with these credentials is refused, in one line; None when it
+        is not. A Bearer token that was sent and is wrong is told apart from none sent."""
+        if self.token is None or self.session_valid(cookie):
+            return None
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            if self.token_matches(value.strip()):
+                return None
+            return "the token sent (Authorization: Bearer) is wrong"
+        return "a token is needed: log in, or send Authorization: Bearer TOKEN"
 
 
 def _digest(secret: str) -> bytes:

@@ -25,12 +25,14 @@ from clipsearch.encoders import l2_normalize
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index
 from clipsearch.index.where import Where
+from clipsearch.remote import SERVE_MAX_K, SERVE_MAX_OFFSET
 from clipsearch.search import Searcher, SearchHit, Term, parse_term
 from clipsearch.search.engine import settled
 
-# Deep pages are answered by asking the index for offset + k hits.
-MAX_K = 1000
-MAX_OFFSET = 10_000
+# Deep pages are answered by asking the index for offset + k hits. The thin client
+# knows the limits too (it pages through them), so they are written once, there.
+MAX_K = SERVE_MAX_K
+MAX_OFFSET = SERVE_MAX_OFFSET
 
 
 class NotFound(ClipsearchError):

@@ -89,6 +89,8 @@ class UploadDecoder:
         finally:
             self._turn.release()
         if decoded is None:
+            # The decoder names ingest's flag; serve takes the limit from the variable only.
+            reason = str(reason).replace("--max-megapixels", "CLIPSEARCH_MAX_MEGAPIXELS")
             raise NotAnImage(f"the upload is not a usable image: {reason}")
         return decoded.image
 

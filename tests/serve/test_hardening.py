@@ -276,9 +276,9 @@ def test_a_wrong_method_names_every_method_the_path_answers(client):
 
 def test_a_missing_or_malformed_body_is_named(client):
     missing = client.post("/api/search")
-    assert missing.status_code == 422 and "body is missing" in missing.json()["error"], missing.text
+    assert missing.status_code == 400 and "body is missing" in missing.json()["error"], missing.text
     wrong = client.post("/api/search", json=["a", "list"])
-    assert wrong.status_code == 422 and wrong.json()["error"].startswith("body: "), wrong.text
+    assert wrong.status_code == 400 and wrong.json()["error"].startswith("body: "), wrong.text
     assert client.post("/api/login").json()["error"].startswith("the request body is missing")
 
 

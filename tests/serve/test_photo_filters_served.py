@@ -107,6 +107,16 @@ def test_likes_similar_and_uploads_take_the_filters(client, served):
                                                    "in": str(photos / "home")})) == {"old.jpg", "r5.jpg"}
 
 
+def test_an_images_facts_say_all_its_hit_says(client):
+    """GET /api/images/{id}: when, with what and where, as the hit has them."""
+    for hit in client.get("/api/search", params={"q": "a photo", "k": 10}).json()["hits"]:
+        facts = client.get(f"/api/images/{hit['id']}").json()
+        assert {key: facts[key] for key in ("path", "taken", "camera", "location", "width", "height")} == \
+            {key: hit[key] for key in ("path", "taken", "camera", "location", "width", "height")}
+    paris = client.get(f"/api/images/{id_of(client, 'paris.jpg')}").json()
+    assert paris["camera"] and paris["taken"].startswith("2023-07-14") and paris["location"]
+
+
 @pytest.mark.parametrize("params, message", [
     ({"after": "2023-13"}, "after= '2023-13' is not a date"),
     ({"before": "yesterday"}, "before= 'yesterday' is not a date"),
