@@ -9,13 +9,14 @@ parallel, instead of in the process that runs the model.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from .fingerprint import content_hash, covers_whole, fingerprint
 from .photo_facts import photo_facts
@@ -24,6 +25,78 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
+
+# The file types clipsearch reads, by the Pillow plugin that decodes each, with their
+# extensions: the one table that ingest's walk, search's image queries and serve's
+# uploads go by (README, "Supported image files"). Decoding tries these plugins only,
+# whatever a file's name says: a JPEG named .png is read, but PostScript named .jpg is
+# not an image here, where Pillow's own guess handed it to its EPS plugin, which runs
+# Ghostscript on the file (an interpreter whose -dSAFER has been escaped many times).
+# Each plugin listed parses its format in Python or a bundled codec, and runs nothing.
+IMAGE_TYPES: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),  # multi-picture (MPO) JPEGs too: their first picture
+    "PNG": (".png",),  # and APNG
+    "WEBP": (".webp",),
+    "GIF": (".gif",),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "AVIF": (".avif",),  # built into Pillow 11.3 and later; else the pillow-avif-plugin package
+    "HEIF": (".heic", ".heif"),  # iPhone photos: only with the pillow-heif package installed
+    "ICO": (".ico",),
+    "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),
+    "TGA": (".tga",),
+}
+# Every extension of the table, whether this install reads it or not.
+IMAGE_EXTENSIONS = frozenset(extension for extensions in IMAGE_TYPES.values() for extension in extensions)
+# The package that reads a type not built into every Pillow, and the type's name for
+# people: said for each such file met where it is not installed.
+PLUGIN_PACKAGES = {"HEIF": ("pillow-heif", "HEIC/HEIF"), "AVIF": ("pillow-avif-plugin", "AVIF")}
+
+
+def _register_plugins() -> None:
+    """Pillow's openers for HEIC/HEIF and AVIF, where their packages are installed:
+    pillow-heif's must be registered; pillow-avif-plugin registers on import."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
+    try:
+        import pillow_avif  # noqa: F401
+    except ImportError:
+        pass
+
+
+def readable_formats() -> tuple[str, ...]:
+    """The formats of IMAGE_TYPES that this Pillow (and its installed plugins) decodes."""
+    Image.init()
+    return tuple(name for name in IMAGE_TYPES if name in Image.OPEN)
+
+
+def image_extensions() -> set[str]:
+    """The extensions of the file types this install reads (lower case, with the dot)."""
+    return {extension for name in readable_formats() for extension in IMAGE_TYPES[name]}
+
+
+def unreadable_extensions() -> dict[str, str]:
+    """The extensions of IMAGE_TYPES this install cannot read, each with the reason a
+    file of it is skipped for: which package reads it."""
+    readable = readable_formats()
+    reasons = {}
+    for name, extensions in IMAGE_TYPES.items():
+        if name not in readable:
+            package, label = PLUGIN_PACKAGES.get(name, (None, name))
+            how = f": `pip install {package}` adds them" if package else ""
+            reasons.update(dict.fromkeys(extensions, f"not read: this install has no {label} decoder{how}"))
+    return reasons
+
+
+def open_image(source) -> Image.Image:
+    """Image.open restricted to the formats clipsearch reads (IMAGE_TYPES): every image
+    file clipsearch opens goes through this, never through Pillow's guess among all its
+    plugins."""
+    return Image.open(source, formats=readable_formats())
 
 
 class SkipImage(Exception):
@@ -54,46 +127,73 @@ class Decoded:
     content_hash: str | None = None  # of every byte, for files larger than the fingerprint reads
 
 
-def _oriented_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
-    """The size a viewer shows, from the file's size and its EXIF orientation. Called
+# How each EXIF orientation (2-8) is undone, as ImageOps.exif_transpose does it.
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8), 1 where there is none or it cannot be read. Read
     after the pixels are loaded: reading a PNG's EXIF before that decodes the image,
     and a decode error swallowed there left the next load() a half-black picture."""
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:
-        orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return 1
+    return orientation if isinstance(orientation, int) and orientation in UPRIGHT else 1
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    """The picture as a viewer shows it. Not ImageOps.exif_transpose: it also writes
+    the EXIF out again without the orientation, which raised on any other tag whose
+    value does not fit its type (RowsPerStrip holding "Canon"), and the photo, fine
+    and its orientation readable, was skipped as a decoder error. Nothing here needs
+    the EXIF after this (photo_facts has read it)."""
+    method = UPRIGHT.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The picture as a viewer shows it (its EXIF orientation undone), loaded: for a
+    thumbnail or a gallery, as ingest decodes it."""
+    img.load()
+    return _upright(img, _orientation(img))
+
+
+# The longest side kept, as a multiple of the shortest. The model's preprocessing scales
+# the shortest side up to its input size before its centre crop: a 108-byte 8000x1
+# strip took 4 GB to embed, a 20000x1 one 9.6 GB and 60 s. A model that crops sees only
+# the centre square, which the centre 16:1 of a longer image holds whole: so such an
+# image is cropped to that before anything is resized (its recorded size is its own).
+MAX_ASPECT_RATIO = 16
+
+
+def _within_aspect(img: Image.Image) -> Image.Image:
+    """The centre of an image longer than MAX_ASPECT_RATIO times its shortest side."""
+    w, h = img.size
+    short = min(w, h)
+    longest = max(1, short) * MAX_ASPECT_RATIO
+    if max(w, h) <= longest:
+        return img
+    if w > h:
+        left = (w - longest) // 2
+        return img.crop((left, 0, left + longest, h))
+    top = (h - longest) // 2
+    return img.crop((0, top, w, top + longest))
 
 
 def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Decoded:
     try:
         if os.path.getsize(path) == 0:
             raise SkipImage("empty file (0 bytes)")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                megapixels = w * h / 1e6
-                if megapixels > max_megapixels:
-                    raise SkipImage(
-                        f"too large: {w}x{h} is {megapixels:.{0 if megapixels >= 10 else 2}f} megapixels "
-                        f"(limit --max-megapixels {max_megapixels:g})"
-                    )
-                if img.format == "JPEG" and min(w, h) > 2 * target:
-                    scale = target / min(w, h)
-                    img.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
-                img.load()  # first: a partial decode raises here, and the file is skipped
-                width, height = _oriented_size(img, w, h)
-                facts = photo_facts(img)
-                img = ImageOps.exif_transpose(img) or img
-                if img.mode != "RGB":
-                    img = to_rgb(img)
-                if min(img.size) > target:
-                    scale = target / min(img.size)
-                    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                    img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-                return Decoded(path, img, width, height, _one_each(caught), facts)
+        try:
+            return _decode(path, path, target, max_megapixels)
+        except OSError as exc:
+            whole = _missing_only_its_end(path, exc)
+            if whole is None:
+                raise
+            return _decode(path, io.BytesIO(whole), target, max_megapixels)
     except SkipImage:
         raise
     except FileNotFoundError:
@@ -121,6 +221,65 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
         raise SkipImage("out of memory while decoding", lasting=False) from None
 
 
+def _decode(path: str, source, target: int, max_megapixels: float) -> Decoded:
+    """load_image's work on `source` (the file's path, or its bytes mended)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with open_image(source) as img:
+            w, h = img.size
+            megapixels = w * h / 1e6
+            if megapixels > max_megapixels:
+                raise SkipImage(
+                    f"too large: {w}x{h} is {megapixels:.{0 if megapixels >= 10 else 2}f} megapixels "
+                    f"(limit --max-megapixels {max_megapixels:g})"
+                )
+            if img.format == "JPEG" and min(w, h) > 2 * target:
+                scale = target / min(w, h)
+                img.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
+            img.load()  # first: a partial decode raises here, and the file is skipped
+            orientation = _orientation(img)
+            width, height = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            facts = photo_facts(img)
+            img = _upright(img, orientation)
+            if img.mode != "RGB":
+                img = to_rgb(img)
+            img = _within_aspect(img)
+            if min(img.size) > target:
+                scale = target / min(img.size)
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            return Decoded(path, img, width, height, _one_each(caught), facts)
+
+
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def _missing_only_its_end(path: str, error: OSError) -> bytes | None:
+    """A JPEG's bytes with its end marker (EOI) put back, where that marker is all it
+    lacks (files recovered from cards, some cameras and scanners); None otherwise.
+    Pillow calls any JPEG whose data stops before EOI truncated, and its
+    LOAD_TRUNCATED_IMAGES fills a JPEG cut anywhere with grey. The test: the file
+    decodes to the same pixels whatever follows its last byte. Every scan complete,
+    the decoder reads nothing past it; a scan cut short takes what follows as the rest
+    of its data, so bytes that decode to something (0x55...) give other pixels than
+    the end marker alone, after which the decoder leaves the missing blocks empty."""
+    if not str(error).startswith("image file is truncated"):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(JPEG_START) or data.endswith(JPEG_END):
+        return None
+    ended = data + JPEG_END
+    try:
+        with Image.open(io.BytesIO(ended), formats=["JPEG"]) as plain, \
+                Image.open(io.BytesIO(data + b"\x55" * 64 + JPEG_END), formats=["JPEG"]) as padded:
+            same = plain.tobytes() == padded.tobytes()
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return None
+    return ended if same else None
+
+
 def _one_each(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
     """Each distinct warning once, one line each."""
     return tuple(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
@@ -145,9 +304,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     A 16-bit (or 32-bit) grey image has its real range stretched onto 0-255: Pillow's
     own conversion clips every value above 255, and a 16-bit image came out solid white
     (so every such image got the same vector)."""
+    if img.mode == "F":
+        return _stretched_float(img)
     if img.mode in WIDE_MODES:
-        if img.mode != "F":
-            img = img.convert("I")
+        img = img.convert("I")
         extrema = img.getextrema()  # one band: (low, high)
         low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
         scale = 255.0 / (high - low) if high > low else 0.0
@@ -158,6 +318,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(img, mask=img.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _stretched_float(img: Image.Image) -> Image.Image:
+    """A float image's finite range stretched onto 0-255. A nodata value of +-inf (common
+    in scientific and remote-sensing TIFFs) made the whole range infinite, and the image
+    a black square; NaN and -inf are drawn as the low end, +inf as the high end."""
+    import numpy as np
+
+    values = np.asarray(img, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    return grey.convert("RGB")
 
 
 def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str | None, bool]:
@@ -274,6 +449,7 @@ def prepare_job(args: tuple[str, int, float, tuple]) -> tuple[str, Prepared | No
 
 # Truncated JPEGs are errors, not half-grey pictures in the index.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+_register_plugins()
 # Our own megapixel limit (--max-megapixels) replaces Pillow's, checked before any
 # decoding; set once here, not per call, so that no caller's messages depend on order.
 Image.MAX_IMAGE_PIXELS = None

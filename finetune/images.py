@@ -23,7 +23,8 @@ from clipsearch import config
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import SkipImage, decode_job, load_image
 from clipsearch.names import shown
-from clipsearch.pools import spawn_pool
+from clipsearch.pools import WorkerDied, in_order
+from clipsearch.progress import stderr_line
 
 # The decode target of the check: CLIP's input size. Only JPEG draft mode depends on it,
 # and a JPEG cut short fails at any draft scale (its whole entropy stream is read).
@@ -105,11 +106,14 @@ def check_images(paths: Iterable[str], workers: int = 0,
         for job in jobs:
             record(*_verdict(job))
         return verdicts
-    pool = spawn_pool(workers)
+    # A checker that dies (the OOM killer on a huge image, kill -9) costs only the image it held.
+    checked = in_order(((job[0], _verdict, job) for job in jobs), workers, window=workers * 8, say=stderr_line)
     try:
-        for path, reason in pool.imap_unordered(_verdict, jobs, chunksize=8):
-            record(path, reason)
+        for path, outcome in checked:
+            if isinstance(outcome, WorkerDied):
+                record(path, f"the checking process died while reading it ({outcome.how})")
+            else:
+                record(*outcome)
     finally:
-        pool.terminate()
-        pool.join()
+        checked.close()  # a stop: the workers end here, not at garbage collection
     return verdicts

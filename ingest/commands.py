@@ -49,8 +49,9 @@ def pipeline_settings(batch_size, workers, max_megapixels) -> dict:
 @setting_option("shard", metavar="I/N")
 @setting_option("precision", metavar="fp32|int8")
 @click.option("--prune", is_flag=True,
-              help="Remove points whose files are gone under FOLDERS (not those of files --exclude'd, another "
-                   "shard's or in a folder that cannot be read: they are still there).")
+              help="Remove points whose files are gone under FOLDERS, or that the walk now leaves out (under a "
+                   "hidden or system folder, or --exclude'd); not those of another shard's files or in a folder "
+                   "that cannot be read: they are still there.")
 @click.option("--allow-missing", is_flag=True,
               help="Take files that look like a drive or share not mounted for gone: with --prune, prune even "
                    "where more than half of a folder's images (and more than 10) are gone (without it that is "

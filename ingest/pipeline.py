@@ -38,11 +38,12 @@ from clipsearch.images import (
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import path_of, shown
-from clipsearch.pools import spawn_pool
+from clipsearch.pools import WorkerDied, in_order
 from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
 from .known_bad import KnownBadFiles, decoder_fingerprint
+from .prune import left_out
 from .prune import plan as prune_plan
 from .relink import Relinker, place_payload, recorded_dev
 from .report import SkipReport, check_report_path
@@ -439,30 +440,22 @@ class Ingestor:
             for entry, (function, job) in jobs:
                 yield from self._accept(entry, function(job))
             return
-        pool = None
-        pending: deque = deque()
+        # The decoders ignore Ctrl-C (decoder_init) and SIGHUP (TaskPool), which a terminal
+        # and a closing shell send to the whole process group: this process stops them
+        # (closing in_order, below) once it has committed what it holds, and no worker
+        # prints a traceback meanwhile. They import only PIL, numpy and the kernel's light
+        # modules: no torch, transformers or onnxruntime (tests/ingest/test_decoder_crops.py).
+        # A decoder that dies (the OOM killer, kill -9) costs only the file it held.
         window = max(opts.workers * 4, opts.batch_size * 2)
+        decoded = in_order(((entry, function, job) for entry, (function, job) in jobs), opts.workers, window,
+                           initializer=decoder_init, say=self.progress.message)
         try:
-            for entry, (function, job) in jobs:
-                if pool is None:  # spawn only when there is something to decode
-                    # The decoders ignore Ctrl-C (decoder_init) and SIGHUP (spawn_pool), which
-                    # a terminal and a closing shell send to the whole process group: this
-                    # process stops them (terminate, below) once it has committed what it
-                    # holds, and no worker prints a traceback meanwhile. They import only
-                    # PIL, numpy and the kernel's light modules: no torch, transformers or
-                    # onnxruntime (tests/ingest/test_decoder_crops.py).
-                    pool = spawn_pool(opts.workers, initializer=decoder_init)
-                pending.append((entry, pool.apply_async(function, (job,))))
-                while len(pending) >= window or (pending and pending[0][1].ready()):
-                    first, result = pending.popleft()
-                    yield from self._accept(first, result.get())
-            while pending:
-                first, result = pending.popleft()
-                yield from self._accept(first, result.get())
+            for entry, outcome in decoded:
+                if isinstance(outcome, WorkerDied):
+                    outcome = (entry.path, None, f"the decoding process died while reading it ({outcome.how})", False)
+                yield from self._accept(entry, outcome)
         finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+            decoded.close()  # a stop: the decoders end here, not at garbage collection
 
     def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         _, decoded, reason, lasting = outcome
@@ -556,8 +549,9 @@ class Ingestor:
             f"{rate:.1f} img/s, ETA {eta}", force=force)
 
     def _prune(self, roots: Sequence[str]) -> None:
-        """Remove the points under `roots` (this shard's) whose files are gone, by the
-        rules of ingest/prune.py; what they leave alone is said in summary.not_pruned."""
+        """Remove the points under `roots` (this shard's) whose files the walk leaves out
+        or that are gone, by the rules of ingest/prune.py; what they leave alone is said
+        in summary.not_pruned."""
         shard = self.options.shard
         held: set[str] = set()  # nested roots scroll some points twice
         folders: Counter = Counter()
@@ -571,7 +565,9 @@ class Ingestor:
                 folders[os.path.dirname(path)] += 1
                 if record.id not in self.seen_ids:
                     unseen.append((record.id, path, recorded_dev(record.payload)))
+        ruled_out, unseen = left_out(unseen, roots, self.options.exclude)
         stale, self.summary.not_pruned = prune_plan(folders, unseen, self.options.allow_missing)
+        stale += ruled_out
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])
         self.summary.removed += len(stale)

@@ -1,11 +1,15 @@
-"""Which points `ingest --prune` removes: those whose file is gone, except where most of
-a folder's images are gone at once.
+"""Which points `ingest --prune` removes: those of files the walk's rules now leave out
+(under a hidden or system folder, --exclude'd), and those whose file is gone, except
+where most of a folder's images are gone at once.
 
-Not being seen by the walk is not enough: a file the walk passed over on purpose or
-could not reach (another shard's, an --exclude'd one, one in a folder it could not read)
-is still there and keeps its point. And a drive or share that is not mounted looks like
-a folder whose photos were all deleted: pruning it would cost every vector of it, and a
-night of embedding to get them back.
+--prune makes the index hold what the run would ingest: a file the walk passes over
+on purpose is not to be searched, so its point goes, as one taken in before @eaDir was
+left out, or before an --exclude was added (it was the only way to drop them short of
+a new index). Not being seen by the walk is not enough otherwise: a file it could not
+reach (another shard's, one in a folder it could not read) is still there and keeps its
+point. And a drive or share that is not mounted looks like a folder whose photos were
+all deleted: pruning it would cost every vector of it, and a night of embedding to get
+them back.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from clipsearch.names import shown
+
+from .walk import walked_path
 
 # Gone files are grouped by the nearest folder that still exists (an unmounted share's
 # empty mount point, say). A group of more than this share of that folder's images, and
@@ -96,6 +102,20 @@ class GoneFiles:
             except OSError:
                 self._devs[folder] = None
         return self._devs[folder] != dev
+
+
+def left_out(unseen: Iterable[tuple[str, str, int | None]], roots: Sequence[str], exclude: Sequence[str]
+             ) -> tuple[list[str], list[tuple[str, str, int | None]]]:
+    """(the ids of `unseen` whose paths the walk's rules leave out under `roots`: a
+    hidden or system folder, an --exclude glob; the others of `unseen`, for plan)."""
+    ruled_out: list[str] = []
+    others: list[tuple[str, str, int | None]] = []
+    for record in unseen:
+        if walked_path(record[1], roots, exclude) is None:
+            ruled_out.append(record[0])
+        else:
+            others.append(record)
+    return ruled_out, others
 
 
 def plan(held_folders: Counter, unseen: Iterable[tuple[str, str, int | None]], allow_missing: bool

@@ -290,10 +290,12 @@ def _same_content(entry: FileEntry, candidates: list) -> list:
 def read_facts(path: str) -> dict:
     """Photo facts from the file's header, without decoding its pixels where the format
     allows (JPEG, TIFF, WebP keep EXIF before the image data)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from clipsearch.images import open_image
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return photo_facts(img)
     except UnidentifiedImageError:  # not an image any more: no facts, the point stays
         return {}

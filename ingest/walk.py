@@ -1,9 +1,10 @@
 """Find image files under folders, lazily, the way a person would expect.
 
 os.scandir, one folder at a time (no list of a million paths in memory); hidden
-files and folders and macOS `._*` AppleDouble files skipped; `--exclude` globs
-matched against both the name and the full path; symlinked folders followed once,
-so a link loop cannot make the walk endless.
+files and folders, macOS `._*` AppleDouble files and the system folders of NAS boxes
+and operating systems (SYSTEM_FOLDERS) skipped; `--exclude` globs matched against both
+the name and the full path; symlinked folders followed once, so a link loop cannot
+make the walk endless. The file types are clipsearch/images.py's IMAGE_TYPES.
 """
 
 from __future__ import annotations
@@ -17,32 +18,29 @@ from typing import Iterable, Iterator, Sequence
 # How the walk's on_error names a folder it could not list (the reason begins so).
 UNREADABLE_FOLDER = "cannot read folder"
 
-BASE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Folders that NAS boxes and operating systems keep beside people's files: thumbnails,
+# recycle bins, snapshots, recovered fragments. Never walked, matched without regard to
+# case (README, "What ingest reads"); hidden folders (.Trash-1000, .thumbnails,
+# .@__thumb, .snapshot) are left out by their dot already. Synology puts five
+# thumbnails of every photo in @eaDir beside it: each photo came up five times.
+SYSTEM_FOLDERS = {
+    "@eadir": "Synology: thumbnails and metadata of the files beside it",
+    "#recycle": "Synology: recycle bin",
+    "#snapshot": "Synology: snapshots",
+    "@recycle": "QNAP: recycle bin",
+    "@recently-snapshot": "QNAP: snapshots",
+    "$recycle.bin": "Windows: recycle bin",
+    "recycler": "Windows XP: recycle bin",
+    "system volume information": "Windows: restore points and indexes",
+    "lost+found": "Linux: fragments a file system check recovered",
+}
 
 
 def image_extensions() -> set[str]:
-    """Base formats plus HEIC/AVIF where a Pillow plugin for them is installed."""
-    extensions = set(BASE_EXTENSIONS)
-    try:
-        import pillow_heif  # noqa: F401
+    """The extensions of the file types this install reads (clipsearch/images.py)."""
+    from clipsearch.images import image_extensions as readable
 
-        extensions |= {".heic", ".heif"}
-    except ImportError:
-        pass
-    try:
-        from PIL import features
-
-        if features.check("avif"):
-            extensions.add(".avif")
-    except Exception:  # pragma: no cover - features API varies across Pillow versions
-        pass
-    try:
-        import pillow_avif  # noqa: F401
-
-        extensions.add(".avif")
-    except ImportError:
-        pass
-    return extensions
+    return readable()
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,10 @@ def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
 
 def passed_over(name: str, path: str, patterns: Sequence[str] = ()) -> bool:
     """The walk's rule for one name, file or folder: hidden (and macOS `._*` AppleDouble
-    files), or matched by an --exclude glob (against the name or the full path)."""
-    return name.startswith(".") or bool(patterns) and _excluded(name, path, patterns)
+    files), a system folder's (SYSTEM_FOLDERS: no image file has such a name), or
+    matched by an --exclude glob (against the name or the full path)."""
+    return (name.startswith(".") or name.lower() in SYSTEM_FOLDERS
+            or bool(patterns) and _excluded(name, path, patterns))
 
 
 def excluded_target(path: str, patterns: Sequence[str]) -> bool:
@@ -176,9 +176,13 @@ def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[
 def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: set[str] | None = None,
                 on_error=None) -> Iterator[FileEntry]:
     """Yield each image file under `roots` once. `on_error(path, reason)` hears about
-    folders that cannot be listed, and names with an image extension that are no
-    regular file (a broken link, a FIFO); the walk goes on."""
+    folders that cannot be listed, names with an image extension that are no regular
+    file (a broken link, a FIFO), and files of a type this install cannot read (HEIC
+    without pillow-heif: what to install); the walk goes on."""
+    from clipsearch.images import unreadable_extensions
+
     extensions = image_extensions() if extensions is None else extensions
+    unreadable = {ext: reason for ext, reason in unreadable_extensions().items() if ext not in extensions}
     patterns = exclude_patterns(exclude)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()  # two links to one file: one point
@@ -216,7 +220,10 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                     if entry.is_dir(follow_symlinks=True):
                         subfolders.append(target)
                         continue
-                    if os.path.splitext(name)[1].lower() not in extensions:
+                    extension = os.path.splitext(name)[1].lower()
+                    if extension not in extensions:
+                        if extension in unreadable and on_error and entry.is_file(follow_symlinks=True):
+                            on_error(entry.path, unreadable[extension])
                         continue
                     if not entry.is_file(follow_symlinks=True):
                         reason = _not_a_file(entry, is_link)

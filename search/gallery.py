@@ -28,17 +28,15 @@ figcaption{padding:6px 8px;font-size:.8rem;word-break:break-all}
 
 
 def thumbnail_data_uri(path: str) -> str | None:
-    from PIL import Image, ImageOps  # here: a thin client's gallery (thumbnails from a server) needs no PIL
-
-    from clipsearch.images import to_rgb
+    # Here: a thin client's gallery (thumbnails from a server) needs no PIL.
+    from clipsearch.images import open_image, to_rgb, upright
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data": the thumbnail is still right
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
-                img = ImageOps.exif_transpose(img) or img
-                img = to_rgb(img)
+                img = to_rgb(upright(img))
                 img.thumbnail((THUMBNAIL, THUMBNAIL))
                 buffer = io.BytesIO()
                 img.save(buffer, format="JPEG", quality=85)

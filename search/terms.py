@@ -2,9 +2,10 @@
 
 `--add 2:sunset` is the text "sunset" with weight 2; `--subtract beach.jpg` is that
 image with weight 1 taken away. A term names an image when it is an existing file
-with an image extension; anything else is text, but for one word with an image
-extension that names no file (a mistyped path): that is an error, not a search for
-the words "cam/nosuch.jpg".
+with the extension of a type ingest reads (clipsearch/images.py's IMAGE_TYPES, the
+one table); anything else is text, but for one word with an image extension that
+names no file (a mistyped path), or one that names an existing file of another type
+(notes.txt, photo.psd): those are errors, not searches for the words "cam/nosuch.jpg".
 
 The weight is a plain decimal number before the first colon (`2:`, `0.5:`, `1e-2:`).
 Anything else before a colon is part of the text: "Nan: portrait", "inf: the show",
@@ -31,7 +32,6 @@ _WEIGHT = re.compile(r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0
 MIN_WEIGHT = 1e-6
 MAX_WEIGHT = 1e6
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
 
 
 class UnusableQuery(ClipsearchError):
@@ -61,20 +61,47 @@ def _expand(path: str) -> str:
         return path
 
 
+def _extension(value: str) -> str:
+    """The extension of a word that could be a file name (`.jpg`), lower case; "" for
+    none, or where the value holds white space around it ("photo.jpg " is words)."""
+    if value != value.strip():
+        return ""
+    return os.path.splitext(value)[1].lower()
+
+
+def _image_extension(extension: str) -> bool:
+    """Whether `extension` is one of a type ingest reads (whether this install has its
+    decoder or not: a .heic query is then told what to install, not searched as text).
+    Pillow is imported only for a word that has an extension at all: a text query
+    imports none."""
+    if not extension:
+        return False
+    from clipsearch.images import IMAGE_EXTENSIONS
+
+    return extension in IMAGE_EXTENSIONS
+
+
 def looks_like_image_path(value: str) -> bool:
-    return value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(_expand(value))
+    return _image_extension(_extension(value)) and os.path.isfile(_expand(value))
 
 
 def refuse_missing_image(value: str, option: str) -> None:
     """One word ending in an image extension that is no file: a path mistyped, or of a
-    file moved since; or one word with a slash that is a folder (`search photos/`). Searched
-    as text, either gave confident nonsense with exit 0."""
+    file moved since; one word that names an existing file of another type (`search
+    notes.txt`); or one word with a slash that is a folder (`search photos/`). Searched
+    as text, each gave confident nonsense with exit 0."""
     word = value.strip()
     if not word or any(c.isspace() for c in word):
         return
-    if word.lower().endswith(IMAGE_SUFFIXES) and not os.path.lexists(_expand(word)):
+    image = _image_extension(_extension(word))
+    if image and not os.path.lexists(_expand(word)):
         raise ClipsearchError(f"{option} {shown(word)} looks like an image file, but there is none at that path; "
                               "give an image that exists, or words to search for")
+    if not image and _extension(word) and os.path.isfile(_expand(word)):
+        from clipsearch.images import IMAGE_EXTENSIONS
+
+        raise ClipsearchError(f"{option} {shown(word)} is a file, but not an image of a type clipsearch reads "
+                              f"({' '.join(sorted(IMAGE_EXTENSIONS))}); give an image file, or words to search for")
     if "/" in word and os.path.isdir(_expand(word)):
         raise ClipsearchError(f"{option} {shown(word)} is a folder: give an image file to search by, words to "
                               "search for, or --in FOLDER to search only the images under it")

@@ -401,14 +401,13 @@ def unreadable(exc: Exception) -> str:
 
 
 def make_thumbnail(fd: int, size: int) -> bytes:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    from clipsearch.images import to_rgb
+    from clipsearch.images import open_image, to_rgb, upright
 
-    with os.fdopen(fd, "rb") as f, Image.open(f) as img:
+    with os.fdopen(fd, "rb") as f, open_image(f) as img:
         img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a fraction of full size
-        img = ImageOps.exif_transpose(img) or img
-        img = to_rgb(img)
+        img = to_rgb(upright(img))
         img.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG", quality=85, optimize=True)

@@ -333,3 +333,17 @@ def groups_of(out: bytes, end: bytes) -> list[list[bytes]]:
             groups.append([])
     assert groups.pop() == [], "the last group is ended too"
     return groups
+
+
+def run_ingest(roots, encoder, index, **options):
+    """ingest() of `roots` with this encoder and index, in-process and quiet unless told."""
+    from clipsearch.ingest import IngestOptions, ingest
+
+    options.setdefault("workers", 0)
+    options.setdefault("quiet", True)
+    return ingest([str(r) for r in roots], encoder, index, IngestOptions(**options))
+
+
+def stored_payloads(index) -> dict[str, dict]:
+    """path -> payload of every point in the collection."""
+    return {r.payload["path"]: r.payload for r in index.scroll()}
