@@ -35,9 +35,14 @@ changes (ROOT_POLL), the thread walks the folders again as the first scan does
 is mounted now.
 
 Paths the walk passes over (hidden files and folders, --exclude, other extensions)
-and paths outside the folders are ignored at once. A bad file is skipped and shows
-in state()["errors"]; anything unexpected in a batch is one line on stderr, and the
-watcher goes on (the paths of that batch are retried at their next event).
+and paths outside the folders are ignored at once. A link to a folder is a folder: the
+walk follows it, and so does its batch (inotify does not follow it: what changes inside
+a linked folder outside the watched ones is found by the next walk). A bad file is
+skipped, named in one line when it is first skipped (`watch: skipped PATH: reason`;
+a walk names the first NAMED_IN_A_WALK and counts the rest), and shows in
+state()["errors"] while it stays bad (LiveSkips); anything unexpected in a batch is one
+line on stderr, and the watcher goes on (the paths of that batch are retried at their
+next event). Every walk ends with its summary line; a batch's line says where it was.
 """
 
 from __future__ import annotations
@@ -50,12 +55,15 @@ import stat
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 from watchdog.events import FileSystemEventHandler
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.ingest import Ingestor, IngestSummary, image_extensions, walked_path
+from clipsearch.ingest.report import SkipReport
+from clipsearch.names import shown
 
 # The longest a path waits while events keep coming (seconds).
 MAX_WAIT = 5.0
@@ -69,6 +77,11 @@ ROOT_POLL = 5.0
 # What state() counts for a walk of the folders, and for the changes heard since.
 WALK_COUNTS = ("found", "embedded", "moved", "copied", "unchanged", "skipped", "removed")
 SINCE_COUNTS = ("embedded", "moved", "copied", "skipped", "removed")
+# How many newly skipped files one walk of the folders names in the log (a first scan of
+# a library may skip thousands: the rest are counted), and how many of the files bad
+# now state()["errors"] lists, the latest.
+NAMED_IN_A_WALK = 20
+ERRORS_SHOWN = 100
 
 
 def _say(text: str) -> None:
@@ -249,7 +262,8 @@ class FolderWatcher:
         ended did (zero while one runs); the top-level counts, the two together
         (`found` and `unchanged`: the walk's, so `found` is the library's size as that
         walk saw it); `pending` (paths queued or in work), the rate and ETA of the run
-        in progress (0.0 and None between runs), the last few skipped files."""
+        in progress (0.0 and None between runs), `errors`: the files skipped that are still
+        bad (the latest ERRORS_SHOWN, each once)."""
         ingestor = self.ingestor
         with self._cond:
             pending = len(self._queue) + len(self._in_work)
@@ -279,7 +293,7 @@ class FolderWatcher:
                 left = (current.found - current.unchanged - current.skipped - current.embedded
                         - current.moved - current.copied)
                 eta = max(left, 0) / rate
-        errors = list(ingestor.report.recent) if ingestor is not None else []
+        errors = ingestor.report.latest() if ingestor is not None and isinstance(ingestor.report, LiveSkips) else []
         return {
             "watching": self._thread is not None and self._thread.is_alive() and not self._stopping,
             "state": phase,
@@ -307,7 +321,8 @@ class FolderWatcher:
         lexical = walked_path(os.fsdecode(path), self.roots, self._exclude())
         if lexical is None or lexical in self.roots:
             return
-        if not is_directory and os.path.splitext(lexical)[1].lower() not in self._extensions:
+        if not is_directory and os.path.splitext(lexical)[1].lower() not in self._extensions \
+                and not _is_linked_folder(lexical):
             return
         with self._cond:
             now = time.monotonic()
@@ -348,10 +363,12 @@ class FolderWatcher:
             self._run_started = time.monotonic()
         try:
             if self.ingestor is None:
+                assert self._factory is not None  # no ingestor given: a factory was
                 built = self._factory()
                 self.ingestor = built
             ingestor = self.ingestor
             ingestor.options = dataclasses.replace(ingestor.options, optimize=False)
+            self._skips()
             roots = self.roots
             if rescan:  # a root gone since start (a share not mounted now) keeps its points
                 roots = [root for root in self.roots if os.path.isdir(root)]
@@ -362,13 +379,14 @@ class FolderWatcher:
             if not self._stopping and roots:
                 with self._cond:
                     self._walk_base, self._walk_started = ingestor.totals(), time.monotonic()
+                unwalked = _under(sorted(set(self.roots) - set(roots)))
                 try:
-                    summary = ingestor.run(roots, allow_empty=True)
+                    with self._naming(lambda path: not unwalked(path), limit=NAMED_IN_A_WALK):
+                        summary = ingestor.run(roots, allow_empty=True)
                 finally:  # --allow-missing is for the first scan: a later walk over a share gone empty keeps it
                     ingestor.options = dataclasses.replace(ingestor.options, allow_missing=False)
                     self._walk_ended(ingestor)
-                if not rescan or summary.embedded or summary.moved or summary.copied or summary.removed:
-                    _say(summary.line())  # an hourly walk that found nothing new says nothing
+                _say(summary.line())  # every walk: what it added and removed, if anything
                 if summary.not_pruned:
                     _say(f"{summary.not_pruned} (serve --allow-missing)")
         except Exception as exc:
@@ -383,6 +401,28 @@ class FolderWatcher:
                 self._cond.notify_all()
         if self.ingestor is not None and not rescan:
             self._idle()
+
+    def _skips(self) -> LiveSkips:
+        """The ingestor's skip report, made a LiveSkips at the first call (its --report
+        file kept)."""
+        ingestor = self.ingestor
+        assert ingestor is not None
+        if not isinstance(ingestor.report, LiveSkips):
+            ingestor.report = LiveSkips(ingestor.options.report, ingestor.progress.message)
+        return ingestor.report
+
+    @contextmanager
+    def _naming(self, covered: Callable[[str], bool], limit: int | None = None) -> Iterator[None]:
+        """Around one call to the ingestor: new bad files named (at most `limit`), and
+        once the call has ended whole, the bad files it covered and did not skip again
+        off the list."""
+        skips = self._skips()
+        skips.begin(limit)
+        yield
+        assert self.ingestor is not None
+        summary = self.ingestor.summary
+        if not self.ingestor.stopped and not summary.unreached:
+            skips.settle(covered)
 
     def _walk_ended(self, ingestor: Ingestor) -> None:
         """The walk's counts kept for state(); the changes heard are counted from here."""
@@ -470,29 +510,31 @@ class FolderWatcher:
             # its points moved (ingest/relink.py), before the old paths' removal would drop them.
             before = ingestor.totals()
             if files:
-                ingestor.run_files(files)
+                with self._naming(_under(files)):
+                    ingestor.run_files(files)
             held_back = []
             for folder in folders:
                 if self._stopping:
                     break
                 if os.path.isdir(folder):  # else gone since: its own event comes
-                    summary = ingestor.run([folder], allow_empty=True, show_progress=False)  # a batch: no line
+                    summary = self._walk_folder(folder)
                     if summary.not_pruned:
                         held_back.append(folder)
             if gone:
                 ingestor.remove(gone)
+                self._skips().forget(gone)
             # The batch's own deletions (rm -rf of a folder made again) counted as "most of
             # the folder gone": judged again without them, and said only if that still holds.
             for folder in held_back:
                 if not self._stopping and os.path.isdir(folder):
-                    summary = ingestor.run([folder], allow_empty=True, show_progress=False)
+                    summary = self._walk_folder(folder)
                     if summary.not_pruned:
                         _say(f"watch: {summary.not_pruned} (serve --allow-missing)")
             done = _counts(ingestor.totals(), before, SINCE_COUNTS)
             self.batches += 1
             if not ingestor.options.quiet and any(done.values()):
                 _say(f"watch: ingested {done['embedded']}, moved or copied {done['moved'] + done['copied']}, "
-                     f"skipped {done['skipped']}, removed {done['removed']}")
+                     f"skipped {done['skipped']}, removed {done['removed']}: {_where(batch)}")
         except Exception as exc:
             self._failed(f"a batch of {len(batch)} changed path{'s' * (len(batch) != 1)}", exc)
         finally:
@@ -501,6 +543,13 @@ class FolderWatcher:
                 self._busy = False
                 self._run_started = None
                 self._cond.notify_all()
+
+    def _walk_folder(self, folder: str) -> IngestSummary:
+        """A folder of a batch (moved or copied in, a link to one made), walked as the
+        folders are, with no progress line; every file it skips named."""
+        assert self.ingestor is not None
+        with self._naming(_under([folder])):
+            return self.ingestor.run([folder], allow_empty=True, show_progress=False)
 
     def _idle(self) -> None:
         if self.on_idle is None or self._stopping:
@@ -516,6 +565,101 @@ class FolderWatcher:
     def _failed(self, what: str, exc: BaseException) -> None:
         self.last_error = f"{what}: {type(exc).__name__}: {exc}"
         _say(f"clipsearch serve: {self.last_error} (the watcher goes on)")
+
+
+class LiveSkips(SkipReport):
+    """The skip report of a live index: what is wrong now, each file named once.
+
+    The ingestor's report (its --report file, if any, still gets every line): a file
+    is named in the log when it is first skipped, not again while it stays bad (every
+    walk skips a known-bad file again), and off `current` once it is embedded
+    (resolved), gone, or not skipped again by a call that looked at it (covered: a
+    file relinked as a move or copy, which no decode resolves). begin() and settle()
+    frame each of the watcher's calls to the ingestor; lines() is what a walk prints
+    at its end (ingest's list of examples would name old, fixed and repeated files, and
+    point to a --report serve lacks)."""
+
+    def __init__(self, path: str | None, say: Callable[[str], None]):
+        super().__init__(path)
+        self.say = say
+        self.current: dict[str, str] = {}  # path -> reason, oldest first
+        self._lock = threading.Lock()  # state() reads `current` from the server's threads
+        self._limit: int | None = None
+        self._named = 0
+        self._unnamed = 0
+        self._again: set[str] = set()  # skipped by the call in progress
+        self._warned_before = 0
+
+    def begin(self, limit: int | None = None) -> None:
+        """A call starts: name at most `limit` new bad files (None: every one)."""
+        self._limit, self._named, self._unnamed, self._again = limit, 0, 0, set()
+        self._warned_before = self.warned
+
+    def add(self, path: str, reason: str) -> None:
+        super().add(path, reason)
+        self._again.add(path)
+        with self._lock:
+            named = path in self.current
+            self.current[path] = reason  # the latest reason, in its first place
+        if named:
+            return
+        if self._limit is not None and self._named >= self._limit:
+            self._unnamed += 1
+        else:
+            self._named += 1
+            self.say(f"watch: skipped {shown(path)}: {reason}")
+
+    def resolved(self, path: str) -> None:
+        super().resolved(path)
+        with self._lock:
+            self.current.pop(path, None)
+
+    def settle(self, covered: Callable[[str], bool]) -> None:
+        """The call ended, whole: a bad file it covered and did not skip again is fine
+        now (or gone)."""
+        self._drop(lambda path: path not in self._again and covered(path))
+
+    def forget(self, gone: Sequence[str]) -> None:
+        """Deleted files, and every file under deleted folders, are nothing wrong now."""
+        self._drop(_under(gone))
+
+    def _drop(self, which: Callable[[str], bool]) -> None:
+        with self._lock:
+            self.current = {path: reason for path, reason in self.current.items() if not which(path)}
+
+    def latest(self, count: int = ERRORS_SHOWN) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.current.items())[-count:]
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self._unnamed:
+            lines.append(f"watch: ... and {self._unnamed} more skipped file{'s' * (self._unnamed != 1)} not named "
+                         f"here (GET /api/ingest lists the latest {ERRORS_SHOWN} in its errors)")
+        warned = self.warned - self._warned_before
+        if warned:
+            lines.append(f"watch: {warned} file{'s' * (warned != 1)} embedded with decoder warnings")
+        self._unnamed, self._warned_before = 0, self.warned
+        return lines
+
+
+def _under(paths: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a path is one of `paths` or lies under one (as given, or resolved: a
+    skip names a link's target)."""
+    prefixes = {p for path in paths for p in (path, os.path.realpath(path))}
+    return lambda path: any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+
+
+def _where(paths: Sequence[str]) -> str:
+    """Where a batch was, for its line: its one path, or how many under which folder."""
+    if len(paths) == 1:
+        return shown(paths[0])
+    return f"{len(paths)} paths under {shown(os.path.commonpath(paths))}"
+
+
+def _is_linked_folder(path: str) -> bool:
+    """A link to a folder: inotify reports it as a file (no IN_ISDIR), the walk follows it."""
+    return os.path.islink(path) and os.path.isdir(path)
 
 
 class _Handler(FileSystemEventHandler):

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from clipsearch.index import open_index, point_id
-from clipsearch.ingest import IngestOptions, Ingestor
-from clipsearch.serve.watch import FolderWatcher, network_mounts
+from clipsearch.ingest import IngestOptions, Ingestor, walk_images
+from clipsearch.names import shown
+from clipsearch.serve.watch import NAMED_IN_A_WALK, FolderWatcher, network_mounts
 
 from support import draw_collection, draw_image, settings_for
 
@@ -548,3 +549,128 @@ def test_the_counts_are_the_last_walk_and_the_changes_since(photos, index, watch
     state = watcher.state()
     assert (state["found"], state["unchanged"], state["embedded"], state["skipped"]) == (6, 6, 0, 0), state
     assert state["since_walk"]["embedded"] == 0
+
+
+# -- what serve --watch says (LiveSkips): each skipped file named once, when it is first
+# skipped, printable; fixed, relinked and deleted files off GET /api/ingest's errors; no
+# repeats at later walks and no --report advice; every walk's summary, once; where each
+# batch was. And a link to a folder made in a watched folder is walked live, as ingest
+# walks it.
+
+JUNK = b"\xff\xd8 not a jpeg at all"
+
+
+def skip_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("watch: skipped ")]
+
+
+def errors_of(watcher: FolderWatcher) -> list[str]:
+    return [error["path"] for error in watcher.state()["errors"]]
+
+
+def rescan(watcher: FolderWatcher) -> None:
+    walks = watcher.state()["rescans"] + 1
+    watcher.request_rescan("asked by the test")
+    settle(watcher, lambda: watcher.state()["rescans"] == walks)
+
+
+def test_each_skipped_file_is_named_once_and_leaves_the_list_once_fine(photos, index, watch, capfd):
+    watcher = watch(prune=True, quiet=False)
+    capfd.readouterr()
+
+    first = photos / "album" / "bad1.jpg"
+    first.parent.mkdir()
+    settle(watcher)
+    first.write_bytes(JUNK)
+    settle(watcher, lambda: errors_of(watcher) == [real(first)])
+    err = capfd.readouterr().err
+    assert skip_lines(err) == [f"watch: skipped {real(first)}: {watcher.state()['errors'][0]['reason']}"], err
+    # the batch's line says where it was
+    assert f"watch: ingested 0, moved or copied 0, skipped 1, removed 0: {real(first)}" in err, err
+
+    # more bad files, one with a line break in its name: each named once, printable
+    others = [photos / "album" / f"bad{i}.jpg" for i in range(2, 5)] + [photos / "album" / "odd\nname.jpg"]
+    for path in others:
+        path.write_bytes(JUNK)
+    bad = [real(first)] + [real(p) for p in others]
+    settle(watcher, lambda: len(errors_of(watcher)) == 5)
+    err = capfd.readouterr().err
+    assert sorted(skip_lines(err)) == sorted(f"watch: skipped {shown(p)}: {r}" for p, r in
+                                             [(e["path"], e["reason"]) for e in watcher.state()["errors"][1:]]), err
+    assert f"watch: skipped {shown(real(others[-1]))}: " in err and "odd\nname" not in err
+
+    # a walk skips them all again: nothing repeated, no --report advice, its summary said
+    rescan(watcher)
+    err = capfd.readouterr().err
+    assert skip_lines(err) == [] and "--report" not in err, err
+    assert "ingested 0, unchanged 4, skipped 5 (5 as before, not read again), removed 0 in " in err, err
+    assert sorted(errors_of(watcher)) == sorted(bad)
+
+    # fixed (embedded), fixed as a copy of an indexed photo (relinked: no decode), deleted
+    draw_image(photos / "fixed.png", "purple").replace(first)
+    shutil.copyfile(sorted(photos.glob("*.png"))[0], others[0])
+    others[1].unlink()
+    settle(watcher, lambda: {real(first), real(others[0])} <= paths_in(index) and len(errors_of(watcher)) == 2)
+    assert sorted(errors_of(watcher)) == sorted(bad[3:])
+    rescan(watcher)
+    assert sorted(errors_of(watcher)) == sorted(bad[3:])
+
+    # a new bad file after all that: named
+    capfd.readouterr()
+    newest = photos / "NEWEST-BAD.jpg"
+    newest.write_bytes(JUNK)
+    settle(watcher, lambda: real(newest) in errors_of(watcher))
+    named = skip_lines(capfd.readouterr().err)
+    assert len(named) == 1 and named[0].startswith(f"watch: skipped {real(newest)}: "), named
+    assert errors_of(watcher)[-1] == real(newest) and len(errors_of(watcher)) == 3
+
+
+def test_a_walk_names_its_first_new_bad_files_and_counts_the_rest(photos, watch, capfd):
+    bad = [photos / "junk" / f"{i:02}.jpg" for i in range(NAMED_IN_A_WALK + 3)]
+    bad[0].parent.mkdir()
+    for path in bad:
+        path.write_bytes(JUNK)
+    watcher = watch(quiet=False)
+    err = capfd.readouterr().err
+    assert len(skip_lines(err)) == NAMED_IN_A_WALK, err
+    assert "watch: ... and 3 more skipped files not named here (GET /api/ingest lists the latest" in err, err
+    assert "--report" not in err
+    assert len(errors_of(watcher)) == NAMED_IN_A_WALK + 3
+
+
+def test_every_walk_ends_with_its_summary_and_nested_folders_print_the_first_once(tmp_path, photos, encoder, index,
+                                                                                  stop_at_end, capfd):
+    draw_collection(photos / "2023", 2)
+    watcher = FolderWatcher([str(photos), str(photos / "2023") + "/"],
+                            Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)), debounce=0.3).start()
+    stop_at_end(watcher)
+    settle(watcher)
+    summaries = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ingested ")]
+    assert len(summaries) == 1 and summaries[0].startswith("ingested 4, copied 2, unchanged 0, "), summaries
+    rescan(watcher)  # a walk that finds nothing new says so too
+    summaries = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ingested ")]
+    assert len(summaries) == 1 and summaries[0].startswith("ingested 0, unchanged 6, "), summaries
+
+
+def test_a_batch_of_several_paths_says_under_which_folder(photos, watch, capfd):
+    watcher = watch(quiet=False, debounce=0.5)
+    capfd.readouterr()
+    staging = draw_collection(photos.parent / "staging", 3)
+    (photos / "trip").mkdir()
+    settle(watcher)
+    for path in staging:
+        os.rename(path, photos / "trip" / path.name)
+    settle(watcher, lambda: watcher.state()["embedded"] + watcher.state()["copied"] == 7)
+    err = capfd.readouterr().err
+    assert f"paths under {real(photos / 'trip')}" in err, err
+
+
+def test_a_link_to_a_folder_made_in_a_watched_folder_is_walked_live(tmp_path, photos, index, watch):
+    album = tmp_path / "outside" / "album"
+    pictures = [draw_image(album / f"a{i}.png", colour, "triangle", mark=i + 1)
+                for i, colour in enumerate(["purple", "orange"])]
+    watcher = watch(prune=True)
+    os.symlink(album, photos / "album-link")
+    settle(watcher, lambda: {real(p) for p in pictures} <= paths_in(index))
+    # what ingest of the tree would index: the link's images, under their own (canonical) paths
+    assert paths_in(index) == {entry.path for entry in walk_images([str(photos)])}
