@@ -4,6 +4,7 @@
 
     service.py     SearchService: the open index, the warm query encoder, the searches
     app.py         the FastAPI application: the HTTP API, errors as one-line JSON, the page
+    parameters.py  what a client may send: unknown parameters refused by name, blank ones unset
     security.py    the token, the login cookie, loopback by default
     files.py       originals and thumbnails by point id only, checked against the index
     connections.py a deadline for a request's headers, connections capped below the descriptor limit
