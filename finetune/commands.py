@@ -8,6 +8,7 @@ so `clipsearch --help` stays fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,17 @@ template_option = click.option(
     help='For a labelled folder: how a label becomes a caption, {label} marking its place; repeat it for '
          'several (training picks one per image per step, evaluation averages them).  '
          '[default: "a photo of a {label}."]')
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange lets nan through (it fails no comparison) and inf where there
+    is no maximum: either one crashed deep in torch or trained a model of NaN weights."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _check_given_templates(templates) -> None:
@@ -39,27 +51,27 @@ def _check_given_templates(templates) -> None:
               help="Where the fine-tuned model folder goes (refused if it exists, unless --overwrite or --resume).")
 @model_option("--base", "-b", help="The CLIP to start from: hub id or local folder (the model the other "
                                   "commands use, unless given).")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5, show_default=True)
+@click.option("--epochs", type=FiniteFloatRange(min=0, min_open=True), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
               help="Pairs per step; each pair's in-batch negatives are the other pairs of its batch.")
 @click.option("--mini-batch-size", type=click.IntRange(min=1), default=None, metavar="M",
               help="Embed the batch M pairs at a time with cached gradients (GradCache): the loss and "
                    "negatives of --batch-size in the memory of M.  [default: the whole batch at once]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Peak learning rate (cosine schedule after warm-up).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, the order and the init.")
-@click.option("--eval-split", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1, show_default=True,
+@click.option("--eval-split", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.1, show_default=True,
               help="Fraction of the images (with all their captions) held out for evaluation; 0 for none.")
 @click.option("--eval-data", type=click.Path(exists=True), default=None,
               help="Evaluate on the pairs in this file instead of a split of DATA.")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--scale", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Similarity scale of the contrastive loss (1/temperature).  "
                    "[default: the base model's learned one: 100 for OpenAI's CLIPs]")
 @click.option("--freeze", type=click.Choice(["none", "vision", "text"]), default="none", show_default=True,
               help="Keep one tower unchanged. vision: an index built with the base model stays valid.")
-@click.option("--warmup", type=click.FloatRange(min=0, max=1), default=0.1, show_default=True,
+@click.option("--warmup", type=FiniteFloatRange(min=0, max=1), default=0.1, show_default=True,
               help="Fraction of the steps spent warming the learning rate up.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=0.1, show_default=True)
 @click.option("--save-steps", type=click.IntRange(min=1), default=None,
               help="Checkpoint every N steps.  [default: every epoch]")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --output from its last checkpoint.")
@@ -103,6 +115,9 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
     OUTPUT/eval.json and OUTPUT/README.md; for a labelled folder, zero-shot
     classification accuracy (top-1, top-5) among its labels too.
     """
+    if eval_data and _given("eval_split"):
+        raise click.UsageError("--eval-split and --eval-data contradict each other: --eval-data holds the "
+                               "evaluation pairs and all of DATA trains; pick one")
     _require_training_extras()
     _check_given_templates(templates)
     from .evaluation import format_table
@@ -125,7 +140,8 @@ def finetune(data, output, model, epochs, batch_size, mini_batch_size, lr, seed,
     if record["before"] and record["after"]:
         click.echo(format_table({"before": record["before"], "after": record["after"]}))
     train = record["train"]
-    click.echo(f"trained {train['steps']} steps in {train['seconds']:.1f} s; model saved to {record['model']}")
+    steps = f"{train['steps']} step{'s' if train['steps'] != 1 else ''}"
+    click.echo(f"trained {steps} in {train['seconds']:.1f} s; model saved to {record['model']}")
     if record["image_tower_unchanged"]:
         click.echo("image tower unchanged: `clipsearch reindex --model " + record["model"] + "` adopts it in a "
                    "collection built with the base model, embedding nothing again")
@@ -187,7 +203,7 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
     if cut and cut.line():
         click.echo(cut.line(), err=True)
     metrics = evaluate(encoder.st, pairs.pairs, image_size=encoder.image_size, batch_size=batch_size,
-                       max_megapixels=limit, labels=pairs.labels, templates=chosen)
+                       max_megapixels=limit, labels=pairs.labels, templates=chosen, model=encoder.location)
     metrics.update(model=encoder.location, data=pairs.source, skipped=len(pairs.problems))
     if cut:
         metrics.update(cut.counts())
@@ -203,6 +219,14 @@ def eval_command(data, model, batch_size, skip_bad, report, output, device, max_
         click.echo(json.dumps(metrics))
         return
     click.echo(format_table({os.path.basename(encoder.location.rstrip("/")) or "model": metrics}))
+
+
+def _given(name: str) -> bool:
+    """Whether the user gave the option `name` (not its default)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
 def _require_training_extras() -> None:

@@ -79,7 +79,21 @@ def _resolve(image: str, base: Path) -> str:
     return os.path.normpath(str(path))
 
 
+def _column_names(cells: list[str]) -> list[str]:
+    """Header cells, a column named in another case (Image_Path) as the column itself."""
+    known = {name.casefold(): name for name in (*COLUMNS, NEGATIVE_COLUMN)}
+    return [known.get(cell.casefold(), cell) for cell in cells]
+
+
+def _looks_like_a_row(found: list[str]) -> bool:
+    """A first line whose first cell names an image file: a data row where the header goes."""
+    return bool(found) and os.path.splitext(found[0].strip())[1].lower() in IMAGE_EXTENSIONS
+
+
 def _missing_columns(found: list[str], source: Path) -> ClipsearchError:
+    if not found:
+        return ClipsearchError(f"{shown(str(source))}: the file is empty; it needs the header "
+                               f"{IMAGE_COLUMN},{TEXT_COLUMN} and a row for each pair")
     missing = [c for c in COLUMNS if c not in found]
     header = ", ".join(map(shown, found)) or "nothing"
     if len(header) > 200:  # a file that is not a table at all: its whole first line
@@ -87,6 +101,8 @@ def _missing_columns(found: list[str], source: Path) -> ClipsearchError:
     hint = ""
     if len(found) == 1 and ";" in found[0]:
         hint = "; the columns are separated by ;: save it with commas (CSV), tabs (TSV) or |"
+    elif _looks_like_a_row(found):
+        hint = "; the first line looks like a data row: add the header line above it"
     return ClipsearchError(
         f"{shown(str(source))}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; the header "
         f"must name {IMAGE_COLUMN} and {TEXT_COLUMN} (found: {header}){hint}"
@@ -231,7 +247,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
             f"{shown(str(path))}:{lines[0][0]}: the header could not be read: {_UNPARSED[delimiter]}")
     continued = re.compile(r"(\r\n|\r|\n)\d+" + re.escape(delimiter))
     header, breaks = _unmark(parsed[0][1], continued)
-    header = [cell.strip() for cell in header]
+    header = _column_names([cell.strip() for cell in header])
     _check_header(header, path, parsed[0][0])
     image_at, text_at = header.index(IMAGE_COLUMN), header.index(TEXT_COLUMN)
     negative_at = header.index(NEGATIVE_COLUMN) if NEGATIVE_COLUMN in header else None
@@ -278,7 +294,7 @@ def _read_pipe_table(path: Path) -> list[Row]:
             cells = cells[:-1]  # a trailing pipe
         cells = [cell.replace("\\|", "|") for cell in cells]
         if header is None:
-            header = cells
+            header = _column_names(cells)
             _check_header(header, path, number)
             continue
         if len(cells) != len(header):

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from clipsearch.encoders.vectors import require_finite
+
 from .images import load_rgb
 from .templates import caption
 from .validation import Pair
@@ -32,7 +34,10 @@ ACCURACY_METRICS = tuple(f"accuracy@{k}" for k in ACCURACY_KS)  # zero-shot clas
 
 
 def ranks_of_first_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """scores, relevant: (queries, images). Returns each query's (expected) rank, from 1."""
+    """scores, relevant: (queries, images). Returns each query's (expected) rank, from 1.
+    A NaN score ranks below every number: compared as it is, it is above nothing and tied
+    with nothing, which would put every relevant image first."""
+    scores = np.where(np.isnan(scores), -np.inf, scores)
     masked_relevant = np.where(relevant, scores, -np.inf)
     best = masked_relevant.max(axis=1, keepdims=True)
     irrelevant = ~relevant
@@ -85,10 +90,12 @@ def _encode_images(st, paths: Sequence[str], image_size: int, batch_size: int,
 
 def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
              on_batch: Callable[[int], None] | None = None, max_megapixels: float | None = None,
-             labels: Sequence[str] | None = None, templates: Sequence[str] | None = None) -> dict:
+             labels: Sequence[str] | None = None, templates: Sequence[str] | None = None,
+             model: str = "in use") -> dict:
     """Metrics of the SentenceTransformer `st` on `pairs` (text -> image). With `templates`,
     the pairs' texts are labels: captions are made of them, and zero-shot classification
-    among `labels` (the whole label set; default: the pairs' own) is measured too."""
+    among `labels` (the whole label set; default: the pairs' own) is measured too. `model`
+    names it in the error for vectors that are not finite numbers (broken weights)."""
     import torch
 
     images = sorted({p.image for p in pairs})
@@ -110,6 +117,8 @@ def evaluate(st, pairs: list[Pair], image_size: int = 224, batch_size: int = 64,
                                      normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
     finally:
         st.train(was_training)
+    require_finite(image_vectors, model, "images")
+    require_finite(text_vectors, model, "captions")
     if not templates:
         return retrieval_metrics(text_vectors, image_vectors, relevant)
     # Queries are the captions of the labels the pairs have; the other labels' only compete in classification.
@@ -147,6 +156,10 @@ def format_table(columns: dict[str, dict]) -> str:
         lines.append(f"{' and '.join(blind)} cannot miss among {first['images']} images (1.000 for any model): "
                      f"evaluate on more pairs for {'them' if len(blind) > 1 else 'it'} to mean something "
                      "(finetune: --eval-split, --eval-data; eval: a larger DATA)")
+    blind_accuracy = [f"accuracy@{k}" for k in ACCURACY_KS if classified and k >= first["classes"]]
+    if blind_accuracy:  # every label is in the top k
+        lines.append(f"{' and '.join(blind_accuracy)} cannot miss among {first['classes']} labels (1.000 for any "
+                     "model)")
     if classified:
         lines.append(f"zero-shot classification among {first['classes']} labels ({first['templates']} template"
                      f"{'s' if first['templates'] != 1 else ''} each); chance accuracy@1 "

@@ -79,7 +79,7 @@ def render(run: dict, evaluation: dict) -> str:
         f"`{'Cached' if s.get('mini_batch_size') else ''}MultipleNegativesRankingLoss(directions=('query_to_doc', "
         "'doc_to_query'), partition_mode='per_direction')`, "
         f"scale {run['train']['scale']:g} (temperature {1 / run['train']['scale']:.4f}).",
-        f"- Epochs {s['epochs']:g}, batch size {run['train'].get('batch_size', s['batch_size'])}"
+        f"- Epochs {s['epochs']:g}, batch size {_batch_size(run['train'], s)}"
         + (f" (mini-batches of {s['mini_batch_size']})" if s.get("mini_batch_size") else "")
         + f", learning rate {s['lr']:g} (cosine schedule, "
         f"{s['warmup']:g} warm-up), weight decay {s['weight_decay']:g}, seed {s['seed']}.",
@@ -108,3 +108,10 @@ def render(run: dict, evaluation: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _batch_size(train: dict, settings: dict) -> str:
+    """The batch size the run used, and --batch-size where it asked for more (a batch
+    holds each caption, class and image once)."""
+    used, asked = train.get("batch_size", settings["batch_size"]), settings["batch_size"]
+    return f"{used}" if used == asked else f"{used} (--batch-size {asked} asked)"

@@ -6,7 +6,13 @@ first byte is written to --output. Then the held-out split is scored with the ba
 model, the model is trained with checkpoints in OUTPUT/checkpoints/, saved as a
 sentence-transformers folder in OUTPUT, reloaded from there the way ingest and
 search will load it, and scored again. OUTPUT/finetune_run.json records what the
-run was, so that --resume can check it continues the same run.
+run was, so that --resume can check it continues the same run, and how far it got:
+"training", then "saved" once the model is whole (it loads as a model from then on),
+then "done" once eval.json and the model card are written. A run stopped while
+"saved" says so, and --resume only evaluates the saved model and writes the records.
+
+A loss or weights that stop being finite numbers (a learning rate far too high) stop
+the run at once: no NaN checkpoint or model is saved over anything (training.py).
 
 Interrupted (Ctrl-C, or SIGTERM which the CLI turns into the same thing) once
 --output is written, the run keeps its last whole checkpoint and says which, so
@@ -37,6 +43,7 @@ from .loading import load_clip
 from .split import check_disjoint, fingerprint, split_by_image
 from .templates import templates_for
 from .training import (
+    Diverged,
     TrainSettings,
     WriteFailed,
     check_trainable,
@@ -51,6 +58,9 @@ RUN_FILE = FINETUNE_RUN_FILE  # its name is known to the model loader, which say
 EVAL_FILE = "eval.json"
 REPORT_FILE = "skipped_rows.jsonl"
 CHECKPOINTS = "checkpoints"
+# The run file's status: training until the model is saved, then SAVED (a whole model)
+# until the evaluation after training and the records are written, then DONE.
+SAVED, DONE = "saved", "done"
 # Settings that may differ between an interrupted run and its --resume.
 NOT_COMPARED_ON_RESUME = ("device", "workers", "save_steps")
 
@@ -90,7 +100,7 @@ def check_output(output: Path, overwrite: bool, resume: bool, data: str | None =
             raise ClipsearchError(f"--output {output} is inside DATA {folder}: choose a folder outside it")
     used = output.is_dir() and any(output.iterdir())
     ours = (output / RUN_FILE).is_file()
-    finished = ours and _run_status(output) == "done"
+    finished = ours and _run_status(output) == DONE
     if resume:
         if not ours:
             raise ClipsearchError(f"--resume: {output} holds no interrupted fine-tune ({RUN_FILE} is missing)")
@@ -167,7 +177,8 @@ def _check_same_run(previous: dict, current: dict) -> None:
 
 
 def _scorer(st, image_size: int, batch_size: int, progress: Progress, label: str,
-            max_megapixels: float | None = None, scored: PairSet | None = None, templates: list[str] | None = None):
+            max_megapixels: float | None = None, scored: PairSet | None = None, templates: list[str] | None = None,
+            model: str = "in use"):
     """`scored`: the set the held-out pairs come from; a labelled one is classified among
     all its labels, with `templates`."""
     labelled = scored is not None and scored.labelled
@@ -177,7 +188,7 @@ def _scorer(st, image_size: int, batch_size: int, progress: Progress, label: str
         metrics = evaluate(st, pairs, image_size=image_size, batch_size=batch_size, max_megapixels=max_megapixels,
                            on_batch=lambda n: progress.update(f"evaluating ({label}): {n}/{total} images"),
                            labels=scored.labels if labelled and scored else None,
-                           templates=templates if labelled else None)
+                           templates=templates if labelled else None, model=model)
         progress.finish()
         return metrics
     return score
@@ -199,7 +210,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     data, held_set, train_pairs, held = _load_data(opts, progress)
     templates = _templates(opts, data, held_set)
     opts.settings = replace(opts.settings, templates=templates if data.labelled else None)
-    check_trainable(train_pairs, opts.settings)  # before the base model loads
+    check_trainable(train_pairs, opts.settings, split=bool(held) and not opts.eval_data)  # before the model loads
     aside = _aside(output)
     base = opts.base
     if opts.resume and aside.is_dir() and _same_path(opts.base, output):
@@ -212,7 +223,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     settings = {k: v for k, v in asdict(opts.settings).items() if k != "extra"}
     settings.update(eval_split=opts.eval_split if not opts.eval_data else None, templates=templates)
     run = {
-        "status": "training",
+        "status": "training",  # then SAVED, then DONE
         "base": encoder.location if base == opts.base else str(output),
         "base_identity": base_identity,
         "settings": settings,
@@ -228,11 +239,15 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         },
     }
     score = _scorer(encoder.st, encoder.image_size, opts.eval_batch_size, progress, "before",
-                    opts.settings.max_megapixels, scored, templates)
+                    opts.settings.max_megapixels, scored, templates, encoder.location)
+    saved_before = False  # resumed after its model was saved: only the evaluation after and the records are left
     if opts.resume:
         previous = json.loads((output / RUN_FILE).read_text())
         _check_same_run(previous, run)
         before = previous.get("before")
+        if previous.get("status") == SAVED and previous.get("train"):
+            saved_before = True
+            run.update(status=SAVED, train=previous["train"])
     else:
         before = score(held) if held else None
     run["before"] = before
@@ -241,6 +256,7 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     # replaces is set aside, not deleted, until the new one is whole: a run that fails
     # or is stopped before its first checkpoint puts it back (it may be --base itself).
     created = False
+    saved = saved_before
     checkpoints = str(output / CHECKPOINTS)
     try:
         with interrupts.deferred():  # a Ctrl-C here is taken once `created` says what to undo
@@ -265,13 +281,16 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         report = Path(opts.report) if opts.report else output / REPORT_FILE
         _write_reports(data, held_set, report)
         _tell_left_out(data, held_set, report)
-        run["train"] = train(encoder.st, encoder.clip, train_pairs, opts.settings, checkpoints,
-                             opts.resume, progress)
-        with interrupts.deferred():  # never a half-written model where ingest and search would load one
-            _save_model(encoder.st, output)
+        if not saved:
+            run["train"] = train(encoder.st, encoder.clip, train_pairs, opts.settings, checkpoints,
+                                 opts.resume, progress)
+            with interrupts.deferred():  # never a half-written model where ingest and search would load one
+                _save_model(encoder.st, output)
+                _record_saved(output, run)
+                saved = True
         trained = load_clip(str(output), opts.settings.device)  # exactly what ingest and search will load
         after = _scorer(trained.st, trained.image_size, opts.eval_batch_size, progress, "after",
-                        opts.settings.max_megapixels, scored, templates)(held) if held else None
+                        opts.settings.max_megapixels, scored, templates, trained.location)(held) if held else None
         identity = trained.identity
         evaluation = {
             "task": "text-to-image retrieval on the held-out split"
@@ -293,19 +312,28 @@ def run_finetune(opts: FinetuneOptions) -> dict:
         progress.finish()
         kept = last_checkpoint(checkpoints)
         restored = False
-        if created and kept is None:
+        if created and kept is None and not saved:
             with interrupts.deferred():  # a second Ctrl-C must not leave the model aside
                 shutil.rmtree(output, ignore_errors=True)  # nothing worth resuming from
                 if aside.is_dir() and not output.exists():
                     os.rename(aside, output)
                     restored = _finished_model(output)
-        if isinstance(exc, KeyboardInterrupt):
-            _tell_interrupted(output, kept, removed=created and kept is None, restored=restored)
+        if isinstance(exc, KeyboardInterrupt) and saved:
+            _tell(_unevaluated(output, opts.overwrite))
+        elif isinstance(exc, KeyboardInterrupt):
+            _tell_interrupted(output, kept, removed=created and kept is None, restored=restored,
+                              overwrite=opts.overwrite)
             if kept is None:  # the CLI's last line must not say that something was kept
                 exc.nothing_committed = True  # type: ignore[attr-defined]
+        elif isinstance(exc, WriteFailed) and saved:
+            raise ClipsearchError(f"fine-tune stopped: {exc.reason} while writing {exc.folder}; "
+                                  + _unevaluated(output, opts.overwrite)) from None
         elif isinstance(exc, WriteFailed):
             raise ClipsearchError(_write_failed(output, exc, kept, removed=created and kept is None,
-                                                restored=restored)) from None
+                                                restored=restored, overwrite=opts.overwrite)) from None
+        elif isinstance(exc, Diverged):
+            raise ClipsearchError(_diverged(output, exc, kept, removed=created and kept is None,
+                                            restored=restored)) from None
         elif kept is not None and aside.is_dir():
             _tell(f"the model this run replaces is kept in {aside} until it finishes")
         raise
@@ -323,6 +351,29 @@ def _save_model(st, output: Path) -> None:
         follow_umask(str(output))
 
 
+def _record_saved(output: Path, run: dict) -> None:
+    """The run file says the model is whole, before the evaluation after training: the
+    folder loads as a model from here on (ingest, search, eval), and a run stopped now
+    tells the truth about it; --resume then only evaluates and writes the records."""
+    run["status"] = SAVED
+    with writing(str(output / RUN_FILE)):
+        _write_json(output / RUN_FILE, run)
+
+
+def _unevaluated(output: Path, overwrite: bool) -> str:
+    """What a run stopped after saving its model has left: a whole model without its records."""
+    return (f"fine-tune stopped after its model was saved: {output} holds the whole trained model, which ingest, "
+            f"search and eval load; its evaluation after training ({EVAL_FILE}, README.md) is missing: "
+            f"{_resume_hint(overwrite)} to write it")
+
+
+def _resume_hint(overwrite: bool) -> str:
+    """--resume continues a run, --overwrite starts one: the two cannot be given together,
+    so a run made with --overwrite resumes with --resume in its place."""
+    return ("run it again with --resume instead of --overwrite" if overwrite
+            else "run the same command with --resume")
+
+
 def _write_records(output: Path, run: dict, evaluation: dict) -> None:
     """eval.json, the model card, then the run file saying the model is done: before the
     checkpoints go, so that until the model is recorded whole the last checkpoint is
@@ -332,12 +383,13 @@ def _write_records(output: Path, run: dict, evaluation: dict) -> None:
     card = model_card.render(run, evaluation)
     with writing(str(output / "README.md")):
         (output / "README.md").write_text(card, encoding="utf-8")
-    run["status"] = "done"
+    run["status"] = DONE
     with writing(str(output / RUN_FILE)):
         _write_json(output / RUN_FILE, run)
 
 
-def _write_failed(output: Path, failed: WriteFailed, kept: str | None, removed: bool, restored: bool) -> str:
+def _write_failed(output: Path, failed: WriteFailed, kept: str | None, removed: bool, restored: bool,
+                  overwrite: bool = False) -> str:
     """One line: what could not be written and why, and what is kept: the last whole
     checkpoint, which --resume continues from once there is room, or nothing."""
     what = f"fine-tune stopped: {failed.reason} while writing {failed.folder}"
@@ -345,7 +397,7 @@ def _write_failed(output: Path, failed: WriteFailed, kept: str | None, removed: 
     if kept:
         aside = _aside(output)
         also = f"; the model it replaces waits in {aside} until it finishes" if aside.is_dir() else ""
-        return (f"{what}; its last whole checkpoint, {kept}, is kept: {room}run the same command with --resume "
+        return (f"{what}; its last whole checkpoint, {kept}, is kept: {room}{_resume_hint(overwrite)} "
                 f"to continue from it{also}")
     if restored:
         return f"{what}, its first checkpoint: nothing to resume from; {output} holds the model it had before"
@@ -355,12 +407,29 @@ def _write_failed(output: Path, failed: WriteFailed, kept: str | None, removed: 
     return f"{what}, its first checkpoint: {room}--resume starts the training in {output} again"
 
 
+def _diverged(output: Path, diverged: Diverged, kept: str | None, removed: bool, restored: bool) -> str:
+    """One line: where the run diverged and why, that no model was saved, and what is
+    kept: the last checkpoint written before it (a model folder), or the old model."""
+    what = f"fine-tune stopped: {diverged}; no model was saved"
+    if kept:
+        aside = _aside(output)
+        also = f"; the model it replaces waits in {aside}" if aside.is_dir() else ""
+        return (f"{what}; its last good checkpoint, {kept}, is kept (a model folder, which --base can start "
+                f"from){also}; --overwrite replaces {output}")
+    if restored:
+        return f"{what}; {output} holds the model it had before"
+    if removed:
+        return f"{what}; {output}, which this run made, is removed"
+    return what
+
+
 def _finished_model(folder: Path) -> bool:
     """A model folder ingest and search can load (either layout): not a fine-tune still
     under way."""
     if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
         return False
-    return not (folder / RUN_FILE).is_file() or _run_status(folder) == "done"  # no run file: made elsewhere
+    # No run file: made elsewhere. SAVED: whole, only its records missing.
+    return not (folder / RUN_FILE).is_file() or _run_status(folder) in (DONE, SAVED)
 
 
 def _same_path(a: str, b: Path) -> bool:
@@ -406,12 +475,13 @@ def _tell_left_out(data: PairSet, held_set: PairSet | None, report: Path) -> Non
         _tell(f"left out {left_out} of {rows} rows with bad images or fields; see {report}")
 
 
-def _tell_interrupted(output: Path, kept: str | None, removed: bool, restored: bool = False) -> None:
+def _tell_interrupted(output: Path, kept: str | None, removed: bool, restored: bool = False,
+                      overwrite: bool = False) -> None:
     if kept:
         aside = _aside(output)
         also = f" (the model it replaces waits in {aside} until it finishes)" if aside.is_dir() else ""
-        _tell(f"fine-tune stopped; its last checkpoint, {kept}, is kept: run the same command "
-              f"with --resume to continue from it{also}")
+        _tell(f"fine-tune stopped; its last checkpoint, {kept}, is kept: {_resume_hint(overwrite)} "
+              f"to continue from it{also}")
     elif restored:
         _tell(f"fine-tune stopped before its first checkpoint: nothing to resume from; {output} holds "
               "the model it had before")

@@ -295,15 +295,73 @@ class _NoLoneRowSampler(NoDuplicatesBatchSampler):
         return [] if self.drop_last else [batch[0] for batch in self._batches() if len(batch) == 1]
 
 
+class Diverged(ClipsearchError):
+    """The loss or the weights stopped being finite numbers: the run diverged, and every
+    step from here on would train NaN. Nothing is saved past this point."""
+
+    def __init__(self, step: int, what: str, cause: str):
+        super().__init__(f"training diverged at step {step}: {what}; {cause}")
+        self.step = step
+
+
+NON_FINITE_WEIGHTS = "some weights are no longer finite numbers (NaN or infinity)"
+
+
+def likely_cause(settings: TrainSettings, scale: float) -> str:
+    """The flags that make a run diverge, with the values this one was given."""
+    return (f"the learning rate is likely too high (--lr {settings.lr:g}; also --scale {scale:g}, "
+            f"--weight-decay {settings.weight_decay:g}): run again with a lower --lr")
+
+
+def weights_are_finite(model) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(param).all()) for param in model.parameters())
+
+
 class _Trainer(SentenceTransformerTrainer):
+    # Why a diverged run stopped, in its message (train() sets it).
+    divergence_cause: str = "the learning rate is likely too high: run again with a lower --lr"
+
     def add_model_card_callback(self, default_args_dict):
         """No automatic model card: it encodes sample rows as widgets, which a
         mixed text/image dataset cannot do. model_card.py writes ours."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Stop at the first loss that is not a finite number: the weights it came from
+        are NaN (or soon will be), and the trainer would go on and save them."""
+        import torch
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise Diverged(self.state.global_step + 1, f"the loss is {float(loss.float().mean())}, not a finite number",
+                           self.divergence_cause)
+        self._last_batch = inputs
+        return loss
+
+    def check_still_finite(self, model) -> None:
+        """Diverged when the weights the last step made are broken: NaN or infinite, or huge
+        finite numbers whose vectors overflow (the last batch's loss again, which the next
+        step would have seen). Before a checkpoint or the model is saved, not after."""
+        import torch
+
+        step = int(self.state.global_step)
+        if not weights_are_finite(model):
+            raise Diverged(step, NON_FINITE_WEIGHTS, self.divergence_cause)
+        batch = getattr(self, "_last_batch", None)
+        if batch is None:
+            return
+        with torch.no_grad():
+            loss = self.compute_loss(model, dict(batch))
+        if not bool(torch.isfinite(loss).all()):
+            raise Diverged(step, f"the loss after its update is {float(loss.float().mean())}, not a finite number",
+                           self.divergence_cause)
 
     def _save_checkpoint(self, model, trial):
         """Whole or not at all: Ctrl-C waits until the checkpoint is written (interrupts.py),
         and one that fails half-way (a full disk) is removed, so that --resume never takes
         it and its space goes back to the disk."""
+        self.check_still_finite(model)  # the last checkpoint kept is one of finite weights
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         def remove_half_written() -> None:
             if not is_whole_checkpoint(folder):
@@ -468,18 +526,20 @@ def training_rows(pairs: list[Pair]):
     return Dataset.from_dict(columns)
 
 
-def check_trainable(pairs: list[Pair], settings: TrainSettings) -> None:
+def check_trainable(pairs: list[Pair], settings: TrainSettings, split: bool = True) -> None:
     """A one-line error, before anything is written, for training pairs that cannot teach
     anything: each pair is contrasted with the others in its batch, and equal captions
     never share one (the no-duplicates sampler), so one pair, or one caption for all,
-    trains with a loss of 0 (a labelled folder's classes: _batch_size)."""
+    trains with a loss of 0 (a labelled folder's classes: _batch_size). `split`: some of
+    DATA was held out, which a lower --eval-split gives back to training."""
     if settings.templates:
         return
     captions = len({p.text for p in pairs})
     if captions < 2:
         raise ClipsearchError(f"the training pairs ({len(pairs)}) hold {captions} distinct caption"
                               f"{'s' if captions != 1 else ''}: training contrasts each pair with others of "
-                              "another caption and needs two or more; add pairs, or lower --eval-split")
+                              "another caption and needs two or more; add pairs"
+                              + (", or lower --eval-split" if split else ""))
 
 
 def _batch_size(pairs: list[Pair], settings: TrainSettings, progress: Progress) -> int:
@@ -530,6 +590,9 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         save_total_limit=2,
         logging_steps=max(1, min(10, steps_per_epoch)),
         report_to="none",
+        # A non-finite loss stops the run (_Trainer.training_step), rather than being
+        # logged as the average of earlier ones.
+        logging_nan_inf_filter=False,
         disable_tqdm=True,
         log_level="error",
         use_cpu=settings.device == "cpu",
@@ -545,6 +608,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     trainer = _Trainer(model=st, args=args, train_dataset=training_rows(pairs),
                        loss=clip_loss(st, scale, settings.mini_batch_size),
                        data_collator=collator)
+    trainer.divergence_cause = likely_cause(settings, scale)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     callback = _ProgressCallback(progress)
@@ -561,6 +625,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         raise
     except ClipsearchError as exc:
         raise _one_line(exc) from None
+    trainer.check_still_finite(st)  # the last step's update, after its finite loss
     progress.finish()
     return {
         "seconds": round(time.monotonic() - started, 2),
@@ -568,7 +633,9 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         "train_loss": float(result.training_loss),
         "final_loss": callback.loss,
         "scale": scale,
-        "batch_size": batch_size,
+        # What a batch holds at most: no caption (class) and no image twice in one.
+        "batch_size": min(batch_size, len({p.text for p in pairs}), len({p.image for p in pairs})),
+        "batch_size_asked": settings.batch_size,
         "negatives": any(p.negative is not None for p in pairs),
         "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
     }

@@ -347,3 +347,33 @@ def run_ingest(roots, encoder, index, **options):
 def stored_payloads(index) -> dict[str, dict]:
     """path -> payload of every point in the collection."""
     return {r.payload["path"]: r.payload for r in index.scroll()}
+
+
+def nan_copy(model_dir: Path, to: Path) -> Path:
+    """`model_dir` copied to `to` with every floating-point weight NaN: what a fine-tune
+    that diverged used to save. Every command that loads it must refuse its vectors."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(model_dir, to)
+    for file in to.rglob("*.safetensors"):
+        tensors = load_file(str(file))
+        save_file({name: np.full_like(t, np.nan) if np.issubdtype(t.dtype, np.floating) else t
+                   for name, t in tensors.items()}, str(file), metadata={"format": "pt"})
+    return to
+
+
+def stop_training_at_step(monkeypatch, step: int) -> None:
+    """Ctrl-C in a fine-tune right after its training step `step` (its callbacks run)."""
+    from clipsearch.finetune import training
+
+    original = training._ProgressCallback.on_step_end
+
+    def interrupt(self, args, state, control, **kwargs):
+        original(self, args, state, control, **kwargs)
+        if state.global_step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training._ProgressCallback, "on_step_end", interrupt)

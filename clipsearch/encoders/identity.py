@@ -98,5 +98,6 @@ class ModelIdentity:
             raise ClipsearchError(
                 f"model mismatch: collection {collection!r} was built with {stored.short()}, "
                 f"but the model in use is {self.short()}; use that model (--model, or neither --model nor "
-                "CLIPSEARCH_MODEL: the collection's own) or another collection"
+                f"CLIPSEARCH_MODEL: the collection's own), adopt this one in the collection with "
+                f"`clipsearch reindex --model {self.name}`, or use another collection"
             )

@@ -46,6 +46,7 @@ from .location import locate
 from .onnx_image import OnnxImageTower, Preprocess, check_geometry, preprocess_from_folder
 from .tower_export import export_once
 from .tower_export import first_line as _first_line
+from .vectors import require_finite
 
 Say = Callable[[str], None]
 
@@ -276,10 +277,10 @@ class ImageTowers:
         preprocess = check_geometry(self._tower.preprocess, geometry)
         out = [self._tower.run(preprocess.normalize(crops[start:start + batch_size]))
                for start in range(0, len(crops), batch_size)]
-        return np.concatenate(out) if out else self.encode_images([], batch_size)
+        return require_finite(np.concatenate(out), self.model, "images") if out else self.encode_images([], batch_size)
 
     def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
         self.decide()
         if self._tower is not None:
-            return self._tower.encode_images(images, batch_size)
+            return require_finite(self._tower.encode_images(images, batch_size), self.model, "images")
         return self.load_full().encode_images(images, batch_size)

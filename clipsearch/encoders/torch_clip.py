@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ClipsearchError
 from .identity import ModelIdentity
 from .location import LOCAL_MODEL_HINT, hub_reachable, resolve_model_location
-from .vectors import l2_normalize
+from .vectors import l2_normalize, require_finite
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -150,7 +150,7 @@ class Encoder:
         vectors = self.st.encode(
             list(images), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
         )
-        return l2_normalize(vectors)
+        return require_finite(l2_normalize(vectors), self.location, "images")
 
     @property
     def preprocess(self) -> "Preprocess | None":
@@ -187,7 +187,7 @@ class Encoder:
                 if not torch.is_tensor(features):  # transformers 5: a BaseModelOutputWithPooling
                     features = features.pooler_output
                 out.append(features.float().cpu().numpy())
-        return l2_normalize(np.concatenate(out))
+        return require_finite(l2_normalize(np.concatenate(out)), self.location, "images")
 
     def encode_crops(self, crops: np.ndarray, geometry: tuple, batch_size: int = 32) -> np.ndarray:
         """Unit vectors for (n, height, width, 3) uint8 crops made with `geometry`
@@ -205,4 +205,4 @@ class Encoder:
         vectors = self.st.encode(
             list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
         )
-        return l2_normalize(vectors)
+        return require_finite(l2_normalize(vectors), self.location, "texts")

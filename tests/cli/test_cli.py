@@ -415,7 +415,9 @@ def test_model_mismatch_on_ingest(target, tiny_model_dir, other_model_dir, image
     ingest_images(target, tiny_model_dir, images[0].parent)
     draw_collection(images[0].parent / "more", 2)
     result = run_cli("ingest", images[0].parent, "--model", other_model_dir, *target["args"], "-w", "0", "-q")
-    assert_one_line_error(result, "model mismatch", target["collection"])
+    # A fine-tuned model is adopted by a reindex: the message says how.
+    adopt = f"clipsearch reindex --model {other_model_dir}"
+    assert_one_line_error(result, "model mismatch", target["collection"], adopt)
     facts = json.loads(ok(run_cli("status", "--json", *target["args"])))
     assert facts["points"] == 12, "the mismatched model must not have added points"
 
@@ -643,3 +645,15 @@ def test_status_check_through_a_server_says_where_and_how_it_can_run():
     result = CliRunner().invoke(cli, ["status", "--check", "--server", "http://127.0.0.1:9", "--token", "x" * 20])
     assert result.exit_code == 1
     assert "without --server" in result.output and "`clipsearch serve` stopped" in result.output
+
+
+@pytest.mark.parametrize(("given", "named", "code"), [({"CLIPSEARCH_HOST": "bad host!"}, "CLIPSEARCH_HOST", 1),
+                                                      ({"--host": "nas..local"}, "--host", 2)])
+def test_a_host_serve_cannot_bind_is_told_before_anything_loads(tmp_path, given, named, code):
+    """Not a failed bind after the model has loaded: the model named here does not exist."""
+    env = {k: v for k, v in given.items() if not k.startswith("-")}
+    flags = [part for k, v in given.items() if k.startswith("-") for part in (k, v)]
+    result = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "index"), "--model",
+                                      str(tmp_path / "no-model"), *flags], env=env)
+    assert result.exit_code == code, result.output  # a variable's error, or a flag's usage error
+    assert named in result.output and "is not an IP address or host name" in result.output

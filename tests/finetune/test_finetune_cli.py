@@ -16,6 +16,8 @@ from clipsearch.cli import cli
 from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES, Encoder
 from clipsearch.finetune.synthetic import write_dataset
 
+from support import stop_training_at_step
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> tuple[Path, Path]:
@@ -250,7 +252,8 @@ def test_one_caption_for_every_pair_is_refused_and_one_step_still_trains(tmp_pat
     assert result.exit_code == 0, result.output
     record = json.loads((out / "eval.json").read_text())
     assert record["train"]["steps"] == 1 and record["image_tower_unchanged"] is False
-    assert "batch size 128" in (out / "README.md").read_text()
+    # the card says the batch the run used: every pair, fewer than --batch-size asked for
+    assert f"batch size {len(rows) - 1} (--batch-size 128 asked)" in (out / "README.md").read_text()
 
 
 def test_bad_data_stops_before_anything_is_written(tmp_path, shapes, tiny_model_dir):
@@ -302,20 +305,12 @@ def test_base_must_be_a_clip(tmp_path, shapes):
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, shapes, tiny_model_dir, monkeypatch):
-    from clipsearch.finetune import training
 
     train, heldout = shapes
     out = tmp_path / "out"
     args = [train, "--base", tiny_model_dir, "-o", out, "--eval-data", heldout, "--epochs", 2,
             "--batch-size", 16, "--save-steps", 2, "--lr", "1e-3"]
-    original = training._ProgressCallback.on_step_end
-
-    def interrupt_at_step_3(self, args, state, control, **kwargs):
-        original(self, args, state, control, **kwargs)
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training._ProgressCallback, "on_step_end", interrupt_at_step_3)
+    stop_training_at_step(monkeypatch, 3)
     result = finetune(*args)
     assert result.exit_code == 130
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "modules.json").exists()

@@ -193,7 +193,7 @@ def test_no_usable_pairs_and_missing_data(photos):
             load_pairs(moved, skip_bad=skip_bad)
     with pytest.raises(ClipsearchError, match="does not exist"):
         load_pairs(photos / "nothing.csv")
-    with pytest.raises(ClipsearchError, match="missing column"):
+    with pytest.raises(ClipsearchError, match="the file is empty"):
         load_pairs(_write(photos / "empty.csv", ""))
 
 

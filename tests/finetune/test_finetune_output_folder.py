@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from clipsearch.cli import cli
-from clipsearch.finetune import training
 from clipsearch.finetune.synthetic import write_dataset
+
+from support import stop_training_at_step
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +60,7 @@ def test_the_saved_model_files_follow_the_umask(tmp_path, shapes, tiny_model_dir
 
 def test_a_stop_before_the_first_checkpoint_says_nothing_was_committed(tmp_path, shapes, tiny_model_dir,
                                                                        monkeypatch):
-    original = training._ProgressCallback.on_step_end
-
-    def interrupt_at_step_1(self, args, state, control, **kwargs):
-        original(self, args, state, control, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training._ProgressCallback, "on_step_end", interrupt_at_step_1)
+    stop_training_at_step(monkeypatch, 1)
     out = tmp_path / "out"
     result = _finetune(shapes, tiny_model_dir, out)
     assert result.exit_code == 130 and not out.exists()
