@@ -94,6 +94,27 @@ def parse_port(text: str) -> int:
     return value
 
 
+# A host name as DNS spells it (RFC 1123 labels), for serve's --host.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def parse_host(text: str) -> str:
+    """An address serve can bind: an IP address (v4, v6) or a host name; a typo is
+    told before the model loads, not as a failed bind after it."""
+    import ipaddress
+
+    address = text.strip()
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+        return address.strip("[]")
+    except ValueError:
+        pass
+    if _HOST_NAME.fullmatch(address):
+        return address
+    raise ValueError("is not an IP address or host name")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'I/N' with 0 <= I < N."""
     try:
@@ -280,7 +301,7 @@ SETTINGS: tuple[Setting, ...] = (
             "The serve token: required by every endpoint but health. Required to bind an address other than "
             "loopback (generated and printed once as a login URL when not given); sent by the thin clients. "
             "Never printed.", flag="--token", secret=True),
-    Setting("host", ("CLIPSEARCH_HOST",), "127.0.0.1", parse_text,
+    Setting("host", ("CLIPSEARCH_HOST",), "127.0.0.1", parse_host,
             "The address serve binds: loopback unless asked; any other needs a token.", flag="--host"),
     Setting("port", ("CLIPSEARCH_PORT",), 8765, parse_port, "The port serve listens on.", flag="--port"),
     Setting("cors_origins", ("CLIPSEARCH_CORS_ORIGINS",), (), parse_origins,
@@ -400,7 +421,7 @@ def _given_place(name: str, given: Any) -> Any:
     if isinstance(given, os.PathLike):
         given = os.fsdecode(given)
     if isinstance(given, str) and not given.strip():
-        raise ClipsearchError(f"Settings.resolve: {name}={given!r} is empty; give one, or leave it out (None) "
+        raise ClipsearchError(f"Settings: {name}={given!r} is empty; give one, or leave it out (None) "
                               f"for {BY_NAME[name].env[0]} or the default")
     return given
 
@@ -452,6 +473,16 @@ class Settings:
     # False when neither --model nor CLIPSEARCH_MODEL named the model: a command that
     # opens an existing collection then uses the model it records (index/adopt.py).
     model_named: bool = field(default=True, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Settings(...) built by hand refuses what resolve() refuses: an empty index,
+        collection or model (an index "" was the current directory, a collection "" the
+        index folder itself, whose damage message then advised deleting it whole)."""
+        for name in ("index", "collection", "model"):
+            _given_place(name, getattr(self, name))
+        if not valid_collection_name(self.collection):
+            raise ClipsearchError(f"collection name {self.collection!r} is not valid (--collection / "
+                                  "CLIPSEARCH_COLLECTION)")
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **flags: Any) -> "Settings":

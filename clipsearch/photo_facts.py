@@ -30,6 +30,10 @@ _WORD_START = re.compile(r"[^a-z0-9]*([a-z0-9]+)")
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)?")  # CSI, OSC, or one char
 
 
+# Every field photo_facts() may give: a point's facts are these, and only these, of its file.
+FACT_FIELDS = ("taken", "camera", "camera_words", "location")
+
+
 def photo_facts(img: Image.Image) -> dict:
     """{"taken": "YYYY-MM-DDTHH:MM:SS", "camera": "Make Model", "camera_words": [...],
     "location": {"lat", "lon"}}, each only where the file gives a sound value."""

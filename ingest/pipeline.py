@@ -343,9 +343,13 @@ class Ingestor:
                     self.summary.unchanged += 1
                     if "fingerprint" not in stored[pid]:
                         older.append(entry)
-                    elif entry.dev >= 0 and recorded_dev(stored[pid]) not in (None, entry.dev):
-                        # mounted again under another device number (a share, a USB disk):
-                        # the record follows, or its moves would look like a drive not mounted
+                    elif entry.dev >= 0 and recorded_dev(stored[pid]) != entry.dev:
+                        # Mounted again under another device number (a share, a USB disk), or
+                        # a point from before `dev` was recorded (upgraded): the record follows,
+                        # or moves out of its folder would look like a drive not mounted.
+                        if recorded_dev(stored[pid]) is None:
+                            self._relinker.announce()
+                            self.summary.upgraded += 1
                         remounted.append((pid, {**stored[pid], "dev": entry.dev}))
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1

@@ -32,7 +32,7 @@ from clipsearch.fingerprint import content_hash, covers_whole, fingerprint
 from clipsearch.index import Index, ancestor_dirs
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import PATH_BYTES, path_fields
-from clipsearch.photo_facts import photo_facts
+from clipsearch.photo_facts import FACT_FIELDS, photo_facts
 
 from .prune import GoneFiles
 from .walk import FileEntry
@@ -239,15 +239,20 @@ class Relinker:
                 self._empty[folder] = True  # cannot look: do not call it a move
         return self._empty[folder]
 
-    def upgrade(self, entries: Sequence[FileEntry]) -> None:
-        """Give points made before fingerprints their fingerprint and photo facts, from
-        the file (unchanged since, by size and mtime), keeping their vector."""
-        if not entries:
-            return
+    def announce(self) -> None:
+        """Says once a call that it upgrades points made by an older clipsearch."""
         if not self._announced:
             self._announced = True
-            self.say("adding content fingerprints and photo facts to images indexed before them "
-                     "(reading each file once; nothing is embedded again)")
+            self.say("adding content fingerprints, photo facts and file systems to images indexed before "
+                     "them (reading each file once; nothing is embedded again)")
+
+    def upgrade(self, entries: Sequence[FileEntry]) -> None:
+        """Give points made before fingerprints their fingerprint, photo facts and
+        file system, from the file (unchanged since, by size and mtime), keeping their
+        vector."""
+        if not entries:
+            return
+        self.announce()
         stored = {r.id: r for r in self.index.retrieve([point_id(e.path) for e in entries], with_vectors=True)}
         ids, vectors, payloads = [], [], []
         for entry in entries:
@@ -262,7 +267,10 @@ class Relinker:
                 continue  # unreadable now: left as it is, tried again next run
             ids.append(record.id)
             vectors.append(np.asarray(record.vector, dtype=np.float32))
-            payloads.append({**record.payload, **facts})
+            # The facts read now replace the old ones whole (an older reader kept junk a
+            # fresh index drops), and the place gains what older points lack (`dev`).
+            kept = {k: v for k, v in record.payload.items() if k not in FACT_FIELDS}
+            payloads.append({**kept, **place_payload(entry), **facts})
         if ids:
             self.index.upsert(ids, np.stack(vectors), payloads)
             self.counts.upgraded += len(ids)

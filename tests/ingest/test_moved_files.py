@@ -346,3 +346,54 @@ def test_a_share_remounted_under_another_device_number_is_followed(tmp_path, tin
     assert (summary.copied, summary.removed) == (1, 0), summary
     assert summary.not_pruned and "whose file system is not the one there now" in summary.not_pruned
     assert len(_vectors(index, tiny_model_dir)) == 4
+
+
+def _as_an_older_clipsearch_left_them(settings, change) -> None:
+    with open_index(settings) as opened:
+        records = list(opened.scroll(with_vectors=True))
+        opened.upsert([r.id for r in records], np.stack([r.vector for r in records]),
+                      [change(dict(r.payload)) for r in records])
+
+
+def test_points_from_before_dev_get_it_and_a_folder_emptied_by_a_move_is_a_move(tmp_path, tiny_model_dir):
+    """Points with fingerprints but no `dev` (made before it): the next ingest records
+    it, counted as upgraded. Without it, photos all moved out of a folder into another
+    looked like a drive not mounted: copied, their old points kept with no file."""
+    photos = tmp_path / "photos"
+    draw_collection(photos / "a", 5)
+    (photos / "b").mkdir()
+    index = tmp_path / "index"
+    args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
+    env = dict(os.environ)
+    ingest_in_fresh_process(args, env)
+    settings = Settings.resolve(index=str(index), model=str(tiny_model_dir))
+    _as_an_older_clipsearch_left_them(settings, lambda payload: {k: v for k, v in payload.items() if k != "dev"})
+    second, imported = ingest_in_fresh_process(args, env)
+    assert (second["embedded"], second["upgraded"], second["unchanged"]) == (0, 5, 5), second
+    assert not imported & HEAVY
+    for photo in (photos / "a").iterdir():
+        os.rename(photo, photos / "b" / photo.name)
+    third, _ = ingest_in_fresh_process(args, env)
+    assert (third["embedded"], third["moved"], third["copied"]) == (0, 5, 0), third
+    with open_index(settings) as opened:
+        assert {os.path.dirname(r.payload["path"]) for r in opened.scroll()} == {str(photos / "b")}
+
+
+def test_an_upgrade_replaces_facts_an_older_reader_kept(tmp_path, tiny_model_dir):
+    """Facts are read again whole on an upgrade: a camera an older reader stored (text
+    a fresh index drops) does not survive it and no --camera search finds it."""
+    photos = tmp_path / "photos"
+    draw_collection(photos, 3)  # no EXIF: no camera
+    index = tmp_path / "index"
+    args = [photos, "--index", index, "--model", tiny_model_dir, "-w", "0"]
+    env = dict(os.environ)
+    ingest_in_fresh_process(args, env)
+    settings = Settings.resolve(index=str(index), model=str(tiny_model_dir))
+    _as_an_older_clipsearch_left_them(settings, lambda payload: {
+        **{k: v for k, v in payload.items() if k not in ("fingerprint", "dev")},
+        "camera": "\x1b[31mEvil", "camera_words": ["evil"]})
+    second, _ = ingest_in_fresh_process(args, env)
+    assert second["upgraded"] == 3, second
+    with open_index(settings) as opened:
+        assert not [r.payload for r in opened.scroll() if "camera" in r.payload or "camera_words" in r.payload]
+        assert all(isinstance(r.payload.get("dev"), int) for r in opened.scroll())

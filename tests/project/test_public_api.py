@@ -125,9 +125,19 @@ def test_the_readme_python_api_examples_type_check(tmp_path):
 def test_settings_resolve_refuses_an_empty_place(name, empty, tmp_path, monkeypatch):
     """An unset variable of the caller's, not the current folder or the default."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ClipsearchError, match=f"^Settings.resolve: {name}=.* is empty") as info:
+    with pytest.raises(ClipsearchError, match=f"^Settings: {name}=.* is empty") as info:
         Settings.resolve(**{name: empty})
     assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["index", "collection", "model"])
+def test_settings_built_by_hand_refuses_an_empty_place(name, tmp_path, monkeypatch):
+    """As resolve() does: Settings(index="") was the current folder, and collection=""
+    the index folder itself (its damage message advised deleting the folder whole)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ClipsearchError, match=f"^Settings: {name}='' is empty"):
+        Settings(**{name: ""})
     assert list(tmp_path.iterdir()) == []
 
 
