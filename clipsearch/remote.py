@@ -96,13 +96,18 @@ class ServeClient:
         """k hits from `offset` on, asked SERVE_MAX_K at a time (`page(count, skip)`:
         one request's answer); the server's note on the answer is told."""
         most = SERVE_MAX_OFFSET + SERVE_MAX_K
+        if offset > SERVE_MAX_OFFSET:
+            raise ClipsearchError(f"offset {offset} is beyond what clipsearch serve at {self.url} pages to "
+                                  f"({SERVE_MAX_OFFSET} at most)")
         if offset + k > most:
             raise ClipsearchError(f"-k {k} asks clipsearch serve at {self.url} for more hits than it gives for one "
                                   f"search: {most} at most ({SERVE_MAX_K} a request, paged up to offset "
                                   f"{SERVE_MAX_OFFSET}); give -k {most - offset} or less")
         hits: list[SearchHit] = []
+        # The short page first: the last one then starts at offset + k - SERVE_MAX_K, within
+        # the server's offsets whenever offset + k is (full pages first would pass them).
+        count = (k - 1) % SERVE_MAX_K + 1
         while len(hits) < k:
-            count = min(SERVE_MAX_K, k - len(hits))
             answer = page(count, offset + len(hits))
             found = _hits(answer)
             hits += found
@@ -111,6 +116,7 @@ class ServeClient:
                 self.tell(" ".join(str(note).split())[:500])
             if len(found) < count:  # the end of the ranking
                 break
+            count = min(SERVE_MAX_K, k - len(hits))
         return hits
 
     def thumbnail(self, thumbnail_path: str, size: int = 256) -> bytes:

@@ -414,8 +414,9 @@ def _diverged(output: Path, diverged: Diverged, kept: str | None, removed: bool,
     if kept:
         aside = _aside(output)
         also = f"; the model it replaces waits in {aside}" if aside.is_dir() else ""
-        return (f"{what}; its last good checkpoint, {kept}, is kept (a model folder, which --base can start "
-                f"from){also}; --overwrite replaces {output}")
+        # Not "--overwrite": it removes OUTPUT, this checkpoint with it.
+        return (f"{what}; its last good checkpoint, {kept}, is kept (a model folder): copy it out of {output} "
+                f"and give the copy to --base, since --overwrite of {output} removes it{also}")
     if restored:
         return f"{what}; {output} holds the model it had before"
     if removed:

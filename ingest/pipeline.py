@@ -348,7 +348,7 @@ class Ingestor:
                         # a point from before `dev` was recorded (upgraded): the record follows,
                         # or moves out of its folder would look like a drive not mounted.
                         if recorded_dev(stored[pid]) is None:
-                            self._relinker.announce()
+                            self._relinker.announce(reading=False)
                             self.summary.upgraded += 1
                         remounted.append((pid, {**stored[pid], "dev": entry.dev}))
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:

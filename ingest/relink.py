@@ -78,6 +78,7 @@ class Relinker:
         self.allow_missing = allow_missing
         self.settle = settle
         self._announced = False
+        self._announced_dev = False
         self._known: bool | None = None  # whether any point has a fingerprint to match
         # Twins new in this run. Sizes first (the first file of each size, as its path; a
         # second of that size makes both read for their fingerprints), then hash() of
@@ -239,12 +240,17 @@ class Relinker:
                 self._empty[folder] = True  # cannot look: do not call it a move
         return self._empty[folder]
 
-    def announce(self) -> None:
-        """Says once a call that it upgrades points made by an older clipsearch."""
-        if not self._announced:
+    def announce(self, reading: bool = True) -> None:
+        """Says once a call that it upgrades points made by an older clipsearch: by
+        reading their files (fingerprints, facts), or only noting each file's file system."""
+        if reading and not self._announced:
             self._announced = True
-            self.say("adding content fingerprints, photo facts and file systems to images indexed before "
-                     "them (reading each file once; nothing is embedded again)")
+            self.say("adding content fingerprints and photo facts to images indexed before them "
+                     "(reading each file once; nothing is embedded again)")
+        elif not reading and not self._announced_dev:
+            self._announced_dev = True
+            self.say("noting which file system (drive or share) holds each image indexed before that was "
+                     "recorded (nothing is read or embedded again)")
 
     def upgrade(self, entries: Sequence[FileEntry]) -> None:
         """Give points made before fingerprints their fingerprint, photo facts and

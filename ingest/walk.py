@@ -136,7 +136,7 @@ def walked_path(path: str, roots: Iterable[str] | None = None, exclude: Iterable
     if name:
         path = os.path.join(os.path.realpath(folder), name)
     if roots is None:
-        return None if name and passed_over(name, path, patterns) else path
+        return None if name and passed_over(name, path, patterns) or _links_into_excluded(path, patterns) else path
     root = root_of(path, roots)
     if root is None:
         return None
@@ -145,7 +145,13 @@ def walked_path(path: str, roots: Iterable[str] | None = None, exclude: Iterable
         current = os.path.join(current, part)
         if passed_over(part, current, patterns):
             return None
-    return path
+    return None if path != root and _links_into_excluded(path, patterns) else path
+
+
+def _links_into_excluded(path: str, patterns: Sequence[str]) -> bool:
+    """A link (to a file or a folder) whose target --exclude names: the walk passes
+    it over, and so must a watcher that hears of the link being made."""
+    return bool(patterns) and os.path.islink(path) and excluded_target(os.path.realpath(path), patterns)
 
 
 def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[str] = (),

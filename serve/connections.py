@@ -155,8 +155,11 @@ class DeadlineH11Protocol(H11Protocol):
 
         from .app import CONTENT_POLICY, NO_STORE, SECURITY_HEADERS
 
-        body = json.dumps({"error": "the request cannot be read as HTTP/1.1: its request line or headers are "
-                                    "malformed or longer than serve reads"}).encode()
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # an answer has begun: too late for one
+            self.transport.close()
+            return
+        body = json.dumps({"error": "the request cannot be read as HTTP/1.1 (malformed, or its request line or "
+                                    "headers longer than serve reads)"}).encode()
         named = {**SECURITY_HEADERS, "Cache-Control": NO_STORE, "Content-Security-Policy": CONTENT_POLICY}
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close"), *((name.lower().encode(), value.encode()) for name, value in

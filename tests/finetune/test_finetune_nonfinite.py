@@ -56,6 +56,8 @@ def test_a_learning_rate_far_too_high_stops_the_run_and_keeps_the_last_finite_ch
     assert "no model was saved" in line
     kept = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert kept and f"its last good checkpoint, {kept[-1]}, is kept" in line
+    # not advice that deletes it: --overwrite of the output removes its checkpoints
+    assert f"copy it out of {out} and give the copy to --base" in line and "--overwrite replaces" not in line
     assert all(_all_finite(folder) for folder in kept)
     assert not (out / "model.safetensors").exists() and not (out / "eval.json").exists()
     # what is there is the unfinished run, refused where a model is asked for

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipsearch.cli import cli
+from clipsearch.errors import ClipsearchError
 
 from support import COLOURS, SHAPES, ServeProcess, draw_collection, draw_image, free_port
 
@@ -352,3 +353,30 @@ def test_local_commands_on_a_served_index_name_the_server(serving, args):
     assert f"held by `clipsearch serve` (pid {serving.proc.pid})" in lines[0]
     assert f"--server {serving.url}" in lines[0]
     assert "to ingest, reindex, migrate or find duplicates, stop serve first" in lines[0]  # no --server there
+
+
+@pytest.mark.parametrize(("k", "offset"), [(10_500, 500), (10_999, 1), (11_000, 0), (10, 10_000), (1_000, 9_000)])
+def test_the_thin_clients_pages_stay_within_the_servers_limits(k, offset):
+    """Every page the client asks for is one the server answers (k <= 1000, offset <=
+    10000), whenever offset + k is within what paging reaches: full pages first asked
+    for offsets past 10000."""
+    from clipsearch.remote import SERVE_MAX_K, SERVE_MAX_OFFSET, ServeClient
+
+    asked = []
+
+    def page(count, skip):
+        assert count <= SERVE_MAX_K and skip <= SERVE_MAX_OFFSET, (count, skip)
+        asked.append((count, skip))
+        return {"hits": [{"rank": skip + i + 1, "score": 0.5, "path": f"/p/{skip + i}.jpg", "id": str(skip + i)}
+                         for i in range(count)]}
+
+    hits = ServeClient("http://127.0.0.1:9", tell=lambda _: None)._paged(page, k, offset)
+    assert [hit.rank for hit in hits] == list(range(offset + 1, offset + k + 1))
+    assert sum(count for count, _ in asked) == k
+
+
+def test_the_thin_client_refuses_an_offset_past_the_servers_before_asking():
+    from clipsearch.remote import ServeClient
+
+    with pytest.raises(ClipsearchError, match="offset 10001 is beyond"):
+        ServeClient("http://127.0.0.1:9", tell=lambda _: None)._paged(lambda count, skip: pytest.fail(), 5, 10_001)

@@ -674,3 +674,17 @@ def test_a_link_to_a_folder_made_in_a_watched_folder_is_walked_live(tmp_path, ph
     settle(watcher, lambda: {real(p) for p in pictures} <= paths_in(index))
     # what ingest of the tree would index: the link's images, under their own (canonical) paths
     assert paths_in(index) == {entry.path for entry in walk_images([str(photos)])}
+
+
+def test_a_link_made_in_a_watched_folder_into_an_excluded_one_brings_nothing_in(tmp_path, photos, index, watch):
+    """As the walk passes such a link over: an excluded folder's photos must not be
+    indexed (and served) because someone linked to it from a watched folder."""
+    private = tmp_path / "outside" / "private"
+    draw_image(private / "diary.png", "purple", "triangle", mark=1)
+    watcher = watch(exclude=("private",))
+    before = paths_in(index)
+    os.symlink(private, photos / "album-link")
+    os.symlink(private / "diary.png", photos / "diary-link.png")
+    draw_image(photos / "after.png", "orange", "square", mark=2)  # an event after the links'
+    settle(watcher, lambda: real(photos / "after.png") in paths_in(index))
+    assert paths_in(index) == before | {real(photos / "after.png")}
