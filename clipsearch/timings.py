@@ -41,10 +41,14 @@ class Timings:
         return f"timings: {parts} (command total {total:.3f} s)"
 
     def write(self, file: str, **extra) -> None:
-        """For bench/cold_query.py: absolute start and end, and the phases."""
+        """For bench/cold_query.py: absolute start and end, and the phases. A file that
+        cannot be written costs the command nothing but a line saying so."""
         data = {"started": self.started, "ended": time.time(), "phases": self.seconds, **extra}
         try:
             Path(file).write_text(json.dumps(data))
-        except OSError:
-            pass
+        except OSError as exc:
+            from .names import printable
+            from .progress import stderr_line
+
+            stderr_line(f"cannot write CLIPSEARCH_TIMINGS={printable(str(file))}: {exc.strerror}")
 

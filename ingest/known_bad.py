@@ -36,6 +36,7 @@ from typing import Sequence
 
 from clipsearch import config
 from clipsearch.encoders import cache
+from clipsearch.names import name_bytes
 
 FORMAT = 1
 FOLDER = "bad-files"
@@ -65,7 +66,7 @@ class KnownBadFiles:
     def for_index(cls, location: str, collection: str, fingerprint: str) -> "KnownBadFiles":
         if location == ":memory:" or not config.enabled("known_bad"):
             return cls(None, fingerprint)
-        key = hashlib.sha256(f"{location}\0{collection}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(name_bytes(f"{location}\0{collection}")).hexdigest()[:24]
         return cls(config.cache_root() / FOLDER / f"{key}.json", fingerprint)
 
     def _read(self) -> None:

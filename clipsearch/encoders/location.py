@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import ClipsearchError
+from ..names import name_bytes
 
 # A model folder with more files than this (or deeper) is not keyed: full path.
 MAX_FILES = 1000
@@ -143,8 +144,8 @@ def folder_key(folder: Path) -> str | None:
 
     if not walk(folder, "", 0) or not entries:
         return None
-    digest = hashlib.sha256(f"clipsearch-text-tower:{KEY_FORMAT}\0{folder}\0".encode())
-    digest.update("\n".join(entries).encode())
+    digest = hashlib.sha256(name_bytes(f"clipsearch-text-tower:{KEY_FORMAT}\0{folder}\0"))
+    digest.update(name_bytes("\n".join(entries)))
     return digest.hexdigest()[:32]
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..errors import ClipsearchError
+from ..names import is_text, shown
 from .identity import ModelIdentity
 from .location import LOCAL_MODEL_HINT, hub_reachable, resolve_model_location
 from .vectors import l2_normalize, require_finite
@@ -94,6 +95,10 @@ class Encoder:
 
     @staticmethod
     def _load(SentenceTransformer, location: str, is_local: bool, device: str):
+        if is_local and not is_text(location):  # safetensors' loader takes text paths only
+            raise ClipsearchError(
+                f"cannot load model {shown(location)}: its path is not valid UTF-8, which the model loader "
+                "cannot open; rename the folder, or link to it from a name that is")
         try:
             if is_local:
                 return SentenceTransformer(location, device=device, local_files_only=True)

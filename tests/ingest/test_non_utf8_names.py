@@ -163,3 +163,30 @@ def test_a_bidirectional_override_in_a_name_is_shown_escaped():
     assert shown("/photos/a\u200bb.jpg") == "$'/photos/a\\xe2\\x80\\x8bb.jpg'"  # zero-width space, as the page
     hebrew = "/photos/\u05e9\u05dc\u05d5\u05dd.jpg"
     assert shown(hebrew) == hebrew  # right-to-left text itself is no trick
+
+
+def test_an_index_in_a_folder_whose_name_is_not_text(library, tmp_path):
+    """Not only photos: the index folder may sit under such a name too. The record of
+    known bad files is keyed by the index's path, hashed as text: a traceback."""
+    index = os.path.join(os.fsencode(tmp_path), b"caf\xe9", b"ind\xffex")
+    env = {**library["env"], "CLIPSEARCH_INDEX": os.fsdecode(index)}
+    clipsearch("ingest", library["photos"], "--workers", "0", env=env)
+    known_bad = os.path.join(os.fsencode(env["CLIPSEARCH_CACHE_DIR"]), b"bad-files")
+    assert len(os.listdir(known_bad)) == 2  # this index's record beside the library fixture's
+    done = clipsearch("search", "a photo", "-k", "50", "-f", "paths0", env=env)
+    assert set(done.stdout.split(b"\0")[:-1]) == library["files"]
+
+
+def test_a_model_in_a_folder_whose_name_is_not_text_is_refused_in_one_line(library, tiny_model_dir, tmp_path):
+    """The exported text tower's cache key hashed the model's path as text (a traceback);
+    the model loader itself cannot open such a path, and says so."""
+    import shutil
+
+    model = os.path.join(os.fsencode(tmp_path), b"mod\xffel")
+    shutil.copytree(tiny_model_dir, os.fsdecode(model))
+    env = {**library["env"], "CLIPSEARCH_MODEL": os.fsdecode(model)}
+    done = clipsearch("search", "a photo", env=env, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        b"Error: cannot load model $'" + model.replace(b"\xff", b"\\xff") + b"': its path is not valid UTF-8, which "
+        b"the model loader cannot open; rename the folder, or link to it from a name that is")
