@@ -19,38 +19,16 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageFile
 
 from .fingerprint import content_hash, covers_whole, fingerprint
+from .image_types import IMAGE_EXTENSIONS, IMAGE_TYPES, PLUGIN_PACKAGES  # noqa: F401 - re-exported (no Pillow there)
 from .photo_facts import photo_facts
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
-
-# The file types clipsearch reads, by the Pillow plugin that decodes each, with their
-# extensions: the one table that ingest's walk, search's image queries and serve's
-# uploads go by (README, "Supported image files"). Decoding tries these plugins only,
-# whatever a file's name says: a JPEG named .png is read, but PostScript named .jpg is
-# not an image here, where Pillow's own guess handed it to its EPS plugin, which runs
-# Ghostscript on the file (an interpreter whose -dSAFER has been escaped many times).
-# Each plugin listed parses its format in Python or a bundled codec, and runs nothing.
-IMAGE_TYPES: dict[str, tuple[str, ...]] = {
-    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),  # multi-picture (MPO) JPEGs too: their first picture
-    "PNG": (".png",),  # and APNG
-    "WEBP": (".webp",),
-    "GIF": (".gif",),
-    "BMP": (".bmp",),
-    "TIFF": (".tif", ".tiff"),
-    "AVIF": (".avif",),  # built into Pillow 11.3 and later; else the pillow-avif-plugin package
-    "HEIF": (".heic", ".heif"),  # iPhone photos: only with the pillow-heif package installed
-    "ICO": (".ico",),
-    "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),
-    "TGA": (".tga",),
-}
-# Every extension of the table, whether this install reads it or not.
-IMAGE_EXTENSIONS = frozenset(extension for extensions in IMAGE_TYPES.values() for extension in extensions)
-# The package that reads a type not built into every Pillow, and the type's name for
-# people: said for each such file met where it is not installed.
-PLUGIN_PACKAGES = {"HEIF": ("pillow-heif", "HEIC/HEIF"), "AVIF": ("pillow-avif-plugin", "AVIF")}
+# What a too-large message tells the user to change: ingest's flag, unless the caller
+# names its own setting (serve: CLIPSEARCH_MAX_MEGAPIXELS, it has no such flag).
+MAX_MEGAPIXELS_FLAG = "--max-megapixels"
 
 
 def _register_plugins() -> None:
@@ -183,17 +161,21 @@ def _within_aspect(img: Image.Image) -> Image.Image:
     return img.crop((0, top, w, top + longest))
 
 
-def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Decoded:
+def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+               limit_name: str = MAX_MEGAPIXELS_FLAG) -> Decoded:
+    """The image of `path`, shrunk towards `target`, or a SkipImage saying why not.
+    `limit_name`: the flag or setting a too-large message names as the one that sets
+    `max_megapixels`."""
     try:
         if os.path.getsize(path) == 0:
             raise SkipImage("empty file (0 bytes)")
         try:
-            return _decode(path, path, target, max_megapixels)
+            return _decode(path, path, target, max_megapixels, limit_name)
         except OSError as exc:
             whole = _missing_only_its_end(path, exc)
             if whole is None:
                 raise
-            return _decode(path, io.BytesIO(whole), target, max_megapixels)
+            return _decode(path, io.BytesIO(whole), target, max_megapixels, limit_name)
     except SkipImage:
         raise
     except FileNotFoundError:
@@ -221,7 +203,7 @@ def load_image(path: str, target: int = 224, max_megapixels: float = DEFAULT_MAX
         raise SkipImage("out of memory while decoding", lasting=False) from None
 
 
-def _decode(path: str, source, target: int, max_megapixels: float) -> Decoded:
+def _decode(path: str, source, target: int, max_megapixels: float, limit_name: str) -> Decoded:
     """load_image's work on `source` (the file's path, or its bytes mended)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -232,7 +214,7 @@ def _decode(path: str, source, target: int, max_megapixels: float) -> Decoded:
             if megapixels > max_megapixels:
                 raise SkipImage(
                     f"too large: {w}x{h} is {megapixels:.{0 if megapixels >= 10 else 2}f} megapixels "
-                    f"(limit --max-megapixels {max_megapixels:g})"
+                    f"(limit {limit_name} {max_megapixels:g})"
                 )
             if img.format == "JPEG" and min(w, h) > 2 * target:
                 scale = target / min(w, h)
@@ -348,12 +330,15 @@ def _stretched_float(img: Image.Image) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8)).convert("RGB")
 
 
-def decode_job(args: tuple[str, int, float]) -> tuple[str, Decoded | None, str | None, bool]:
+def decode_job(args: tuple) -> tuple[str, Decoded | None, str | None, bool]:
     """Pool entry point: (path, decoded, reason skipped, whether that reason lasts).
-    Never raises, so one bad file cannot break the pool."""
-    path, target, max_megapixels = args
+    `args`: (path, target, max_megapixels), and optionally the name of the setting that
+    sets the limit (load_image's limit_name). Never raises, so one bad file cannot break
+    the pool."""
+    path, target, max_megapixels = args[:3]
+    limit_name = args[3] if len(args) > 3 else MAX_MEGAPIXELS_FLAG
     try:
-        decoded = load_image(path, target, max_megapixels)
+        decoded = load_image(path, target, max_megapixels, limit_name)
         try:
             decoded.fingerprint = fingerprint(path)  # just read: from the page cache
             if not covers_whole(os.path.getsize(path)):

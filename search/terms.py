@@ -2,7 +2,7 @@
 
 `--add 2:sunset` is the text "sunset" with weight 2; `--subtract beach.jpg` is that
 image with weight 1 taken away. A term names an image when it is an existing file
-with the extension of a type ingest reads (clipsearch/images.py's IMAGE_TYPES, the
+with the extension of a type ingest reads (clipsearch/image_types.py's IMAGE_TYPES, the
 one table); anything else is text, but for one word with an image extension that
 names no file (a mistyped path), or one that names an existing file of another type
 (notes.txt, photo.psd): those are errors, not searches for the words "cam/nosuch.jpg".
@@ -72,11 +72,11 @@ def _extension(value: str) -> str:
 def _image_extension(extension: str) -> bool:
     """Whether `extension` is one of a type ingest reads (whether this install has its
     decoder or not: a .heic query is then told what to install, not searched as text).
-    Pillow is imported only for a word that has an extension at all: a text query
-    imports none."""
+    The table (clipsearch/image_types.py) imports no Pillow: a query naming a file,
+    sent to a server (`search --server`), costs no Pillow import."""
     if not extension:
         return False
-    from clipsearch.images import IMAGE_EXTENSIONS
+    from clipsearch.image_types import IMAGE_EXTENSIONS
 
     return extension in IMAGE_EXTENSIONS
 
@@ -98,7 +98,7 @@ def refuse_missing_image(value: str, option: str) -> None:
         raise ClipsearchError(f"{option} {shown(word)} looks like an image file, but there is none at that path; "
                               "give an image that exists, or words to search for")
     if not image and _extension(word) and os.path.isfile(_expand(word)):
-        from clipsearch.images import IMAGE_EXTENSIONS
+        from clipsearch.image_types import IMAGE_EXTENSIONS
 
         raise ClipsearchError(f"{option} {shown(word)} is a file, but not an image of a type clipsearch reads "
                               f"({' '.join(sorted(IMAGE_EXTENSIONS))}); give an image file, or words to search for")

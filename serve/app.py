@@ -16,14 +16,13 @@ import re
 import time
 import unicodedata
 import uuid
-from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Sequence
 
 from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields, path_of, stored
 
-from .files import THUMBNAIL_SIZES, Gone, Thumbnails, etag, media_type, open_indexed
+from .files import THUMBNAIL_SIZES, Gone, IndexedFileResponse, Thumbnails, etag, media_type, open_indexed
 from .parameters import UPLOAD_PATH, BlankParameters, invalid_request, known_parameters
 from .security import OPEN_PATHS, SESSION_SECONDS, Guard
 from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, elapsed_ms
@@ -73,6 +72,13 @@ def content_policy(html: str = "") -> str:
 CONTENT_POLICY = content_policy()
 
 
+def own_headers(cache: str = NO_STORE) -> dict[str, str]:
+    """The headers every response of serve carries. The Gatekeeper adds them to what
+    passes through it; a response made outside it (a CORS preflight, the 500 of an
+    unexpected error, which Starlette answers from its outermost layer) carries them itself."""
+    return {**SECURITY_HEADERS, "Cache-Control": cache, "Content-Security-Policy": CONTENT_POLICY}
+
+
 # -- the schema ------------------------------------------------------------------------
 
 
@@ -100,8 +106,8 @@ class Hits(BaseModel):
     took_ms: float
     dropped: list[str] = Field([], description="Liked or disliked ids left out: no longer in the index (deleted, "
                                              "or renamed or moved: an id is its path's).")
-    note: str | None = Field(None, description="Why the answer is empty, where serve can tell: the `in` folder is "
-                                               "not a folder on the server's machine.")
+    note: str | None = Field(None, description="Why the answer is empty, where serve can tell: the index holds "
+                                               "nothing under the `in` folder.")
 
 
 # The photo filters, as `clipsearch search` takes them (search/filters.py parses both).
@@ -203,30 +209,26 @@ def one_line(text: str) -> str:
 
 
 def hits_of(found, k: int, offset: int, started: float, dropped: Sequence[str] = (),
-            folder: str | None = None) -> JSONResponse:
+            note: str | None = None) -> JSONResponse:
     """The hits as sent: a finished response, which FastAPI passes on without
-    validating it again against `Hits` (the schema it documents). `folder`: the `in`
-    filter, whose absence from the server's disk explains an empty answer (`note`)."""
+    validating it again against `Hits` (the schema it documents). `note`: why the
+    answer is empty (folder_note)."""
     answer = {"hits": [{**hit.to_dict(), **path_fields(hit.path), "score": round(hit.score, 6),
                         "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
                         "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
               "k": k, "offset": offset, "took_ms": elapsed_ms(started), "dropped": list(dropped)}
-    note = folder_note(folder, bool(found))
     if note:
         answer["note"] = note
     return JSONResponse(answer)
 
 
-def folder_note(folder: str | None, found_any: bool) -> str | None:
-    """The local search's note on an empty answer under a folder that is not there
-    (search.filters.absent_folder_note), in the words of a client of the server's machine."""
-    from clipsearch.search.filters import absent_folder_note
-
-    if folder is None or not folder.strip():
+def folder_note(service: SearchService, folder: str | None, found: Sequence) -> str | None:
+    """The note on an empty answer under an `in` folder the index holds nothing under
+    (a typo, a folder never ingested). What the index knows only: whether the folder
+    is on the server's disk is not the client's to learn."""
+    if found or folder is None or not folder.strip() or service.indexed_under(folder):
         return None
-    if absent_folder_note(os.path.expanduser(folder), found_any) is None:  # ~ is the server's home, as for `in`
-        return None
-    return f"in={one_line(folder)}: no such folder on the server's machine"
+    return f"in={one_line(folder)}: nothing is indexed under this folder"
 
 
 def image_facts(point: str, payload: dict) -> dict:
@@ -253,33 +255,6 @@ _CONDITIONS = StaticFiles(check_dir=False)
 
 def not_modified(request: Request, headers: dict[str, str]) -> bool:
     return _CONDITIONS.is_not_modified(Headers(headers={k.lower(): v for k, v in headers.items()}), request.headers)
-
-
-class IndexedFileResponse(FileResponse):
-    """Starlette's FileResponse (Range, If-Range, Last-Modified) over a descriptor that
-    open_indexed opened and checked, never the path again: a file swapped after the
-    check is not the one sent. The descriptor is closed once the response is sent."""
-
-    def __init__(self, fd: int, path: str, **kwargs):
-        self.fd = fd
-        super().__init__(path, stat_result=os.fstat(fd), **kwargs)
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            os.close(self.fd)
-
-    @asynccontextmanager
-    async def _open_file(self):
-        import anyio
-
-        file = anyio.wrap_file(os.fdopen(os.dup(self.fd), "rb"))
-        try:
-            yield file
-        finally:
-            with anyio.CancelScope(shield=True):
-                await file.aclose()
 
 
 # The largest body of a request that is not an image upload: JSON of a search with its
@@ -376,8 +351,7 @@ class Gatekeeper:
         async def sending(message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in (*SECURITY_HEADERS.items(), ("Cache-Control", cache),
-                                    ("Content-Security-Policy", CONTENT_POLICY)):
+                for name, value in own_headers(cache).items():
                     if name not in headers:
                         headers[name] = value
             elif head and message["type"] == "http.response.body":
@@ -432,7 +406,8 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     @app.exception_handler(Exception)
     def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, one_line(str(exc)))
-        return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500)
+        return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500,
+                            headers=own_headers())
 
     # -- who may ask ---------------------------------------------------------------------
     app.add_middleware(BlankParameters)
@@ -517,7 +492,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         started = time.perf_counter()
         found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
                                            min_score=min_score, where=photo_filter(after, before, camera, near)))
-        return hits_of(found.hits, k, offset, started, folder=folder)
+        return hits_of(found.hits, k, offset, started, note=folder_note(service, folder, found.hits))
 
     @app.post("/api/search", response_model=Hits, responses=ERRORS)
     def search_post(body: Annotated[SearchBody, Body()]) -> JSONResponse:
@@ -528,7 +503,8 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
             liked=[str(i) for i in body.liked], disliked=[str(i) for i in body.disliked],
             k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score,
             where=photo_filter(body.after, body.before, body.camera, body.near)))
-        return hits_of(found.hits, body.k, body.offset, started, found.dropped, folder=body.folder)
+        return hits_of(found.hits, body.k, body.offset, started, found.dropped,
+                       note=folder_note(service, body.folder, found.hits))
 
     @app.post("/api/search/image", response_model=Hits, responses=ERRORS)
     def search_upload(file: Annotated[UploadFile, File(description="The query image.")],
@@ -549,7 +525,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                                  "(--upload-megabytes / CLIPSEARCH_UPLOAD_MEGABYTES)")
         image = uploads.decode(data, service.encoder.image_size)
         found = service.by_image(image, k=k, offset=offset, under=folder, min_score=min_score, where=where)
-        return hits_of(found, k, offset, started, folder=folder)
+        return hits_of(found, k, offset, started, note=folder_note(service, folder, found))
 
     @app.get("/api/images/{point}/similar", response_model=Hits, responses=ERRORS)
     def similar(point: POINT, k: K = 20, offset: OFFSET = 0, folder: FOLDER = None,
@@ -558,7 +534,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         started = time.perf_counter()
         found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score,
                                 where=photo_filter(after, before, camera, near))
-        return hits_of(found, k, offset, started, folder=folder)
+        return hits_of(found, k, offset, started, note=folder_note(service, folder, found))
 
     # -- images --------------------------------------------------------------------------
     def open_checked(point: str) -> tuple[dict, int]:
@@ -591,9 +567,11 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
             return Response(thumbnails.get(str(point), payload, size, fd, started), media_type="image/jpeg",
                             headers=headers)
 
-    @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, 206: {}, 304: {}, **ERRORS})
+    @app.get("/api/images/{point}/file", responses={200: {"content": {"image/*": {}}}, 206: {}, 304: {},
+                                                    416: {"model": Message}, **ERRORS})
     def original(request: Request, point: POINT):
-        """The original file: revalidated by ETag (If-None-Match: 304), and in parts (Range: 206)."""
+        """The original file: revalidated by ETag (If-None-Match: 304), and in parts (one
+        byte range: 206; one past the end of the file: 416)."""
         payload, fd = open_checked(str(point))
         response = IndexedFileResponse(fd, path_of(payload), media_type=media_type(path_of(payload)), headers={
             "ETag": etag(str(point), payload), "Cache-Control": "private, no-cache",
@@ -627,7 +605,7 @@ class Cors(CORSMiddleware):
         plain = super().preflight_response(request_headers)
         headers = {name: value for name, value in plain.headers.items()
                    if name not in ("content-length", "content-type")}
-        headers.update({**SECURITY_HEADERS, "Cache-Control": NO_STORE, "Content-Security-Policy": CONTENT_POLICY})
+        headers.update(own_headers())
         if plain.status_code == 200:
             return JSONResponse({"ok": True}, headers=headers)
         refused = bytes(plain.body).decode().removeprefix("Disallowed CORS ")  # what was refused: origin, method...
@@ -673,12 +651,17 @@ def login_page() -> HTMLResponse:
 
 def allowed_methods(app: FastAPI, scope) -> list[str]:
     """Every method some route of this path answers; HEAD wherever GET is (Gatekeeper)."""
-    from starlette.routing import Match
+    from starlette.routing import Match, Mount
 
+    # Matched from the application's root: inside a mount, the scope's root is the mount's.
+    scope = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
     methods: set[str] = set()
     for route in app.router.routes:
-        if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
-            methods |= set(route.methods)  # type: ignore[attr-defined]
+        # A mount of static files (the docs' assets) names no methods: StaticFiles answers GET.
+        answers = getattr(route, "methods", None) or (
+            {"GET"} if isinstance(route, Mount) and isinstance(route.app, StaticFiles) else None)
+        if answers and route.matches(scope)[0] is not Match.NONE:
+            methods |= set(answers)
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)

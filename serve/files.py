@@ -35,8 +35,13 @@ import re
 import stat
 import threading
 from contextlib import contextmanager, nullcontext
+from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+
+from anyio import to_thread
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_of
@@ -100,9 +105,119 @@ def media_type(path: str) -> str:
     return kind if kind in RASTER_TYPES else "application/octet-stream"
 
 
+served_type = media_type  # for IndexedFileResponse, whose argument of that name hides it
+
+
 def etag(point: str, payload: dict, size: int | None = None) -> str:
     facts = f"{point}:{size}:{payload.get('size')}:{payload.get('mtime_ns', payload.get('mtime'))}"
     return '"' + hashlib.sha256(facts.encode()).hexdigest()[:32] + '"'
+
+
+# -- an original, sent from its checked descriptor ------------------------------------
+class BadRange(ClipsearchError):
+    """A Range header that is no byte range serve can read: a 400."""
+
+
+class RangeNotSatisfiable(ClipsearchError):
+    """A byte range that starts past the end of the file: a 416."""
+
+
+# One range, as RFC 9110 spells it: FIRST-LAST, FIRST- (to the end) or -COUNT (the last COUNT bytes).
+_BYTE_RANGE = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+
+
+def requested_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The bytes [start, end) of a file of `size` bytes that a Range header asks for;
+    None for the whole file: no header, a unit other than bytes (which RFC 9110 says to
+    ignore), or several ranges (which it allows to answer whole: a photo viewer or a
+    resumed download asks for one)."""
+    if header is None:
+        return None
+    unit, equals, ranges = header.partition("=")
+    if unit.strip().lower() != "bytes":
+        return None
+    if "," in ranges:
+        return None
+    found = _BYTE_RANGE.fullmatch(ranges) if equals else None
+    if found is None or not (found[1] or found[2]):
+        raise BadRange("the Range header is not a byte range: send bytes=FIRST-LAST, bytes=FIRST- or bytes=-COUNT "
+                       "(bytes counted from 0)")
+    if not found[1]:  # the last COUNT bytes
+        count = int(found[2])
+        if count == 0 or size == 0:
+            raise RangeNotSatisfiable(f"the Range header asks for no byte of the file ({size} bytes)")
+        return max(0, size - count), size
+    start = int(found[1])
+    last = int(found[2]) if found[2] else None
+    if last is not None and last < start:
+        raise BadRange("the Range header's last byte comes before its first: send bytes=FIRST-LAST with "
+                       "FIRST <= LAST")
+    if start >= size:
+        raise RangeNotSatisfiable(f"the Range header asks for bytes from {start}, past the end of the file "
+                                  f"({size} bytes)")
+    return start, size if last is None else min(size, last + 1)
+
+
+class IndexedFileResponse(Response):
+    """An original, read from the descriptor open_indexed opened and checked, never
+    from its path again: a file swapped in after the check is not the one sent. With
+    Last-Modified, and Range: one byte range is a 206, one past the end a 416 (as JSON,
+    as every error of the API); If-Range that names another version sends the whole
+    file. Conditional requests (304) are the route's. The descriptor is closed once the
+    response is sent."""
+
+    chunk_size = 64 * 1024
+
+    def __init__(self, fd: int, path: str, media_type: str | None = None, headers: Mapping[str, str] | None = None):
+        st = os.fstat(fd)
+        self.fd = fd
+        self.size = st.st_size
+        super().__init__(media_type=media_type or served_type(path), headers={
+            "Accept-Ranges": "bytes", "Last-Modified": formatdate(st.st_mtime, usegmt=True), **(headers or {}),
+            "Content-Length": str(st.st_size)})
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self._answer(scope)(scope, receive, send)
+        finally:
+            os.close(self.fd)
+
+    def _answer(self, scope) -> Response:
+        request = Headers(scope=scope)
+        wanted = None
+        try:
+            if self._range_applies(request.get("if-range")):
+                wanted = requested_range(request.get("range"), self.size)
+        except RangeNotSatisfiable as exc:
+            return JSONResponse({"error": str(exc)}, status_code=416,
+                                headers={"Content-Range": f"bytes */{self.size}"})
+        except BadRange as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        start, end = wanted or (0, self.size)
+        headers = dict(self.headers)
+        headers["content-length"] = str(end - start)
+        if wanted is not None:
+            headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
+        status = 200 if wanted is None else 206
+        head = scope.get("method") == "HEAD"
+        return StreamingResponse(self._chunks(start, end if not head else start), status_code=status, headers=headers)
+
+    def _range_applies(self, if_range: str | None) -> bool:
+        """If-Range: the range only if the file is still the version the client names,
+        by its (strong) ETag or its exact Last-Modified date."""
+        if if_range is None:
+            return True
+        if if_range.startswith("W/"):
+            return False
+        return if_range in (self.headers.get("etag"), self.headers.get("last-modified"))
+
+    async def _chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        while start < end:
+            chunk = await to_thread.run_sync(os.pread, self.fd, min(self.chunk_size, end - start), start)
+            if not chunk:  # shorter than it was checked to be: the connection ends short of Content-Length
+                return
+            start += len(chunk)
+            yield chunk
 
 
 def facts_of(payload: dict) -> str:

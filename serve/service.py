@@ -282,6 +282,11 @@ class SearchService:
         return searcher.by_vector(vector, offset + k, canonical_folder(under), min_score, where=where)[offset:]
 
     # -- facts ------------------------------------------------------------------
+    def indexed_under(self, folder: str) -> int:
+        """How many photos the index holds under `folder` (the `in` filter, as a search
+        reads it)."""
+        return self.index.count(under=canonical_folder(folder))
+
     def record(self, point: str) -> dict:
         records = self.index.retrieve([point])
         if not records:

@@ -24,6 +24,9 @@ DECODE_SECONDS = 10.0
 # How long an upload waits for its turn at the decoder before serve answers 503: the
 # decode's own limit counts from its turn, not from its arrival.
 QUEUE_SECONDS = 30.0
+# The setting serve's megapixel limit comes from (serve has no --max-megapixels flag):
+# what the message on a too-large upload names.
+LIMIT_SETTING = "CLIPSEARCH_MAX_MEGAPIXELS"
 # Uploads that may wait at once. Each holds one of the HTTP server's worker threads
 # (about 40, shared with searches and thumbnails): beyond this, 503 at once.
 MAX_WAITING = 4
@@ -78,7 +81,7 @@ class UploadDecoder:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels),))
+                result = self._get_pool().apply_async(decode_job, ((path, target, self.max_megapixels, LIMIT_SETTING),))
                 try:
                     _, decoded, reason, _ = result.get(timeout=self.seconds)
                 except multiprocessing.TimeoutError:
@@ -89,8 +92,6 @@ class UploadDecoder:
         finally:
             self._turn.release()
         if decoded is None:
-            # The decoder names ingest's flag; serve takes the limit from the variable only.
-            reason = str(reason).replace("--max-megapixels", "CLIPSEARCH_MAX_MEGAPIXELS")
             raise NotAnImage(f"the upload is not a usable image: {reason}")
         return decoded.image
 

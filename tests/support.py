@@ -377,3 +377,28 @@ def stop_training_at_step(monkeypatch, step: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(training._ProgressCallback, "on_step_end", interrupt)
+
+
+@contextmanager
+def listening(app):
+    """`app` behind uvicorn and serve's own connection protocol, on a loopback port in a
+    thread of this process; yields its base URL. Requests wait in the listen backlog
+    until it runs: nothing to wait for before using it."""
+    import threading
+
+    import uvicorn
+
+    from clipsearch.serve import connections
+    from clipsearch.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="critical",
+                                           http=connections.protocol_class(30.0, 1000)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from clipsearch.cli import cli
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import point_id
 
+import support
 from support import draw_image
 
 TOKEN = "api-contract-test-token-0123456789"
@@ -249,10 +249,10 @@ def test_facts_by_id_carry_the_exact_name_and_downloads_a_plain_one(client, odd_
 # -- notes ----------------------------------------------------------------------------
 
 
-def test_an_empty_answer_under_a_folder_the_server_lacks_has_a_note(client, served):
+def test_an_empty_answer_under_a_folder_the_index_lacks_has_a_note(client, served):
     missing = str(served.photos / "no-such-folder")
     answer = client.get("/api/search", params={"q": "cat", "in": missing}).json()
-    assert answer["hits"] == [] and answer["note"] == f"in={missing}: no such folder on the server's machine"
+    assert answer["hits"] == [] and answer["note"] == f"in={missing}: nothing is indexed under this folder"
     posted = client.post("/api/search", json={"query": "cat", "in": missing}).json()
     assert posted["note"] == answer["note"]
     assert "note" not in client.get("/api/search", params={"q": "cat", "in": str(served.photos / "beach")}).json()
@@ -263,26 +263,8 @@ def test_an_empty_answer_under_a_folder_the_server_lacks_has_a_note(client, serv
 
 @pytest.fixture(scope="module")
 def listening(served):
-    """The served application behind uvicorn and serve's own connection protocol, on a
-    loopback port in a thread of this process. Requests wait in the listen backlog
-    until it runs: nothing to wait for before using it."""
-    import uvicorn
-
-    from clipsearch.serve import connections
-    from clipsearch.serve.server import bind
-
-    sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(served.app, access_log=False, log_level="critical",
-                            http=connections.protocol_class(30.0, 1000))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with support.listening(served.app) as url:
+        yield url
 
 
 def test_a_request_line_too_long_for_http_is_answered_in_json(listening):
@@ -328,7 +310,7 @@ def test_search_server_with_k_beyond_one_request_and_a_missing_folder(listening,
     missing = str(served.photos / "no-such-folder")
     result = CliRunner().invoke(cli, ["search", "red", "--server", listening, "--in", missing])
     assert result.exit_code == 0, result.output
-    assert f"in={missing}: no such folder on the server's machine" in result.stderr
+    assert f"in={missing}: nothing is indexed under this folder" in result.stderr
 
 
 # -- sessions -------------------------------------------------------------------------
