@@ -23,12 +23,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .config import Settings
-from .errors import ClipsearchError
+from .errors import BusyError, ClipsearchError, UsageError
 from .lazy_package import lazy_package
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BusyError",
     "ClipsearchError",
     "Encoder",
     "Hit",
@@ -40,6 +41,7 @@ __all__ = [
     "SearchHit",
     "Searcher",
     "Settings",
+    "UsageError",
     "__version__",
     "ingest",
     "open_index",

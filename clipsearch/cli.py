@@ -15,6 +15,7 @@ import errno
 import importlib
 import os
 import signal
+import sys
 import threading
 
 import click
@@ -56,7 +57,7 @@ class CliGroup(click.Group):
         except ClipsearchError as exc:
             # A message naming a file may carry its bytes: no control character or
             # undecodable byte reaches the terminal raw (clipsearch/names.py).
-            raise click.ClickException(printable(str(exc))) from None
+            raise _Failed(printable(str(exc)), exc.exit_code) from None
         except OSError as exc:
             if exc.errno != errno.EPIPE and _output_failed(exc):  # > /dev/full, a full disk
                 raise click.ClickException(f"cannot write the output: {exc.strerror or exc}") from None
@@ -75,6 +76,14 @@ class CliGroup(click.Group):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+class _Failed(click.ClickException):
+    """`Error: <line>`, exiting with the ClipsearchError's own status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click types it a ClassVar; click reads it per instance
 
 
 def _output_failed(exc: OSError) -> bool:
@@ -128,7 +137,8 @@ def _quiet_hung_up(terminals: list[int]) -> None:
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipsearch")
-def cli():
+@click.pass_context
+def cli(ctx):
     """Search your images with words. CLIP embeddings in a Qdrant index.
 
     \b
@@ -136,6 +146,11 @@ def cli():
       clipsearch search "a dog running on the beach" -k 5
       clipsearch status
     """
+    if 1 in (ctx.obj or {}).get("closed_streams", ()) and ctx.invoked_subcommand not in WRITERS:
+        # Its answer would go nowhere, and exit 0 would say it went somewhere. A writer's
+        # work is the index: it runs, its summary discarded.
+        raise click.ClickException("standard output is closed: nowhere to write the answer "
+                                   "(redirect it: > FILE, or > /dev/null to discard it)")
     for line in config.unknown_variables():
         click.echo(printable(line), err=True)  # a variable's name is the environment's bytes
 
@@ -149,13 +164,39 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _fill_closed_standard_streams() -> frozenset[int]:
+    """Standard descriptors the caller closed (`>&-`, a daemon's launcher), each given
+    /dev/null: the next file opened would otherwise become descriptor 1 or 2, and output
+    meant for the terminal would be written into it (an index file, a model file). Python
+    left sys.stdout or sys.stderr None for them; they write to /dev/null now (an error
+    line to nowhere rather than, as click fell back to, onto stdout). Returns the closed
+    descriptors: a command whose answer is its output refuses to run without stdout."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        nowhere = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if nowhere != fd:
+            os.dup2(nowhere, fd)
+            os.close(nowhere)
+    if 1 in closed:
+        sys.stdout = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
+    if 2 in closed:
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    return frozenset(closed)
+
+
 def main() -> None:
     """The console script. `console_script` lets a command skip the interpreter's
     teardown once its answer is out (search does); a caller that invokes `cli`
     itself (tests, scripts) keeps its process."""
     status = 1
+    closed = _fill_closed_standard_streams()
     try:
-        cli.main(prog_name="clipsearch", obj={"console_script": True})
+        cli.main(prog_name="clipsearch", obj={"console_script": True, "closed_streams": closed})
     except SystemExit as done:
         status = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         raise

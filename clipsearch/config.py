@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import ClipsearchError
+from .errors import UsageError
 
 DEFAULT_MODEL = "sentence-transformers/clip-ViT-B-32"
 DEFAULT_COLLECTION = "images"
@@ -368,7 +368,7 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
         return setting.parse(raw)
     except ValueError as exc:
         shown = "(hidden)" if setting.secret else repr(raw)
-        raise ClipsearchError(f"{variable}={shown} {exc}") from None
+        raise UsageError(f"{variable}={shown} {exc}") from None
 
 
 def where_set(name: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -421,7 +421,7 @@ def _given_place(name: str, given: Any) -> Any:
     if isinstance(given, os.PathLike):
         given = os.fsdecode(given)
     if isinstance(given, str) and not given.strip():
-        raise ClipsearchError(f"Settings: {name}={given!r} is empty; give one, or leave it out (None) "
+        raise UsageError(f"Settings: {name}={given!r} is empty; give one, or leave it out (None) "
                               f"for {BY_NAME[name].env[0]} or the default")
     return given
 
@@ -437,7 +437,7 @@ def refuse_host_port(index: str, where: str) -> None:
     found = _HOST_PORT.fullmatch(index)
     if found is None or not 0 < int(found.group(1)) < 65536 or os.path.exists(os.path.expanduser(index)):
         return
-    raise ClipsearchError(f"{where} {index!r} looks like a server's HOST:PORT, not an index folder: give "
+    raise UsageError(f"{where} {index!r} looks like a server's HOST:PORT, not an index folder: give "
                           f"http://{index} for a Qdrant server (https:// behind TLS), or ./{index} for a new "
                           "folder of that name")
 
@@ -481,7 +481,7 @@ class Settings:
         for name in ("index", "collection", "model"):
             _given_place(name, getattr(self, name))
         if not valid_collection_name(self.collection):
-            raise ClipsearchError(f"collection name {self.collection!r} is not valid (--collection / "
+            raise UsageError(f"collection name {self.collection!r} is not valid (--collection / "
                                   "CLIPSEARCH_COLLECTION)")
 
     @classmethod
@@ -512,14 +512,14 @@ class Settings:
                 variable = BY_NAME[name].env[0]
                 flag = BY_NAME[name].flag
                 where = f"{flag} / {variable}" if flag else variable
-                raise ClipsearchError(f"{name.replace('_', ' ')} {given!r} {exc} ({where})") from None
+                raise UsageError(f"{name.replace('_', ' ')} {given!r} {exc} ({where})") from None
         if isinstance(self.grpc, str):
             try:
                 changes["grpc"] = parse_bool(self.grpc)
             except ValueError as exc:
-                raise ClipsearchError(f"CLIPSEARCH_GRPC={self.grpc!r} {exc}") from None
+                raise UsageError(f"CLIPSEARCH_GRPC={self.grpc!r} {exc}") from None
         if not valid_collection_name(self.collection):
-            raise ClipsearchError(
+            raise UsageError(
                 f"collection name {self.collection!r} is not valid (--collection / CLIPSEARCH_COLLECTION)"
             )
         settings = replace(self, **changes)

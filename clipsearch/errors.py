@@ -5,9 +5,26 @@ import signal
 
 class ClipsearchError(Exception):
     """A failure the user can act on. Its message is one line that names the file,
-    row, setting or URL involved; the CLI prints it as `Error: ...` and exits 1."""
+    row, setting or URL involved; the CLI prints it as `Error: ...` and exits with
+    `exit_code`: 1, or a subclass's own, so that a script tells a mistake in how it
+    called clipsearch (2) and an index busy for now (75) from a failure to look at."""
 
     exit_code = 1
+
+
+class UsageError(ClipsearchError):
+    """A flag, setting or argument with a value the command cannot take: exit 2, as
+    click's own usage errors (a value of the wrong type) do."""
+
+    exit_code = 2
+
+
+class BusyError(ClipsearchError):
+    """Something another process holds right now (an embedded index in use): trying
+    again later can succeed. Exit 75, sysexits' EX_TEMPFAIL, which cron wrappers and
+    service managers read as "try again"."""
+
+    exit_code = 75
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,11 +13,11 @@ import errno
 import fcntl
 import os
 
-from ..errors import ClipsearchError
+from ..errors import BusyError, ClipsearchError
 
 
-class InUseError(ClipsearchError):
-    pass
+class InUseError(BusyError):
+    """The lock is held by another process, or already by this one."""
 
 
 class ExclusiveLock:

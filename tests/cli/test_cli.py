@@ -622,7 +622,7 @@ def test_the_console_script_ignores_a_hangup_once_its_command_is_done(monkeypatc
         signal.signal(signal.SIGHUP, previous)
 
 
-@pytest.mark.parametrize("args, status", [(["status", "--json"], 0), (["status", "--collection", "../x"], 1)])
+@pytest.mark.parametrize("args, status", [(["status", "--json"], 0), (["status", "--collection", "../x"], 2)])
 def test_a_sigterm_while_a_finished_command_tears_down_keeps_its_status(tmp_path, args, status):
     """A service manager's SIGTERM that came after the run was done but before the
     interpreter had exited turned a success into exit 143: it now ends the teardown at

@@ -118,7 +118,7 @@ def test_a_bad_value_is_one_line_naming_the_variable(variable, bad):
 ])
 def test_the_cli_reports_a_bad_variable_in_one_line(tmp_path, variable, bad, args):
     result = CliRunner().invoke(cli, args + ["--index", str(tmp_path / "idx")], env={variable: bad})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and variable in lines[0], result.output
     assert "Traceback" not in result.output
@@ -164,7 +164,7 @@ def test_an_empty_flag_naming_a_place_is_refused(tmp_path, monkeypatch, flag):
 
 def test_a_collection_name_with_a_line_break_is_refused_and_status_quotes_an_odd_index(tmp_path):
     refused = CliRunner().invoke(cli, ["status", "--index", str(tmp_path / "i"), "--collection", "a\nfake: 1"])
-    assert refused.exit_code == 1 and "collection name 'a\\nfake: 1' is not valid" in refused.output
+    assert refused.exit_code == 2 and "collection name 'a\\nfake: 1' is not valid" in refused.output
     odd = tmp_path / "index\nfake:        1"
     shown = CliRunner().invoke(cli, ["status", "--index", str(odd)])
     assert shown.exit_code == 0, shown.output

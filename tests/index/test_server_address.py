@@ -24,7 +24,7 @@ def test_a_host_and_port_without_http_is_refused_naming_where_it_came_from(tmp_p
     else:
         monkeypatch.setenv(given, address)
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     [line] = [line for line in result.output.splitlines() if line.strip()]
     assert f"{given} {address!r} looks like a server's HOST:PORT" in line and f"give http://{address}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no index folder made
@@ -47,5 +47,5 @@ def test_migrate_names_its_own_flag_for_a_host_and_port(tmp_path, monkeypatch, t
     common = ["--model", str(tiny_model_dir), "--workers", "0", "-q"]
     assert CliRunner().invoke(cli, ["ingest", "photos", "--index", index, *common]).exit_code == 0
     result = CliRunner().invoke(cli, ["migrate", "--index", index, "--to", "qdrant:6333"])
-    assert result.exit_code == 1 and "--to 'qdrant:6333' looks like a server's HOST:PORT" in result.output
+    assert result.exit_code == 2 and "--to 'qdrant:6333' looks like a server's HOST:PORT" in result.output
     assert not (tmp_path / "qdrant:6333").exists()

@@ -222,7 +222,7 @@ def test_ingest_shard_flag_and_variable_through_the_cli(tmp_path, monkeypatch):
             if as_flag:
                 assert result.exit_code == 2 and line.startswith("Error: Invalid value for '--shard': "), line
             else:
-                assert result.exit_code == 1 and line.startswith("Error: CLIPSEARCH_SHARD="), line
+                assert result.exit_code == 2 and line.startswith("Error: CLIPSEARCH_SHARD="), line
             return
         assert result.exit_code == 0, result.output
         assert given_options.pop().shard == shard
