@@ -43,11 +43,11 @@ from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
 from .known_bad import KnownBadFiles, decoder_fingerprint
-from .prune import left_out
+from .prune import left_out, reached_via
 from .prune import plan as prune_plan
-from .relink import Relinker, place_payload, recorded_dev
+from .relink import Relinker, merged_reach, place_payload, recorded_dev, recorded_reach, with_reach
 from .report import SkipReport, check_report_path
-from .walk import UNREADABLE_FOLDER, FileEntry, image_extensions, image_file, walk_images
+from .walk import UNREADABLE_FOLDER, FileEntry, image_extensions, image_file, root_of, spelled, walk_images, walked_path
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
@@ -326,7 +326,39 @@ class Ingestor:
 
     def _changed_files(self, roots: Sequence[str]) -> Iterator[FileEntry]:
         """Walk, and drop files whose point already has their size and mtime."""
-        return self._unchanged_filtered(walk_images(roots, self.options.exclude, on_error=self._walk_skip))
+        return self._unchanged_filtered(walk_images(roots, self.options.exclude, on_error=self._walk_skip,
+                                                    on_again=self._reached_again))
+
+    def _reached_again(self, path: str, via: str) -> None:
+        """The walk met a file it had yielded again, through another link: recorded
+        once the run's writes are in (_record_reached_again)."""
+        self._again.setdefault(path, []).append(via)
+
+    def _record_reached_again(self) -> None:
+        """Add the links by which the walk reached files a second time to their points
+        (the first way is in the entry it yielded): so that deleting one link leaves
+        the point of a file another still reaches."""
+        again, self._again = self._again, {}
+        paths = list(again)
+        for i in range(0, len(paths), LOOKUP_CHUNK):
+            chunk = paths[i:i + LOOKUP_CHUNK]
+            records = self.index.retrieve([point_id(p) for p in chunk])
+            rewrites = []
+            for record in records:
+                path = path_of(record.payload)
+                if path not in again or not in_shard(record.id, self.options.shard):
+                    continue
+                via, direct, changed = merged_reach(record.payload, FileEntry(path, 0, 0, via=tuple(again[path]),
+                                                                               direct=False))
+                if changed:
+                    rewrites.append((record.id, with_reach(record.payload, via, direct)))
+            self._rewrite(rewrites)
+
+    def _rewrite(self, payloads: Sequence[tuple[str, dict]]) -> None:
+        """Write these payloads over their points', each keeping its vector."""
+        if payloads:
+            ids = [pid for pid, _ in payloads]
+            self.index.copy_points(ids, ids, [payload for _, payload in payloads])
 
     def _unchanged_filtered(self, entries: Iterable[FileEntry]) -> Iterator[FileEntry]:
         """The files of `entries` (the walk's, or a list's) in this shard that need
@@ -338,6 +370,11 @@ class Ingestor:
             stored = {r.id: r.payload for r in self.index.retrieve(ids)}
             new, new_ids, older, remounted = [], [], [], []
             for entry, pid in zip(chunk, ids):
+                reached_now = False
+                if pid in stored:  # how the walk reached it now, with how earlier runs did
+                    via, direct, reached_now = merged_reach(stored[pid], entry)
+                    if (via, direct) != (entry.via, entry.direct):
+                        entry = replace(entry, via=via, direct=direct)
                 unchanged = pid in stored and _is_unchanged(stored[pid], entry)
                 if unchanged and not self._edited_in_place(stored[pid], entry):
                     self.summary.unchanged += 1
@@ -350,7 +387,10 @@ class Ingestor:
                         if recorded_dev(stored[pid]) is None:
                             self._relinker.announce(reading=False)
                             self.summary.upgraded += 1
-                        remounted.append((pid, {**stored[pid], "dev": entry.dev}))
+                        remounted.append((pid, with_reach({**stored[pid], "dev": entry.dev}, entry.via,
+                                                          entry.direct)))
+                    elif reached_now:  # reached through a link it was not known by
+                        remounted.append((pid, with_reach(stored[pid], entry.via, entry.direct)))
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
@@ -363,9 +403,7 @@ class Ingestor:
                     new_ids.append(pid)
             chunk.clear()
             ids.clear()
-            if remounted:
-                self.index.copy_points([pid for pid, _ in remounted], [pid for pid, _ in remounted],
-                                       [payload for _, payload in remounted])
+            self._rewrite(remounted)
             self._relinker.upgrade(older)
             yield from self._relinker.relink(new, new_ids)  # moved or copied files keep their vectors
             # A walk of unchanged, moved or copied files embeds nothing for minutes on a
@@ -554,12 +592,16 @@ class Ingestor:
 
     def _prune(self, roots: Sequence[str]) -> None:
         """Remove the points under `roots` (this shard's) whose files the walk leaves out
-        or that are gone, by the rules of ingest/prune.py; what they leave alone is said
-        in summary.not_pruned."""
+        or that are gone, by the rules of ingest/prune.py, and those of files reached
+        through links under `roots` that no longer reach them (and nothing else does);
+        what they leave alone is said in summary.not_pruned."""
         shard = self.options.shard
         held: set[str] = set()  # nested roots scroll some points twice
         folders: Counter = Counter()
         unseen: list[tuple[str, str, int | None]] = []
+        still_reached: list[tuple[str, str, int | None]] = []  # through a link: only the gone rules judge them
+        unreached: list[str] = []
+        rewrites: dict[str, dict] = {}
         for root in roots:
             for record in self.index.scroll(under=root):
                 if record.id in held or (shard is not None and not in_shard(record.id, shard)):
@@ -567,14 +609,41 @@ class Ingestor:
                 held.add(record.id)
                 path = path_of(record.payload)
                 folders[os.path.dirname(path)] += 1
+                via, direct = recorded_reach(record.payload)
+                if not via:
+                    if record.id not in self.seen_ids:
+                        unseen.append((record.id, path, recorded_dev(record.payload)))
+                    continue
+                reach = self._reach_left(record.id, path, via, direct, roots)
+                if reach is None:
+                    unreached.append(record.id)
+                    continue
                 if record.id not in self.seen_ids:
-                    unseen.append((record.id, path, recorded_dev(record.payload)))
+                    still_reached.append((record.id, path, recorded_dev(record.payload)))
+                if reach != (via, direct):
+                    rewrites[record.id] = with_reach(record.payload, *reach)
         ruled_out, unseen = left_out(unseen, roots, self.options.exclude)
-        stale, self.summary.not_pruned = prune_plan(folders, unseen, self.options.allow_missing)
-        stale += ruled_out
+        stale, self.summary.not_pruned = prune_plan(folders, unseen + still_reached, self.options.allow_missing)
+        stale += ruled_out + unreached
+        gone = set(stale)
+        self._rewrite([(pid, payload) for pid, payload in rewrites.items() if pid not in gone])
         for i in range(0, len(stale), 1000):
             self.index.delete(ids=stale[i:i + 1000])
         self.summary.removed += len(stale)
+
+    def _reach_left(self, pid: str, path: str, via: list[str], direct: bool | None, roots: Sequence[str]
+                    ) -> tuple[list[str], bool | None] | None:
+        """What still reaches a file reached through links (`via`), by a prune of
+        `roots`: its links under them that still lead to it (or cannot be told now),
+        its links elsewhere (another root's, judged by that root's prune), and whether a
+        root reaches it at its own path (not one of `roots` that now leaves it out);
+        None where nothing does."""
+        exclude = self.options.exclude
+        left = [v for v in via if root_of(v, roots) is None or reached_via(v, path, roots, exclude) is not False]
+        if (direct and pid not in self.seen_ids and root_of(path, roots) is not None
+                and walked_path(path, roots, exclude) is None):
+            direct = False  # under a root that now leaves it out (hidden, --exclude'd)
+        return (left, direct) if left or direct else None
 
     # -- calls ------------------------------------------------------------------
     def _begin(self, started: float | None = None) -> float:
@@ -586,6 +655,7 @@ class Ingestor:
         self.walk_done = False
         self.walked = 0
         self.seen_ids = set()
+        self._again: dict[str, list[str]] = {}  # path -> the links by which the walk met it again
         # Points whose file changed since and can no longer be used (corrupt now): their
         # vector is of a picture that is not there any more. Removed once the writes are in.
         self._changed_ids: dict[str, str] = {}  # path -> id, of files changed since embedded
@@ -636,14 +706,20 @@ class Ingestor:
                     self.summary.embedded += size
             self._writes.clear()
 
-    def run(self, roots: Sequence[str], *, allow_empty: bool = False, show_progress: bool = True) -> IngestSummary:
+    def run(self, roots: Sequence[str], *, allow_empty: bool = False, show_progress: bool = True,
+            within: Sequence[str] | None = None) -> IngestSummary:
         """Ingest every image file under `roots`; the run's summary. No image file at
         all is an error (a typo'd folder, most likely) unless `allow_empty`.
-        `show_progress=False`: no progress line (a watcher's folder moved in)."""
-        roots = resolve_roots(roots)
+        `show_progress=False`: no progress line (a watcher's folder moved in).
+        `within`: the library's folders (canonical) that `roots` lie in, a watcher's:
+        a root that is a link into another folder is then walked as reached through
+        that link (walk_images), and pruned as such."""
+        canonical = resolve_roots(roots)
+        walked = canonical if within is None else [spelled(os.fsdecode(root)) for root in roots]
         self._show_progress = show_progress
         try:
-            return self._run(walk_images(roots, self.options.exclude, on_error=self._walk_skip), roots, allow_empty)
+            return self._run(walk_images(walked, self.options.exclude, on_error=self._walk_skip, within=within,
+                                         on_again=self._reached_again), walked, allow_empty)
         finally:
             self._show_progress = True
 
@@ -665,6 +741,7 @@ class Ingestor:
             try:
                 with self.index.bulk_load():
                     self._load(entries, filtered=counted is None)
+                self._record_reached_again()
                 lost = [] if self._stopped.is_set() else lost_roots(begun)
                 if lost:
                     self.summary.unreached = unreached_line(lost)
@@ -744,7 +821,10 @@ class Ingestor:
     def remove(self, paths: Iterable[str]) -> int:
         """Delete the points of `paths` that are gone from disk: a file's point, and for
         a path that was a folder every point under it. A path that exists (again) is
-        left alone. Returns how many points were removed (also in summary.removed)."""
+        left alone. A file reached through a link that was one of `paths` or under one
+        (its point's `via`) loses that way to it, and its point goes once nothing
+        reaches it (prune.reached_via). Returns how many points were removed (also in
+        summary.removed)."""
         started = self._begin()
         removed = 0
         try:
@@ -761,15 +841,36 @@ class Ingestor:
                     removed += len(found)
                 for path, pid in zip(chunk, ids):
                     self.known_bad.forget(path)
-                    if pid not in found and (under := self.index.count(under=path)):  # a folder
-                        self.index.delete(under=path)
-                        removed += under
+                    if pid not in found:  # a folder, or a link by which files were reached
+                        removed += self._remove_under(path)
             self.known_bad.save(gone)  # and the known-bad files under a removed folder
         finally:
             self.summary.removed += removed
             self._end(started)
         return removed
 
+    def _remove_under(self, gone: str) -> int:
+        """The points under the path `gone` (a folder or link deleted): those whose own
+        path lies there go; those reached through a link there lose it, and go where
+        nothing else reaches them. How many went."""
+        doomed: list[str] = []
+        rewrites: list[tuple[str, dict]] = []
+        below = gone.rstrip(os.sep) + os.sep
+        for record in self.index.scroll(under=gone):
+            path = path_of(record.payload)
+            via, direct = recorded_reach(record.payload)
+            if path == gone or path.startswith(below) or not via:
+                doomed.append(record.id)
+                continue
+            left = [v for v in via if not (v == gone or v.startswith(below)) or reached_via(v, path) is not False]
+            if not left and not direct:
+                doomed.append(record.id)
+            elif left != via:
+                rewrites.append((record.id, with_reach(record.payload, left, direct)))
+        self._rewrite(rewrites)
+        for i in range(0, len(doomed), 1000):
+            self.index.delete(ids=doomed[i:i + 1000])
+        return len(doomed)
 
 def _add(total: IngestSummary, part: IngestSummary) -> None:
     for name in ("found", "embedded", "unchanged", "skipped", "known_bad", "unreadable_folders", "warned", "moved",

@@ -10,6 +10,14 @@ reach (another shard's, one in a folder it could not read) is still there and ke
 point. And a drive or share that is not mounted looks like a folder whose photos were
 all deleted: pruning it would cost every vector of it, and a night of embedding to get
 them back.
+
+A file reached through a link (its point's `via`: a folder of the library linked to
+one outside it, `ln -s ~/private /photos/private`) is under the root by that link
+only: once the link is deleted, or points elsewhere, the root no longer reaches it and
+the point goes, though its file is there (reached_via), unless something else still
+reaches it (another link, or a root at its own path: `direct`). A link that still
+leads to where the file was, into a share not mounted, keeps it reached: the gone
+rules above judge the file.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Iterable, Sequence
 
 from clipsearch.names import shown
 
-from .walk import walked_path
+from .walk import exclude_patterns, excluded_target, passed_over, root_of, walked_path
 
 # Gone files are grouped by the nearest folder that still exists (an unmounted share's
 # empty mount point, say). A group of more than this share of that folder's images, and
@@ -79,6 +87,36 @@ def nearest_folder(path: str, known: dict[str, bool]) -> str:
         if known[folder] or parent == folder:
             return folder
         folder = parent
+
+
+def reached_via(via: str, path: str, roots: Sequence[str] | None = None, exclude: Sequence[str] = ()
+                ) -> bool | None:
+    """Whether the path `via` (as a walk spelled it, through links) still leads to the
+    file at `path` (canonical): True, False, or None where it cannot be told now (a
+    folder on the way that cannot be looked at). With `roots`, a `via` under one of
+    them must also pass the walk's rules below it (hidden, system, --exclude'd, a link
+    into an excluded folder): what the walk leaves out does not reach anything.
+
+    Where the way ends early (a link into a share not mounted), the links that are
+    there are followed and the rest kept as spelled: still the file's path, so the
+    file counts as reached and the gone rules judge it."""
+    root = root_of(via, roots) if roots else None
+    if root is not None and via != root:
+        patterns = exclude_patterns(exclude)
+        current = root
+        for part in os.path.relpath(via, root).split(os.sep):
+            parent, current = current, os.path.join(current, part)
+            if passed_over(part, os.path.join(os.path.realpath(parent), part), patterns):
+                return False
+            if patterns and os.path.islink(current) and excluded_target(os.path.realpath(current), patterns):
+                return False
+    try:
+        os.lstat(via)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a link gone or pointing elsewhere, or a share not mounted: realpath tells which
+    except OSError:
+        return None
+    return os.path.realpath(via) == path
 
 
 class GoneFiles:

@@ -23,6 +23,7 @@ are the new file's.
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Callable, Sequence
 
@@ -31,7 +32,7 @@ import numpy as np
 from clipsearch.fingerprint import content_hash, covers_whole, fingerprint
 from clipsearch.index import Index, ancestor_dirs
 from clipsearch.index import canonical_point_id as point_id
-from clipsearch.names import PATH_BYTES, path_fields
+from clipsearch.names import PATH_BYTES, is_text, name_bytes, path_fields, path_of, stored
 from clipsearch.photo_facts import FACT_FIELDS, photo_facts
 
 from .prune import GoneFiles
@@ -50,12 +51,86 @@ THERE, GONE, REPLACED, UNSURE = "there", "gone", "replaced", "unsure"
 def place_payload(entry: FileEntry) -> dict:
     """The payload fields that say where a file is and which version of it. `dev`, the
     file system it was on, tells a file that is gone from one whose drive or share is
-    not mounted (Relinker._source_state)."""
-    place = {**path_fields(entry.path), "dirs": ancestor_dirs(entry.path), "size": entry.size,
+    not mounted (Relinker._source_state); the reach fields (reach_fields), how the
+    walk got to it."""
+    place = {**path_fields(entry.path), **reach_fields(entry.path, entry.via, entry.direct), "size": entry.size,
              "mtime": entry.mtime, "mtime_ns": entry.mtime_ns}
     if entry.dev >= 0:
         place["dev"] = entry.dev
     return place
+
+
+def reach_fields(path: str, via: Sequence[str], direct: bool | None) -> dict:
+    """`dirs`, every folder above the file: at its own path, and at each path in `via`
+    (the paths through links by which a walk reached it), with those paths themselves,
+    so that `--in`, a prune of a root and a watcher's deleted link find a file reached
+    through a link under them. `via` (reversible: via_value) where there are any, and
+    `direct`, whether a root reaches the file at its own path (absent: a point made
+    before this was recorded, or from a path not walked)."""
+    dirs = ancestor_dirs(path)
+    for reached_by in via:
+        dirs += [stored(reached_by), *ancestor_dirs(reached_by)]
+    fields: dict = {"dirs": list(dict.fromkeys(dirs)) if via else dirs}
+    if via:
+        fields["via"] = [via_value(reached_by) for reached_by in via]
+    if direct is not None:
+        fields["direct"] = direct
+    return fields
+
+
+# A `via` path that is not UTF-8 is kept as its bytes, in base64 after this prefix: a
+# real path starts with "/", so the two cannot be confused.
+_VIA_BYTES = "bytes:"
+
+
+def via_value(path: str) -> str:
+    """A path of `via` as payload text, from which via_path gives it back exactly."""
+    if is_text(path):
+        return path
+    return _VIA_BYTES + base64.b64encode(name_bytes(path)).decode("ascii")
+
+
+def via_path(value: str) -> str:
+    if value.startswith(_VIA_BYTES):
+        try:
+            return os.fsdecode(base64.b64decode(value[len(_VIA_BYTES):], validate=True))
+        except ValueError:
+            return ""
+    return value
+
+
+def recorded_reach(payload: dict) -> tuple[list[str], bool | None]:
+    """(the paths through links a point's file was reached by, whether a root reaches it
+    at its own path: None for a point that does not say)."""
+    via = payload.get("via")
+    paths = [via_path(v) for v in via if isinstance(v, str)] if isinstance(via, list) else []
+    direct = payload.get("direct")
+    return [p for p in paths if p], direct if isinstance(direct, bool) else None
+
+
+def with_reach(payload: dict, via: Sequence[str], direct: bool | None) -> dict:
+    """`payload` with its reach fields made these (no `via` where there are none)."""
+    rest = {k: v for k, v in payload.items() if k not in ("via", "direct")}
+    return {**rest, **reach_fields(path_of(payload), via, direct)}
+
+
+def merged_reach(payload: dict, entry: FileEntry) -> tuple[tuple[str, ...], bool | None, bool]:
+    """(via, direct, whether that differs from what the point records): how the walk
+    reached the file now (`entry`) added to what its point records. Reached now
+    through a link, a point that does not say whether a root reaches it at its own
+    path (made before that was recorded) is taken as reached only through links: a
+    deleted link must not leave a private folder's photos searchable. One reached at
+    its own path, as before, is left as it is (no rewrite of every older point)."""
+    if entry.direct and "via" not in payload and payload.get("direct") is not False:
+        return entry.via, entry.direct, False  # the common case: nothing to add, nothing to write
+    via, direct = recorded_reach(payload)
+    if entry.direct is None:
+        return tuple(via), direct, False
+    new_via = tuple(dict.fromkeys([*via, *entry.via]))
+    new_direct: bool | None = True if entry.direct else direct is True
+    if entry.direct and not via and direct is None:
+        new_direct = None
+    return new_via, new_direct, set(new_via) != set(via) or new_direct != direct
 
 
 def recorded_dev(payload: dict) -> int | None:

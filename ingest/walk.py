@@ -3,8 +3,15 @@
 os.scandir, one folder at a time (no list of a million paths in memory); hidden
 files and folders, macOS `._*` AppleDouble files and the system folders of NAS boxes
 and operating systems (SYSTEM_FOLDERS) skipped; `--exclude` globs matched against both
-the name and the full path; symlinked folders followed once, so a link loop cannot
-make the walk endless. The file types are clipsearch/images.py's IMAGE_TYPES.
+the name and the full path; symlinked folders followed once (once per link that leads
+out of the roots, so each such link is seen), so a link loop cannot make the walk
+endless. The file types are clipsearch/images.py's IMAGE_TYPES.
+
+A file is indexed under its canonical path. Where that path is not one the walk of
+the roots reaches by itself (a link to a folder or file outside them, or into a hidden
+or excluded one), the entry says so (`direct` False) and names the path it was reached
+by (`via`): once that link is deleted or points elsewhere, `--prune` and a watcher
+know no root reaches the file any more (ingest/prune.py reached_via).
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ class FileEntry:
     size: int
     mtime_ns: int  # exact; a float mtime does not survive every JSON round trip bit for bit
     dev: int = -1  # the file system it is on (st_dev); -1 where not known
+    # How the walk reached it: `via`, the paths through links by which it did where its
+    # own path is not one a root reaches by itself (`direct` False); None: not known
+    # (a path taken from the index, not walked).
+    via: tuple[str, ...] = ()
+    direct: bool | None = None
 
     @property
     def mtime(self) -> float:
@@ -176,36 +188,71 @@ def image_file(path: str, roots: Iterable[str] | None = None, exclude: Iterable[
         if on_error:
             on_error(lexical, f"cannot stat: {exc.strerror}")
         return None
-    return FileEntry(os.path.realpath(lexical), st.st_size, st.st_mtime_ns, st.st_dev)
+    canonical = os.path.realpath(lexical)
+    direct = True if roots is None or canonical == lexical else reached_directly(canonical, roots, exclude, extensions)
+    return FileEntry(canonical, st.st_size, st.st_mtime_ns, st.st_dev, via=() if direct else (lexical,),
+                     direct=direct)
+
+
+def reached_directly(path: str, roots: Iterable[str], exclude: Iterable[str] = (),
+                     extensions: set[str] | None = None) -> bool:
+    """Whether a walk of `roots` (canonical) reaches the file at `path` (canonical) at
+    that path, without a link: under a root, by the walk's rules, of a type it takes."""
+    extensions = image_extensions() if extensions is None else extensions
+    return os.path.splitext(path)[1].lower() in extensions and walked_path(path, roots, exclude) is not None
+
+
+def spelled(path: str) -> str:
+    """`path` absolute, its folder canonical, its own name kept (a link stays the link):
+    how the walk names what it finds in a folder."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name) if name else folder
 
 
 def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: set[str] | None = None,
-                on_error=None) -> Iterator[FileEntry]:
+                on_error=None, *, within: Sequence[str] | None = None, on_again=None) -> Iterator[FileEntry]:
     """Yield each image file under `roots` once. `on_error(path, reason)` hears about
     folders that cannot be listed, names with an image extension that are no regular
     file (a broken link, a FIFO), and files of a type this install cannot read (HEIC
-    without pillow-heif: what to install); the walk goes on."""
+    without pillow-heif: what to install); the walk goes on.
+
+    `within`: the folders of the library these roots are part of (a watcher's roots,
+    which a folder it walks lies in; canonical), by which a file counts as reached
+    directly; default: the roots themselves. A root may then be a link (kept as it is
+    spelled). `on_again(path, via)` hears of a file yielded before, reached again
+    through another link (`via`) that does not reach it directly."""
     from clipsearch.images import unreadable_extensions
 
     extensions = image_extensions() if extensions is None else extensions
     unreadable = {ext: reason for ext, reason in unreadable_extensions().items() if ext not in extensions}
     patterns = exclude_patterns(exclude)
-    seen_dirs: set[tuple[int, int]] = set()
+    roots = list(roots)
+    library = [os.path.realpath(os.path.abspath(r)) for r in (roots if within is None else within)]
+
+    def inside(folder: str) -> bool:  # a folder the walk of the library reaches by itself
+        return walked_path(folder, library, exclude) is not None
+
+    # A folder is walked once per (device, inode, the link by which the walk left the
+    # library: None inside it): loops end, and every link out is seen. Those links lie
+    # in the library's folders, so there are finitely many.
+    seen_dirs: set[tuple[int, int, str | None]] = set()
     seen_files: set[tuple[int, int]] = set()  # two links to one file: one point
-    for root in roots:
-        root = os.path.realpath(os.path.abspath(root))
-        stack = [root]
+    for given in roots:
+        root = os.path.realpath(os.path.abspath(given))
+        lexical_root = root if within is None else spelled(given)
+        crossing = None if within is None or inside(root) else lexical_root
+        stack: list[tuple[str, str, str | None]] = [(root, root if crossing is None else lexical_root, crossing)]
         while stack:
-            folder = stack.pop()
+            folder, lexical, crossing = stack.pop()
             try:
                 st = os.stat(folder)
             except OSError as exc:
                 if on_error:
                     on_error(folder, f"{UNREADABLE_FOLDER}: {exc.strerror}")
                 continue
-            if (st.st_dev, st.st_ino) in seen_dirs:
+            if (st.st_dev, st.st_ino, crossing) in seen_dirs:
                 continue  # a symlink loop, or a folder reached twice
-            seen_dirs.add((st.st_dev, st.st_ino))
+            seen_dirs.add((st.st_dev, st.st_ino, crossing))
             try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
@@ -218,13 +265,15 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 name = entry.name
                 if passed_over(name, entry.path, patterns):  # hidden, ._* AppleDouble, --exclude
                     continue
+                reached_by = os.path.join(lexical, name)
                 try:
                     is_link = entry.is_symlink()
                     target = os.path.realpath(entry.path) if is_link else entry.path
                     if is_link and excluded_target(target, patterns):
                         continue
                     if entry.is_dir(follow_symlinks=True):
-                        subfolders.append(target)
+                        out = crossing if not is_link else None if inside(target) else crossing or reached_by
+                        subfolders.append((target, target if out is None else reached_by, out))
                         continue
                     extension = os.path.splitext(name)[1].lower()
                     if extension not in extensions:
@@ -241,10 +290,14 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                     if on_error:
                         on_error(entry.path, f"cannot stat: {exc.strerror}")
                     continue
+                direct = crossing is None if not is_link else reached_directly(target, library, exclude, extensions)
                 key = (st.st_dev, st.st_ino)
                 if key in seen_files:
+                    if not direct and on_again is not None:
+                        on_again(target, reached_by)
                     continue
                 seen_files.add(key)
                 # `folder` is already canonical, so only a link needs resolving.
-                yield FileEntry(target, st.st_size, st.st_mtime_ns, st.st_dev)
+                yield FileEntry(target, st.st_size, st.st_mtime_ns, st.st_dev, via=() if direct else (reached_by,),
+                                direct=direct)
             stack.extend(reversed(subfolders))  # depth-first, in name order

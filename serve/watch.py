@@ -37,7 +37,9 @@ is mounted now.
 Paths the walk passes over (hidden files and folders, --exclude, other extensions)
 and paths outside the folders are ignored at once. A link to a folder is a folder: the
 walk follows it, and so does its batch (inotify does not follow it: what changes inside
-a linked folder outside the watched ones is found by the next walk). A bad file is
+a linked folder outside the watched ones is found by the next walk). A link deleted, or
+made to point elsewhere, takes the points of the files that only it reached (their
+`via`: Ingestor.remove, and the prune of the batch's walk of the link). A bad file is
 skipped, named in one line when it is first skipped (`watch: skipped PATH: reason`;
 a walk names the first NAMED_IN_A_WALK and counts the rest), and shows in
 state()["errors"] while it stays bad (LiveSkips); anything unexpected in a batch is one
@@ -322,8 +324,8 @@ class FolderWatcher:
         if lexical is None or lexical in self.roots:
             return
         if not is_directory and os.path.splitext(lexical)[1].lower() not in self._extensions \
-                and not _is_linked_folder(lexical):
-            return
+                and not _is_linked_folder(lexical) and os.path.lexists(lexical):
+            return  # a name gone may have been a link to a folder: its batch removes what it reached
         with self._cond:
             now = time.monotonic()
             if not self._queue:
@@ -511,7 +513,7 @@ class FolderWatcher:
             before = ingestor.totals()
             if files:
                 with self._naming(_under(files)):
-                    ingestor.run_files(files)
+                    ingestor.run_files(files, roots=self.roots)  # a link in them to a file elsewhere: its `via`
             held_back = []
             for folder in folders:
                 if self._stopping:
@@ -549,7 +551,9 @@ class FolderWatcher:
         folders are, with no progress line; every file it skips named."""
         assert self.ingestor is not None
         with self._naming(_under([folder])):
-            return self.ingestor.run([folder], allow_empty=True, show_progress=False)
+            # within the roots: a link to a folder elsewhere is walked as reached through
+            # it, so deleting or retargeting the link later takes its images' points along
+            return self.ingestor.run([folder], allow_empty=True, show_progress=False, within=self.roots)
 
     def _idle(self) -> None:
         if self.on_idle is None or self._stopping:
