@@ -32,12 +32,15 @@ from dataclasses import dataclass, field, fields, replace
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.index import Index, open_index
+from clipsearch.index.base import Record
+from clipsearch.index.client import ClientIndex
 from clipsearch.index.layout import Layout
 from clipsearch.index.lockfile import InUseError
 from clipsearch.index.versions import identity_key, version_name
 from clipsearch.progress import Progress
 
 from .pipeline import IngestOptions, Ingestor, lazy_encoder
+from .relink import recorded_reach
 from .report import check_report_path
 from .walk import FileEntry
 
@@ -56,6 +59,9 @@ class ReindexSummary:
     reembedded: bool = True  # False: the same image tower (only the model record changed), or a version found
     switched: bool = False  # the name now means another collection than it did (False: only recorded)
     stopped: bool = False  # stopped before the switch (Ctrl-C, SIGTERM): the same command resumes
+    # The version was one kept by an earlier switch (not one a stopped run left): `resumed`
+    # counts what it held already, `embedded` what was added or changed since it was kept.
+    switched_back: bool = False
     unfinished: bool = False  # the version the name was made to mean again was left half-built by a reindex
     kept: str | None = None  # the old collection, kept under this name; None when dropped (or not switched)
     dropped: list[str] = field(default_factory=list)  # collections removed by --drop-old, the old one first
@@ -73,10 +79,16 @@ class ReindexSummary:
             text = (f"{self.new!r} keeps its {self.total} vectors: the new model has the same image tower; "
                     "the collection now records it")
         else:
-            resumed = f", {self.resumed} from an earlier run" if self.resumed else ""
-            caught = f", {self.caught_up} ingested meanwhile" if self.caught_up else ""
-            text = (f"reindexed {self.embedded} of {self.total} images{resumed}{caught}, skipped {self.skipped}, "
-                    f"in {self.seconds:.1f} s; ")
+            if self.switched_back:  # what it held was no earlier run's: a switch kept it
+                caught = f", {self.caught_up} of them ingested while this ran" if self.caught_up else ""
+                text = (f"back to the kept version {self.new!r}: it held {self.resumed} of the {self.total} images; "
+                        f"embedded {self.embedded} added or changed since it was kept{caught}, skipped "
+                        f"{self.skipped}, in {self.seconds:.1f} s; ")
+            else:
+                resumed = f", {self.resumed} from an earlier run" if self.resumed else ""
+                caught = f", {self.caught_up} ingested meanwhile" if self.caught_up else ""
+                text = (f"reindexed {self.embedded} of {self.total} images{resumed}{caught}, skipped "
+                        f"{self.skipped}, in {self.seconds:.1f} s; ")
             if not self.switched:
                 return text + f"not switched yet: {self.collection!r} still means {self.old!r}"
             text += f"{self.collection!r} now means {self.new!r}"
@@ -106,6 +118,10 @@ class Stored:
 
     path: str
     digest: str
+    # How the walk reached the file (relink.recorded_reach): a point the version makes
+    # anew keeps it, so that deleting a link still lets --prune forget what it reached.
+    via: tuple[str, ...] = ()
+    direct: bool | None = None
 
 
 def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: bool = True,
@@ -144,6 +160,8 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
     summary.new = target = version_name(settings.collection, identity)
     summary.total = len(records)
     with open_index(settings.with_overrides(collection=target, **layout), create=True) as version:
+        # A version there with no mark of a reindex under way was kept by an earlier switch.
+        summary.switched_back = version.exists() and version.unfinished_copy() is None
         version.ensure_collection(identity)  # or, made by a run that was stopped, checked
         stored = version.stored_identity()
         if stored is not None and (stored.name, stored.text_fingerprint) != (identity.name, identity.text_fingerprint):
@@ -152,8 +170,10 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             version.record_identity(identity)
         # Until the switch, the version says it is being built (status lists it; a
         # search of it by --collection says it may hold only part of the images).
+        command = resume_command(settings, options, keep_old)
         version.record_unfinished_copy({"from": f"reindex of {settings.collection}", "reindex": settings.collection,
-                                        "points": summary.total, "resume": "run the same `clipsearch reindex` again"})
+                                        "points": summary.total, "resume": f"run the same `{command}` again",
+                                        "command": command})
         ingestor = Ingestor(encoder, version, options, progress)
         _fill(ingestor, version, records, summary)
         if ingestor.stopped:
@@ -168,6 +188,8 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             if old.meant() != summary.old:
                 raise ClipsearchError(f"{settings.collection!r} was switched to {old.meant()!r} by another "
                                       "reindex meanwhile; nothing was switched by this one")
+            if isinstance(old, ClientIndex):  # its switching mark names this command, should it be killed
+                old.switch_command = command
             old.prepare_switch(keep_old, old_identity, progress)  # a server's copy of what it must drop
             now = _stored(old)
             later = {pid: r for pid, r in now.items() if records.get(pid) != r}
@@ -193,6 +215,29 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
             summary.not_dropped.append(str(exc))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def resume_command(settings: Settings, options: IngestOptions, keep_old: bool) -> str:
+    """The command that finishes this reindex, for the messages of what it leaves
+    behind when stopped: the version's mark, and on a server the switching mark that
+    refuses ingests until it has switched."""
+    import shlex
+
+    from clipsearch.config import DEFAULT_COLLECTION
+    from clipsearch.names import shown
+
+    def word(text: str) -> str:  # as a shell reads it back; a name that is not text as shown() writes it
+        return shlex.quote(text) if shown(text) == text else shown(text)
+
+    parts = ["clipsearch reindex", f"--index {word(settings.index)}"]
+    if settings.collection != DEFAULT_COLLECTION:
+        parts.append(f"--collection {word(settings.collection)}")
+    parts.append(f"--model {word(settings.model)}")
+    if options.precision and options.precision != "fp32":
+        parts.append(f"--precision {options.precision}")
+    if not keep_old:
+        parts.append("--drop-old")
+    return " ".join(parts)
 
 
 def _point_name_at_version(old: Index, settings: Settings, options: IngestOptions, summary: ReindexSummary,
@@ -227,7 +272,7 @@ def _point_name_at_version(old: Index, settings: Settings, options: IngestOption
 
 
 def _stored(index: Index) -> dict[str, Stored]:
-    return {r.id: Stored(r.path, _digest(r.payload)) for r in index.scroll()}
+    return {r.id: _kept(r) for r in index.scroll()}
 
 
 def _digest(payload: dict) -> str:
@@ -256,6 +301,11 @@ def _open_old(settings: Settings) -> Index:
                          "and it serves the new collection)") from None
 
 
+def _kept(record: Record) -> Stored:
+    via, direct = recorded_reach(record.payload)
+    return Stored(record.path, _digest(record.payload), tuple(via), direct)
+
+
 def _fill(ingestor: Ingestor, version: Index, records: dict[str, Stored], summary: ReindexSummary,
           only: dict[str, Stored] | None = None) -> None:
     """Make the version hold an up-to-date point for each of `records`, and nothing
@@ -278,7 +328,8 @@ def _fill(ingestor: Ingestor, version: Index, records: dict[str, Stored], summar
         if held.get(pid) == (st.st_size, st.st_mtime_ns):
             summary.resumed += 1
             continue
-        entries.append(FileEntry(record.path, st.st_size, st.st_mtime_ns, st.st_dev))
+        entries.append(FileEntry(record.path, st.st_size, st.st_mtime_ns, st.st_dev, via=record.via,
+                                 direct=record.direct))
     for start in range(0, len(extra), 1000):
         version.delete(ids=extra[start:start + 1000])
     summary.removed += len(extra)

@@ -159,6 +159,9 @@ class ClientIndex(Index):
         self._writes_to: str | None = None  # the collection writes go to (_write_target)
         self._writer_identity: ModelIdentity | None = None  # the model of the vectors this index writes
         self._switch_marked: str | None = None  # a collection this index marked as switching (prepare_switch)
+        # The command that finishes the reindex preparing a switch (ingest/reindex.py): the
+        # switching mark names it, for the ingests it refuses should that reindex be killed.
+        self.switch_command: str | None = None
         self.points_written = 0  # by this index, confirmed: what a failure says is kept
 
     # -- retries ----------------------------------------------------------------
@@ -490,6 +493,14 @@ class ClientIndex(Index):
     def record_unfinished_copy(self, copy: dict | None) -> None:
         self._mark(copying=copy)
 
+    def finished_copies(self) -> dict:
+        """The migrates into the collection that finished, by source (edge.COPIED)."""
+        copies = self._clipsearch_metadata(self._info()).get("copied") if self.exists() else None
+        return copies if isinstance(copies, dict) else {}
+
+    def record_finished_copies(self, copies: dict) -> None:
+        self._mark(copied=copies or None)
+
     def record_identity(self, identity: ModelIdentity) -> None:
         ours = self._clipsearch_metadata(self._info())
         ours["model"] = identity.to_dict()
@@ -518,7 +529,8 @@ class ClientIndex(Index):
             migrate(self, kept, progress=progress, resume="run the same reindex again", reindex=self.name)
         meant = self.meant()
         self._sibling(meant, Layout())._mark(switching={
-            "name": self.name, "since": datetime.now().astimezone().isoformat(timespec="seconds")})
+            "name": self.name, "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+            **({"command": self.switch_command} if self.switch_command else {})})
         self._switch_marked = meant
 
     def _unmark_switching(self, collection: str) -> None:
@@ -701,7 +713,7 @@ class ClientIndex(Index):
         ours = self._clipsearch_metadata(info)
         switching = ours.get("switching")
         if isinstance(switching, dict) and switching.get("name") == self.name:
-            raise self._switched_error(target)
+            raise self._switched_error(target, marked=switching.get("command") or True)
         stored = ours.get("model")
         if not isinstance(stored, dict):
             return
@@ -728,14 +740,23 @@ class ClientIndex(Index):
             self._call("delete", lambda: self.client.delete(
                 target, points_selector=models.PointIdsList(points=list(mine)), wait=True))
 
-    def _switched_error(self, target: str, gone: bool = False) -> ClipsearchError:
+    def _switched_error(self, target: str, gone: bool = False, marked: bool | str = False) -> ClipsearchError:
+        """`marked`: the collection carries a reindex's switching mark (the command that
+        finishes that reindex, where the mark names it)."""
         what = (f"collection {target!r} at {self.where} is gone (`clipsearch reindex` switched {self.name!r} away "
                 "from it, or it was dropped)" if gone
+                else f"`clipsearch reindex` switched (or is switching) {self.name!r} at {self.where} away from "
+                     f"{target!r}" if marked
                 else f"`clipsearch reindex` switched {self.name!r} at {self.where} away from {target!r}")
+        # A reindex killed between its mark and its switch leaves the mark, and nothing
+        # finishes that reindex but the reindex itself run again: said, with its command.
+        finish = f"`{marked}`" if isinstance(marked, str) else "the same `clipsearch reindex` run again"
+        stopped = (f"; if no reindex is running (one stopped while switching leaves the mark), {finish} finishes "
+                   "the switch" if marked else "")
         return ClipsearchError(
             f"{what} while this wrote to it, so the last batch may be missing from what the name means now: run "
             "the same command again once that reindex has finished, without --model (it then uses the "
-            "collection's new one), and it adds what is missing")
+            f"collection's new one), and it adds what is missing{stopped}")
 
     def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF,
               where=None) -> list[Hit]:

@@ -93,7 +93,7 @@ def migrate(settings, to, to_collection, batch_size, quiet):
     target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
     if (target_settings.index, target_settings.collection) == (settings.index, settings.collection):
         raise ClipsearchError("--to names the source collection itself")
-    with open_index(settings) as source:
+    with _open_source(settings) as source:
         source.require_collection()
         if _same_collection(source, settings, target_settings):
             raise ClipsearchError(f"--to names the source collection itself: {target_settings.collection!r} and "
@@ -102,6 +102,28 @@ def migrate(settings, to, to_collection, batch_size, quiet):
         with open_index(target_settings, create=True) as target:
             summary = run_migrate(source, target, batch_size, Progress(quiet=quiet))
     click.echo(summary.line())
+
+
+def _open_source(settings) -> "Index":
+    """The collection to copy. An embedded one whose shard lost files (points gone with
+    no delete) is opened all the same: what it still holds is whole, and copying it out
+    is the way to keep it (the damage message says so); any other damage is refused."""
+    from .edge import EdgeIndex
+    from .open import open_index
+
+    if settings.backend != "edge":
+        return open_index(settings)
+    source = open_index(settings, check=True)
+    assert isinstance(source, EdgeIndex)
+    other = [p for p in source.open_problems if p != source.lost_points_problem]
+    if other:
+        source.close()
+        raise ClipsearchError(other[0])
+    if source.lost_points:
+        held, recorded = source.lost_points
+        click.echo(f"note: collection {source.collection!r} in {source.root} held {recorded} points and holds {held}: "
+                   f"copying the {held} it holds", err=True)
+    return source
 
 
 def _same_collection(source: "Index", settings, target_settings) -> bool:
@@ -170,9 +192,11 @@ def format_status(facts: dict) -> str:
         lines.append(f"incomplete:   {unfinished_copy_text(facts['unfinished_copy'])}")
     if facts.get("switching"):
         since = facts["switching"].get("since")
+        command = facts["switching"].get("command")
         lines.append("switching:    a reindex is switching this name to another collection"
                      + (f" (since {since})" if since else "") + ": ingests into it fail until it has (then they "
-                     "go to the new one); if no reindex is running, one was stopped while it switched: run it again")
+                     "go to the new one); if no reindex is running, one was stopped while it switched: "
+                     + (f"`{command}` finishes it" if command else "run it again"))
     lines += _version_lines(facts)
     return "\n".join(lines)
 

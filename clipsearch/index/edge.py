@@ -5,7 +5,8 @@ Layout of an index folder:
     <index>/clipsearch-index.json    marks the folder as a clipsearch index
     <index>/<collection>.lock        exclusive lock, beside (not inside) the shard
     <index>/<collection>/model.json  identity of the model that made the vectors
-    <index>/<collection>/state.json  the point count at the last clean close
+    <index>/<collection>/state.json  the point count at the last clean close, and how far
+                                     the shard's write-ahead log was then
     <index>/<collection>/graph.json  points written since the HNSW graph was last built
     <index>/<collection>/shard/      the edge shard (WAL, segments, payload indexes; its
                                      edge_config.json holds the layout: quantization,
@@ -73,12 +74,22 @@ MARKER = "clipsearch-index.json"
 FORMAT = 1
 MODEL = "model.json"
 STATE = "state.json"
+# The engine's record of the last write it has applied ({"ack_index": N}, in the shard's
+# wal/ folder): every write raises it, a read-only open leaves it. state.json keeps the
+# value it had at the close that counted the points; another value means the shard was
+# written since by a clipsearch that keeps no state.json (one older than it), whose
+# deletions lowered the count: an older writer, not damage.
+WAL_ACK = Path("wal") / "first-index"
 # Points written since the graph was last built (<collection>/graph.json): the engine's
 # own measure (points less indexed vectors) misses points that replaced deleted ones in
 # the graph, as a moved folder's do.
 GRAPH = "graph.json"
 # A migrate into the collection that has not finished (Index.unfinished_copy).
 COPYING = "copying.json"
+# The migrates into the collection that finished, by source, each with the points the
+# collection held then (finished_copies: migrate.py refuses to copy again over writes
+# made since).
+COPIED = "copied.json"
 # Qdrant's defaults, for an HNSW configuration that sets only some of them.
 QDRANT_HNSW_M, QDRANT_HNSW_EF_CONSTRUCT, QDRANT_FULL_SCAN_THRESHOLD_KB = 16, 100, 10_000
 DEFAULT_EMBEDDED_LAYOUT = Layout(quantization="none", vectors_on_disk=False, hnsw_m=QDRANT_HNSW_M,
@@ -603,42 +614,94 @@ class EdgeIndex(Index):
         if not _is_shard(self._shard_dir):
             raise ClipsearchError(
                 f"collection {self.collection!r} in {self.root} has lost its shard ({self._shard_dir} is missing "
-                f"or incomplete): its points are gone; {self._start_over(always_collection=True)}")
+                f"or incomplete): its points are gone; {self._start_over(always_collection=True)} (or restore "
+                "that folder from a backup)")
         self._require_space_to_load()
+        recorded = self._recorded_points()  # before the load, which may apply what the log holds
         self._shard = self._open_shard()
-        problems = self._damage()
+        problems = self._damage(recorded)
         if problems and not check:
             raise ClipsearchError(problems[0])
         self.open_problems = problems
 
-    def _damage(self) -> list[str]:
+    def _damage(self, recorded: int | None) -> list[str]:
         problems = []
         model = self._collection_dir / MODEL
         if not model.exists():
             problems.append(f"{model} is missing: the index no longer records which model made its vectors; "
                             f"restore the file, or {self._start_over()}")
-        recorded = self._recorded_points()
+        self.lost_points = self.lost_points_problem = None
         if recorded is not None:
             count = self.count()
             if count < recorded:
-                problems.append(
-                    f"collection {self.collection!r} in {self.root} holds {count} points, but held {recorded} "
-                    f"when it was last closed: files of its shard are missing or damaged; {self._start_over()}")
+                self.lost_points = (count, recorded)
+                self.lost_points_problem = self._lost_points_advice(count, recorded)
+                problems.append(self.lost_points_problem)
         return problems
 
+    def _lost_points_advice(self, count: int, recorded: int) -> str:
+        """Points gone with no delete: files of the shard lost. What it still holds is
+        whole (status --check reads every point), so nothing needs deleting: a backup
+        brings the files back, or migrate copies what is left into a new index, where an
+        ingest embeds only the images whose points were lost."""
+        named = "" if self.name == DEFAULT_COLLECTION else f" --collection {self.name}"
+        return (f"collection {self.collection!r} in {self.root} holds {count} points, but held {recorded} when it "
+                f"was last closed: files of its shard are missing or damaged; restore {self._shard_dir} from a "
+                f"backup, or copy the {count} points it still holds into a new index with `clipsearch migrate "
+                f"--index {self.root}{named} --to NEW` and run `clipsearch ingest DIR --index NEW{named}` there "
+                "(it embeds only the images whose points were lost)")
+
+    # Set by the open: (points held, points recorded) where points went missing with no
+    # delete (migrate copies what is left of such a collection), else None.
+    lost_points: tuple[int, int] | None = None
+    lost_points_problem: str | None = None  # its line among open_problems
+
     def _recorded_points(self) -> int | None:
+        """The count the last clean close recorded, where it still holds: None where
+        there is none, or where the shard was written since by a clipsearch that keeps
+        no record (WAL_ACK), whose deletions then lowered the count. That record is
+        dropped: the next clean close writes a true one."""
+        path = self._collection_dir / STATE
         try:
-            points = json.loads((self._collection_dir / STATE).read_text()).get("points")
+            record = json.loads(path.read_text())
+            points = record.get("points")
         except (OSError, ValueError, AttributeError):
             return None  # none yet, or unreadable: nothing to compare with
-        return points if isinstance(points, int) else None
+        if not isinstance(points, int):
+            return None
+        if "wal_ack" in record:
+            written_since = record["wal_ack"] != self._wal_ack()
+        else:
+            # Written before the record held the log's place: the close that wrote it
+            # flushed the log first, so a log flushed later than the record was written
+            # to since, by a writer that did not update it.
+            written_since = self._wal_flushed_after(path)
+        if written_since:
+            self._forget_points()
+            return None
+        return points
+
+    def _wal_ack(self) -> int | None:
+        """The engine's last applied write (WAL_ACK), None where it cannot be read."""
+        try:
+            ack = json.loads((self._shard_dir / WAL_ACK).read_text()).get("ack_index")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return ack if isinstance(ack, int) else None
+
+    def _wal_flushed_after(self, record: Path) -> bool:
+        try:
+            return (self._shard_dir / WAL_ACK).stat().st_mtime_ns > record.stat().st_mtime_ns
+        except OSError:
+            return False
 
     def _record_points(self) -> None:
-        """After a clean close's flush: the count a later open must find at least. Only
-        deletes lower it, and delete() forgets the record first; a failed write leaves
-        an older, lower record, which is still true."""
+        """After a clean close's flush: the count a later open must find at least, and
+        the log's place then (WAL_ACK). Only deletes lower the count, and delete()
+        forgets the record first; a failed write leaves an older, lower record, which
+        is still true."""
         try:
-            _write_json_atomically(self._collection_dir / STATE, {"points": self.count()})
+            _write_json_atomically(self._collection_dir / STATE, {"points": self.count(), "wal_ack": self._wal_ack()})
         except (OSError, ClipsearchError):
             pass
 
@@ -701,7 +764,7 @@ class EdgeIndex(Index):
                     "clipsearch command runs)") from None
             raise ClipsearchError(
                 f"cannot open collection {self.collection!r} in {self.root}: {text}; the index is damaged: "
-                f"{self._start_over()}") from None
+                f"{self._start_over()} (or restore {self._shard_dir} from a backup)") from None
 
     @contextmanager
     def _engine(self, doing: str) -> Iterator[None]:
@@ -716,8 +779,9 @@ class EdgeIndex(Index):
             text = _first_line(exc)
             if _is_disk_full(text):
                 raise self._disk_full_error(doing, text) from None
-            advice = (f"the index is damaged: {self._start_over()}" if self._checking else
-                      f"run {self.check_command()}, and if it finds damage, {self._start_over()}")
+            repair = f"{self._start_over()} (or restore {self._shard_dir} from a backup)"
+            advice = (f"the index is damaged: {repair}" if self._checking else
+                      f"run {self.check_command()}, and if it finds damage, {repair}")
             raise ClipsearchError(
                 f"index {self.root} (collection {self.collection!r}) failed {doing}: {text}; {advice}") from None
 
@@ -831,6 +895,17 @@ class EdgeIndex(Index):
             (self._collection_dir / COPYING).unlink(missing_ok=True)
         else:
             _write_json_atomically(self._collection_dir / COPYING, copy)
+
+    def finished_copies(self) -> dict:
+        try:
+            copies = json.loads((self._collection_dir / COPIED).read_text())
+        except (OSError, ValueError):
+            return {}
+        return copies if isinstance(copies, dict) else {}
+
+    def record_finished_copies(self, copies: dict) -> None:
+        self.require_collection()
+        _write_json_atomically(self._collection_dir / COPIED, copies)
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():
@@ -1059,10 +1134,14 @@ class EdgeIndex(Index):
             if not hit.payload:
                 # Every point clipsearch writes has a payload; a hit without one is a
                 # payload storage that lost it (a truncated file loads as empty payloads).
+                # An ingest of the folders writes those points again (they no longer show an
+                # unchanged file's size and mtime): nothing needs deleting.
+                named = "" if self.name == DEFAULT_COLLECTION else f" --collection {self.name}"
                 raise ClipsearchError(
                     f"index {self.root} (collection {self.collection!r}) returned point {hit.id} without its "
-                    f"payload: its payload storage is damaged; run {self.check_command()}, and if it finds damage, "
-                    f"{self._start_over()}")
+                    f"payload: its payload storage is damaged; {self.check_command()} counts such points, and "
+                    f"`clipsearch ingest DIR --index {self.root}{named}` over the folders it holds embeds their "
+                    "images again")
         return hits
 
     def query(self, vector, k, under=None, exclude_ids=(), exact=False, hnsw_ef=DEFAULT_HNSW_EF,
@@ -1349,6 +1428,7 @@ class EdgeIndex(Index):
             os.rename(work, self._shard_dir)
             _fsync_dir(self._collection_dir)
             self._shard = self._open_shard()
+            self._wrote = True  # the copy's log is at another place: the close records it
         except BaseException:
             # The copy did not take: put the old shard back, as a reopen would. The copy
             # is moved aside by a rename, not deleted in place: a shard/ half deleted

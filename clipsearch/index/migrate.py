@@ -5,6 +5,13 @@ Vectors, payloads and the model identity travel as they are, in batches. Points 
 target already holds with the same payload are not sent again, so an interrupted
 migration resumes where it stopped. At the end the counts are checked, the source's
 counted again then: an ingest into it during the copy is not a failure of the copy.
+
+A target is used once filled (ingested into, pruned), and a migrate run again later,
+to carry over what the source gained since, must not undo that. So a point the target
+holds with another payload is replaced only by a newer version of its file (a later
+mtime), and a finished copy records in the target how many points it left there: a
+copy from the same source into a target whose count has changed since is refused, as
+it would put back what was deleted there.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DEFAULT_COLLECTION
 from ..errors import ClipsearchError
 from ..progress import Progress
 from .base import Index
@@ -30,14 +38,17 @@ class MigrateSummary:
     target_count: int = 0
     source_count: int = 0  # the source's points when the copy ended
     seconds: float = 0.0
+    newer_in_target: int = 0  # points the target holds with a newer version of their file: kept
 
     @property
     def read(self) -> int:
         """Points of the source this copy read (and made sure the target holds)."""
-        return self.copied + self.already_there
+        return self.copied + self.already_there + self.newer_in_target
 
     def line(self) -> str:
-        return (f"copied {self.copied}, already there {self.already_there}, of {self.total} points "
+        kept = (f", {self.newer_in_target} kept as the target has them (their files are newer there)"
+                if self.newer_in_target else "")
+        return (f"copied {self.copied}, already there {self.already_there}{kept}, of {self.total} points "
                 f"in {self.seconds:.1f} s; target now holds {self.target_count}")
 
 
@@ -61,10 +72,13 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     summary = MigrateSummary(total=source.count())
     # Until the counts agree, the target says it holds part of its source (status, search).
     # A mark left by a copy from elsewhere stays until that one is finished.
-    ours = {"from": f"{source.location} (collection {source.collection})", "collection": source.collection,
+    origin = f"{source.location} (collection {source.collection})"
+    ours = {"from": origin, "collection": source.collection,
             "points": summary.total, "resume": resume, **({"reindex": reindex} if reindex else {})}
     earlier = target.unfinished_copy()
     marks = earlier is None or earlier.get("from") == ours["from"]
+    if earlier is None or earlier.get("from") != ours["from"]:  # a fresh copy, not this one resumed
+        _refuse_over_later_writes(source, target, origin)
     if marks:
         target.record_unfinished_copy(ours)
     started = time.monotonic()
@@ -86,7 +100,43 @@ def migrate(source: Index, target: Index, batch_size: int = 256, progress: Progr
     _check_counts(summary, target, grown_is_fine=reindex is not None)
     if marks or _same_source(earlier, ours, summary):
         target.record_unfinished_copy(None)
+    _record_finished(target, origin, summary.target_count)
     return summary
+
+
+# How a backend keeps the finished copies (edge.py: copied.json; client.py: metadata).
+def _finished_copies(target: Index) -> dict:
+    read = getattr(target, "finished_copies", None)
+    return read() if read is not None else {}
+
+
+def _record_finished(target: Index, source: str, points: int) -> None:
+    record = getattr(target, "record_finished_copies", None)
+    if record is not None:
+        record({**_finished_copies(target), source: {"points": points}})
+
+
+def _refuse_over_later_writes(source: Index, target: Index, origin: str) -> None:
+    """A target this source filled before, whose count has changed since: something
+    ingested into it or pruned it, and a copy would put back the points deleted there.
+    (Points changed there are safe: _copy keeps the newer.)"""
+    if not target.exists():
+        return
+    earlier = _finished_copies(target).get(origin)
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("points"), int):
+        return
+    now = target.count()
+    if now == earlier["points"]:
+        return
+    def named(index: Index) -> str:
+        return "" if index.name == DEFAULT_COLLECTION else f" --collection {index.name}"
+
+    raise ClipsearchError(
+        f"target collection {target.name!r} at {target.location} was written to since a migrate from {origin} "
+        f"filled it (it held {earlier['points']} points then, {now} now): a migrate again would put back points "
+        f"deleted there, so nothing was copied; carry on ingesting into the target (`clipsearch ingest DIR --index "
+        f"{target.location}{named(target)}`), or copy into a new collection (`clipsearch migrate --index "
+        f"{source.location}{named(source)} --to {target.location} --to-collection NEW`)")
 
 
 def _check_counts(summary: MigrateSummary, target: Index, grown_is_fine: bool) -> None:
@@ -152,10 +202,23 @@ def same_payload(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _newer_in_target(there: dict, copied: dict) -> bool:
+    """Whether the target's point is of a later version of the file than the source's
+    (ingested there after the copy that put it there): written over, it would go back.
+    Without mtimes to compare, the target's stays: a copy never undoes a write."""
+    theirs, ours = there.get("mtime_ns"), copied.get("mtime_ns")
+    if isinstance(theirs, int) and isinstance(ours, int):
+        return theirs > ours
+    return True
+
+
 def _copy(batch, target: Index, summary: MigrateSummary) -> None:
     present = {r.id: r.payload for r in target.retrieve([r.id for r in batch])}
-    todo = [r for r in batch if r.id not in present or not same_payload(present[r.id], r.payload)]
-    summary.already_there += len(batch) - len(todo)
+    differ = {r.id for r in batch if r.id in present and not same_payload(present[r.id], r.payload)}
+    kept = {r.id for r in batch if r.id in differ and _newer_in_target(present[r.id], r.payload)}
+    todo = [r for r in batch if (r.id not in present or r.id in differ) and r.id not in kept]
+    summary.newer_in_target += len(kept)
+    summary.already_there += len(batch) - len(todo) - len(kept)
     if todo:
         target.upsert([r.id for r in todo], np.stack([r.vector for r in todo]), [r.payload for r in todo])
         summary.copied += len(todo)

@@ -79,7 +79,7 @@ class Case:
     check: tuple[str, ...] = ("PROBLEM",)  # in `status --check` output (exit 1), or OK
 
 
-LOST_POINTS = ("but held 40 when it was last closed", "delete", "ingest again")
+LOST_POINTS = ("but held 40 when it was last closed", "from a backup", "clipsearch migrate")
 CANNOT_OPEN = ("cannot open collection", "the index is damaged", "ingest again")
 
 CASES = {

@@ -135,7 +135,7 @@ def test_an_index_in_use_is_an_error_not_a_finding(tmp_path, tiny_model_dir):
     put(settings)
     with open_index(settings):
         result = check(settings)
-    assert result.exit_code == 1 and "PROBLEM" not in result.output
+    assert result.exit_code == 75 and "PROBLEM" not in result.output
     assert result.output.startswith("Error: ") and "in use by pid" in result.output
 
 
@@ -148,5 +148,5 @@ def test_an_index_in_use_whose_lock_file_was_deleted_is_in_use_not_damaged(tmp_p
     with open_index(settings) as held:
         (Path(settings.index) / f"{held.collection}.lock").unlink()
         result = check(settings)
-    assert result.exit_code == 1 and "PROBLEM" not in result.output and "damaged" not in result.output, result.output
+    assert result.exit_code == 75 and "PROBLEM" not in result.output and "damaged" not in result.output, result.output
     assert result.output.startswith("Error: ") and "in use by another process" in result.output, result.output

@@ -229,3 +229,23 @@ def test_the_walk_says_how_it_reached_a_linked_file(library):
     # with the private folder a root of the same run, it is reached at its own path
     entries = {e.path: e for e in walk_images([str(photos), str(private)])}
     assert entries[real(secrets[0])].direct is True and entries[real(secrets[0])].via == ()
+
+
+def test_a_reindex_keeps_how_a_file_was_reached(library, tmp_path, tiny_model_dir, other_model_dir):
+    """Reindex writes every point anew: one that lost its `via` would look reached at
+    its own path, and a prune after the link is deleted would keep the private photo."""
+    from clipsearch.ingest import ingest
+    from clipsearch.ingest.reindex import reindex
+
+    photos, private, secrets = library
+    (photos / "private").symlink_to(private)
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    quiet = IngestOptions(workers=0, quiet=True, precision="")
+    ingest([str(photos)], settings=settings, options=quiet)
+    reindexed = settings.with_overrides(model=str(other_model_dir))
+    assert reindex(reindexed, quiet).embedded == 3
+    (photos / "private").unlink()
+    summary = ingest([str(photos)], settings=reindexed, options=IngestOptions(workers=0, quiet=True, prune=True))
+    assert summary.removed == 2
+    with open_index(reindexed) as index:
+        assert paths_in(index) == {real(photos / "beach.png")}
