@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,16 @@ GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
 
 # Photography began in 1826; a clock years ahead is a camera that was never set.
 FIRST_YEAR, LAST_YEAR = 1826, 2100
-_WORD = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
-_WORD_START = re.compile(r"[^a-z0-9]*([a-z0-9]+)")
+# A word is letters and digits of any script ("canon", "léica", "小米", "5d"), joined by
+# hyphens or dots ("eos-5d"), read from the text casefolded and NFKC-normalised (full-width
+# letters, a decomposed é), the same way on a photo's camera and on --camera.
+_WORD = re.compile(r"[^\W_]+(?:[-.][^\W_]+)*")
+_WORD_START = re.compile(r"[\W_]*([^\W_]+)")
+# A word of letters alone also matches from its beginning: the stored words hold its
+# beginnings of BEGINNING_FROM letters or more, so that --camera fuji finds FUJIFILM
+# and pana a Panasonic, with one exact keyword match inside the index on every backend.
+# A word with digits is a model number and matches whole: 5d does not find a 5DS.
+BEGINNING_FROM = 3
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)?")  # CSI, OSC, or one char
 
 
@@ -56,9 +65,21 @@ def photo_facts(img: Image.Image) -> dict:
 
 
 def camera_words(text: str) -> list[str]:
-    """Lower-case words of a camera name: what `--camera` matches, every word given
+    """Casefolded words of a camera name: what `--camera` matches, every word given
     being one of them ("canon", "eos", "5d")."""
-    return list(dict.fromkeys(_WORD.findall(text.lower())))
+    return list(dict.fromkeys(_WORD.findall(_folded(text))))
+
+
+def _folded(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def word_beginnings(word: str) -> list[str]:
+    """The beginnings a word of letters is also found by ("fujifilm": fuj, fuji, ...,
+    fujifil); none for a short word or one with digits or joints."""
+    if not word.isalpha():
+        return []
+    return [word[:end] for end in range(BEGINNING_FROM, len(word))]
 
 
 def joined_parts(word: str) -> list[str]:
@@ -86,8 +107,23 @@ def _text(value) -> str:
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
         return ""
+    value = _utf8_read_as_latin1(value)
     value = _ESCAPE.sub(" ", value)
     return " ".join("".join(c if c.isprintable() and c != "\ufffd" else " " for c in value).split())[:100]
+
+
+def _utf8_read_as_latin1(text: str) -> str:
+    """The text its bytes mean as UTF-8: Pillow reads an ASCII tag's bytes as Latin-1, so
+    a make written in UTF-8 ("Léica", "小米") comes as "LÃ©ica". A byte that is not UTF-8
+    is junk (binary, or a legacy code page no tag says), as in a tag read as bytes: it
+    becomes U+FFFD, which _text drops, never a letter --camera would match."""
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError:  # beyond Latin-1: real text, not bytes read one by one
+        return text
+    return raw.decode("utf-8", "replace")
 
 
 def _exif_time(value) -> str | None:
@@ -110,7 +146,7 @@ def _camera(make, model) -> tuple[str, list[str]] | None:
     "NIKON D850"), but every word of make and model is matched ("nikon corporation")."""
     make, model = _text(make), _text(model)
     shown_make = make
-    make_first, model_first = (_WORD_START.match(text.lower()) for text in (make, model))
+    make_first, model_first = (_WORD_START.match(_folded(text)) for text in (make, model))
     if make_first and model_first and make_first.group(1) == model_first.group(1):  # a word, not a prefix: LG, LGE
         shown_make = ""  # also "SAMSUNG" + "SAMSUNG-SM-G930A"
     name = " ".join(part for part in (shown_make, model) if part)
@@ -121,11 +157,16 @@ def _camera(make, model) -> tuple[str, list[str]] | None:
 
 
 def stored_camera_words(text: str) -> list[str]:
-    """The words a photo's camera is matched by: its camera_words, and the parts of a
+    """The words a photo's camera is matched by: its camera_words, the parts of a
     joined one ("eos-1d": also "eos" and "1d"), so that --camera "eos 1d" finds an
-    EOS-1D while --camera eos-1d still finds it (and points stored before the parts)."""
+    EOS-1D while --camera eos-1d still finds it (and points stored before the parts),
+    the joined word run together ("x-t3": "xt3"), and the beginnings of each word of
+    letters ("fujifilm": "fuji", ...). The words themselves come first."""
     words = camera_words(text)
-    return list(dict.fromkeys(part for word in words for part in (word, *joined_parts(word))))
+    found = [part for word in words for part in (word, *joined_parts(word))]
+    found += ["".join(parts) for parts in map(joined_parts, words) if parts]
+    found += [beginning for word in list(found) for beginning in word_beginnings(word)]
+    return list(dict.fromkeys(found))
 
 
 def _location(gps) -> dict | None:

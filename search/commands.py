@@ -60,7 +60,8 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
               help="Only photos taken before the start of DATE: --after 2023 --before 2024 is the year 2023.")
 @click.option("--camera", metavar="TEXT", default=None,
               help="Only photos from a camera whose make and model hold every word of TEXT, any case "
-                   "(--camera canon, --camera \"eos 5d\").")
+                   "(--camera canon, --camera \"eos 5d\"); a word of letters also matches a word it begins "
+                   "(fuji: FUJIFILM), a word with digits only whole (5d: not 5DS).")
 @click.option("--near", metavar="LAT,LON,KM", default=None,
               help="Only photos taken within KM kilometres of LAT,LON (EXIF GPS).")
 @format_option(
@@ -79,7 +80,7 @@ LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grp
 def search(query, settings, k, image, add, subtract, queries, under, min_score, after, before, camera, near, fmt,
            gallery, verbose, server, token):
     """Find the images that best match QUERY (text, or an image file)."""
-    from .filters import absent_folder_note, build_where
+    from .filters import absent_folder_note, build_where, empty_answer_note, filters_line
 
     where = build_where(after, before, camera, near)  # a bad value fails before anything loads
     if gallery:
@@ -88,6 +89,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         photo = {"after": after, "before": before, "camera": camera, "near": near}
         return search_remote(server, token, query, k, image, add, subtract, queries,
                              under, min_score, fmt, gallery, verbose, photo)
+    chosen_by = filters_line(after, before, camera, near, under, min_score)
     from clipsearch.timings import Timings
 
     timings = Timings()
@@ -158,6 +160,8 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
                     reason = (f"cannot use {shown(label)} as a query image: {exc.reason}" if exc.path is not None
                               else str(exc))
                     skipped.append((number, reason))
+            # An empty filtered answer says which filter no photo meets, while the index is open.
+            why_empty = empty_answer_note(index, where) if where and not any(h for _, h in results) else None
     finally:
         with timings.phase("index close"):
             index.close()
@@ -168,12 +172,13 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
             from .gallery import attempted, write_gallery
 
             sections = [(title, hits) for title, (_, hits) in zip(titles, results)]
-            gallery_failed = attempted(lambda: write_gallery(gallery, sections))
+            gallery_failed = attempted(lambda: write_gallery(gallery, sections, filters=chosen_by))
         print_results(results, fmt, keyed=queries is not None, lines=(answered, skipped))
         report_skipped(queries, skipped)
         note = absent_folder_note(under, any(hits for _, hits in results))
-        if note:
-            click.echo(note, err=True)
+        for line in (note, why_empty):
+            if line:
+                click.echo(line, err=True)
         if copy:
             from clipsearch.index.commands import unfinished_copy_text
 
@@ -181,7 +186,7 @@ def search(query, settings, k, image, add, subtract, queries, under, min_score, 
         if gallery_failed:  # the hits are out all the same
             raise gallery_failed
         if gallery:
-            click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+            click.echo(f"gallery: {shown(os.path.abspath(gallery))}", err=True)
     if verbose:
         click.echo(f"clipsearch: {timings.line()}", err=True)
     if sys.stdout is not None:  # None where the shell closed it (>&-)
@@ -339,18 +344,23 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
             hits = _without_itself(found, image_path, k)
         results.append((label, hits))
         answered.append(number)
+    from .filters import filters_line
     from .gallery import attempted
 
     # The page before stdout, which a reader may close early (| head); its failure after the hits.
     extra = [parse_term(spec, sign, option, images=False) for spec, sign, option in given]
     sections = [(terms_title([Term("text", label or "", 1.0), *extra]), hits) for label, hits in results]
-    gallery_failed = attempted(lambda: write_remote_gallery(gallery, client, sections)) if gallery else None
+    photo = photo or {}
+    chosen_by = filters_line(photo.get("after"), photo.get("before"), photo.get("camera"), photo.get("near"),
+                             under, min_score)
+    gallery_failed = (attempted(lambda: write_remote_gallery(gallery, client, sections, chosen_by)) if gallery
+                      else None)
     print_results(results, fmt, keyed=queries is not None, lines=(answered, skipped))
     report_skipped(queries, skipped)
     if gallery_failed:
         raise gallery_failed
     if gallery:
-        click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+        click.echo(f"gallery: {shown(os.path.abspath(gallery))}", err=True)
     if verbose:
         click.echo(f"clipsearch: answered by clipsearch serve at {server} ({len(results)} request(s), "
                    f"{time.perf_counter() - started:.3f} s)", err=True)
@@ -380,7 +390,7 @@ def _without_itself(hits, image_path: str, k: int):
     return [dataclasses.replace(hit, rank=rank) for rank, hit in enumerate(kept, start=1)]
 
 
-def write_remote_gallery(path: str, client, results) -> None:
+def write_remote_gallery(path: str, client, results, filters: str | None = None) -> None:
     """search/gallery.py's page, its thumbnails fetched from the server (with the token)
     and embedded as data URIs; each links to the server's copy of the file."""
     from clipsearch.remote import data_uri
@@ -393,7 +403,8 @@ def write_remote_gallery(path: str, client, results) -> None:
         except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
             return None
 
-    write_gallery(path, results, thumbnail=thumbnail, link=lambda hit: client.url + (hit.file or ""))
+    write_gallery(path, results, thumbnail=thumbnail, link=lambda hit: client.url + (hit.file or ""),
+                  filters=filters)
 
 
 def print_results(results, fmt: str, keyed: bool, lines: tuple[list[int], list[tuple[int, str]]] = ([], [])) -> None:

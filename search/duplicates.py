@@ -70,7 +70,9 @@ class Duplicates:
 
     groups: list[DuplicateGroup] = field(default_factory=list)
     no_fingerprint: int = 0  # points indexed before fingerprints: invisible to the identical pass
-    unreadable: list[str] = field(default_factory=list)  # fingerprint matched, but the bytes could not be read
+    # Files the index lists that are gone or unreadable now: left out of every group (a
+    # group is for deciding what to delete, and its first file is the one to keep).
+    unreadable: list[str] = field(default_factory=list)
     # (path, the path kept): one file reached twice (a hard link, a share mounted at two
     # places). Not a copy: deleting "the duplicate" could delete the photo itself.
     same_file: list[tuple[str, str]] = field(default_factory=list)
@@ -96,20 +98,25 @@ def find_duplicates(index: Index, similar: float | None = None, under: str | Non
         under = canonical_path(under)  # as the `dirs` payload spells folders
     found = identical_groups(index, under)
     aliases: dict[str, str] = {}  # path -> the path kept for its file
-    found.groups = _one_path_per_file(found.groups, aliases)
+    gone: list[str] = []
+    found.groups = _one_path_per_file(found.groups, aliases, gone)
     if similar is not None:
         seen = {frozenset(m.id for m in g.members) for g in found.groups}
-        found.groups += [g for g in _one_path_per_file(similar_groups(index, similar, under, progress), aliases)
+        similar_found = similar_groups(index, similar, under, progress, present=_present_noting(gone))
+        found.groups += [g for g in _one_path_per_file(similar_found, aliases, gone)
                          if frozenset(m.id for m in g.members) not in seen]
     found.same_file = sorted(aliases.items())
+    found.unreadable = sorted({*found.unreadable, *gone})
     return found
 
 
-def _one_path_per_file(groups: list[DuplicateGroup], aliases: dict[str, str]) -> list[DuplicateGroup]:
+def _one_path_per_file(groups: list[DuplicateGroup], aliases: dict[str, str],
+                       gone: list[str]) -> list[DuplicateGroup]:
     """The groups with each file once, and those left with two files or more: a member
     that is an earlier member's very file (same device and inode: a hard link, or one
     share reached by two bind mounts; two network mounts of one share usually differ in
-    device and are not caught) is left out and noted in `aliases`."""
+    device and are not caught) is left out and noted in `aliases`; one gone since the
+    groups were made is left out and noted in `gone`."""
     kept_groups = []
     for group in groups:
         first: dict[tuple[int, int], str] = {}
@@ -117,8 +124,8 @@ def _one_path_per_file(groups: list[DuplicateGroup], aliases: dict[str, str]) ->
         for member in group.members:
             try:
                 st = os.stat(member.path)
-            except OSError:  # gone since (a near-duplicate's point): listed as it is
-                kept.append(member)
+            except OSError:  # gone meanwhile: never listed, above all not as the copy to keep
+                gone.append(member.path)
                 continue
             other = first.setdefault((st.st_dev, st.st_ino), member.path)
             if other == member.path:
@@ -184,6 +191,20 @@ def _split_by_bytes(files: list[Member]) -> tuple[list[list[Member]], list[str]]
     return sets, unreadable
 
 
+def _present_noting(gone: list[str]) -> Callable[[str], bool]:
+    """Whether a file can be read now, noting in `gone` each one that cannot: a person
+    deleting all but each group's first file must never be told to keep one that is
+    not there, nor find a gone copy listed as if it could be looked at."""
+
+    def present(path: str) -> bool:
+        if _readable(path):
+            return True
+        gone.append(path)
+        return False
+
+    return present
+
+
 def _readable(path: str) -> bool:
     try:
         with open(path, "rb"):
@@ -222,17 +243,32 @@ class _Links:
 
 
 def similar_groups(index: Index, threshold: float, under: str | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> list[DuplicateGroup]:
+                   progress: Callable[[int, int], None] | None = None,
+                   present: Callable[[str], bool] | None = None) -> list[DuplicateGroup]:
     """Images whose vectors are at least `threshold` cosine alike, joined transitively:
     one nearest-neighbour query per image, answered by the index (HNSW where it has
-    built one), never an all-pairs scan here. `under` must be canonical."""
+    built one), never an all-pairs scan here. `under` must be canonical. With
+    `present(path)`, a point whose file it denies joins no group, nor joins two others
+    through itself (find_duplicates leaves out files gone since ingest); without it, the
+    index alone is grouped."""
     check_threshold(threshold)
     links = _Links()
     where: dict[str, tuple[str, int | None]] = {}  # id -> (path, size), for linked points only
+    known: dict[str, bool] = {}  # id -> present(path), asked once per linked point
+
+    def kept(point_id: str, path: str) -> bool:
+        if present is None:
+            return True
+        if point_id not in known:
+            known[point_id] = present(path)
+        return known[point_id]
+
     total = index.count(under=under)
     for done, record in enumerate(index.scroll(under=under, with_vectors=True), start=1):
         if record.vector is not None:
             for hit in _neighbours(index, record.id, record.vector, threshold, under):
+                if not (kept(record.id, record.path) and kept(hit.id, hit.path)):
+                    continue
                 links.join(record.id, hit.id)
                 where.setdefault(record.id, (record.path, _size(record.payload)))
                 where.setdefault(hit.id, (hit.path, _size(hit.payload)))

@@ -53,7 +53,7 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
     gallery_failed = attempted(lambda: write_duplicates_gallery(gallery, found.groups, similar)) if gallery else None
     print_groups(found.groups, fmt, similar)
     if gallery and not gallery_failed:
-        click.echo(f"gallery: {os.path.abspath(gallery)}", err=True)
+        click.echo(f"gallery: {shown(os.path.abspath(gallery))}", err=True)
     for line in notes(found, similar):
         click.echo(line, err=True)
     note = absent_folder_note(under, bool(found.groups))
@@ -172,8 +172,8 @@ def notes(found: "Duplicates", similar: float | None) -> list[str]:
                      f"{shown(other)}")
     if found.unreadable:
         files, were = ("1 file", "was") if len(found.unreadable) == 1 else (f"{len(found.unreadable)} files", "were")
-        lines.append(f"{files} could not be read to compare their bytes (gone or unreadable since ingest) and "
-                     f"{were} left out, e.g. {shown(found.unreadable[0])}")
+        lines.append(f"{files} in the index {were} gone or unreadable since ingest and left out of the groups, "
+                     f"e.g. {shown(found.unreadable[0])}")
     return lines
 
 

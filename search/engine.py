@@ -3,6 +3,7 @@ ranked image hits out."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -128,14 +129,20 @@ class Searcher:
 def search(query: str | None = None, k: int = 10, settings=None, under: str | None = None,
            min_score: float | None = None, image: str | None = None,
            add: Iterable[str] | str = (), subtract: Iterable[str] | str = (),
-           where: Where | None = None) -> list[SearchHit]:
+           where: Where | None = None, *, after: str | date | None = None, before: str | date | None = None,
+           camera: str | None = None, near: str | Sequence[float] | None = None) -> list[SearchHit]:
     """One-call API for notebooks: load the model, open the index, search, close.
     Text goes through the same encoders as the CLI: the cached ONNX text tower when
     there is one, else the full model (clipsearch/encoders/query.py).
 
         search("a dog on a beach", k=5)
         search(image="holiday/beach.jpg", subtract=["people"])
-        search("a harbour", where=Where(taken_from="2023-01-01T00:00:00", camera_words=("canon",)))
+        search("a harbour", after="2023", before="2024", camera="canon", near="48.8566,2.3522,25")
+
+    `after`, `before`, `camera` and `near` are the CLI's --after, --before, --camera and
+    --near, read as it reads them (near: "LAT,LON,KM" or (lat, lon, km), in kilometres);
+    `where` is the same filter built by hand (clipsearch.index.where.Where: its radius
+    is in metres), for Searcher's methods; not both.
 
     `add` and `subtract` take terms, or one term as a string (not its letters). As in
     the CLI, a query or term that names an existing image file searches by that image:
@@ -147,6 +154,7 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
 
     settings = settings or Settings.resolve()
     check_k(k)
+    where = _photo_filter(where, after, before, camera, near)
     terms = build_terms(query, image, _terms_given(add), _terms_given(subtract))
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
@@ -156,6 +164,28 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
         hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits
+
+
+def _photo_filter(where: Where | None, after: str | date | None, before: str | date | None, camera: str | None,
+                  near: str | Sequence[float] | None) -> Where | None:
+    """search()'s filter: `where`, or the one its CLI-like keywords ask for."""
+    from .filters import build_where
+
+    given = (after, before, camera, near)
+    if all(value is None for value in given):
+        return where
+    if where:
+        raise ClipsearchError("give search() either where= or after=/before=/camera=/near=, not both")
+    if near is not None and not isinstance(near, str):
+        try:
+            near = ",".join(repr(float(part)) for part in near)
+        except (TypeError, ValueError):
+            raise ClipsearchError(f"near={near!r} must be 'LAT,LON,KM' or (lat, lon, km)") from None
+    after, before = (value.isoformat() if isinstance(value, date) else value for value in (after, before))
+    for name, value in zip(("after", "before", "camera"), (after, before, camera)):
+        if value is not None and not isinstance(value, str):
+            raise ClipsearchError(f"{name}= takes text as --{name} does; got {type(value).__name__}")
+    return build_where(after, before, camera, near, prefix="") or None
 
 
 def _terms_given(terms: Iterable[str] | str) -> Iterable[str]:

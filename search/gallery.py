@@ -1,5 +1,6 @@
 """A self-contained HTML page of search hits: thumbnails (embedded as data URIs),
-rank, score and path, so a person can look at results in any browser."""
+rank, score, path and the photo's facts (when, with what, where), under the filters that
+chose them, so a person can look at results in any browser."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.names import shown
+from clipsearch.names import has_control, is_text, shown
 
 THUMBNAIL = 256
 
@@ -23,6 +24,8 @@ figure{margin:0;width:256px;background:#fff;border:1px solid #ddd;border-radius:
 figure img{width:256px;height:256px;object-fit:contain;background:#eee;display:block}
 figcaption{padding:6px 8px;font-size:.8rem;word-break:break-all}
 .score{font-weight:600}
+.facts{color:#555}
+.filters{color:#555;margin:.25rem 0 1rem}
 .missing{width:256px;height:256px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
 """
 
@@ -49,26 +52,56 @@ def file_link(path: str) -> str:
     return Path(path).as_uri() if Path(path).is_absolute() else path
 
 
+def readable(path: str) -> str:
+    """A name for a page: a byte that is not UTF-8 as U+FFFD (a browser shows text, and
+    $'caf\\xe9.jpg' reads as code), a name holding a line break quoted as a terminal
+    shows it (an HTML line break would hide it). The exact name is in the title."""
+    text = path if is_text(path) else path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return shown(text) if has_control(text) else text
+
+
+def _name_html(path: str) -> str:
+    """The name's caption, with its exact bytes ($'...') on hover where they differ."""
+    exact = "" if readable(path) == shown(path) else f" title='{html.escape(shown(path), quote=True)}'"
+    return f"<span class='path'{exact}>{html.escape(readable(path))}</span>"
+
+
+def facts_line(hit) -> str:
+    """'2023-07-14 10:22 · Canon EOS 5D · 48.85660, 2.35220': the facts the hit carries
+    (search hits do; a duplicate group's members carry none)."""
+    taken, camera, location = (getattr(hit, name, None) for name in ("taken", "camera", "location"))
+    parts = [taken.replace("T", " ")[:16] if isinstance(taken, str) else None,
+             camera if isinstance(camera, str) else None]
+    if isinstance(location, dict) and {"lat", "lon"} <= set(location):
+        parts.append(f"{location['lat']:.5f}, {location['lon']:.5f}")
+    return " \u00b7 ".join(part for part in parts if part)
+
+
 def render_gallery(sections: Sequence[tuple[str, Sequence]], thumbnail: Callable[[object], str | None] | None = None,
-                   link: Callable[[object], str] | None = None) -> str:
-    """`sections`: (title, hits) pairs; hits have rank, score and path. `thumbnail(hit)`
-    gives a data URI (default: made from the local file), `link(hit)` where a click
-    goes (default: the local file)."""
+                   link: Callable[[object], str] | None = None, filters: str | None = None) -> str:
+    """`sections`: (title, hits) pairs; hits have rank, score and path, and a search's
+    their photo facts. `thumbnail(hit)` gives a data URI (default: made from the local
+    file), `link(hit)` where a click goes (default: the local file). `filters`: the
+    line saying what chose the hits (--after, --camera, --in ...), shown at the top."""
     thumbnail = thumbnail or (lambda hit: thumbnail_data_uri(hit.path))
     link = link or (lambda hit: file_link(hit.path))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clipsearch results</title>",
              f"<style>{STYLE}</style></head><body>"]
+    if filters:
+        parts.append(f"<p class='filters'>{html.escape(readable(filters))}</p>")
     for title, hits in sections:
-        parts.append(f"<h2>{html.escape(shown(str(title)))}</h2><div class='grid'>")
+        parts.append(f"<h2>{html.escape(readable(str(title)))}</h2><div class='grid'>")
         for hit in hits:
             uri = thumbnail(hit)
             href = html.escape(link(hit), quote=True)
-            alt = html.escape(shown(Path(hit.path).name), quote=True)
+            alt = html.escape(readable(Path(hit.path).name), quote=True)
             image = (f"<a href='{href}'><img src='{uri}' alt='{alt}'></a>"
                      if uri else "<div class='missing'>not readable</div>")
+            facts = facts_line(hit)
+            facts_html = f"<br><span class='facts'>{html.escape(facts)}</span>" if facts else ""
             parts.append(
                 f"<figure>{image}<figcaption><span class='score'>#{hit.rank} &middot; {hit.score:.4f}</span>"
-                f"<br>{html.escape(shown(hit.path))}</figcaption></figure>")
+                f"<br>{_name_html(hit.path)}{facts_html}</figcaption></figure>")
         if not hits:
             parts.append("<p>no hits</p>")
         parts.append("</div>")

@@ -260,9 +260,9 @@ def test_gallery_has_one_section_per_group_showing_every_member(library, monkeyp
 
     parser = Sections()
     parser.feed(page.read_text())
-    from clipsearch.names import shown
+    from clipsearch.search.gallery import readable
 
-    assert parser.sections == [[shown(p) for p in paths] for _, paths in groups]
+    assert parser.sections == [[readable(p) for p in paths] for _, paths in groups]  # caf\ufffd.png, not $'...'
     assert parser.images == [len(paths) for _, paths in groups]  # every member shown, none a placeholder
 
 

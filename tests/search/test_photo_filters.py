@@ -60,7 +60,7 @@ def test_facts_are_read_and_broken_ones_ignored(library):
     assert payloads["paris.jpg"]["location"] == pytest.approx({"lat": PARIS[0], "lon": PARIS[1]}, abs=1e-4)
     assert payloads["old.jpg"]["taken"] == "2019-12-31T23:59:59"  # DateTime when there is no DateTimeOriginal
     assert payloads["lyon.jpg"]["camera"] == "NIKON D750"  # the make said once, not twice
-    assert payloads["lyon.jpg"]["camera_words"] == ["nikon", "corporation", "d750"]  # but all of it matched
+    assert payloads["lyon.jpg"]["camera_words"][:3] == ["nikon", "corporation", "d750"]  # but all of it matched
     for name in ("none.jpg", "year0.jpg"):
         assert not {"taken", "camera", "location"} & set(payloads[name]), payloads[name]
     assert "taken" not in payloads["feb30.jpg"] and "location" not in payloads["feb30.jpg"]
@@ -87,7 +87,8 @@ def test_the_name_says_the_make_once_and_every_word_of_it_is_matched(make, model
     Image.new("RGB", (8, 8)).save(buffer, format="JPEG", exif=exif)
     with Image.open(buffer) as img:
         facts = photo_facts(img)
-    assert (facts["camera"], facts["camera_words"]) == (name, words)
+    # the words first; then each word of letters' beginnings (photo_facts.word_beginnings)
+    assert (facts["camera"], facts["camera_words"][:len(words)]) == (name, words)
 
 
 @pytest.mark.parametrize("seconds, location", [
