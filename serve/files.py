@@ -68,7 +68,7 @@ def open_indexed(payload: dict) -> int:
             raise Gone("the indexed path is no longer a regular file")
         if st.st_size != payload.get("size") or (
                 "mtime_ns" in payload and st.st_mtime_ns != payload.get("mtime_ns")):
-            raise Gone("the file changed since it was indexed; ingest it again")
+            raise Gone("the file changed since it was indexed; ingest it again (serve --watch does so by itself)")
     except BaseException:
         os.close(fd)
         raise

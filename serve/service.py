@@ -322,7 +322,8 @@ def canonical_folder(under: str | None) -> str | None:
     if "\x00" in under:
         raise ClipsearchError("the folder filter holds a NUL character")
     if not os.path.isabs(os.path.expanduser(under)):  # relative to what? Not the server's working folder
-        raise ClipsearchError("the folder filter must be an absolute folder of the server's machine")
+        raise ClipsearchError("the folder filter must be an absolute folder of the server's machine, as its "
+                              "paths are indexed (/home/anna/Pictures; ~ is the home of the user serve runs as)")
     from clipsearch.index import canonical_path
 
     return canonical_path(os.path.expanduser(under))  # ~ as the check above read it: the server's home

@@ -5,9 +5,15 @@
 
 const K = 24;
 const INGEST_POLL_MS = 2000;
-const PROBE_MS = 2000;  // while thumbnails could not load: how soon to ask the server again (doubling, to 10 s)
+const PROBE_MS = 2000;  // while thumbnails could not load or a search got no answer: how soon to ask the server again (doubling, to 10 s)
 const THUMBNAIL_TRIES = 5;
-const UNREACHABLE = "Cannot reach the server; is clipsearch serve running?";
+const ERRORS_LISTED = 100;  // GET /api/ingest lists the latest 100 files that could not be read
+const CHANGED_RETRY_MS = 3000;  // a photo changed since it was indexed: a watching serve indexes it again within seconds
+// The page's words are for whoever uses it (the family); the API's own errors, worded for
+// developers, go in a tooltip where the page words them differently.
+const UNREACHABLE = "The server is not answering; trying again…";
+const UNREACHABLE_NOW = "The server is not answering; try again in a moment.";
+const ABSOLUTE = /^(\/|[A-Za-z]:[\\/]|\\\\)/;  // a folder in full: /home/…, C:\…, \\server\…
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const $ = (id) => document.getElementById(id);
 
@@ -64,9 +70,11 @@ async function whyNot(url) {
   return { status: response.status, error: error || `${response.status} ${response.statusText}` };
 }
 
-function showError(message) {
+// `mild`: a hint about what was typed (an empty search), not something gone wrong.
+function showError(message, mild = false) {
   $("error").textContent = visible(message);
   $("error").hidden = !message;
+  $("error").classList.toggle("mild", mild);
 }
 
 // Names are split on "/" only: a backslash is an ordinary character of a file name, and
@@ -101,13 +109,21 @@ function address() {
 }
 
 // The search in the address bar: a new history entry for a new search, page or "more
-// like this" (push), the same entry for a refinement of it.
+// like this" (push), the same entry for a refinement of it. The entry of a photo open in
+// the viewer (viewing(), so that Back closes it) is kept while the viewer is open, and is
+// taken over by a search started from it (more like this): Back from that search goes to
+// the results the photo was opened from, not to the photo.
 function remember(push) {
   const search = address();
   const url = search ? `?${search}` : location.pathname;
   const entry = { similarPath: state.similarPath };
-  if (push && search !== location.search.slice(1)) history.pushState(entry, "", url);
+  if ($("viewer").open && viewing()) entry.viewer = viewing();
+  if (push && search !== location.search.slice(1) && !viewing()) history.pushState(entry, "", url);
   else history.replaceState(entry, "", url);
+}
+
+function viewing() {
+  return (history.state && history.state.viewer) || null;
 }
 
 // The state the address holds (on load, and on Back and Forward). An offset between pages
@@ -130,23 +146,26 @@ function restore() {
 
 // -- searching ----------------------------------------------------------------------
 
+// One hit more than a page is asked for: whether there is a next page (an exactly full
+// last page has none).
 function request() {
   const refined = state.liked.size > 0 || state.disliked.size > 0;
   const folder = state.folder.trim() || null;
   if (state.similarId && !refined) {
-    const params = new URLSearchParams({ k: K, offset: state.offset });
+    const params = new URLSearchParams({ k: K + 1, offset: state.offset });
     if (folder) params.set("in", folder);
     return [`/api/images/${encodeURIComponent(state.similarId)}/similar?${params}`, undefined];
   }
   return ["/api/search", {
     query: state.similarId ? null : state.query, image_id: state.similarId, liked: [...state.liked],
-    disliked: [...state.disliked], in: folder, k: K, offset: state.offset,
+    disliked: [...state.disliked], in: folder, k: K + 1, offset: state.offset,
   }];
 }
 
 // Asks for what `state` says and shows it; `after` runs once it is shown.
 async function run(after) {
   const mine = ++generation;
+  retrySearch = false;
   if (state.similarId && !UUID.test(state.similarId)) {
     showError(`The address asks for images like “${state.similarId.slice(0, 80)}”, which is not an image id: search with words instead.`);
     render(null);
@@ -157,6 +176,12 @@ async function run(after) {
     render(null);
     return;
   }
+  const problem = folderProblem(state.folder);
+  if (problem) {
+    showError(problem);
+    render(null);
+    return;
+  }
   $("results").setAttribute("aria-busy", "true");
   try {
     const data = await api(...request());
@@ -164,13 +189,19 @@ async function run(after) {
     if (state.similarId && !state.similarPath) state.similarPath = await pathOf(state.similarId);
     if (mine !== generation) return;
     showError("");
-    forgetGone(data.dropped || []);
+    data.more = data.hits.length > K;
+    data.hits = data.hits.slice(0, K);
+    const notes = [forgetGone(data.dropped || []), emptyFolder(data)].filter(Boolean);
+    $("note").textContent = notes.join(" ");
+    $("note").hidden = !notes.length;
     render(data);
     if (after) after();
   } catch (error) {
     if (mine !== generation || error.message === "logged out") return;
-    if (error.status === 0) {  // no answer: what is shown stays, with the reason
+    if (error.status === 0) {  // no answer: what is shown stays, with the reason, until the server answers
       showError(error.message);
+      retrySearch = true;
+      probeLater();
       return;
     }
     // More like this: the one image is the query, so a 404 is that image gone.
@@ -207,8 +238,34 @@ function forgetGone(dropped) {
   const disliked = count(state.disliked);
   const images = (n, what) => `${n} ${what} image${n === 1 ? "" : "s"}`;
   const which = [liked && images(liked, "liked"), disliked && images(disliked, "disliked")].filter(Boolean).join(" and ");
-  $("note").textContent = which ? `Left out ${which}: no longer in the index (deleted, moved or renamed since shown).` : "";
-  $("note").hidden = !which;
+  return which ? `Left out ${which}: no longer in the index (deleted, moved or renamed since shown).` : "";
+}
+
+// The server's note on an empty answer (nothing indexed under the Folder box's folder:
+// a typo, or a folder never added), in words for people; the API's own in a tooltip.
+function emptyFolder(data) {
+  $("note").title = data.note ? visible(data.note) : "";
+  if (!data.note) return "";
+  const folder = state.folder.trim();
+  if (!folder) return visible(data.note);
+  return `There are no photos under the folder “${visible(folder)}”. Check its spelling (capital letters count), or empty the Folder box to search everywhere.`;
+}
+
+// What is wrong with the Folder box's folder, in words for people, before the server is
+// asked: it takes a folder as the computer that holds the photos names it, in full. A
+// folder typed as its name alone is looked for in the paths on screen.
+function folderProblem(typed) {
+  const folder = typed.trim();
+  if (!folder || ABSOLUTE.test(folder)) return "";
+  const full = current.map((hit) => hit.path).filter((path) => ABSOLUTE.test(path));
+  const part = folder.replace(/^~?\/+|\/+$/g, "");
+  for (const path of part ? full : []) {
+    const at = path.indexOf(`/${part}/`);
+    if (at >= 0) return `Type the folder in full, starting with “/”. Did you mean “${path.slice(0, at + part.length + 1)}”?`;
+  }
+  const example = full.length ? ` For example: “${full[0].slice(0, full[0].lastIndexOf("/")) || "/"}”.` : "";
+  const home = folder.startsWith("~") ? " “~” is not understood here." : "";
+  return `Type the folder in full, starting with “/”, as on the computer that holds the photos.${home}${example}`;
 }
 
 function render(data) {
@@ -225,9 +282,9 @@ function render(data) {
   const refined = state.liked.size + state.disliked.size;
   $("refine").hidden = !data || !refined;
   $("refine-text").textContent = `Refined by ${state.liked.size} liked and ${state.disliked.size} disliked. `;
-  $("pager").hidden = !data || (state.offset === 0 && hits.length < K);
+  $("pager").hidden = !data || (state.offset === 0 && !data.more);
   $("prev").disabled = state.offset === 0;
-  $("next").disabled = hits.length < K;
+  $("next").disabled = !data || !data.more;
   $("page").textContent = `Page ${Math.floor(state.offset / K) + 1}`;
   remember(false);
 }
@@ -277,9 +334,7 @@ function tile(hit) {
   open.addEventListener("click", () => openViewer(hit));
   node.querySelector(".rank").textContent = `#${hit.rank}`;
   node.querySelector(".score").textContent = hit.score.toFixed(3);
-  const path = node.querySelector(".path");
-  path.textContent = visible(hit.path);
-  path.title = visible(hit.path);
+  caption(node.querySelector(".path"), visible(hit.path));
   for (const [cls, mine, other, verb] of [["like", state.liked, state.disliked, "More"], ["dislike", state.disliked, state.liked, "Fewer"]]) {
     const button = node.querySelector(`.${cls}`);
     button.setAttribute("aria-pressed", String(mine.has(hit.id)));
@@ -294,6 +349,20 @@ function tile(hit) {
     });
   }
   return node;
+}
+
+// The caption: the file name on its first line, cut in the middle where it is too long
+// (its ending and extension stay), and its folder below, cut at the start (the folders
+// nearest the photo stay). Its text is the whole path, which is also its tooltip.
+function caption(node, path) {
+  const cut = path.lastIndexOf("/") + 1;
+  const name = [...path.slice(cut)];  // characters, not UTF-16 halves: an emoji is not cut in two
+  const dot = name.lastIndexOf(".");
+  const end = name.length - Math.min(16, Math.max(8, dot > 0 ? name.length - dot + 4 : 0));
+  node.querySelector(".folder bdi").textContent = path.slice(0, cut);
+  node.querySelector(".name-start").textContent = name.slice(0, Math.max(0, end)).join("");
+  node.querySelector(".name-end").textContent = name.slice(Math.max(0, end)).join("");
+  node.title = path;
 }
 
 // -- thumbnails that did not load ---------------------------------------------------
@@ -321,6 +390,10 @@ async function thumbnailFailed(node, img) {
   }
 }
 
+// The server answered: the thumbnails that could not load are asked again, and so is a
+// search that got no answer (its error then goes).
+let retrySearch = false;
+
 function serverAnswered() {
   probeDelay = PROBE_MS;
   for (const node of unloaded) {
@@ -329,17 +402,19 @@ function serverAnswered() {
     const img = node.querySelector("img");
     img.src = img.getAttribute("src");  // setting it again loads it again
   }
+  if (retrySearch) run();
 }
 
-// Asks the server for its status until it answers (api() then retries the thumbnails),
-// or answers 401 (the session ended: api() reloads into the login form).
+// Asks the server for its status until it answers (api() then retries the thumbnails
+// and the search), or answers 401 (the session ended: api() reloads into the login form).
 function probeLater() {
   if (probe) return;
+  const waiting = () => unloaded.size || retrySearch;
   probe = setTimeout(async () => {
     probe = 0;
-    if (!unloaded.size) return;
+    if (!waiting()) return;
     if (!(await refreshStatus())) probeDelay = Math.min(probeDelay * 2, 10000);
-    if (unloaded.size) probeLater();
+    if (waiting()) probeLater();
   }, probeDelay);
 }
 
@@ -364,8 +439,17 @@ function page(step) {
 
 // -- the viewer ---------------------------------------------------------------------
 
+// Opening a photo adds a history entry (the photo's id in its state, the address the
+// same), so that Back (a phone's above all) closes the photo rather than leave the
+// results; Previous and Next (buttons, arrow keys, a swipe) step through the hits on
+// screen in the same entry.
+let viewerTries = 0;  // the original asked again once, after a 410 (changed since indexed)
+let viewerRetry = 0;
+
 function openViewer(hit) {
   shown = hit;
+  viewerTries = 0;
+  clearTimeout(viewerRetry);
   const viewer = $("viewer");
   $("viewer-error").hidden = true;
   $("viewer-image").hidden = false;
@@ -375,13 +459,29 @@ function openViewer(hit) {
   const size = hit.width && hit.height ? `${hit.width} × ${hit.height} · ` : "";
   $("viewer-facts").textContent = `${size}#${hit.rank} · score ${hit.score.toFixed(3)}`;
   $("viewer-original").href = hit.file;
-  if (!viewer.open) viewer.showModal();
-  $("more-like-this").focus();
+  $("viewer-download").href = hit.file;  // saved under the name the server gives it (Content-Disposition)
+  const at = current.indexOf(hit);
+  $("viewer-prev").disabled = at <= 0;
+  $("viewer-next").disabled = at < 0 || at >= current.length - 1;
+  const entry = { ...(history.state || {}), viewer: hit.id };
+  if (viewing()) history.replaceState(entry, "");
+  else history.pushState(entry, "");
+  if (!viewer.open) {
+    viewer.showModal();
+    $("more-like-this").focus();
+  }
 }
 
-// The original did not load: the server's reason (gone, changed since indexed, no answer)
-// in the viewer, or, where the server sent it whole, the large thumbnail instead (a
-// format this browser does not show).
+function stepViewer(step) {
+  const at = current.indexOf(shown);  // -1: the grid was drawn again meanwhile
+  const hit = at >= 0 && current[at + step];
+  if ($("viewer").open && hit) openViewer(hit);
+}
+
+// The original did not load: why, in words for people (the server's own reason in the
+// tooltip); or, where the server sent it whole, the large thumbnail instead (a format
+// this browser does not show). A photo changed since it was indexed is asked again once,
+// a little later: a watching serve indexes it again meanwhile.
 async function viewerFailed() {
   const hit = shown;
   const img = $("viewer-image");
@@ -394,14 +494,37 @@ async function viewerFailed() {
     return;
   }
   img.hidden = true;
-  $("viewer-error").textContent = status >= 200 && status < 300 ? "This browser cannot show this image."
-    : status === 0 ? error : `This image cannot be shown: ${visible(error)}`;
+  const again = status === 410 && viewerTries++ === 0;
+  $("viewer-error").textContent = viewerProblem(status, again);
+  $("viewer-error").title = status && status !== 410 && status !== 404 ? "" : visible(error);
   $("viewer-error").hidden = false;
+  if (again) {
+    viewerRetry = setTimeout(() => {
+      if (shown === hit && $("viewer").open) img.src = src;  // setting it again loads it again
+    }, CHANGED_RETRY_MS);
+  }
 }
 
-function closeViewer() {
+function viewerProblem(status, again) {
+  if (status >= 200 && status < 300) return "This browser cannot show this photo. Download it to see it.";
+  if (status === 0) return UNREACHABLE_NOW;
+  if (status === 404) return "This photo was deleted, moved or renamed since these results were shown. Search again.";
+  if (status === 410) {
+    return again ? "This photo was just changed or moved; trying again in a moment…"
+      : "This photo was changed, moved or deleted since these results were shown. Search again.";
+  }
+  return "This photo cannot be shown right now; try again in a moment.";
+}
+
+// keepHistory: the history already moved (Back), or a search started from the photo
+// takes its entry over (remember()); else the photo's entry is taken back.
+let keepHistory = false;
+
+function closeViewer(keep = false) {
   const viewer = $("viewer");
-  if (viewer.open) viewer.close();
+  if (!viewer.open) return;
+  keepHistory = keep;
+  viewer.close();
 }
 
 // -- status and ingest --------------------------------------------------------------
@@ -459,7 +582,13 @@ async function pollIngest() {
   $("ingest-progress").max = Math.max(1, n("found"));
   if (walking) $("ingest-progress").removeAttribute("value");
   else $("ingest-progress").value = Math.min(done, n("found"));
-  $("ingest-errors").replaceChildren(...(progress.errors || []).map((e) => {
+  // Files that could not be read: one line, the list behind it (a library with a folder
+  // of broken or unsupported files would push every search's results off the screen).
+  const errors = progress.errors || [];
+  $("ingest-problems").hidden = !errors.length;
+  const many = errors.length >= ERRORS_LISTED ? `${ERRORS_LISTED} or more files` : `${errors.length} file${errors.length === 1 ? "" : "s"}`;
+  $("ingest-problems-count").textContent = `${many} could not be read`;
+  $("ingest-errors").replaceChildren(...errors.map((e) => {
     const li = document.createElement("li");
     li.textContent = `${visible(e.path)}: ${visible(e.reason)}`;
     return li;
@@ -473,7 +602,7 @@ async function logout() {
   try {
     await fetch("/api/logout", { method: "POST", credentials: "same-origin" });
   } catch {
-    showError(UNREACHABLE);
+    showError(UNREACHABLE_NOW);
     return;
   }
   location.reload();  // into the login form, the search kept in the address
@@ -484,24 +613,61 @@ async function logout() {
 document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    closeViewer();
+    // Nothing to search for, or a folder the server cannot take: said at once, the results
+    // and the address kept.
+    const problem = !$("query").value.trim() ? "Type what you are looking for, e.g. “a dog on a beach”."
+      : folderProblem($("folder").value);
+    if (problem) {
+      showError(problem, !$("query").value.trim());
+      return;
+    }
+    closeViewer(true);
     newSearch($("query").value, $("folder").value);
   });
   $("prev").addEventListener("click", () => page(-1));
   $("next").addEventListener("click", () => page(1));
   $("clear-refine").addEventListener("click", () => { state.liked.clear(); state.disliked.clear(); state.offset = 0; refine(); });
-  $("more-like-this").addEventListener("click", () => { const hit = shown; closeViewer(); moreLike(hit); });
-  $("viewer-close").addEventListener("click", closeViewer);
+  $("more-like-this").addEventListener("click", () => { const hit = shown; closeViewer(true); moreLike(hit); });
+  $("viewer-close").addEventListener("click", () => closeViewer());
   $("viewer").addEventListener("click", (event) => { if (event.target === $("viewer")) closeViewer(); });  // the backdrop
+  $("viewer-prev").addEventListener("click", () => stepViewer(-1));
+  $("viewer-next").addEventListener("click", () => stepViewer(1));
+  document.addEventListener("keydown", (event) => {  // the document's: a step can disable the focused button
+    if (!$("viewer").open || event.altKey || event.ctrlKey || event.metaKey || event.target.matches("input, textarea")) return;
+    if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
+      event.preventDefault();
+      stepViewer(event.key === "ArrowLeft" ? -1 : 1);
+    }
+  });
+  let touched = null;  // where a swipe began
+  $("viewer").addEventListener("touchstart", (event) => { touched = event.touches.length === 1 ? event.touches[0] : null; }, { passive: true });
+  $("viewer").addEventListener("touchend", (event) => {
+    const end = event.changedTouches[0];
+    if (!touched || !end) return;
+    const dx = end.clientX - touched.clientX;
+    if (Math.abs(dx) > 60 && Math.abs(dx) > 2 * Math.abs(end.clientY - touched.clientY)) stepViewer(dx < 0 ? 1 : -1);
+    touched = null;
+  });
   $("viewer-image").addEventListener("error", viewerFailed);
+  $("viewer-image").addEventListener("load", () => { $("viewer-error").hidden = true; $("viewer-image").hidden = false; });
   $("viewer").addEventListener("close", () => {
+    clearTimeout(viewerRetry);
     $("viewer-image").removeAttribute("src");
     const tileOf = shown && [...document.querySelectorAll(".hit")].find((node) => node.dataset.id === shown.id);
     if (tileOf) tileOf.querySelector(".open").focus();
+    if (!keepHistory && viewing()) history.back();
+    keepHistory = false;
   });
   $("logout").addEventListener("click", logout);
   window.addEventListener("popstate", () => {
-    closeViewer();
+    // The same results (Back from a photo, Forward to one): only the viewer changes.
+    if (location.search.slice(1) === address()) {
+      const hit = viewing() && current.find((each) => each.id === viewing());
+      if (hit) openViewer(hit);
+      else closeViewer(true);
+      return;
+    }
+    closeViewer(true);
     restore();
     run();
   });

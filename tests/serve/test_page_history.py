@@ -50,11 +50,12 @@ def page(browser):
 
 
 def searched(page, words: str) -> list[dict]:
-    """Types the words and presses Enter; the hits the server answered."""
+    """Types the words and presses Enter; the hits the server answered that the page shows
+    (it asks for one more, to know whether there is a next page)."""
     page.fill("#query", words)
     with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
         page.press("#query", "Enter")
-    hits = answer.value.json()["hits"]
+    hits = answer.value.json()["hits"][:K]
     page.locator(".hit").first.wait_for()
     return hits
 
@@ -81,7 +82,7 @@ def test_back_and_forward_walk_the_searches_pages_and_more_like_this(server, pag
     page.locator(".hit .open").first.click()
     with page.expect_response(lambda r: f"/api/images/{second[0]}/similar" in r.url) as answer:
         page.click("#more-like-this")
-    similar = [hit["id"] for hit in answer.value.json()["hits"]]
+    similar = [hit["id"] for hit in answer.value.json()["hits"]][:K]
     expect(page.locator(".hit").first).to_have_attribute("data-id", similar[0])
     # The words stay with "more like this", in the address and in the box.
     assert address(page) == {"q": ["a red circle"], "like": [second[0]]}

@@ -142,7 +142,7 @@ def test_the_login_form_says_when_the_server_cannot_be_reached(library, browser)
         expect(page.locator("#token")).to_be_visible()
     page.fill("#token", TOKEN)
     page.press("#token", "Enter")
-    expect(page.locator("#error")).to_have_text("Cannot reach the server; is clipsearch serve running?")
+    expect(page.locator("#error")).to_have_text("The server is not answering; try again in a moment.")
     assert seen["page_errors"] == []
     page.close()
 

@@ -9,6 +9,7 @@ phone the viewer's controls stay on screen and every control is a finger's size.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -104,7 +105,9 @@ def test_names_are_split_on_slashes_only_and_keep_their_spaces(library, browser)
         expect(tile(page, hits[name]).locator(".open")).to_have_attribute("aria-label", f"Open {name}")
         expect(tile(page, hits[name]).locator(".like")).to_have_attribute("aria-label", f"More like {name}")
     # Runs of spaces as they are in the name (innerText is the text as laid out).
-    assert tile(page, hits[SPACES]).locator(".path").inner_text().endswith(f"/{SPACES}")
+    # The name's two parts (its ending kept whole where the rest is cut) keep them each.
+    name = tile(page, hits[SPACES]).locator(".path .name")
+    assert name.locator(".name-start").inner_text() + name.locator(".name-end").inner_text() == SPACES
     tile(page, hits[SPACES]).locator(".open").click()
     assert page.locator("#viewer-path").inner_text().endswith(f"/{SPACES}")
     page.keyboard.press("Escape")
@@ -161,13 +164,18 @@ def test_the_viewer_says_why_a_photo_cannot_be_shown_and_a_gone_one_is_called_go
 
     tile(page, hits["gone.png"]).locator(".open").click()
     expect(page.locator("#viewer-error")).to_have_text(
-        "This image cannot be shown: the indexed file is gone or is no longer a regular file")
+        "This photo was just changed or moved; trying again in a moment…")  # a 410: asked again once, then
+    expect(page.locator("#viewer-error")).to_have_text(
+        "This photo was changed, moved or deleted since these results were shown. Search again.")
+    expect(page.locator("#viewer-error")).to_have_attribute(
+        "title", "the indexed file is gone or is no longer a regular file")
     expect(page.locator("#viewer-image")).to_be_hidden()
     expect(page.locator("#viewer-path")).to_have_text(hits["gone.png"]["path"])
     page.keyboard.press("Escape")
     tile(page, hits["changed.png"]).locator(".open").click()
     expect(page.locator("#viewer-error")).to_have_text(
-        "This image cannot be shown: the file changed since it was indexed; ingest it again")
+        "This photo was changed, moved or deleted since these results were shown. Search again.")
+    expect(page.locator("#viewer-error")).to_have_attribute("title", re.compile("changed since it was indexed"))
     page.keyboard.press("Escape")
     tile(page, hits[SPACES]).locator(".open").click()  # the next photo shows as before
     expect(page.locator("#viewer-error")).to_be_hidden()
@@ -181,6 +189,7 @@ def test_the_viewer_says_why_a_photo_cannot_be_shown_and_a_gone_one_is_called_go
                            arg=page.locator("#viewer-image").element_handle())
     expect(page.locator("#viewer-error")).to_be_hidden()
     page.keyboard.press("Escape")
+    page.wait_for_function("() => !(history.state && history.state.viewer)")  # the photo's entry left (Back)
 
     # Their thumbnails, asked again: the server says they are gone (410).
     page.reload()
@@ -228,7 +237,7 @@ def test_thumbnails_that_could_not_load_are_not_gone_and_load_when_the_server_is
         assert "file gone" not in page.locator("#results").inner_text()
 
         page.press("#query", "Enter")
-        expect(page.locator("#error")).to_have_text("Cannot reach the server; is clipsearch serve running?")
+        expect(page.locator("#error")).to_have_text("The server is not answering; trying again…")
         expect(page.locator(".hit")).to_have_count(12)
 
         server = ServeProcess(args, tmp_path / "serve-again.log", env=env)
