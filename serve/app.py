@@ -35,7 +35,7 @@ from clipsearch.names import path_fields, path_of, stored
 from .files import THUMBNAIL_SIZES, Gone, IndexedFileResponse, Thumbnails, etag, media_type, open_indexed
 from .parameters import UPLOAD_PATH, BlankParameters, invalid_request, known_parameters
 from .security import OPEN_PATHS, SESSION_SECONDS, Guard
-from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, elapsed_ms
+from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, canonical_folder, elapsed_ms
 from .service import Query as SearchQuery
 from .uploads import Busy, NotAnImage, UploadDecoder, UploadTooLarge
 
@@ -228,7 +228,10 @@ def folder_note(service: SearchService, folder: str | None, found: Sequence) -> 
     is on the server's disk is not the client's to learn."""
     if found or folder is None or not folder.strip() or service.indexed_under(folder):
         return None
-    return f"in={one_line(folder)}: nothing is indexed under this folder"
+    expanded = canonical_folder(folder)
+    # ~ is the home of the user serve runs as, not the client's: say which folder it was.
+    read_as = f" ({one_line(expanded)})" if folder.strip().startswith("~") and expanded else ""
+    return f"in={one_line(folder)}{read_as}: nothing is indexed under this folder"
 
 
 def image_facts(point: str, payload: dict) -> dict:

@@ -258,6 +258,13 @@ def test_an_empty_answer_under_a_folder_the_index_lacks_has_a_note(client, serve
     assert "note" not in client.get("/api/search", params={"q": "cat", "in": str(served.photos / "beach")}).json()
 
 
+def test_a_note_on_a_folder_given_with_a_tilde_says_whose_home_it_read(client, served):
+    """~ is the home of the user serve runs as, which the client cannot know."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    answer = client.get("/api/search", params={"q": "cat", "in": "~/no-such-pictures"}).json()
+    assert answer["note"] == f"in=~/no-such-pictures ({home}/no-such-pictures): nothing is indexed under this folder"
+
+
 # -- over a real socket ---------------------------------------------------------------
 
 
