@@ -21,7 +21,7 @@ import threading
 import click
 
 from . import config
-from .errors import ClipsearchError, Terminated
+from .errors import ClipsearchError, Terminated, UsageError
 from .names import printable
 
 # The modules whose COMMANDS make up the CLI, in help order.
@@ -147,10 +147,11 @@ def cli(ctx):
       clipsearch status
     """
     if 1 in (ctx.obj or {}).get("closed_streams", ()) and ctx.invoked_subcommand not in WRITERS:
-        # Its answer would go nowhere, and exit 0 would say it went somewhere. A writer's
-        # work is the index: it runs, its summary discarded.
-        raise click.ClickException("standard output is closed: nowhere to write the answer "
-                                   "(redirect it: > FILE, or > /dev/null to discard it)")
+        # Its answer would go nowhere, and exit 0 would say it went somewhere; 2, as it
+        # was called wrongly (1 from `status --check` means damage). A writer's work is
+        # the index: it runs, its summary discarded.
+        raise _Failed("standard output is closed: nowhere to write the answer "
+                      "(redirect it: > FILE, or > /dev/null to discard it)", UsageError.exit_code)
     for line in config.unknown_variables():
         click.echo(printable(line), err=True)  # a variable's name is the environment's bytes
 

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields, path_of, stored
 
-from .files import THUMBNAIL_SIZES, Gone, IndexedFileResponse, Thumbnails, etag, media_type, open_indexed
+from .files import HEAD_MARK, THUMBNAIL_SIZES, Gone, IndexedFileResponse, Thumbnails, etag, media_type, open_indexed
 from .parameters import UPLOAD_PATH, BlankParameters, invalid_request, known_parameters
 from .security import OPEN_PATHS, SESSION_SECONDS, Guard
 from .service import MAX_K, MAX_OFFSET, NotFound, NotReady, SearchService, canonical_folder, elapsed_ms
@@ -325,7 +325,8 @@ class Gatekeeper:
             return
         head = scope["method"] == "HEAD"
         if head:  # the GET it asks about, without the body: FastAPI's routes answer GET only (405)
-            scope = {**scope, "method": "GET"}
+            # HEAD_MARK: a response that reads a file (an original) reads none of it for a HEAD.
+            scope = {**scope, "method": "GET", HEAD_MARK: True}
         path = scope["path"]
         send = self._with_headers(send, head, "private, no-cache" if path.startswith(DOCS_ASSETS + "/") else NO_STORE)
         if not self.guard.host_allowed(Headers(scope=scope).get("host")):

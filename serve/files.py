@@ -123,7 +123,13 @@ class RangeNotSatisfiable(ClipsearchError):
 
 
 # One range, as RFC 9110 spells it: FIRST-LAST, FIRST- (to the end) or -COUNT (the last COUNT bytes).
-_BYTE_RANGE = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+# At most 18 digits: no file is an exabyte, and int() of thousands of digits is refused
+# (Python's limit) or slow.
+_BYTE_RANGE = re.compile(r"[ \t]*([0-9]{0,18})[ \t]*-[ \t]*([0-9]{0,18})[ \t]*")
+
+# The scope key by which the Gatekeeper (serve/app.py), which answers a HEAD as the GET
+# it asks about without the body, tells a response that it need read no file.
+HEAD_MARK = "clipsearch.head"
 
 
 def requested_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -199,7 +205,7 @@ class IndexedFileResponse(Response):
         if wanted is not None:
             headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
         status = 200 if wanted is None else 206
-        head = scope.get("method") == "HEAD"
+        head = scope.get("method") == "HEAD" or bool(scope.get(HEAD_MARK))
         return StreamingResponse(self._chunks(start, end if not head else start), status_code=status, headers=headers)
 
     def _range_applies(self, if_range: str | None) -> bool:
