@@ -67,6 +67,7 @@ def main() -> None:
     from clipsearch.index import open_index, point_id
     from clipsearch.ingest.relink import place_payload
     from clipsearch.ingest.walk import walk_images
+    from clipsearch.photo_facts import FACTS_VERSION
 
     model = vit_b_32_model()
     os.environ["CLIPSEARCH_CACHE_DIR"] = str(OUT / "moved-cache")
@@ -89,7 +90,8 @@ def main() -> None:
         def flush():
             vectors = clustered(len(batch), rng, centers)
             index.upsert([point_id(e.path) for e in batch], vectors,
-                         [{**place_payload(e), "width": 8, "height": 8, "fingerprint": fingerprint(e.path, e.size)}
+                         [{**place_payload(e), "width": 8, "height": 8, "fingerprint": fingerprint(e.path, e.size),
+                 "facts_version": FACTS_VERSION}
                           for e in batch])
             batch.clear()
 

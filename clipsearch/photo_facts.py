@@ -42,6 +42,27 @@ _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?
 # Every field photo_facts() may give: a point's facts are these, and only these, of its file.
 FACT_FIELDS = ("taken", "camera", "camera_words", "location")
 
+# Which reading of the file a point's facts come from, kept in its payload as
+# FACTS_VERSION_FIELD beside them: raised whenever photo_facts() reads a file otherwise
+# (another field, other words), so that the next ingest reads the EXIF of older points
+# again (facts_outdated), or a filter would miss every photo indexed before the change.
+# Absent: 1. 2: camera words with their beginnings (fuji: FUJIFILM), Unicode words, UTF-8
+# names read as UTF-8.
+FACTS_VERSION = 2
+FACTS_VERSION_FIELD = "facts_version"
+
+
+def facts_outdated(payload: dict) -> bool:
+    """Whether a point's facts were read by an older photo_facts() than this one (one
+    from a newer clipsearch is left as it is)."""
+    version = payload.get(FACTS_VERSION_FIELD)
+    return not isinstance(version, int) or version < FACTS_VERSION
+
+
+def versioned(facts: dict) -> dict:
+    """Facts photo_facts() read now, as a payload keeps them: with their version."""
+    return {**facts, FACTS_VERSION_FIELD: FACTS_VERSION}
+
 
 def photo_facts(img: Image.Image) -> dict:
     """{"taken": "YYYY-MM-DDTHH:MM:SS", "camera": "Make Model", "camera_words": [...],

@@ -38,6 +38,7 @@ from clipsearch.images import (
 from clipsearch.index import Index, canonical_path  # walk yields canonical paths
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import path_of, shown
+from clipsearch.photo_facts import facts_outdated, versioned
 from clipsearch.pools import WorkerDied, in_order
 from clipsearch.progress import Progress, format_duration
 
@@ -138,7 +139,7 @@ def payload_for(entry: FileEntry, decoded: Decoded | Prepared) -> dict:
         **place_payload(entry),  # path (a name that is not UTF-8 keeps its bytes), dirs, size, mtime
         "width": decoded.width,
         "height": decoded.height,
-        **decoded.facts,  # taken, camera, location: where the file says so
+        **versioned(decoded.facts),  # taken, camera, location: where the file says so; facts_version
         **({"fingerprint": decoded.fingerprint} if decoded.fingerprint else {}),
         **({"content_hash": decoded.content_hash} if decoded.content_hash else {}),
     }
@@ -368,7 +369,10 @@ class Ingestor:
 
         def flush():
             stored = {r.id: r.payload for r in self.index.retrieve(ids)}
-            new, new_ids, older, remounted = [], [], [], []
+            new, new_ids, older = [], [], []
+            rewrites: dict[str, dict] = {}  # id -> its payload as the file is reached now
+            stale: list[tuple[str, str]] = []  # (id, path) of points whose facts an older reader made
+            from_before_dev: set[str] = set()
             for entry, pid in zip(chunk, ids):
                 reached_now = False
                 if pid in stored:  # how the walk reached it now, with how earlier runs did
@@ -379,18 +383,20 @@ class Ingestor:
                 if unchanged and not self._edited_in_place(stored[pid], entry):
                     self.summary.unchanged += 1
                     if "fingerprint" not in stored[pid]:
-                        older.append(entry)
-                    elif entry.dev >= 0 and recorded_dev(stored[pid]) != entry.dev:
+                        older.append(entry)  # facts read again too
+                        continue
+                    if entry.dev >= 0 and recorded_dev(stored[pid]) != entry.dev:
                         # Mounted again under another device number (a share, a USB disk), or
                         # a point from before `dev` was recorded (upgraded): the record follows,
                         # or moves out of its folder would look like a drive not mounted.
                         if recorded_dev(stored[pid]) is None:
                             self._relinker.announce(reading=False)
-                            self.summary.upgraded += 1
-                        remounted.append((pid, with_reach({**stored[pid], "dev": entry.dev}, entry.via,
-                                                          entry.direct)))
+                            from_before_dev.add(pid)
+                        rewrites[pid] = with_reach({**stored[pid], "dev": entry.dev}, entry.via, entry.direct)
                     elif reached_now:  # reached through a link it was not known by
-                        remounted.append((pid, with_reach(stored[pid], entry.via, entry.direct)))
+                        rewrites[pid] = with_reach(stored[pid], entry.via, entry.direct)
+                    if facts_outdated(stored[pid]):  # the payload's word: a current point reads nothing
+                        stale.append((pid, entry.path))
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
                     self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
@@ -403,7 +409,10 @@ class Ingestor:
                     new_ids.append(pid)
             chunk.clear()
             ids.clear()
-            self._rewrite(remounted)
+            refreshed = self._relinker.refresh_facts([(pid, rewrites.get(pid, stored[pid]), path)
+                                                      for pid, path in stale])
+            self.summary.upgraded += len(from_before_dev | refreshed.keys())
+            self._rewrite(list({**rewrites, **refreshed}.items()))
             self._relinker.upgrade(older)
             yield from self._relinker.relink(new, new_ids)  # moved or copied files keep their vectors
             # A walk of unchanged, moved or copied files embeds nothing for minutes on a

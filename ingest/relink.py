@@ -1,6 +1,9 @@
 """Files the index already knows by content: moved and copied files get the vector of
 the point with their fingerprint (no decode, no encode, no model), and points made
 before fingerprints existed get theirs, and their photo facts, by reading the file once.
+Points whose photo facts an older reader made (clipsearch/photo_facts.py FACTS_VERSION)
+get them read again from the file's EXIF, as does a moved or copied file whose point's
+facts are that old.
 
 A move (the old path is gone, or holds other content now) removes the old point in the
 same run (or leaves it for that other content's own ingest); a copy (the old path still
@@ -33,13 +36,13 @@ from clipsearch.fingerprint import content_hash, covers_whole, fingerprint
 from clipsearch.index import Index, ancestor_dirs
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import PATH_BYTES, is_text, name_bytes, path_fields, path_of, stored
-from clipsearch.photo_facts import FACT_FIELDS, photo_facts
+from clipsearch.photo_facts import FACT_FIELDS, FACTS_VERSION_FIELD, facts_outdated, photo_facts, versioned
 
 from .prune import GoneFiles
 from .walk import FileEntry
 
 # Payload that describes the picture, not where it is: kept by a moved or copied file.
-CONTENT_FIELDS = ("width", "height", "taken", "camera", "camera_words", "location", "fingerprint", "content_hash")
+CONTENT_FIELDS = ("width", "height", *FACT_FIELDS, FACTS_VERSION_FIELD, "fingerprint", "content_hash")
 # What a lookup by fingerprint reads of each point: its content and where it is. Not the
 # rest (`dirs`, a list of every ancestor folder, costs more to read than the vector).
 LOOKUP_FIELDS = (*CONTENT_FIELDS, "path", PATH_BYTES, "size", "mtime_ns", "dev")
@@ -152,8 +155,7 @@ class Relinker:
         self.counts = counts
         self.allow_missing = allow_missing
         self.settle = settle
-        self._announced = False
-        self._announced_dev = False
+        self._announced: set[str] = set()  # which upgrades this call has said it makes
         self._known: bool | None = None  # whether any point has a fingerprint to match
         # Twins new in this run. Sizes first (the first file of each size, as its path; a
         # second of that size makes both read for their fingerprints), then hash() of
@@ -226,10 +228,11 @@ class Relinker:
                 kind = "copied"
             copies.append((entry, own, source, kind))
         if copies:
+            payloads = [{**place_payload(entry), **{k: v for k, v in source.payload.items() if k in CONTENT_FIELDS}}
+                        for entry, _, source, _ in copies]
+            fresh = self._fresh_facts(payloads)
             missing = self.index.copy_points(
-                [source.id for _, _, source, _ in copies], [own for _, own, _, _ in copies],
-                [{**place_payload(entry), **{k: source.payload[k] for k in CONTENT_FIELDS if k in source.payload}}
-                 for entry, _, source, _ in copies])
+                [source.id for _, _, source, _ in copies], [own for _, own, _, _ in copies], payloads)
             # A source deleted since the lookup (another writer): that file is embedded.
             left += [entry for entry, own, _, _ in copies if own in missing]
             done = [(own, source, kind) for _, own, source, kind in copies if own not in missing]
@@ -237,6 +240,7 @@ class Relinker:
             self.counts.copied += sum(kind == "copied" for _, _, kind in done)
             self.counts.unchanged += sum(kind == "refreshed" for _, _, kind in done)
             written = {own for own, _, _ in done}
+            self.counts.upgraded += sum(copies[at][1] in written for at in fresh)
             gone = {source.id for _, source, kind in done if kind == "moved" and state(source) == GONE}
             if gone - written:  # after the new points are written: a kill between leaves both, never neither
                 self.index.delete(ids=sorted(gone - written))
@@ -315,17 +319,52 @@ class Relinker:
                 self._empty[folder] = True  # cannot look: do not call it a move
         return self._empty[folder]
 
-    def announce(self, reading: bool = True) -> None:
+    def announce(self, reading: bool = True, facts: bool = False) -> None:
         """Says once a call that it upgrades points made by an older clipsearch: by
-        reading their files (fingerprints, facts), or only noting each file's file system."""
-        if reading and not self._announced:
-            self._announced = True
+        reading their files (fingerprints, facts), by reading their EXIF again (`facts`:
+        facts an older reader made), or only noting each file's file system."""
+        kind = "facts" if facts else "reading" if reading else "dev"
+        if kind in self._announced:
+            return
+        self._announced.add(kind)
+        if kind == "reading":
             self.say("adding content fingerprints and photo facts to images indexed before them "
                      "(reading each file once; nothing is embedded again)")
-        elif not reading and not self._announced_dev:
-            self._announced_dev = True
+        elif kind == "facts":
+            self.say("reading again the photo facts (date, camera, place) of images an older clipsearch indexed, "
+                     "for --camera and the other filters (only each file's EXIF; nothing is embedded again)")
+        else:
             self.say("noting which file system (drive or share) holds each image indexed before that was "
                      "recorded (nothing is read or embedded again)")
+
+    def refresh_facts(self, points: Sequence[tuple[str, dict, str]]) -> dict[str, dict]:
+        """{id: its payload with the facts its file gives now} for the points given as
+        (id, payload, path) whose facts an older reader made (facts_outdated), their
+        files unchanged since: only the EXIF is read, the vector and the rest of the
+        payload stay. A file that cannot be read now (gone, unreadable, not an image any
+        more) is left out: its point keeps what it has, and the next run tries again.
+        The caller writes them and counts them as upgraded."""
+        refreshed = {}
+        for pid, payload, path in points:
+            facts = _facts_now(path)
+            if facts is not None:
+                self.announce(facts=True)  # once one is: a file that stays unreadable is not news each run
+                refreshed[pid] = _with_facts(payload, facts)
+        return refreshed
+
+    def _fresh_facts(self, payloads: list[dict]) -> set[int]:
+        """Read again, from the new file (the same bytes), the facts an older reader
+        made that moved or copied files take from their point (`payloads`, changed in
+        place); the positions of those refreshed."""
+        fresh = set()
+        for at, payload in enumerate(payloads):
+            if facts_outdated(payload):
+                facts = _facts_now(path_of(payload))
+                if facts is not None:
+                    self.announce(facts=True)
+                    payloads[at] = _with_facts(payload, facts)
+                    fresh.add(at)
+        return fresh
 
     def upgrade(self, entries: Sequence[FileEntry]) -> None:
         """Give points made before fingerprints their fingerprint, photo facts and
@@ -341,7 +380,8 @@ class Relinker:
             if record is None or record.vector is None:
                 continue
             try:
-                facts = {"fingerprint": fingerprint(entry.path, entry.size), **read_facts(entry.path)}
+                read = header_facts(entry.path)  # None: not an image any more, no facts (the point stays)
+                facts = {"fingerprint": fingerprint(entry.path, entry.size), **versioned(read or {})}
                 if not covers_whole(entry.size):
                     facts["content_hash"] = content_hash(entry.path)
             except OSError:
@@ -376,9 +416,10 @@ def _same_content(entry: FileEntry, candidates: list) -> list:
     return [record for record in candidates if record.payload.get("content_hash") == full]
 
 
-def read_facts(path: str) -> dict:
+def header_facts(path: str) -> dict | None:
     """Photo facts from the file's header, without decoding its pixels where the format
-    allows (JPEG, TIFF, WebP keep EXIF before the image data)."""
+    allows (JPEG, TIFF, WebP keep EXIF before the image data). None where it is not an
+    image any more or a plugin fails on it; OSError where it cannot be read."""
     from PIL import UnidentifiedImageError
 
     from clipsearch.images import open_image
@@ -386,9 +427,23 @@ def read_facts(path: str) -> dict:
     try:
         with open_image(path) as img:
             return photo_facts(img)
-    except UnidentifiedImageError:  # not an image any more: no facts, the point stays
-        return {}
+    except UnidentifiedImageError:
+        return None
     except OSError:
         raise
-    except Exception:  # a plugin bug: no facts, the point stays
-        return {}
+    except Exception:  # a plugin bug
+        return None
+
+
+def _facts_now(path: str) -> dict | None:
+    """The file's facts as photo_facts() reads them now; None where it cannot tell."""
+    try:
+        return header_facts(path)
+    except OSError:
+        return None
+
+
+def _with_facts(payload: dict, facts: dict) -> dict:
+    """`payload` with these facts, just read, in place of the ones it had (all of them:
+    a field the file no longer gives, or gives no sound value for, goes)."""
+    return {**{k: v for k, v in payload.items() if k not in FACT_FIELDS}, **versioned(facts)}
