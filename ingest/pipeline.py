@@ -861,7 +861,10 @@ class Ingestor:
     def _remove_under(self, gone: str) -> int:
         """The points under the path `gone` (a folder or link deleted): those whose own
         path lies there go; those reached through a link there lose it, and go where
-        nothing else reaches them. How many went."""
+        nothing else reaches them. How many went. `gone` is a deletion a watcher saw
+        (an unmounted share sends no event for its names): a link there is deleted,
+        even where its folder is not on the file system of the files it reached, which
+        prune.reached_via cannot tell from a share not mounted."""
         doomed: list[str] = []
         rewrites: list[tuple[str, dict]] = []
         below = gone.rstrip(os.sep) + os.sep
@@ -871,7 +874,7 @@ class Ingestor:
             if path == gone or path.startswith(below) or not via:
                 doomed.append(record.id)
                 continue
-            left = [v for v in via if not (v == gone or v.startswith(below)) or reached_via(v, path) is not False]
+            left = [v for v in via if not (v == gone or v.startswith(below))]
             if not left and not direct:
                 doomed.append(record.id)
             elif left != via:

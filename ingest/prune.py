@@ -15,9 +15,9 @@ A file reached through a link (its point's `via`: a folder of the library linked
 one outside it, `ln -s ~/private /photos/private`) is under the root by that link
 only: once the link is deleted, or points elsewhere, the root no longer reaches it and
 the point goes, though its file is there (reached_via), unless something else still
-reaches it (another link, or a root at its own path: `direct`). A link that still
-leads to where the file was, into a share not mounted, keeps it reached: the gone
-rules above judge the file.
+reaches it (another link, or a root at its own path: `direct`). Only a link shown
+deleted or pointing elsewhere does that: a link on a share not mounted, or into one,
+cannot be followed, and the gone rules above judge the file then (reached_via).
 """
 
 from __future__ import annotations
@@ -92,14 +92,19 @@ def nearest_folder(path: str, known: dict[str, bool]) -> str:
 def reached_via(via: str, path: str, roots: Sequence[str] | None = None, exclude: Sequence[str] = ()
                 ) -> bool | None:
     """Whether the path `via` (as a walk spelled it, through links) still leads to the
-    file at `path` (canonical): True, False, or None where it cannot be told now (a
-    folder on the way that cannot be looked at). With `roots`, a `via` under one of
-    them must also pass the walk's rules below it (hidden, system, --exclude'd, a link
-    into an excluded folder): what the walk leaves out does not reach anything.
+    file at `path` (canonical): True, False, or None where it cannot be told now. With
+    `roots`, a `via` under one of them must also pass the walk's rules below it
+    (hidden, system, --exclude'd, a link into an excluded folder): what the walk
+    leaves out does not reach anything.
 
-    Where the way ends early (a link into a share not mounted), the links that are
-    there are followed and the rest kept as spelled: still the file's path, so the
-    file counts as reached and the gone rules judge it."""
+    False only where the way is shown to lead elsewhere: it leads to another file, a
+    link on it points to another folder that is there (retargeted), or a name on it
+    above its links is missing from its folder's listing, that folder holding other
+    names and lying on the file's file system (the link, or a folder it was in,
+    deleted). A share not mounted looks otherwise the same: its empty mount point lists
+    nothing, and what lies behind a link into it cannot be looked at. Those, and
+    anything else not known for sure, are None: the gone rules judge the file, as one
+    under the root."""
     root = root_of(via, roots) if roots else None
     if root is not None and via != root:
         patterns = exclude_patterns(exclude)
@@ -110,13 +115,55 @@ def reached_via(via: str, path: str, roots: Sequence[str] | None = None, exclude
                 return False
             if patterns and os.path.islink(current) and excluded_target(os.path.realpath(current), patterns):
                 return False
+    if os.path.realpath(via) == path:
+        return True
     try:
-        os.lstat(via)
-    except (FileNotFoundError, NotADirectoryError):
-        pass  # a link gone or pointing elsewhere, or a share not mounted: realpath tells which
+        if os.path.exists(via):
+            return False  # the whole way is there, and leads to another file
+        return _way_broken(via, path)
     except OSError:
         return None
-    return os.path.realpath(via) == path
+
+
+def _way_broken(via: str, path: str) -> bool | None:
+    """reached_via where a name on the way `via` cannot be found: False where that is
+    shown to be because the link was deleted or points elsewhere, else None."""
+    parts = via.strip(os.sep).split(os.sep)
+    current = os.sep
+    followed: str | None = None  # where the last link on the way leads now
+    below = 0  # where the names below that link begin in `parts`
+    for at, part in enumerate(parts):
+        here = os.path.join(current, part)
+        try:
+            st = os.lstat(here)
+        except (FileNotFoundError, NotADirectoryError):
+            if followed is None:  # above every link: the link's own folder, or one above it
+                return False if _listed_gone(current, part, path) else None
+            if path.startswith(followed.rstrip(os.sep) + os.sep):
+                return None  # the link leads where it did: what is missing lies behind it
+            if path.endswith(os.sep + os.path.join(*parts[below:])):
+                return False  # it led to the folder holding `path`; now to another one, that is there
+            return None  # links below it too: where it led before cannot be told
+        if stat.S_ISLNK(st.st_mode):
+            current = os.path.realpath(here)
+            if not os.path.exists(current):
+                return None  # its target cannot be looked at (a share not mounted)
+            followed, below = current, at + 1
+        else:
+            current = here
+    return None
+
+
+def _listed_gone(folder: str, name: str, path: str) -> bool:
+    """Whether `name` is shown gone from `folder`: the folder can be listed, lacks it,
+    holds other names (an unmounted share's mount point is empty) and lies on the file
+    system the file at `path` is on now (a mount point with nothing mounted on it lies
+    on the one below)."""
+    try:
+        names = os.listdir(folder)
+        return name not in names and bool(names) and os.stat(folder).st_dev == os.stat(path).st_dev
+    except OSError:
+        return False
 
 
 class GoneFiles:

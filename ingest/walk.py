@@ -3,9 +3,10 @@
 os.scandir, one folder at a time (no list of a million paths in memory); hidden
 files and folders, macOS `._*` AppleDouble files and the system folders of NAS boxes
 and operating systems (SYSTEM_FOLDERS) skipped; `--exclude` globs matched against both
-the name and the full path; symlinked folders followed once (once per link that leads
-out of the roots, so each such link is seen), so a link loop cannot make the walk
-endless. The file types are clipsearch/images.py's IMAGE_TYPES.
+the name and the full path; symlinked folders walked once, so a link loop cannot make
+the walk endless (a folder outside the roots that several links lead to is listed
+again for each, its files not stat'ed again, so that each such link is seen). The
+file types are clipsearch/images.py's IMAGE_TYPES.
 
 A file is indexed under its canonical path. Where that path is not one the walk of
 the roots reaches by itself (a link to a folder or file outside them, or into a hidden
@@ -220,7 +221,12 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
     which a folder it walks lies in; canonical), by which a file counts as reached
     directly; default: the roots themselves. A root may then be a link (kept as it is
     spelled). `on_again(path, via)` hears of a file yielded before, reached again
-    through another link (`via`) that does not reach it directly."""
+    through another link (`via`) that does not reach it directly.
+
+    Whether a file is reached directly is a matter of its canonical path, not of the
+    way the walk happened to meet it first: a folder of the library met through a
+    link to a folder above it (`2020/everything -> ..`) is walked as itself, so its
+    files are never recorded as reached only through that link."""
     from clipsearch.images import unreadable_extensions
 
     extensions = image_extensions() if extensions is None else extensions
@@ -230,12 +236,14 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
     library = [os.path.realpath(os.path.abspath(r)) for r in (roots if within is None else within)]
 
     def inside(folder: str) -> bool:  # a folder the walk of the library reaches by itself
-        return walked_path(folder, library, exclude) is not None
+        return root_of(folder, library) is not None and walked_path(folder, library, exclude) is not None
 
-    # A folder is walked once per (device, inode, the link by which the walk left the
-    # library: None inside it): loops end, and every link out is seen. Those links lie
-    # in the library's folders, so there are finitely many.
-    seen_dirs: set[tuple[int, int, str | None]] = set()
+    # Each folder is listed and stat'ed once (device, inode): loops end. Met again
+    # through another link out of the library (`crossing`: the link by which the walk
+    # left it; None inside), it is listed once more, its files not stat'ed: they are
+    # the ones yielded before, each reported to on_again under this link's spelling.
+    # Those links lie in the library's folders, so there are finitely many.
+    crossed: dict[tuple[int, int], set[str | None]] = {}  # folder -> the crossings it was met by
     seen_files: set[tuple[int, int]] = set()  # two links to one file: one point
     for given in roots:
         root = os.path.realpath(os.path.abspath(given))
@@ -250,14 +258,16 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 if on_error:
                     on_error(folder, f"{UNREADABLE_FOLDER}: {exc.strerror}")
                 continue
-            if (st.st_dev, st.st_ino, crossing) in seen_dirs:
-                continue  # a symlink loop, or a folder reached twice
-            seen_dirs.add((st.st_dev, st.st_ino, crossing))
+            met = crossed.setdefault((st.st_dev, st.st_ino), set())
+            if crossing in met or crossing is None and met:
+                continue  # a symlink loop, or a folder reached twice the same way
+            again = bool(met)  # walked already, through another link out of the library
+            met.add(crossing)
             try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
-                if on_error:
+                if on_error and not again:
                     on_error(folder, f"{UNREADABLE_FOLDER}: {exc.strerror}")
                 continue
             subfolders = []
@@ -272,13 +282,18 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                     if is_link and excluded_target(target, patterns):
                         continue
                     if entry.is_dir(follow_symlinks=True):
-                        out = crossing if not is_link else None if inside(target) else crossing or reached_by
+                        out = _crossing_into(target, is_link, crossing, reached_by, inside)
                         subfolders.append((target, target if out is None else reached_by, out))
                         continue
                     extension = os.path.splitext(name)[1].lower()
                     if extension not in extensions:
-                        if extension in unreadable and on_error and entry.is_file(follow_symlinks=True):
+                        if extension in unreadable and on_error and not again and entry.is_file(follow_symlinks=True):
                             on_error(entry.path, unreadable[extension])
+                        continue
+                    direct = crossing is None if not is_link else reached_directly(target, library, exclude, extensions)
+                    if again:  # this folder's files were yielded (or named) by its first walk
+                        if not direct and on_again is not None:
+                            on_again(target, reached_by)
                         continue
                     if not entry.is_file(follow_symlinks=True):
                         reason = _not_a_file(entry, is_link)
@@ -287,10 +302,9 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                         continue
                     st = entry.stat(follow_symlinks=True)
                 except OSError as exc:  # vanished or unreadable between listing and stat
-                    if on_error:
+                    if on_error and not again:
                         on_error(entry.path, f"cannot stat: {exc.strerror}")
                     continue
-                direct = crossing is None if not is_link else reached_directly(target, library, exclude, extensions)
                 key = (st.st_dev, st.st_ino)
                 if key in seen_files:
                     if not direct and on_again is not None:
@@ -301,3 +315,15 @@ def walk_images(roots: Iterable[str], exclude: Iterable[str] = (), extensions: s
                 yield FileEntry(target, st.st_size, st.st_mtime_ns, st.st_dev, via=() if direct else (reached_by,),
                                 direct=direct)
             stack.extend(reversed(subfolders))  # depth-first, in name order
+
+
+def _crossing_into(target: str, is_link: bool, crossing: str | None, reached_by: str, inside) -> str | None:
+    """The crossing (the link by which the walk left the library) of a subfolder met
+    as `reached_by`, canonically `target`: None for a folder of the library itself,
+    however it was met (a link to a folder above the root leads back into it);
+    a link out of the library starts one, unless the walk is outside it already."""
+    if crossing is None and not is_link:
+        return None  # a plain folder inside the library: inside it (no check needed)
+    if inside(target):
+        return None
+    return crossing or reached_by

@@ -324,8 +324,8 @@ class FolderWatcher:
         if lexical is None or lexical in self.roots:
             return
         if not is_directory and os.path.splitext(lexical)[1].lower() not in self._extensions \
-                and not _is_linked_folder(lexical) and os.path.lexists(lexical):
-            return  # a name gone may have been a link to a folder: its batch removes what it reached
+                and not _is_linked_folder(lexical) and not self._reached_through(lexical):
+            return  # another type of file (RAW, sidecar), there or deleted: nothing indexed
         with self._cond:
             now = time.monotonic()
             if not self._queue:
@@ -333,6 +333,23 @@ class FolderWatcher:
             self._queue.add(lexical)
             self._last_event = now
             self._cond.notify_all()
+
+    def _reached_through(self, lexical: str) -> bool:
+        """Whether a name that is no image file nor a link to a folder now may still
+        matter: deleted, it may have been a link to a folder, by which the index
+        reached files (their `via`, under it in `dirs`), whose points its batch then
+        removes. inotify cannot say what a deleted name was (a link to a folder is no
+        folder to it), so the index is asked, once a name: a deleted RAW or sidecar
+        is not queued. Where the index cannot answer, it is queued."""
+        if os.path.lexists(lexical):
+            return False
+        ingestor = self.ingestor
+        if ingestor is None:
+            return True  # still being built: the batch tells
+        try:
+            return ingestor.index.count(under=lexical) > 0
+        except Exception:  # no collection yet, an index busy or gone: the batch tells
+            return True
 
     def _exclude(self) -> Sequence[str]:
         return self.ingestor.options.exclude if self.ingestor is not None else ()

@@ -249,3 +249,211 @@ def test_a_reindex_keeps_how_a_file_was_reached(library, tmp_path, tiny_model_di
     assert summary.removed == 2
     with open_index(reindexed) as index:
         assert paths_in(index) == {real(photos / "beach.png")}
+
+
+@pytest.fixture
+def tmpfs():
+    """mount(path): a tmpfs mounted on `path` (made), the test's stand-in for a share;
+    unmount(path) takes it away (a share not mounted now). Whatever is left mounted is
+    unmounted at the end."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    class Mounts:
+        @staticmethod
+        def mount(path: Path) -> Path:
+            path.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+            mounted.append(path)
+            return path
+
+        @staticmethod
+        def unmount(path: Path) -> None:
+            subprocess.run(["umount", str(path)], check=True)
+            mounted.remove(path)
+
+    try:
+        yield Mounts
+    finally:
+        for path in mounted:
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def vias(index) -> dict[str, tuple[bool | None, set[str]]]:
+    """path -> (direct, via) of every point."""
+    return {r.payload["path"]: (r.payload.get("direct"), set(r.payload.get("via", ()))) for r in index.scroll()}
+
+
+def test_a_share_not_mounted_keeps_what_a_link_on_it_reached(library, tmp_path, encoder, index, tmpfs):
+    """/photos/nas -> the share, and on the share albums/best -> ../archive/2019: the
+    way to its photos goes through a link on the share, which cannot be followed while
+    the share is not mounted. That is no deleted link: the gone rules judge the files
+    (their file system is not the one there now: kept, and said)."""
+    photos = library[0]
+    share = tmpfs.mount(tmp_path / "mnt")
+    archive = [real(draw_image(share / "archive" / "2019" / f"a{i}.png", "red", "circle", mark=20 + i))
+               for i in range(3)]
+    (share / "albums").mkdir()
+    (share / "albums" / "best").symlink_to("../archive/2019")
+    (photos / "nas").symlink_to(share)
+    run_ingest([photos], encoder, index)
+    reached = vias(index)
+    assert all(reached[p][1] == {os.path.join(real(photos), "nas", "albums", "best", os.path.basename(p))}
+               for p in archive)  # the first way the walk met them: through the link on the share
+
+    tmpfs.unmount(share)
+    summary = run_ingest([photos], encoder, index, prune=True)
+    assert summary.removed == 0
+    assert "file system is not the one there now" in summary.not_pruned
+    assert set(archive) <= paths_in(index)
+
+
+def test_a_root_on_a_share_not_mounted_keeps_what_its_links_reached(library, tmp_path, encoder, index, tmpfs):
+    """The root is the share's mount point and a link on it leads to a folder on this
+    machine: unmounted, the root is an empty folder that lacks the link's name, as a
+    folder whose link was deleted would. It cannot be told which: the photos the link
+    reached keep their points."""
+    private, secrets = library[1], library[2]
+    root = tmpfs.mount(tmp_path / "mnt")
+    own = real(draw_image(root / "own.png", "green", "square", mark=30))
+    (root / "private").symlink_to(private)
+    Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)).run([str(root)])
+    assert {own, *map(real, secrets)} == paths_in(index)
+
+    tmpfs.unmount(root)
+    pruning = Ingestor(encoder, index, IngestOptions(workers=0, quiet=True, prune=True))
+    summary = pruning.run([str(root)], allow_empty=True)
+    assert summary.removed == 0 and summary.not_pruned
+    assert {own, *map(real, secrets)} == paths_in(index)
+
+
+def test_a_link_deleted_beside_other_files_is_told_from_a_share_not_mounted(library, encoder, index):
+    """The other side of the rule above: the link's folder still holds other names
+    and lies on the private photos' file system, so the link is shown deleted."""
+    from clipsearch.ingest.prune import reached_via
+
+    photos, private, secrets = library
+    (photos / "private").symlink_to(private)
+    via = os.path.join(real(photos), "private", "diary.png")
+    assert reached_via(via, real(secrets[0])) is True
+    (photos / "private").unlink()
+    assert reached_via(via, real(secrets[0])) is False
+    (photos / "beach.png").unlink()  # the folder is empty now: as an unmounted share's mount point
+    assert reached_via(via, real(secrets[0])) is None
+
+
+def test_files_in_the_root_met_first_through_a_link_to_its_parent_are_reached_directly(tmp_path, encoder, index):
+    """photos/2020 is the root, photos/2020/everything -> photos: the walk meets
+    2020/june through the link first (it comes first by name). The files are in the
+    root all the same: deleting the link keeps them, for a watcher's removal and for
+    --prune alike."""
+    photos = tmp_path / "photos"
+    root = photos / "2020"
+    kept = [draw_image(root / "img0.png", "blue", "square", mark=1),
+            draw_image(root / "june" / "img1.png", "green", "circle", mark=2),
+            draw_image(root / "june" / "img2.png", "red", "triangle", mark=3)]
+    elsewhere = draw_image(photos / "2019" / "old.png", "purple", "square", mark=4)
+    (root / "everything").symlink_to(photos)
+
+    entries = {e.path: e for e in walk_images([str(root)])}
+    assert all(entries[real(p)].direct is True and entries[real(p)].via == () for p in kept)
+    assert entries[real(elsewhere)].direct is False  # reached only through the link
+
+    run_ingest([root], encoder, index)
+    assert all(vias(index)[real(p)] == (True, set()) for p in kept)
+    (root / "everything").unlink()
+    ingestor = Ingestor(encoder, index, IngestOptions(workers=0, quiet=True))
+    assert ingestor.remove([str(root / "everything")]) == 1
+    assert paths_in(index) == {real(p) for p in kept}
+    assert run_ingest([root], encoder, index, prune=True).removed == 0
+    assert paths_in(index) == {real(p) for p in kept}
+
+
+def test_a_point_recorded_as_reached_only_through_a_link_is_set_right_by_the_next_ingest(tmp_path, encoder,
+                                                                                         index):
+    """An index written while the walk recorded such files as reached only through
+    the link (direct False): the next ingest records them as reached directly."""
+    photos = tmp_path / "photos"
+    root = photos / "2020"
+    june = draw_image(root / "june" / "img1.png", "green", "circle", mark=2)
+    (root / "everything").symlink_to(photos)
+    run_ingest([root], encoder, index)
+    record = next(iter(index.scroll(with_vectors=True)))
+    wrong = {**record.payload, "direct": False, "via": [os.path.join(real(root), "everything", "2020", "june",
+                                                                     "img1.png")]}
+    index.upsert([record.id], record.vector[None, :], [wrong])
+    assert run_ingest([root], encoder, index).embedded == 0
+    assert vias(index)[real(june)][0] is True
+    (root / "everything").unlink()
+    assert run_ingest([root], encoder, index, prune=True).removed == 0
+    assert paths_in(index) == {real(june)}
+
+
+def test_a_folder_linked_from_three_places_is_walked_once(tmp_path, monkeypatch):
+    """Its files are stat'ed once a run, not once a link; every link is still heard
+    of (on_again), so deleting one leaves what the others reach."""
+    photos = tmp_path / "photos"
+    shared = tmp_path / "shared"
+    files = [draw_image(shared / "sub" / f"s{i}.png", "red", "circle", size=(8, 8), mark=i) for i in range(4)]
+    draw_image(photos / "own.png", "blue", "square", size=(8, 8))
+    for name in ("anna", "ben", "carl"):
+        (photos / name).mkdir()
+        (photos / name / "shared").symlink_to(shared)
+
+    stats: dict[str, int] = {}
+    real_scandir = os.scandir
+
+    class Counted:
+        def __init__(self, entry):
+            self._entry = entry
+
+        def __getattr__(self, name):
+            return getattr(self._entry, name)
+
+        def stat(self, **kwargs):
+            stats[self._entry.path] = stats.get(self._entry.path, 0) + 1
+            return self._entry.stat(**kwargs)
+
+    class Listing:
+        def __init__(self, path):
+            self._it = real_scandir(path)
+
+        def __enter__(self):
+            return [Counted(e) for e in self._it]
+
+        def __exit__(self, *exc):
+            self._it.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    again: list[tuple[str, str]] = []
+    entries = {e.path: e for e in walk_images([str(photos)], on_again=lambda p, v: again.append((p, v)))}
+    monkeypatch.undo()
+
+    assert max(stats.values()) == 1 and len(stats) == 5
+    for path in map(real, files):
+        first = entries[path].via
+        others = {v for p, v in again if p == path}
+        ways = {os.path.join(real(photos), name, "shared", "sub", os.path.basename(path))
+                for name in ("anna", "ben", "carl")}
+        assert entries[path].direct is False and len(first) == 1 and {*first, *others} == ways
+
+
+def test_the_watchers_removal_of_a_deleted_link_to_another_file_system(library, tmp_path, encoder, index, tmpfs):
+    """The watcher saw the link deleted: that is no share gone (which sends no event
+    for its names), though the link's folder is not on the file system of the photos
+    it reached (prune.reached_via cannot tell that from a share not mounted)."""
+    photos = library[0]
+    share = tmpfs.mount(tmp_path / "usb")
+    photo = real(draw_image(share / "private" / "p.png", "orange", "square", mark=40))
+    (photos / "usb").symlink_to(share / "private")
+    run_ingest([photos], encoder, index)
+    assert photo in paths_in(index)
+    (photos / "usb").unlink()
+    ingestor = Ingestor(encoder, index, IngestOptions(workers=0, quiet=True))
+    assert ingestor.remove([str(photos / "usb")]) == 1
+    assert paths_in(index) == {real(photos / "beach.png")}

@@ -130,3 +130,91 @@ def test_what_another_link_still_reaches_stays(photos, private, index, watch):
     assert letter in paths_in(index)  # still reached through b
     (photos / "b").unlink()
     settle(watcher, lambda: letter not in paths_in(index))
+
+
+@pytest.fixture
+def tmpfs():
+    """mount(path) / unmount(path): a tmpfs as a share, unmounted at the end if still
+    mounted."""
+    import subprocess
+
+    mounted = []
+
+    class Mounts:
+        @staticmethod
+        def mount(path):
+            path.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+            mounted.append(path)
+            return path
+
+        @staticmethod
+        def unmount(path):
+            subprocess.run(["umount", str(path)], check=True)
+            mounted.remove(path)
+
+    try:
+        yield Mounts
+    finally:
+        for path in mounted:
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_deleting_a_link_to_the_roots_parent_keeps_the_roots_images(tmp_path, encoder, index):
+    """photos/2020 is watched; photos/2020/everything -> photos is met first by the
+    walk, and leads to 2020/june again: its images are the root's own all the same."""
+    root = tmp_path / "photos" / "2020"
+    own = {real(draw_image(root / "img0.png", "blue", "square", mark=1)),
+           real(draw_image(root / "june" / "img1.png", "green", "circle", mark=2)),
+           real(draw_image(root / "june" / "img2.png", "red", "triangle", mark=3))}
+    old = real(draw_image(tmp_path / "photos" / "2019" / "old.png", "purple", "square", mark=4))
+    (root / "everything").symlink_to(tmp_path / "photos")
+    ingestor = Ingestor(encoder, index, IngestOptions(prune=True, workers=0, quiet=True))
+    watcher = FolderWatcher([str(root)], ingestor, debounce=0.3).start()
+    try:
+        assert watcher.wait_idle(TIMEOUT), watcher.state()
+        assert paths_in(index) == own | {old}
+        (root / "everything").unlink()
+        settle(watcher, lambda: old not in paths_in(index))
+        assert paths_in(index) == own
+    finally:
+        watcher.stop(timeout=TIMEOUT)
+
+
+def test_a_walk_with_a_share_not_mounted_keeps_what_a_link_on_it_reached(tmp_path, photos, index, watch, tmpfs):
+    """serve's walks of the folders (timed, after lost events) prune as ingest does:
+    a link on a share not mounted cannot be followed, which is no deleted link."""
+    share = tmpfs.mount(tmp_path / "mnt")
+    archive = {real(draw_image(share / "archive" / "2019" / f"a{i}.png", "red", "circle", mark=20 + i))
+               for i in range(3)}
+    (share / "albums").mkdir()
+    (share / "albums" / "best").symlink_to("../archive/2019")
+    (photos / "nas").symlink_to(share)
+    watcher = watch()
+    assert archive <= paths_in(index)
+    tmpfs.unmount(share)
+    watcher.request_rescan("a test")
+    settle(watcher, lambda: watcher.state()["rescans"] >= 1)
+    assert archive <= paths_in(index)
+
+
+def test_only_a_deletion_that_may_have_reached_images_is_queued(tmp_path, photos, private, encoder, index):
+    """A deleted name that is no image nor folder is queued only where the index has
+    files reached through it (a link to a folder, which inotify cannot tell from a
+    file once deleted): a deleted RAW or sidecar costs the watcher nothing."""
+    (photos / "private").symlink_to(private)
+    for name in ("raw.cr2", "raw.xmp"):
+        (photos / name).write_bytes(b"not an image")
+    ingestor = Ingestor(encoder, index, IngestOptions(prune=True, workers=0, quiet=True))
+    ingestor.run([str(photos)])
+    watcher = FolderWatcher([str(photos)], ingestor, debounce=0.3)  # not started: note() alone
+    for name in ("raw.cr2", "raw.xmp", "private"):
+        (photos / name).unlink()
+        watcher.note(str(photos / name), False)
+    watcher.note(str(photos / "gone.png"), False)  # an image's name: queued as it is
+    watcher.note(str(photos / "album"), True)  # a folder deleted
+    assert watcher._queue == {os.path.join(real(photos), name) for name in ("private", "gone.png", "album")}
