@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clipsearch.names import path_of
+from clipsearch.names import path_fields, path_of
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,17 @@ class SearchHit:
                    location=data.get("location"))
 
     def to_dict(self) -> dict:
-        """What `-f json` prints, the same whichever way the hit was found."""
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path,
+        """What `-f json` prints, the same whichever way the hit was found. `path` is the
+        name as Python holds it (a byte that is not UTF-8 as a surrogate escape, \\udcXX
+        in JSON, which only Python turns back into the byte); for such a name
+        `path_bytes` beside it gives its bytes in base64, as the skip report and serve's
+        API do: what any reader (jq, a shell script) can turn back into the name."""
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path, **name_bytes_field(self.path),
                 "width": self.width, "height": self.height, "id": self.id,
                 "taken": self.taken, "camera": self.camera, "location": self.location}
+
+
+def name_bytes_field(path: str) -> dict:
+    """{"path_bytes": base64 of the name} for a name that is not UTF-8, else nothing:
+    clipsearch/names.py's path_fields less its text stand-in."""
+    return {key: value for key, value in path_fields(path).items() if key != "path"}

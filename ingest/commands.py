@@ -4,11 +4,12 @@ the pipeline (and the model, when a file needs it) loads inside the command."""
 from __future__ import annotations
 
 import json
+import signal
 
 import click
 
 from clipsearch import config
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, Terminated, UsageError
 from clipsearch.options import exclude_option, index_options, layout_options, quiet_option, setting_option
 
 
@@ -74,15 +75,37 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
     # The model loads only when a file needs embedding: an unchanged re-run takes
     # the model's identity from the model cache and imports no torch; on a CPU, the
     # images go through the ONNX image tower, exported by the first run that needs it.
-    summary = run_ingest(folders, settings=settings, options=options)
+    try:
+        summary = run_ingest(folders, settings=settings, options=options)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: the CLI says so and exits 128 + the signal
+        kept = getattr(stop, "summary", None)  # what the run committed (ingest/pipeline.py)
+        if as_json and kept is not None:
+            _echo_stopped_summary(kept, stop)
+        raise
     if as_json:
-        click.echo(json.dumps(summary.__dict__))
+        click.echo(json.dumps(summary_json(summary)))
     else:
         click.echo(summary.line())
     # After the summary: the run's work is kept, and a nightly job fails visibly.
     problems = [line for line in (summary.unreached, summary.not_pruned) if line]
     if problems:
         raise ClipsearchError("; ".join(problems))
+
+
+def summary_json(summary, stopped: str | None = None) -> dict:
+    """`ingest --json`: the summary's counts, and `stopped`, the signal that stopped the
+    run (SIGINT, SIGTERM, SIGHUP) or null for a run that finished. README: "JSON outputs"."""
+    return {**summary.__dict__, "stopped": stopped}
+
+
+def _echo_stopped_summary(summary, stop: KeyboardInterrupt) -> None:
+    """A stopped run's summary as JSON on stdout: what a service reading --json learns
+    of what was kept, before the CLI's stderr line and exit status say it stopped."""
+    signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
+    try:
+        click.echo(json.dumps(summary_json(summary, signal.Signals(signum).name)))
+    except OSError:
+        pass  # a terminal that hung up takes no more output; the exit status still says it
 
 
 @click.command()
@@ -119,8 +142,8 @@ def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, 
     from .reindex import reindex as run_reindex
 
     if not settings.model_named:
-        raise ClipsearchError("reindex needs --model (or CLIPSEARCH_MODEL): the model to embed the collection's "
-                              "images with, e.g. a fine-tuned folder")
+        raise UsageError("reindex needs --model (or CLIPSEARCH_MODEL): the model to embed the collection's "
+                         "images with, e.g. a fine-tuned folder")
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), report=report, quiet=quiet,
                             precision=precision or "", verbose=verbose)

@@ -539,7 +539,15 @@ class Ingestor:
         vectors = np.asarray(vectors, dtype=np.float32)
         while len(self._writes) >= 2:  # bound memory: at most two batches in flight
             self._finish_write()
-        self._writes.append((self._writer.submit(self.index.upsert, ids, vectors, payloads), len(batch)))
+        self._writes.append(self._writer.submit(self._write, ids, vectors, payloads))
+
+    def _write(self, ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> None:
+        """On the writer thread: the upsert, and its count. Counted here, where no
+        signal is raised: counted by the main thread, a Ctrl-C or SIGTERM landing while
+        it waited for the write (or between handing it over and noting it) left a
+        committed batch out of the "stopped: ingested N" it prints."""
+        self.index.upsert(ids, vectors, payloads)
+        self.summary.embedded += len(ids)  # only this thread adds to it while batches are in flight
 
     def _encode(self, batch: list[tuple[FileEntry, Decoded | Prepared]]):
         """(the batch, its vectors). The decoders' crops go to the model as they are;
@@ -579,9 +587,7 @@ class Ingestor:
                 self._set_preprocess(model_preprocess)
 
     def _finish_write(self) -> None:
-        future, size = self._writes.popleft()
-        future.result()  # re-raises a failed write here, in order
-        self.summary.embedded += size
+        self._writes.popleft().result()  # re-raises a failed write here, in order
 
     def _drain_writes(self) -> None:
         while self._writes:
@@ -708,11 +714,8 @@ class Ingestor:
                 self._unusable_ids = []
         finally:
             # Whatever happened, batches already handed to the writer are committed,
-            # and counted (a stopped run says how many it kept).
+            # and counted by it (a stopped run says how many it kept).
             self._writer.shutdown(wait=True)
-            for future, size in self._writes:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    self.summary.embedded += size
             self._writes.clear()
 
     def run(self, roots: Sequence[str], *, allow_empty: bool = False, show_progress: bool = True,
@@ -781,8 +784,9 @@ class Ingestor:
                     self.summary.hnsw_built = self.index.optimize()
                     if self.summary.hnsw_built:
                         self.progress.message(f"built it in {format_duration(time.monotonic() - building)}")
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what this run kept, before the CLI's last line
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: what this run kept, before the CLI's last line
             self.summary.seconds = time.monotonic() - started
+            stop.summary = self.summary  # type: ignore[attr-defined]  # for ingest --json (ingest/commands.py)
             if building is not None and not self._graph_pending():
                 # a stop during the build is raised once it is done and recorded (EdgeIndex.optimize)
                 self.progress.message(f"stopped: {self.summary.line()}; the HNSW search index was built, "

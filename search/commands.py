@@ -12,7 +12,7 @@ from typing import NamedTuple
 import click
 
 from clipsearch import config
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.names import has_control, name_bytes, printable, shown, stored
 from clipsearch.options import format_option, index_options, server_options
 from clipsearch.output_files import check_output_file
@@ -225,6 +225,8 @@ def query_lines(queries, query, image) -> list[QueryLine]:
     else a line that cannot be answered. Where no line beyond ASCII is UTF-8 text or a
     file's name, the file is in another encoding (Latin-1, UTF-16): an error for the
     whole file, naming its first such line."""
+    if query is not None or image is not None:  # before the file is read: it may be stdin
+        raise UsageError("give either QUERY/--image or --queries, not both")
     lines: list[QueryLine] = []
     undecodable: list[tuple[int, int]] = []  # (line number, the first byte that is not UTF-8)
     other_encoding = True  # until a line beyond ASCII is UTF-8 text or a file's name
@@ -251,9 +253,7 @@ def query_lines(queries, query, image) -> list[QueryLine]:
         raise ClipsearchError(f"--queries {shown(queries.name)} line {number} is not UTF-8 text (it holds "
                               f"the byte {byte:#04x}) nor the name of a file; save it as UTF-8")
     if not lines:
-        raise ClipsearchError(f"{queries.name} holds no queries")
-    if query is not None or image is not None:
-        raise ClipsearchError("give either QUERY/--image or --queries, not both")
+        raise ClipsearchError(f"--queries {shown(queries.name)} holds no queries")
     first: dict[str, QueryLine] = {}
     for entry in lines:
         first.setdefault(entry.text, entry)
@@ -286,13 +286,13 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     )
 
     started = time.perf_counter()
-    if k < 1:
-        raise ClipsearchError(f"-k must be at least 1, got {k}")
+    if k < 1:  # as engine.check_k, which imports numpy: a remote search loads none
+        raise UsageError(f"-k must be at least 1, got {k}")
     given = [*((a, 1.0, "--add") for a in add), *((s, -1.0, "--subtract") for s in subtract)]
     for spec, sign, option in given:
         if parse_term(spec, sign, option).kind == "image":
-            raise ClipsearchError(f"{option} {spec!r} names an image file: with --server, {option} takes text "
-                                  "only (the server opens no file a client names); use --image for one example image")
+            raise UsageError(f"{option} {spec!r} names an image file: with --server, {option} takes text "
+                             "only (the server opens no file a client names); use --image for one example image")
     skipped: list[tuple[int, str]] = []  # (line number, why), as a local search reports them
     asks: list[tuple[str | None, str | None, int]] = []  # (label, image to upload or None, line number or 0)
     if queries is not None:
@@ -309,18 +309,18 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
             asks.append((line.text, line.text if term.kind == "image" else None, line.number))
     elif image is not None:
         if query is not None:
-            raise ClipsearchError("with --server, give either QUERY or --image, not both (the server searches by "
-                                  "one uploaded image alone)")
+            raise UsageError("with --server, give either QUERY or --image, not both (the server searches by "
+                             "one uploaded image alone)")
         asks = [(image, image, 0)]
     else:
         if query is not None and not query.strip():
-            raise ClipsearchError("the query is empty; give some words to search for")
+            raise UsageError("the query is empty; give some words to search for")
         asks = [(query, query if query is not None and looks_like_image_path(query) else None, 0)]
         if query is not None:
             refuse_missing_image(query, "the query")
     if (add or subtract) and any(image_path is not None for _, image_path, _ in asks):  # before any request
-        raise ClipsearchError("with --server, an example image cannot be mixed with --add/--subtract "
-                              "(the server searches by one uploaded image alone)")
+        raise UsageError("with --server, an example image cannot be mixed with --add/--subtract "
+                         "(the server searches by one uploaded image alone)")
     # The server resolves symlinks; a name that is not UTF-8 goes in the form the index
     # stores it (\xNN), which JSON and a URL can carry and the server's filter compares.
     folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None

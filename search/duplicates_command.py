@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import click
 
+from clipsearch.errors import ClipsearchError, UsageError
+from clipsearch.hits import name_bytes_field
 from clipsearch.names import has_control, name_bytes, shown
 from clipsearch.options import format_option, index_options, quiet_option
 from clipsearch.output_files import check_output_file
@@ -44,7 +46,10 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
     from .gallery import attempted
 
     if similar is not None:
-        check_threshold(similar)  # before the index is opened: a typo costs nothing
+        try:
+            check_threshold(similar)  # before the index is opened: a typo costs nothing
+        except ClipsearchError as exc:  # a bad flag value: exit 2, as click's own type check gives
+            raise UsageError(str(exc)) from None
     if gallery:
         check_output_file(gallery, "--gallery", "to write the page to")
     found = _find(settings, similar, under, quiet)
@@ -91,11 +96,12 @@ def print_groups(groups: Sequence["DuplicateGroup"], fmt: str, similar: float | 
     """Groups on stdout. Names are printed as `clipsearch search` prints them
     (search/commands.py print_results): `table` quotes a name that is not printable
     text ($'...'), `paths` writes exact bytes and quotes only a name holding a line
-    break or control character, `paths0` writes exact bytes, `json` escapes."""
+    break or control character, `paths0` writes exact bytes, `json` escapes (and adds
+    `path_bytes` for a name that is not UTF-8)."""
     quoted = 0
     for number, group in enumerate(groups):
         if fmt == "json":
-            click.echo(json.dumps(group.to_dict()))
+            click.echo(json.dumps(group_json(group)))
         elif fmt == "paths0":
             for member in group.members:
                 click.echo(name_bytes(member.path) + b"\0", nl=False)
@@ -119,6 +125,16 @@ def print_groups(groups: Sequence["DuplicateGroup"], fmt: str, similar: float | 
         were = "was" if quoted == 1 else "were"
         click.echo(f"{quoted} of the paths held a line break or control character and {were} written quoted "
                    "($'...'); -f paths0 gives every name exactly", err=True)
+
+
+def group_json(group: "DuplicateGroup") -> dict:
+    """One group as `-f json` prints it: each file's `path` as `search -f json` gives a
+    hit's, with `path_bytes` (base64) beside a name that is not UTF-8."""
+    data = group.to_dict()
+    data["files"] = [{"path": entry["path"], **name_bytes_field(member.path),
+                      **{key: value for key, value in entry.items() if key != "path"}}
+                     for entry, member in zip(data["files"], group.members)]
+    return data
 
 
 def group_title(group: "DuplicateGroup", similar: float | None = None) -> str:

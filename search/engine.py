@@ -3,13 +3,17 @@ ranked image hits out."""
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+from collections import abc
 from datetime import date
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from clipsearch.encoders import l2_normalize
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.hits import SearchHit
 from clipsearch.index import Hit, Index, canonical_path, point_id
 from clipsearch.index.where import Where
@@ -20,9 +24,9 @@ from .terms import Term, UnusableQuery, image_term
 CHECK_SIZE = 224
 
 
-def check_k(k: int) -> None:
+def check_k(k: int, name: str = "-k") -> None:
     if k < 1:
-        raise ClipsearchError(f"-k must be at least 1, got {k}")
+        raise UsageError(f"{name} must be at least 1, got {k}")
 
 
 # How far past k settled() looks for the end of a run of tied scores: a run longer than
@@ -60,7 +64,7 @@ class Searcher:
     # -- vectors ----------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
         if not text or not text.strip():
-            raise ClipsearchError("the query is empty; give some words to search for")
+            raise UsageError("the query is empty; give some words to search for")
         return self.encoder.encode_texts([text.strip()])[0]
 
     def image_vector(self, path: str) -> np.ndarray:
@@ -83,7 +87,7 @@ class Searcher:
     def combine(self, terms: Sequence[Term]) -> np.ndarray:
         """Weighted sum of each term's unit vector, normalized: rclip's `+`/`-`."""
         if not terms:
-            raise ClipsearchError("nothing to search for: give a query, --image or --add")
+            raise UsageError("nothing to search for: give a query, --image or --add")
         texts = [t for t in terms if t.kind == "text"]
         vectors: dict[Term, np.ndarray] = {}
         if texts:
@@ -147,15 +151,20 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
     `add` and `subtract` take terms, or one term as a string (not its letters). As in
     the CLI, a query or term that names an existing image file searches by that image:
     text from someone else (a web form) goes to Searcher.text, which opens no file.
+
+    `query` is text (str). A file name is bytes: `image` and `under` take a path as
+    str, bytes or os.PathLike. An argument of the wrong type is a TypeError naming it,
+    a value out of range (k=0, min_score=nan) a UsageError.
     """
     from clipsearch.config import Settings
     from clipsearch.encoders.query import QueryEncoders
     from clipsearch.index import names_no_model, open_index, with_collection_model
 
+    image, under, add, subtract = _checked_arguments(query, k, settings, under, min_score, image, add, subtract,
+                                                     where)
     settings = settings or Settings.resolve()
-    check_k(k)
     where = _photo_filter(where, after, before, camera, near)
-    terms = build_terms(query, image, _terms_given(add), _terms_given(subtract))
+    terms = build_terms(query, image, add, subtract)
     with open_index(settings) as index:
         index.require_collection()  # before loading any model
         if names_no_model(settings):  # else the model check in Searcher is the one record read
@@ -164,6 +173,46 @@ def search(query: str | None = None, k: int = 10, settings=None, under: str | No
         hits = Searcher(encoders.get(), index).terms(terms, k, under, min_score, where)
     encoders.finish()  # a first use exports the text tower, so that the next call is fast
     return hits
+
+
+def _checked_arguments(query, k, settings, under, min_score, image, add, subtract, where
+                       ) -> tuple[str | None, str | None, list[str], list[str]]:
+    """search()'s arguments checked before anything opens, each wrong type a TypeError
+    naming its parameter (not an AttributeError from deep inside). Returns image and
+    under as str paths (bytes or PathLike decoded as the file system does), add and
+    subtract as lists of terms (a generator is read once, here)."""
+    from clipsearch.config import Settings
+
+    def wrong(name: str, expected: str, value) -> TypeError:
+        return TypeError(f"search(): {name}= must be {expected}, got {type(value).__name__}")
+
+    if query is not None and not isinstance(query, str):
+        hint = "; a file name as bytes goes to image=" if isinstance(query, (bytes, os.PathLike)) else ""
+        raise wrong("query", "text (str)" + hint, query)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise wrong("k", "an int", k)
+    check_k(int(k), "k")
+    if settings is not None and not isinstance(settings, Settings):
+        raise wrong("settings", "a clipsearch Settings (Settings.resolve(index=...))", settings)
+    if min_score is not None:
+        if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
+            raise wrong("min_score", "a number", min_score)
+        if not math.isfinite(min_score):
+            raise UsageError(f"search(): min_score={min_score} is not a finite number")
+    extra = []
+    for name, terms in (("add", add), ("subtract", subtract)):
+        given = list(_terms_given(terms)) if isinstance(terms, abc.Iterable) and not isinstance(terms, bytes) else None
+        if given is None or not all(isinstance(term, str) for term in given):
+            raise wrong(name, "a term (str) or a list of terms", terms)
+        extra.append(given)
+    if where is not None and not isinstance(where, Where):
+        raise wrong("where", "a clipsearch.index.where.Where", where)
+    paths = []
+    for name, path in (("image", image), ("under", under)):
+        if path is not None and not isinstance(path, (str, bytes, os.PathLike)):
+            raise wrong(name, "a path (str, bytes or os.PathLike)", path)
+        paths.append(None if path is None else os.fsdecode(path))
+    return paths[0], paths[1], extra[0], extra[1]
 
 
 def _photo_filter(where: Where | None, after: str | date | None, before: str | date | None, camera: str | None,
@@ -175,16 +224,17 @@ def _photo_filter(where: Where | None, after: str | date | None, before: str | d
     if all(value is None for value in given):
         return where
     if where:
-        raise ClipsearchError("give search() either where= or after=/before=/camera=/near=, not both")
+        raise UsageError("give search() either where= or after=/before=/camera=/near=, not both")
     if near is not None and not isinstance(near, str):
         try:
             near = ",".join(repr(float(part)) for part in near)
         except (TypeError, ValueError):
-            raise ClipsearchError(f"near={near!r} must be 'LAT,LON,KM' or (lat, lon, km)") from None
+            raise UsageError(f"near={near!r} must be 'LAT,LON,KM' or (lat, lon, km)") from None
     after, before = (value.isoformat() if isinstance(value, date) else value for value in (after, before))
     for name, value in zip(("after", "before", "camera"), (after, before, camera)):
         if value is not None and not isinstance(value, str):
-            raise ClipsearchError(f"{name}= takes text as --{name} does; got {type(value).__name__}")
+            kinds = "text or a date" if name != "camera" else "text"
+            raise TypeError(f"search(): {name}= takes {kinds}, as --{name} does; got {type(value).__name__}")
     return build_where(after, before, camera, near, prefix="") or None
 
 
@@ -205,7 +255,7 @@ def build_terms(query: str | None, image: str | None, add: Iterable[str], subtra
         terms.append(image_term(image, option="--image"))
     terms += extra_terms(add, subtract)
     if not any(t.weight > 0 for t in terms):
-        raise ClipsearchError("nothing to search for: give a query, --image or --add")
+        raise UsageError("nothing to search for: give a query, --image or --add")
     return terms
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.index.where import Where, period_start
 from clipsearch.names import shown
 from clipsearch.photo_facts import camera_words, joined_parts
@@ -29,14 +29,25 @@ def parse_near(text: str, flag: str = "--near") -> tuple[float, float, float]:
     except ValueError:
         lat = lon = km = None
     if lat is None or lon is None or km is None:
-        raise ClipsearchError(f"{flag} {text!r} must be LAT,LON,KM (e.g. 48.8566,2.3522,10)")
+        raise UsageError(f"{flag} {text!r} must be LAT,LON,KM (e.g. 48.8566,2.3522,10)")
     if not -90 <= lat <= 90:
-        raise ClipsearchError(f"{flag} {text!r}: latitude {lat:g} is outside -90..90")
+        raise UsageError(f"{flag} {text!r}: latitude {lat:g} is outside -90..90")
     if not -180 <= lon <= 180:
-        raise ClipsearchError(f"{flag} {text!r}: longitude {lon:g} is outside -180..180")
+        raise UsageError(f"{flag} {text!r}: longitude {lon:g} is outside -180..180")
     if not 0 < km <= 20_040:  # half the Earth's circumference: everywhere
-        raise ClipsearchError(f"{flag} {text!r}: the radius must be more than 0 and at most 20040 km")
+        raise UsageError(f"{flag} {text!r}: the radius must be more than 0 and at most 20040 km")
     return lat, lon, km * 1000
+
+
+def _date(text: str, flag: str) -> str:
+    """--after's or --before's text as the start of its period; one that is no date is
+    a usage error (exit 2), as every bad flag value is."""
+    try:
+        return period_start(text, flag)
+    except UsageError:
+        raise
+    except ClipsearchError as exc:  # period_start only reads the text: nothing else can fail in it
+        raise UsageError(str(exc)) from None
 
 
 def build_where(after: str | None, before: str | None, camera: str | None, near: str | None,
@@ -46,16 +57,16 @@ def build_where(after: str | None, before: str | None, camera: str | None, near:
     flag = {name: f"{prefix}{name}" if prefix else f"{name}=" for name in ("after", "before", "camera", "near")}
     # Given but empty (`--after "$START"` with START unset) is refused like any bad value:
     # read as no filter, it would widen the answer to every photo, undated ones included.
-    taken_from = period_start(after, flag["after"]) if after is not None else None
-    taken_before = period_start(before, flag["before"]) if before is not None else None
+    taken_from = _date(after, flag["after"]) if after is not None else None
+    taken_before = _date(before, flag["before"]) if before is not None else None
     if taken_from and taken_before and taken_from >= taken_before:
-        raise ClipsearchError(f"{flag['after']} {after} is not before {flag['before']} {before}: "
-                              "no photo can match both")
+        raise UsageError(f"{flag['after']} {after} is not before {flag['before']} {before}: "
+                         "no photo can match both")
     words: tuple[str, ...] = ()
     if camera is not None:
         words = tuple(camera_words(camera))
         if not words:
-            raise ClipsearchError(f"{flag['camera']} {camera!r} has no letters or digits to match")
+            raise UsageError(f"{flag['camera']} {camera!r} has no letters or digits to match")
     return Where(taken_from=taken_from, taken_before=taken_before, camera_words=words,
                  near=parse_near(near, flag["near"]) if near is not None else None)
 

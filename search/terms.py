@@ -7,6 +7,11 @@ one table); anything else is text, but for one word with an image extension that
 names no file (a mistyped path), or one that names an existing file of another type
 (notes.txt, photo.psd): those are errors, not searches for the words "cam/nosuch.jpg".
 
+A term that cannot be read (an empty one, a weight out of range, words that are not
+UTF-8) is a UsageError, exit 2 in the CLI; one naming a file that is missing or no image
+here is a ClipsearchError, exit 1, as a missing index is: the same words may work once
+the drive is mounted.
+
 The weight is a plain decimal number before the first colon (`2:`, `0.5:`, `1e-2:`).
 Anything else before a colon is part of the text: "Nan: portrait", "inf: the show",
 "Note: red". Text that itself starts with a number and a colon takes a weight in front
@@ -24,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.names import is_text, shown
 
 # ASCII digits only: float() also takes "1_000", "١" and "nan", which are read as text here.
@@ -110,7 +115,8 @@ def refuse_missing_image(value: str, option: str) -> None:
 def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool = True) -> Term:
     """'TEXT', 'IMAGE', 'W:TEXT' or 'W:IMAGE'. `images=False` reads every term as text:
     a server never opens a file because a client named its path. A bad term is a
-    ClipsearchError of one line naming `option` and the term as given."""
+    ClipsearchError (a UsageError where the term itself is malformed) of one line naming
+    `option` and the term as given."""
     given = spec
     weight = 1.0
     head, sep, rest = spec.partition(":")
@@ -119,12 +125,12 @@ def parse_term(spec: str, sign: float = 1.0, option: str = "--add", images: bool
         spec = rest
     spec = spec.strip()
     if not spec:
-        raise ClipsearchError(f"{option} needs a text or an image path, got {given!r}")
+        raise UsageError(f"{option} needs a text or an image path, got {given!r}")
     if weight <= 0:
-        raise ClipsearchError(f"{option} weight must be positive, got {weight:g} in {given!r}")
+        raise UsageError(f"{option} weight must be positive, got {weight:g} in {given!r}")
     if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # finite, as _WEIGHT reads no nan or inf; 1e999 is inf
-        raise ClipsearchError(f"{option} weight must be from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, got {head.strip()!r} "
-                              f"in {given!r}")
+        raise UsageError(f"{option} weight must be from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, got {head.strip()!r} "
+                         f"in {given!r}")
     if images and looks_like_image_path(spec):
         return image_term(spec, sign * weight, option)
     if images:
@@ -137,7 +143,7 @@ def query_term(query: str) -> Term:
     image, anything else is words (one word with an image extension that names no file
     is an error: refuse_missing_image)."""
     if not query.strip():
-        raise ClipsearchError("the query is empty; give some words to search for")
+        raise UsageError("the query is empty; give some words to search for")
     if looks_like_image_path(query):
         return image_term(query)
     refuse_missing_image(query, "the query")
@@ -148,7 +154,7 @@ def text_term(text: str, weight: float = 1.0, option: str = "the query") -> Term
     """Words to search for. Bytes that are not UTF-8 (a shell argument in another
     encoding) are no words a tokenizer can read: one line naming `option`."""
     if not is_text(text):
-        raise ClipsearchError(f"{option} {shown(text)} is not UTF-8 text; give the words in UTF-8")
+        raise UsageError(f"{option} {shown(text)} is not UTF-8 text; give the words in UTF-8")
     return Term("text", text, weight)
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import refuse_host_port, valid_collection_name
-from ..errors import ClipsearchError
-from ..names import shown
+from ..errors import ClipsearchError, UsageError
+from ..names import printable, shown
 from ..options import index_options, layout_options, quiet_option, server_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,8 +40,8 @@ def status(settings, as_json, check, server, token):
     """Show the backend, collection, number of images and model of the index."""
     if check:
         if server:
-            raise ClipsearchError("--check reads the index itself, alone: run it where the index is, without "
-                                  "--server (or CLIPSEARCH_SERVER), with `clipsearch serve` stopped")
+            raise UsageError("--check reads the index itself, alone: run it where the index is, without "
+                             "--server (or CLIPSEARCH_SERVER), with `clipsearch serve` stopped")
         run_check(settings, as_json)
         return
     if server:
@@ -49,7 +49,7 @@ def status(settings, as_json, check, server, token):
 
         facts = ServeClient(server, token).status()
         if as_json:
-            click.echo(json.dumps(facts))
+            click.echo(json.dumps(status_json(facts)))
             return
         click.echo(format_status(facts))
         serving = facts.get("server") or {}
@@ -61,7 +61,7 @@ def status(settings, as_json, check, server, token):
     with open_index(settings) as index:
         facts = index.describe()
     if as_json:
-        click.echo(json.dumps(facts))
+        click.echo(json.dumps(status_json(facts)))
         return
     click.echo(format_status(facts))
 
@@ -84,21 +84,21 @@ def migrate(settings, to, to_collection, batch_size, quiet):
     from .open import open_index
 
     if not to.strip():  # `--to "$TARGET"` unset: not the current folder
-        raise ClipsearchError("--to is empty: give the target index, a folder or a server URL")
+        raise UsageError("--to is empty: give the target index, a folder or a server URL")
     if to != ":memory:" and "://" not in to and os.path.isfile(os.path.expanduser(to)):
         raise ClipsearchError(f"--to {shown(to)} is a file, not an index folder or a server URL")
     refuse_host_port(to, "--to")
     if to_collection is not None and not valid_collection_name(to_collection):
-        raise ClipsearchError(f"--to-collection {to_collection!r} is not a valid collection name")
+        raise UsageError(f"--to-collection {to_collection!r} is not a valid collection name")
     target_settings = settings.with_overrides(index=to, collection=to_collection or settings.collection)
     if (target_settings.index, target_settings.collection) == (settings.index, settings.collection):
-        raise ClipsearchError("--to names the source collection itself")
+        raise UsageError("--to names the source collection itself")
     with _open_source(settings) as source:
         source.require_collection()
         if _same_collection(source, settings, target_settings):
-            raise ClipsearchError(f"--to names the source collection itself: {target_settings.collection!r} and "
-                                  f"{settings.collection!r} are one collection in {settings.index} "
-                                  f"({source.meant()!r}); give --to-collection a new name, or --to another index")
+            raise UsageError(f"--to names the source collection itself: {target_settings.collection!r} and "
+                             f"{settings.collection!r} are one collection in {settings.index} "
+                             f"({source.meant()!r}); give --to-collection a new name, or --to another index")
         with open_index(target_settings, create=True) as target:
             summary = run_migrate(source, target, batch_size, Progress(quiet=quiet))
     click.echo(summary.line())
@@ -148,6 +148,30 @@ def _same_collection(source: "Index", settings, target_settings) -> bool:
     if aliases is None:
         return False
     return aliases().get(target_settings.collection, target_settings.collection) == source.meant()
+
+
+# Every key `status --json` prints, whatever the backend and whether the collection
+# exists: null where a fact does not apply (`segments` on a server, `layout` on the
+# embedded index, `means` where no reindex switched the name), so that a script reads
+# facts["layout"] without first asking whether it is there. README: "JSON outputs".
+STATUS_KEYS = ("backend", "location", "collection", "means", "exists", "points", "model", "segments",
+               "indexed_vectors", "status", "indexing_paused", "embedded_layout", "layout", "cluster", "protocol",
+               "server_version", "switching", "unfinished_copy", "versions", "server")
+
+
+def status_json(facts: dict) -> dict:
+    """`status --json`: the facts with every one of STATUS_KEYS present, and the model's
+    `precision` given (a record that names none is fp32). Keys beyond them (a newer
+    server's) are kept."""
+    from ..config import PRECISIONS
+
+    shaped = {key: facts.get(key) for key in STATUS_KEYS}
+    shaped["versions"] = facts.get("versions") or []
+    if facts.get("backend") == "server" and facts.get("exists"):  # said only when paused
+        shaped["indexing_paused"] = bool(facts.get("indexing_paused"))
+    if isinstance(shaped["model"], dict):
+        shaped["model"] = {**shaped["model"], "precision": shaped["model"].get("precision") or PRECISIONS[0]}
+    return {**shaped, **{key: value for key, value in facts.items() if key not in shaped}}
 
 
 def format_status(facts: dict) -> str:
@@ -395,13 +419,15 @@ def run_check(settings, as_json: bool) -> None:
     except ClipsearchError as exc:
         findings = [Finding(False, "open", str(exc))]
     problems = [f for f in findings if not f.ok]
-    where = f"collection {settings.collection!r} at {settings.index}"
+    # The index as `status` shows it: quoted ($'...') where its name is not printable text.
+    where = f"collection {settings.collection!r} at {shown(settings.index)}"
     if as_json:
-        click.echo(json.dumps({"index": settings.index, "collection": settings.collection, "healthy": not problems,
-                               "findings": [asdict(f) for f in findings]}))
+        # `location`, as `status --json` names the index.
+        click.echo(json.dumps({"location": settings.index, "collection": settings.collection,
+                               "healthy": not problems, "findings": [asdict(f) for f in findings]}))
     else:
         for finding in findings:
-            click.echo(finding.line())
+            click.echo(printable(finding.line()))  # a message may name the index's bytes
         click.echo(f"{where}: " + (f"{len(problems)} problem{'s' if len(problems) > 1 else ''} found"
                                    if problems else "healthy"))
     if problems:

@@ -521,9 +521,9 @@ def test_console_script_end_to_end(tmp_path, tiny_model_dir, images):
     assert again.stdout.splitlines() == paths
     assert (tmp_path / "g.html").read_text().count("<img") == 3
 
-    # An error in a real process: stderr is exactly one line, exit status 1.
+    # An error in a real process: stderr is exactly one line, exit status 2 (a bad value).
     bad = run("search", "red", "-k", "0")
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stdout == ""
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), bad.stderr
@@ -643,11 +643,11 @@ def test_status_check_through_a_server_says_where_and_how_it_can_run():
     """A check reads the index alone: the message must not send a serve admin to a
     command that serve's lock refuses (`status --check` while serve holds the index)."""
     result = CliRunner().invoke(cli, ["status", "--check", "--server", "http://127.0.0.1:9", "--token", "x" * 20])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "without --server" in result.output and "`clipsearch serve` stopped" in result.output
 
 
-@pytest.mark.parametrize(("given", "named", "code"), [({"CLIPSEARCH_HOST": "bad host!"}, "CLIPSEARCH_HOST", 1),
+@pytest.mark.parametrize(("given", "named", "code"), [({"CLIPSEARCH_HOST": "bad host!"}, "CLIPSEARCH_HOST", 2),
                                                       ({"--host": "nas..local"}, "--host", 2)])
 def test_a_host_serve_cannot_bind_is_told_before_anything_loads(tmp_path, given, named, code):
     """Not a failed bind after the model has loaded: the model named here does not exist."""
@@ -655,5 +655,5 @@ def test_a_host_serve_cannot_bind_is_told_before_anything_loads(tmp_path, given,
     flags = [part for k, v in given.items() if k.startswith("-") for part in (k, v)]
     result = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "index"), "--model",
                                       str(tmp_path / "no-model"), *flags], env=env)
-    assert result.exit_code == code, result.output  # a variable's error, or a flag's usage error
+    assert result.exit_code == code, result.output  # a bad setting or flag: a usage error either way
     assert named in result.output and "is not an IP address or host name" in result.output

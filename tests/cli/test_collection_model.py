@@ -152,7 +152,7 @@ def test_after_a_reindex_serve_needs_no_model(reindexed, tmp_path, other_model_d
 def test_reindex_never_assumes_the_default_model(tmp_path):
     """Hours of embedding are not started by a command that forgot its --model."""
     result = CliRunner().invoke(cli, ["reindex", "--index", str(tmp_path / "index")])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "reindex needs --model (or CLIPSEARCH_MODEL)" in result.output
     assert not (tmp_path / "index").exists()
 

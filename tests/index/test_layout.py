@@ -112,7 +112,7 @@ def test_the_cli_passes_the_layout_flags_to_the_collection_it_creates(tmp_path, 
     assert facts["layout"] == {"shards": 3, "replicas": 2, "write_consistency": 1, "quantization": "binary",
                                "vectors_on_disk": True, "hnsw_m": 16, "hnsw_ef_construct": 100,
                                "quantized_always_ram": True}
-    assert "cluster" not in facts  # the double reports no cluster: status says nothing of one
+    assert facts["cluster"] is None  # the double reports no cluster: status says nothing of one
 
 
 def test_migrate_creates_its_target_with_the_layout(tmp_path, tiny_model_dir, monkeypatch):
@@ -256,7 +256,7 @@ def test_the_embedded_index_applies_quantization_vectors_on_disk_and_hnsw(tmp_pa
         pass
     assert "--quantization int8 (it has none)" in capsys.readouterr().err
     status = CliRunner().invoke(cli, ["status", "--index", plain.index, "--collection", plain.collection, "--json"])
-    assert "embedded_layout" not in json.loads(status.output)  # the defaults: nothing to say
+    assert json.loads(status.output)["embedded_layout"] is None  # the defaults: nothing to say
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])

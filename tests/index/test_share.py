@@ -298,7 +298,7 @@ def test_migrate_refuses_a_target_of_another_model(edge_index, tmp_path, tiny_mo
 def test_migrate_to_itself_is_refused(edge_index):
     result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
                                       "--to", edge_index.index])
-    assert result.exit_code == 1 and "source collection itself" in result.output
+    assert result.exit_code == 2 and "source collection itself" in result.output
 
 
 @pytest.mark.parametrize("flags, said", [
@@ -311,7 +311,7 @@ def test_migrate_names_its_own_flags_when_refusing_a_target(edge_index, tmp_path
     flags = [flag.replace("{tmp}", str(tmp_path)) for flag in flags]
     result = CliRunner().invoke(cli, ["migrate", "--index", edge_index.index, "--collection", edge_index.collection,
                                       *flags])
-    assert result.exit_code == 1 and said in result.output, result.output
+    assert result.exit_code == 2 and said in result.output, result.output  # a bad flag value
     assert not (tmp_path / "target").exists()
 
 

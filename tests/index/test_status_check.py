@@ -127,7 +127,7 @@ def test_an_index_that_cannot_be_opened_is_one_finding(tmp_path, tiny_model_dir)
 
 def test_check_with_server_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["status", "--check", "--server", "http://127.0.0.1:9"])
-    assert result.exit_code == 1 and "without --server" in result.output
+    assert result.exit_code == 2 and "without --server" in result.output
 
 
 def test_an_index_in_use_is_an_error_not_a_finding(tmp_path, tiny_model_dir):

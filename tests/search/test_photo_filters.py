@@ -190,7 +190,7 @@ def test_the_cli_takes_the_flags_and_shows_the_facts(library):
 ])
 def test_a_bad_flag_is_one_line_naming_it(flags, message, tmp_path):
     result = CliRunner().invoke(cli, ["search", "a photo", "--index", str(tmp_path / "none"), *flags])
-    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output  # a bad flag value
     assert message in result.output
 
 
