@@ -63,7 +63,7 @@ def test_finetune_reindex_killed_then_resumed_then_search(loop, tmp_path, tiny_m
     assert cli.ingest(photos, index, "-q").returncode == 0
     before = _status(cli, index)
     total = before["points"]
-    assert total > EXTRA and "means" not in before
+    assert total > EXTRA and before["means"] is None
 
     run = Reindex(cli, index, tuned)
     run.wait_for_embedded(40)
@@ -72,7 +72,7 @@ def test_finetune_reindex_killed_then_resumed_then_search(loop, tmp_path, tiny_m
     assert during.count == total and during.hits == 5 and committed >= 40
 
     after_kill = _status(cli, index)  # not switched: the name still means the old collection, whole
-    assert "means" not in after_kill and after_kill["points"] == total
+    assert after_kill["means"] is None and after_kill["points"] == total
     assert after_kill["model"]["name"] == str(tiny_model_dir)
     assert len(_search(cli, index, tiny_model_dir)) == 5
 
