@@ -402,3 +402,33 @@ def listening(app):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@dataclass
+class FreshRun:
+    """What `clipsearch ARGS` did in a process of its own: as click's Result has it."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli_in_a_fresh_process(args: list, setup: str = "", timeout: float = 600.0) -> FreshRun:
+    """Run `clipsearch ARGS` in a new Python process, after the Python statements of
+    `setup` (a test's stand-in for what it would monkeypatch), with this test's environment.
+
+    For commands that fork (a DataLoader's workers): this test process holds the gRPC
+    double's threads, and a fork taken while one of them is inside gRPC can leave the
+    child dead on an inherited lock (abseil's mutex check). A user's command forks from a
+    process of its own, as this one does."""
+    import subprocess
+    import sys
+
+    driver = "\n".join([setup, "from clipsearch.cli import main", "main()"])
+    done = subprocess.run([sys.executable, "-c", driver, *map(str, args)], capture_output=True, text=True,
+                          errors="surrogateescape", timeout=timeout, env=os.environ.copy())
+    return FreshRun(done.returncode, done.stdout, done.stderr)

@@ -24,6 +24,8 @@ from PIL import Image
 from clipsearch.cli import cli
 from clipsearch.finetune.synthetic import write_dataset
 
+from support import FreshRun, cli_in_a_fresh_process
+
 DEVICE = os.environ.get("CLIPSEARCH_TEST_DEVICE", "cpu")
 
 
@@ -82,6 +84,11 @@ def _run(*args) -> "CliRunner.invoke":
     return CliRunner().invoke(cli, [*map(str, args), "--device", DEVICE])
 
 
+def _run_forking(*args, setup: str = "") -> FreshRun:
+    """_run, for a run whose DataLoader forks its workers: in a process of its own."""
+    return cli_in_a_fresh_process([*args, "--device", DEVICE], setup)
+
+
 def _one_error_line(result, data: Path, line: int, image: Path, reason: str) -> None:
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
@@ -117,10 +124,7 @@ def test_a_bad_image_in_eval_data_stops_before_the_model_loads(tmp_path, shapes,
 
 
 @pytest.mark.slow
-def test_skip_bad_leaves_every_bad_image_out_says_so_and_trains(tmp_path, shapes, tiny_model_dir, monkeypatch):
-    from clipsearch.finetune import images
-
-    monkeypatch.setattr(images, "POOL_FROM", 1)  # the check's worker pool, even for 39 images
+def test_skip_bad_leaves_every_bad_image_out_says_so_and_trains(tmp_path, shapes, tiny_model_dir):
     made = {kind: make(tmp_path) for kind, (make, _) in BAD.items()}
     data = _with_rows(shapes[0], tmp_path / "pairs.csv", [
         (str(made["bomb"]), "a bomb"),                    # 38
@@ -129,9 +133,11 @@ def test_skip_bad_leaves_every_bad_image_out_says_so_and_trains(tmp_path, shapes
         (str(tmp_path / "images" / "gone.png"), ""),      # 41: a bad field too
     ])
     out = tmp_path / "out"
-    # --workers 2: the images are checked, and then decoded for training, in worker processes.
-    result = _run("finetune", data, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1,
-                  "--batch-size", 16, "--eval-split", 0.25, "--workers", 2, "--quiet")
+    # --workers 2: the images are checked (in the check's worker pool, even for 39 images),
+    # and then decoded for training, in worker processes.
+    result = _run_forking("finetune", data, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1,
+                          "--batch-size", 16, "--eval-split", 0.25, "--workers", 2, "--quiet",
+                          setup="from clipsearch.finetune import images; images.POOL_FROM = 1")
     assert result.exit_code == 0, result.output
     report = out / "skipped_rows.jsonl"
     assert f"left out 4 of 40 rows with bad images or fields; see {report}" in result.stderr
@@ -161,18 +167,16 @@ def test_eval_skip_bad_says_how_many_rows_it_left_out_and_where_they_are_listed(
     assert "left out 3 of 21 rows with bad images or fields; pass --report FILE to list them" in result.stderr
 
 
-def test_an_image_that_breaks_after_the_check_stops_training_with_one_line(tmp_path, shapes, tiny_model_dir,
-                                                                        monkeypatch):
+def test_an_image_that_breaks_after_the_check_stops_training_with_one_line(tmp_path, shapes, tiny_model_dir):
     """The file changes between the check and its batch (simulated: the check passes it).
     Decoded in a DataLoader worker, its error comes back as one line, not the worker's traceback."""
-    from clipsearch.finetune import validation
-
-    monkeypatch.setattr(validation, "check_images", lambda paths, *args: {path: None for path in paths})
     image = cut_file(tmp_path / "cut.jpg", "JPEG")
     data = _with_rows(shapes[0], tmp_path / "pairs.csv", [(str(image), "half a photo")])
     out = tmp_path / "out"
-    result = _run("finetune", data, "--base", tiny_model_dir, "-o", out, "--eval-split", 0, "--epochs", 1,
-                  "--batch-size", 37, "--workers", 2, "--quiet")
+    result = _run_forking("finetune", data, "--base", tiny_model_dir, "-o", out, "--eval-split", 0, "--epochs", 1,
+                          "--batch-size", 37, "--workers", 2, "--quiet",
+                          setup="from clipsearch.finetune import validation\n"
+                                "validation.check_images = lambda paths, *args: {path: None for path in paths}")
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output

@@ -16,7 +16,7 @@ from clipsearch.cli import cli
 from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES, Encoder
 from clipsearch.finetune.synthetic import write_dataset
 
-from support import stop_training_at_step
+from support import cli_in_a_fresh_process, stop_training_at_step
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +274,9 @@ def test_bad_data_stops_before_anything_is_written(tmp_path, shapes, tiny_model_
     assert result.exit_code == 1 and "missing columns image_path, text_description" in result.output
     assert not out.exists()
 
-    result = finetune(bad, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1, "--batch-size", 16,
-                      "--workers", 2)  # images decoded in two worker processes
+    # images decoded in two worker processes, forked: from a process of the command's own
+    result = cli_in_a_fresh_process(["finetune", bad, "--base", tiny_model_dir, "-o", out, "--skip-bad", "--epochs", 1,
+                                     "--batch-size", 16, "--workers", 2, "--device", DEVICE, "--quiet"])
     assert result.exit_code == 0, result.output
     report = [json.loads(line) for line in (out / "skipped_rows.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in report] == [f"image not found: {tmp_path / 'missing.png'}", "empty caption"]
