@@ -24,6 +24,7 @@ import numpy as np
 from clipsearch import config
 from clipsearch.config import Settings
 from clipsearch.encoders.onnx_image import CropsMismatch
+from clipsearch.encoders.vectors import NonFiniteVectors
 from clipsearch.errors import ClipsearchError
 from clipsearch.fingerprint import fingerprint
 from clipsearch.images import (
@@ -52,6 +53,7 @@ from .walk import UNREADABLE_FOLDER, FileEntry, image_extensions, image_file, ro
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
+NONFINITE_REASON = "the model gives no usable vector for it (NaN or infinity: its pixels overflow the model)"
 
 # Fewer files to decode than this many batches are decoded in this process: starting
 # the spawn pool costs about a second (measured: see IN_PROCESS_BELOW in the report),
@@ -247,6 +249,7 @@ class Ingestor:
         self.progress = progress or Progress(quiet=self.options.quiet)
         self.summary = IngestSummary()
         self.report = SkipReport(self.options.report)
+        self._sound: bool | None = None  # whether the model gives finite vectors (_model_is_sound)
         self.known_bad = KnownBadFiles.for_index(
             index.location, index.collection,
             decoder_fingerprint(self.options.max_megapixels, image_extensions()))
@@ -575,16 +578,45 @@ class Ingestor:
             if not batch:
                 return batch, None
             if geometry is None:
-                return batch, self.encoder.encode_images([d.image for _, d in batch],  # type: ignore[union-attr]
-                                                         batch_size=self.options.batch_size)
+                return self._finite_rows(batch, self.encoder.encode_images,  # type: ignore[union-attr]
+                                         [d.image for _, d in batch])  # type: ignore[union-attr]
             try:
                 crops = np.stack([d.pixels for _, d in batch])  # type: ignore[union-attr]
-                return batch, self.encoder.encode_crops(crops, geometry, batch_size=self.options.batch_size)
+                return self._finite_rows(batch, self.encoder.encode_crops, crops, geometry)  # type: ignore[union-attr]
             except CropsMismatch:
                 model_preprocess = getattr(self.encoder, "preprocess", None)
                 if model_preprocess == preprocess:  # pragma: no cover - the encoder contradicts itself
                     raise
                 self._set_preprocess(model_preprocess)
+
+    def _finite_rows(self, batch: list[tuple[FileEntry, Decoded | Prepared]], encode, *inputs):
+        """(the batch, encode(*inputs)'s vectors for it), less the images the model gives
+        NaN or infinity for, which are skipped: one image the model overflows on (a
+        quantized or half-precision tower can) must not end an ingest of hours. A model
+        that gives them for a plain grey image too is broken, and its error stops the run."""
+        try:
+            return batch, encode(*inputs, batch_size=self.options.batch_size)
+        except NonFiniteVectors as exc:
+            if not self._model_is_sound():
+                raise
+            kept = []
+            for item, finite in zip(batch, exc.finite):
+                if finite:
+                    kept.append(item)
+                else:
+                    self._skip(item[0].path, NONFINITE_REASON)
+            return kept, (exc.vectors[exc.finite] if kept else None)
+
+    def _model_is_sound(self) -> bool:
+        if self._sound is None:
+            from PIL import Image
+
+            try:
+                self.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])  # type: ignore[union-attr]
+                self._sound = True
+            except NonFiniteVectors:
+                self._sound = False
+        return self._sound
 
     def _finish_write(self) -> None:
         self._writes.popleft().result()  # re-raises a failed write here, in order

@@ -365,6 +365,26 @@ def nan_copy(model_dir: Path, to: Path) -> Path:
     return to
 
 
+def overflowing_copy(model_dir: Path, to: Path) -> Path:
+    """`model_dir` (the tiny CLIP) copied to `to` with its patch embedding weights 1e17:
+    a sound model but for bright or dark images, whose embedded patches (about 400
+    times 1e17) overflow float32 when the layer norm squares them; a mid-grey image,
+    or one of middling colours, still gives a finite vector. As a half-precision tower
+    can overflow on some images."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(model_dir, to)
+    for file in to.rglob("*.safetensors"):
+        tensors = load_file(str(file))
+        name = "vision_model.embeddings.patch_embedding.weight"
+        tensors[name] = np.full_like(tensors[name], 1e17)
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    return to
+
+
 def stop_training_at_step(monkeypatch, step: int) -> None:
     """Ctrl-C in a fine-tune right after its training step `step` (its callbacks run)."""
     from clipsearch.finetune import training

@@ -18,6 +18,17 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
+class NonFiniteVectors(ClipsearchError):
+    """Some of a batch's vectors are not finite numbers. `finite` says which rows are,
+    `vectors` holds them all: a caller that can tell a broken model from an input the
+    model overflows on (ingest: ingest/pipeline.py) keeps the finite rows."""
+
+    def __init__(self, message: str, vectors: np.ndarray, finite: np.ndarray):
+        super().__init__(message)
+        self.vectors = vectors
+        self.finite = finite
+
+
 def require_finite(vectors: np.ndarray, model: str, what: str = "inputs") -> np.ndarray:
     """`vectors` ((n, dim) rows) as they are, or a one-line error naming `model` where
     some are not finite numbers. A model whose weights are NaN (a fine-tune that
@@ -26,7 +37,8 @@ def require_finite(vectors: np.ndarray, model: str, what: str = "inputs") -> np.
     rows = np.asarray(vectors)
     finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) if rows.size else np.ones(len(rows), dtype=bool)
     if not finite.all():
-        raise ClipsearchError(
+        raise NonFiniteVectors(
             f"model {model} gives vectors that are not finite numbers (NaN or infinity) for {int((~finite).sum())} "
-            f"of {len(rows)} {what}: its weights are broken (a fine-tune that diverged?); use another model")
+            f"of {len(rows)} {what}: its weights are broken (a fine-tune that diverged?); use another model",
+            rows, finite)
     return vectors
