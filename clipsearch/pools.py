@@ -25,7 +25,7 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, NoReturn
 
 if TYPE_CHECKING:  # pragma: no cover
     from concurrent.futures import Future
@@ -41,6 +41,27 @@ UNGUARDED_SCRIPT = (
     "it starts (see README, Python API)")
 
 
+# Room for why a worker's initializer failed, in the shared memory its parent reads.
+WHY_BYTES = 400
+
+
+def _fail_start(why: Any, exc: BaseException) -> NoReturn:
+    """End this worker, its initializer having failed: why (its first line) goes to the
+    parent, which says it in one line; no traceback from each worker on the terminal."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    why.value = text.encode("utf-8", "replace")[:WHY_BYTES - 1]
+    os._exit(1)
+
+
+def _start_failure(why: Any, status: str) -> ClipsearchError:
+    """The error for workers that ended before any started: their initializer's own
+    error where one was recorded, else the script without the __main__ guard."""
+    if why.value:
+        return ClipsearchError(f"the decoding processes could not start{status}: "
+                               f"{why.value.decode('utf-8', 'replace')}")
+    return ClipsearchError(UNGUARDED_SCRIPT.format(status=status))
+
+
 def spawn_pool(workers: int, initializer: Callable[[], None] | None = None):
     """A spawn-context Pool of `workers` processes that a closing terminal leaves to
     their parent to stop, returned once one of them has started. Callable from any
@@ -50,12 +71,13 @@ def spawn_pool(workers: int, initializer: Callable[[], None] | None = None):
     try:
         multiprocessing.resource_tracker.ensure_running()
         started = context.Event()  # a semaphore: after the tracker, which must start with SIGHUP blocked
-        pool = context.Pool(workers, initializer=_start, initargs=(started, initializer))
+        why = context.RawArray("c", WHY_BYTES)
+        pool = context.Pool(workers, initializer=_start, initargs=(started, why, initializer))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         # The processes the pool started first (Pool has no public handle on them).
-        _await_start(started, list(pool._pool))  # type: ignore[attr-defined]
+        _await_start(started, why, list(pool._pool))  # type: ignore[attr-defined]
     except BaseException:
         pool.terminate()
         pool.join()
@@ -63,21 +85,24 @@ def spawn_pool(workers: int, initializer: Callable[[], None] | None = None):
     return pool
 
 
-def _start(started: Any, initializer: Callable[[], None] | None) -> None:
+def _start(started: Any, why: Any, initializer: Callable[[], None] | None) -> None:
     """A worker's first code, once its process is up (the main script run again and
     all): the caller's initializer, then the word that a worker has started."""
     if initializer is not None:
-        initializer()
+        try:
+            initializer()
+        except BaseException as exc:
+            _fail_start(why, exc)
     started.set()
 
 
-def _await_start(started: Any, workers: list) -> None:
+def _await_start(started: Any, why: Any, workers: list) -> None:
     """Wait until a worker has started; a worker that ended before any did means that
     none ever will (the module docstring)."""
     while not started.wait(START_POLL_SECONDS):
         ended = [w.exitcode for w in workers if w.exitcode is not None]
         if ended:
-            raise ClipsearchError(UNGUARDED_SCRIPT.format(status=f" (exit status {ended[0]})"))
+            raise _start_failure(why, f" (exit status {ended[0]})")
 
 
 # -- a pool that survives a worker's death ------------------------------------------------
@@ -104,12 +129,15 @@ _claim: Any = None
 _claims: Any = None
 
 
-def _start_worker(claims: Any, taken: Any, started: Any, initializer: Callable[[], None] | None) -> None:
+def _start_worker(claims: Any, taken: Any, started: Any, why: Any, initializer: Callable[[], None] | None) -> None:
     """A TaskPool worker's first code: the caller's initializer, a slot to note its
     tasks in, and the word that a worker has started."""
     global _claim, _claims
     if initializer is not None:
-        initializer()
+        try:
+            initializer()
+        except BaseException as exc:
+            _fail_start(why, exc)
     with taken.get_lock():
         slot = taken.value
         taken.value += 1
@@ -156,9 +184,10 @@ class TaskPool:
             # tracker, which must start with SIGHUP blocked: the first one starts it.
             self._claims = context.RawArray("q", 2 * workers)
             self._started = context.Event()
+            self.why = context.RawArray("c", WHY_BYTES)  # why an initializer failed (_fail_start)
             self._executor = ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_start_worker,
-                initargs=(self._claims, context.Value("i", 0), self._started, initializer))
+                initargs=(self._claims, context.Value("i", 0), self._started, self.why, initializer))
         # The executor's own record of its processes (it has no public one before Python
         # 3.14's terminate_workers): to stop them at once, and to read how each ended.
         self._processes: MutableMapping[int, Any] = self._executor._processes
@@ -256,7 +285,7 @@ def in_order(tasks: Iterable[tuple[Any, Callable[[Any], Any], Any]], workers: in
         ever_started = ever_started or broken.started
         held, ended = broken.casualties()
         if not ever_started and ended and not ended[0].startswith("killed"):
-            raise ClipsearchError(UNGUARDED_SCRIPT.format(status=f" ({ended[0]})"))
+            raise _start_failure(broken.why, f" ({ended[0]})")
         blameless = 0 if held else blameless + 1
         if blameless >= 2:
             raise ClipsearchError(f"the decoding processes keep ending ({', '.join(ended) or 'no exit status'}) "
