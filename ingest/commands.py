@@ -80,7 +80,7 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: the CLI says so and exits 128 + the signal
         kept = getattr(stop, "summary", None)  # what the run committed (ingest/pipeline.py)
         if as_json and kept is not None:
-            _echo_stopped_summary(kept, stop)
+            _echo_stopped_summary(summary_json(kept), stop)
         raise
     if as_json:
         click.echo(json.dumps(summary_json(summary)))
@@ -98,12 +98,13 @@ def summary_json(summary, stopped: str | None = None) -> dict:
     return {**summary.__dict__, "stopped": stopped}
 
 
-def _echo_stopped_summary(summary, stop: KeyboardInterrupt) -> None:
-    """A stopped run's summary as JSON on stdout: what a service reading --json learns
-    of what was kept, before the CLI's stderr line and exit status say it stopped."""
+def _echo_stopped_summary(fields: dict, stop: KeyboardInterrupt) -> None:
+    """A stopped run's summary `fields` as JSON on stdout, `stopped` the signal's name:
+    what a service reading --json learns of what was kept, before the CLI's stderr line
+    and exit status say it stopped."""
     signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
     try:
-        click.echo(json.dumps(summary_json(summary, signal.Signals(signum).name)))
+        click.echo(json.dumps({**fields, "stopped": signal.Signals(signum).name}))
     except OSError:
         pass  # a terminal that hung up takes no more output; the exit status still says it
 
@@ -147,7 +148,13 @@ def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, 
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), report=report, quiet=quiet,
                             precision=precision or "", verbose=verbose)
-    summary = run_reindex(settings, options, keep_old=keep_old, allow_missing=allow_missing)
+    try:
+        summary = run_reindex(settings, options, keep_old=keep_old, allow_missing=allow_missing)
+    except KeyboardInterrupt as stop:  # as ingest's: what it kept, then the CLI's line and 128 + the signal
+        kept = getattr(stop, "summary", None)
+        if as_json and kept is not None:
+            _echo_stopped_summary(kept.__dict__, stop)
+        raise
     if as_json:
         click.echo(json.dumps(summary.__dict__))
     elif summary.stopped:

@@ -137,6 +137,21 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
         check_report_path(options.report)
     started = time.monotonic()
     summary = ReindexSummary(collection=settings.collection)
+    try:
+        return _reindex(settings, options, keep_old, progress, allow_missing, summary, started)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: what it kept, for reindex --json
+        filling = getattr(stop, "summary", None)  # the fill it stopped (Ingestor._run), not yet counted
+        if filling is not None:
+            summary.embedded += filling.embedded
+            summary.skipped += filling.skipped
+        summary.stopped = not summary.switched
+        summary.seconds = time.monotonic() - started
+        stop.summary = summary  # type: ignore[attr-defined]
+        raise
+
+
+def _reindex(settings: Settings, options: IngestOptions, keep_old: bool, progress: Progress, allow_missing: bool,
+             summary: ReindexSummary, started: float) -> ReindexSummary:
     with _open_old(settings) as old:
         if not old.exists():
             return _point_name_at_version(old, settings, options, summary, started)

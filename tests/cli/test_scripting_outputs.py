@@ -204,6 +204,44 @@ def test_a_stopped_ingest_prints_its_partial_summary_as_json(tmp_path, tiny_mode
     assert json.loads(status.stdout)["points"] == summary["embedded"]
 
 
+@pytest.mark.slow
+def test_a_stopped_reindex_prints_its_partial_summary_as_json_and_resumes(tmp_path, tiny_model_dir):
+    """As ingest's: what the new version holds so far, `stopped` the signal's name."""
+    photos = tmp_path / "photos"
+    files = draw_collection(photos, 400)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPSEARCH_")}
+    env.update(CLIPSEARCH_MODEL=str(tiny_model_dir), CLIPSEARCH_CACHE_DIR=str(tmp_path / "cache"),
+               CLIPSEARCH_PROGRESS_SECONDS="0.1", HF_HUB_OFFLINE="1")
+    index = str(tmp_path / "index")
+    subprocess.run([sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index", index, "-q"], env=env,
+                   check=True, timeout=300)
+    # int8 vectors are other vectors: the same model re-embeds every image
+    reindex = [sys.executable, "-m", "clipsearch.cli", "reindex", "--model", str(tiny_model_dir), "--index", index,
+               "--precision", "int8", "--json", "--batch-size", "4", "--workers", "1"]
+    process = subprocess.Popen(reindex, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("found") and int(line.split("embedded ")[1].split(",")[0]) >= 8
+                  for line in list(lines)):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout = process.stdout.read()  # type: ignore[union-attr]
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)
+    summary = json.loads(stdout)
+    assert summary["stopped"] == "SIGTERM" and summary["switched"] is False
+    assert 8 <= summary["embedded"] < len(files), summary
+
+    finished = subprocess.run(reindex, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    done = json.loads(finished.stdout)
+    assert done["stopped"] is False and done["switched"] is True
+    assert done["resumed"] >= summary["embedded"] and done["resumed"] + done["embedded"] == len(files), done
+
+
 def test_a_stop_with_its_summary_is_printed_as_json_before_the_cli_exits(tmp_path, tiny_model_dir, monkeypatch):
     """The CLI's side, whatever stopped the pipeline: a Terminated that carries the run's
     summary (ingest/pipeline.py attaches it) comes out as JSON, exit 143."""
