@@ -48,11 +48,14 @@ from .known_bad import KnownBadFiles, decoder_fingerprint
 from .prune import left_out, reached_via
 from .prune import plan as prune_plan
 from .relink import Relinker, merged_reach, place_payload, recorded_dev, recorded_reach, with_reach
-from .report import SkipReport, check_report_path
+from .report import AS_BEFORE, LOST_POINT, NEW, WALK, SkipReport, check_report_path
 from .walk import UNREADABLE_FOLDER, FileEntry, image_extensions, image_file, root_of, spelled, walk_images, walked_path
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
+# Said of a file that went bad since it was embedded: its point goes, so searches stop
+# finding what it was; fixed (or restored from a backup), the next run embeds it again.
+LOST_POINT_NOTE = "it changed since it was indexed: its old point is removed; the next run embeds it once it reads"
 NONFINITE_REASON = "the model gives no usable vector for it (NaN or infinity: its pixels overflow the model)"
 
 # Fewer files to decode than this many batches are decoded in this process: starting
@@ -318,15 +321,15 @@ class Ingestor:
         return self._stopped.is_set()
 
     # -- stages -----------------------------------------------------------------
-    def _skip(self, path: str, reason: str) -> None:
+    def _skip(self, path: str, reason: str, rank: int = NEW) -> None:
         self.summary.skipped += 1
-        self.report.add(path, reason)
+        self.report.add(path, reason, rank)
 
     def _walk_skip(self, path: str, reason: str) -> None:
         """The walk's on_error: a skip, and a folder it could not list counted as such."""
         if reason.startswith(UNREADABLE_FOLDER):
             self.summary.unreadable_folders += 1
-        self._skip(path, reason)
+        self._skip(path, reason, WALK)
 
     def _changed_files(self, roots: Sequence[str]) -> Iterator[FileEntry]:
         """Walk, and drop files whose point already has their size and mtime."""
@@ -402,9 +405,11 @@ class Ingestor:
                         stale.append((pid, entry.path))
                 elif (reason := self.known_bad.reason(entry.path, entry.size, entry.mtime_ns)) is not None:
                     self.summary.known_bad += 1
-                    self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]")
                     if pid in stored:  # the point of what the file was before it went bad
+                        self._skip(entry.path, f"{reason} [found by an earlier run; {LOST_POINT_NOTE}]", LOST_POINT)
                         self._unusable_ids.append(pid)
+                    else:
+                        self._skip(entry.path, f"{reason} [found by an earlier run; the file is unchanged]", AS_BEFORE)
                 else:
                     if pid in stored:  # changed since it was embedded: maybe another's content now
                         self._changed_ids[entry.path] = pid
@@ -515,7 +520,9 @@ class Ingestor:
         _, decoded, reason, lasting = outcome
         changed = self._changed_ids.pop(entry.path, None)
         if decoded is None:
-            self._skip(entry.path, reason or "unknown error")
+            lost = lasting and changed is not None
+            self._skip(entry.path, f"{reason or 'unknown error'} [{LOST_POINT_NOTE}]" if lost else
+                       reason or "unknown error", LOST_POINT if lost else NEW)
             if lasting:
                 self.known_bad.remember(entry.path, entry.size, entry.mtime_ns, reason)
                 self.known_bad.checkpoint()  # kept even if this run is killed

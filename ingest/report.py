@@ -31,6 +31,14 @@ from clipsearch.output_files import check_output_file
 
 # How many of the latest skips `recent` keeps (serve's progress endpoint shows them).
 RECENT = 20
+# How many skipped files a run names on stderr (the report file lists every one).
+SHOWN = 5
+
+# Which skips stderr names first, most urgent first: a file whose point this run took out
+# of the index (it went bad since it was embedded: no longer found by a search), one
+# first found bad now, one the walk could not use (a broken link, a loop), and one an
+# earlier run found bad. The last two are the same every run: first, they hid the new.
+LOST_POINT, NEW, WALK, AS_BEFORE = range(4)
 
 
 def check_report_path(path: str) -> None:
@@ -45,15 +53,16 @@ class SkipReport:
         self._file: BinaryIO | None = None
         self.count = 0
         self.warned = 0  # files embedded with decoder warnings
-        self.examples: list[tuple[str, str]] = []  # the first few, for the summary
+        self._shown: list[tuple[int, int, str, str]] = []  # (rank, order, path, reason) of those to name
         self.recent: deque[tuple[str, str]] = deque(maxlen=RECENT)  # the last few, newest last
         if path:
             check_report_path(path)
 
-    def add(self, path: str, reason: str) -> None:
+    def add(self, path: str, reason: str, rank: int = NEW) -> None:
         self.count += 1
-        if len(self.examples) < 5:
-            self.examples.append((path, reason))
+        if len(self._shown) < SHOWN or (rank, self.count) < max(self._shown)[:2]:
+            self._shown.append((rank, self.count, path, reason))
+            self._shown = sorted(self._shown)[:SHOWN]
         self.recent.append((path, reason))
         if self.path:
             line = json.dumps({**path_fields(path), "reason": reason}, ensure_ascii=False) + "\n"
@@ -98,6 +107,11 @@ class SkipReport:
             raise ClipsearchError(
                 f"cannot write the skip report {self.path} (--report): {reason_of(exc)}; the images embedded "
                 "before this are kept: make room (or give another --report file) and run again") from None
+
+    @property
+    def examples(self) -> list[tuple[str, str]]:
+        """(path, reason) of the skipped files a run names: the most urgent, in order."""
+        return [(path, reason) for _, _, path, reason in self._shown]
 
     def lines(self) -> list[str]:
         """What the run prints about its skipped files: the first few, and where the rest are."""

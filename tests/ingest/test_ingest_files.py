@@ -132,6 +132,49 @@ def test_the_report_keeps_the_last_few_skips():
     assert [p for p, _ in report.recent] == [f"/p/{i}" for i in range(5, RECENT + 5)]
 
 
+def test_the_report_names_the_most_urgent_skips_first():
+    """Stderr names five: a file whose point went before the skips every run repeats."""
+    from clipsearch.ingest.report import AS_BEFORE, LOST_POINT, NEW, WALK
+
+    report = SkipReport(None)
+    for i in range(4):
+        report.add(f"/link/{i}", "broken link", WALK)
+        report.add(f"/known/{i}", "truncated [found by an earlier run]", AS_BEFORE)
+    report.add("/new", "truncated", NEW)
+    report.add("/lost", "truncated [its old point is removed]", LOST_POINT)
+    assert [p for p, _ in report.examples] == ["/lost", "/new", "/link/0", "/link/1", "/link/2"]
+    assert report.lines()[:2] == ["skipped /lost: truncated [its old point is removed]", "skipped /new: truncated"]
+    assert report.lines()[-1] == "... and 5 more (--report FILE lists every one)"
+
+
+def test_a_photo_that_went_bad_since_it_was_indexed_is_named_before_the_old_skips(tmp_path, tiny_model_dir):
+    """Its point goes (a search no longer finds it): the run's stderr says which file,
+    though the same broken links fill the first lines every run."""
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    photos = tmp_path / "photos"
+    good = draw_collection(photos, 3)
+    for i in range(6):
+        (photos / f"dead-{i}.jpg").symlink_to(tmp_path / "nowhere" / f"{i}.jpg")
+    args = ["ingest", str(photos), "--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "-w", "0"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    damaged = good[1]
+    damaged.write_bytes(damaged.read_bytes()[:60])
+
+    result = CliRunner().invoke(cli, args)
+
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert skipped[0].startswith(f"skipped {damaged}: ") and "its old point is removed" in skipped[0], skipped
+    assert "removed 1" in result.stdout
+    from clipsearch.config import Settings
+
+    with open_index(Settings.resolve(index=str(tmp_path / "index"), model=str(tiny_model_dir))) as opened:
+        assert paths_in(opened) == {str(path) for path in good} - {str(damaged)}
+
+
 def test_the_graph_build_says_how_long_it_took_and_the_next_one_expects(tmp_path, tiny_model_dir, monkeypatch):
     """The in-process HNSW build holds the GIL (no progress line can move): the run says
     when it is done and how long it took, and the next build says what the last one took."""
