@@ -11,6 +11,8 @@ re-run skips those files because their size and mtime match their points.
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import os
 import threading
 import time
@@ -25,10 +27,9 @@ from clipsearch import config
 from clipsearch.config import Settings
 from clipsearch.encoders.onnx_image import CropsMismatch
 from clipsearch.encoders.vectors import NonFiniteVectors
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.fingerprint import fingerprint
 from clipsearch.images import (
-    DEFAULT_MAX_MEGAPIXELS,
     Decoded,
     Prepared,
     decode_job,
@@ -64,18 +65,29 @@ NONFINITE_REASON = "the model gives no usable vector for it (NaN or infinity: it
 IN_PROCESS_BELOW = 2
 
 
+def _workers_default() -> int:
+    named = config.env_value("workers")
+    return named if named is not None else plan_cores().workers
+
+
 @dataclass
 class IngestOptions:
-    batch_size: int = 32
-    workers: int = field(default_factory=lambda: plan_cores().workers)
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    """How an ingest runs. The defaults of batch_size, workers, max_megapixels and
+    shard are their settings' (CLIPSEARCH_BATCH_SIZE... as the CLI reads them: README,
+    Configuration); each value is checked here, a wrong one a UsageError or TypeError
+    naming the field. `exclude` is a list of globs (one glob may be given alone)."""
+
+    batch_size: int = field(default_factory=lambda: config.value("batch_size"))
+    workers: int = field(default_factory=_workers_default)
+    max_megapixels: float = field(default_factory=lambda: config.value("max_megapixels"))
     exclude: Sequence[str] = ()
     prune: bool = False
     # Prune a folder even when most of its images are gone (see PRUNE_SHARE).
     allow_missing: bool = False
     report: str | None = None
     quiet: bool = False
-    shard: tuple[int, int] | None = None  # (i, n): only files whose id hash falls in shard i of n
+    # (i, n): only files whose id hash falls in shard i of n
+    shard: tuple[int, int] | None = field(default_factory=lambda: config.env_value("shard"))
     # Compare every file's content fingerprint too, not only its size and mtime: finds
     # files edited with their time kept (exiftool -P), at the cost of reading each one.
     recheck: bool = False
@@ -87,6 +99,29 @@ class IngestOptions:
     # and whether to say on stderr which image path the run takes and why (--verbose).
     precision: str = ""
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        def wrong(name: str, expected: str) -> TypeError:
+            return TypeError(f"IngestOptions: {name}= must be {expected}, got {type(getattr(self, name)).__name__}")
+
+        for name, low in (("batch_size", 1), ("workers", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise wrong(name, "an int")
+            if value < low:
+                raise UsageError(f"IngestOptions: {name}= must be at least {low}, got {value}")
+        if isinstance(self.max_megapixels, bool) or not isinstance(self.max_megapixels, numbers.Real):
+            raise wrong("max_megapixels", "a number")
+        if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
+            raise UsageError(f"IngestOptions: max_megapixels= must be a number of megapixels above 0, "
+                             f"got {self.max_megapixels}")
+        # One glob given alone: not its letters, each a glob ("*" of "*.png" would match
+        # every file, and with prune remove every point).
+        if isinstance(self.exclude, (str, bytes)):
+            self.exclude = (os.fsdecode(self.exclude),)
+        elif not isinstance(self.exclude, Iterable) or not all(isinstance(g, str) for g in self.exclude):
+            raise wrong("exclude", "a glob (str) or a list of globs")
+        self.exclude = tuple(self.exclude)
 
 
 @dataclass
@@ -244,11 +279,7 @@ class Ingestor:
     def __init__(self, encoder, index: Index, options: IngestOptions | None = None, progress: Progress | None = None):
         self.encoder = encoder
         self.index = index
-        self.options = options or IngestOptions()
-        if self.options.batch_size < 1:
-            raise ClipsearchError(f"--batch-size must be at least 1, got {self.options.batch_size}")
-        if self.options.workers < 0:
-            raise ClipsearchError(f"--workers must be 0 or more, got {self.options.workers}")
+        self.options = options or IngestOptions()  # its values checked when it was made
         self.progress = progress or Progress(quiet=self.options.quiet)
         self.summary = IngestSummary()
         self.report = SkipReport(self.options.report)
@@ -955,8 +986,25 @@ def lazy_encoder(settings: Settings, options: IngestOptions):
                        threads=plan.threads, spin=plan.spin)
 
 
-def ingest(folders: Sequence[str | os.PathLike] | str | os.PathLike, encoder=None, index: Index | None = None,
-           options: IngestOptions | None = None, progress: Progress | None = None, *,
+def _checked_folders(folders) -> list[str]:
+    """ingest()'s folders as str paths: one alone, or a list (not a string's letters)."""
+    if isinstance(folders, (str, bytes, os.PathLike)):
+        folders = [folders]
+    if not isinstance(folders, Iterable):
+        raise TypeError(f"ingest(): folders= must be a folder (str, bytes or os.PathLike) or a list of them, "
+                        f"got {type(folders).__name__}")
+    folders = list(folders)
+    for folder in folders:
+        if not isinstance(folder, (str, bytes, os.PathLike)):
+            raise TypeError(f"ingest(): folders= must hold folders (str, bytes or os.PathLike), "
+                            f"got {type(folder).__name__} in it")
+    if not folders:
+        raise UsageError("ingest(): folders= names no folder")
+    return [os.fsdecode(folder) for folder in folders]
+
+
+def ingest(folders: Sequence[str | bytes | os.PathLike] | str | bytes | os.PathLike, encoder=None,
+           index: Index | None = None, options: IngestOptions | None = None, progress: Progress | None = None, *,
            settings: Settings | None = None) -> IngestSummary:
     """Embed the images under `folders` into an index; returns the run's summary.
 
@@ -972,9 +1020,12 @@ def ingest(folders: Sequence[str | os.PathLike] | str | os.PathLike, encoder=Non
     """
     from clipsearch.index import collection_precision, open_index, with_collection_model
 
-    if isinstance(folders, (str, os.PathLike)):
-        folders = [folders]
-    folders = [os.fsdecode(folder) for folder in folders]
+    folders = _checked_folders(folders)
+    if settings is not None and not isinstance(settings, Settings):
+        raise TypeError(f"ingest(): settings= must be a clipsearch Settings (Settings.resolve(index=...)), "
+                        f"got {type(settings).__name__}")
+    if options is not None and not isinstance(options, IngestOptions):
+        raise TypeError(f"ingest(): options= must be a clipsearch IngestOptions, got {type(options).__name__}")
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
     options = options or IngestOptions()

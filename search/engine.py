@@ -8,7 +8,7 @@ import numbers
 import os
 from collections import abc
 from datetime import date
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from clipsearch.index import Hit, Index, canonical_path, point_id
 from clipsearch.index.where import Where
 
 from .terms import Term, UnusableQuery, image_term
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipsearch.config import Settings
 
 # The input side of most CLIP models: the size a query image is first decoded at.
 CHECK_SIZE = 224
@@ -53,6 +56,8 @@ class Searcher:
     """A loaded model and an open, non-empty index, checked to belong together."""
 
     def __init__(self, encoder, index: Index):
+        if not isinstance(index, Index):
+            raise _wrong("Searcher()", "index", "an open clipsearch index (open_index(settings))", index)
         index.check_identity(encoder.identity)  # which first requires the collection
         if index.count() == 0:
             raise ClipsearchError(
@@ -106,9 +111,11 @@ class Searcher:
                   min_score: float | None = None, exclude_ids: Sequence[str] = (),
                   where: Where | None = None) -> list[SearchHit]:
         """`under` and `where` (search/filters.py) filter inside the index."""
-        check_k(k)
+        _check_k_and_filters("Searcher", k, min_score, where)
         if under is not None:
-            under = canonical_path(under)
+            if not isinstance(under, (str, bytes, os.PathLike)):
+                raise _wrong("Searcher", "under", "a path (str, bytes or os.PathLike)", under)
+            under = canonical_path(os.fsdecode(under))
         hits = settled(lambda n: self.index.query(vector, n, under=under, exclude_ids=exclude_ids, where=where or None),
                        k)
         if min_score is not None:
@@ -123,15 +130,37 @@ class Searcher:
 
     def text(self, query: str, k: int = 10, under: str | None = None,
              min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
+        if not isinstance(query, str):
+            raise _wrong("Searcher.text()", "query", "text (str)", query)
+        _check_k_and_filters("Searcher.text()", k, min_score, where)  # before the model is asked
         return self.by_vector(self.text_vector(query), k, under, min_score, where=where)
+
+
+def _wrong(function: str, name: str, expected: str, value) -> TypeError:
+    return TypeError(f"{function}: {name}= must be {expected}, got {type(value).__name__}")
+
+
+def _check_k_and_filters(function: str, k, min_score, where) -> None:
+    """The arguments every query takes: each wrong type a TypeError naming it."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise _wrong(function, "k", "an int", k)
+    check_k(int(k), "k")
+    if min_score is not None:
+        if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
+            raise _wrong(function, "min_score", "a number", min_score)
+        if not math.isfinite(min_score):
+            raise UsageError(f"{function}: min_score={min_score} is not a finite number")
+    if where is not None and not isinstance(where, Where):
+        raise _wrong(function, "where", "a clipsearch.index.where.Where", where)
 
     def image(self, path: str, k: int = 10, under: str | None = None,
               min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
         return self.terms([image_term(path)], k, under, min_score, where)
 
 
-def search(query: str | None = None, k: int = 10, settings=None, under: str | None = None,
-           min_score: float | None = None, image: str | None = None,
+def search(query: str | None = None, k: int = 10, settings: Settings | None = None,
+           under: str | bytes | os.PathLike | None = None,
+           min_score: float | None = None, image: str | bytes | os.PathLike | None = None,
            add: Iterable[str] | str = (), subtract: Iterable[str] | str = (),
            where: Where | None = None, *, after: str | date | None = None, before: str | date | None = None,
            camera: str | None = None, near: str | Sequence[float] | None = None) -> list[SearchHit]:
@@ -184,29 +213,20 @@ def _checked_arguments(query, k, settings, under, min_score, image, add, subtrac
     from clipsearch.config import Settings
 
     def wrong(name: str, expected: str, value) -> TypeError:
-        return TypeError(f"search(): {name}= must be {expected}, got {type(value).__name__}")
+        return _wrong("search()", name, expected, value)
 
     if query is not None and not isinstance(query, str):
         hint = "; a file name as bytes goes to image=" if isinstance(query, (bytes, os.PathLike)) else ""
         raise wrong("query", "text (str)" + hint, query)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise wrong("k", "an int", k)
-    check_k(int(k), "k")
+    _check_k_and_filters("search()", k, min_score, where)
     if settings is not None and not isinstance(settings, Settings):
         raise wrong("settings", "a clipsearch Settings (Settings.resolve(index=...))", settings)
-    if min_score is not None:
-        if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
-            raise wrong("min_score", "a number", min_score)
-        if not math.isfinite(min_score):
-            raise UsageError(f"search(): min_score={min_score} is not a finite number")
     extra = []
     for name, terms in (("add", add), ("subtract", subtract)):
         given = list(_terms_given(terms)) if isinstance(terms, abc.Iterable) and not isinstance(terms, bytes) else None
         if given is None or not all(isinstance(term, str) for term in given):
             raise wrong(name, "a term (str) or a list of terms", terms)
         extra.append(given)
-    if where is not None and not isinstance(where, Where):
-        raise wrong("where", "a clipsearch.index.where.Where", where)
     paths = []
     for name, path in (("image", image), ("under", under)):
         if path is not None and not isinstance(path, (str, bytes, os.PathLike)):

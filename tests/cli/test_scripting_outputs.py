@@ -304,3 +304,31 @@ def test_search_takes_an_image_path_as_bytes(library):
     hits = search(image=example, k=3, settings=library["settings"])
     assert len(hits) == 3 and all(os.fsencode(hit.path) != example for hit in hits)
     assert search(image=Path(os.fsdecode(example)), k=3, settings=library["settings"]) == hits
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.text(b"a dog"), "Searcher.text(): query= must be text (str), got bytes"),
+    (lambda s: s.text(123), "Searcher.text(): query= must be text (str), got int"),
+    (lambda s: s.text("a dog", k="5"), "Searcher.text(): k= must be an int, got str"),
+    (lambda s: s.text("a dog", where="2023"),
+     "Searcher.text(): where= must be a clipsearch.index.where.Where, got str"),
+    (lambda s: s.text("a dog", min_score="0.2"), "Searcher.text(): min_score= must be a number, got str"),
+    (lambda s: s.text("a dog", under=3), "Searcher: under= must be a path (str, bytes or os.PathLike), got int"),
+])
+def test_a_searcher_names_an_argument_of_the_wrong_type(library, call, message):
+    """As search() does: what a web form sends goes to Searcher.text(), unchecked until now."""
+    from clipsearch import QueryEncoders, Searcher, open_index
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPSEARCH_CACHE_DIR", library["cache"])
+        encoder = QueryEncoders(library["settings"]).get()
+        with pytest.raises(TypeError) as caught:
+            Searcher(encoder, None)
+        assert str(caught.value) == ("Searcher(): index= must be an open clipsearch index (open_index(settings)), "
+                                     "got NoneType")
+        with open_index(library["settings"]) as index:
+            searcher = Searcher(encoder, index)
+            with pytest.raises(TypeError) as caught:
+                call(searcher)
+            assert str(caught.value) == message
+            assert len(searcher.text("a dog", k=2, under=os.fsencode(str(library["photos"])))) == 2
