@@ -59,9 +59,15 @@ class CliGroup(click.Group):
             # undecodable byte reaches the terminal raw (clipsearch/names.py).
             raise _Failed(printable(str(exc)), exc.exit_code) from None
         except OSError as exc:
-            if exc.errno != errno.EPIPE and _output_failed(exc):  # > /dev/full, a full disk
+            if exc.errno == errno.EPIPE and _output_failed(exc):
+                # The reader took what it wanted and closed the pipe (| head): done, exit 0
+                # whenever it closed (click's own exit said 1, or 0 where the output had
+                # all fitted in the pipe first: a `set -o pipefail` script failed at random).
+                _output_goes_nowhere()
+                ctx.exit(0)
+            if _output_failed(exc):  # > /dev/full, a full disk
                 raise click.ClickException(f"cannot write the output: {exc.strerror or exc}") from None
-            raise  # a closed pipe (| head): click's own quiet exit
+            raise
         except KeyboardInterrupt as exc:
             signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
             # A writer stopped before it committed anything (a fine-tune before its first
@@ -84,6 +90,17 @@ class _Failed(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click types it a ClassVar; click reads it per instance
+
+
+def _output_goes_nowhere() -> None:
+    """Standard output to /dev/null: what is left of the command's output, and the
+    interpreter's flush at exit, write nowhere rather than fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _output_failed(exc: OSError) -> bool:

@@ -332,3 +332,20 @@ def test_a_searcher_names_an_argument_of_the_wrong_type(library, call, message):
                 call(searcher)
             assert str(caught.value) == message
             assert len(searcher.text("a dog", k=2, under=os.fsencode(str(library["photos"])))) == 2
+
+
+@pytest.mark.parametrize("command", [["search", "a red circle", "-k", "6", "-f", "paths"], ["duplicates"],
+                                     ["status", "--json"]])
+def test_a_reader_that_closed_the_pipe_early_leaves_exit_status_0(library, command):
+    """`clipsearch search ... | head -1` under `set -o pipefail`: the same status
+    whenever head closed the pipe, and no line on stderr."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write meets EPIPE
+    env = {**os.environ, "CLIPSEARCH_CACHE_DIR": library["cache"], "HF_HUB_OFFLINE": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "clipsearch.cli", *command, *library["args"]], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 0, done.stderr
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
