@@ -25,7 +25,6 @@ from clipsearch.cli import cli
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import load_image
 from clipsearch.index import ancestor_dirs, open_index, point_id
-from clipsearch.ingest import IngestOptions, Ingestor
 
 from support import draw_collection, draw_image, settings_for
 from support import run_ingest as run
@@ -691,11 +690,6 @@ def test_missing_root_raises(tmp_path, encoder, index):
     with pytest.raises(ClipsearchError, match="not a folder"):
         run([tmp_path / "absent"], encoder, index)
 
-
-@pytest.mark.parametrize("options, word", [({"batch_size": 0}, "batch-size"), ({"workers": -1}, "workers")])
-def test_bad_options(encoder, index, options, word):
-    with pytest.raises(ClipsearchError, match=word):
-        Ingestor(encoder, index, IngestOptions(**options))
 
 
 def test_other_model_is_refused(tmp_path, other_model_dir, encoder, index, images):
