@@ -56,6 +56,9 @@ def _live_line(stream: TextIO, text: str) -> "tqdm":
     return Line(file=stream, desc=text, bar_format="{desc}", leave=True, dynamic_ncols=True, position=0)
 
 
+# Seconds after the first item done before a rate measured from it is shown (and an ETA).
+STEADY_AFTER = 1.0
+
 class Progress:
     def __init__(self, stream: TextIO | None = None, quiet: bool = False, interval: float | None = None):
         self.stream = stream if stream is not None else sys.stderr
@@ -74,9 +77,17 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def rate_and_eta(self, done: int, total: int | None) -> tuple[float, str]:
+    def rate_and_eta(self, done: int, total: int | None, since: tuple[float, int] | None = None
+                     ) -> tuple[float, str]:
+        """(items a second, the time left for `total`). `since`: (a time.monotonic(),
+        `done` then) to measure the rate from, past a start nothing was done in (the
+        model loading, the walk reaching the first new file); else from the start."""
         elapsed = self.elapsed()
         rate = done / elapsed if elapsed > 0 else 0.0
+        if since is not None:
+            if time.monotonic() - since[0] < STEADY_AFTER:  # too soon to tell the steady rate
+                return rate, "?"
+            rate = (done - since[1]) / (time.monotonic() - since[0])
         if total is None or rate <= 0:
             return rate, "?"
         return rate, format_duration((total - done) / rate)

@@ -50,7 +50,17 @@ from .prune import left_out, reached_via
 from .prune import plan as prune_plan
 from .relink import Relinker, merged_reach, place_payload, recorded_dev, recorded_reach, with_reach
 from .report import AS_BEFORE, LOST_POINT, NEW, WALK, SkipReport, check_report_path
-from .walk import UNREADABLE_FOLDER, FileEntry, image_extensions, image_file, root_of, spelled, walk_images, walked_path
+from .walk import (
+    UNREADABLE_FOLDER,
+    FileEntry,
+    ImageCount,
+    image_extensions,
+    image_file,
+    root_of,
+    spelled,
+    walk_images,
+    walked_path,
+)
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
@@ -288,6 +298,8 @@ class Ingestor:
             index.location, index.collection,
             decoder_fingerprint(self.options.max_megapixels, image_extensions()))
         self.walk_done = False
+        self._count: ImageCount | None = None  # the names counted for the ETA while walking (_run)
+        self._rate_from: tuple[float, int] | None = None  # (when, embedded) at the first batch in
         self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
         self._target: int | None = None
@@ -357,9 +369,12 @@ class Ingestor:
         self.report.add(path, reason, rank)
 
     def _walk_skip(self, path: str, reason: str) -> None:
-        """The walk's on_error: a skip, and a folder it could not list counted as such."""
+        """The walk's on_error: a skip, and a folder it could not list counted as such;
+        a file (a broken link, a FIFO named .jpg) is found too, as every skipped file is."""
         if reason.startswith(UNREADABLE_FOLDER):
             self.summary.unreadable_folders += 1
+        else:
+            self.summary.found += 1
         self._skip(path, reason, WALK)
 
     def _changed_files(self, roots: Sequence[str]) -> Iterator[FileEntry]:
@@ -522,7 +537,7 @@ class Ingestor:
         process when there are no workers or only a few files (under IN_PROCESS_BELOW
         batches), which then do not wait for the pool to start."""
         opts = self.options
-        entries = iter(entries)
+        entries = self._counted_from_the_first(entries)
         few = list(itertools.islice(entries, opts.batch_size * IN_PROCESS_BELOW))
         in_process = opts.workers == 0 or len(few) < opts.batch_size * IN_PROCESS_BELOW
         jobs = ((e, self._job(e.path)) for e in itertools.chain(few, entries))
@@ -546,6 +561,13 @@ class Ingestor:
                 yield from self._accept(entry, outcome)
         finally:
             decoded.close()  # a stop: the decoders end here, not at garbage collection
+
+    def _counted_from_the_first(self, entries: Iterable[FileEntry]) -> Iterator[FileEntry]:
+        """`entries`, the count of image names (for the ETA) started at the first."""
+        for entry in entries:
+            if self._count is not None:
+                self._count.start()
+            yield entry
 
     def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
         _, decoded, reason, lasting = outcome
@@ -663,13 +685,31 @@ class Ingestor:
         while self._writes:
             self._finish_write()
 
+    def to_embed(self) -> int | None:
+        """How many files this call embeds in all, for an ETA (None: not known yet):
+        known once the walk is done; while it is under way, estimated from the count of
+        image names (ImageCount), the files still to walk taken to need embedding as
+        often as those walked did."""
+        s = self.summary
+        settled = s.unchanged + s.skipped - s.unreadable_folders + s.moved + s.copied
+        if self.walk_done:
+            return s.found - settled
+        total = self._count.total if self._count is not None else None
+        if total is None or not s.found:
+            return None
+        needing = s.found - settled
+        return max(s.embedded, needing + round(max(0, total - s.found) * needing / s.found))
+
     def _show(self, force: bool = False) -> None:
         if not self._show_progress:
             return
         s = self.summary
-        to_embed = (s.found - s.unchanged - s.skipped - s.moved - s.copied) if self.walk_done else None
-        rate, eta = self.progress.rate_and_eta(s.embedded, to_embed)
+        if s.embedded and self._rate_from is None:
+            self._rate_from = (time.monotonic(), s.embedded)  # the first batch in: the steady rate from here
+        rate, eta = self.progress.rate_and_eta(s.embedded, self.to_embed(), since=self._rate_from)
         found = f"{s.found}" + ("" if self.walk_done else "+")  # + while still walking
+        if not self.walk_done and self._count is not None and self._count.total is not None:
+            found += f" of ~{max(self._count.total, s.found)}"
         relinked = "".join(f", {name} {count}" for name, count in (("moved", s.moved), ("copied", s.copied)) if count)
         self.progress.update(
             f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}{relinked}, skipped {s.skipped}, "
@@ -816,6 +856,10 @@ class Ingestor:
         started = self._begin_writing()
         building: float | None = None  # when the HNSW build began
         begun = folder_identities(roots)
+        self._rate_from = None
+        # The walk goes in step with the embedding: a count of the names gives the ETA
+        # meanwhile, started once a file needs embedding (an unchanged re-run needs none).
+        self._count = ImageCount(roots, self.options.exclude) if counted is None else None
         if counted is not None:  # the whole list is known: found and the ETA from the start
             self.summary.found = self.walked = counted
             self.walk_done = True
@@ -865,6 +909,8 @@ class Ingestor:
                 self.progress.message(f"stopped: {self.summary.line()}; run it again to go on from here")
             raise
         finally:
+            if self._count is not None:
+                self._count.stop()
             self._end(started)
         return self.summary
 

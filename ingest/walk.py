@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -327,3 +328,56 @@ def _crossing_into(target: str, is_link: bool, crossing: str | None, reached_by:
     if inside(target):
         return None
     return crossing or reached_by
+
+
+def count_image_names(roots: Iterable[str], exclude: Iterable[str] = (),
+                      stop: threading.Event | None = None) -> int | None:
+    """About how many image files the walk of `roots` will find, for an ETA while it
+    is still under way: names alone (no stat), by the walk's rules for names, links to
+    folders not followed. None if `stop` was set first."""
+    extensions = image_extensions()
+    patterns = exclude_patterns(exclude)
+    total = 0
+    stack = [os.path.realpath(os.path.abspath(root)) for root in roots]
+    while stack:
+        if stop is not None and stop.is_set():
+            return None
+        try:
+            listing = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with listing:
+            for entry in listing:
+                if passed_over(entry.name, entry.path, patterns):
+                    continue
+                try:
+                    folder = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    continue
+                if folder:
+                    stack.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in extensions:
+                    total += 1
+    return total
+
+
+class ImageCount:
+    """count_image_names() in a thread of its own, started when asked: `total` once done."""
+
+    def __init__(self, roots: Sequence[str], exclude: Iterable[str] = ()):
+        self.total: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._count, args=(list(roots), tuple(exclude)), daemon=True,
+                                        name="clipsearch-count")
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def _count(self, roots: list[str], exclude: tuple[str, ...]) -> None:
+        self.total = count_image_names(roots, exclude, self._stop)
+
+    def stop(self) -> None:
+        self._stop.set()

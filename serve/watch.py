@@ -291,10 +291,9 @@ class FolderWatcher:
             current = ingestor.summary
             elapsed = time.monotonic() - run_started
             rate = current.embedded / elapsed if elapsed > 0 else 0.0
-            if ingestor.walk_done and rate > 0:
-                left = (current.found - current.unchanged - current.skipped - current.embedded
-                        - current.moved - current.copied)
-                eta = max(left, 0) / rate
+            to_embed = ingestor.to_embed()  # estimated while the walk is under way
+            if to_embed is not None and rate > 0:
+                eta = max(to_embed - current.embedded, 0) / rate
         errors = ingestor.report.latest() if ingestor is not None and isinstance(ingestor.report, LiveSkips) else []
         return {
             "watching": self._thread is not None and self._thread.is_alive() and not self._stopping,
