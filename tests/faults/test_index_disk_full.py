@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from clipsearch.index.edge import MARKER, WRITE_RESERVE
+from clipsearch.index.edge import MARKER, NEW_COLLECTION, WRITE_RESERVE
 
 from faults.conftest import SmallDisk, one_line_error, read_index, tiny_pngs
 
@@ -87,6 +87,14 @@ def test_a_new_index_on_a_full_disk_is_refused_before_anything_half_made(cli, di
     one_line_error(cli.ingest(first, index, "-q"), "no space left on device", str(index),
                    "creating its collection")
     assert sorted(p.name for p in index.iterdir()) == sorted([MARKER, "images.lock"])
+
+    # Room for a write's reserve, not also for what the new collection takes at once: the
+    # figure said is what it needs (64 MB made the collection, then refused its first photo).
+    disk.free()
+    disk.fill(leave=WRITE_RESERVE + (8 << 20))
+    refused = cli.ingest(first, index, "-q")
+    one_line_error(refused, "no space left on device", str(index), "creating its collection")
+    assert f"creating its collection needs {(WRITE_RESERVE + NEW_COLLECTION) >> 20}.0 MB" in refused.stderr
 
     disk.free()
     done = cli.ingest(first, index, "--json")
