@@ -82,6 +82,14 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
         if as_json and kept is not None:
             _echo_stopped_summary(summary_json(kept), stop)
         raise
+    except ClipsearchError as failed:  # what it kept, for a script; the CLI's `Error:` line follows
+        kept = getattr(failed, "summary", None)
+        if as_json and kept is not None:
+            try:
+                click.echo(json.dumps(summary_json(kept, error=str(failed))))
+            except OSError:
+                pass  # the output cannot be written either (the same full disk): the error says why
+        raise
     if as_json:
         click.echo(json.dumps(summary_json(summary)))
     else:
@@ -92,10 +100,11 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
         raise ClipsearchError("; ".join(problems))
 
 
-def summary_json(summary, stopped: str | None = None) -> dict:
-    """`ingest --json`: the summary's counts, and `stopped`, the signal that stopped the
-    run (SIGINT, SIGTERM, SIGHUP) or null for a run that finished. README: "JSON outputs"."""
-    return {**summary.__dict__, "stopped": stopped}
+def summary_json(summary, stopped: str | None = None, error: str | None = None) -> dict:
+    """`ingest --json`: the summary's counts, `stopped`, the signal that stopped the run
+    (SIGINT, SIGTERM, SIGHUP) or null for a run that finished, and `error`, the line of an
+    error that ended it (a full disk) or null. README: "JSON outputs"."""
+    return {**summary.__dict__, "stopped": stopped, "error": error}
 
 
 def _echo_stopped_summary(fields: dict, stop: KeyboardInterrupt) -> None:

@@ -908,6 +908,10 @@ class Ingestor:
             else:
                 self.progress.message(f"stopped: {self.summary.line()}; run it again to go on from here")
             raise
+        except ClipsearchError as failed:  # a full disk, a report that cannot be written: what was kept
+            self.summary.seconds = time.monotonic() - started
+            failed.summary = self.summary  # type: ignore[attr-defined]  # for ingest --json
+            raise
         finally:
             if self._count is not None:
                 self._count.stop()

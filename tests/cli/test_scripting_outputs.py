@@ -167,6 +167,7 @@ def test_ingest_json_says_it_was_not_stopped(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["stopped"] is None and summary["embedded"] == 2 and summary["not_pruned"] is None
+    assert summary["error"] is None
 
 
 # -- an ingest stopped by a signal -----------------------------------------------------------

@@ -48,12 +48,14 @@ def test_ingest_stops_at_a_full_disk_keeps_what_it_committed_and_resumes(cli, di
     assert cli.status(index).returncode == 0  # the first open has mapped the shard's files
     # Room for some batches of 4 past the reserve, not for all 400 images.
     disk.fill(leave=WRITE_RESERVE + 256 * 1024)
-    stopped = cli.ingest(second, index, "--batch-size", "4", "-q")
+    stopped = cli.ingest(second, index, "--batch-size", "4", "-q", "--json")
     one_line_error(stopped, "no space left on device", str(index))
-    assert stopped.stdout == ""
 
     contents = read_index(index)
     assert 100 < contents.count < 500, contents.count  # stopped mid-run, batches kept
+    kept = json.loads(stopped.stdout)  # what a script reading --json learns of it
+    assert kept["error"].startswith(f"no space left on device for index {index}")
+    assert kept["embedded"] == contents.count - 100 and kept["stopped"] is None
     assert contents.count == len(contents.ids) and contents.ids_match_paths
     check = cli.status(index, "--check")
     assert check.returncode == 0 and "healthy" in check.stdout, check.stdout + check.stderr
