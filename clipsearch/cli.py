@@ -58,6 +58,10 @@ class CliGroup(click.Group):
             # A message naming a file may carry its bytes: no control character or
             # undecodable byte reaches the terminal raw (clipsearch/names.py).
             raise _Failed(printable(str(exc)), exc.exit_code) from None
+        except click.UsageError as exc:  # a command's flag or argument click refused
+            if isinstance(exc, _OneLineUsage):
+                raise
+            raise _OneLineUsage(printable(exc.format_message()), exc.ctx) from None
         except OSError as exc:
             if exc.errno == errno.EPIPE and _output_failed(exc):
                 # The reader took what it wanted and closed the pipe (| head): done, exit 0
@@ -90,6 +94,15 @@ class _Failed(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click types it a ClassVar; click reads it per instance
+
+
+class _OneLineUsage(click.UsageError):
+    """click's usage error (exit 2) as one line, the help to read on it: click printed
+    the command's usage and a hint above it, four lines for one bad value."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{hint}", err=True, file=file)
 
 
 def _output_goes_nowhere() -> None:
