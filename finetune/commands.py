@@ -78,7 +78,7 @@ def _check_given_templates(templates) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --output (a model folder, --base itself too): the old model waits "
                    "beside it, hidden, until the new one is whole, and comes back if the run stops before "
-                   "its first checkpoint.")
+                   "its first checkpoint. A folder that holds more than a model (photos, notes) is refused.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT/checkpoints/ after training.")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad rows (listed in a report) instead of stopping.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,

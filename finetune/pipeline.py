@@ -109,13 +109,49 @@ def check_output(output: Path, overwrite: bool, resume: bool, data: str | None =
     elif used and not overwrite:
         hint = " or --resume to continue it" if ours and not finished else ""
         raise ClipsearchError(f"--output {output} already exists; pass --overwrite to replace it{hint}")
-    elif used and not (ours or (output / "modules.json").is_file() or (output / "config.json").is_file()):
+    elif used and not (ours or (output / "modules.json").is_file() or _clip_config(output)):
         raise ClipsearchError(
             f"--output {output} is not empty and is not a model folder; refusing to delete it: choose another --output"
         )
+    elif used and (others := not_model_files(output)):
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ClipsearchError(
+            f"--output {output} holds more than a model ({listed}), which --overwrite would delete; refusing: "
+            "move them out of it, or choose another --output")
     writable_folder(output, "--output")
     if overwrite and used:  # the old model is renamed aside in its parent
         writable_folder(output.parent, "--output")
+
+
+# What a model folder holds (sentence-transformers' or transformers' layout, a fine-tune's
+# own files, its checkpoints, an ONNX export): --overwrite replaces such a folder whole,
+# and anything else in it (scans kept beside the model, a project's folder that merely
+# has a config.json) would go with it.
+MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".msgpack", ".h5", ".model", ".jsonl"}
+MODEL_NAMES = {"README.md", "merges.txt", "vocab.txt", "added_tokens.txt", ".gitattributes", CHECKPOINTS, "onnx"}
+
+
+def not_model_files(folder: Path) -> list[str]:
+    """The names in `folder` that no model folder holds (folders end with /), sorted."""
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name in MODEL_NAMES or entry.suffix in MODEL_SUFFIXES and entry.is_file():
+            continue
+        if entry.is_dir() and name[:1].isdigit() and "_" in name:  # 0_CLIPModel, 1_Pooling: modules' folders
+            continue
+        found.append(shown(name) + ("/" if entry.is_dir() else ""))
+    return sorted(found)
+
+
+def _clip_config(folder: Path) -> bool:
+    """Whether `folder` holds a transformers config of a CLIP model (not any config.json)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    kind = str(config.get("model_type", "")) if isinstance(config, dict) else ""
+    return "clip" in kind.lower()
 
 
 def _run_status(output: Path) -> str | None:

@@ -149,7 +149,7 @@ def test_output_inside_a_data_folder_and_a_transformers_model_folder(tmp_path, t
     assert result.exit_code == 1 and f"is inside DATA {data}" in result.output, result.output
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "config.json").write_text("{}")
+    (plain / "config.json").write_text('{"model_type": "clip"}')
     result = finetune(data, "--base", tiny_model_dir, "-o", plain, "--eval-split", "0", "--epochs", 1,
                       "--batch-size", 4)
     assert result.exit_code == 1 and "--overwrite" in result.output
@@ -157,6 +157,32 @@ def test_output_inside_a_data_folder_and_a_transformers_model_folder(tmp_path, t
                       "--batch-size", 4, "--overwrite")
     assert result.exit_code == 0, result.output
     assert (plain / "modules.json").is_file() and not (tmp_path / ".plain.replaced").exists()
+
+
+def test_overwrite_never_deletes_what_is_not_the_models(tmp_path, shapes, tiny_model_dir):
+    """A project folder that merely has a config.json (a website's) is not a model
+    folder; a model folder the user keeps scans and notes in is refused, naming them."""
+    train, _ = shapes
+    project = tmp_path / "project"
+    (project / "scans").mkdir(parents=True)
+    (project / "scans" / "001.jpg").write_bytes(b"a scan")
+    (project / "config.json").write_text('{"site": "museum website"}')
+    args = [train, "--base", tiny_model_dir, "--epochs", 1, "--batch-size", 16, "--overwrite"]
+    result = finetune(*args, "-o", project)
+    assert result.exit_code == 1 and "is not a model folder; refusing to delete it" in result.output, result.output
+    assert (project / "scans" / "001.jpg").read_bytes() == b"a scan"
+
+    model = tmp_path / "model"
+    assert finetune(*args, "-o", model).exit_code == 0
+    (model / "photos").mkdir()
+    (model / "MY_NOTES.txt").write_text("mine")
+    result = finetune(*args, "-o", model)
+    assert result.exit_code == 1, result.output
+    assert "holds more than a model (MY_NOTES.txt, photos/), which --overwrite would delete" in result.output
+    assert (model / "MY_NOTES.txt").read_text() == "mine" and (model / "photos").is_dir()
+    (model / "MY_NOTES.txt").unlink()
+    (model / "photos").rmdir()
+    assert finetune(*args, "-o", model).exit_code == 0  # the model alone: replaced
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, "a training image vanished"])
@@ -172,7 +198,7 @@ def test_an_overwrite_that_stops_before_a_checkpoint_puts_the_old_model_back(tmp
     out = tmp_path / "mine"
     args = [train, "-o", out, "--epochs", 1, "--batch-size", 16]
     assert finetune(*args, "--base", tiny_model_dir).exit_code == 0
-    (out / "notes.txt").write_text("kept with the model")
+    (out / "README.md").write_text("the card, as the user edited it")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def stops(*_args, **_kwargs):
@@ -187,7 +213,8 @@ def test_an_overwrite_that_stops_before_a_checkpoint_puts_the_old_model_back(tmp
     assert not (tmp_path / ".mine.replaced").exists()
     monkeypatch.undo()
     assert finetune(*args, "--base", out, "--overwrite").exit_code == 0
-    assert not (out / "notes.txt").exists() and not (tmp_path / ".mine.replaced").exists()
+    assert (out / "README.md").read_text() != "the card, as the user edited it"  # the new model's card
+    assert not (tmp_path / ".mine.replaced").exists()
 
 
 def test_an_overwrite_stopped_after_a_checkpoint_keeps_the_old_model_through_a_second_overwrite(
