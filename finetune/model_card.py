@@ -66,7 +66,9 @@ def render(run: dict, evaluation: dict) -> str:
         "",
         f"Fine-tuned by `clipsearch finetune` from `{stored(run['base'])}` on {data['train_pairs']} "
         "image/caption pairs "
-        f"({data['train_images']} images) from `{stored(data['source'])}` ({data['format']}).",
+        f"({data['train_images']} images) from `{stored(data['source'])}` ({data['format']})"
+        + (f"; {run['train']['pairs_left_out']} of them in no batch of an epoch (a caption, class or image on more "
+           "pairs than an epoch has batches)." if run["train"].get("pairs_left_out") else "."),
         "",
         "## Retrieval quality",
         "",

@@ -61,7 +61,7 @@ from clipsearch.encoders.cache import is_out_of_space, reason_of
 from clipsearch.encoders.torch_clip import IMAGE_PREFIXES, TEXT_PREFIXES
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import is_text, name_bytes
-from clipsearch.progress import Progress, format_duration
+from clipsearch.progress import Progress, format_duration, stderr_line
 
 from . import interrupts
 from .images import load_rgb
@@ -479,9 +479,10 @@ def last_checkpoint(checkpoint_dir: str) -> str | None:
     return os.path.join(checkpoint_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
-def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings, progress: Progress) -> int:
-    """The batches an epoch makes, as the trainer's sampler will (same rows, same seed),
-    and a line when rows are left out: a batch holds each caption (each class) once, so
+def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings) -> tuple[int, int]:
+    """(the batches an epoch makes, as the trainer's sampler will (same rows, same seed),
+    the pairs it leaves out), and a warning when it leaves some out, --quiet or not (a
+    nightly run's pairs are lost too): a batch holds each caption (each class) once, so
     the rows of a caption more common than the batches can hold end up alone."""
     import torch
 
@@ -492,7 +493,7 @@ def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings
                               generator=torch.Generator(), seed=settings.seed)
     steps, lone = len(probe), probe.lone_rows()
     if not lone:
-        return steps
+        return steps, 0
     # What crowds them out: a caption (a class) or an image on more pairs than there are
     # batches, which every batch already holds (a lone remainder pair joins another batch).
     texts, images = Counter(p.text for p in pairs), Counter(p.image for p in pairs)
@@ -508,11 +509,11 @@ def _steps_per_epoch(pairs: list[Pair], batch_size: int, settings: TrainSettings
     if steps == 0:
         raise ClipsearchError(f"no batch of two pairs with different images and captions can be made from the "
                               f"{len(pairs)} training pairs: {what}")
-    progress.message(f"{len(lone)} of {len(pairs)} training pairs are left out of the first epoch (later ones "
-                     f"alike): a batch holds each image and each {'class' if settings.templates else 'caption'} "
-                     f"once, and {what} (give images captions of their own, balance the classes, or lower "
-                     "--batch-size)")
-    return steps
+    stderr_line(f"{len(lone)} of {len(pairs)} training pairs are left out of the first epoch (later ones "
+                f"alike): a batch holds each image and each {'class' if settings.templates else 'caption'} "
+                f"once, and {what} (give images captions of their own, balance the classes, or lower "
+                "--batch-size)")
+    return steps, len(lone)
 
 
 def training_rows(pairs: list[Pair]):
@@ -569,7 +570,7 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
     scale = settings.scale if settings.scale is not None else model_scale(clip)
     freeze_tower(clip, settings.freeze)
     batch_size = _batch_size(pairs, settings, progress)
-    steps_per_epoch = _steps_per_epoch(pairs, batch_size, settings, progress)
+    steps_per_epoch, left_out = _steps_per_epoch(pairs, batch_size, settings)
     # --warmup is a fraction of the run; transformers reads a warmup_steps of 1 or more as
     # a count of steps (--warmup 1 would warm up for one step). Rounded down: a run of
     # one step is not spent at a learning rate of 0.
@@ -636,6 +637,8 @@ def train(st, clip, pairs: list[Pair], settings: TrainSettings, checkpoint_dir: 
         # What a batch holds at most: no caption (class) and no image twice in one.
         "batch_size": min(batch_size, len({p.text for p in pairs}), len({p.image for p in pairs})),
         "batch_size_asked": settings.batch_size,
+        # Pairs no batch of an epoch holds (_steps_per_epoch): said on stderr, and here.
+        "pairs_left_out": left_out,
         "negatives": any(p.negative is not None for p in pairs),
         "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
     }

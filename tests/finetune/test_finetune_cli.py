@@ -389,13 +389,16 @@ def test_pairs_a_shared_caption_leaves_out_are_counted_and_said(tmp_path, shapes
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["finetune", str(data), "--base", str(tiny_model_dir), "-o", str(out),
                                       "--epochs", "2", "--batch-size", "16", "--eval-data", str(heldout),
-                                      "--device", DEVICE, "--keep-checkpoints"])
+                                      "--device", DEVICE, "--keep-checkpoints", "--quiet"])
     assert result.exit_code == 0, result.output
+    # said under --quiet too (a nightly run's pairs are lost as well), and recorded
     said = [line for line in result.output.splitlines() if "left out of the first epoch" in line]
     assert len(said) == 1, result.output
     assert "the caption 'untitled photograph' is on more pairs than the batches of an epoch" in said[0]
-    left_out = int(said[0].split(" of ")[0])
+    left_out = int(said[0].removeprefix("clipsearch: ").split(" of ")[0])
     steps = json.loads((out / "eval.json").read_text())["train"]["steps"]
+    assert json.loads((out / "eval.json").read_text())["train"]["pairs_left_out"] == left_out
+    assert f"; {left_out} of them in no batch of an epoch" in (out / "README.md").read_text()
     assert left_out > 0 and steps < 2 * math.ceil(72 / 16)  # fewer steps than the rows alone would make
     last = max((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((last / "trainer_state.json").read_text())
