@@ -31,7 +31,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from clipsearch.encoders.location import FINETUNE_RUN_FILE
+from clipsearch.encoders.location import FINETUNE_RUN_FILE, LOCAL_MODEL_HINT
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import is_text, shown
 from clipsearch.progress import Progress
@@ -54,6 +54,7 @@ from .training import (
 )
 from .validation import PairSet, load_pairs
 
+LOCAL_BASE_HINT = LOCAL_MODEL_HINT.replace("set CLIPSEARCH_MODEL (or --model)", "pass --base (or set CLIPSEARCH_MODEL)")
 RUN_FILE = FINETUNE_RUN_FILE  # its name is known to the model loader, which says what to do with such a folder
 EVAL_FILE = "eval.json"
 REPORT_FILE = "skipped_rows.jsonl"
@@ -251,7 +252,10 @@ def run_finetune(opts: FinetuneOptions) -> dict:
     base = opts.base
     if opts.resume and aside.is_dir() and _same_path(opts.base, output):
         base = str(aside)  # training a model further in place: the base waits aside until the run ends
-    encoder = load_clip(base, opts.settings.device)
+    try:
+        encoder = load_clip(base, opts.settings.device)
+    except ClipsearchError as exc:  # the loader's advice names --model, which finetune calls --base
+        raise ClipsearchError(str(exc).replace(LOCAL_MODEL_HINT, LOCAL_BASE_HINT)) from None
     base_identity = encoder.identity.to_dict()  # hashed now, before training changes the weights
     scored = held_set or data
     train_cut = _check_captions(encoder, train_pairs, templates if data.labelled else None, "training pairs")

@@ -492,3 +492,11 @@ def test_a_model_trained_further_in_place_and_stopped_resumes_from_its_base_asid
     result = finetune(*common, "--resume")
     assert result.exit_code == 1 and "stopped here by the test" in result.output, result.output
     assert loaded  # the base loaded (from .mine.replaced) and the run judged the same
+
+
+def test_a_base_that_cannot_be_had_says_the_flag_finetune_takes(tmp_path, shapes):
+    train, _ = shapes
+    result = finetune(train, "--base", "someone/clip-nothere", "-o", tmp_path / "out", "--epochs", 1)
+    assert result.exit_code == 1 and "cannot download model 'someone/clip-nothere'" in result.output
+    assert "pass --base (or set CLIPSEARCH_MODEL) to a local CLIP folder" in result.output
+    assert "--model" not in result.output  # finetune has no such flag
