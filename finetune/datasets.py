@@ -153,9 +153,13 @@ def _read_text(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = len(_LINE_END.findall(data[: exc.start].decode("utf-8"))) + 1
-        utf16 = "; it starts with a UTF-16 byte-order mark: save it as UTF-8" if data[:2] in _UTF16_BOMS else ""
+        if data[:2] in _UTF16_BOMS:
+            advice = "; it starts with a UTF-16 byte-order mark: save it as UTF-8"
+        else:  # a file name that is not UTF-8 has a way in: JSON lines, as search -f json writes it
+            advice = ("; save it as UTF-8 (an image whose file name is not UTF-8 can be listed in JSON lines, "
+                      "its bytes as \\udcXX escapes: search -f json writes names so)")
         raise ClipsearchError(
-            f"{shown(str(path))} is not UTF-8 text ({exc.reason} at byte {exc.start}, line {line}{utf16})"
+            f"{shown(str(path))} is not UTF-8 text ({exc.reason} at byte {exc.start}, line {line}{advice})"
         ) from None
     text = text[1:] if text.startswith("\ufeff") else text
     first = next(((number, line) for number, line in enumerate(_lines(text), start=1) if line.strip()), None)

@@ -390,5 +390,7 @@ def test_not_utf8_names_byte_and_line(photos, name):
     data.write_bytes((head + "a.png,caption\n" * 1000).encode() + b"b.png,caf\xe9\n")
     offset = len(head) + 14 * 1000 + len("b.png,caf")
     line = 1000 + (2 if head else 1)
-    with pytest.raises(ClipsearchError, match=rf"{name} is not UTF-8 text \(.* at byte {offset}, line {line}\)"):
+    with pytest.raises(ClipsearchError, match=rf"{name} is not UTF-8 text \(.* at byte {offset}, line {line}; "
+                                              r"save it as UTF-8 \(an image whose file name is not UTF-8 can be "
+                                              r"listed in JSON lines, its bytes as \\udcXX escapes"):
         read_rows(data)
