@@ -194,9 +194,11 @@ class Index(ABC):
 
     def version_facts(self) -> list[dict]:
         """versions(), each as {"collection": NAME, "model": its model's name or None,
-        "unfinished": what a reindex (or migrate) into it that has not finished
-        recorded (unfinished_copy), or None}."""
-        return [{"collection": name, "model": None, "unfinished": None} for name in self.versions()]
+        "image_fingerprint": its model's image tower's, or None, "unfinished": what a
+        reindex (or migrate) into it that has not finished recorded (unfinished_copy),
+        or None}."""
+        return [{"collection": name, "model": None, "image_fingerprint": None, "unfinished": None}
+                for name in self.versions()]
 
     def point_name_at(self, target: str) -> None:
         """Make the name, which does not exist, mean the version `target` (what a

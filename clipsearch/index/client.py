@@ -468,6 +468,7 @@ class ClientIndex(Index):
             ours = self._clipsearch_metadata(info)
             model, copy = ours.get("model"), ours.get("copying")
             facts.append({"collection": name, "model": model.get("name") if isinstance(model, dict) else None,
+                          "image_fingerprint": model.get("image_fingerprint") if isinstance(model, dict) else None,
                           "unfinished": copy if isinstance(copy, dict) else None})
         return facts
 

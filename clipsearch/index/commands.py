@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -239,8 +240,19 @@ def _version_lines(facts: dict) -> list[str]:
                      "is embedded)")
     kept = [v for v in versions if not v.get("unfinished")]  # a partial copy is no version to switch back to
     if facts["exists"] and kept:
-        listed = ", ".join(repr(v["collection"]) + (f" (model {shown(v['model'])})" if v.get("model") else "")
-                           for v in kept)
+        current = facts.get("model") or {}
+        names = Counter([v.get("model") for v in kept] + [current.get("name")])
+
+        def model_of(version: dict) -> str:
+            """Its model; with its image tower's fingerprint where another has that name
+            (a model folder overwritten since: those weights are gone, no way back)."""
+            if not version.get("model"):
+                return ""
+            same_name = names[version["model"]] > 1 and version.get("image_fingerprint")
+            return f" (model {shown(version['model'])}" + (f", image {version['image_fingerprint'][:12]}"
+                                                            if same_name else "") + ")"
+
+        listed = ", ".join(repr(v["collection"]) + model_of(v) for v in kept)
         lines.append(f"versions:     {listed} kept; `clipsearch reindex --model MODEL` with a version's model "
                      "switches back to it, embedding only what was added since")
     for version in versions:

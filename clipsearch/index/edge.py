@@ -926,17 +926,20 @@ class EdgeIndex(Index):
         facts = []
         for name in self.versions():
             folder = self.root / name
+            model: str | None = None
+            image: str | None = None
             try:
-                model = ModelIdentity.from_dict(json.loads((folder / MODEL).read_text())).name
+                identity = ModelIdentity.from_dict(json.loads((folder / MODEL).read_text()))
+                model, image = identity.name, identity.image_fingerprint
             except (OSError, ValueError, ClipsearchError):
-                model = None
+                pass
             try:
                 unfinished = json.loads((folder / COPYING).read_text())
             except FileNotFoundError:
                 unfinished = None
             except (OSError, ValueError):
                 unfinished = {"from": "unknown", "points": None}
-            facts.append({"collection": name, "model": model,
+            facts.append({"collection": name, "model": model, "image_fingerprint": image,
                           "unfinished": unfinished if isinstance(unfinished, dict) or unfinished is None
                           else {"from": "unknown", "points": None}})
         return facts

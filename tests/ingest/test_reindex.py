@@ -354,3 +354,27 @@ def test_status_lists_the_versions_a_reindex_kept(tmp_path, tiny_model_dir, othe
     assert f"{kept['collection']!r} (model {kept['model']}) kept" in line and "reindex --model" in line
     assert runner.invoke(cli, ["reindex", "--model", str(other_model_dir), *common, "--drop-old"]).exit_code == 0
     assert "versions:" not in runner.invoke(cli, ["status", "--index", index]).output
+
+
+def test_status_tells_apart_a_kept_version_whose_model_folder_was_overwritten(tmp_path, tiny_model_dir,
+                                                                             other_model_dir):
+    """The same folder, other weights (finetune --overwrite): the kept version's line
+    gives its image tower's fingerprint, beside the current model of that name."""
+    import shutil
+
+    draw_collection(tmp_path / "photos", 4)
+    index, model = str(tmp_path / "index"), tmp_path / "my-clip"
+    shutil.copytree(tiny_model_dir, model)
+    runner = CliRunner()
+    common = ["--index", index, "--workers", "0", "-q"]
+    assert runner.invoke(cli, ["ingest", str(tmp_path / "photos"), "--model", str(model), *common]).exit_code == 0
+    shutil.rmtree(model)
+    shutil.copytree(other_model_dir, model)
+    assert runner.invoke(cli, ["reindex", "--model", str(model), *common]).exit_code == 0
+    facts = json.loads(runner.invoke(cli, ["status", "--index", index, "--json"]).output)
+    [kept] = facts["versions"]
+    assert kept["model"] == facts["model"]["name"]
+    assert kept["image_fingerprint"] != facts["model"]["image_fingerprint"]
+    [line] = [line for line in runner.invoke(cli, ["status", "--index", index]).output.splitlines()
+              if line.startswith("versions:")]
+    assert f"(model {model}, image {kept['image_fingerprint'][:12]}) kept" in line, line
