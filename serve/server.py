@@ -172,7 +172,8 @@ def start_watcher(service, roots: list[str], options: ServeOptions, thumbnails=N
     ingestor = Ingestor(service.encoder, index,
                         IngestOptions(batch_size=options.batch_size, workers=options.workers, exclude=options.exclude,
                                       max_megapixels=config.value("max_megapixels"), quiet=options.quiet,
-                                      optimize=False, prune=True, allow_missing=options.allow_missing))
+                                      optimize=False, prune=True, allow_missing=options.allow_missing,
+                                      shard=None))  # a live index is all of the library, CLIPSEARCH_SHARD or not
     walks = [0]
 
     def idle(watcher) -> None:
