@@ -56,7 +56,7 @@ class Searcher:
     """A loaded model and an open, non-empty index, checked to belong together."""
 
     def __init__(self, encoder, index: Index):
-        if not isinstance(index, Index):
+        if not all(hasattr(index, name) for name in ("check_identity", "query", "count")):  # or a wrapper of one
             raise _wrong("Searcher()", "index", "an open clipsearch index (open_index(settings))", index)
         index.check_identity(encoder.identity)  # which first requires the collection
         if index.count() == 0:
