@@ -63,12 +63,13 @@ class CliGroup(click.Group):
                 raise
             raise _OneLineUsage(printable(exc.format_message()), exc.ctx) from None
         except OSError as exc:
-            if exc.errno == errno.EPIPE and _output_failed(exc):
-                # The reader took what it wanted and closed the pipe (| head): done, exit 0
-                # whenever it closed (click's own exit said 1, or 0 where the output had
-                # all fitted in the pipe first: a `set -o pipefail` script failed at random).
+            if exc.errno == errno.EPIPE and _output_failed(exc, stdout_only=True):
+                # The reader closed the pipe before the output was all written (| head):
+                # 141, as a Unix tool SIGPIPE ends, and no line (click said 1, which
+                # reads as a failure with no message). Not 0: the command did not finish,
+                # and its own status (status --check's 1) was still to come.
                 _output_goes_nowhere()
-                ctx.exit(0)
+                ctx.exit(128 + signal.SIGPIPE)
             if _output_failed(exc):  # > /dev/full, a full disk
                 raise click.ClickException(f"cannot write the output: {exc.strerror or exc}") from None
             raise
@@ -105,6 +106,12 @@ class _OneLineUsage(click.UsageError):
         click.echo(f"Error: {self.format_message()}{hint}", err=True, file=file)
 
 
+def _stdout_stream(written):
+    """`written` if it is standard output (text or binary), else None."""
+    streams = [sys.stdout, getattr(sys.stdout, "buffer", None), sys.__stdout__]
+    return written if any(written is stream for stream in streams if stream is not None) else None
+
+
 def _output_goes_nowhere() -> None:
     """Standard output to /dev/null: what is left of the command's output, and the
     interpreter's flush at exit, write nowhere rather than fail on a closed pipe."""
@@ -116,14 +123,20 @@ def _output_goes_nowhere() -> None:
         pass
 
 
-def _output_failed(exc: OSError) -> bool:
+def _output_failed(exc: OSError, stdout_only: bool = False) -> bool:
     """Whether `exc` came from writing the command's output (click.echo): stdout on a
-    full disk or /dev/full, not an index's or a named file's write."""
+    full disk or /dev/full, not an index's or a named file's write; `stdout_only`: not
+    a line for stderr."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "echo" and \
+    echoed = tb is not None and tb.tb_frame.f_code.co_name == "echo" and \
         tb.tb_frame.f_globals.get("__name__") == "click.utils"
+    if not echoed or not stdout_only:
+        return echoed
+    assert tb is not None
+    written = tb.tb_frame.f_locals.get("file")
+    return not tb.tb_frame.f_locals.get("err") and (written is None or written is _stdout_stream(written))
 
 
 def _terminate_like_ctrl_c() -> dict:

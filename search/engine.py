@@ -135,6 +135,10 @@ class Searcher:
         _check_k_and_filters("Searcher.text()", k, min_score, where)  # before the model is asked
         return self.by_vector(self.text_vector(query), k, under, min_score, where=where)
 
+    def image(self, path: str, k: int = 10, under: str | None = None,
+              min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
+        return self.terms([image_term(path)], k, under, min_score, where)
+
 
 def _wrong(function: str, name: str, expected: str, value) -> TypeError:
     return TypeError(f"{function}: {name}= must be {expected}, got {type(value).__name__}")
@@ -152,10 +156,6 @@ def _check_k_and_filters(function: str, k, min_score, where) -> None:
             raise UsageError(f"{function}: min_score={min_score} is not a finite number")
     if where is not None and not isinstance(where, Where):
         raise _wrong(function, "where", "a clipsearch.index.where.Where", where)
-
-    def image(self, path: str, k: int = 10, under: str | None = None,
-              min_score: float | None = None, where: Where | None = None) -> list[SearchHit]:
-        return self.terms([image_term(path)], k, under, min_score, where)
 
 
 def search(query: str | None = None, k: int = 10, settings: Settings | None = None,

@@ -64,7 +64,7 @@ from watchdog.events import FileSystemEventHandler
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.ingest import Ingestor, IngestSummary, image_extensions, walked_path
-from clipsearch.ingest.report import SkipReport
+from clipsearch.ingest.report import NEW, SkipReport
 from clipsearch.names import shown
 
 # The longest a path waits while events keep coming (seconds).
@@ -615,8 +615,8 @@ class LiveSkips(SkipReport):
         self._limit, self._named, self._unnamed, self._again = limit, 0, 0, set()
         self._warned_before = self.warned
 
-    def add(self, path: str, reason: str) -> None:
-        super().add(path, reason)
+    def add(self, path: str, reason: str, rank: int = NEW) -> None:
+        super().add(path, reason, rank)
         self._again.add(path)
         with self._lock:
             named = path in self.current

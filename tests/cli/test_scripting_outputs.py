@@ -349,13 +349,16 @@ def test_a_searcher_names_an_argument_of_the_wrong_type(library, call, message):
                 call(searcher)
             assert str(caught.value) == message
             assert len(searcher.text("a dog", k=2, under=os.fsencode(str(library["photos"])))) == 2
+            example = str(library["photos"] / "000-red-circle.png")
+            assert len(searcher.image(example, k=2)) == 2  # a method still (an edit once nested it away)
 
 
 @pytest.mark.parametrize("command", [["search", "a red circle", "-k", "6", "-f", "paths"], ["duplicates"],
                                      ["status", "--json"]])
-def test_a_reader_that_closed_the_pipe_early_leaves_exit_status_0(library, command):
-    """`clipsearch search ... | head -1` under `set -o pipefail`: the same status
-    whenever head closed the pipe, and no line on stderr."""
+def test_a_reader_that_closed_the_pipe_early_leaves_exit_status_141(library, command):
+    """`clipsearch search ... | head -1`: 141, as SIGPIPE ends a Unix tool, and no line
+    on stderr (click said 1, a failure with no message). Not 0: the command did not
+    finish (status --check's own 1 was still to come)."""
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line: every write meets EPIPE
     env = {**os.environ, "CLIPSEARCH_CACHE_DIR": library["cache"], "HF_HUB_OFFLINE": "1"}
@@ -364,5 +367,20 @@ def test_a_reader_that_closed_the_pipe_early_leaves_exit_status_0(library, comma
                               stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     finally:
         os.close(write)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 141, done.stderr
     assert "Error" not in done.stderr and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_a_closed_stderr_is_no_reason_to_stop_quietly(tmp_path, tiny_model_dir):
+    """The EPIPE that means "the reader is done" is stdout's alone: a line for a dead
+    stderr (a warning before the work) leaves the command's own failure, exit 1."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "CLIPSEARCH_BATCHSIZE": "8", "HF_HUB_OFFLINE": "1"}  # misspelt: a warning first
+    try:
+        done = subprocess.run([sys.executable, "-m", "clipsearch.cli", "ingest", str(tmp_path / "nowhere"),
+                               "--index", str(tmp_path / "index"), "--model", str(tiny_model_dir)],
+                              stdout=subprocess.PIPE, stderr=write, env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode not in (0, 141), done.returncode

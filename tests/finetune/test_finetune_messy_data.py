@@ -4,15 +4,12 @@ leave out. No model needed."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.finetune.datasets import read_rows
 from clipsearch.finetune.training import TrainSettings, _NoLoneRowSampler, _steps_per_epoch, training_rows
 from clipsearch.finetune.validation import Pair, load_pairs
-from clipsearch.progress import Progress
 
 from support import draw_image
 
@@ -72,7 +69,7 @@ def _pairs(count: int, caption=lambda i: f"caption {i}") -> list[Pair]:
     return [Pair(f"/photos/{i}.png", caption(i), f"pairs.csv:{i + 2}") for i in range(count)]
 
 
-def test_a_lone_remainder_pair_joins_another_batch():
+def test_a_lone_remainder_pair_joins_another_batch(capfd):
     pairs = _pairs(33)  # one more than a batch of 32, every caption its own
     sampler = _NoLoneRowSampler(training_rows(pairs), batch_size=32, drop_last=False, valid_label_columns=None,
                                 seed=0)
@@ -80,12 +77,11 @@ def test_a_lone_remainder_pair_joins_another_batch():
     assert sorted(row for batch in batches for row in batch) == list(range(33)) and len(sampler) == 1
     assert sampler.lone_rows() == []
 
-    said = io.StringIO()
-    steps = _steps_per_epoch(pairs, 32, TrainSettings(batch_size=32), Progress(stream=said))
-    assert steps == 1 and said.getvalue() == ""  # nothing left out, nothing blamed on a caption
+    assert _steps_per_epoch(pairs, 32, TrainSettings(batch_size=32)) == (1, 0)
+    assert capfd.readouterr().err == ""  # nothing left out, nothing blamed on a caption
 
 
-def test_rows_a_shared_caption_crowds_out_stay_out_and_are_said():
+def test_rows_a_shared_caption_crowds_out_stay_out_and_are_said(capfd):
     # 40 pairs, half of them one catalogue caption, in batches of 8: that caption is in
     # every batch, so its other rows cannot join one
     pairs = _pairs(40, lambda i: "untitled" if i % 2 else f"caption {i}")
@@ -94,6 +90,8 @@ def test_rows_a_shared_caption_crowds_out_stay_out_and_are_said():
     for batch in sampler:
         assert len(batch) > 1 and len({pairs[i].text for i in batch}) == len(batch)
     assert sampler.lone_rows() and all(pairs[i].text == "untitled" for i in sampler.lone_rows())
-    said = io.StringIO()
-    _steps_per_epoch(pairs, 8, TrainSettings(batch_size=8), Progress(stream=said))
-    assert "the caption 'untitled' is on more pairs than the batches of an epoch" in said.getvalue()
+    steps, left_out = _steps_per_epoch(pairs, 8, TrainSettings(batch_size=8))
+    assert left_out == len(sampler.lone_rows()) and steps == len(sampler)
+    said = capfd.readouterr().err  # on stderr, --quiet or not
+    assert said.startswith(f"clipsearch: {left_out} of 40 training pairs are left out of the first epoch")
+    assert "the caption 'untitled' is on more pairs than the batches of an epoch" in said
