@@ -115,7 +115,8 @@ def plans(model: Path, folder: Path) -> dict:
                 settings = Settings.resolve(model=str(model), index=index, device="cpu")
                 encoder = LazyEncoder(str(model), "cpu", threads=threads, spin=False)
                 summary = run_ingest([str(folder)], encoder, settings=settings,
-                                     options=IngestOptions(workers=workers, batch_size=BATCH, quiet=True))
+                                     options=IngestOptions(workers=workers, batch_size=BATCH, quiet=True,
+                                                                         shard=None, max_megapixels=100.0))
             result[f"threads {threads}, workers {workers}"] = round(steady(summary.__dict__), 2)
             print(f"threads {threads}, workers {workers}: {result[f'threads {threads}, workers {workers}']} img/s",
                   flush=True)

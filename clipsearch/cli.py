@@ -50,6 +50,16 @@ class CliGroup(click.Group):
     Ctrl-C, SIGTERM or SIGHUP into one line and exit 130, 143 or 129 (128 + the
     signal, as a shell reports a process the signal ended)."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        """The group's own flags, parsed before any command: what click refuses there
+        is one line too (`clipsearch --bogus`); no arguments still shows the help."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, _OneLineUsage) or type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _OneLineUsage(printable(exc.format_message()), exc.ctx) from None
+
     def invoke(self, ctx):
         previous = _terminate_like_ctrl_c()
         try:

@@ -128,8 +128,12 @@ def check_output(output: Path, overwrite: bool, resume: bool, data: str | None =
 # own files, its checkpoints, an ONNX export): --overwrite replaces such a folder whole,
 # and anything else in it (scans kept beside the model, a project's folder that merely
 # has a config.json) would go with it.
-MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".msgpack", ".h5", ".model", ".jsonl"}
-MODEL_NAMES = {"README.md", "merges.txt", "vocab.txt", "added_tokens.txt", ".gitattributes", CHECKPOINTS, "onnx"}
+MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".msgpack", ".h5",
+                  ".model", ".jsonl", ".ot"}
+MODEL_NAMES = {"README.md", "LICENSE", "LICENSE.txt", "LICENSE.md", "merges.txt", "vocab.txt", "added_tokens.txt",
+               ".gitattributes", ".DS_Store", ".cache", CHECKPOINTS, "onnx", "openvino", "coreml", "runs",
+               # what this command writes, then renames: left by a run killed between the two
+               RUN_FILE.replace(".json", ".tmp"), EVAL_FILE.replace(".json", ".tmp")}
 
 
 def not_model_files(folder: Path) -> list[str]:

@@ -156,7 +156,7 @@ def reindex(settings, batch_size, workers, max_megapixels, precision, keep_old, 
                          "images with, e.g. a fine-tuned folder")
 
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), report=report, quiet=quiet,
-                            precision=precision or "", verbose=verbose)
+                            precision=precision or "", verbose=verbose, shard=None)  # every image: no shards
     try:
         summary = run_reindex(settings, options, keep_old=keep_old, allow_missing=allow_missing)
     except KeyboardInterrupt as stop:  # as ingest's: what it kept, then the CLI's line and 128 + the signal

@@ -64,6 +64,10 @@ from .walk import (
 
 # How many candidate files are checked against the index in one retrieve call.
 LOOKUP_CHUNK = 512
+# Seconds after the first file to embed before the image names are counted for an ETA,
+# should the walk still be going: a re-run with a few changed files is done walking by
+# then, and does not list a large library twice.
+COUNT_AFTER = 3.0
 # Said of a file that went bad since it was embedded: its point goes, so searches stop
 # finding what it was; fixed (or restored from a backup), the next run embeds it again.
 LOST_POINT_NOTE = "it changed since it was indexed: its old point is removed; the next run embeds it once it reads"
@@ -128,10 +132,24 @@ class IngestOptions:
         # One glob given alone: not its letters, each a glob ("*" of "*.png" would match
         # every file, and with prune remove every point).
         if isinstance(self.exclude, (str, bytes)):
-            self.exclude = (os.fsdecode(self.exclude),)
-        elif not isinstance(self.exclude, Iterable) or not all(isinstance(g, str) for g in self.exclude):
+            self.exclude = (self.exclude,)
+        if not isinstance(self.exclude, Iterable):
             raise wrong("exclude", "a glob (str) or a list of globs")
-        self.exclude = tuple(self.exclude)
+        globs = tuple(self.exclude)  # read once: a generator is read here, not emptied by the check
+        if not all(isinstance(glob, (str, bytes)) for glob in globs):
+            raise wrong("exclude", "a glob (str) or a list of globs")
+        self.exclude = tuple(os.fsdecode(glob) for glob in globs)
+        if isinstance(self.shard, str):
+            try:
+                self.shard = config.parse_shard(self.shard) if self.shard.strip() else None
+            except ValueError as exc:
+                raise UsageError(f"IngestOptions: shard={self.shard!r} {exc}") from None
+        if self.shard is not None:
+            if not (isinstance(self.shard, tuple) and len(self.shard) == 2
+                    and all(isinstance(n, int) and not isinstance(n, bool) for n in self.shard)):
+                raise wrong("shard", "(i, n), or 'I/N'")
+            if not 0 <= self.shard[0] < self.shard[1]:
+                raise UsageError(f"IngestOptions: shard={self.shard} must have 0 <= i < n")
 
 
 @dataclass
@@ -300,6 +318,7 @@ class Ingestor:
         self.walk_done = False
         self._count: ImageCount | None = None  # the names counted for the ETA while walking (_run)
         self._rate_from: tuple[float, int] | None = None  # (when, embedded) at the first batch in
+        self._first_to_embed: float | None = None
         self.walked = 0  # image files seen, in any shard
         self.seen_ids: set[str] = set()
         self._target: int | None = None
@@ -563,10 +582,11 @@ class Ingestor:
             decoded.close()  # a stop: the decoders end here, not at garbage collection
 
     def _counted_from_the_first(self, entries: Iterable[FileEntry]) -> Iterator[FileEntry]:
-        """`entries`, the count of image names (for the ETA) started at the first."""
+        """`entries`, noting when the first came: the count of image names for the ETA
+        starts COUNT_AFTER seconds later if the walk is still going (_show)."""
         for entry in entries:
-            if self._count is not None:
-                self._count.start()
+            if self._first_to_embed is None:
+                self._first_to_embed = time.monotonic()
             yield entry
 
     def _accept(self, entry: FileEntry, outcome) -> Iterator[tuple[FileEntry, Decoded | Prepared]]:
@@ -697,6 +717,8 @@ class Ingestor:
         total = self._count.total if self._count is not None else None
         if total is None or not s.found:
             return None
+        if self.options.shard is not None:  # the count is every shard's files; found, this shard's
+            total = round(total / self.options.shard[1])
         needing = s.found - settled
         return max(s.embedded, needing + round(max(0, total - s.found) * needing / s.found))
 
@@ -704,12 +726,18 @@ class Ingestor:
         if not self._show_progress:
             return
         s = self.summary
+        if (self._count is not None and not self.walk_done and self._first_to_embed is not None
+                and time.monotonic() - self._first_to_embed >= COUNT_AFTER):
+            self._count.start()
         if s.embedded and self._rate_from is None:
             self._rate_from = (time.monotonic(), s.embedded)  # the first batch in: the steady rate from here
         rate, eta = self.progress.rate_and_eta(s.embedded, self.to_embed(), since=self._rate_from)
         found = f"{s.found}" + ("" if self.walk_done else "+")  # + while still walking
-        if not self.walk_done and self._count is not None and self._count.total is not None:
-            found += f" of ~{max(self._count.total, s.found)}"
+        estimated = self._count.total if self._count is not None and not self.walk_done else None
+        if estimated is not None:
+            if self.options.shard is not None:
+                estimated = round(estimated / self.options.shard[1])
+            found += f" of ~{max(estimated, s.found)}"
         relinked = "".join(f", {name} {count}" for name, count in (("moved", s.moved), ("copied", s.copied)) if count)
         self.progress.update(
             f"found {found}, embedded {s.embedded}, unchanged {s.unchanged}{relinked}, skipped {s.skipped}, "
@@ -778,6 +806,9 @@ class Ingestor:
             self._relinker = Relinker(self.index, self.progress.message, self.summary,
                                       allow_missing=self.options.allow_missing, settle=self._drain_writes)
         self.walk_done = False
+        self._count = None  # a call of its own counts (_run), or none (run_files: its list is known)
+        self._rate_from = None
+        self._first_to_embed: float | None = None  # when the first file to embed came
         self.walked = 0
         self.seen_ids = set()
         self._again: dict[str, list[str]] = {}  # path -> the links by which the walk met it again
@@ -856,7 +887,6 @@ class Ingestor:
         started = self._begin_writing()
         building: float | None = None  # when the HNSW build began
         begun = folder_identities(roots)
-        self._rate_from = None
         # The walk goes in step with the embedding: a count of the names gives the ETA
         # meanwhile, started once a file needs embedding (an unchanged re-run needs none).
         self._count = ImageCount(roots, self.options.exclude) if counted is None else None
@@ -884,7 +914,9 @@ class Ingestor:
             if self.walked == 0 and not allow_empty and not self._stopped.is_set() and not (
                     self.summary.removed or self.summary.not_pruned or self.summary.unreached):
                 # a shard that happens to get no files is not an error
-                raise ClipsearchError(f"no image files found under {', '.join(roots)}")
+                some = f" that could be read ({self.summary.found} skipped: see the lines above)" \
+                    if self.summary.found else ""
+                raise ClipsearchError(f"no image files{some} found under {', '.join(roots)}")
             if self.index.backend == "edge" and self.options.optimize:
                 count = self.index.count()
                 from clipsearch.index.edge import graph_pending, hnsw_min_points

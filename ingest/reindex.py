@@ -131,7 +131,7 @@ def reindex(settings: Settings, options: IngestOptions | None = None, keep_old: 
     switch, and any other version of the name. The precision is the old collection's
     unless `options` gives one. Images gone or unreadable (more than 1%, or 10) stop it
     before the switch unless `allow_missing`."""
-    options = options or IngestOptions(precision="")
+    options = options or IngestOptions(precision="", shard=None)  # a reindex takes every image
     progress = progress or Progress(quiet=options.quiet)
     if options.report:
         check_report_path(options.report)

@@ -340,24 +340,23 @@ def count_image_names(roots: Iterable[str], exclude: Iterable[str] = (),
     total = 0
     stack = [os.path.realpath(os.path.abspath(root)) for root in roots]
     while stack:
-        if stop is not None and stop.is_set():
-            return None
         try:
-            listing = os.scandir(stack.pop())
+            with os.scandir(stack.pop()) as listing:
+                for entry in listing:  # a share's EIO or ESTALE may come mid-listing
+                    if stop is not None and stop.is_set():
+                        return None
+                    if passed_over(entry.name, entry.path, patterns):
+                        continue
+                    try:
+                        folder = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if folder:
+                        stack.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in extensions:
+                        total += 1
         except OSError:
-            continue
-        with listing:
-            for entry in listing:
-                if passed_over(entry.name, entry.path, patterns):
-                    continue
-                try:
-                    folder = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    continue
-                if folder:
-                    stack.append(entry.path)
-                elif os.path.splitext(entry.name)[1].lower() in extensions:
-                    total += 1
+            continue  # the walk says what it could not list; the count is an estimate
     return total
 
 
@@ -377,7 +376,10 @@ class ImageCount:
             self._thread.start()
 
     def _count(self, roots: list[str], exclude: tuple[str, ...]) -> None:
-        self.total = count_image_names(roots, exclude, self._stop)
+        try:
+            self.total = count_image_names(roots, exclude, self._stop)
+        except Exception:  # an estimate: never a traceback over the progress line
+            self.total = None
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -241,16 +240,18 @@ def _version_lines(facts: dict) -> list[str]:
     kept = [v for v in versions if not v.get("unfinished")]  # a partial copy is no version to switch back to
     if facts["exists"] and kept:
         current = facts.get("model") or {}
-        names = Counter([v.get("model") for v in kept] + [current.get("name")])
+        towers: dict[str, set] = {}  # model name -> the image towers recorded under it
+        for holder in [*kept, {"model": current.get("name"), "image_fingerprint": current.get("image_fingerprint")}]:
+            towers.setdefault(holder.get("model"), set()).add(holder.get("image_fingerprint"))
 
         def model_of(version: dict) -> str:
-            """Its model; with its image tower's fingerprint where another has that name
-            (a model folder overwritten since: those weights are gone, no way back)."""
+            """Its model; with its image tower's fingerprint where that name has had other
+            weights (a model folder overwritten since: those weights are gone)."""
             if not version.get("model"):
                 return ""
-            same_name = names[version["model"]] > 1 and version.get("image_fingerprint")
+            overwritten = len(towers[version["model"]]) > 1 and version.get("image_fingerprint")
             return f" (model {shown(version['model'])}" + (f", image {version['image_fingerprint'][:12]}"
-                                                            if same_name else "") + ")"
+                                                            if overwritten else "") + ")"
 
         listed = ", ".join(repr(v["collection"]) + model_of(v) for v in kept)
         lines.append(f"versions:     {listed} kept; `clipsearch reindex --model MODEL` with a version's model "

@@ -83,6 +83,7 @@ def test_a_bad_flag_value_exits_2_as_a_value_of_the_wrong_type_does(args, tmp_pa
     (["search", "a cat", "--bogus"], "Error: No such option '--bogus'."),
     (["ingest"], "Error: Missing argument 'FOLDERS...'."),
     (["serach", "a cat"], "Error: No such command 'serach'."),
+    (["--bogus"], "Error: No such option '--bogus'."),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
 def test_what_click_refuses_is_one_line_too_with_the_help_to_read(args, message):
     """README: every message on stderr is one line; click put the usage and a hint
@@ -90,7 +91,7 @@ def test_what_click_refuses_is_one_line_too_with_the_help_to_read(args, message)
     result = CliRunner().invoke(cli, args, prog_name="clipsearch")
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith(message), result.output
-    command = "clipsearch" if args[0] == "serach" else f"clipsearch {args[0]}"
+    command = "clipsearch" if args[0] in ("serach", "--bogus") else f"clipsearch {args[0]}"
     assert result.output.rstrip().endswith(f"(see '{command} --help')"), result.output
 
 

@@ -47,6 +47,9 @@ def test_one_exclude_glob_given_alone_is_one_glob_and_prunes_only_what_it_matche
     ({"max_megapixels": float("nan")}, UsageError, "max_megapixels= must be a number of megapixels above 0, got nan"),
     ({"batch_size": "8"}, TypeError, "IngestOptions: batch_size= must be an int, got str"),
     ({"exclude": [3]}, TypeError, "IngestOptions: exclude= must be a glob (str) or a list of globs, got list"),
+    ({"shard": (5, 2)}, UsageError, "IngestOptions: shard=(5, 2) must have 0 <= i < n"),
+    ({"shard": "0/0"}, UsageError, "IngestOptions: shard='0/0' is not of the form I/N with 0 <= I < N"),
+    ({"shard": [0, 2]}, TypeError, "IngestOptions: shard= must be (i, n), or 'I/N', got list"),
 ])
 def test_ingest_options_refuse_what_they_cannot_take(options, error, message):
     with pytest.raises(error) as caught:
@@ -87,3 +90,18 @@ def test_the_settings_environment_gives_the_options_defaults(monkeypatch, photos
     with pytest.raises(UsageError, match="CLIPSEARCH_BATCH_SIZE='abc' is not a whole number of 1 or more"):
         IngestOptions()
     assert IngestOptions(batch_size=5).batch_size == 5  # a value given wins, and reads no variable
+
+
+def test_exclude_and_shard_come_as_the_cli_takes_them():
+    globs = (glob for glob in ["*.png", "tmp/*"])  # read once, not emptied by the check
+    assert IngestOptions(exclude=globs).exclude == ("*.png", "tmp/*")
+    assert IngestOptions(exclude=[b"*.png"]).exclude == ("*.png",)
+    assert IngestOptions(shard="1/4").shard == (1, 4)
+
+
+def test_a_folder_of_only_unusable_entries_says_they_were_skipped(tmp_path, settings):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(Exception, match=r"no image files that could be read \(1 skipped: see the lines above\)"):
+        ingest(photos, settings=settings, options=IngestOptions(workers=0, quiet=True))

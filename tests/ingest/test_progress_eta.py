@@ -34,6 +34,7 @@ def test_a_first_ingest_shows_an_eta_while_it_is_still_walking(tmp_path, tiny_mo
 
     monkeypatch.setattr(pipeline, "LOOKUP_CHUNK", 4)  # the walk 4 files ahead, as 512 are of 100k
     monkeypatch.setattr(progress, "STEADY_AFTER", 0.0)
+    monkeypatch.setattr(pipeline, "COUNT_AFTER", 0.0)
     draw_collection(tmp_path / "photos", 40)
     result = CliRunner().invoke(cli, ["ingest", str(tmp_path / "photos"), "--index", str(tmp_path / "index"),
                                       "--model", str(tiny_model_dir), "-w", "0", "-b", "2"],
