@@ -186,7 +186,8 @@ def test_heic_without_pillow_heif_is_counted_with_what_to_install(tmp_path, enco
     draw_image(photos / "ok.jpg", "red")
     report = tmp_path / "skipped.jsonl"
     summary = run([photos], encoder, index, report=str(report))
-    assert (summary.found, summary.embedded, summary.skipped) == (1, 1, 2)
+    # found counts every image file met, the two it cannot read among them (README)
+    assert (summary.found, summary.embedded, summary.skipped) == (3, 1, 2)
     reasons = {json.loads(line)["reason"] for line in report.read_text().splitlines()}
     assert reasons == {"not read: this install has no HEIC/HEIF decoder: `pip install pillow-heif` adds them"}
 
