@@ -117,9 +117,12 @@ class _OneLineUsage(click.UsageError):
 
 
 def _stdout_stream(written):
-    """`written` if it is standard output (text or binary), else None."""
-    streams = [sys.stdout, getattr(sys.stdout, "buffer", None), sys.__stdout__]
-    return written if any(written is stream for stream in streams if stream is not None) else None
+    """`written` if it writes to standard output (click may wrap sys.stdout's buffer in
+    a text stream of its own), else None."""
+    try:
+        return written if written.fileno() == 1 else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _output_goes_nowhere() -> None:
