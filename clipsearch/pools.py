@@ -45,6 +45,36 @@ UNGUARDED_SCRIPT = (
 WHY_BYTES = 400
 
 
+def unguarded_call_line() -> int | None:
+    """The line of the running script (the __main__ module, run as a file) from which
+    clipsearch was called at the top level, outside `if __name__ == "__main__":`, or
+    None. Such a call works while a run decodes in its own process (a few dozen images)
+    and fails once it starts its spawn pool: said at once rather than on the day the
+    folder grows."""
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not str(path).endswith(".py"):
+        return None  # an interactive session, a notebook, python -c: nothing is run again
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.If) and node.lineno <= line <= (node.end_lineno or node.lineno) \
+                and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            return None
+    return line
+
+
 def _fail_start(why: Any, exc: BaseException) -> NoReturn:
     """End this worker, its initializer having failed: why (its first line) goes to the
     parent, which says it in one line; no traceback from each worker on the terminal."""

@@ -84,6 +84,8 @@ class Progress:
         model loading, the walk reaching the first new file); else from the start."""
         elapsed = self.elapsed()
         rate = done / elapsed if elapsed > 0 else 0.0
+        if total is not None and done >= total:
+            return rate, format_duration(0)  # nothing left, however the rate stands
         if since is not None:
             if time.monotonic() - since[0] < STEADY_AFTER:  # too soon to tell the steady rate
                 return rate, "?"

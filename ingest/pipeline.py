@@ -14,6 +14,7 @@ import itertools
 import math
 import numbers
 import os
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -41,7 +42,7 @@ from clipsearch.index import Index, canonical_path  # walk yields canonical path
 from clipsearch.index import canonical_point_id as point_id
 from clipsearch.names import path_of, shown
 from clipsearch.photo_facts import facts_outdated, versioned
-from clipsearch.pools import WorkerDied, in_order
+from clipsearch.pools import WorkerDied, in_order, unguarded_call_line
 from clipsearch.progress import Progress, format_duration
 
 from .cores import plan_cores
@@ -1111,6 +1112,15 @@ def ingest(folders: Sequence[str | bytes | os.PathLike] | str | bytes | os.PathL
     if index is None or encoder is None:
         settings = settings or Settings.resolve()
     options = options or IngestOptions()
+    if options.workers and (line := unguarded_call_line()) is not None:
+        # It runs now, decoding in this process; with more files it would start the spawn
+        # pool, which runs the script again in every worker (clipsearch/pools.py).
+        from clipsearch.progress import stderr_line
+
+        stderr_line(f"warning: ingest() is called at the top level of {shown(sys.modules['__main__'].__file__)}, "
+                    f"line {line}: call it under `if __name__ == \"__main__\":` (README, Python API), or "
+                    f"{options.batch_size * IN_PROCESS_BELOW} images or more to embed will stop it when its "
+                    "decoding processes start")
     if not options.precision:  # CLIPSEARCH_PRECISION names one too; else the collection's, else fp32
         options = replace(options, precision=config.env_value("precision") or "")
     ours = encoder is None

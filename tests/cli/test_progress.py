@@ -154,6 +154,12 @@ def test_rate_and_eta(clock):
     rate, eta = p.rate_and_eta(10, 100)
     assert rate == pytest.approx(2.0) and eta == "0:00:45"
     assert p.elapsed() == pytest.approx(5.0)
+    # measured from the first batch in (10 done at t=5): too soon at first, then its own rate
+    assert p.rate_and_eta(20, 100, since=(clock.t, 10))[1] == "?"
+    clock.t += 2
+    rate, eta = p.rate_and_eta(30, 100, since=(clock.t - 2, 10))
+    assert rate == pytest.approx(10.0) and eta == "0:00:07"
+    assert p.rate_and_eta(100, 100, since=(clock.t, 100))[1] == "0:00:00"  # nothing left
 
 
 @pytest.mark.parametrize("seconds, text", [

@@ -71,3 +71,38 @@ def test_the_same_script_guarded_ingests(tmp_path, tiny_model_dir):
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ingested 12,"), done.stdout
+
+
+GUARDED = textwrap.dedent("""
+    from clipsearch import IngestOptions, Settings
+    from clipsearch.ingest import ingest
+
+
+    def main():
+        settings = Settings.resolve(index={index!r}, model={model!r}, device="cpu")
+        print(ingest({photos!r}, settings=settings, options=IngestOptions(workers=2, quiet=True)).line())
+
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_an_unguarded_script_is_warned_while_its_folder_is_still_small(tmp_path, tiny_model_dir):
+    """Below two batches ingest decodes in its own process and the script works: the
+    mistake is said now, with its line, not on the day the folder grows."""
+    photos = tmp_path / "photos"
+    draw_collection(photos, 3)
+    unguarded, guarded = tmp_path / "app.py", tmp_path / "guarded.py"
+    fields = {"index": str(tmp_path / "index"), "model": str(tiny_model_dir), "photos": str(photos)}
+    unguarded.write_text(SCRIPT.format(**fields))
+    guarded.write_text(GUARDED.format(**{**fields, "index": str(tmp_path / "index2")}))
+
+    done = run_script(unguarded, timeout=180)
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "warning: ingest() is called at the top level" in line]
+    assert len(warning) == 1 and f"{unguarded}, line 6:" in warning[0], done.stderr
+    assert 'if __name__ == "__main__":' in warning[0]
+
+    done = run_script(guarded, timeout=180)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
