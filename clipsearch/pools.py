@@ -23,6 +23,7 @@ import multiprocessing
 import multiprocessing.resource_tracker
 import os
 import signal
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, NoReturn
@@ -231,7 +232,7 @@ class TaskPool:
 
         number, self.tasks = self.tasks, self.tasks + 1
         try:
-            with _sighup_blocked():  # the executor starts its processes as tasks come
+            with _sighup_blocked(), _stops_deferred():  # the executor starts its processes as tasks come
                 return number, self._executor.submit(_run_task, function, argument, number)
         except BrokenProcessPool as exc:
             future: Future = Future()
@@ -364,6 +365,38 @@ def in_order(tasks: Iterable[tuple[Any, Callable[[Any], Any], Any]], workers: in
     finally:
         if pool is not None:
             pool.close()
+
+
+# The signals the CLI turns into an exception in the main thread (cli.py).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _stops_deferred:
+    """Ctrl-C, SIGTERM and SIGHUP held meanwhile, and raised once it is over. The
+    executor's submit takes the locks of queues its manager thread shares: an exception
+    raised by a signal handler between one's acquire and its `with` block left it held,
+    and the manager thread, then the pool's shutdown, waited on it for ever (an ingest
+    stopped by SIGTERM never ended). Only the main thread runs signal handlers, so only
+    it defers them."""
+
+    def __enter__(self) -> None:
+        self._saved: dict = {}
+        self._caught: list[int] = []
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # a Python handler (KeyboardInterrupt, cli.py's): held
+                self._saved[signum] = signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self._caught.append(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        if self._caught:
+            signal.raise_signal(self._caught[0])  # now, outside those locks: its own handler runs
 
 
 class _sighup_blocked:

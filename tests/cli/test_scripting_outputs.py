@@ -190,6 +190,18 @@ def test_ingest_json_says_it_was_not_stopped(tmp_path, tiny_model_dir):
 # -- an ingest stopped by a signal -----------------------------------------------------------
 
 
+def _ended(process: subprocess.Popen, lines: list[str], timeout: float = 120) -> int:
+    """The exit status of a command told to stop; one that hangs (its pool's shutdown
+    waiting on a lock) is killed with its group and fails the test, not the whole run.
+    Its summary is small: waiting before reading stdout cannot block it."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError("the stopped command hung; its stderr ends:\n" + "".join(lines[-20:])) from None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stopped_ingest_prints_its_partial_summary_as_json(tmp_path, tiny_model_dir, signum):
@@ -212,8 +224,8 @@ def test_a_stopped_ingest_prints_its_partial_summary_as_json(tmp_path, tiny_mode
         assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.05)
     process.send_signal(signum)
+    assert _ended(process, lines) == 128 + signum, "".join(lines)
     stdout = process.stdout.read()  # type: ignore[union-attr]
-    assert process.wait(timeout=120) == 128 + signum, "".join(lines)
     summary = json.loads(stdout)
     assert summary["stopped"] == signal.Signals(signum).name
     assert 8 <= summary["embedded"] < len(files), summary
@@ -247,8 +259,8 @@ def test_a_stopped_reindex_prints_its_partial_summary_as_json_and_resumes(tmp_pa
         assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
+    assert _ended(process, lines) == 128 + signal.SIGTERM, "".join(lines)
     stdout = process.stdout.read()  # type: ignore[union-attr]
-    assert process.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)
     summary = json.loads(stdout)
     assert summary["stopped"] == "SIGTERM" and summary["switched"] is False
     assert 8 <= summary["embedded"] < len(files), summary
