@@ -118,7 +118,8 @@ def test_a_full_disk_under_the_skip_report_stops_ingest_and_keeps_what_was_commi
     assert stopped.returncode == 1, stopped.stderr
     error = the_error(stopped)
     assert str(report) in error and NO_SPACE in error and "--report" in error, error
-    assert stopped.stdout == ""  # no summary of a run that did not finish
+    kept = json.loads(stopped.stdout)  # what the run kept, for a script, with the error's line
+    assert kept["error"] == error.removeprefix("Error: ") and kept["embedded"] == 4, kept
     lines = report.read_bytes().split(b"\n")
     assert lines[-1] == b""  # ends with a whole line: the one cut short was taken back
     rows = [json.loads(line) for line in lines[:-1]]
