@@ -706,6 +706,14 @@ class Ingestor:
         while self._writes:
             self._finish_write()
 
+    def _estimated_total(self) -> int | None:
+        """The count of image names (ImageCount), as this shard's share: the count is
+        every shard's files, `found` this shard's. None until it is done."""
+        total = self._count.total if self._count is not None else None
+        if total is not None and self.options.shard is not None:
+            total = round(total / self.options.shard[1])
+        return total
+
     def to_embed(self) -> int | None:
         """How many files this call embeds in all, for an ETA (None: not known yet):
         known once the walk is done; while it is under way, estimated from the count of
@@ -715,11 +723,9 @@ class Ingestor:
         settled = s.unchanged + s.skipped - s.unreadable_folders + s.moved + s.copied
         if self.walk_done:
             return s.found - settled
-        total = self._count.total if self._count is not None else None
+        total = self._estimated_total()
         if total is None or not s.found:
             return None
-        if self.options.shard is not None:  # the count is every shard's files; found, this shard's
-            total = round(total / self.options.shard[1])
         needing = s.found - settled
         return max(s.embedded, needing + round(max(0, total - s.found) * needing / s.found))
 
@@ -734,10 +740,8 @@ class Ingestor:
             self._rate_from = (time.monotonic(), s.embedded)  # the first batch in: the steady rate from here
         rate, eta = self.progress.rate_and_eta(s.embedded, self.to_embed(), since=self._rate_from)
         found = f"{s.found}" + ("" if self.walk_done else "+")  # + while still walking
-        estimated = self._count.total if self._count is not None and not self.walk_done else None
+        estimated = self._estimated_total() if not self.walk_done else None
         if estimated is not None:
-            if self.options.shard is not None:
-                estimated = round(estimated / self.options.shard[1])
             found += f" of ~{max(estimated, s.found)}"
         relinked = "".join(f", {name} {count}" for name, count in (("moved", s.moved), ("copied", s.copied)) if count)
         self.progress.update(

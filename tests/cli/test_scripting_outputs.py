@@ -190,6 +190,24 @@ def test_ingest_json_says_it_was_not_stopped(tmp_path, tiny_model_dir):
 # -- an ingest stopped by a signal -----------------------------------------------------------
 
 
+def _stopped_after_8(command: list[str], env: dict, signum: int) -> str:
+    """Run `command` (a writer with --json and a progress line) until it has embedded 8
+    images, send it `signum`, and return its stdout once it has ended with 128 + signum."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("found") and int(line.split("embedded ")[1].split(",")[0]) >= 8
+                  for line in list(lines)):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    process.send_signal(signum)
+    assert _ended(process, lines) == 128 + signum, "".join(lines)
+    return process.stdout.read()  # type: ignore[union-attr]
+
+
 def _ended(process: subprocess.Popen, lines: list[str], timeout: float = 120) -> int:
     """The exit status of a command told to stop; one that hangs (its pool's shutdown
     waiting on a lock) is killed with its group and fails the test, not the whole run.
@@ -212,20 +230,8 @@ def test_a_stopped_ingest_prints_its_partial_summary_as_json(tmp_path, tiny_mode
     env.update(CLIPSEARCH_MODEL=str(tiny_model_dir), CLIPSEARCH_CACHE_DIR=str(tmp_path / "cache"),
                CLIPSEARCH_PROGRESS_SECONDS="0.1", HF_HUB_OFFLINE="1")
     index = str(tmp_path / "index")
-    process = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index", index,
-                                "--json", "--batch-size", "4", "--workers", "1"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    deadline = time.monotonic() + 120
-    while not any(line.startswith("found") and int(line.split("embedded ")[1].split(",")[0]) >= 8
-                  for line in list(lines)):
-        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.05)
-    process.send_signal(signum)
-    assert _ended(process, lines) == 128 + signum, "".join(lines)
-    stdout = process.stdout.read()  # type: ignore[union-attr]
+    stdout = _stopped_after_8([sys.executable, "-m", "clipsearch.cli", "ingest", str(photos), "--index", index,
+                               "--json", "--batch-size", "4", "--workers", "1"], env, signum)
     summary = json.loads(stdout)
     assert summary["stopped"] == signal.Signals(signum).name
     assert 8 <= summary["embedded"] < len(files), summary
@@ -248,19 +254,7 @@ def test_a_stopped_reindex_prints_its_partial_summary_as_json_and_resumes(tmp_pa
     # int8 vectors are other vectors: the same model re-embeds every image
     reindex = [sys.executable, "-m", "clipsearch.cli", "reindex", "--model", str(tiny_model_dir), "--index", index,
                "--precision", "int8", "--json", "--batch-size", "4", "--workers", "1"]
-    process = subprocess.Popen(reindex, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    deadline = time.monotonic() + 120
-    while not any(line.startswith("found") and int(line.split("embedded ")[1].split(",")[0]) >= 8
-                  for line in list(lines)):
-        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    assert _ended(process, lines) == 128 + signal.SIGTERM, "".join(lines)
-    stdout = process.stdout.read()  # type: ignore[union-attr]
+    stdout = _stopped_after_8(reindex, env, signal.SIGTERM)
     summary = json.loads(stdout)
     assert summary["stopped"] == "SIGTERM" and summary["switched"] is False
     assert 8 <= summary["embedded"] < len(files), summary
