@@ -107,7 +107,8 @@ class Hits(BaseModel):
     dropped: list[str] = Field([], description="Liked or disliked ids left out: no longer in the index (deleted, "
                                              "or renamed or moved: an id is its path's).")
     note: str | None = Field(None, description="Why the answer is empty, where serve can tell: the index holds "
-                                               "nothing under the `in` folder.")
+                                               "nothing under the `in` folder, no photo has a camera word asked "
+                                               "for (with close ones), or none has a date or a GPS position.")
 
 
 # The photo filters, as `clipsearch search` takes them (search/filters.py parses both).
@@ -212,7 +213,7 @@ def hits_of(found, k: int, offset: int, started: float, dropped: Sequence[str] =
             note: str | None = None) -> JSONResponse:
     """The hits as sent: a finished response, which FastAPI passes on without
     validating it again against `Hits` (the schema it documents). `note`: why the
-    answer is empty (folder_note)."""
+    answer is empty (why_empty)."""
     answer = {"hits": [{**hit.to_dict(), **path_fields(hit.path), "score": round(hit.score, 6),
                         "rank": offset + i, "thumbnail": f"/api/images/{hit.id}/thumbnail",
                         "file": f"/api/images/{hit.id}/file"} for i, hit in enumerate(found, start=1)],
@@ -232,6 +233,19 @@ def folder_note(service: SearchService, folder: str | None, found: Sequence) -> 
     # ~ is the home of the user serve runs as, not the client's: say which folder it was.
     read_as = f" ({one_line(expanded)})" if folder.strip().startswith("~") and expanded else ""
     return f"in={one_line(folder)}{read_as}: nothing is indexed under this folder"
+
+
+def why_empty(service: SearchService, folder: str | None, where, found: Sequence) -> str | None:
+    """The note on an empty answer: the folder's (folder_note), else the photo filters'
+    where the index can tell cheaply (a camera word no photo has, with close ones; no
+    photo with a date or a position at all), as `clipsearch search` says it."""
+    note = folder_note(service, folder, found)
+    if note or found or where is None:
+        return note
+    from clipsearch.search.filters import empty_answer_note
+
+    said = empty_answer_note(service.index, where)
+    return said.removeprefix("clipsearch: ") if said else None
 
 
 def image_facts(point: str, payload: dict) -> dict:
@@ -494,21 +508,23 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                    after: AFTER = None, before: BEFORE = None, camera: CAMERA = None,
                    near: NEAR = None) -> JSONResponse:
         started = time.perf_counter()
+        where = photo_filter(after, before, camera, near)
         found = service.search(SearchQuery(query=q, add=add, subtract=subtract, k=k, offset=offset, under=folder,
-                                           min_score=min_score, where=photo_filter(after, before, camera, near)))
-        return hits_of(found.hits, k, offset, started, note=folder_note(service, folder, found.hits))
+                                           min_score=min_score, where=where))
+        return hits_of(found.hits, k, offset, started, note=why_empty(service, folder, where, found.hits))
 
     @app.post("/api/search", response_model=Hits, responses=ERRORS)
     def search_post(body: Annotated[SearchBody, Body()]) -> JSONResponse:
         started = time.perf_counter()
+        where = photo_filter(body.after, body.before, body.camera, body.near)
         found = service.search(SearchQuery(
             query=body.query, add=body.add, subtract=body.subtract,
             image_ids=[str(body.image_id)] if body.image_id else [],
             liked=[str(i) for i in body.liked], disliked=[str(i) for i in body.disliked],
             k=body.k, offset=body.offset, under=body.folder, min_score=body.min_score,
-            where=photo_filter(body.after, body.before, body.camera, body.near)))
+            where=where))
         return hits_of(found.hits, body.k, body.offset, started, found.dropped,
-                       note=folder_note(service, body.folder, found.hits))
+                       note=why_empty(service, body.folder, where, found.hits))
 
     @app.post("/api/search/image", response_model=Hits, responses=ERRORS)
     def search_upload(file: Annotated[UploadFile, File(description="The query image.")],
@@ -529,16 +545,16 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                                  "(--upload-megabytes / CLIPSEARCH_UPLOAD_MEGABYTES)")
         image = uploads.decode(data, service.encoder.image_size)
         found = service.by_image(image, k=k, offset=offset, under=folder, min_score=min_score, where=where)
-        return hits_of(found, k, offset, started, note=folder_note(service, folder, found))
+        return hits_of(found, k, offset, started, note=why_empty(service, folder, where, found))
 
     @app.get("/api/images/{point}/similar", response_model=Hits, responses=ERRORS)
     def similar(point: POINT, k: K = 20, offset: OFFSET = 0, folder: FOLDER = None,
                 min_score: MIN_SCORE = None, after: AFTER = None, before: BEFORE = None, camera: CAMERA = None,
                 near: NEAR = None) -> JSONResponse:
         started = time.perf_counter()
-        found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score,
-                                where=photo_filter(after, before, camera, near))
-        return hits_of(found, k, offset, started, note=folder_note(service, folder, found))
+        where = photo_filter(after, before, camera, near)
+        found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score, where=where)
+        return hits_of(found, k, offset, started, note=why_empty(service, folder, where, found))
 
     # -- images --------------------------------------------------------------------------
     def open_checked(point: str) -> tuple[dict, int]:

@@ -16,12 +16,25 @@ const UNREACHABLE_NOW = "The server is not answering; try again in a moment.";
 const ABSOLUTE = /^(\/|[A-Za-z]:[\\/]|\\\\)/;  // a folder in full: /home/…, C:\…, \\server\…
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const $ = (id) => document.getElementById(id);
+// The photo filters (the API's after, before, camera and near), each with its box's label.
+const FILTERS = { after: "Taken from", before: "Taken before", camera: "Camera", near: "Near" };
+// A photo searched with is sent no larger than this on its long side (CLIP sees 224 px):
+// a phone's 12 MB photo is sent as a few hundred KB, again for each page.
+const PHOTO_SIDE = 1024;
 
-// What the grid shows: a text search (query) or the images like one image (similarId),
-// refined by likes and dislikes; `offset` pages through it. All of it but similarPath (a
-// label, kept in the history entry) is in the address, so that a reload, a shared link
-// and Back show the same results. The query words stay through "more like this".
-const state = { query: "", folder: "", similarId: null, similarPath: "", liked: new Set(), disliked: new Set(), offset: 0 };
+// What the grid shows: a text search (query), the images like one indexed image
+// (similarId) or like a photo from this device (photo: a File), refined by likes and
+// dislikes, and by the photo filters; `offset` pages through it. All of it but
+// similarPath (a label, kept in the history entry) and the photo itself is in the
+// address, so that a reload, a shared link and Back show the same results. The photo
+// is kept in this page's memory only (photos, by the key in its history entry): the
+// address names it, and a reload asks for it again. The query words stay through
+// "more like this".
+const state = {
+  query: "", folder: "", similarId: null, similarPath: "", photo: null, photoKey: null, photoName: "",
+  liked: new Set(), disliked: new Set(), offset: 0, after: "", before: "", camera: "", near: "",
+};
+const photos = new Map();  // photoKey -> { file, sent, preview }: the photos searched with since the page loaded
 let current = [];  // the hits on screen
 let shown = null;  // the hit in the viewer
 let generation = 0;  // answers to superseded requests are dropped
@@ -33,8 +46,10 @@ class ApiError extends Error {
   }
 }
 
+// body: nothing (GET), FormData (a photo, sent as multipart) or JSON.
 async function api(path, body) {
-  const init = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const init = body === undefined ? {} : body instanceof FormData ? { method: "POST", body }
+    : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
   let response;
   try {
     response = await fetch(path, { credentials: "same-origin", ...init });
@@ -73,6 +88,7 @@ async function whyNot(url) {
 // `mild`: a hint about what was typed (an empty search), not something gone wrong.
 function showError(message, mild = false) {
   $("error").textContent = visible(message);
+  $("error").title = "";
   $("error").hidden = !message;
   $("error").classList.toggle("mild", mild);
 }
@@ -103,9 +119,40 @@ function address() {
   if (state.similarId) params.set("like", state.similarId);
   if (state.folder) params.set("in", state.folder);
   if (state.liked.size) params.set("liked", [...state.liked].join(","));
+  if (state.photoKey) params.set("photo", state.photoName || "photo");
   if (state.disliked.size) params.set("disliked", [...state.disliked].join(","));
+  for (const name of Object.keys(FILTERS)) if (state[name]) params.set(name, state[name]);
   if (state.offset) params.set("offset", state.offset);
   return params.toString();
+}
+
+// The filters asked for, as the API takes them (names it leaves out: none given).
+function filterValues() {
+  return Object.fromEntries(Object.keys(FILTERS).filter((name) => state[name]).map((name) => [name, state[name]]));
+}
+
+// The filter boxes as typed, trimmed.
+function typedFilters() {
+  return Object.fromEntries(Object.keys(FILTERS).map((name) => [name, $(name).value.trim()]));
+}
+
+// The filters in the summary: "taken from 2023 · camera “canon”".
+function filtersText() {
+  const said = { after: (v) => `taken from ${v}`, before: (v) => `taken before ${v}`, camera: (v) => `camera “${v}”`,
+    near: (v) => `near ${v} (lat,lon,km)` };
+  return Object.entries(filterValues()).map(([name, value]) => said[name](value)).join(" · ");
+}
+
+// The boxes show the filters in force; the Filters disclosure is open and counts them
+// while any is.
+function showFilters() {
+  for (const name of Object.keys(FILTERS)) {
+    $(name).value = state[name];
+    $(name).removeAttribute("aria-invalid");
+  }
+  const count = Object.keys(filterValues()).length;
+  $("filters-summary").textContent = count ? `Filters (${count})` : "Filters";
+  if (count) $("filters").open = true;
 }
 
 // The search in the address bar: a new history entry for a new search, page or "more
@@ -116,7 +163,7 @@ function address() {
 function remember(push) {
   const search = address();
   const url = search ? `?${search}` : location.pathname;
-  const entry = { similarPath: state.similarPath };
+  const entry = { similarPath: state.similarPath, photoKey: state.photoKey };
   if ($("viewer").open && viewing()) entry.viewer = viewing();
   if (push && search !== location.search.slice(1) && !viewing()) history.pushState(entry, "", url);
   else history.replaceState(entry, "", url);
@@ -132,16 +179,20 @@ function restore() {
   const params = new URLSearchParams(location.search);
   const ids = (key) => (params.get(key) || "").split(",").filter((id) => UUID.test(id));
   const offset = Math.max(0, parseInt(params.get("offset"), 10) || 0);
+  const photoKey = params.has("photo") ? (history.state && history.state.photoKey) || "gone" : null;
   Object.assign(state, {
     query: params.get("q") || "", folder: params.get("in") || "", similarId: params.get("like") || null,
     similarPath: (history.state && history.state.similarPath) || "", offset: offset - (offset % K),
+    photoKey, photo: photoKey && photos.has(photoKey) ? photos.get(photoKey) : null, photoName: params.get("photo") || "",
   });
+  for (const name of Object.keys(FILTERS)) state[name] = (params.get(name) || "").trim();
   state.liked.clear();
   state.disliked.clear();
   ids("liked").forEach((id) => state.liked.add(id));
   ids("disliked").filter((id) => !state.liked.has(id)).forEach((id) => state.disliked.add(id));
   $("query").value = state.query;
   $("folder").value = state.folder;
+  showFilters();
 }
 
 // -- searching ----------------------------------------------------------------------
@@ -151,15 +202,43 @@ function restore() {
 function request() {
   const refined = state.liked.size > 0 || state.disliked.size > 0;
   const folder = state.folder.trim() || null;
+  if (state.photoKey) {
+    const form = new FormData();
+    form.append("file", state.photo.sent, state.photoName || "photo");
+    const fields = { k: K + 1, offset: state.offset, ...filterValues() };
+    if (folder) fields.in = folder;
+    for (const [name, value] of Object.entries(fields)) form.append(name, value);
+    return ["/api/search/image", form];
+  }
   if (state.similarId && !refined) {
-    const params = new URLSearchParams({ k: K + 1, offset: state.offset });
+    const params = new URLSearchParams({ k: K + 1, offset: state.offset, ...filterValues() });
     if (folder) params.set("in", folder);
     return [`/api/images/${encodeURIComponent(state.similarId)}/similar?${params}`, undefined];
   }
   return ["/api/search", {
     query: state.similarId ? null : state.query, image_id: state.similarId, liked: [...state.liked],
-    disliked: [...state.disliked], in: folder, k: K + 1, offset: state.offset,
+    disliked: [...state.disliked], in: folder, k: K + 1, offset: state.offset, ...filterValues(),
   }];
+}
+
+// The API's word on a bad filter ("after= '2023-13' is not a date: ..."), as the page's
+// boxes name it; the box is marked and the filters shown. Other errors: as they are.
+function filterProblem(message) {
+  const match = /^(after|before|camera|near)= (.*)$/s.exec(message);
+  if (!match) return "";
+  $(match[1]).setAttribute("aria-invalid", "true");
+  $("filters").open = true;
+  const named = match[2].replace(/^'(.*?)'/, "“$1”").replace(/\b(after|before|camera|near)= /g, (_, name) => `“${FILTERS[name]}” `);
+  return `The “${FILTERS[match[1]]}” box: ${named}`;
+}
+
+// Why a photo could not be searched with, in words for people (the server's own in the
+// error's tooltip).
+function photoProblem(error) {
+  if (error.status === 413) return "This photo is too large to search with.";
+  if (error.status === 415) return "This file is not a photo the server can read.";
+  if (error.status === 503) return "The server is busy with other photos; try again in a moment.";
+  return "";
 }
 
 // Asks for what `state` says and shows it; `after` runs once it is shown.
@@ -171,7 +250,12 @@ async function run(after) {
     render(null);
     return;
   }
-  if (!state.similarId && !state.query.trim()) {
+  if (state.photoKey && !state.photo) {
+    showError(`This search used a photo (${state.photoName}) that the page no longer holds: a reload forgets it. Choose it again with “Search with a photo”.`, true);
+    render(null);
+    return;
+  }
+  if (!state.photoKey && !state.similarId && !state.query.trim()) {
     showError("");
     render(null);
     return;
@@ -205,8 +289,10 @@ async function run(after) {
       return;
     }
     // More like this: the one image is the query, so a 404 is that image gone.
-    const gone = state.similarId && error.status === 404;
-    showError(gone ? "The image you asked for more like is no longer in the index (deleted, moved or renamed since it was shown): search again." : error.message);
+    const gone = state.similarId && !state.photoKey && error.status === 404;
+    const worded = (error.status === 400 && filterProblem(error.message)) || (state.photoKey && photoProblem(error));
+    showError(gone ? "The image you asked for more like is no longer in the index (deleted, moved or renamed since it was shown): search again." : worded || error.message);
+    $("error").title = worded ? visible(error.message) : "";
     render(null);
   } finally {
     if (mine === generation) $("results").removeAttribute("aria-busy");
@@ -242,12 +328,16 @@ function forgetGone(dropped) {
 }
 
 // The server's note on an empty answer (nothing indexed under the Folder box's folder:
-// a typo, or a folder never added), in words for people; the API's own in a tooltip.
+// a typo, or a folder never added; a camera word no photo has), in words for people;
+// the API's own in a tooltip.
 function emptyFolder(data) {
   $("note").title = data.note ? visible(data.note) : "";
   if (!data.note) return "";
   const folder = state.folder.trim();
-  if (!folder) return visible(data.note);
+  if (!folder || !data.note.startsWith("in=")) {
+    const note = visible(data.note).replace(/'([^']*)'/g, "“$1”");
+    return `${note.charAt(0).toUpperCase()}${note.slice(1)}.`;
+  }
   return `There are no photos under the folder “${visible(folder)}”. Check its spelling (capital letters count), or empty the Folder box to search everywhere.`;
 }
 
@@ -273,7 +363,12 @@ function render(data) {
   current = hits;
   unloaded.clear();
   $("results").replaceChildren(...hits.map(tile));
-  const what = visible(state.similarId ? `images like ${state.similarPath ? fileName(state.similarPath) : "the chosen image"}` : `“${state.query}”`);
+  const like = state.photoKey ? `your photo ${state.photoName}` : state.similarPath ? fileName(state.similarPath) : "the chosen image";
+  const filters = filtersText();
+  const what = visible((state.photoKey || state.similarId ? `images like ${like}` : `“${state.query}”`) + (filters ? ` · ${filters}` : ""));
+  const preview = state.photo && data ? state.photo.preview : "";
+  if ($("photo-preview").getAttribute("src") !== preview) $("photo-preview").src = preview;
+  $("photo-preview").hidden = !preview;
   if (!data) {
     $("summary").textContent = "";
     $("note").hidden = true;
@@ -335,6 +430,8 @@ function tile(hit) {
   node.querySelector(".rank").textContent = `#${hit.rank}`;
   node.querySelector(".score").textContent = hit.score.toFixed(3);
   caption(node.querySelector(".path"), visible(hit.path));
+  // A photo from this device is no point of the index to refine around: no marks.
+  node.querySelector(".marks").hidden = Boolean(state.photoKey);
   for (const [cls, mine, other, verb] of [["like", state.liked, state.disliked, "More"], ["dislike", state.disliked, state.liked, "Fewer"]]) {
     const button = node.querySelector(`.${cls}`);
     button.setAttribute("aria-pressed", String(mine.has(hit.id)));
@@ -419,17 +516,65 @@ function probeLater() {
 }
 
 function newSearch(query, folder) {
-  Object.assign(state, { query, folder, similarId: null, similarPath: "", offset: 0 });
+  Object.assign(state, { query, folder, similarId: null, similarPath: "", photo: null, photoKey: null, photoName: "", offset: 0 }, typedFilters());
   state.liked.clear();
   state.disliked.clear();
+  showFilters();
   navigate();
 }
 
+// The search on screen again with the Folder and filter boxes as typed: a search by an
+// image (indexed or a photo) asked with no words.
+function filterAgain(folder) {
+  Object.assign(state, { folder, offset: 0 }, typedFilters());
+  showFilters();
+  navigate(focusHeading);
+}
+
 function moreLike(hit) {
-  Object.assign(state, { similarId: hit.id, similarPath: hit.path, offset: 0 });
+  Object.assign(state, { similarId: hit.id, similarPath: hit.path, photo: null, photoKey: null, photoName: "", offset: 0 });
   state.liked.clear();
   state.disliked.clear();
   navigate(focusHeading);
+}
+
+// A photo from this device as the query (chosen or dropped on the page), with the
+// Folder and filter boxes as typed. Sent as the browser can shrink it (PHOTO_SIDE), or
+// as it is where the browser cannot read it (the server may).
+async function searchWithPhoto(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(`“${visible(file.name)}” is not a photo: choose an image file.`);
+    return;
+  }
+  const problem = folderProblem($("folder").value);
+  if (problem) {
+    showError(problem);
+    return;
+  }
+  const key = String(photos.size + 1);
+  photos.set(key, { file, sent: await shrunk(file), preview: URL.createObjectURL(file) });
+  closeViewer(true);
+  Object.assign(state, { similarId: null, similarPath: "", photo: photos.get(key), photoKey: key, photoName: file.name || "photo",
+    folder: $("folder").value, offset: 0 }, typedFilters());
+  state.liked.clear();
+  state.disliked.clear();
+  showFilters();
+  navigate(focusHeading);
+}
+
+async function shrunk(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = PHOTO_SIDE / Math.max(bitmap.width, bitmap.height);
+    if (scale >= 1) { bitmap.close(); return file; }
+    const canvas = new OffscreenCanvas(Math.round(bitmap.width * scale), Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    return await canvas.convertToBlob({ type: "image/jpeg", quality: 0.92 });
+  } catch {
+    return file;  // a format this browser does not decode (HEIC on most): the server reads it
+  }
 }
 
 function page(step) {
@@ -457,7 +602,9 @@ function openViewer(hit) {
   $("viewer-image").alt = visible(fileName(hit.path));
   $("viewer-path").textContent = visible(hit.path);
   const size = hit.width && hit.height ? `${hit.width} × ${hit.height} · ` : "";
-  $("viewer-facts").textContent = `${size}#${hit.rank} · score ${hit.score.toFixed(3)}`;
+  const taken = hit.taken ? `taken ${hit.taken.replace("T", " ").slice(0, 16)} · ` : "";
+  const camera = hit.camera ? `${visible(hit.camera)} · ` : "";
+  $("viewer-facts").textContent = `${size}${taken}${camera}#${hit.rank} · score ${hit.score.toFixed(3)}`;
   $("viewer-original").href = hit.file;
   $("viewer-download").href = hit.file;  // saved under the name the server gives it (Content-Disposition)
   const at = current.indexOf(hit);
@@ -614,15 +761,45 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     // Nothing to search for, or a folder the server cannot take: said at once, the results
-    // and the address kept.
-    const problem = !$("query").value.trim() ? "Type what you are looking for, e.g. “a dog on a beach”."
+    // and the address kept. No words while images like one are shown: the same images,
+    // with the Folder and filter boxes as they are now.
+    const byImage = !$("query").value.trim() && Boolean(state.photoKey || state.similarId);
+    const problem = !$("query").value.trim() && !byImage ? "Type what you are looking for, e.g. “a dog on a beach”."
       : folderProblem($("folder").value);
     if (problem) {
       showError(problem, !$("query").value.trim());
       return;
     }
     closeViewer(true);
-    newSearch($("query").value, $("folder").value);
+    if (byImage) filterAgain($("folder").value);
+    else newSearch($("query").value, $("folder").value);
+  });
+  $("photo-button").addEventListener("click", () => $("photo-file").click());
+  $("photo-file").addEventListener("change", () => {
+    const file = $("photo-file").files[0];
+    $("photo-file").value = "";  // the same photo chosen again is a change again
+    searchWithPhoto(file);
+  });
+  $("clear-filters").addEventListener("click", () => {
+    for (const name of Object.keys(FILTERS)) $(name).value = "";
+    if (!Object.keys(filterValues()).length) return;
+    Object.assign(state, typedFilters(), { offset: 0 });
+    showFilters();
+    navigate();
+  });
+  // A photo dropped anywhere on the page is searched with.
+  const files = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+  document.addEventListener("dragover", (event) => {
+    if (!files(event)) return;
+    event.preventDefault();
+    document.body.classList.add("dropping");
+  });
+  document.addEventListener("dragleave", (event) => { if (!event.relatedTarget) document.body.classList.remove("dropping"); });
+  document.addEventListener("drop", (event) => {
+    document.body.classList.remove("dropping");
+    if (!files(event)) return;
+    event.preventDefault();
+    searchWithPhoto(event.dataTransfer.files[0]);
   });
   $("prev").addEventListener("click", () => page(-1));
   $("next").addEventListener("click", () => page(1));

@@ -107,6 +107,26 @@ def test_likes_similar_and_uploads_take_the_filters(client, served):
                                                    "in": str(photos / "home")})) == {"old.jpg", "r5.jpg"}
 
 
+def test_an_empty_filtered_answer_says_why_on_every_search(client, served):
+    """The note `clipsearch search` prints for a camera word no photo has (with close
+    words), on every kind of search; none where the filters found something."""
+    _, photos, _, _ = served
+    said = "no photo in the index has the camera word 'canonn'; close: canon"
+    text = client.get("/api/search", params={"q": "a photo", "camera": "canonn"}).json()
+    assert text["hits"] == [] and text["note"] == said
+    assert client.post("/api/search", json={"query": "a photo", "camera": "canonn"}).json()["note"] == said
+    paris = id_of(client, "paris.jpg")
+    assert client.get(f"/api/images/{paris}/similar", params={"camera": "canonn"}).json()["note"] == said
+    with open(photos / "trip/lyon.jpg", "rb") as handle:
+        upload = client.post("/api/search/image", files={"file": ("q.jpg", handle, "image/jpeg")},
+                             data={"camera": "canonn"})
+    assert upload.json()["note"] == said
+    # Each filter is met by some photo, only not together: nothing to point at.
+    both = client.get("/api/search", params={"q": "a photo", "camera": "nikon", "before": "2020"}).json()
+    assert both["hits"] == [] and "note" not in both
+    assert "note" not in client.get("/api/search", params={"q": "a photo", "camera": "canon"}).json()
+
+
 def test_an_images_facts_say_all_its_hit_says(client):
     """GET /api/images/{id}: when, with what and where, as the hit has them."""
     for hit in client.get("/api/search", params={"q": "a photo", "k": 10}).json()["hits"]:
