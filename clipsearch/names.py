@@ -58,11 +58,12 @@ def stored(path: str) -> str:
     return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", path)
 
 
-def path_fields(path: str) -> dict:
-    """The payload fields that name a file: `path`, plus its bytes where it is not text."""
+def path_fields(path: str, key: str = "path") -> dict:
+    """The payload (or JSON) fields that name a file: `path` (or `key`), plus its bytes,
+    base64, as `path_bytes` (`KEY_bytes`) where it is not text."""
     if is_text(path):
-        return {"path": path}
-    return {"path": stored(path), PATH_BYTES: base64.b64encode(name_bytes(path)).decode("ascii")}
+        return {key: path}
+    return {key: stored(path), f"{key}_bytes": base64.b64encode(name_bytes(path)).decode("ascii")}
 
 
 def path_of(payload: dict) -> str:

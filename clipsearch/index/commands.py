@@ -13,7 +13,7 @@ import click
 
 from ..config import refuse_host_port, valid_collection_name
 from ..errors import ClipsearchError, UsageError
-from ..names import printable, shown
+from ..names import path_fields, printable, shown
 from ..options import index_options, layout_options, quiet_option, server_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,12 +166,23 @@ def status_json(facts: dict) -> dict:
     from ..config import PRECISIONS
 
     shaped = {key: facts.get(key) for key in STATUS_KEYS}
-    shaped["versions"] = facts.get("versions") or []
+    shaped["versions"] = [_model_named(version) for version in facts.get("versions") or []]
     if facts.get("backend") == "server" and facts.get("exists"):  # said only when paused
         shaped["indexing_paused"] = bool(facts.get("indexing_paused"))
     if isinstance(shaped["model"], dict):
         shaped["model"] = {**shaped["model"], "precision": shaped["model"].get("precision") or PRECISIONS[0]}
-    return {**shaped, **{key: value for key, value in facts.items() if key not in shaped}}
+        if isinstance(shaped["model"].get("name"), str):  # a model folder's name may be bytes
+            shaped["model"].update(path_fields(shaped["model"]["name"], "name"))
+    # JSON holds text: a name that is not UTF-8 as `stored` shows it, its bytes beside (names.py).
+    located = path_fields(shaped["location"], "location") if isinstance(shaped["location"], str) else {}
+    return {**shaped, **located, **{key: value for key, value in facts.items() if key not in shaped}}
+
+
+def _model_named(version: object) -> object:
+    """A version's facts, its model folder's name as JSON holds one that is not text."""
+    if isinstance(version, dict) and isinstance(version.get("model"), str):
+        return {**version, **path_fields(version["model"], "model")}
+    return version
 
 
 def format_status(facts: dict) -> str:
@@ -436,7 +447,7 @@ def run_check(settings, as_json: bool) -> None:
     where = f"collection {settings.collection!r} at {shown(settings.index)}"
     if as_json:
         # `location`, as `status --json` names the index.
-        click.echo(json.dumps({"location": settings.index, "collection": settings.collection,
+        click.echo(json.dumps({**path_fields(settings.index, "location"), "collection": settings.collection,
                                "healthy": not problems, "findings": [asdict(f) for f in findings]}))
     else:
         for finding in findings:

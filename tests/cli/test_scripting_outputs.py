@@ -167,12 +167,17 @@ def test_status_check_quotes_an_index_path_that_is_not_utf8_as_status_does(libra
 
 
 def test_status_json_has_every_key_and_names_the_index_as_status_check_does(library, tmp_path):
-    facts = json.loads(invoke(library, "status", "--json").stdout)
-    assert list(facts) == list(STATUS_KEYS)
+    printed = invoke(library, "status", "--json").stdout
+    facts = json.loads(printed)
+    # The index's name is not UTF-8: JSON has it as text and its bytes beside, as a hit's path.
+    assert list(facts) == [*STATUS_KEYS, "location_bytes"]
+    assert "\\udc" not in printed and facts["location"].endswith("idx\\xffb")
+    assert base64.b64decode(facts["location_bytes"]) == os.fsencode(library["settings"].index)
     assert facts["model"]["precision"] == "fp32" and facts["versions"] == [] and facts["layout"] is None
     checked = json.loads(invoke(library, "status", "--check", "--json").stdout)
-    assert set(checked) == {"location", "collection", "healthy", "findings"}
-    assert checked["location"] == facts["location"] and checked["healthy"] is True
+    assert set(checked) == {"location", "location_bytes", "collection", "healthy", "findings"}
+    assert checked["location"] == facts["location"] and checked["location_bytes"] == facts["location_bytes"]
+    assert checked["healthy"] is True
     missing = CliRunner().invoke(cli, ["status", "--json", "--index", str(tmp_path / "none")])
     assert list(json.loads(missing.stdout)) == list(STATUS_KEYS)
 
