@@ -6,6 +6,8 @@ server when QDRANT_URL is set.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,35 @@ def images(tmp_path) -> list[Path]:
 @pytest.fixture(params=BACKENDS)
 def backend_settings(request, tmp_path, tiny_model_dir) -> Settings:
     return settings_for(request.param, tmp_path, tiny_model_dir)
+
+
+@pytest.fixture
+def tmpfs():
+    """mount(path) / unmount(path): a tmpfs over a folder (made if missing), the tests'
+    stand-in for a share or a drive; skipped where mounting is not allowed (it needs
+    root). Whatever is still mounted at the end is unmounted, the last mount first (a
+    test may mount the same folder twice, or unmount it itself)."""
+    mounted: list[Path] = []
+
+    class Mounts:
+        @staticmethod
+        def mount(path: Path) -> Path:
+            path.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+            mounted.append(path)
+            return path
+
+        @staticmethod
+        def unmount(path: Path) -> None:
+            subprocess.run(["umount", str(path)], check=True)
+            mounted.remove(path)
+
+    try:
+        yield Mounts
+    finally:
+        for path in reversed(mounted):
+            if os.path.ismount(path) and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=True)

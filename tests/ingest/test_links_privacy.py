@@ -251,39 +251,6 @@ def test_a_reindex_keeps_how_a_file_was_reached(library, tmp_path, tiny_model_di
         assert paths_in(index) == {real(photos / "beach.png")}
 
 
-@pytest.fixture
-def tmpfs():
-    """mount(path): a tmpfs mounted on `path` (made), the test's stand-in for a share;
-    unmount(path) takes it away (a share not mounted now). Whatever is left mounted is
-    unmounted at the end."""
-    import subprocess
-
-    mounted: list[Path] = []
-
-    class Mounts:
-        @staticmethod
-        def mount(path: Path) -> Path:
-            path.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-            mounted.append(path)
-            return path
-
-        @staticmethod
-        def unmount(path: Path) -> None:
-            subprocess.run(["umount", str(path)], check=True)
-            mounted.remove(path)
-
-    try:
-        yield Mounts
-    finally:
-        for path in mounted:
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 def vias(index) -> dict[str, tuple[bool | None, set[str]]]:
     """path -> (direct, via) of every point."""
     return {r.payload["path"]: (r.payload.get("direct"), set(r.payload.get("via", ()))) for r in index.scroll()}

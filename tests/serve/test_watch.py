@@ -223,40 +223,19 @@ def test_a_factory_and_a_failing_batch_do_not_stop_it(photos, encoder, index):
         watcher.stop(timeout=TIMEOUT)
 
 
-@pytest.fixture
-def mount_tmpfs():
-    """Mount a tmpfs over a folder (the test's stand-in for a share mounted while serve
-    runs): no event tells the watcher of it or of what is written on it. The folder
-    must exist before the watcher starts (its creation is an event)."""
-    mounted = []
-
-    def mount(path):
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in mounted:
-        if os.path.ismount(path) and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def test_a_timed_walk_finds_files_no_event_reported(photos, index, watch, mount_tmpfs):
+def test_a_timed_walk_finds_files_no_event_reported(photos, index, watch, tmpfs):
     (photos / "share").mkdir()
     watcher = watch(rescan_every=1.0)
-    share = mount_tmpfs(photos / "share")
+    share = tmpfs.mount(photos / "share")
     hidden = [draw_image(share / f"s{i}.png", colour, "square") for i, colour in enumerate(["green", "blue"])]
     settle(watcher, lambda: {real(p) for p in hidden} <= paths_in(index))
     assert watcher.state()["rescans"] >= 1 and index.count() == 6
 
 
-def test_a_walk_watches_a_mounted_share_anew(photos, index, watch, mount_tmpfs):
+def test_a_walk_watches_a_mounted_share_anew(photos, index, watch, tmpfs):
     (photos / "share").mkdir()
     watcher = watch()  # no timed walks: only the one asked for (as lost events ask)
-    share = mount_tmpfs(photos / "share")
+    share = tmpfs.mount(photos / "share")
     first = draw_image(share / "first.png", "green", "square")
     time.sleep(2.0)
     settle(watcher)
@@ -365,9 +344,9 @@ def test_the_inotify_watch_limit_is_one_line_and_a_walk_watches_once_it_is_raise
 
 
 def test_allow_missing_is_for_the_first_scan_and_a_later_walk_keeps_an_unmounted_share(photos, index, watch,
-                                                                                       mount_tmpfs):
+                                                                                       tmpfs):
     (photos / "share").mkdir()
-    share = mount_tmpfs(photos / "share")  # mounted before serve starts, its photos indexed by the first scan
+    share = tmpfs.mount(photos / "share")  # mounted before serve starts, its photos indexed by the first scan
     on_share = [draw_image(share / f"s{i}.png", colour, "square") for i, colour in enumerate(["green", "blue"])]
     watcher = watch(prune=True, allow_missing=True)
     assert index.count() == 6
@@ -424,10 +403,10 @@ def test_a_watched_folder_swapped_by_renames_is_followed(tmp_path, encoder, inde
 
 
 def test_a_share_unmounted_and_mounted_again_on_the_watched_folder_is_followed(tmp_path, encoder, index,
-                                                                                mount_tmpfs, stop_at_end):
+                                                                                tmpfs, stop_at_end):
     share = tmp_path / "share"
     share.mkdir()
-    mount_tmpfs(share)
+    tmpfs.mount(share)
     first = draw_image(share / "first.png", "green", "square")
     watcher = FolderWatcher([str(share)], Ingestor(encoder, index, IngestOptions(workers=0, quiet=True)),
                             debounce=0.3).start()
@@ -436,7 +415,7 @@ def test_a_share_unmounted_and_mounted_again_on_the_watched_folder_is_followed(t
     subprocess.run(["umount", str(share)], check=True)  # no event: the folder's identity changes
     settle(watcher, lambda: watcher.state()["rescans"] >= 1)
     assert real(first) in paths_in(index)  # its photo kept while the share is away
-    mount_tmpfs(share)  # mounted again (empty here), then written to
+    tmpfs.mount(share)  # mounted again (empty here), then written to
     settle(watcher, lambda: watcher.state()["rescans"] >= 2)
     again = draw_image(share / "again.png", "blue", "circle")
     settle(watcher, lambda: real(again) in paths_in(index))
@@ -498,20 +477,14 @@ def test_a_folder_mostly_emptied_keeps_its_points(photos, index, watch, capfd):
     assert "not pruned: 12 of the 13 images under" in capfd.readouterr().err
 
 
-def test_a_drive_unmounted_under_a_watched_folder_keeps_its_points(photos, index, watch):
+def test_a_drive_unmounted_under_a_watched_folder_keeps_its_points(photos, index, watch, tmpfs):
     """An empty mount point on another file system than its photos were on: never pruned,
     however few they are."""
-    (photos / "card").mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(photos / "card")],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        card = [draw_image(photos / "card" / f"c{i}.png", colour) for i, colour in enumerate(["green", "blue"])]
-        watcher = watch(prune=True, debounce=0.5)
-        assert {real(p) for p in card} <= paths_in(index)
-    finally:
-        subprocess.run(["umount", str(photos / "card")], check=True)
+    tmpfs.mount(photos / "card")
+    card = [draw_image(photos / "card" / f"c{i}.png", colour) for i, colour in enumerate(["green", "blue"])]
+    watcher = watch(prune=True, debounce=0.5)
+    assert {real(p) for p in card} <= paths_in(index)
+    tmpfs.unmount(photos / "card")
     watcher.note(str(photos / "card"), is_directory=True)  # as an event naming the mount point would
     settle(watcher, lambda: watcher.batches >= 1)
     assert {real(p) for p in card} <= paths_in(index) and index.count() == 6

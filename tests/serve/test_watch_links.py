@@ -132,38 +132,6 @@ def test_what_another_link_still_reaches_stays(photos, private, index, watch):
     settle(watcher, lambda: letter not in paths_in(index))
 
 
-@pytest.fixture
-def tmpfs():
-    """mount(path) / unmount(path): a tmpfs as a share, unmounted at the end if still
-    mounted."""
-    import subprocess
-
-    mounted = []
-
-    class Mounts:
-        @staticmethod
-        def mount(path):
-            path.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-            mounted.append(path)
-            return path
-
-        @staticmethod
-        def unmount(path):
-            subprocess.run(["umount", str(path)], check=True)
-            mounted.remove(path)
-
-    try:
-        yield Mounts
-    finally:
-        for path in mounted:
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 def test_deleting_a_link_to_the_roots_parent_keeps_the_roots_images(tmp_path, encoder, index):
     """photos/2020 is watched; photos/2020/everything -> photos is met first by the
     walk, and leads to 2020/june again: its images are the root's own all the same."""
