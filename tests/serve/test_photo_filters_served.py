@@ -169,6 +169,10 @@ def test_the_thin_client_sends_the_filters(served, tiny_model_dir, monkeypatch):
                                           f"{LYON[0]},{LYON[1]},10", "-f", "paths"], catch_exceptions=False)
         assert upload.exit_code == 0, upload.output
         assert [os.path.basename(p) for p in upload.stdout.splitlines()] == ["lyon.jpg"]
+        # an empty answer's note, as the local search prints it
+        none = CliRunner().invoke(cli, ["search", "a photo", "--camera", "canonn"], catch_exceptions=False)
+        assert none.exit_code == 0 and none.stdout == ""
+        assert "no photo in the index has the camera word 'canonn'; close: canon" in none.stderr
         # a bad value is refused here, before any request, naming the flag
         bad = subprocess.run([sys.executable, "-m", "clipsearch.cli", "search", "x", "--after", "2023-13"],
                              env={**os.environ, "CLIPSEARCH_SERVER": server.url, "CLIPSEARCH_TOKEN": TOKEN},
