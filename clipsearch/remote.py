@@ -92,6 +92,23 @@ class ServeClient:
 
         return self._paged(page, k, offset)
 
+    def duplicates(self, similar: float | None = None, under: str | None = None, timeout: float | None = None) -> dict:
+        """GET /api/duplicates: the server's `clipsearch duplicates` over its index (its
+        JSON as serve/duplicates.py gives it). `timeout`: the near-duplicate pass takes
+        minutes on a large library, longer than a search's."""
+        from urllib.parse import urlencode
+
+        query = {name: value for name, value in (("similar", similar), ("in", under)) if value is not None}
+        waited, self.timeout = self.timeout, timeout or self.timeout
+        try:
+            answer = self._json("GET", "/api/duplicates" + (f"?{urlencode(query)}" if query else ""))
+        finally:
+            self.timeout = waited
+        if not isinstance(answer, dict) or not isinstance(answer.get("groups"), list):
+            raise ClipsearchError(f"{self.url}/api/duplicates holds no groups; is it clipsearch serve "
+                                  "(of this version or later)?")
+        return answer
+
     def _paged(self, page: Callable[[int, int], Any], k: int, offset: int) -> list[SearchHit]:
         """k hits from `offset` on, asked SERVE_MAX_K at a time (`page(count, skip)`:
         one request's answer); the server's note on the answer is told."""

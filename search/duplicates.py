@@ -76,6 +76,8 @@ class Duplicates:
     # (path, the path kept): one file reached twice (a hard link, a share mounted at two
     # places). Not a copy: deleting "the duplicate" could delete the photo itself.
     same_file: list[tuple[str, str]] = field(default_factory=list)
+    # Why the answer is empty where the run can tell (a server's: nothing indexed under --in).
+    note: str | None = None
 
 
 def check_threshold(threshold: float) -> None:

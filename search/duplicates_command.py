@@ -14,11 +14,12 @@ import click
 from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.hits import name_bytes_field
 from clipsearch.names import has_control, name_bytes, shown
-from clipsearch.options import format_option, index_options, quiet_option
+from clipsearch.options import format_option, index_options, quiet_option, server_options
 from clipsearch.output_files import check_output_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipsearch.progress import Progress
+    from clipsearch.remote import ServeClient
 
     from .duplicates import DuplicateGroup, Duplicates
 
@@ -38,7 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--gallery", type=click.Path(dir_okay=False), default=None, metavar="FILE.html",
               help="Also write an HTML page showing each group's images side by side.")
 @quiet_option
-def duplicates(settings, similar, under, fmt, gallery, quiet):
+@server_options(
+    "Ask a running `clipsearch serve` (http://host:8765) to find them in the index it holds, which no other "
+    "process can open meanwhile: its paths are the server's. With --server, --index, --collection and "
+    "--grpc/--rest are ignored.")
+def duplicates(settings, similar, under, fmt, gallery, quiet, server, token):
     """Find duplicate images in the index: byte-identical files, and with --similar,
     near-duplicates. Lists them; never deletes anything."""
     from .duplicates import check_threshold
@@ -52,16 +57,22 @@ def duplicates(settings, similar, under, fmt, gallery, quiet):
             raise UsageError(str(exc)) from None
     if gallery:
         check_output_file(gallery, "--gallery", "to write the page to")
-    found = _find(settings, similar, under, quiet)
+    client = None
+    if server:
+        found, client = _find_remote(server, token, similar, under, quiet)
+    else:
+        found = _find(settings, similar, under, quiet)
     # Printed after the index is closed, so that a pipeline's next clipsearch finds it free.
     # The page before stdout, which a reader may close early (| head); its failure after the groups.
-    gallery_failed = attempted(lambda: write_duplicates_gallery(gallery, found.groups, similar)) if gallery else None
+    gallery_failed = attempted(lambda: write_duplicates_gallery(gallery, found.groups, similar, client)) \
+        if gallery else None
     print_groups(found.groups, fmt, similar)
     if gallery and not gallery_failed:
         click.echo(f"gallery: {shown(os.path.abspath(gallery))}", err=True)
     for line in notes(found, similar):
         click.echo(line, err=True)
-    note = absent_folder_note(under, bool(found.groups))
+    # A server's folders are not this machine's: its own note (found.note) says it there.
+    note = found.note if server else absent_folder_note(under, bool(found.groups))
     if note:
         click.echo(note, err=True)
     if gallery_failed:
@@ -80,6 +91,44 @@ def _find(settings, similar: float | None, under: str | None, quiet: bool) -> "D
         found = find_duplicates(index, similar, under, progress=_reporter(progress) if similar is not None else None)
     progress.finish()
     return found
+
+
+# How long a thin client waits for the server's answer: the near-duplicate pass takes
+# about 90 s a 100k images on two cores (BENCHMARKS.md), and the server says nothing
+# until it is done.
+REMOTE_SECONDS = 3600.0
+
+
+def _find_remote(server: str, token: str | None, similar: float | None, under: str | None,
+                 quiet: bool) -> tuple["Duplicates", "ServeClient"]:
+    """`duplicates --server`: the server finds them (GET /api/duplicates); the answer as
+    the local run's Duplicates, each path the server's."""
+    from clipsearch.names import path_of, stored
+    from clipsearch.progress import stderr_line
+    from clipsearch.remote import ServeClient
+
+    from .duplicates import DuplicateGroup, Duplicates, Member
+
+    # The server resolves symlinks; a name that is not UTF-8 goes as the index stores it (\xNN).
+    folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None
+    client = ServeClient(server, token)
+    if similar is not None and not quiet:  # the long pass: said once the server is known to answer
+        points = client.status().get("points")
+        stderr_line(f"clipsearch serve at {server} is looking for near-duplicates among {points} images "
+                    "(one query per image there: minutes on a large library)")
+    answer = client.duplicates(similar, folder, timeout=REMOTE_SECONDS)
+    try:
+        groups = [DuplicateGroup(group["kind"], [
+            Member(path_of(entry), str(entry["id"]), entry.get("size"),
+                   float("nan") if entry.get("score") is None else float(entry["score"]), rank)
+            for rank, entry in enumerate(group["files"], start=1)]) for group in answer["groups"]]
+        found = Duplicates(groups, int(answer.get("no_fingerprint") or 0),
+                           [str(path) for path in answer.get("unreadable", [])],
+                           [(str(path), str(kept)) for path, kept in answer.get("same_file", [])])
+    except (KeyError, TypeError, ValueError):
+        raise ClipsearchError(f"{server}/api/duplicates did not answer as clipsearch serve does") from None
+    found.note = answer.get("note") if isinstance(answer.get("note"), str) else None
+    return found, client
 
 
 def _reporter(progress: "Progress"):
@@ -156,13 +205,27 @@ def _bytes(size: int) -> str:
     return f"{scaled:.1f} {unit}"
 
 
-def write_duplicates_gallery(path: str, groups: Sequence["DuplicateGroup"], similar: float | None) -> None:
+def write_duplicates_gallery(path: str, groups: Sequence["DuplicateGroup"], similar: float | None,
+                             client: "ServeClient | None" = None) -> None:
     """search/gallery.py's page with one section per group, its members side by side
-    (rank = place in the group, score = cosine to the first)."""
+    (rank = place in the group, score = cosine to the first). From a server (`client`):
+    its thumbnails embedded, each linking to the server's copy of the file."""
     from .gallery import write_gallery
 
-    write_gallery(path, [(f"{number}. {group_title(group, similar)}", group.members)
-                         for number, group in enumerate(groups, start=1)])
+    sections = [(f"{number}. {group_title(group, similar)}", group.members)
+                for number, group in enumerate(groups, start=1)]
+    if client is None:
+        write_gallery(path, sections)
+        return
+    from clipsearch.remote import data_uri
+
+    def thumbnail(member) -> str | None:
+        try:
+            return data_uri(client.thumbnail(f"/api/images/{member.id}/thumbnail"))
+        except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
+            return None
+
+    write_gallery(path, sections, thumbnail=thumbnail, link=lambda member: f"{client.url}/api/images/{member.id}/file")
 
 
 def notes(found: "Duplicates", similar: float | None) -> list[str]:

@@ -32,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields, path_of, stored
 
+from .duplicates import DuplicateFinder
 from .files import HEAD_MARK, THUMBNAIL_SIZES, Gone, IndexedFileResponse, Thumbnails, etag, media_type, open_indexed
 from .parameters import UPLOAD_PATH, BlankParameters, invalid_request, known_parameters
 from .security import OPEN_PATHS, SESSION_SECONDS, Guard
@@ -388,6 +389,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
                          static_url=DOCS_ASSETS, dependencies=[Depends(known_parameters)],
                          description="Search an image collection with words, images, likes and dislikes.")
     app.openapi = lambda: with_security(app, guard)  # type: ignore[method-assign]
+    finder = DuplicateFinder(service)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -555,6 +557,18 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         where = photo_filter(after, before, camera, near)
         found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score, where=where)
         return hits_of(found, k, offset, started, note=why_empty(service, folder, where, found))
+
+    @app.get("/api/duplicates", responses=ERRORS)
+    def duplicates(similar: Annotated[float | None, Query(description=(
+                       "Also group near-duplicates: images at least this cosine similar, e.g. 0.95 (one "
+                       "nearest-neighbour query per image: about 90 s at 100k)."))] = None,
+                   folder: FOLDER = None) -> dict:
+        """`clipsearch duplicates` over the served index: groups of byte-identical files,
+        and with `similar` near-duplicates; one run at a time (503 while another runs).
+        Lists files only: nothing is deleted."""
+        answer = finder.find(similar, folder)
+        note = folder_note(service, folder, answer["groups"])
+        return {**answer, "note": note} if note else answer
 
     # -- images --------------------------------------------------------------------------
     def open_checked(point: str) -> tuple[dict, int]:

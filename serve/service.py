@@ -10,13 +10,14 @@ upload) load the full model on first use, the same one the watcher embeds with.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -60,9 +61,21 @@ class SerializedIndex:
 
         def locked(*args: Any, **kwargs: Any) -> Any:
             with self.lock:
-                return attribute(*args, **kwargs)
+                answer = attribute(*args, **kwargs)
+            # A generator (scroll) runs its calls into the engine as it is iterated: each
+            # step under the lock too, and other calls in between.
+            return self._stepped(answer) if inspect.isgenerator(answer) else answer
 
         return locked
+
+    def _stepped(self, steps: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            with self.lock:
+                try:
+                    item = next(steps)
+                except StopIteration:
+                    return
+            yield item
 
 
 class SharedEncoder:

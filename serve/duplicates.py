@@ -1,0 +1,56 @@
+"""GET /api/duplicates: `clipsearch duplicates` run by the server over the index it
+holds, for a client that cannot open that index while serve does (`clipsearch
+duplicates --server URL`).
+
+One run at a time: the near-duplicate pass asks one nearest-neighbour query per image
+(about 90 s at 100k, BENCHMARKS.md), and a second caller waiting behind the first would
+only double the load. Each of its index calls takes the index lock on its own, so
+searches go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.names import path_fields, stored
+
+from .service import SearchService, canonical_folder, elapsed_ms
+from .uploads import Busy
+
+
+class DuplicateFinder:
+    def __init__(self, service: SearchService):
+        self.service = service
+        self._running = threading.Lock()
+
+    def running(self) -> bool:
+        return self._running.locked()
+
+    def find(self, similar: float | None, under: str | None) -> dict:
+        """The groups as JSON: each file's `path` (`path_bytes` beside a name that is not
+        UTF-8), `id`, `size`, `score`, and its `thumbnail` and `file` URLs; what the run
+        could not look at (`no_fingerprint`, `unreadable`, `same_file`), as the CLI's notes
+        say it."""
+        from clipsearch.search.duplicates import find_duplicates
+
+        if similar is not None and not 0 < similar <= 1:  # a 400 naming it, before any work
+            raise ClipsearchError(f"similar must be a cosine similarity in (0, 1], e.g. 0.95; got {similar:g}")
+        if not self._running.acquire(blocking=False):
+            raise Busy("serve is already finding duplicates for another request; try again once it is done")
+        try:
+            started = time.perf_counter()
+            found = find_duplicates(self.service.index, similar, canonical_folder(under) if under else None)
+        finally:
+            self._running.release()
+        return {
+            "groups": [{"kind": group.kind, "files": [
+                {**path_fields(member.path), "id": member.id, "size": member.size,
+                 "score": member.to_dict()["score"], "thumbnail": f"/api/images/{member.id}/thumbnail",
+                 "file": f"/api/images/{member.id}/file"} for member in group.members]} for group in found.groups],
+            "no_fingerprint": found.no_fingerprint,
+            "unreadable": [stored(path) for path in found.unreadable],
+            "same_file": [[stored(path), stored(kept)] for path, kept in found.same_file],
+            "similar": similar, "took_ms": elapsed_ms(started),
+        }

@@ -1,0 +1,136 @@
+"""`clipsearch duplicates --server URL` against a real `clipsearch serve` holding the
+index (which no other process can open meanwhile): the same groups, the same output in
+every format and the same notes as the local run over that index had before serve took
+it; the gallery from the server's thumbnails; the API's errors; one run at a time."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+from test_duplicates import THRESHOLD, build_library, expected
+
+from clipsearch.cli import cli
+from clipsearch.index import open_index
+from clipsearch.ingest import IngestOptions, ingest
+
+from support import ServeProcess, settings_for
+
+TOKEN = "duplicates-served-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, encoder, tiny_model_dir):
+    """The duplicates library in an edge index; the local run's outputs, taken before
+    serve opens the index; then the server."""
+    root = tmp_path_factory.mktemp("dups-served")
+    photos = root / "photos"
+    dups = build_library(photos)
+    settings = settings_for("edge", root, tiny_model_dir)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
+        with open_index(settings, create=True) as index:
+            ingest([str(photos)], encoder, index, IngestOptions(workers=0, quiet=True))
+    where = ["--index", settings.index, "--collection", settings.collection]
+    local = {tuple(args): CliRunner().invoke(cli, ["duplicates", *where, *args, "-q"], catch_exceptions=False)
+             for args in ARGS(photos)}
+    args = [*where, "--model", str(tiny_model_dir), "--token", TOKEN]
+    with ServeProcess(args, root / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(root / "cache")}) as server:
+        yield {"url": server.url, "photos": photos.resolve(), "dups": dups, "local": local, "root": root,
+               "server": server}
+
+
+def ARGS(photos):  # noqa: N802 - the runs compared, as a table
+    return [(), ("-f", "json"), ("--similar", str(THRESHOLD), "-f", "json"), ("--similar", str(THRESHOLD)),
+            ("-f", "paths0"), ("--in", str(photos.resolve() / "c"), "--similar", str(THRESHOLD), "-f", "paths")]
+
+
+def remote(served, *args, token=TOKEN):
+    env = {"CLIPSEARCH_SERVER": served["url"], "CLIPSEARCH_TOKEN": token}
+    return CliRunner().invoke(cli, ["duplicates", *args], env=env, catch_exceptions=False)
+
+
+def test_the_server_finds_what_the_local_run_found_in_every_format(served):
+    for args, local in served["local"].items():
+        assert local.exit_code == 0, local.output
+        answer = remote(served, *args, "-q")
+        assert answer.exit_code == 0, (args, answer.output)
+        assert answer.stdout_bytes == local.stdout_bytes, args  # paths0: the exact bytes of names not UTF-8
+        assert answer.stderr == local.stderr, args  # the summary and the notes
+    dups = served["dups"]
+    similar = remote(served, "--similar", str(THRESHOLD), "-f", "json", "-q")
+    groups = [(g["kind"], sorted(f["path"] for f in g["files"])) for g in map(json.loads, similar.stdout.splitlines())]
+    assert groups == expected([("identical", dups["beaches"]), ("identical", dups["scans"]),
+                               ("identical", dups["odd_names"]), ("similar", dups["forests"]),
+                               ("similar", dups["scans"] + dups["edited"])])
+
+
+def test_progress_says_the_server_is_looking_and_a_gallery_shows_its_thumbnails(served, tmp_path):
+    page = tmp_path / "dups.html"
+    answer = remote(served, "--similar", str(THRESHOLD), "--gallery", str(page))
+    assert answer.exit_code == 0, answer.output
+    _, facts = served["server"].get("/api/status", {"Authorization": f"Bearer {TOKEN}"})
+    assert f"clipsearch serve at {served['url']} is looking for near-duplicates among {facts['points']} images" \
+        in answer.stderr
+    html = page.read_text()
+    members = [line for line in answer.stdout.splitlines() if line.startswith("  ")]  # the table's file lines
+    assert len(members) > 6 and len(re.findall("src=.data:image/jpeg;base64,", html)) == len(members)
+    assert re.search(f"href=.{re.escape(served['url'])}/api/images/", html) and TOKEN not in html
+
+
+def test_a_folder_the_server_lacks_is_said_as_the_server_says_it(served):
+    missing = "/srv/no-such-photos"
+    answer = remote(served, "--in", missing, "-q")
+    assert answer.exit_code == 0, answer.output
+    assert answer.stdout == ""
+    assert f"in={missing}: nothing is indexed under this folder" in answer.stderr
+
+
+def test_errors_are_one_line(served):
+    bad = remote(served, "--similar", "1.5")
+    assert bad.exit_code == 2 and "--similar must be a cosine similarity in (0, 1]" in bad.stderr  # refused here
+    status, body = served["server"].get("/api/duplicates?similar=1.5", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 400 and body["error"].startswith("similar must be a cosine similarity in (0, 1]")
+    wrong = remote(served, "--similar", "0.9", token="not-the-token-at-all-0123456789")
+    assert wrong.exit_code == 1 and wrong.stderr.strip().splitlines() == [
+        f"Error: clipsearch serve at {served['url']} refused the token (--token / CLIPSEARCH_TOKEN)"]
+
+
+def test_one_run_at_a_time(tmp_path, encoder, tiny_model_dir):
+    """A second caller while a run goes on is told to come back (503: Busy), not queued
+    behind it. The first run waits on serve's index lock, held here as a batch being
+    written holds it; once let go it finishes, and the finder is free again."""
+    from types import SimpleNamespace
+
+    from clipsearch.serve.duplicates import DuplicateFinder
+    from clipsearch.serve.service import SerializedIndex
+    from clipsearch.serve.uploads import Busy
+
+    from support import draw_image
+
+    photos = tmp_path / "photos"
+    first_copy = draw_image(photos / "a.png", "red", "circle")
+    (photos / "b.png").write_bytes(first_copy.read_bytes())
+    draw_image(photos / "c.png", "blue", "square")
+    settings = settings_for("edge", tmp_path, tiny_model_dir)
+    lock = threading.RLock()
+    with open_index(settings, create=True) as index:
+        ingest([str(photos)], encoder, index, IngestOptions(workers=0, quiet=True))
+        finder = DuplicateFinder(SimpleNamespace(index=SerializedIndex(index, lock)))
+        answers: list[dict] = []
+        with lock:
+            first = threading.Thread(target=lambda: answers.append(finder.find(None, None)))
+            first.start()
+            deadline = time.monotonic() + 30
+            while not finder.running() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(Busy, match="already finding duplicates for another request"):
+                finder.find(None, None)
+        first.join(30)
+        assert [[f["path"] for f in g["files"]] for g in answers[0]["groups"]] == [
+            [str(photos.resolve() / "a.png"), str(photos.resolve() / "b.png")]]
+        assert not finder.running() and len(finder.find(None, None)["groups"]) == 1
