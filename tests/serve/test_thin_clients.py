@@ -342,8 +342,9 @@ def test_the_thin_path_imports_no_model_index_or_numpy(serving):
 # -- the local commands while serve holds the index -------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["search", "red"], ["status"], ["ingest", "PHOTOS", "--workers", "0"]],
-                         ids=["search", "status", "ingest"])
+@pytest.mark.parametrize("args", [["search", "red"], ["status"], ["duplicates"],
+                                  ["ingest", "PHOTOS", "--workers", "0"]],
+                         ids=["search", "status", "duplicates", "ingest"])
 def test_local_commands_on_a_served_index_name_the_server(serving, args):
     args = [str(serving.photos) if a == "PHOTOS" else a for a in args]
     env = base_env(serving.local_cache)
@@ -353,7 +354,8 @@ def test_local_commands_on_a_served_index_name_the_server(serving, args):
     assert len(lines) == 1, done.stderr
     assert f"held by `clipsearch serve` (pid {serving.proc.pid})" in lines[0]
     assert f"--server {serving.url}" in lines[0]
-    assert "to ingest, reindex, migrate or find duplicates, stop serve first" in lines[0]  # no --server there
+    assert "search it or find duplicates with --server" in lines[0]
+    assert "to ingest, reindex or migrate, stop serve first" in lines[0]  # no --server there
 
 
 @pytest.mark.parametrize(("k", "offset"), [(10_500, 500), (10_999, 1), (11_000, 0), (10, 10_000), (1_000, 9_000)])
