@@ -295,8 +295,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Answer repeated queries from a small cache of query vectors.", default_text="on"),
     # clipsearch serve, and the thin clients that answer through it
     Setting("server", ("CLIPSEARCH_SERVER",), None, parse_server_url,
-            "A running `clipsearch serve` (http://host:8765): search and status answer through it, "
-            "loading no model and opening no index here.", flag="--server", default_text="none: work locally"),
+            "A running `clipsearch serve` (http://host:8765): search, status and duplicates answer through it, "
+            "loading no model and opening no index here. An --index or --collection flag given without "
+            "--server works on that index here instead (a flag wins).", flag="--server",
+            default_text="none: work locally"),
     Setting("token", ("CLIPSEARCH_TOKEN",), None, parse_token,
             "The serve token: required by every endpoint but health. Required to bind an address other than "
             "loopback (generated and printed once as a login URL when not given); sent by the thin clients. "

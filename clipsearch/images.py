@@ -70,6 +70,20 @@ def unreadable_extensions() -> dict[str, str]:
     return reasons
 
 
+# The ISO base media "ftyp" brands of the image types a plugin reads: an upload has no
+# trustworthy name, so its type is told by its first bytes.
+_FTYP_BRANDS = {b"heic": ".heic", b"heix": ".heic", b"hevc": ".heic", b"hevx": ".heic", b"heim": ".heic",
+                b"heis": ".heic", b"mif1": ".heif", b"msf1": ".heif", b"avif": ".avif", b"avis": ".avif"}
+
+
+def missing_decoder(head: bytes) -> str | None:
+    """Why bytes beginning with `head` are not read, where they are an image type this
+    install has no decoder for (an iPhone's HEIC without pillow-heif): the reason a
+    file of it is skipped for, with what to install; else None."""
+    extension = _FTYP_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
+    return unreadable_extensions().get(extension) if extension else None
+
+
 def open_image(source) -> Image.Image:
     """Image.open restricted to the formats clipsearch reads (IMAGE_TYPES): every image
     file clipsearch opens goes through this, never through Pillow's guess among all its

@@ -172,6 +172,18 @@ def server_options(server_help: str) -> Callable[[F], F]:
             "With --server: the token that server was started with, sent as Authorization: Bearer. Never printed."))
         @functools.wraps(fn)
         def wrapper(server: str | None, token: str | None, **kwargs: Any) -> Any:
+            given = click.get_current_context().params
+            local = [flag for name, flag in (("index", "--index"), ("collection", "--collection"))
+                     if given.get(name) is not None]
+            if server is None and local:
+                # A flag wins over the environment: an --index given here with
+                # CLIPSEARCH_SERVER exported means this index, not the server's.
+                return fn(server=None, token=config.value("token", token), **kwargs)
+            if server is not None and local:
+                from .progress import stderr_line
+
+                stderr_line(f"{' and '.join(local)} {'is' if len(local) == 1 else 'are'} ignored with --server: "
+                            "the server answers from the index it holds")
             return fn(server=config.value("server", server), token=config.value("token", token), **kwargs)
 
         return wrapper

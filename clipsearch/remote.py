@@ -1,7 +1,7 @@
 """A thin client of `clipsearch serve`: the standard library's HTTP only.
 
-`clipsearch search --server URL` and `clipsearch status --server URL` answer through
-it in a process that loads no model and opens no index (no numpy, torch,
+`clipsearch search --server URL`, `status --server URL` and `duplicates --server URL`
+answer through it in a process that loads no model and opens no index (no numpy, torch,
 onnxruntime or Qdrant client), so a cold query costs an interpreter start and one
 request. The server's API: serve/app.py.
 
@@ -93,20 +93,22 @@ class ServeClient:
         return self._paged(page, k, offset)
 
     def duplicates(self, similar: float | None = None, under: str | None = None, timeout: float | None = None) -> dict:
-        """GET /api/duplicates: the server's `clipsearch duplicates` over its index (its
+        """POST /api/duplicates: the server's `clipsearch duplicates` over its index (its
         JSON as serve/duplicates.py gives it). `timeout`: the near-duplicate pass takes
         minutes on a large library, longer than a search's."""
-        from urllib.parse import urlencode
-
-        query = {name: value for name, value in (("similar", similar), ("in", under)) if value is not None}
+        body = json.dumps({"similar": similar, "in": under}).encode()
         waited, self.timeout = self.timeout, timeout or self.timeout
         try:
-            answer = self._json("GET", "/api/duplicates" + (f"?{urlencode(query)}" if query else ""))
+            answer = self._json("POST", "/api/duplicates", body, "application/json")
+        except ServeRefused as exc:
+            if exc.status in (404, 405):  # a serve older than duplicates --server
+                raise ClipsearchError(f"clipsearch serve at {self.url} cannot find duplicates: it is older than "
+                                      "this clipsearch (upgrade it there)") from None
+            raise
         finally:
             self.timeout = waited
         if not isinstance(answer, dict) or not isinstance(answer.get("groups"), list):
-            raise ClipsearchError(f"{self.url}/api/duplicates holds no groups; is it clipsearch serve "
-                                  "(of this version or later)?")
+            raise ClipsearchError(f"{self.url} did not answer as clipsearch serve does (no duplicate groups; {WHERE})")
         return answer
 
     def _paged(self, page: Callable[[int, int], Any], k: int, offset: int) -> list[SearchHit]:

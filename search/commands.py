@@ -27,7 +27,8 @@ def _finite(value: float | None) -> float | None:
 # -k's ceiling: any more is an export, not a search (and 2**64 overflowed the engine's beam width).
 MAX_TOP = 1_000_000
 LOCAL_ONLY = ("With --server, --model, --index, --collection, --device and --grpc/--rest are ignored: "
-              "the server answers with its own.")
+              "the server answers with its own (a given --index or --collection is said ignored). Without "
+              "the flag, an --index or --collection works here even with CLIPSEARCH_SERVER set.")
 
 
 @click.command()

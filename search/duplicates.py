@@ -80,10 +80,11 @@ class Duplicates:
     note: str | None = None
 
 
-def check_threshold(threshold: float) -> None:
-    """A cosine similarity in (0, 1]; anything else (NaN too) is a one-line error."""
+def check_threshold(threshold: float, name: str = "--similar") -> None:
+    """A cosine similarity in (0, 1]; anything else (NaN too) is a one-line error naming
+    `name` (the flag, or the API's field)."""
     if not 0 < threshold <= 1:
-        raise ClipsearchError(f"--similar must be a cosine similarity in (0, 1], e.g. 0.95; got {threshold:g}")
+        raise ClipsearchError(f"{name} must be a cosine similarity in (0, 1], e.g. 0.95; got {threshold:g}")
 
 
 def find_duplicates(index: Index, similar: float | None = None, under: str | None = None,

@@ -101,7 +101,7 @@ REMOTE_SECONDS = 3600.0
 
 def _find_remote(server: str, token: str | None, similar: float | None, under: str | None,
                  quiet: bool) -> tuple["Duplicates", "ServeClient"]:
-    """`duplicates --server`: the server finds them (GET /api/duplicates); the answer as
+    """`duplicates --server`: the server finds them (POST /api/duplicates); the answer as
     the local run's Duplicates, each path the server's."""
     from clipsearch.names import path_of, stored
     from clipsearch.progress import stderr_line
@@ -123,9 +123,9 @@ def _find_remote(server: str, token: str | None, similar: float | None, under: s
                    float("nan") if entry.get("score") is None else float(entry["score"]), rank)
             for rank, entry in enumerate(group["files"], start=1)]) for group in answer["groups"]]
         found = Duplicates(groups, int(answer.get("no_fingerprint") or 0),
-                           [str(path) for path in answer.get("unreadable", [])],
-                           [(str(path), str(kept)) for path, kept in answer.get("same_file", [])])
-    except (KeyError, TypeError, ValueError):
+                           [path_of(entry) for entry in answer.get("unreadable", [])],
+                           [(path_of(path), path_of(kept)) for path, kept in answer.get("same_file", [])])
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ClipsearchError(f"{server}/api/duplicates did not answer as clipsearch serve does") from None
     found.note = answer.get("note") if isinstance(answer.get("note"), str) else None
     return found, client

@@ -7,7 +7,7 @@
     parameters.py  what a client may send: unknown parameters refused by name, blank ones unset
     security.py    the token, the login cookie, loopback by default
     files.py       originals and thumbnails by point id only, checked against the index
-    duplicates.py  GET /api/duplicates: `clipsearch duplicates` over the served index, one run at a time
+    duplicates.py  POST /api/duplicates: `clipsearch duplicates` over the served index, one run at a time
     connections.py a deadline for a request's headers, connections capped below the descriptor limit
     watch.py       the live index: an incremental ingest, then file-system events
     commands.py    `clipsearch serve`

@@ -148,6 +148,15 @@ class SearchBody(BaseModel):
         return {name: value for name, value in data.items() if value != ""} if isinstance(data, dict) else data
 
 
+class DuplicatesBody(BaseModel):
+    similar: float | None = Field(None, description="Also group near-duplicates: images at least this cosine "
+                                                    "similar, e.g. 0.95 (one nearest-neighbour query per image: "
+                                                    "about 90 s at 100k).")
+    folder: str | None = Field(None, alias="in", max_length=4096, description="Only images under this folder.")
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ImageInfo(BaseModel):
     """What a hit says about the photo, and its file's size and mtime."""
 
@@ -488,7 +497,7 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     def status() -> dict:
         facts = service.status()
         facts["server"]["version"] = version
-        facts["location"] = shown(facts["location"])
+        facts.update(path_fields(facts["location"], "location"))  # as status --json gives it
         return facts
 
     @app.get("/api/ingest", responses=ERRORS)
@@ -558,16 +567,15 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
         found = service.similar(str(point), k=k, offset=offset, under=folder, min_score=min_score, where=where)
         return hits_of(found, k, offset, started, note=why_empty(service, folder, where, found))
 
-    @app.get("/api/duplicates", responses=ERRORS)
-    def duplicates(similar: Annotated[float | None, Query(description=(
-                       "Also group near-duplicates: images at least this cosine similar, e.g. 0.95 (one "
-                       "nearest-neighbour query per image: about 90 s at 100k)."))] = None,
-                   folder: FOLDER = None) -> dict:
+    # POST with a JSON body, though it changes nothing: a request another site's page can
+    # make without asking (a GET, an <img>) must not start minutes of work here.
+    @app.post("/api/duplicates", responses=ERRORS)
+    def duplicates(body: Annotated[DuplicatesBody, Body()]) -> dict:
         """`clipsearch duplicates` over the served index: groups of byte-identical files,
         and with `similar` near-duplicates; one run at a time (503 while another runs).
         Lists files only: nothing is deleted."""
-        answer = finder.find(similar, folder)
-        note = folder_note(service, folder, answer["groups"])
+        answer = finder.find(body.similar, body.folder)
+        note = folder_note(service, body.folder, answer["groups"])
         return {**answer, "note": note} if note else answer
 
     # -- images --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""GET /api/duplicates: `clipsearch duplicates` run by the server over the index it
+"""POST /api/duplicates: `clipsearch duplicates` run by the server over the index it
 holds, for a client that cannot open that index while serve does (`clipsearch
 duplicates --server URL`).
 
@@ -13,8 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
-from clipsearch.errors import ClipsearchError
-from clipsearch.names import path_fields, stored
+from clipsearch.names import path_fields
 
 from .service import SearchService, canonical_folder, elapsed_ms
 from .uploads import Busy
@@ -24,6 +23,7 @@ class DuplicateFinder:
     def __init__(self, service: SearchService):
         self.service = service
         self._running = threading.Lock()
+        self._since = 0.0  # when the run under way began
 
     def running(self) -> bool:
         return self._running.locked()
@@ -31,17 +31,20 @@ class DuplicateFinder:
     def find(self, similar: float | None, under: str | None) -> dict:
         """The groups as JSON: each file's `path` (`path_bytes` beside a name that is not
         UTF-8), `id`, `size`, `score`, and its `thumbnail` and `file` URLs; what the run
-        could not look at (`no_fingerprint`, `unreadable`, `same_file`), as the CLI's notes
-        say it."""
-        from clipsearch.search.duplicates import find_duplicates
+        could not look at (`no_fingerprint`; `unreadable` and `same_file`, each path as
+        {`path`, `path_bytes`}), as the CLI's notes say it."""
+        from clipsearch.search.duplicates import check_threshold, find_duplicates
 
-        if similar is not None and not 0 < similar <= 1:  # a 400 naming it, before any work
-            raise ClipsearchError(f"similar must be a cosine similarity in (0, 1], e.g. 0.95; got {similar:g}")
+        if similar is not None:
+            check_threshold(similar, "similar")  # a 400 naming it, before any work
+        folder = canonical_folder(under) if under else None
         if not self._running.acquire(blocking=False):
-            raise Busy("serve is already finding duplicates for another request; try again once it is done")
+            raise Busy(f"serve is already finding duplicates for another request (for "
+                       f"{time.monotonic() - self._since:.0f} s); try again once it is done")
         try:
+            self._since = time.monotonic()
             started = time.perf_counter()
-            found = find_duplicates(self.service.index, similar, canonical_folder(under) if under else None)
+            found = find_duplicates(self.service.index, similar, folder)
         finally:
             self._running.release()
         return {
@@ -50,7 +53,7 @@ class DuplicateFinder:
                  "score": member.to_dict()["score"], "thumbnail": f"/api/images/{member.id}/thumbnail",
                  "file": f"/api/images/{member.id}/file"} for member in group.members]} for group in found.groups],
             "no_fingerprint": found.no_fingerprint,
-            "unreadable": [stored(path) for path in found.unreadable],
-            "same_file": [[stored(path), stored(kept)] for path, kept in found.same_file],
+            "unreadable": [path_fields(path) for path in found.unreadable],
+            "same_file": [[path_fields(path), path_fields(kept)] for path, kept in found.same_file],
             "similar": similar, "took_ms": elapsed_ms(started),
         }

@@ -118,9 +118,9 @@ def run(settings: Settings, options: ServeOptions) -> None:
         service = SearchService(settings, index, encoder, watching=bool(roots))
         if hasattr(index, "announce"):  # others opening this embedded index are told where to ask instead
             # Said to every command that finds the index taken: search, status and duplicates take --server.
-            index.announce(f"held by `clipsearch serve` (pid {os.getpid()}); search it or find duplicates with "
-                           f"--server {url} (or CLIPSEARCH_SERVER={url}); to ingest, reindex or migrate, stop serve "
-                           "first (serve --watch FOLDER ingests a folder as it changes)")
+            index.announce(f"held by `clipsearch serve` (pid {os.getpid()}); search it, see its status or find "
+                           f"duplicates with --server {url} (or CLIPSEARCH_SERVER={url}); to ingest, reindex or "
+                           "migrate, stop serve first (serve --watch FOLDER ingests a folder as it changes)")
         uploads = UploadDecoder(config.value("max_megapixels"))
         from importlib.metadata import version
 

@@ -92,7 +92,11 @@ class UploadDecoder:
         finally:
             self._turn.release()
         if decoded is None:
-            raise NotAnImage(f"the upload is not a usable image: {reason}")
+            from clipsearch.images import missing_decoder
+
+            missing = missing_decoder(data[:16])  # an iPhone's HEIC here without pillow-heif: what to install
+            raise NotAnImage(f"the upload cannot be read: {missing.removeprefix('not read: ')}" if missing
+                             else f"the upload is not a usable image: {reason}")
         return decoded.image
 
     def _wait_for_turn(self) -> None:

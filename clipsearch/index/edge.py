@@ -1257,11 +1257,12 @@ class EdgeIndex(Index):
 
     def _scroll(self, matching, batch_size: int, with_vectors: bool, payload=True) -> Iterator[Record]:
         e = _edge()
-        shard = self.shard
         offset = None
         while True:
+            # The shard again for each page: serve's background HNSW build swaps in a new
+            # one (same points) between two pages of a long scroll; the offset is a point id.
             with self._engine("reading points"):
-                records, offset = shard.scroll(e.ScrollRequest(
+                records, offset = self.shard.scroll(e.ScrollRequest(
                     offset=offset, limit=batch_size, filter=matching,
                     with_payload=payload, with_vector=with_vectors,
                 ))

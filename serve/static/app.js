@@ -35,6 +35,10 @@ const state = {
   liked: new Set(), disliked: new Set(), offset: 0, after: "", before: "", camera: "", near: "",
 };
 const photos = new Map();  // photoKey -> { file, sent, preview }: the photos searched with since the page loaded
+// Keys unique to this load: a history entry from before a reload names a key no photo
+// of this load has (and says so), never another photo's.
+const LOAD = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+let photoChoice = 0;  // the latest photo chosen: one chosen while an earlier one is shrinking wins
 let current = [];  // the hits on screen
 let shown = null;  // the hit in the viewer
 let generation = 0;  // answers to superseded requests are dropped
@@ -165,7 +169,9 @@ function remember(push) {
   const url = search ? `?${search}` : location.pathname;
   const entry = { similarPath: state.similarPath, photoKey: state.photoKey };
   if ($("viewer").open && viewing()) entry.viewer = viewing();
-  if (push && search !== location.search.slice(1) && !viewing()) history.pushState(entry, "", url);
+  // A new photo under the same name (iPhones call them all image.jpg) is a new place too.
+  const moved = search !== location.search.slice(1) || ((history.state && history.state.photoKey) || null) !== state.photoKey;
+  if (push && moved && !viewing()) history.pushState(entry, "", url);
   else history.replaceState(entry, "", url);
 }
 
@@ -236,6 +242,8 @@ function filterProblem(message) {
 // error's tooltip).
 function photoProblem(error) {
   if (error.status === 413) return "This photo is too large to search with.";
+  const decoder = /no (.+?) decoder: `pip install ([\w-]+)`/.exec(error.message);
+  if (error.status === 415 && decoder) return `The server cannot read ${decoder[1]} photos until ${decoder[2]} is installed there.`;
   if (error.status === 415) return "This file is not a photo the server can read.";
   if (error.status === 503) return "The server is busy with other photos; try again in a moment.";
   return "";
@@ -523,8 +531,8 @@ function newSearch(query, folder) {
   navigate();
 }
 
-// The search on screen again with the Folder and filter boxes as typed: a search by an
-// image (indexed or a photo) asked with no words.
+// The search on screen again, its likes and dislikes kept, with the Folder and filter
+// boxes as typed.
 function filterAgain(folder) {
   Object.assign(state, { folder, offset: 0 }, typedFilters());
   showFilters();
@@ -552,8 +560,12 @@ async function searchWithPhoto(file) {
     showError(problem);
     return;
   }
-  const key = String(photos.size + 1);
-  photos.set(key, { file, sent: await shrunk(file), preview: URL.createObjectURL(file) });
+  const mine = ++photoChoice;
+  const before = generation;
+  const sent = await shrunk(file);
+  if (mine !== photoChoice || generation !== before) return;  // another photo or search came meanwhile
+  const key = `${LOAD}-${mine}`;
+  photos.set(key, { file, sent, preview: URL.createObjectURL(file) });
   closeViewer(true);
   Object.assign(state, { similarId: null, similarPath: "", photo: photos.get(key), photoKey: key, photoName: file.name || "photo",
     folder: $("folder").value, offset: 0 }, typedFilters());
@@ -569,7 +581,10 @@ async function shrunk(file) {
     const scale = PHOTO_SIDE / Math.max(bitmap.width, bitmap.height);
     if (scale >= 1) { bitmap.close(); return file; }
     const canvas = new OffscreenCanvas(Math.round(bitmap.width * scale), Math.round(bitmap.height * scale));
-    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    const context = canvas.getContext("2d");
+    context.fillStyle = "#fff";  // transparency on white, as the server lays it (a JPEG has none)
+    context.fillRect(0, 0, canvas.width, canvas.height);
+    context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
     bitmap.close();
     return await canvas.convertToBlob({ type: "image/jpeg", quality: 0.92 });
   } catch {
@@ -761,18 +776,21 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     // Nothing to search for, or a folder the server cannot take: said at once, the results
-    // and the address kept. No words while images like one are shown: the same images,
-    // with the Folder and filter boxes as they are now.
-    const byImage = !$("query").value.trim() && Boolean(state.photoKey || state.similarId);
-    const problem = !$("query").value.trim() && !byImage ? "Type what you are looking for, e.g. “a dog on a beach”."
+    // and the address kept. The words of the search shown (or none, while images like one
+    // are shown): that same search, its likes kept, with the Folder and filter boxes as
+    // they are now. Other words: a new search.
+    const words = $("query").value;
+    const again = state.photoKey || state.similarId ? !words.trim() || words === state.query
+      : Boolean(words.trim()) && words === state.query;
+    const problem = !words.trim() && !again ? "Type what you are looking for, e.g. “a dog on a beach”."
       : folderProblem($("folder").value);
     if (problem) {
-      showError(problem, !$("query").value.trim());
+      showError(problem, !words.trim());
       return;
     }
     closeViewer(true);
-    if (byImage) filterAgain($("folder").value);
-    else newSearch($("query").value, $("folder").value);
+    if (again) filterAgain($("folder").value);
+    else newSearch(words, $("folder").value);
   });
   $("photo-button").addEventListener("click", () => $("photo-file").click());
   $("photo-file").addEventListener("change", () => {
@@ -799,7 +817,9 @@ document.addEventListener("DOMContentLoaded", () => {
     document.body.classList.remove("dropping");
     if (!files(event)) return;
     event.preventDefault();
-    searchWithPhoto(event.dataTransfer.files[0]);
+    // Several files dropped: the first image among them (the summary names it).
+    const dropped = [...event.dataTransfer.files];
+    searchWithPhoto(dropped.find((file) => file.type.startsWith("image/")) || dropped[0]);
   });
   $("prev").addEventListener("click", () => page(-1));
   $("next").addEventListener("click", () => page(1));
@@ -838,7 +858,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", logout);
   window.addEventListener("popstate", () => {
     // The same results (Back from a photo, Forward to one): only the viewer changes.
-    if (location.search.slice(1) === address()) {
+    if (location.search.slice(1) === address() && ((history.state && history.state.photoKey) || null) === state.photoKey) {
       const hit = viewing() && current.find((each) => each.id === viewing());
       if (hit) openViewer(hit);
       else closeViewer(true);

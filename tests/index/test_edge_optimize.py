@@ -205,6 +205,24 @@ def test_too_few_points_is_not_built(tmp_path):
         assert not (tmp_path / "index" / COLLECTION / OPTIMIZING).exists()
 
 
+def test_a_scroll_spanning_the_swap_reads_on_from_the_new_shard(small, monkeypatch):
+    """serve reads a long scroll (duplicates --server) a page at a time, each under the
+    index lock, while its background build swaps the shard in between two pages: the
+    scroll carries on over the new shard, every point once."""
+    from clipsearch.serve.service import SerializedIndex
+
+    data, folder = small
+    monkeypatch.setenv("CLIPSEARCH_HNSW_MIN_POINTS", "100")
+    lock = threading.RLock()
+    with open_edge(folder) as index:
+        records = SerializedIndex(index, lock).scroll(batch_size=100)
+        first = [next(records) for _ in range(150)]
+        assert index.optimize_offline(exclusive=lock)  # swapped, as serve's build_search_index does
+        rest = list(records)
+        assert sorted(r.id for r in first + rest) == sorted(data.ids)
+        assert index.describe()["indexed_vectors"] == len(data.ids)
+
+
 # -- crash safety ---------------------------------------------------------------------
 
 SMALL_DIM = 16

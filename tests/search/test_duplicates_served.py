@@ -6,7 +6,9 @@ it; the gallery from the server's thumbnails; the API's errors; one run at a tim
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import threading
 import time
 
@@ -30,11 +32,15 @@ def served(tmp_path_factory, encoder, tiny_model_dir):
     root = tmp_path_factory.mktemp("dups-served")
     photos = root / "photos"
     dups = build_library(photos)
+    # For the notes: a copy deleted after the ingest, named with bytes that are not UTF-8.
+    gone = os.path.join(os.fsencode(photos / "b"), b"gone-caf\xe9.png")
+    shutil.copyfile(photos / "a" / "beach.png", gone)
     settings = settings_for("edge", root, tiny_model_dir)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CLIPSEARCH_CACHE_DIR", str(root / "cache"))
         with open_index(settings, create=True) as index:
             ingest([str(photos)], encoder, index, IngestOptions(workers=0, quiet=True))
+    os.unlink(gone)
     where = ["--index", settings.index, "--collection", settings.collection]
     local = {tuple(args): CliRunner().invoke(cli, ["duplicates", *where, *args, "-q"], catch_exceptions=False)
              for args in ARGS(photos)}
@@ -54,6 +60,19 @@ def remote(served, *args, token=TOKEN):
     return CliRunner().invoke(cli, ["duplicates", *args], env=env, catch_exceptions=False)
 
 
+def post(served, path: str, body: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(served["url"] + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def test_the_server_finds_what_the_local_run_found_in_every_format(served):
     for args, local in served["local"].items():
         assert local.exit_code == 0, local.output
@@ -61,6 +80,8 @@ def test_the_server_finds_what_the_local_run_found_in_every_format(served):
         assert answer.exit_code == 0, (args, answer.output)
         assert answer.stdout_bytes == local.stdout_bytes, args  # paths0: the exact bytes of names not UTF-8
         assert answer.stderr == local.stderr, args  # the summary and the notes
+    notes = served["local"][()].stderr
+    assert "e.g. $'" in notes and "gone-caf\\xe9.png'" in notes, notes  # quoted, as the bytes it names
     dups = served["dups"]
     similar = remote(served, "--similar", str(THRESHOLD), "-f", "json", "-q")
     groups = [(g["kind"], sorted(f["path"] for f in g["files"])) for g in map(json.loads, similar.stdout.splitlines())]
@@ -93,8 +114,11 @@ def test_a_folder_the_server_lacks_is_said_as_the_server_says_it(served):
 def test_errors_are_one_line(served):
     bad = remote(served, "--similar", "1.5")
     assert bad.exit_code == 2 and "--similar must be a cosine similarity in (0, 1]" in bad.stderr  # refused here
-    status, body = served["server"].get("/api/duplicates?similar=1.5", {"Authorization": f"Bearer {TOKEN}"})
+    status, body = post(served, "/api/duplicates", {"similar": 1.5})
     assert status == 400 and body["error"].startswith("similar must be a cosine similarity in (0, 1]")
+    # A GET (another site's link or <img> could make one) starts nothing.
+    status, _ = served["server"].get("/api/duplicates", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 405
     wrong = remote(served, "--similar", "0.9", token="not-the-token-at-all-0123456789")
     assert wrong.exit_code == 1 and wrong.stderr.strip().splitlines() == [
         f"Error: clipsearch serve at {served['url']} refused the token (--token / CLIPSEARCH_TOKEN)"]

@@ -130,6 +130,20 @@ def test_uploads_are_bounded(client, served):
     assert empty.status_code == 415
 
 
+def test_an_upload_of_a_type_this_install_cannot_read_says_what_to_install(client):
+    """An iPhone's HEIC, told by its first bytes (an upload's name is not to be trusted),
+    where pillow-heif is not installed: the reason ingest gives for such a file."""
+    from clipsearch.images import unreadable_extensions
+
+    if ".heic" not in unreadable_extensions():
+        pytest.skip("this install reads HEIC (pillow-heif is installed)")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 200
+    refused = client.post("/api/search/image", files={"file": ("IMG_0001.HEIC", heic)})
+    assert refused.status_code == 415
+    assert refused.json()["error"] == ("the upload cannot be read: this install has no HEIC/HEIF decoder: "
+                                       "`pip install pillow-heif` adds them")
+
+
 def test_thumbnails_are_bounded_cached_and_revalidated(client, served):
     path = served.photos / "garden" / "001-green-circle.png"
     pid = point_id(path)

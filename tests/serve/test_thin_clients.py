@@ -322,18 +322,37 @@ def test_a_url_that_is_not_serve_is_one_line():
         other.shutdown()
 
 
+def test_an_index_flag_beats_the_exported_server_and_is_said_ignored_beside_the_server_flag(serving, tmp_path):
+    """Flags win over environment variables: --index (or --collection) with
+    CLIPSEARCH_SERVER exported works on that index here; beside --server it is ignored,
+    and said so (a script passing one flag set to every command still works)."""
+    env = {**base_env(serving.root / "thin-cache"), "CLIPSEARCH_SERVER": serving.url, "CLIPSEARCH_TOKEN": TOKEN}
+    elsewhere = tmp_path / "laptop-index"
+    local = run_cli(["status", "--json", "--index", str(elsewhere)], env)
+    assert local.returncode == 0, local.stderr
+    facts = json.loads(local.stdout)
+    assert facts["location"] == str(elsewhere) and facts["exists"] is False and facts["server"] is None
+    served = run_cli(["status", "--json"], env)
+    assert json.loads(served.stdout)["server"]["pid"] == serving.proc.pid  # without the flag: the server
+    both = run_cli(["status", "--json", "--server", serving.url, "--index", str(elsewhere), "-c", "other"], env)
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout)["server"]["pid"] == serving.proc.pid
+    assert both.stderr.strip() == ("clipsearch: --index and --collection are ignored with --server: the server "
+                                   "answers from the index it holds")
+
+
 def test_the_thin_path_imports_no_model_index_or_numpy(serving):
     env = {**base_env(serving.root / "thin-cache"), "CLIPSEARCH_SERVER": serving.url, "CLIPSEARCH_TOKEN": TOKEN}
     code = ("import sys, json\n"
             "from clipsearch.cli import cli\n"
             "cli.main(sys.argv[1:], prog_name='clipsearch', standalone_mode=False)\n"
             "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
-    for args in (["search", "red circle", "-k", "3"], ["status", "--json"],
+    for args in (["search", "red circle", "-k", "3"], ["status", "--json"], ["duplicates", "-q"],
                  ["search", "--image", str(sorted(serving.photos.glob("*.png"))[0])]):
         done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip()
+        assert done.stdout.strip() or args[0] == "duplicates"  # this library has no duplicates to print
         modules = json.loads(done.stderr.strip().splitlines()[-1])
         loaded = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
         assert loaded == [], f"{args}: {loaded}"
@@ -354,7 +373,7 @@ def test_local_commands_on_a_served_index_name_the_server(serving, args):
     assert len(lines) == 1, done.stderr
     assert f"held by `clipsearch serve` (pid {serving.proc.pid})" in lines[0]
     assert f"--server {serving.url}" in lines[0]
-    assert "search it or find duplicates with --server" in lines[0]
+    assert "search it, see its status or find duplicates with --server" in lines[0]
     assert "to ingest, reindex or migrate, stop serve first" in lines[0]  # no --server there
 
 
