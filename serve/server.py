@@ -137,14 +137,17 @@ def run(settings: Settings, options: ServeOptions) -> None:
         if roots:
             service.watcher = start_watcher(service, roots, options, thumbnails, sweeper)
         points = service.status().get("points", 0)
-        say(f"serving collection {settings.collection!r} at {index.location} ({points} images) on {url}/")
+        # Bound to every address, the machine's name is what another machine opens;
+        # 127.0.0.1 works on this one.
+        wildcard = options.host in ("0.0.0.0", "::", "")
+        outside = url_of(socket.gethostname(), sock.getsockname()[1]) if wildcard else url
+        said = f"{outside}/ (every address of this machine; {url}/ on it)" if wildcard else f"{url}/"
+        say(f"serving collection {settings.collection!r} at {index.location} ({points} images) on {said}")
         if generated:
-            # Printed once, here: the token is in no log and no page. Bound to every address,
-            # the machine's name is what another machine opens; 127.0.0.1 works on this one.
-            wildcard = options.host in ("0.0.0.0", "::", "")
-            login = url_of(socket.gethostname(), sock.getsockname()[1]) if wildcard else url
-            say(f"open {login}/login?token={token} (a token was generated; give --token to choose one"
-                + (f"; on this machine {url} in place of {login}" if wildcard else "") + ")")
+            # Printed once, here: the token is in no log and no page.
+            say(f"open {outside}/login?token={token} (a token was generated, a new one each start: give --token "
+                "or CLIPSEARCH_TOKEN to keep one" + (f"; on this machine {url} in place of {outside}" if wildcard
+                                                     else "") + ")")
         serve_forever(app, sock)
     finally:
         if sweeper is not None:

@@ -657,3 +657,22 @@ def test_a_host_serve_cannot_bind_is_told_before_anything_loads(tmp_path, given,
                                       str(tmp_path / "no-model"), *flags], env=env)
     assert result.exit_code == code, result.output  # a bad setting or flag: a usage error either way
     assert named in result.output and "is not an IP address or host name" in result.output
+
+
+def test_ingest_with_a_server_exported_says_searches_through_it_will_not_see_this_index(tmp_path, tiny_model_dir,
+                                                                                          monkeypatch):
+    """A laptop with CLIPSEARCH_SERVER exported searches the server; an ingest there
+    writes the laptop's own index, which those searches never read: said, unless --index
+    names the index meant."""
+    draw_collection(tmp_path / "photos", 2)
+    monkeypatch.setenv("CLIPSEARCH_SERVER", "http://nas.local:8765")
+    monkeypatch.setenv("CLIPSEARCH_INDEX", str(tmp_path / "index"))
+    args = ["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "-w", "0", "-q"]
+    warned = CliRunner().invoke(cli, args)
+    assert warned.exit_code == 0, warned.output
+    assert warned.stderr.splitlines()[0] == (
+        f"clipsearch: CLIPSEARCH_SERVER is set (http://nas.local:8765), but ingest writes the index here "
+        f"({tmp_path / 'index'}), which searches through that server never read: ingest on the machine serve "
+        "runs on (or let serve --watch take the folder); --index says this index is meant")
+    meant = CliRunner().invoke(cli, [*args, "--index", str(tmp_path / "index")])
+    assert meant.exit_code == 0 and "CLIPSEARCH_SERVER" not in meant.stderr, meant.output

@@ -176,8 +176,11 @@ def test_a_public_address_gets_a_generated_token_printed_once_and_never_logged(s
         found = re.search(r"open (\S+)/login\?token=(\S+)", server.output())
         assert found, server.output()
         token = found.group(2)
-        # another machine opens it by this machine's name, not by 127.0.0.1
+        # another machine opens it by this machine's name, not by 127.0.0.1; the serving line says it too
         assert found.group(1) == f"http://{socket.gethostname()}:{server.port}", server.output()
+        assert f"on http://{socket.gethostname()}:{server.port}/ (every address of this machine; " \
+               f"http://127.0.0.1:{server.port}/ on it)" in server.output()
+        assert "a new one each start: give --token or CLIPSEARCH_TOKEN to keep one" in server.output()
         assert server.get("/api/status")[0] == 401
         assert server.get("/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
         login = urllib.request.Request(f"{server.url}/api/login", data=json.dumps({"token": token}).encode(),
