@@ -247,6 +247,15 @@ def _quoted(text: str) -> str:
     return "".join("_" if c in '"\\\r\n' else c for c in text)
 
 
+def server_folder(under: str | None) -> str | None:
+    """An --in folder as a thin client sends it: absolute (~ the client user's home),
+    and a name that is not UTF-8 in the form the index stores it (\\xNN), which JSON
+    and a URL can carry and the server's filter compares. The server resolves links."""
+    from .names import stored
+
+    return stored(os.path.abspath(os.path.expanduser(under))) if under else None
+
+
 def data_uri(jpeg: bytes) -> str:
     import base64
 

@@ -13,7 +13,7 @@ import click
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError, UsageError
-from clipsearch.names import has_control, name_bytes, printable, shown, stored
+from clipsearch.names import has_control, name_bytes, printable, shown
 from clipsearch.options import format_option, index_options, server_options
 from clipsearch.output_files import check_output_file
 
@@ -274,7 +274,7 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     QUERY or --image uploads the file); printed as a local search prints."""
     import time
 
-    from clipsearch.remote import ServeClient, ServeRefused
+    from clipsearch.remote import ServeClient, ServeRefused, server_folder
 
     from .terms import (
         Term,
@@ -322,9 +322,7 @@ def search_remote(server, token, query, k, image, add, subtract, queries, under,
     if (add or subtract) and any(image_path is not None for _, image_path, _ in asks):  # before any request
         raise UsageError("with --server, an example image cannot be mixed with --add/--subtract "
                          "(the server searches by one uploaded image alone)")
-    # The server resolves symlinks; a name that is not UTF-8 goes in the form the index
-    # stores it (\xNN), which JSON and a URL can carry and the server's filter compares.
-    folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None
+    folder = server_folder(under)
     client = ServeClient(server, token)
     results = []
     answered: list[int] = []  # the --queries line of each result
@@ -391,20 +389,22 @@ def _without_itself(hits, image_path: str, k: int):
     return [dataclasses.replace(hit, rank=rank) for rank, hit in enumerate(kept, start=1)]
 
 
-def write_remote_gallery(path: str, client, results, filters: str | None = None) -> None:
+def write_remote_gallery(path: str, client, results, filters: str | None = None,
+                         urls=lambda hit: (hit.thumbnail, hit.file)) -> None:
     """search/gallery.py's page, its thumbnails fetched from the server (with the token)
-    and embedded as data URIs; each links to the server's copy of the file."""
+    and embedded as data URIs; each links to the server's copy of the file. `urls(item)`:
+    an item's thumbnail and file paths on the server (a hit's own, by default)."""
     from clipsearch.remote import data_uri
 
     from .gallery import write_gallery
 
-    def thumbnail(hit):
+    def thumbnail(item):
         try:
-            return data_uri(client.thumbnail(hit.thumbnail)) if hit.thumbnail else None
+            return data_uri(client.thumbnail(urls(item)[0])) if urls(item)[0] else None
         except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
             return None
 
-    write_gallery(path, results, thumbnail=thumbnail, link=lambda hit: client.url + (hit.file or ""),
+    write_gallery(path, results, thumbnail=thumbnail, link=lambda item: client.url + (urls(item)[1] or ""),
                   filters=filters)
 
 

@@ -103,20 +103,18 @@ def _find_remote(server: str, token: str | None, similar: float | None, under: s
                  quiet: bool) -> tuple["Duplicates", "ServeClient"]:
     """`duplicates --server`: the server finds them (POST /api/duplicates); the answer as
     the local run's Duplicates, each path the server's."""
-    from clipsearch.names import path_of, stored
+    from clipsearch.names import path_of
     from clipsearch.progress import stderr_line
-    from clipsearch.remote import ServeClient
+    from clipsearch.remote import ServeClient, server_folder
 
     from .duplicates import DuplicateGroup, Duplicates, Member
 
-    # The server resolves symlinks; a name that is not UTF-8 goes as the index stores it (\xNN).
-    folder = stored(os.path.abspath(os.path.expanduser(under))) if under else None
     client = ServeClient(server, token)
     if similar is not None and not quiet:  # the long pass: said once the server is known to answer
         points = client.status().get("points")
         stderr_line(f"clipsearch serve at {server} is looking for near-duplicates among {points} images "
                     "(one query per image there: minutes on a large library)")
-    answer = client.duplicates(similar, folder, timeout=REMOTE_SECONDS)
+    answer = client.duplicates(similar, server_folder(under), timeout=REMOTE_SECONDS)
     try:
         groups = [DuplicateGroup(group["kind"], [
             Member(path_of(entry), str(entry["id"]), entry.get("size"),
@@ -217,15 +215,10 @@ def write_duplicates_gallery(path: str, groups: Sequence["DuplicateGroup"], simi
     if client is None:
         write_gallery(path, sections)
         return
-    from clipsearch.remote import data_uri
+    from .commands import write_remote_gallery
 
-    def thumbnail(member) -> str | None:
-        try:
-            return data_uri(client.thumbnail(f"/api/images/{member.id}/thumbnail"))
-        except ClipsearchError:  # gone or changed since ingest (410), or not an image any more
-            return None
-
-    write_gallery(path, sections, thumbnail=thumbnail, link=lambda member: f"{client.url}/api/images/{member.id}/file")
+    write_remote_gallery(path, client, sections,
+                         urls=lambda member: (f"/api/images/{member.id}/thumbnail", f"/api/images/{member.id}/file"))
 
 
 def notes(found: "Duplicates", similar: float | None) -> list[str]:

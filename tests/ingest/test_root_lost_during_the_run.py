@@ -63,26 +63,19 @@ def test_a_root_gone_during_the_run_fails_after_the_summary_and_the_next_run_goe
 
 
 def test_a_share_unmounted_during_the_run_leaves_a_mount_point_that_is_not_the_folder(tmp_path, tiny_model_dir,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, tmpfs):
     """Its mount point is there and can be listed, empty: another folder than the run
     began with. --prune leaves its points to the next run."""
-    share = tmp_path / "share"
-    share.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(share)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        draw_collection(share, 12)
-        args = ingest_args(tmp_path, tiny_model_dir, share)
-        assert CliRunner().invoke(cli, args[:-1]).exit_code == 0
-        draw_image(share / "new.png", "white", "star")
-        lost_after(monkeypatch, 2, lambda: subprocess.run(["umount", "-l", str(share)], check=True))
-        result = CliRunner().invoke(cli, [*args, "--prune", "--allow-missing"])
-        assert result.exit_code == 1, result.output
-        assert result.output.strip().splitlines()[-1].startswith(f"Error: {share} is gone or cannot be read now")
-        assert json.loads(result.stdout.splitlines()[0])["removed"] == 0
-    finally:
-        subprocess.run(["umount", "-l", str(share)], capture_output=True)
+    share = tmpfs.mount(tmp_path / "share")
+    draw_collection(share, 12)
+    args = ingest_args(tmp_path, tiny_model_dir, share)
+    assert CliRunner().invoke(cli, args[:-1]).exit_code == 0
+    draw_image(share / "new.png", "white", "star")
+    lost_after(monkeypatch, 2, lambda: subprocess.run(["umount", "-l", str(share)], check=True))
+    result = CliRunner().invoke(cli, [*args, "--prune", "--allow-missing"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {share} is gone or cannot be read now")
+    assert json.loads(result.stdout.splitlines()[0])["removed"] == 0
 
 
 @pytest.mark.parametrize("size", ["small", "large"])
