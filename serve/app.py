@@ -188,6 +188,9 @@ class Session(BaseModel):
                                         "token is needed).")
 
 
+# How often a long request (POST /api/duplicates) looks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 1.0
+
 # Every bad parameter value is a 400 (FastAPI's own checks included, which would be 422s).
 ERRORS = {code: {"model": Message} for code in (400, 401, 404, 409, 410, 413, 415, 503)}
 
@@ -570,12 +573,27 @@ def create_app(service: SearchService, guard: Guard, thumbnails: Thumbnails, upl
     # POST with a JSON body, though it changes nothing: a request another site's page can
     # make without asking (a GET, an <img>) must not start minutes of work here.
     @app.post("/api/duplicates", responses=ERRORS)
-    def duplicates(body: Annotated[DuplicatesBody, Body()]) -> dict:
+    async def duplicates(request: Request, body: Annotated[DuplicatesBody, Body()]) -> dict:
         """`clipsearch duplicates` over the served index: groups of byte-identical files,
         and with `similar` near-duplicates; one run at a time (503 while another runs).
         Lists files only: nothing is deleted."""
-        answer = finder.find(body.similar, body.folder)
-        note = folder_note(service, body.folder, answer["groups"])
+        import asyncio
+        import threading
+
+        from starlette.concurrency import run_in_threadpool
+
+        # The run goes on in a worker thread; a client that leaves (Ctrl-C, its own
+        # timeout) stops it, rather than keep the next caller at 503 for minutes.
+        cancelled = threading.Event()
+        work = asyncio.ensure_future(run_in_threadpool(finder.find, body.similar, body.folder, cancelled))
+        try:
+            while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_SECONDS))[0]:
+                if await request.is_disconnected():
+                    cancelled.set()
+        finally:
+            cancelled.set()  # this request cancelled too (the server stopping): the thread stops
+        answer = work.result()
+        note = await run_in_threadpool(folder_note, service, body.folder, answer["groups"])
         return {**answer, "note": note} if note else answer
 
     # -- images --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
+from clipsearch.errors import ClipsearchError
 from clipsearch.names import path_fields
 
 from .service import SearchService, canonical_folder, elapsed_ms
@@ -28,11 +29,13 @@ class DuplicateFinder:
     def running(self) -> bool:
         return self._running.locked()
 
-    def find(self, similar: float | None, under: str | None) -> dict:
+    def find(self, similar: float | None, under: str | None, cancelled: threading.Event | None = None) -> dict:
         """The groups as JSON: each file's `path` (`path_bytes` beside a name that is not
         UTF-8), `id`, `size`, `score`, and its `thumbnail` and `file` URLs; what the run
         could not look at (`no_fingerprint`; `unreadable` and `same_file`, each path as
-        {`path`, `path_bytes`}), as the CLI's notes say it."""
+        {`path`, `path_bytes`}), as the CLI's notes say it. `cancelled`: set when the
+        client has gone (the route watches its connection); the near-duplicate pass then
+        stops at its next image, and the finder is free for the next caller."""
         from clipsearch.search.duplicates import check_threshold, find_duplicates
 
         if similar is not None:
@@ -44,7 +47,7 @@ class DuplicateFinder:
         try:
             self._since = time.monotonic()
             started = time.perf_counter()
-            found = find_duplicates(self.service.index, similar, folder)
+            found = find_duplicates(self.service.index, similar, folder, progress=_stops_when(cancelled))
         finally:
             self._running.release()
         return {
@@ -57,3 +60,19 @@ class DuplicateFinder:
             "same_file": [[path_fields(path), path_fields(kept)] for path, kept in found.same_file],
             "similar": similar, "took_ms": elapsed_ms(started),
         }
+
+
+class Cancelled(ClipsearchError):
+    """The client left before the answer: nobody reads this."""
+
+
+def _stops_when(cancelled: threading.Event | None):
+    """find_duplicates' per-image progress call, raising Cancelled once `cancelled` is set."""
+    if cancelled is None:
+        return None
+
+    def check(done: int, total: int) -> None:
+        if cancelled.is_set():
+            raise Cancelled(f"the client left; stopped after {done} of {total} images")
+
+    return check

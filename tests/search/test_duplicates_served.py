@@ -158,3 +158,60 @@ def test_one_run_at_a_time(tmp_path, encoder, tiny_model_dir):
         assert [[f["path"] for f in g["files"]] for g in answers[0]["groups"]] == [
             [str(photos.resolve() / "a.png"), str(photos.resolve() / "b.png")]]
         assert not finder.running() and len(finder.find(None, None)["groups"]) == 1
+
+
+def test_a_client_that_leaves_stops_the_run_and_frees_the_server(tmp_path, encoder, tiny_model_dir):
+    """`duplicates --server --similar` stopped by Ctrl-C (or its timeout) leaves: the
+    server stops its near-duplicate pass at the next image rather than run on for
+    minutes, answering every other caller 503 meanwhile."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    import numpy as np
+
+    from clipsearch.index.edge import EdgeIndex
+
+    points = 10_000  # random vectors: one exact query each, about 8 s in all here
+    vectors = np.random.default_rng(0).normal(size=(points, encoder.identity.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = EdgeIndex(str(tmp_path / "index"), "images", create=True)
+    try:
+        index.ensure_collection(encoder.identity)
+        for start in range(0, points, 2000):
+            index.upsert([str(uuid.UUID(int=i + 1)) for i in range(start, start + 2000)], vectors[start:start + 2000],
+                         [{"path": f"/nowhere/{i}.jpg", "size": 1000 + i} for i in range(start, start + 2000)])
+    finally:
+        index.close()
+    args = ["--index", str(tmp_path / "index"), "--model", str(tiny_model_dir), "--token", TOKEN]
+    with ServeProcess(args, tmp_path / "serve.log", env={"CLIPSEARCH_CACHE_DIR": str(tmp_path / "cache")}) as server:
+        served = {"url": server.url}
+
+        def leaving() -> None:
+            request = urllib.request.Request(server.url + "/api/duplicates", data=b'{"similar": 0.9999}', method="POST",
+                                             headers={"Authorization": f"Bearer {TOKEN}",
+                                                      "Content-Type": "application/json"})
+            with pytest.raises(OSError):  # the client's timeout: it closes the connection and leaves
+                urllib.request.urlopen(request, timeout=2)
+
+        left = threading.Thread(target=leaving)
+        left.start()
+        time.sleep(1)
+        assert post(served, "/api/duplicates", {})[0] == 503  # the first run under way
+        left.join(10)
+        started = time.monotonic()
+        while (status := post(served, "/api/duplicates", {})[0]) == 503 and time.monotonic() - started < 30:
+            time.sleep(0.5)
+        assert status == 200
+        freed = time.monotonic() - started
+    # Against the whole pass, timed here, with nobody leaving.
+    from clipsearch.search.duplicates import similar_groups
+
+    index = EdgeIndex(str(tmp_path / "index"), "images")
+    try:
+        began = time.monotonic()
+        similar_groups(index, 0.9999, None)
+        whole = time.monotonic() - began
+    finally:
+        index.close()
+    assert freed < min(5.0, whole / 3), (freed, whole)
