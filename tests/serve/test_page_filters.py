@@ -294,3 +294,24 @@ def test_two_photos_of_one_name_are_two_places_in_the_history_and_a_reload_forge
     page.go_back()  # the entry of the first photo, chosen before the reload
     expect(page.locator("#error")).to_contain_text("no longer holds")
     expect(page.locator(".hit")).to_have_count(0)
+
+
+def test_the_last_photo_chosen_wins_over_one_still_being_shrunk(page, library):
+    """A large photo takes a while to shrink; another chosen meanwhile is the search, and
+    the first, shrunk after it, changes nothing."""
+    from playwright.sync_api import expect
+
+    page.evaluate("""() => {  // paris.jpg decodes slowly, as a 50 MP photo would
+        const plain = window.createImageBitmap;
+        window.createImageBitmap = async (file, ...rest) => {
+            if (file.name === "paris.jpg") await new Promise((done) => setTimeout(done, 1500));
+            return plain(file, ...rest);
+        };
+    }""")
+    page.set_input_files("#photo-file", str(library["photos"] / "paris.jpg"))
+    search(page, "/api/search/image", lambda: page.set_input_files("#photo-file", str(library["photos"] / "lyon.jpg")))
+    expect(page.locator("#summary")).to_contain_text("images like your photo lyon.jpg")
+    page.wait_for_timeout(2500)  # paris.jpg's shrinking is done by now
+    expect(page.locator("#summary")).to_contain_text("images like your photo lyon.jpg")
+    assert parse_qs(urlsplit(page.url).query)["photo"] == ["lyon.jpg"]
+    assert shown_names(page)[0] == "lyon"
