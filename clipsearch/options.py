@@ -162,9 +162,10 @@ def quiet_option(fn: F) -> F:
 
 
 def server_options(server_help: str) -> Callable[[F], F]:
-    """--server URL and --token TOKEN of a thin client (search, status): the command
-    receives both resolved from the flags, then CLIPSEARCH_SERVER and CLIPSEARCH_TOKEN
-    (server None: work locally)."""
+    """--server URL and --token TOKEN of a thin client (search, status, duplicates): the
+    command receives both resolved from the flags, then CLIPSEARCH_SERVER and
+    CLIPSEARCH_TOKEN (server None: work locally; so too where --index or --collection is
+    given without --server: a flag wins over the environment)."""
 
     def decorate(fn: F) -> F:
         @setting_option("server", metavar="URL", help=server_help)
@@ -179,7 +180,7 @@ def server_options(server_help: str) -> Callable[[F], F]:
                 # A flag wins over the environment: an --index given here with
                 # CLIPSEARCH_SERVER exported means this index, not the server's.
                 return fn(server=None, token=config.value("token", token), **kwargs)
-            if server is not None and local:
+            if server is not None and local and not given.get("check"):  # status --check refuses --server itself
                 from .progress import stderr_line
 
                 stderr_line(f"{' and '.join(local)} {'is' if len(local) == 1 else 'are'} ignored with --server: "

@@ -247,6 +247,20 @@ def _quoted(text: str) -> str:
     return "".join("_" if c in '"\\\r\n' else c for c in text)
 
 
+def on_this_machine(url: str) -> bool:
+    """Whether a server URL names this machine by a loopback address or `localhost`."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def server_folder(under: str | None) -> str | None:
     """An --in folder as a thin client sends it: absolute (~ the client user's home),
     and a name that is not UTF-8 in the form the index stores it (\\xNN), which JSON

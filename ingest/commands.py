@@ -69,16 +69,24 @@ def ingest(folders, settings, batch_size, workers, max_megapixels, exclude, shar
     from .pipeline import IngestOptions
     from .pipeline import ingest as run_ingest
 
-    server = config.value("server", None)
-    if server and click.get_current_context().params.get("index") is None:
+    try:
+        server = config.value("server", None)  # not ingest's setting: a bad one is not its error
+    except ClipsearchError:
+        server = None
+    if server and settings.backend == "edge" and click.get_current_context().params.get("index") is None:
         from clipsearch.names import shown
         from clipsearch.progress import stderr_line
+        from clipsearch.remote import on_this_machine
 
-        # Searches here go to that server: photos ingested into this machine's index would
-        # never be in their answers, and nothing else would say so.
-        stderr_line(f"CLIPSEARCH_SERVER is set ({server}), but ingest writes the index here "
-                    f"({shown(settings.index)}), which searches through that server never read: ingest on the "
-                    "machine serve runs on (or let serve --watch take the folder); --index says this index is meant")
+        # Searches here go to that server: photos ingested into this machine's own index
+        # would never be in their answers, and nothing else would say so. Not where that
+        # server is this machine's (its index is this one, or held by it), nor into a
+        # Qdrant server's collection (serve may answer from it).
+        if not on_this_machine(server):
+            stderr_line(f"CLIPSEARCH_SERVER is set ({server}), but ingest writes the index here "
+                        f"({shown(settings.index)}), which searches through that server never read: ingest on the "
+                        "machine serve runs on (or let serve --watch take the folder); --index says this index is "
+                        "meant")
     options = IngestOptions(**pipeline_settings(batch_size, workers, max_megapixels), exclude=exclude, prune=prune,
                             allow_missing=allow_missing, report=report, quiet=quiet, shard=config.value("shard", shard),
                             precision=precision or "", verbose=verbose, recheck=recheck)

@@ -42,7 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @server_options(
     "Ask a running `clipsearch serve` (http://host:8765) to find them in the index it holds, which no other "
     "process can open meanwhile: its paths are the server's. With --server, --index, --collection and "
-    "--grpc/--rest are ignored.")
+    "--grpc/--rest are ignored (a given --index or --collection is said ignored). Without the flag, an --index "
+    "or --collection works here even with CLIPSEARCH_SERVER set.")
 def duplicates(settings, similar, under, fmt, gallery, quiet, server, token):
     """Find duplicate images in the index: byte-identical files, and with --similar,
     near-duplicates. Lists them; never deletes anything."""

@@ -95,7 +95,10 @@ class UploadDecoder:
             from clipsearch.images import missing_decoder
 
             missing = missing_decoder(data[:16])  # an iPhone's HEIC here without pillow-heif: what to install
-            raise NotAnImage(f"the upload cannot be read: {missing.removeprefix('not read: ')}" if missing
+            # The client's machine is not the one to install it on: said as the server's.
+            said = missing.removeprefix("not read: ").replace("this install has", "the server has") \
+                .replace("adds them", "where serve runs adds them") if missing else ""
+            raise NotAnImage(f"the upload cannot be read: {said}" if missing
                              else f"the upload is not a usable image: {reason}")
         return decoded.image
 

@@ -13,7 +13,7 @@ import click
 
 from ..config import refuse_host_port, valid_collection_name
 from ..errors import ClipsearchError, UsageError
-from ..names import path_fields, printable, shown
+from ..names import path_fields, path_of, printable, shown
 from ..options import index_options, layout_options, quiet_option, server_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,13 +35,15 @@ UNIT_TOLERANCE = 1e-3
                    "finding; exit status 1 when anything is wrong.")
 @server_options(
     "Ask a running `clipsearch serve` (http://host:8765) for the facts of the index it holds, opening "
-    "nothing here. With --server, --index, --collection and --grpc/--rest are ignored.")
+    "nothing here. With --server, --index, --collection and --grpc/--rest are ignored (a given --index or "
+    "--collection is said ignored). Without the flag, an --index or --collection works here even with "
+    "CLIPSEARCH_SERVER set, as does --check.")
 def status(settings, as_json, check, server, token):
     """Show the backend, collection, number of images and model of the index."""
     if check:
-        if server:
+        if click.get_current_context().params.get("server") is not None:  # CLIPSEARCH_SERVER alone: checked here
             raise UsageError("--check reads the index itself, alone: run it where the index is, without "
-                             "--server (or CLIPSEARCH_SERVER), with `clipsearch serve` stopped")
+                             "--server, with `clipsearch serve` stopped")
         run_check(settings, as_json)
         return
     if server:
@@ -51,7 +53,9 @@ def status(settings, as_json, check, server, token):
         if as_json:
             click.echo(json.dumps(status_json(facts)))
             return
-        click.echo(format_status(facts))
+        # The server's location as text, its bytes beside where not UTF-8: quoted as the local status quotes it.
+        click.echo(format_status({**facts, "location": path_of({"path": facts.get("location", ""),
+                                                                "path_bytes": facts.get("location_bytes")})}))
         serving = facts.get("server") or {}
         click.echo(f"serve:        {server} (pid {serving.get('pid', '?')}, version {serving.get('version') or '?'}"
                    + (", watching folders)" if serving.get("watching") else ")"))

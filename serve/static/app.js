@@ -42,6 +42,8 @@ let photoChoice = 0;  // the latest photo chosen: one chosen while an earlier on
 let current = [];  // the hits on screen
 let shown = null;  // the hit in the viewer
 let generation = 0;  // answers to superseded requests are dropped
+let navigations = 0;  // searches the user asked for (not a retry of one): a photo shrinking meanwhile gives way
+let queryEdited = false;  // the words box typed in since the page last filled it
 
 class ApiError extends Error {
   constructor(message, status) {
@@ -197,6 +199,7 @@ function restore() {
   ids("liked").forEach((id) => state.liked.add(id));
   ids("disliked").filter((id) => !state.liked.has(id)).forEach((id) => state.disliked.add(id));
   $("query").value = state.query;
+  queryEdited = false;
   $("folder").value = state.folder;
   showFilters();
 }
@@ -314,12 +317,14 @@ async function pathOf(id) {
 
 // A new place in the history (a search, a page, more like this), then its results.
 function navigate(after) {
+  navigations++;
   remember(true);
   run(after);
 }
 
 // The same place refined (likes and dislikes): the history entry is updated, not added.
 function refine(after) {
+  navigations++;
   remember(false);
   run(after);
 }
@@ -524,6 +529,7 @@ function probeLater() {
 }
 
 function newSearch(query, folder) {
+  queryEdited = false;
   Object.assign(state, { query, folder, similarId: null, similarPath: "", photo: null, photoKey: null, photoName: "", offset: 0 }, typedFilters());
   state.liked.clear();
   state.disliked.clear();
@@ -561,9 +567,9 @@ async function searchWithPhoto(file) {
     return;
   }
   const mine = ++photoChoice;
-  const before = generation;
+  const before = navigations;
   const sent = await shrunk(file);
-  if (mine !== photoChoice || generation !== before) return;  // another photo or search came meanwhile
+  if (mine !== photoChoice || navigations !== before) return;  // another photo or search came meanwhile
   const key = `${LOAD}-${mine}`;
   photos.set(key, { file, sent, preview: URL.createObjectURL(file) });
   closeViewer(true);
@@ -776,12 +782,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     // Nothing to search for, or a folder the server cannot take: said at once, the results
-    // and the address kept. The words of the search shown (or none, while images like one
-    // are shown): that same search, its likes kept, with the Folder and filter boxes as
-    // they are now. Other words: a new search.
+    // and the address kept. The words box as the page filled it (or empty, while images
+    // like one are shown), and a search shown that can run: that same search, its likes
+    // kept, with the Folder and filter boxes as they are now. Words typed: a new search.
     const words = $("query").value;
-    const again = state.photoKey || state.similarId ? !words.trim() || words === state.query
-      : Boolean(words.trim()) && words === state.query;
+    const byImage = (state.photoKey && state.photo) || (state.similarId && UUID.test(state.similarId));
+    const byWords = !state.photoKey && !state.similarId && Boolean(state.query.trim());
+    const again = byImage ? !queryEdited || !words.trim() : byWords && !queryEdited && words === state.query;
     const problem = !words.trim() && !again ? "Type what you are looking for, e.g. “a dog on a beach”."
       : folderProblem($("folder").value);
     if (problem) {
@@ -792,6 +799,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (again) filterAgain($("folder").value);
     else newSearch(words, $("folder").value);
   });
+  $("query").addEventListener("input", () => { queryEdited = true; });
   $("photo-button").addEventListener("click", () => $("photo-file").click());
   $("photo-file").addEventListener("change", () => {
     const file = $("photo-file").files[0];

@@ -676,3 +676,11 @@ def test_ingest_with_a_server_exported_says_searches_through_it_will_not_see_thi
         "runs on (or let serve --watch take the folder); --index says this index is meant")
     meant = CliRunner().invoke(cli, [*args, "--index", str(tmp_path / "index")])
     assert meant.exit_code == 0 and "CLIPSEARCH_SERVER" not in meant.stderr, meant.output
+    # The server is this machine (its index is this one, or serve holds it): nothing to say.
+    monkeypatch.setenv("CLIPSEARCH_SERVER", "http://127.0.0.1:8765")
+    here = CliRunner().invoke(cli, args)
+    assert here.exit_code == 0 and "CLIPSEARCH_SERVER" not in here.stderr, here.output
+    # Not ingest's setting: a malformed one does not stop it.
+    monkeypatch.setenv("CLIPSEARCH_SERVER", "nas.local")
+    bad = CliRunner().invoke(cli, args)
+    assert bad.exit_code == 0 and bad.stderr == "", bad.output

@@ -140,8 +140,8 @@ def test_an_upload_of_a_type_this_install_cannot_read_says_what_to_install(clien
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 200
     refused = client.post("/api/search/image", files={"file": ("IMG_0001.HEIC", heic)})
     assert refused.status_code == 415
-    assert refused.json()["error"] == ("the upload cannot be read: this install has no HEIC/HEIF decoder: "
-                                       "`pip install pillow-heif` adds them")
+    assert refused.json()["error"] == ("the upload cannot be read: the server has no HEIC/HEIF decoder: "
+                                       "`pip install pillow-heif` where serve runs adds them")
 
 
 def test_thumbnails_are_bounded_cached_and_revalidated(client, served):

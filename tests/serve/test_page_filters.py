@@ -198,6 +198,16 @@ def test_a_photo_from_this_device_finds_the_images_like_it(page, library):
     page.reload()
     expect(page.locator("#error")).to_contain_text("no longer holds")
     expect(page.locator(".hit")).to_have_count(0)
+    # From there, words typed are a text search (not the photo's search asked again).
+    page.fill("#query", "a photo")
+    search(page, "/api/search", lambda: page.press("#query", "Enter"))
+    expect(page.locator(".hit")).to_have_count(len(CAMERAS))
+
+    # An address asking for images like an id that is none, with words: Enter searches them.
+    page.goto(f"{library['url']}/?q=a+photo&like=not-an-id")
+    expect(page.locator("#error")).to_contain_text("which is not an image id")
+    search(page, "/api/search", lambda: page.press("#query", "Enter"))
+    expect(page.locator(".hit")).to_have_count(len(CAMERAS))
 
 
 def test_a_large_photo_is_shrunk_before_it_is_sent_and_a_file_that_is_none_is_said(page, library, tmp_path):
