@@ -127,10 +127,36 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def parse_server_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
     url = text.strip().rstrip("/")
     if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
         raise ValueError("is not a serve URL such as http://127.0.0.1:8765")
+    parts = urlsplit(url)
+    # serve's own login link pasted whole would carry its token into every request line,
+    # error and log: the address alone, the token apart.
+    if parts.query or parts.fragment or "@" in parts.netloc or parts.path not in ("", "/"):
+        raise ValueError("is not serve's address alone, such as http://127.0.0.1:8765: no path, query or "
+                         "user:password (a login link's token goes in --token or CLIPSEARCH_TOKEN)")
     return url
+
+
+def shown_raw(setting: "Setting", raw: str) -> str:
+    """A setting's raw text as an error may quote it: a secret never; a server URL
+    without what may hold a secret (user:password, the query of a login link)."""
+    if setting.secret:
+        return "(hidden)"
+    if setting.name == "server":
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(raw.strip())
+            host = parts.netloc.rpartition("@")[2]
+            raw = f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query or parts.fragment else "") \
+                if parts.scheme else raw
+        except ValueError:  # not even a URL's shape: nothing of one to hide
+            pass
+    return repr(raw)
 
 
 def parse_token(text: str) -> str:
@@ -369,8 +395,7 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
     try:
         return setting.parse(raw)
     except ValueError as exc:
-        shown = "(hidden)" if setting.secret else repr(raw)
-        raise UsageError(f"{variable}={shown} {exc}") from None
+        raise UsageError(f"{variable}={shown_raw(setting, raw)} {exc}") from None
 
 
 def where_set(name: str, env: Mapping[str, str] | None = None) -> str | None:

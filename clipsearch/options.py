@@ -42,7 +42,7 @@ class SettingType(click.ParamType):
         try:
             return self.setting.parse(value)
         except ValueError as exc:
-            self.fail(f"{'(hidden)' if self.setting.secret else repr(value)} {exc}", param, ctx)
+            self.fail(f"{config.shown_raw(self.setting, value)} {exc}", param, ctx)
 
 
 class SettingOption(click.Option):

@@ -17,7 +17,7 @@ import os
 import uuid
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ClipsearchError
+from .errors import BusyError, ClipsearchError
 from .hits import SearchHit
 
 WHERE = "--server / CLIPSEARCH_SERVER"
@@ -190,9 +190,15 @@ class ServeClient:
             return ClipsearchError(f"clipsearch serve at {self.url}: the server needs a token: {TOKEN_WHERE}")
         if message is None:
             return ClipsearchError(f"{self.url} did not answer as clipsearch serve does (HTTP {exc.code}; {WHERE})")
+        if exc.code == 503:  # busy now (uploads, a duplicates run): exit 75, try again later
+            return ServeBusy(f"clipsearch serve at {self.url} is busy: {message}")
         if exc.code >= 500:
             return ClipsearchError(f"clipsearch serve at {self.url} failed: {message}")
         return ServeRefused(f"clipsearch serve at {self.url}: {message}", exc.code)
+
+
+class ServeBusy(BusyError):
+    """clipsearch serve is busy (HTTP 503): trying again later can succeed."""
 
 
 class ServeRefused(ClipsearchError):

@@ -115,7 +115,8 @@ def _find_remote(server: str, token: str | None, similar: float | None, under: s
         points = client.status().get("points")
         stderr_line(f"clipsearch serve at {server} is looking for near-duplicates among {points} images "
                     "(one query per image there: minutes on a large library)")
-    answer = client.duplicates(similar, server_folder(under), timeout=REMOTE_SECONDS)
+    # The near-duplicate pass takes minutes on a large library; the identical one, a search's time.
+    answer = client.duplicates(similar, server_folder(under), timeout=REMOTE_SECONDS if similar is not None else None)
     try:
         groups = [DuplicateGroup(group["kind"], [
             Member(path_of(entry), str(entry["id"]), entry.get("size"),

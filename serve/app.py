@@ -149,9 +149,10 @@ class SearchBody(BaseModel):
 
 
 class DuplicatesBody(BaseModel):
-    similar: float | None = Field(None, description="Also group near-duplicates: images at least this cosine "
-                                                    "similar, e.g. 0.95 (one nearest-neighbour query per image: "
-                                                    "about 90 s at 100k).")
+    # strict: `true` or "0.95" is refused, not read as 1.0 or as a number
+    similar: float | None = Field(None, strict=True, description=(
+        "Also group near-duplicates: images at least this cosine similar, e.g. 0.95 (one nearest-neighbour query "
+        "per image: about 90 s at 100k)."))
     folder: str | None = Field(None, alias="in", max_length=4096, description="Only images under this folder.")
 
     model_config = ConfigDict(extra="forbid")

@@ -116,6 +116,9 @@ def test_errors_are_one_line(served):
     assert bad.exit_code == 2 and "--similar must be a cosine similarity in (0, 1]" in bad.stderr  # refused here
     status, body = post(served, "/api/duplicates", {"similar": 1.5})
     assert status == 400 and body["error"].startswith("similar must be a cosine similarity in (0, 1]")
+    for wrong in (True, "0.95"):  # JSON's true is no 1.0, nor a string a number
+        status, body = post(served, "/api/duplicates", {"similar": wrong})
+        assert status == 400 and "similar" in body["error"], body
     # A GET (another site's link or <img> could make one) starts nothing.
     status, _ = served["server"].get("/api/duplicates", {"Authorization": f"Bearer {TOKEN}"})
     assert status == 405
@@ -198,6 +201,10 @@ def test_a_client_that_leaves_stops_the_run_and_frees_the_server(tmp_path, encod
         left.start()
         time.sleep(1)
         assert post(served, "/api/duplicates", {})[0] == 503  # the first run under way
+        busy = remote(served, "-q")  # the CLI: busy now, try again (exit 75), in one line
+        assert busy.exit_code == 75 and busy.stderr.strip().splitlines() == [
+            f"Error: clipsearch serve at {server.url} is busy: serve is already finding duplicates for another "
+            f"request (for {busy.stderr.split('(for ')[1].split(' s)')[0]} s); try again once it is done"], busy.output
         left.join(10)
         started = time.monotonic()
         while (status := post(served, "/api/duplicates", {})[0]) == 503 and time.monotonic() - started < 30:

@@ -341,6 +341,18 @@ def test_an_index_flag_beats_the_exported_server_and_is_said_ignored_beside_the_
                                    "answers from the index it holds")
 
 
+@pytest.mark.parametrize("given", ["http://nas:8765/login?token=SECRET-TOKEN-0123456789",
+                                   "http://anna:SECRET-PASSWORD@nas:8765", "http://nas:8765/clipsearch"])
+def test_a_server_url_that_is_not_the_address_alone_is_refused_without_its_secrets(given):
+    """serve's login link pasted whole, or a URL with user:password: refused before any
+    request, naming the variable or flag, quoting neither the token nor the password."""
+    for args, env in ((["search", "red", "--server", given], {}), (["duplicates"], {"CLIPSEARCH_SERVER": given})):
+        done = run_cli(args, {**base_env(Path("/nonexistent-cache")), **env})
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "SECRET" not in done.stderr, done.stderr
+        assert "is not serve's address alone" in done.stderr
+
+
 def test_the_thin_path_imports_no_model_index_or_numpy(serving):
     env = {**base_env(serving.root / "thin-cache"), "CLIPSEARCH_SERVER": serving.url, "CLIPSEARCH_TOKEN": TOKEN}
     code = ("import sys, json\n"
