@@ -221,4 +221,5 @@ def test_a_client_that_leaves_stops_the_run_and_frees_the_server(tmp_path, encod
         whole = time.monotonic() - began
     finally:
         index.close()
-    assert freed < min(5.0, whole / 3), (freed, whole)
+    # Without the cancel, the next caller would wait for the rest of the pass: whole - 2 s.
+    assert freed < min(5.0, whole / 2), (freed, whole)
