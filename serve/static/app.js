@@ -43,7 +43,6 @@ let current = [];  // the hits on screen
 let shown = null;  // the hit in the viewer
 let generation = 0;  // answers to superseded requests are dropped
 let navigations = 0;  // searches the user asked for (not a retry of one): a photo shrinking meanwhile gives way
-let queryEdited = false;  // the words box typed in since the page last filled it
 
 class ApiError extends Error {
   constructor(message, status) {
@@ -199,7 +198,6 @@ function restore() {
   ids("liked").forEach((id) => state.liked.add(id));
   ids("disliked").filter((id) => !state.liked.has(id)).forEach((id) => state.disliked.add(id));
   $("query").value = state.query;
-  queryEdited = false;
   $("folder").value = state.folder;
   showFilters();
 }
@@ -529,7 +527,6 @@ function probeLater() {
 }
 
 function newSearch(query, folder) {
-  queryEdited = false;
   Object.assign(state, { query, folder, similarId: null, similarPath: "", photo: null, photoKey: null, photoName: "", offset: 0 }, typedFilters());
   state.liked.clear();
   state.disliked.clear();
@@ -782,13 +779,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     // Nothing to search for, or a folder the server cannot take: said at once, the results
-    // and the address kept. The words box as the page filled it (or empty, while images
-    // like one are shown), and a search shown that can run: that same search, its likes
-    // kept, with the Folder and filter boxes as they are now. Words typed: a new search.
+    // and the address kept. Enter in the Folder or a filter box, or no words while images
+    // like one are shown: the search shown (if it can run) again, its likes kept, with
+    // those boxes as they are now. Else the words (Enter in their box, the Search button):
+    // a new search, as from images like one back to the words.
     const words = $("query").value;
     const byImage = (state.photoKey && state.photo) || (state.similarId && UUID.test(state.similarId));
     const byWords = !state.photoKey && !state.similarId && Boolean(state.query.trim());
-    const again = byImage ? !queryEdited || !words.trim() : byWords && !queryEdited && words === state.query;
+    const fromBox = ["folder", ...Object.keys(FILTERS)].includes(document.activeElement && document.activeElement.id);
+    const again = (fromBox && (byImage || byWords)) || (byImage && !words.trim());
     const problem = !words.trim() && !again ? "Type what you are looking for, e.g. “a dog on a beach”."
       : folderProblem($("folder").value);
     if (problem) {
@@ -799,7 +798,6 @@ document.addEventListener("DOMContentLoaded", () => {
     if (again) filterAgain($("folder").value);
     else newSearch(words, $("folder").value);
   });
-  $("query").addEventListener("input", () => { queryEdited = true; });
   $("photo-button").addEventListener("click", () => $("photo-file").click());
   $("photo-file").addEventListener("change", () => {
     const file = $("photo-file").files[0];
