@@ -21,12 +21,15 @@ from support import draw_collection
 
 def run(*args, env, close: int | None = None) -> subprocess.CompletedProcess:
     """The console script, as `clipsearch ARGS` in a shell; `close`: a descriptor the
-    caller closed (`>&-` is 1, `2>&-` is 2)."""
+    caller closed (`>&-` is 1, `2>&-` is 2), closed by a shell as a user's is. Not by a
+    preexec_fn: Python code run between fork and exec in this process, which holds the
+    gRPC double's threads, could die on gRPC's fork handling (SIGABRT, seen in CI)."""
     command = [sys.executable, "-c", "from clipsearch.cli import main; main()", *map(str, args)]
+    if close is not None:
+        command = ["sh", "-c", f'exec "$@" {close}>&-', "sh", *command]
     return subprocess.run(command, capture_output=close is None, env=env, timeout=240,
                           stdout=subprocess.PIPE if close is not None else None,
-                          stderr=subprocess.PIPE if close is not None else None,
-                          preexec_fn=(lambda: os.close(close)) if close is not None else None)
+                          stderr=subprocess.PIPE if close is not None else None)
 
 
 @pytest.fixture(scope="module")
